@@ -1,0 +1,95 @@
+"""``create_app(settings, marketplaces=[...], plugins={...})``: the receiver and the worker in one ASGI app.
+
+The worker (with its APScheduler) is started in the app's lifespan, in the same event loop as uvicorn, and stopped
+on shutdown after in-flight deliveries had their grace period. Everything the app needs is passed in: settings,
+the marketplace types, the generator plugins, the clock and the HTTP transport.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+
+from . import health, receive
+from .backoff import Backoff
+from .clock import Clock, SystemClock
+from .config import Settings
+from .db import create_db_engine, create_schema
+from .logs import REDACTOR, Redactor
+from .marketplace import MarketplaceType
+from .queue import JobQueue
+from .stores import Store, build_stores
+from .worker import GENERATOR_BUDGET, Worker
+
+
+@dataclass
+class Daemon:
+    """The running parts, reachable as ``app.state.daemon`` (for the routes, the CLI and tests)."""
+
+    settings: Settings
+    engine: Engine
+    queue: JobQueue
+    stores: dict[str, Store]
+    worker: Worker
+    clock: Clock
+    webhook_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def metrics_webhook(self, store: str, result: str) -> None:
+        key = (store, result)
+        self.webhook_counts[key] = self.webhook_counts.get(key, 0) + 1
+
+    async def aclose(self) -> None:
+        for store in self.stores.values():
+            await store.marketplace.aclose()
+        self.queue.close()
+        self.engine.dispose()
+
+
+def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
+                 clock: Clock | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 redactor: Redactor = REDACTOR, generator_budget: float | None = None) -> Daemon:
+    """Everything but the HTTP layer; raises ConfigError before touching the database if the config is bad."""
+    clock = clock or SystemClock()
+    stores = build_stores(settings, marketplaces, plugins, clock, transport)
+    for store in stores.values():
+        redactor.add_source(store.marketplace.secrets)
+    engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
+                              busy_timeout_ms=settings.database.busy_timeout_ms)
+    create_schema(engine)
+    queue = JobQueue(engine, clock)
+    backoff = Backoff(settings.delivery.retry_schedule, jitter=settings.delivery.jitter)
+    daemon_ref: dict[str, Daemon] = {}
+    worker = Worker(queue, lambda: daemon_ref["d"].stores, settings.worker, backoff, clock,
+                    generator_budget=generator_budget if generator_budget is not None else GENERATOR_BUDGET)
+    daemon = Daemon(settings=settings, engine=engine, queue=queue, stores=stores, worker=worker, clock=clock)
+    daemon_ref["d"] = daemon
+    return daemon
+
+
+def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
+               clock: Clock | None = None, transport: httpx.AsyncBaseTransport | None = None,
+               start_worker: bool = True, **options: Any) -> Starlette:
+    """The daemon as an ASGI app. With ``start_worker=False`` only the receiver runs (tests use ``drain()``)."""
+    daemon = build_daemon(settings, marketplaces=marketplaces, plugins=plugins, clock=clock, transport=transport,
+                          **options)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if start_worker:
+            await daemon.worker.start()
+        try:
+            yield
+        finally:
+            if start_worker:
+                await daemon.worker.stop()
+            await daemon.aclose()
+
+    app = Starlette(routes=[*receive.routes(), *health.routes()], lifespan=lifespan)
+    app.state.daemon = daemon
+    return app

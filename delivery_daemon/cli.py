@@ -1,0 +1,145 @@
+"""The ``delivery-daemon`` command. This is the edge: configuration is read here, plugins are discovered here,
+and the explicit lists of marketplace types are assembled here and passed down.
+
+Exit codes: 0 success, 1 the command ran and failed (e.g. the demo saw a wrong delivery), 2 bad configuration or
+usage — always one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import Settings, load_settings
+from .errors import ConfigError, PluginError
+from .marketplace import MarketplaceType
+
+
+def default_marketplaces() -> list[MarketplaceType]:
+    """The marketplace types this build ships with."""
+    from .marketplaces.softstore import SoftStore
+
+    return [SoftStore()]
+
+
+def _fail(message: str) -> int:
+    print(f"delivery-daemon: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _load(path: str) -> tuple[Settings, dict[str, Any]]:
+    from .plugins import discover
+
+    settings = load_settings(path)
+    return settings, dict(discover())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from .clock import SystemClock
+    from .stores import build_stores
+
+    settings, plugins = _load(args.config)
+    stores = build_stores(settings, default_marketplaces(), plugins, SystemClock())
+    url = make_url(settings.database.url).render_as_string(hide_password=True)
+    print(f"configuration OK: {args.config}")
+    print(f"  database: {url} (synchronous={settings.database.synchronous})")
+    print(f"  receiver: http://{settings.server.host}:{settings.server.port}/webhooks/<store>"
+          f" (body cap {settings.server.max_body_bytes} bytes)")
+    print(f"  worker:   concurrency {settings.worker.concurrency}, retries after "
+          + ", ".join(f"{d:g}s" for d in settings.delivery.retry_schedule))
+    for store in stores.values():
+        print(f"  store {store.name}: {store.settings.marketplace} at {store.settings.api_url}, sink {store.sink.name}")
+        for product_id, product in store.products.items():
+            print(f"    product {product_id}: generator {product.generator_name}")
+        if store.default is not None:
+            print(f"    any other product: generator {store.default.generator_name}")
+    asyncio.run(_close(stores))
+    return 0
+
+
+async def _close(stores: dict[str, Any]) -> None:
+    for store in stores.values():
+        await store.marketplace.aclose()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .logs import configure_logging
+
+    settings, plugins = _load(args.config)
+    configure_logging(args.log_format or settings.logging.format, args.log_level or settings.logging.level)
+    app = create_app(settings, marketplaces=default_marketplaces(), plugins=plugins)
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="warning",
+                access_log=False, lifespan="on", timeout_graceful_shutdown=15)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return asyncio.run(run_demo(orders=args.orders))
+
+
+def cmd_marketplace(args: argparse.Namespace) -> int:
+    from .logs import configure_logging
+    from .reference.softstore import run_marketplace
+
+    configure_logging("auto", "info")
+    try:
+        asyncio.run(run_marketplace(host=args.host, port=args.port, api_key=args.api_key,
+                                    seller_url=args.seller_url, products=args.product or ["demo-product"]))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="delivery-daemon", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"delivery-daemon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the webhook receiver and the delivery worker")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--log-format", choices=["auto", "json", "console"])
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and summarise what would run")
+    check.add_argument("--config", required=True)
+    check.set_defaults(func=cmd_check_config)
+
+    demo = sub.add_parser("demo", help="deliver a few orders end to end against the reference marketplace")
+    demo.add_argument("--orders", type=int, default=6)
+    demo.set_defaults(func=cmd_demo)
+
+    market = sub.add_parser("marketplace", help="run the reference SoftStore marketplace on its own")
+    market.add_argument("--host", default="127.0.0.1")
+    market.add_argument("--port", type=int, default=8900)
+    market.add_argument("--seller-url", help="where webhooks are sent, e.g. http://127.0.0.1:8080/webhooks/main")
+    market.add_argument("--api-key", default="reference-api-key")
+    market.add_argument("--product", action="append", help="a product id to offer (repeatable)")
+    market.set_defaults(func=cmd_marketplace)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except (ConfigError, PluginError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""``delivery-daemon demo``: the whole path on this machine, with nothing to configure.
+
+Starts the reference SoftStore marketplace and the daemon on free loopback ports with a temporary database, places
+orders of mixed quantities (one delivery is made to fail once, to show a retry), shows progress, prints a table and
+returns 0 only if every order was delivered exactly once with the right number of keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .app import create_app
+from .config import parse_settings
+from .logs import configure_logging
+from .plugins import discover
+from .reference.softstore import SoftStoreMarketplace
+from .serving import serve
+
+PRODUCTS = {
+    "win11-pro": {"pattern": "XXXXX-XXXXX-XXXXX-XXXXX-XXXXX"},
+    "office-2024": {"pattern": "XXXX-XXXX-XXXX-XXXX", "prefix": "OFF-"},
+}
+TEMPLATE = "Thank you for order {order_id}. Your key(s):\n{keys_lines}"
+
+
+@dataclass
+class Row:
+    order_id: str
+    product: str
+    quantity: int
+    placed_at: float
+    keys: int = 0
+    accepted: int = 0
+    latency_ms: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.accepted == 1 and self.keys == self.quantity
+
+
+async def run_demo(orders: int = 6, console: Console | None = None, timeout: float = 60.0) -> int:
+    console = console or Console()
+    configure_logging("console", "error", stream=console.file)  # the table is the output; errors still show
+    api_key = secrets.token_hex(20)
+    market = SoftStoreMarketplace(api_key=api_key)
+    for product_id in PRODUCTS:
+        market.add_product(product_id, count=1000)
+    with tempfile.TemporaryDirectory(prefix="delivery-daemon-demo-") as tmp:
+        async with serve(market.app) as market_server:
+            market.bind(market_server.url)
+            settings = parse_settings({
+                "database": {"url": f"sqlite:///{Path(tmp) / 'demo.db'}"},
+                "delivery": {"retry_schedule": [0.3, 1, 2, 5], "timeout": 5},
+                "worker": {"poll_interval": 0.2},
+                "stores": [{
+                    "name": "demo", "marketplace": "softstore", "api_url": market.api_base, "api_key": api_key,
+                    "products": {pid: {"generator": "pattern", "options": options, "template": TEMPLATE}
+                                 for pid, options in PRODUCTS.items()},
+                }],
+            }, environ={})
+            app = create_app(settings, marketplaces=_marketplaces(), plugins=dict(discover()))
+            async with serve(app) as daemon_server:
+                market.seller_url = f"{daemon_server.url}/webhooks/demo"
+                console.print(f"reference marketplace at {market_server.url}, daemon at {daemon_server.url}")
+                market.faults.fail_next_deliveries(1, status=503)  # one retry, to show the machinery
+                rows = await _place(market, orders)
+                await _follow(market, rows, console, timeout)
+    _table(rows, console)
+    bad = [row for row in rows if not row.ok]
+    if bad:
+        console.print(f"[red]{len(bad)} of {len(rows)} orders were not delivered exactly once[/red]")
+        return 1
+    console.print(f"[green]all {len(rows)} orders delivered exactly once[/green]")
+    return 0
+
+
+def _marketplaces() -> list[object]:
+    from .cli import default_marketplaces
+
+    return list(default_marketplaces())
+
+
+async def _place(market: SoftStoreMarketplace, orders: int) -> list[Row]:
+    products = list(PRODUCTS)
+    rows = []
+    for index in range(orders):
+        product = products[index % len(products)]
+        quantity = 1 + index % 3
+        placed_at = time.time()
+        placed = await market.place_order(product, quantity)
+        rows.append(Row(placed.id_order, product, quantity, placed_at))
+    return rows
+
+
+def _refresh(market: SoftStoreMarketplace, row: Row) -> None:
+    accepted = [d for d in market.deliveries(row.order_id) if d.status == 200]
+    row.accepted = len(accepted)
+    if accepted:
+        body = accepted[0].json
+        text = str(body.get("text", "")) if isinstance(body, dict) else ""
+        row.keys = len([line for line in text.splitlines()[1:] if line.strip()])
+        row.latency_ms = (accepted[0].at - row.placed_at) * 1000
+
+
+async def _follow(market: SoftStoreMarketplace, rows: list[Row], console: Console, timeout: float) -> None:
+    columns = (TextColumn("delivering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("orders", total=len(rows))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for row in rows:
+                _refresh(market, row)
+            done = sum(1 for row in rows if row.accepted)
+            progress.update(task, completed=done)
+            if done == len(rows):
+                break
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # a late duplicate delivery would show up in this window
+    for row in rows:
+        _refresh(market, row)
+
+
+def _table(rows: list[Row], console: Console) -> None:
+    table = Table(title="delivery-daemon demo")
+    for column in ("order", "product", "quantity", "keys", "latency", "result"):
+        table.add_column(column, justify="right" if column in ("quantity", "keys", "latency") else "left")
+    for row in rows:
+        latency = f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-"
+        result = "[green]delivered once[/green]" if row.ok else f"[red]accepted {row.accepted}x[/red]"
+        table.add_row(row.order_id[:12] + "…", row.product, str(row.quantity), str(row.keys), latency, result)
+    console.print(table)

@@ -1,0 +1,52 @@
+"""Step 3 of an order: run the product's generator once, check what it returned, render the delivery text.
+
+A generator runs under a time budget; CPU-bound sync generators run in a thread so the event loop keeps serving
+webhooks. The result is checked against the contract (exactly ``quantity`` non-empty keys, download HTTPS) before it
+is stored; a broken result is a retryable error, so the order is kept while the seller fixes the plugin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import anyio
+
+from .errors import GeneratorError, Retry
+from .generator import Generated, OrderContext
+from .order import Content
+from .stores import Product
+from .template import render
+
+
+def check_result(result: object, quantity: int) -> Generated:
+    """``result`` if it honours the contract, else GeneratorError saying how it does not."""
+    if not isinstance(result, Generated):
+        raise GeneratorError(f"generator returned {type(result).__name__}, expected Generated")
+    if len(result.keys) != quantity:
+        raise GeneratorError(f"generator returned {len(result.keys)} keys for quantity {quantity}")
+    if any(not isinstance(key, str) or not key for key in result.keys):
+        raise GeneratorError("generator returned an empty or non-string key")
+    if result.download is not None and not str(result.download).startswith("https://"):
+        raise GeneratorError("generator returned a download URL that is not HTTPS")
+    return result
+
+
+async def generate(product: Product, context: OrderContext, *, budget: float) -> Content:
+    """Call the generator within ``budget`` seconds and render the product's template around its keys."""
+    method = product.generator.generate
+    try:
+        with anyio.fail_after(budget):
+            if inspect.iscoroutinefunction(method):
+                result = await method(context)
+            else:
+                result = await anyio.to_thread.run_sync(method, context, abandon_on_cancel=True)
+                if inspect.isawaitable(result):
+                    result = await result
+    except TimeoutError:
+        raise Retry(f"generator {product.generator_name} took longer than {budget:g} s") from None
+    except asyncio.CancelledError:
+        raise
+    checked = check_result(result, context.quantity)
+    return render(product.template, keys=checked.keys, order_id=context.order_id, product_id=context.product_id,
+                  quantity=context.quantity, download=checked.download, text=checked.text)

@@ -1,0 +1,112 @@
+"""The adapter seam: what the core asks of a marketplace, and of a delivery channel (a sink).
+
+A :class:`MarketplaceType` is passed to the daemon in an explicit list; the core looks one up by the ``marketplace``
+key of a store and never imports an adapter by name. ``create`` builds the adapter for one configured store and
+raises :class:`~delivery_daemon.errors.ConfigError` (with the key path it was given) when the store is incomplete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+
+from .clock import Clock
+from .config import DeliverySettings, StoreSettings
+from .errors import Retry
+from .models import Job
+from .order import Content, IncomingOrder, MarketplaceOrder
+
+
+@dataclass(frozen=True)
+class AdapterContext:
+    """What an adapter gets to build itself: its settings, its key path for errors, and injected I/O."""
+
+    store: StoreSettings
+    path: str
+    clock: Clock
+    delivery: DeliverySettings
+    transport: httpx.AsyncBaseTransport | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A sink's answer to a delivery that went through (``already`` when the marketplace had it before)."""
+
+    outcome: str  # "delivered" | "already"
+    http_status: int | None = None
+    detail: str | None = None
+
+
+class Sink(Protocol):
+    """A delivery channel. ``send`` raises :class:`~delivery_daemon.errors.Retry` or
+    :class:`~delivery_daemon.errors.Dead` when the delivery did not go through."""
+
+    name: str
+
+    async def send(self, job: Job, content: Content) -> Receipt: ...
+
+
+class Marketplace(Protocol):
+    """One store's adapter: verify and normalise webhooks, ask the marketplace about orders, deliver."""
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> IncomingOrder | None:
+        """Check the signature on the raw body and normalise. Raise WebhookRejected; None means "ignored"."""
+        ...
+
+    async def fetch_order(self, job: Job) -> MarketplaceOrder:
+        """The marketplace's own view of the order (raise Retry or Dead)."""
+        ...
+
+    def sink(self) -> Sink: ...
+
+    def secrets(self) -> list[str]:
+        """Secret strings this adapter holds (API keys, tokens), for the log redactor."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class MarketplaceType(Protocol):
+    name: str
+
+    def create(self, context: AdapterContext) -> Marketplace: ...
+
+
+def create_client(context: AdapterContext, base_url: str = "") -> httpx.AsyncClient:
+    """One keep-alive client per adapter. Redirects are never followed: a 3xx is an answer, not an instruction."""
+    return httpx.AsyncClient(
+        base_url=base_url, transport=context.transport, follow_redirects=False,
+        timeout=httpx.Timeout(context.delivery.timeout),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        headers={"User-Agent": "delivery-daemon"},
+    )
+
+
+def transport_retry(exc: httpx.HTTPError) -> Retry:
+    """Translate an httpx failure into a Retry whose reason names the failure, never the URL (it holds tokens)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return Retry(f"timeout ({type(exc).__name__})")
+    return Retry(f"connection error ({type(exc).__name__})")
+
+
+def same_origin(url: str, base: str) -> bool:
+    """True when ``url`` has the scheme, host and port of ``base``."""
+    try:
+        a, b = httpx.URL(url), httpx.URL(base)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port) and bool(a.host)
+
+
+def message_of(response: httpx.Response) -> str:
+    """The marketplace's ``message`` (or a short body excerpt) for the order's history."""
+    try:
+        data: Any = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason_phrase
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return str(data["message"])[:500]
+    return response.reason_phrase

@@ -1,0 +1,235 @@
+"""SoftStore: ``sha1(sha1(api_key) + id_order)`` webhooks, JWT from the API key, ``delivery_url`` delivery.
+
+The signature covers ``id_order`` only, so everything else in the webhook is treated as untrusted: the quantity and
+product are taken from ``GET /orders/info/{id}``, and the ``delivery_url`` must be on the store's API origin (same
+scheme, host and port as ``api_url``) or the webhook is refused and logged as a security event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import structlog
+
+from ..backoff import parse_retry_after
+from ..errors import AuthenticationFailed, ConfigError, Dead, Retry, WebhookRejected
+from ..marketplace import AdapterContext, Receipt, create_client, message_of, same_origin, transport_retry
+from ..models import Job
+from ..order import Content, IncomingOrder, MarketplaceOrder
+
+log = structlog.get_logger("delivery_daemon.softstore")
+
+_ORDER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_TOKEN_MARGIN = 30.0  # refresh a JWT this many seconds before SoftStore says it expires
+
+
+def signature(api_key: str, order_id: str) -> str:
+    """SoftStore's documented webhook signature."""
+    inner = hashlib.sha1(api_key.encode()).hexdigest()  # noqa: S324  (the marketplace's scheme, not our choice)
+    return hashlib.sha1((inner + order_id).encode()).hexdigest()  # noqa: S324
+
+
+def _text_field(data: dict[str, Any], name: str, *, required: bool = True, max_len: int = 2048) -> str | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise WebhookRejected(400, f"missing field: {name}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise WebhookRejected(400, f"field {name} must be a string")
+    text = str(value)
+    if not text or len(text) > max_len:
+        raise WebhookRejected(400, f"field {name} must be 1 to {max_len} characters")
+    return text
+
+
+class TokenCache:
+    """One JWT per store, shared by every request, refreshed shortly before expiry or once after a 401."""
+
+    def __init__(self, client: httpx.AsyncClient, api_key: str, clock: Any) -> None:
+        self._client = client
+        self._api_key = api_key
+        self._clock = clock
+        self._token: str | None = None
+        self._expires = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def current(self) -> str | None:
+        return self._token
+
+    async def get(self, *, stale: str | None = None) -> str:
+        """A valid token; pass the token that just got a 401 as ``stale`` to force one refresh."""
+        async with self._lock:
+            if self._token and self._token != stale and self._clock.now() < self._expires:
+                return self._token
+            try:
+                response = await self._client.post("/auth/api-key/create", headers={"X-API-KEY": self._api_key})
+            except httpx.HTTPError as exc:
+                raise transport_retry(exc) from None
+            if response.status_code in (401, 403):
+                raise AuthenticationFailed("SoftStore refused the API key")
+            if response.status_code != 200:
+                raise Retry(f"token request answered {response.status_code}", http_status=response.status_code)
+            try:
+                data = response.json()
+                body = data.get("data", data) if isinstance(data, dict) else {}
+                token = str(body["access_token"])
+                ttl = float(body.get("expires_in", 3600))
+            except (ValueError, KeyError, TypeError):
+                raise Retry("token response unreadable") from None
+            self._token = token
+            self._expires = self._clock.now() + max(0.0, ttl - min(_TOKEN_MARGIN, ttl / 10))
+            return token
+
+
+class SoftStoreAdapter:
+    """The SoftStore adapter for one store."""
+
+    def __init__(self, context: AdapterContext) -> None:
+        store = context.store
+        if store.api_url is None:
+            raise ConfigError(f"{context.path}.api_url", "required")
+        if store.api_key is None or not store.api_key.get_secret_value():
+            raise ConfigError(f"{context.path}.api_key", "required")
+        self.store = store.name
+        self.api_url = store.api_url
+        self.clock = context.clock
+        self._api_key = store.api_key.get_secret_value()
+        self._signing_key = hashlib.sha1(self._api_key.encode()).hexdigest()  # noqa: S324
+        self._client = create_client(context, base_url=self.api_url)
+        self.tokens = TokenCache(self._client, self._api_key, context.clock)
+        self._sink = SoftStoreDelivery(self)
+
+    # -- receive ---------------------------------------------------------------------------------------------
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> IncomingOrder | None:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise WebhookRejected(400, "body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise WebhookRejected(400, "body must be a JSON object")
+        order_id = _text_field(data, "id_order", max_len=128)
+        assert order_id is not None
+        if not _ORDER_ID.match(order_id):
+            raise WebhookRejected(400, "field id_order has unexpected characters")
+        product_id = _text_field(data, "id_product", max_len=128)
+        sent_signature = _text_field(data, "signature", max_len=128)
+        delivery_url = _text_field(data, "delivery_url")
+        token = _text_field(data, "token", required=False, max_len=512)
+        status = _text_field(data, "payment_status", required=False, max_len=32)
+        expected = hashlib.sha1((self._signing_key + order_id).encode()).hexdigest()  # noqa: S324
+        if not hmac.compare_digest(expected, (sent_signature or "").lower()):
+            raise WebhookRejected(403, "invalid signature")
+        assert product_id is not None and delivery_url is not None
+        if not same_origin(delivery_url, self.api_url):
+            log.warning("security.delivery_url_refused", store=self.store, order_id=order_id,
+                        delivery_host=httpx.URL(delivery_url).host if "://" in delivery_url else None)
+            raise WebhookRejected(422, "delivery_url is not on the marketplace's host")
+        if status is not None and status != "paid":
+            return None
+        return IncomingOrder(
+            store=self.store, marketplace="softstore", order_id=order_id, product_id=product_id,
+            payload={"delivery_url": delivery_url, "token": token},
+        )
+
+    # -- verify ----------------------------------------------------------------------------------------------
+
+    async def _authorised(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """A request with the Bearer JWT; on a 401 the JWT is refreshed and the request sent once more."""
+        token = await self.tokens.get()
+        for attempt in (1, 2):
+            try:
+                response = await self._client.request(
+                    method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs
+                )
+            except httpx.HTTPError as exc:
+                raise transport_retry(exc) from None
+            if response.status_code != 401 or attempt == 2:
+                return response
+            log.info("marketplace.token_refreshed", store=self.store, reason="401")
+            token = await self.tokens.get(stale=token)
+        raise AssertionError("unreachable")
+
+    async def fetch_order(self, job: Job) -> MarketplaceOrder:
+        response = await self._authorised("GET", f"/orders/info/{job.order_id}")
+        if response.status_code == 404:
+            raise Dead(f"order not found at SoftStore: {message_of(response)}", http_status=404)
+        if response.status_code == 401:
+            raise Retry("SoftStore refused a fresh token", http_status=401)
+        if response.status_code != 200:
+            raise Retry(f"order info answered {response.status_code}", http_status=response.status_code)
+        try:
+            data = response.json()["data"]
+            count = int(str(data["count"]))
+            status = str(data["status_order"])
+            product_id = str(data["id_product"])
+        except (ValueError, KeyError, TypeError):
+            raise Retry("order info unreadable", http_status=200) from None
+        email = data.get("email")
+        return MarketplaceOrder(
+            order_id=job.order_id, product_id=product_id, paid=status == "paid", status=status, quantity=count,
+            buyer_email=email if isinstance(email, str) else None,
+        )
+
+    # -- deliver ---------------------------------------------------------------------------------------------
+
+    def sink(self) -> SoftStoreDelivery:
+        return self._sink
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self._api_key, self._signing_key, self.tokens.current) if s]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class SoftStoreDelivery:
+    """``POST {delivery_url}`` with ``{text, download}`` and the Bearer JWT."""
+
+    name = "softstore"
+
+    def __init__(self, adapter: SoftStoreAdapter) -> None:
+        self._adapter = adapter
+
+    async def send(self, job: Job, content: Content) -> Receipt:
+        payload = json.loads(job.payload)
+        url = str(payload.get("delivery_url") or "")
+        if not same_origin(url, self._adapter.api_url):
+            # Checked again here: the store's api_url may have changed since the webhook was accepted.
+            log.warning("security.delivery_url_refused", store=job.store, order_id=job.order_id)
+            raise Dead("delivery_url is not on the marketplace's host; not contacted")
+        body: dict[str, Any] = {"text": content.text}
+        if content.download:
+            body["download"] = content.download
+        response = await self._adapter._authorised("POST", url, json=body)
+        status = response.status_code
+        if status == 200:
+            return Receipt("delivered", status)
+        if status == 409:
+            return Receipt("already", status, message_of(response))
+        if status in (403, 404, 422):
+            raise Dead(f"SoftStore answered {status}: {message_of(response)}", http_status=status)
+        if status == 401:
+            raise Retry("SoftStore refused a fresh token", http_status=status)
+        after = parse_retry_after(response.headers.get("Retry-After"), self._adapter.clock.now())
+        if status == 429 or status >= 500:
+            raise Retry(f"SoftStore answered {status}", after=after, http_status=status)
+        raise Retry(f"unexpected answer {status}: {message_of(response)}", http_status=status)
+
+
+class SoftStore:
+    """The marketplace type, for the explicit list handed to the daemon."""
+
+    name = "softstore"
+
+    def create(self, context: AdapterContext) -> SoftStoreAdapter:
+        return SoftStoreAdapter(context)

@@ -1,0 +1,78 @@
+"""The tables. The database is the source of truth for every order the daemon has accepted.
+
+``jobs`` holds one row per (store, order_id) — the unique constraint, not application code, makes a resent webhook
+a no-op. ``attempts`` is the order's history: every step outcome and state change, with time, HTTP status and error.
+Times are epoch seconds (floats) so the schema stays portable between SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class JobState(StrEnum):
+    """Where a job stands. ``running`` always carries a lease (owner and expiry)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRY_WAIT = "retry_wait"
+    WAITING = "waiting"  # the generator is out of stock; woken by a refill
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+RUNNABLE = (JobState.QUEUED.value, JobState.RETRY_WAIT.value)
+FINAL = (JobState.DELIVERED.value, JobState.DEAD.value, JobState.CANCELLED.value)
+
+
+class Job(SQLModel, table=True):
+    """One accepted order and everything needed to finish it."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("store", "order_id", name="uq_jobs_store_order"),
+        Index("ix_jobs_state_due", "state", "due_at"),
+        Index("ix_jobs_state_lease", "state", "lease_until"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    store: str = Field(max_length=64)
+    order_id: str = Field(max_length=128)
+    marketplace: str = Field(max_length=32)
+    product_id: str = Field(max_length=128)
+    state: str = Field(default=JobState.QUEUED.value, max_length=16)
+    # The marketplace-specific data the adapter needs later (e.g. SoftStore's delivery_url and token), as JSON.
+    payload: str = Field(sa_type=Text)
+    quantity: int | None = None
+    buyer_email: str | None = Field(default=None, max_length=320)
+    # Stored once, before the first delivery attempt; every retry sends exactly these bytes.
+    content: str | None = Field(default=None, sa_type=Text)
+    attempts: int = 0
+    received: int = 1
+    due_at: float
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: float | None = None
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: float
+    updated_at: float
+    delivered_at: float | None = None
+
+
+class Attempt(SQLModel, table=True):
+    """One recorded step outcome or state change of a job."""
+
+    __tablename__ = "attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    at: float
+    step: str = Field(max_length=16)  # receive | verify | generate | deliver | lease | admin
+    outcome: str = Field(max_length=32)  # e.g. accepted, ok, retry, dead, delivered, waiting, released
+    state: str = Field(max_length=16)  # the job's state after this attempt
+    http_status: int | None = None
+    error: str | None = Field(default=None, sa_type=Text)
+    duration_ms: float | None = None

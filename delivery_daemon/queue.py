@@ -1,0 +1,325 @@
+"""The job queue in the database: enqueue, claim with a lease, and every state transition.
+
+All methods are coroutines that run their SQL on one dedicated thread per queue, so the event loop never blocks on
+the database and SQLite never sees two writers from this process. Each transition is one transaction that also
+records an :class:`~delivery_daemon.models.Attempt`. Transitions of a running job are fenced by its lease: a worker
+whose lease was taken over finds no row to update and gets :class:`LeaseLost`.
+
+Uniqueness is the database's job: ``INSERT … ON CONFLICT DO NOTHING`` on (store, order_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import Engine, and_, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from .clock import Clock
+from .errors import DeliveryDaemonError
+from .models import FINAL, RUNNABLE, Attempt, Job, JobState
+from .order import IncomingOrder
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+JOBS = Job.__table__  # type: ignore[attr-defined]
+ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
+
+
+class QueueError(DeliveryDaemonError):
+    """The database failed underneath the queue (translated from SQLAlchemy)."""
+
+
+class LeaseLost(DeliveryDaemonError):
+    """The job is no longer ours: its lease expired and another worker (or an operator) took it."""
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job_id: int
+    created: bool
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The outcome of one step, to be recorded atomically with the job's new state."""
+
+    state: JobState
+    step: str
+    outcome: str
+    http_status: int | None = None
+    error: str | None = None
+    duration_ms: float | None = None
+    due_at: float | None = None
+    count_attempt: bool = False
+
+
+def _row_to_job(row: Any) -> Job:
+    return Job.model_validate(dict(row._mapping))
+
+
+class JobQueue:
+    """Async facade over the jobs and attempts tables."""
+
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._dialect = engine.dialect.name
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        except SQLAlchemyError as exc:
+            raise QueueError(f"database error: {type(exc).__name__}: {exc.__class__.__doc__ or ''}".strip()) from exc
+
+    # -- enqueue ---------------------------------------------------------------------------------------------
+
+    def _insert_ignore(self) -> Any:
+        if self._dialect == "postgresql":
+            return postgresql.insert(JOBS)
+        return sqlite.insert(JOBS)
+
+    def _enqueue(self, order: IncomingOrder) -> Enqueued:
+        now = self.clock.now()
+        values = {
+            "store": order.store, "order_id": order.order_id, "marketplace": order.marketplace,
+            "product_id": order.product_id, "state": JobState.QUEUED.value, "payload": order.payload_json(),
+            "attempts": 0, "received": 1, "due_at": now, "created_at": now, "updated_at": now,
+        }
+        statement = (
+            self._insert_ignore().values(**values)
+            .on_conflict_do_nothing(index_elements=["store", "order_id"])
+            .returning(JOBS.c.id)
+        )
+        with self.engine.begin() as conn:
+            inserted = conn.execute(statement).scalar_one_or_none()
+            if inserted is not None:
+                self._record(conn, inserted, Transition(JobState.QUEUED, "receive", "accepted"), now)
+                return Enqueued(job_id=inserted, created=True)
+            job_id = conn.execute(
+                update(JOBS)
+                .where(and_(JOBS.c.store == order.store, JOBS.c.order_id == order.order_id))
+                .values(received=JOBS.c.received + 1)
+                .returning(JOBS.c.id)
+            ).scalar_one()
+            return Enqueued(job_id=job_id, created=False)
+
+    async def enqueue(self, order: IncomingOrder) -> Enqueued:
+        """Commit ``order`` as a queued job; a second call for the same (store, order_id) changes nothing else."""
+        return await self._run(self._enqueue, order)
+
+    # -- claim -----------------------------------------------------------------------------------------------
+
+    def _claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
+        now = self.clock.now()
+        due = (
+            select(JOBS.c.id)
+            .where(and_(JOBS.c.state.in_(RUNNABLE), JOBS.c.due_at <= now))
+            .order_by(JOBS.c.due_at, JOBS.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # rendered on PostgreSQL, ignored by SQLite (one writer anyway)
+            .scalar_subquery()
+        )
+        statement = (
+            update(JOBS)
+            .where(JOBS.c.id.in_(due))
+            .values(state=JobState.RUNNING.value, lease_owner=owner, lease_until=now + lease_seconds,
+                    updated_at=now)
+            .returning(*JOBS.c)
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(statement).fetchall()
+        return sorted((_row_to_job(row) for row in rows), key=lambda job: (job.due_at, job.id or 0))
+
+    async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
+        """Lease up to ``limit`` due jobs to ``owner`` in one statement, oldest due first."""
+        if limit <= 0:
+            return []
+        return await self._run(self._claim, owner, lease_seconds, limit)
+
+    def _release_expired(self) -> int:
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            ids = conn.execute(
+                update(JOBS)
+                .where(and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_until < now))
+                .values(state=JobState.QUEUED.value, lease_owner=None, lease_until=None, due_at=now,
+                        updated_at=now)
+                .returning(JOBS.c.id)
+            ).scalars().all()
+            for job_id in ids:
+                self._record(conn, job_id, Transition(JobState.QUEUED, "lease", "expired"), now)
+        return len(ids)
+
+    async def release_expired(self) -> int:
+        """Put jobs whose lease ran out (their worker died) back in the queue; returns how many."""
+        return await self._run(self._release_expired)
+
+    def _release_owned(self, owner: str) -> int:
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            ids = conn.execute(
+                update(JOBS)
+                .where(and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner))
+                .values(state=JobState.QUEUED.value, lease_owner=None, lease_until=None, due_at=now,
+                        updated_at=now)
+                .returning(JOBS.c.id)
+            ).scalars().all()
+            for job_id in ids:
+                self._record(conn, job_id, Transition(JobState.QUEUED, "lease", "released"), now)
+        return len(ids)
+
+    async def release_owned(self, owner: str) -> int:
+        """Hand back every job ``owner`` still holds (graceful shutdown)."""
+        return await self._run(self._release_owned, owner)
+
+    # -- transitions of a leased job ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _record(conn: Connection, job_id: int, change: Transition, now: float) -> None:
+        conn.execute(insert(ATTEMPTS).values(
+            job_id=job_id, at=now, step=change.step, outcome=change.outcome, state=change.state.value,
+            http_status=change.http_status, error=change.error, duration_ms=change.duration_ms,
+        ))
+
+    def _update_leased(self, job: Job, owner: str, values: dict[str, Any], change: Transition | None) -> None:
+        now = self.clock.now()
+        values = {**values, "updated_at": now}
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(JOBS)
+                .where(and_(JOBS.c.id == job.id, JOBS.c.state == JobState.RUNNING.value,
+                            JOBS.c.lease_owner == owner))
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                raise LeaseLost(f"job {job.id} is no longer leased to {owner}")
+            if change is not None:
+                assert job.id is not None
+                self._record(conn, job.id, change, now)
+
+    async def save_verification(self, job: Job, owner: str, quantity: int, buyer_email: str | None,
+                                duration_ms: float) -> None:
+        """Store what the marketplace confirmed (the quantity comes only from here)."""
+        change = Transition(JobState.RUNNING, "verify", "ok", duration_ms=duration_ms)
+        await self._run(self._update_leased, job, owner, {"quantity": quantity, "buyer_email": buyer_email},
+                        change)
+
+    async def save_content(self, job: Job, owner: str, content: str, duration_ms: float) -> None:
+        """Store the generated content; it is never generated again for this job."""
+        change = Transition(JobState.RUNNING, "generate", "ok", duration_ms=duration_ms)
+        await self._run(self._update_leased, job, owner, {"content": content}, change)
+
+    async def transition(self, job: Job, owner: str, change: Transition) -> None:
+        """Move a leased job to its next state and record why, in one transaction."""
+        values: dict[str, Any] = {"state": change.state.value, "lease_owner": None, "lease_until": None}
+        if change.due_at is not None:
+            values["due_at"] = change.due_at
+        if change.count_attempt:
+            values["attempts"] = JOBS.c.attempts + 1
+        if change.error is not None or change.state in (JobState.DELIVERED,):
+            values["last_error"] = change.error
+        if change.state is JobState.DELIVERED:
+            values["delivered_at"] = self.clock.now()
+        await self._run(self._update_leased, job, owner, values, change)
+
+    # -- operator and wake-up transitions ---------------------------------------------------------------------
+
+    def _requeue(self, where: Any, outcome: str, from_states: Sequence[str]) -> list[int]:
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            ids = conn.execute(
+                update(JOBS)
+                .where(and_(where, JOBS.c.state.in_(from_states)))
+                .values(state=JobState.QUEUED.value, due_at=now, updated_at=now, lease_owner=None,
+                        lease_until=None)
+                .returning(JOBS.c.id)
+            ).scalars().all()
+            for job_id in ids:
+                self._record(conn, job_id, Transition(JobState.QUEUED, "admin", outcome), now)
+        return list(ids)
+
+    async def wake_waiting(self, store: str, product_id: str) -> list[int]:
+        """Requeue the jobs waiting for stock of one product (after a refill)."""
+        where = and_(JOBS.c.store == store, JOBS.c.product_id == product_id)
+        return await self._run(self._requeue, where, "stock_refilled", [JobState.WAITING.value])
+
+    async def retry(self, job_id: int) -> list[int]:
+        """Requeue a dead or waiting job now; returns the ids that moved (empty when nothing matched)."""
+        return await self._run(self._requeue, JOBS.c.id == job_id, "retry",
+                               [JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value])
+
+    # -- reads -----------------------------------------------------------------------------------------------
+
+    def _get(self, job_id: int) -> Job | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
+        return _row_to_job(row) if row is not None else None
+
+    async def get(self, job_id: int) -> Job | None:
+        return await self._run(self._get, job_id)
+
+    def _find(self, store: str, order_id: str) -> Job | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(JOBS).where(and_(JOBS.c.store == store, JOBS.c.order_id == order_id))
+            ).first()
+        return _row_to_job(row) if row is not None else None
+
+    async def find(self, store: str, order_id: str) -> Job | None:
+        return await self._run(self._find, store, order_id)
+
+    def _history(self, job_id: int) -> list[Attempt]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(ATTEMPTS).where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.id)
+            ).fetchall()
+        return [Attempt.model_validate(dict(row._mapping)) for row in rows]
+
+    async def history(self, job_id: int) -> list[Attempt]:
+        return await self._run(self._history, job_id)
+
+    def _counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(JOBS.c.state, func.count()).group_by(JOBS.c.state)).fetchall()
+        counts = {state.value: 0 for state in JobState}
+        counts.update({row[0]: int(row[1]) for row in rows})
+        return counts
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per state (every state present, zero when empty)."""
+        return await self._run(self._counts)
+
+    def _next_due(self) -> float | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.min(JOBS.c.due_at)).where(JOBS.c.state.in_(RUNNABLE))
+            ).scalar_one_or_none()
+
+    async def next_due(self) -> float | None:
+        """The earliest due time of a runnable job, if any."""
+        return await self._run(self._next_due)
+
+    def _writable(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("SELECT 1"))
+
+    async def check_writable(self) -> None:
+        """Take (and release) the write lock; raises QueueError if the database cannot be written."""
+        await self._run(self._writable)
+
+
+__all__ = ["FINAL", "Enqueued", "JobQueue", "LeaseLost", "QueueError", "Transition"]

@@ -1,0 +1,105 @@
+"""Run an ASGI app under uvicorn on a loopback socket, bound before the server starts.
+
+Binding the socket ourselves (port 0 by default) gives the caller the real port before any request can arrive,
+which the demo, the tests and the benchmarks all need to wire the daemon and the reference marketplace together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.types import ASGIApp
+
+
+def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class RunningServer:
+    """A server that is accepting connections at ``url``."""
+
+    url: str
+    port: int
+    server: uvicorn.Server
+
+
+def _config(app: ASGIApp, **options: object) -> uvicorn.Config:
+    defaults: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
+    defaults.update(options)
+    return uvicorn.Config(app, **defaults)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, **options: object) -> AsyncIterator[
+    RunningServer
+]:
+    """Serve ``app`` in the current event loop for the duration of the block."""
+    sock = bind_socket(host, port)
+    bound_port = sock.getsockname()[1]
+    server = uvicorn.Server(_config(app, **options))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # surfaces the start-up error
+                raise RuntimeError("server stopped before it started")
+            await asyncio.sleep(0.005)
+        yield RunningServer(url=f"http://{host}:{bound_port}", port=bound_port, server=server)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sock.close()
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, **options: object) -> Iterator[
+    RunningServer
+]:
+    """Serve ``app`` from a background thread with its own event loop (for synchronous callers and tests)."""
+    ready = threading.Event()
+    stop: asyncio.Event | None = None
+    holder: dict[str, object] = {}
+
+    async def main() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        try:
+            async with serve(app, host, port, **options) as running:
+                holder["running"] = running
+                holder["loop"] = asyncio.get_running_loop()
+                ready.set()
+                await stop.wait()
+        except BaseException as exc:
+            holder["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True, name="serve-in-thread")
+    thread.start()
+    ready.wait(30)
+    error = holder.get("error")
+    if isinstance(error, BaseException):
+        raise RuntimeError("server failed to start") from error
+    running = holder["running"]
+    assert isinstance(running, RunningServer)
+    try:
+        yield running
+    finally:
+        loop = holder["loop"]
+        assert isinstance(loop, asyncio.AbstractEventLoop) and stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)

@@ -1,0 +1,95 @@
+"""Composition: configured stores become running adapters, sinks and configured generators.
+
+``build_stores`` is the one place where settings meet the explicit lists of marketplace types and generator plugins.
+It validates everything a delivery will need (adapter settings, generator names and options, templates) and raises
+:class:`~delivery_daemon.errors.ConfigError` with the key path, so that ``check-config`` and ``serve`` fail at start
+rather than in the middle of a delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from .clock import Clock
+from .config import ProductSettings, Settings, StoreSettings, format_location
+from .errors import ConfigError
+from .generator import Generator
+from .marketplace import AdapterContext, Marketplace, MarketplaceType, Sink
+from .template import check_template
+
+
+@dataclass(frozen=True)
+class Product:
+    """A product ready to fulfil: its generator instance, validated options and template."""
+
+    generator_name: str
+    generator: Generator
+    options: Mapping[str, Any]
+    template: str
+
+
+@dataclass
+class Store:
+    settings: StoreSettings
+    marketplace: Marketplace
+    sink: Sink
+    products: dict[str, Product] = field(default_factory=dict)
+    default: Product | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def product(self, product_id: str) -> Product | None:
+        return self.products.get(product_id, self.default)
+
+
+def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: str) -> Product:
+    info = plugins.get(product.generator)
+    if info is None:
+        known = ", ".join(sorted(plugins)) or "none installed"
+        raise ConfigError(f"{path}.generator", f"unknown generator {product.generator!r} (known: {known})")
+    plugin = getattr(info, "plugin", info)
+    try:
+        options = plugin.Options.model_validate(product.options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = format_location(("options", *error["loc"]))
+        message = "required" if error["type"] == "missing" else str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{path}.{where}", message) from None
+    try:
+        check_template(product.template)
+    except ValueError as exc:
+        raise ConfigError(f"{path}.template", str(exc)) from None
+    try:
+        generator = plugin(options)
+    except Exception as exc:
+        raise ConfigError(f"{path}.generator", f"{product.generator} failed to start: {exc}") from None
+    return Product(product.generator, generator, options.model_dump(), product.template)
+
+
+def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
+                 clock: Clock, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Store]:
+    """Adapters and products for every configured store, or a ConfigError naming the first bad key."""
+    types = {m.name: m for m in marketplaces}
+    stores: dict[str, Store] = {}
+    for index, store in enumerate(settings.stores):
+        path = f"stores[{index}]"
+        kind = types.get(store.marketplace)
+        if kind is None:
+            raise ConfigError(f"{path}.marketplace",
+                              f"unknown marketplace {store.marketplace!r} (known: {', '.join(sorted(types))})")
+        adapter = kind.create(AdapterContext(store=store, path=path, clock=clock, delivery=settings.delivery,
+                                             transport=transport))
+        built = Store(settings=store, marketplace=adapter, sink=adapter.sink())
+        for product_id, product in store.products.items():
+            built.products[product_id] = build_product(product, plugins, f"{path}.products.{product_id}")
+        if store.default is not None:
+            built.default = build_product(store.default, plugins, f"{path}.default")
+        stores[store.name] = built
+    return stores
