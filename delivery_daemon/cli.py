@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
@@ -101,11 +101,7 @@ def cmd_marketplace(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="delivery-daemon", description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--version", action="version", version=f"delivery-daemon {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _register_core(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the webhook receiver and the delivery worker")
     serve.add_argument("--config", required=True)
     serve.add_argument("--log-format", choices=["auto", "json", "console"])
@@ -127,6 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     market.add_argument("--api-key", default="reference-api-key")
     market.add_argument("--product", action="append", help="a product id to offer (repeatable)")
     market.set_defaults(func=cmd_marketplace)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core]
+"""Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="delivery-daemon", description="Turn a marketplace's paid-order webhook into a delivered licence key.")
+    parser.add_argument("--version", action="version", version=f"delivery-daemon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in COMMAND_GROUPS:
+        register(sub)
     return parser
 
 

@@ -1,0 +1,120 @@
+"""Shared fixtures: the reference marketplace and the daemon as real servers on free loopback ports.
+
+``stack`` gives both, wired together, with the worker *not* started: a test sends webhooks over HTTP, then calls
+``await stack.drain()`` (burst mode) to process the queue deterministically, advancing the daemon's injected
+:class:`~delivery_daemon.clock.ManualClock` when it needs retries to fall due. Tests of the live worker pass
+``start_worker=True`` through ``make_stack``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from delivery_daemon.app import Daemon, create_app
+from delivery_daemon.cli import default_marketplaces
+from delivery_daemon.clock import ManualClock
+from delivery_daemon.config import Settings, parse_settings
+from delivery_daemon.logs import configure_logging
+from delivery_daemon.plugins import discover
+from delivery_daemon.reference.softstore import SoftStoreMarketplace
+from delivery_daemon.serving import serve
+
+STORE = "shop"
+PRODUCT = "prod-1"
+
+
+@dataclass
+class Stack:
+    """The reference marketplace and the daemon, both serving on loopback."""
+
+    market: SoftStoreMarketplace
+    daemon: Daemon
+    url: str
+    settings: Settings
+    clock: ManualClock
+    api_key: str
+    logs: io.StringIO
+    client: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.url}/webhooks/{STORE}"
+
+    async def drain(self) -> int:
+        return await self.daemon.worker.drain()
+
+    async def advance_and_drain(self, seconds: float) -> int:
+        self.clock.advance(seconds)
+        return await self.drain()
+
+    async def post(self, body: bytes | dict[str, Any], *, content_type: str = "application/json",
+                   store: str = STORE, headers: dict[str, str] | None = None) -> httpx.Response:
+        import json
+
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return await self.client.post(f"{self.url}/webhooks/{store}", content=raw,
+                                      headers={"Content-Type": content_type, **(headers or {})})
+
+    async def job(self, order_id: str) -> Any:
+        return await self.daemon.queue.find(STORE, order_id)
+
+
+def stack_settings(db_path: Path, api_base: str, api_key: str, **sections: Any) -> Settings:
+    document: dict[str, Any] = {
+        "database": {"url": f"sqlite:///{db_path}"},
+        "delivery": {"retry_schedule": [5, 300, 1800], "timeout": 5, "jitter": False},
+        "worker": {"poll_interval": 60, "lease_seconds": 30},
+        "stores": [{
+            "name": STORE, "marketplace": "softstore", "api_url": api_base, "api_key": api_key,
+            "products": {PRODUCT: {"generator": "pattern", "template": "Keys for {order_id}:\n{keys_lines}"}},
+            "default": {"generator": "pattern", "options": {"pattern": "XXXX-XXXX-XXXX"}},
+        }],
+    }
+    for key, value in sections.items():
+        document[key] = {**document.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_settings(document, environ={})
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[Stack]]:
+    """``async with make_stack(start_worker=False, **settings_sections) as stack`` — a fresh wired pair."""
+
+    @contextlib.asynccontextmanager
+    async def factory(*, start_worker: bool = False, **sections: Any) -> AsyncIterator[Stack]:
+        logs = io.StringIO()
+        configure_logging("json", "debug", stream=logs)
+        api_key = secrets.token_hex(20)
+        market = SoftStoreMarketplace(api_key=api_key)
+        market.add_product(PRODUCT, count=1000)
+        market.add_product("prod-2", count=1000)
+        clock = ManualClock()
+        async with serve(market.app) as market_server:
+            market.bind(market_server.url)
+            settings = stack_settings(tmp_path / "daemon.db", market.api_base, api_key, **sections)
+            app = create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()), clock=clock,
+                             start_worker=start_worker)
+            async with serve(app) as daemon_server:
+                market.seller_url = f"{daemon_server.url}/webhooks/{STORE}"
+                stack = Stack(market=market, daemon=app.state.daemon, url=daemon_server.url, settings=settings,
+                              clock=clock, api_key=api_key, logs=logs)
+                try:
+                    yield stack
+                finally:
+                    await stack.client.aclose()
+
+    return factory
+
+
+@pytest.fixture
+async def stack(make_stack: Callable[..., contextlib.AbstractAsyncContextManager[Stack]]) -> AsyncIterator[Stack]:
+    async with make_stack() as running:
+        yield running
