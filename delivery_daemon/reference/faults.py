@@ -1,0 +1,121 @@
+"""Fault injection for the reference SoftStore marketplace.
+
+Delivery faults (fail / drop / slow) share one FIFO queue, so ``fail_next_deliveries(2)`` followed by
+``drop_next_deliveries(1)`` makes the next three delivery POSTs fail, fail, drop. Order-info faults have their
+own queue. A fault is consumed by a request that got past the ``down`` switch and authentication, and is
+counted in ``injected`` when it is applied (``tokens_expired`` counts ``expire_tokens()`` calls, ``down``
+counts requests answered 503 by the switch).
+
+A lock guards the queues so a test thread may arm faults while the server loop consumes them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+DeliveryFaultKind = Literal["fail", "drop", "slow"]
+INJECTED_KEYS = (
+    "delivery_fail", "delivery_drop", "delivery_slow", "order_info_fail", "tokens_expired", "down",
+)
+
+
+@dataclass(frozen=True)
+class DeliveryFault:
+    """An armed delivery fault: answer ``status`` (fail), close the connection (drop), answer late (slow)."""
+
+    kind: DeliveryFaultKind
+    status: int = 500
+    seconds: float = 0.0
+
+
+class Faults:
+    """Faults to inject into the marketplace's API, consumed in the order they were armed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deliveries: deque[DeliveryFault] = deque()
+        self._order_info: deque[int] = deque()
+        self.is_down = False
+        self.token_epoch = 0
+        self.injected: dict[str, int] = dict.fromkeys(INJECTED_KEYS, 0)
+
+    # -- arming -------------------------------------------------------------------------------------------
+    def fail_next_deliveries(self, n: int, status: int = 500) -> None:
+        """The next ``n`` delivery POSTs answer ``status``, not delivering (429 adds ``Retry-After: 1``)."""
+        if not 400 <= status <= 599:
+            raise ValueError("status must be an HTTP error status (400-599)")
+        self._arm(DeliveryFault("fail", status=status), n)
+
+    def drop_next_deliveries(self, n: int) -> None:
+        """The next ``n`` delivery POSTs get their connection closed with no response and no delivery."""
+        self._arm(DeliveryFault("drop"), n)
+
+    def slow_next_deliveries(self, n: int, seconds: float) -> None:
+        """The next ``n`` delivery POSTs are processed at once but answered ``seconds`` later."""
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        self._arm(DeliveryFault("slow", seconds=seconds), n)
+
+    def fail_next_order_info(self, n: int, status: int = 500) -> None:
+        """The next ``n`` ``GET /orders/info/{id}`` answer ``status``."""
+        if not 400 <= status <= 599:
+            raise ValueError("status must be an HTTP error status (400-599)")
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        with self._lock:
+            self._order_info.extend([status] * n)
+
+    def expire_tokens(self) -> None:
+        """Every access token issued so far stops working now."""
+        with self._lock:
+            self.token_epoch += 1
+            self.injected["tokens_expired"] += 1
+
+    def down(self, is_down: bool = True) -> None:
+        """While down, every ``/api/v1`` request answers 503."""
+        self.is_down = is_down
+
+    def clear(self) -> None:
+        """Disarm every pending fault and bring the API back up (counters are kept)."""
+        with self._lock:
+            self._deliveries.clear()
+            self._order_info.clear()
+            self.is_down = False
+
+    # -- consuming (the marketplace calls these) -----------------------------------------------------------
+    def take_delivery_fault(self) -> DeliveryFault | None:
+        with self._lock:
+            if not self._deliveries:
+                return None
+            fault = self._deliveries.popleft()
+            self.injected[f"delivery_{fault.kind}"] += 1
+            return fault
+
+    def take_order_info_fault(self) -> int | None:
+        with self._lock:
+            if not self._order_info:
+                return None
+            self.injected["order_info_fail"] += 1
+            return self._order_info.popleft()
+
+    def note_down(self) -> None:
+        with self._lock:
+            self.injected["down"] += 1
+
+    def pending(self) -> dict[str, Any]:
+        """What is still armed (for the control API)."""
+        with self._lock:
+            return {
+                "deliveries": [fault.kind for fault in self._deliveries],
+                "order_info": len(self._order_info),
+                "down": self.is_down,
+            }
+
+    def _arm(self, fault: DeliveryFault, n: int) -> None:
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        with self._lock:
+            self._deliveries.extend([fault] * n)

@@ -1,0 +1,527 @@
+"""A reference SoftStore marketplace: the marketplace side of end-to-end tests and ``delivery-daemon demo``.
+
+It implements, from the SoftStore seller API document, under ``/api/v1``:
+
+* ``POST /auth/api-key/create`` (``X-API-KEY``) -> JWT-looking access token valid ``jwt_ttl`` seconds on the
+  injected clock;
+* ``GET /orders``, ``GET /orders/info/{id}``, ``POST /orders/delivery/{token}``;
+* ``GET /seller``, ``POST /seller/profile``, ``GET /products/info/{id}``, ``POST /products/update/{id}``;
+* the seller webhook: ``POST seller_url`` with the documented payload, signed
+  ``sha1(sha1(api_key).hexdigest() + id_order).hexdigest()``;
+
+plus fault injection (:class:`~delivery_daemon.reference.faults.Faults`) and a no-auth control API under
+``/_reference`` so another process can drive it. There is a single seller, owner of every product and order.
+
+Choices where the document is ambiguous or silent:
+
+* Token answer: the document's *Response Schema* is followed literally, ``{"access_token", "expires_in"}``
+  at the top level, no envelope (its Node example reads ``auth.data.data.access_token``, contradicting it).
+* Every other answer uses the envelope ``{"status": "success", "data": ...}`` /
+  ``{"status": "error", "message": ...}``. Unauthorized is 401, validation 400 (delivery body problems 422,
+  as its error table says), unknown ids 404, ``down`` 503, unknown ``/api/v1`` routes 404 "Not found".
+* ``GET /orders`` lists newest first (as the example) with string amounts/counts; ``GET /orders/info/{id}``
+  includes ``email`` as the example does (the prose says it is not exposed).
+* Delivery checks, in order: unknown token 404 "Order not found"; already delivered 409 "Order already
+  delivered"; order not ``paid`` 403 "Order is not paid" (the document lists 403 only for another seller's
+  order; a delivery for an unpaid order must not be accepted); then the body: invalid JSON 422 "Invalid JSON",
+  ``text`` missing/empty/not a string 422 "Field 'text' is required", ``download`` other than an https URL,
+  ``false`` or ``null`` 422 "Invalid download URL". Only a 200 sets ``delivered``; a second delivery is always
+  409, so accepted duplicates cannot happen.
+* Slow deliveries are processed at once and *answered* late, so a client that times out and retries sees 409.
+* Seller ``api_url`` and ``seller_url`` are the same thing (the webhook target); ``GET /seller`` returns the
+  API key as documented. A product's own ``api_url`` is stored but not used for webhooks.
+* ``place_order(send_webhook=True)`` sends the webhook whatever the order status (the payload always claims
+  ``payment_status: "paid"``), which lets tests forge premature webhooks; a failed send leaves
+  ``webhook_status`` None. Stock is decremented (not below 0) but never refuses an order.
+* Dates are UTC from the injected clock. ``requests`` holds only ``/api/v1`` requests, in arrival order.
+
+Secrets (API key, access tokens, delivery tokens, signatures) are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import httpx
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from delivery_daemon.reference.control import control_routes
+from delivery_daemon.reference.faults import Faults
+from delivery_daemon.reference.records import (
+    ORDER_STATUSES,
+    DeliveryRecord,
+    OrderRecord,
+    PlacedOrder,
+    ProductRecord,
+    RecordedRequest,
+    ValidationError,
+    WebhookRecord,
+    valid_url,
+    validate_product_update,
+    validate_profile,
+)
+
+__all__ = ["ConnectionDroppedError", "SoftStoreMarketplace", "documented_signature", "run_marketplace"]
+
+API_PREFIX = "/api/v1"
+log = structlog.get_logger("delivery_daemon.reference")
+_INVALID_JSON = object()
+_RAW_SEND = "delivery_daemon.reference.raw_send"
+
+
+def documented_signature(api_key: str, id_order: str) -> str:
+    """``sha1(sha1(api_key) + id_order)`` with lowercase hex digests, as the document specifies."""
+    inner = hashlib.sha1(api_key.encode()).hexdigest()  # noqa: S324 - the documented scheme
+    return hashlib.sha1((inner + id_order).encode()).hexdigest()  # noqa: S324
+
+
+def envelope(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse({"status": "success", "data": data}, status_code=status)
+
+
+def error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"status": "error", "message": message}, status_code=status, headers=headers)
+
+
+class ConnectionDroppedError(ConnectionError):
+    """Raised by the app for a dropped delivery when the server gives no transport to close."""
+
+
+class _ReferenceApp(Starlette):
+    """Starlette that remembers the server's own ``send`` so a fault can close the connection under it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[_RAW_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
+async def _drop_connection(request: Request) -> None:
+    """Close the client connection without any response (uvicorn's cycle exposes its transport)."""
+    owner = getattr(request.scope.get(_RAW_SEND), "__self__", None)
+    transport = getattr(owner, "transport", None)
+    if not isinstance(transport, asyncio.BaseTransport):
+        raise ConnectionDroppedError("reference marketplace dropped the connection")
+    transport.close()
+    for _ in range(100):  # let the protocol see connection_lost, so the server sends nothing more
+        if getattr(owner, "disconnected", True):
+            break
+        await asyncio.sleep(0)
+
+
+class _NonClosingTransport(httpx.AsyncBaseTransport):
+    """Lends an injected transport to a short-lived client without letting the client close it."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        return None
+
+
+Handler = Callable[[Request, Any], Awaitable[Response]]
+
+
+class SoftStoreMarketplace:
+    """An in-process SoftStore with one seller, its products and orders, webhooks and fault injection."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        seller_url: str | None = None,
+        jwt_ttl: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+        webhook_transport: httpx.AsyncBaseTransport | None = None,
+        seller_name: str = "Reference shop",
+    ) -> None:
+        if not api_key:
+            raise ValueError("api_key must not be empty")
+        self._api_key = api_key
+        self.seller_url = seller_url
+        self.jwt_ttl = jwt_ttl
+        self.clock = clock
+        self._webhook_transport = webhook_transport
+        self.seller_name = seller_name
+        self.seller_description = "Reference SoftStore seller for delivery-daemon tests"
+        self._seller_created = clock()
+        self.base_url: str | None = None
+        self.faults = Faults()
+        self.products: dict[str, ProductRecord] = {}
+        self.orders: dict[str, OrderRecord] = {}
+        self.requests: list[RecordedRequest] = []
+        self.delivery_log: list[DeliveryRecord] = []
+        self.webhooks: list[WebhookRecord] = []
+        self._by_token: dict[str, str] = {}
+        self._accepted: dict[str, DeliveryRecord] = {}
+        self._jwts: dict[str, tuple[float, int]] = {}  # token -> (expires_at, faults.token_epoch at issue)
+        self._jwt_secret = secrets.token_bytes(32)
+        self._next_order_number = 1
+        self.app: Starlette = _ReferenceApp(routes=self._routes())
+
+    # -- wiring ----------------------------------------------------------------
+    def bind(self, base_url: str) -> None:
+        """Set where the marketplace is reachable (``http://host:port``); delivery URLs are built from it."""
+        self.base_url = base_url.rstrip("/")
+
+    @property
+    def api_base(self) -> str:
+        if self.base_url is None:
+            raise RuntimeError("SoftStoreMarketplace.bind() has not been called")
+        return self.base_url + API_PREFIX
+
+    def add_product(self, id_product: str, *, name: str = "", price: int = 100, count: int = 100) -> None:
+        """Create (or replace) a product of the seller."""
+        self.products[id_product] = ProductRecord(
+            id=id_product, name=name or f"Reference product {id_product}", price=price, count=count,
+            created_at=self.clock(), uuid=f"ext-{id_product}",
+        )
+
+    def set_order_status(self, id_order: str, status: str) -> None:
+        if status not in ORDER_STATUSES:
+            raise ValueError(f"status must be one of {ORDER_STATUSES}")
+        self.orders[id_order].status = status
+
+    # -- orders and webhooks ---------------------------------------------------
+    async def place_order(
+        self, id_product: str, count: int = 1, *, status: str = "paid", send_webhook: bool = True,
+        email: str = "buyer@example.com",
+    ) -> PlacedOrder:
+        """Create an order for ``id_product`` and (by default) POST its webhook to ``seller_url``."""
+        product = self.products.get(id_product)
+        if product is None:
+            raise KeyError(f"unknown product {id_product!r}")
+        if status not in ORDER_STATUSES:
+            raise ValueError(f"status must be one of {ORDER_STATUSES}")
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        order = OrderRecord(
+            id_order=secrets.token_hex(16), id_product=id_product, count=count, status=status,
+            token=secrets.token_hex(32), email=email, internal_id=self._next_order_number,
+            guest_id=secrets.token_hex(16), amount=product.price * count * (100 - product.discount) // 100,
+            created_at=self.clock(),
+        )
+        self._next_order_number += 1
+        product.count = max(0, product.count - count)
+        self.orders[order.id_order] = order
+        self._by_token[order.token] = order.id_order
+        log.info("reference.order_placed", id_order=order.id_order, id_product=id_product, status=status)
+        payload = self.webhook_payload(order.id_order)
+        webhook_status: int | None = None
+        if send_webhook and self.seller_url:
+            try:
+                webhook_status = (await self.send_webhook(order.id_order)).status_code
+            except httpx.HTTPError:
+                webhook_status = None
+        return PlacedOrder(
+            id_order=order.id_order, id_product=id_product, count=count, token=order.token,
+            delivery_url=payload["delivery_url"], payload=payload, webhook_status=webhook_status,
+        )
+
+    def webhook_payload(self, id_order: str) -> dict[str, Any]:
+        """The documented, signed webhook body for an order."""
+        order = self.orders[id_order]
+        return {
+            "id_order": order.id_order,
+            "id_product": order.id_product,
+            "payment_status": "paid",
+            "signature": documented_signature(self._api_key, order.id_order),
+            "delivery_url": f"{self.api_base}/orders/delivery/{order.token}",
+            "token": order.token,
+        }
+
+    async def send_webhook(
+        self, id_order: str, *, overrides: dict[str, Any] | None = None, url: str | None = None,
+        omit: Sequence[str] = (),
+    ) -> httpx.Response:
+        """POST the order's webhook to ``url`` or ``seller_url``.
+
+        ``overrides`` replace payload fields and ``omit`` removes them (to forge bad webhooks).
+        Transport errors propagate (and are recorded in ``webhooks``).
+        """
+        target = url or self.seller_url
+        if not target:
+            raise RuntimeError("no seller_url configured for the webhook")
+        payload = self.webhook_payload(id_order)
+        payload.update(overrides or {})
+        for key in omit:
+            payload.pop(key, None)
+        record = WebhookRecord(id_order=id_order, url=target, payload=payload, status=None, at=self.clock())
+        self.webhooks.append(record)
+        transport = None if self._webhook_transport is None else _NonClosingTransport(self._webhook_transport)
+        try:
+            async with httpx.AsyncClient(transport=transport, timeout=10.0, follow_redirects=False) as client:
+                response = await client.post(target, json=payload)
+        except httpx.HTTPError as exc:
+            record.error = type(exc).__name__
+            log.warning("reference.webhook_failed", id_order=id_order, error=record.error)
+            raise
+        record.status = response.status_code
+        log.info("reference.webhook_sent", id_order=id_order, status=response.status_code)
+        return response
+
+    # -- inspection ------------------------------------------------------------
+    def deliveries(self, id_order: str) -> list[DeliveryRecord]:
+        """Every delivery POST made with this order's token, in arrival order."""
+        return [record for record in self.delivery_log if record.id_order == id_order]
+
+    def accepted(self, id_order: str) -> DeliveryRecord | None:
+        """The single delivery answered 200 for this order, if any."""
+        return self._accepted.get(id_order)
+
+    def summary(self) -> dict[str, Any]:
+        accepted = [record for record in self.delivery_log if record.status == 200]
+        return {
+            "orders": len(self.orders),
+            "delivered": sum(1 for order in self.orders.values() if order.delivered),
+            "deliveries_attempted": len(self.delivery_log),
+            "deliveries_accepted": len(accepted),
+            "duplicates": len(accepted) - len({record.id_order for record in accepted}),
+            "conflicts_409": sum(1 for record in self.delivery_log if record.status == 409),
+            "webhooks_sent": len(self.webhooks),
+            "requests": len(self.requests),
+            "faults_injected": dict(self.faults.injected),
+            "faults_pending": self.faults.pending(),
+        }
+
+    # -- HTTP plumbing ---------------------------------------------------------
+    def _routes(self) -> list[BaseRoute]:
+        api: list[tuple[str, Handler, str, bool]] = [
+            ("/auth/api-key/create", self._auth_create, "POST", False),
+            ("/orders", self._orders, "GET", True),
+            ("/orders/info/{id}", self._order_info, "GET", True),
+            ("/orders/delivery/{token}", self._delivery, "POST", True),  # records itself in delivery_log
+            ("/seller", self._seller, "GET", True),
+            ("/seller/profile", self._seller_profile, "POST", True),
+            ("/products/info/{id}", self._product_info, "GET", True),
+            ("/products/update/{id}", self._product_update, "POST", True),
+        ]
+        routes: list[BaseRoute] = [
+            Route(API_PREFIX + path, self._api(handler, auth=auth), methods=[method])
+            for path, handler, method, auth in api
+        ]
+        routes.append(Route(API_PREFIX + "/{rest:path}", self._api(self._not_found, auth=False),
+                            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
+        routes.extend(control_routes(self))
+        return routes
+
+    def _api(self, handler: Handler, *, auth: bool) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap an API handler: record the request, apply ``down``, check the bearer token."""
+
+        async def endpoint(request: Request) -> Response:
+            body = await request.body()
+            parsed: Any = None
+            if body:
+                try:
+                    parsed = json.loads(body)
+                except ValueError:
+                    parsed = _INVALID_JSON
+            record = RecordedRequest(
+                method=request.method, path=request.url.path, headers=dict(request.headers), body=body,
+                json=None if parsed is _INVALID_JSON else parsed, status=0, at=self.clock(),
+            )
+            self.requests.append(record)
+            delivery: DeliveryRecord | None = None
+            if handler == self._delivery:
+                token: str = request.path_params["token"]
+                delivery = DeliveryRecord(id_order=self._by_token.get(token), token=token, body=body,
+                                          json=record.json, status=0, at=record.at)
+                self.delivery_log.append(delivery)
+                request.state.delivery = delivery
+            if self.faults.is_down:
+                self.faults.note_down()
+                response: Response = error("Service temporarily unavailable", 503)
+            elif auth and not self._authorised(request):
+                response = error("Unauthorized", 401)
+            else:
+                response = await handler(request, parsed)
+            if not getattr(request.state, "dropped", False):
+                record.status = response.status_code
+                if delivery is not None:
+                    delivery.status = response.status_code
+            return response
+
+        return endpoint
+
+    def _authorised(self, request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        issued = self._jwts.get(token.strip()) if scheme.lower() == "bearer" else None
+        if issued is None:
+            return False
+        expires_at, epoch = issued
+        return epoch == self.faults.token_epoch and self.clock() < expires_at
+
+    def _issue_jwt(self) -> str:
+        now = self.clock()
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        claims = {"sub": "1", "iat": int(now), "exp": int(now + self.jwt_ttl), "jti": secrets.token_hex(8)}
+        body = b64(json.dumps(claims).encode())
+        signature = b64(hmac.new(self._jwt_secret, f"{header}.{body}".encode(), hashlib.sha256).digest())
+        token = f"{header}.{body}.{signature}"
+        self._jwts[token] = (now + self.jwt_ttl, self.faults.token_epoch)
+        return token
+
+    # -- API handlers ----------------------------------------------------------
+    async def _auth_create(self, request: Request, body: Any) -> Response:
+        presented = request.headers.get("x-api-key", "")
+        if not presented or not hmac.compare_digest(presented.encode(), self._api_key.encode()):
+            return error("Invalid API key", 401)
+        return JSONResponse({"access_token": self._issue_jwt(), "expires_in": int(self.jwt_ttl)})
+
+    async def _orders(self, request: Request, body: Any) -> Response:
+        newest_first = sorted(self.orders.values(), key=lambda order: order.internal_id, reverse=True)
+        return envelope([order.listing() for order in newest_first])
+
+    async def _order_info(self, request: Request, body: Any) -> Response:
+        status = self.faults.take_order_info_fault()
+        if status is not None:
+            log.info("reference.fault", kind="order_info_fail", status=status)
+            return error("Internal server error (injected)", status)
+        order = self.orders.get(request.path_params["id"])
+        if order is None:
+            return error("Order not found or access denied", 404)
+        return envelope({
+            "id": str(order.internal_id),
+            "id_user": "0",
+            "guest_id": order.guest_id,
+            "buyer_type": "guest",
+            "id_product": order.id_product,
+            "id_seller": "1",
+            "id_order": order.id_order,
+            "email": order.email,
+            **{k: v for k, v in order.listing().items() if k not in ("id_order", "id_product")},
+            "payment_system": "reference",
+        })
+
+    async def _delivery(self, request: Request, body: Any) -> Response:
+        record: DeliveryRecord = request.state.delivery
+        id_order = record.id_order
+        fault = self.faults.take_delivery_fault()
+        if fault is not None:
+            record.fault = fault.kind
+            log.info("reference.fault", kind=f"delivery_{fault.kind}", id_order=id_order)
+        if fault is not None and fault.kind == "fail":
+            headers = {"Retry-After": "1"} if fault.status == 429 else None
+            return error("Temporary failure (injected)", fault.status, headers)
+        if fault is not None and fault.kind == "drop":
+            request.state.dropped = True
+            await _drop_connection(request)
+            return Response(status_code=500)  # never reaches the client: the connection is gone
+        response = self._deliver(id_order, body, record)
+        record.status = response.status_code  # known now, even if the answer is held back below
+        if fault is not None and fault.kind == "slow":
+            await asyncio.sleep(fault.seconds)
+        return response
+
+    def _deliver(self, id_order: str | None, body: Any, record: DeliveryRecord) -> Response:
+        order = self.orders.get(id_order) if id_order is not None else None
+        if order is None:
+            return error("Order not found", 404)
+        if order.delivered:
+            return error("Order already delivered", 409)
+        if order.status != "paid":
+            return error("Order is not paid", 403)
+        if body is _INVALID_JSON or not isinstance(body, dict):
+            return error("Invalid JSON", 422)
+        text = body.get("text")
+        if not isinstance(text, str) or not text.strip():
+            return error("Field 'text' is required", 422)
+        download = body.get("download")
+        if not (download is None or download is False or valid_url(download, https_only=True)):
+            return error("Invalid download URL", 422)
+        order.delivered = True
+        record.status = 200
+        self._accepted[order.id_order] = record
+        log.info("reference.delivery_accepted", id_order=order.id_order)
+        return envelope({"message": "Product delivered successfully", "id_order": order.id_order,
+                         "delivered": True})
+
+    async def _seller(self, request: Request, body: Any) -> Response:
+        return envelope({
+            "id": 1,
+            "id_user": 1,
+            "name": self.seller_name,
+            "balance": sum(order.amount for order in self.orders.values() if order.status == "paid"),
+            "img": "",
+            "description": self.seller_description,
+            "api_url": self.seller_url or "",
+            "data_create": time.strftime("%d.%m.%Y", time.gmtime(self._seller_created)),
+            "rating": 0,
+            "api_key": self._api_key,
+            "status_moderation": 0,
+        })
+
+    async def _seller_profile(self, request: Request, body: Any) -> Response:
+        try:
+            fields = validate_profile(None if body is _INVALID_JSON else body)
+        except ValidationError as exc:
+            return error(str(exc), 400)
+        self.seller_name = fields.get("name", self.seller_name)
+        self.seller_description = fields.get("description", self.seller_description)
+        self.seller_url = fields.get("api_url", self.seller_url)
+        return envelope({"id": 1, "name": self.seller_name, "description": self.seller_description,
+                         "api_url": self.seller_url or ""})
+
+    async def _product_info(self, request: Request, body: Any) -> Response:
+        product = self.products.get(request.path_params["id"])
+        if product is None:
+            return error("Product not found", 404)
+        return envelope({"product": product.info()})
+
+    async def _product_update(self, request: Request, body: Any) -> Response:
+        product = self.products.get(request.path_params["id"])
+        if product is None:
+            return error("Product not found or access denied", 404)
+        taken = {other.uuid for other in self.products.values() if other is not product}
+        try:
+            fields, moderation = validate_product_update(None if body is _INVALID_JSON else body,
+                                                         taken_uuids=taken)
+        except ValidationError as exc:
+            return error(str(exc), 400)
+        for key, value in fields.items():
+            if key in ("name", "price", "count", "discount", "uuid"):
+                setattr(product, key, value)
+            else:
+                product.extra[key] = value
+        if moderation:
+            product.status_moderation = "wait"
+        return envelope({"message": "Product updated", "moderation": moderation})
+
+    async def _not_found(self, request: Request, body: Any) -> Response:
+        return error("Not found", 404)
+
+
+async def run_marketplace(
+    *, host: str, port: int, api_key: str, seller_url: str | None, products: list[str]
+) -> None:
+    """Serve a reference marketplace on ``host:port`` until cancelled (for the CLI and the demo)."""
+    from delivery_daemon.serving import serve
+
+    market = SoftStoreMarketplace(api_key=api_key, seller_url=seller_url)
+    for id_product in products:
+        market.add_product(id_product)
+    async with serve(market.app, host, port) as running:
+        shown = f"[{host}]" if ":" in host else host
+        market.bind(f"http://{shown}:{running.port}")
+        log.info("reference.started", url=market.base_url, api_base=market.api_base, products=len(products),
+                 webhooks=bool(seller_url))
+        await asyncio.Event().wait()
