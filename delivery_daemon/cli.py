@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -93,11 +94,9 @@ def cmd_marketplace(args: argparse.Namespace) -> int:
     from .reference.softstore import run_marketplace
 
     configure_logging("auto", "info")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_marketplace(host=args.host, port=args.port, api_key=args.api_key,
                                     seller_url=args.seller_url, products=args.product or ["demo-product"]))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

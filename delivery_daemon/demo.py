@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from rich.table import Table
 from .app import create_app
 from .config import parse_settings
 from .logs import configure_logging
+from .marketplace import MarketplaceType
 from .plugins import discover
 from .reference.softstore import SoftStoreMarketplace
 from .serving import serve
@@ -47,9 +49,9 @@ class Row:
         return self.accepted == 1 and self.keys == self.quantity
 
 
-async def run_demo(orders: int = 6, console: Console | None = None, timeout: float = 60.0) -> int:
+async def run_demo(orders: int = 6, console: Console | None = None, deadline_s: float = 60.0) -> int:
     console = console or Console()
-    configure_logging("console", "error", stream=console.file)  # the table is the output; errors still show
+    configure_logging("console", "error", stream=sys.stderr)  # the table is the output; errors still show
     api_key = secrets.token_hex(20)
     market = SoftStoreMarketplace(api_key=api_key)
     for product_id in PRODUCTS:
@@ -73,7 +75,7 @@ async def run_demo(orders: int = 6, console: Console | None = None, timeout: flo
                 console.print(f"reference marketplace at {market_server.url}, daemon at {daemon_server.url}")
                 market.faults.fail_next_deliveries(1, status=503)  # one retry, to show the machinery
                 rows = await _place(market, orders)
-                await _follow(market, rows, console, timeout)
+                await _follow(market, rows, console, deadline_s)
     _table(rows, console)
     bad = [row for row in rows if not row.ok]
     if bad:
@@ -83,10 +85,10 @@ async def run_demo(orders: int = 6, console: Console | None = None, timeout: flo
     return 0
 
 
-def _marketplaces() -> list[object]:
+def _marketplaces() -> list[MarketplaceType]:
     from .cli import default_marketplaces
 
-    return list(default_marketplaces())
+    return default_marketplaces()
 
 
 async def _place(market: SoftStoreMarketplace, orders: int) -> list[Row]:
@@ -111,11 +113,11 @@ def _refresh(market: SoftStoreMarketplace, row: Row) -> None:
         row.latency_ms = (accepted[0].at - row.placed_at) * 1000
 
 
-async def _follow(market: SoftStoreMarketplace, rows: list[Row], console: Console, timeout: float) -> None:
+async def _follow(market: SoftStoreMarketplace, rows: list[Row], console: Console, deadline_s: float) -> None:
     columns = (TextColumn("delivering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("orders", total=len(rows))
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + deadline_s
         while time.monotonic() < deadline:
             for row in rows:
                 _refresh(market, row)
