@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__
 from .config import Settings, load_settings
-from .errors import ConfigError, PluginError
+from .errors import ConfigError, DeliveryDaemonError, PluginError
 from .marketplace import MarketplaceType
 
 
@@ -60,12 +60,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"    product {product_id}: generator {product.generator_name}")
         if store.default is not None:
             print(f"    any other product: generator {store.default.generator_name}")
-    asyncio.run(_close(stores))
+    asyncio.run(_report_status(stores))
     return 0
 
 
-async def _close(stores: dict[str, Any]) -> None:
+async def _report_status(stores: dict[str, Any], timeout: float = 5.0) -> None:
+    """Ask each marketplace that can report a status; never fails the check (the marketplace may be down)."""
     for store in stores.values():
+        status = getattr(store.marketplace, "status", None)
+        if status is not None:
+            try:
+                async with asyncio.timeout(timeout):
+                    line = await status()
+            except (DeliveryDaemonError, OSError, TimeoutError) as exc:
+                line = f"marketplace not reachable now ({type(exc).__name__}: {exc})"
+            print(f"  store {store.name} status: {line}")
         await store.marketplace.aclose()
 
 
@@ -124,7 +133,13 @@ def _register_core(sub: Any) -> None:
     market.set_defaults(func=cmd_marketplace)
 
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core]
+def _register_softstore(sub: Any) -> None:
+    from .marketplaces.softstore_seller import register
+
+    register(sub)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_softstore]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 
 

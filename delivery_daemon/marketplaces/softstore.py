@@ -185,6 +185,12 @@ class SoftStoreAdapter:
     def sink(self) -> SoftStoreDelivery:
         return self._sink
 
+    async def status(self) -> str:
+        """One line on the store as the marketplace sees it (used by ``check-config``; may raise)."""
+        from .softstore_seller import store_status
+
+        return await store_status(self, self.store)
+
     def secrets(self) -> list[str]:
         return [s for s in (self._api_key, self._signing_key, self.tokens.current) if s]
 

@@ -1,0 +1,131 @@
+"""SoftStore seller tooling: connect the webhook in one command, and report a store's status.
+
+``delivery-daemon softstore connect --config C --store S --public-url URL`` sets the seller's ``api_url`` (where
+SoftStore sends paid-order webhooks) through ``POST /seller/profile``, reads it back with ``GET /seller`` and reports
+what changed; ``--check`` only compares. The marketplace's validation messages ("Invalid API URL", …) are shown as
+one line. "Points at this daemon" means the seller's ``api_url`` ends with ``/webhooks/<store name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..clock import SystemClock
+from ..config import load_settings
+from ..errors import ConfigError, DeliveryDaemonError, MarketplaceError, Retry
+from ..marketplace import AdapterContext, message_of
+from .softstore import SoftStoreAdapter
+
+
+class SellerApi:
+    """The seller endpoints of SoftStore's API, through an adapter's authenticated client."""
+
+    def __init__(self, adapter: SoftStoreAdapter) -> None:
+        self.adapter = adapter
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = await self.adapter._authorised(method, path, **kwargs)
+        except Retry as exc:
+            raise MarketplaceError(f"SoftStore is unreachable: {exc.reason}") from None
+        if response.status_code != 200:
+            raise MarketplaceError(f"SoftStore answered {response.status_code}: {message_of(response)}")
+        try:
+            data = response.json()["data"]
+        except (ValueError, KeyError, TypeError):
+            raise MarketplaceError("SoftStore's answer is unreadable") from None
+        if not isinstance(data, dict):
+            raise MarketplaceError("SoftStore's answer is unreadable")
+        return data
+
+    async def seller(self) -> dict[str, Any]:
+        return await self._call("GET", "/seller")
+
+    async def update_profile(self, **fields: str) -> dict[str, Any]:
+        return await self._call("POST", "/seller/profile", json=fields)
+
+
+def points_here(api_url: str | None, store: str) -> bool:
+    return bool(api_url) and str(api_url).rstrip("/").endswith(f"/webhooks/{store}")
+
+
+@dataclass(frozen=True)
+class Connection:
+    before: str
+    after: str
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+async def connect(api: SellerApi, public_url: str, *, check: bool) -> Connection:
+    """Set (or with ``check`` only compare) the seller's ``api_url``; the result is read back from SoftStore."""
+    before = str((await api.seller()).get("api_url") or "")
+    if check or before == public_url:
+        return Connection(before, before)
+    await api.update_profile(api_url=public_url)
+    after = str((await api.seller()).get("api_url") or "")
+    return Connection(before, after)
+
+
+async def store_status(adapter: SoftStoreAdapter, store: str) -> str:
+    """One line about the store as SoftStore sees it (for ``check-config``)."""
+    seller = await SellerApi(adapter).seller()
+    api_url = seller.get("api_url") or "(not set)"
+    where = "points at this daemon" if points_here(seller.get("api_url"), store) else "does NOT point at this daemon"
+    return (f"SoftStore seller {seller.get('name')!r}, moderation status {seller.get('status_moderation')}, "
+            f"api_url {api_url} ({where})")
+
+
+def _adapter(config: str, store_name: str, transport: httpx.AsyncBaseTransport | None = None) -> SoftStoreAdapter:
+    settings = load_settings(config)
+    for index, store in enumerate(settings.stores):
+        if store.name == store_name:
+            if store.marketplace != "softstore":
+                raise ConfigError(f"stores[{index}].marketplace", f"store {store_name!r} is not a SoftStore store")
+            return SoftStoreAdapter(AdapterContext(store=store, path=f"stores[{index}]", clock=SystemClock(),
+                                                   delivery=settings.delivery, transport=transport))
+    raise ConfigError("stores", f"no store named {store_name!r}")
+
+
+async def _connect_command(args: argparse.Namespace) -> int:
+    adapter = _adapter(args.config, args.store)
+    try:
+        result = await connect(SellerApi(adapter), args.public_url, check=args.check)
+    except DeliveryDaemonError as exc:
+        print(f"delivery-daemon: softstore connect failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await adapter.aclose()
+    if args.check:
+        if result.before == args.public_url:
+            print(f"{args.store}: api_url is {result.before} (matches)")
+            return 0
+        print(f"{args.store}: api_url is {result.before or '(not set)'}, expected {args.public_url}")
+        return 1
+    if not result.changed:
+        print(f"{args.store}: api_url already {result.after} (unchanged)")
+        return 0
+    if result.after != args.public_url:
+        print(f"{args.store}: SoftStore kept api_url {result.after!r} after the update", file=sys.stderr)
+        return 1
+    print(f"{args.store}: api_url {result.before or '(not set)'} -> {result.after}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    group = sub.add_parser("softstore", help="SoftStore seller tooling").add_subparsers(dest="softstore_command",
+                                                                                         required=True)
+    conn = group.add_parser("connect", help="point the seller's webhook (api_url) at this daemon")
+    conn.add_argument("--config", required=True)
+    conn.add_argument("--store", required=True)
+    conn.add_argument("--public-url", required=True, help="e.g. https://seller.example/webhooks/main")
+    conn.add_argument("--check", action="store_true", help="only compare; exit 1 when it differs")
+    conn.set_defaults(func=lambda args: asyncio.run(_connect_command(args)))
