@@ -64,13 +64,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _report_status(stores: dict[str, Any], timeout: float = 5.0) -> None:
+async def _report_status(stores: dict[str, Any], limit_s: float = 5.0) -> None:
     """Ask each marketplace that can report a status; never fails the check (the marketplace may be down)."""
     for store in stores.values():
         status = getattr(store.marketplace, "status", None)
         if status is not None:
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(limit_s):
                     line = await status()
             except (DeliveryDaemonError, OSError, TimeoutError) as exc:
                 line = f"marketplace not reachable now ({type(exc).__name__}: {exc})"
