@@ -164,8 +164,9 @@ async def multi_stack(tmp_path: Path, *, smtp: dict[str, Any] | None = None, mai
 def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> Any:
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
-    ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"seller" and auth_data.password == b"smtp-pass-123"
-    return AuthResult(success=ok)
+    ok = (isinstance(auth_data, LoginPassword) and auth_data.login == b"seller"
+          and auth_data.password == b"smtp-pass-123")
+    return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
 
 async def post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
