@@ -145,3 +145,15 @@ async def test_unpaid_checkout_session_and_other_events_are_ignored(tmp_path: Pa
         assert (await sender.send(event("checkout.session.completed", session))).json() == {"status": "ignored"}
         assert (await sender.send(event("account.updated", {"id": "acct_1"}))).json() == {"status": "ignored"}
         assert await multi.job("stripe", "pi_x") is None
+
+
+async def test_event_ids_are_remembered_for_three_days_and_more(tmp_path: Path) -> None:
+    """A refund event resent 3 days later is still a duplicate; after the 7-day retention it is handled again."""
+    async with multi_stack(tmp_path) as multi:
+        sender = multi.stripe()
+        refund = event("charge.refunded", charge_refunded("pi_remembered"))
+        assert (await sender.send(refund)).json()["status"] == "cancelled_unseen"
+        multi.clock.advance(3 * 86_400)
+        assert (await sender.send(refund)).json()["status"] == "duplicate"
+        multi.clock.advance(4 * 86_400 + 1)
+        assert (await sender.send(refund)).json()["status"] == "already_cancelled"
