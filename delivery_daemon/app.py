@@ -59,6 +59,7 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     stores = build_stores(settings, marketplaces, plugins, clock, transport)
     for store in stores.values():
         redactor.add_source(store.marketplace.secrets)
+        redactor.add(*store.channel_secrets)
     engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
                               busy_timeout_ms=settings.database.busy_timeout_ms)
     create_schema(engine)

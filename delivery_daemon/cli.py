@@ -22,9 +22,13 @@ from .marketplace import MarketplaceType
 
 def default_marketplaces() -> list[MarketplaceType]:
     """The marketplace types this build ships with."""
+    from .marketplaces.sellix import Sellix
+    from .marketplaces.shoppy import Shoppy
     from .marketplaces.softstore import SoftStore
+    from .marketplaces.standard_webhooks import StandardWebhooks
+    from .marketplaces.stripe_store import StripeStore
 
-    return [SoftStore()]
+    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), StandardWebhooks()]
 
 
 def _fail(message: str) -> int:

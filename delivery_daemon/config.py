@@ -72,6 +72,55 @@ class ProductSettings(_Model):
     template: str = "{keys_lines}"
 
 
+class SignatureSettings(_Model):
+    """How a store's inbound webhooks are signed, where the marketplace's document leaves it open.
+
+    Each adapter documents its defaults; a field left unset keeps them.
+    """
+
+    header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{1,64}$")
+    algorithm: Literal["sha256", "sha512"] | None = None
+    tolerance: float = Field(default=300.0, gt=0, le=86_400)
+    """Seconds a timestamped signature may be old (or ahead of our clock)."""
+
+
+class SmtpSettings(_Model):
+    """The seller's own SMTP server, for the ``email`` delivery channel."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    subject: str = "Your order {order_id}"
+    timeout: float = Field(default=30.0, gt=0)
+    ca_file: str | None = None
+    """A CA bundle to trust for the server's certificate (a private CA); the system's store when unset."""
+
+
+class OutboundWebhookSettings(_Model):
+    """The seller's own system, for the ``webhook`` delivery channel (signed with Standard Webhooks headers)."""
+
+    url: str
+    secret: SecretStr
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+class ChannelSettings(_Model):
+    """Where a store's orders are delivered: the marketplace's own API, the buyer's email, or the seller's system."""
+
+    channel: Literal["marketplace", "email", "webhook"] = "marketplace"
+    email: SmtpSettings | None = None
+    webhook: OutboundWebhookSettings | None = None
+
+
 class StoreSettings(_Model):
     """One marketplace account. ``name`` is its webhook path: ``POST /webhooks/{name}``."""
 
@@ -82,6 +131,10 @@ class StoreSettings(_Model):
     webhook_secret: SecretStr | None = None
     default: ProductSettings | None = None
     products: dict[str, ProductSettings] = Field(default_factory=dict)
+    signature: SignatureSettings = SignatureSettings()
+    delivery: ChannelSettings = ChannelSettings()
+    sync_budget: float = Field(default=5.0, gt=0, le=9.5)
+    """Seconds a marketplace that waits for the goods in its request (Sellix dynamic products) is given them in."""
 
     @field_validator("api_url")
     @classmethod

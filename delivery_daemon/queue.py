@@ -49,6 +49,18 @@ class Enqueued:
 
 
 @dataclass(frozen=True)
+class MarkedOrder:
+    """A refund or dispute to apply to an order (see :meth:`JobQueue.mark`)."""
+
+    store: str
+    order_id: str
+    marketplace: str
+    product_id: str
+    kind: str  # "refunded" | "disputed"
+    reason: str
+
+
+@dataclass(frozen=True)
 class Transition:
     """The outcome of one step, to be recorded atomically with the job's new state."""
 
@@ -77,6 +89,10 @@ class JobQueue:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` on the queue's database thread (for feature modules with tables of their own)."""
+        return await self._run(fn, *args, **kwargs)
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -262,6 +278,61 @@ class JobQueue:
         return await self._run(self._requeue, JOBS.c.id == job_id, "retry",
                                [JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value])
 
+    def _claim_order(self, store: str, order_id: str, owner: str, lease_seconds: float,
+                     from_states: Sequence[str]) -> Job | None:
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                update(JOBS)
+                .where(and_(JOBS.c.store == store, JOBS.c.order_id == order_id, JOBS.c.state.in_(from_states)))
+                .values(state=JobState.RUNNING.value, lease_owner=owner, lease_until=now + lease_seconds,
+                        updated_at=now)
+                .returning(*JOBS.c)
+            ).first()
+        return _row_to_job(row) if row is not None else None
+
+    async def claim_order(self, store: str, order_id: str, owner: str, lease_seconds: float,
+                          from_states: Sequence[str] = RUNNABLE) -> Job | None:
+        """Lease one named order to ``owner`` if it is in one of ``from_states``; None if it is not (e.g. a worker
+        holds it, or it is final)."""
+        return await self._run(self._claim_order, store, order_id, owner, lease_seconds, from_states)
+
+    def _mark(self, order: MarkedOrder) -> str:
+        now = self.clock.now()
+        where = and_(JOBS.c.store == order.store, JOBS.c.order_id == order.order_id)
+        with self.engine.begin() as conn:
+            row = conn.execute(select(JOBS.c.id, JOBS.c.state).where(where)).first()
+            if row is None:
+                # Remembered as cancelled, so that a "paid" webhook arriving after its refund delivers nothing.
+                job_id = conn.execute(insert(JOBS).values(
+                    store=order.store, order_id=order.order_id, marketplace=order.marketplace,
+                    product_id=order.product_id, state=JobState.CANCELLED.value, payload="{}", attempts=0,
+                    received=0, due_at=now, created_at=now, updated_at=now, last_error=order.reason,
+                ).returning(JOBS.c.id)).scalar_one()
+                outcome, state = "cancelled_unseen", JobState.CANCELLED
+            elif row.state == JobState.DELIVERED.value:
+                job_id, outcome, state = row.id, "flagged", JobState.DELIVERED
+                conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(last_error=order.reason, updated_at=now))
+            elif row.state == JobState.CANCELLED.value:
+                job_id, outcome, state = row.id, "already_cancelled", JobState.CANCELLED
+            else:
+                # A running job loses its lease here: its worker's next transition finds no row (LeaseLost).
+                job_id, outcome, state = row.id, "cancelled", JobState.CANCELLED
+                conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
+                    state=JobState.CANCELLED.value, lease_owner=None, lease_until=None, last_error=order.reason,
+                    updated_at=now))
+            self._record(conn, job_id, Transition(state, "event", f"{order.kind}:{outcome}"[:32],
+                                                  error=order.reason), now)
+        return outcome
+
+    async def mark(self, order: MarkedOrder) -> str:
+        """Apply a refund or dispute to an order in one transaction and record it in the order's history.
+
+        Returns ``cancelled`` (was not delivered yet), ``cancelled_unseen`` (unknown order, remembered cancelled),
+        ``already_cancelled``, or ``flagged`` (already delivered: ``last_error`` says why, the job stays delivered).
+        """
+        return await self._run(self._mark, order)
+
     # -- reads -----------------------------------------------------------------------------------------------
 
     def _get(self, job_id: int) -> Job | None:
@@ -322,4 +393,4 @@ class JobQueue:
         await self._run(self._writable)
 
 
-__all__ = ["FINAL", "Enqueued", "JobQueue", "LeaseLost", "QueueError", "Transition"]
+__all__ = ["FINAL", "Enqueued", "JobQueue", "LeaseLost", "MarkedOrder", "QueueError", "Transition"]

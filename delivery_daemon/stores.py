@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from .channels import build_channel
 from .clock import Clock
 from .config import ProductSettings, Settings, StoreSettings, format_location
 from .errors import ConfigError
@@ -40,6 +41,7 @@ class Store:
     sink: Sink
     products: dict[str, Product] = field(default_factory=dict)
     default: Product | None = None
+    channel_secrets: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -84,9 +86,10 @@ def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], pl
         if kind is None:
             raise ConfigError(f"{path}.marketplace",
                               f"unknown marketplace {store.marketplace!r} (known: {', '.join(sorted(types))})")
-        adapter = kind.create(AdapterContext(store=store, path=path, clock=clock, delivery=settings.delivery,
-                                             transport=transport))
-        built = Store(settings=store, marketplace=adapter, sink=adapter.sink())
+        context = AdapterContext(store=store, path=path, clock=clock, delivery=settings.delivery, transport=transport)
+        adapter = kind.create(context)
+        channel = build_channel(adapter, context)
+        built = Store(settings=store, marketplace=adapter, sink=channel.sink, channel_secrets=channel.secrets)
         for product_id, product in store.products.items():
             built.products[product_id] = build_product(product, plugins, f"{path}.products.{product_id}")
         if store.default is not None:
