@@ -59,7 +59,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  worker:   concurrency {settings.worker.concurrency}, retries after "
           + ", ".join(f"{d:g}s" for d in settings.delivery.retry_schedule))
     for store in stores.values():
-        print(f"  store {store.name}: {store.settings.marketplace} at {store.settings.api_url}, sink {store.sink.name}")
+        where = f" at {store.settings.api_url}" if store.settings.api_url else ""
+        sink = store.sink.name
+        print(f"  store {store.name}: {store.settings.marketplace}{where}, delivers through {sink}")
         for product_id, product in store.products.items():
             print(f"    product {product_id}: generator {product.generator_name}")
         if store.default is not None:
