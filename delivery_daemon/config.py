@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigError
 
@@ -31,6 +33,16 @@ class DatabaseSettings(_Model):
     url: str = "sqlite:///delivery-daemon.db"
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     busy_timeout_ms: int = Field(default=10_000, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _parseable(cls, value: str) -> str:
+        # Checked here so that a typo is a one-line config error, not SQLAlchemy's ArgumentError at start-up.
+        try:
+            make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL (e.g. sqlite:///delivery-daemon.db)") from None
+        return value
 
 
 class ServerSettings(_Model):
