@@ -202,6 +202,20 @@ class JobQueue:
         """Hand back every job ``owner`` still holds (graceful shutdown)."""
         return await self._run(self._release_owned, owner)
 
+    def _renew(self, owner: str, lease_seconds: float) -> int:
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(JOBS)
+                .where(and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner))
+                .values(lease_until=now + lease_seconds)
+            )
+        return int(result.rowcount)
+
+    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
+        """Extend every lease ``owner`` holds: a live worker keeps its jobs however long a step takes."""
+        return await self._run(self._renew, owner, lease_seconds)
+
     # -- transitions of a leased job ---------------------------------------------------------------------------
 
     @staticmethod

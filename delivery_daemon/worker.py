@@ -101,8 +101,10 @@ class Worker:
         log.info("worker.stopped", owner=self.owner, released=released)
 
     async def periodic(self) -> None:
-        """Put expired leases back and wake the loop so that retries that fell due are picked up."""
+        """Renew our leases, put expired ones back, and wake the loop so that due retries are picked up."""
         try:
+            if self._inflight:
+                await self.queue.renew_leases(self.owner, self.settings.lease_seconds)
             released = await self.queue.release_expired()
         except QueueError as exc:
             log.error("worker.periodic_failed", error=str(exc))

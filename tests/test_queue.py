@@ -179,3 +179,19 @@ async def test_database_file_is_private(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     finally:
         built.dispose()
+
+
+async def test_renew_leases_keeps_a_live_workers_jobs(queue: JobQueue, clock: ManualClock) -> None:
+    """A worker renewing its leases keeps its jobs past the original expiry; others' leases are untouched."""
+    mine = await queue.enqueue(order("mine"))
+    await queue.claim("w1", 5, 1)
+    other = await queue.enqueue(order("other"))
+    await queue.claim("w2", 5, 1)
+    clock.advance(4)
+    assert await queue.renew_leases("w1", 5) == 1
+    clock.advance(4)  # 8 s after the claims: w2's lease ran out, w1's renewed one did not
+    assert await queue.release_expired() == 1
+    job_mine, job_other = await queue.get(mine.job_id), await queue.get(other.job_id)
+    assert job_mine is not None and job_other is not None
+    assert (job_mine.state, job_mine.lease_owner) == ("running", "w1")
+    assert job_other.state == "queued"
