@@ -125,7 +125,13 @@ def _register_core(sub: Any) -> None:
     market.set_defaults(func=cmd_marketplace)
 
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core]
+def _register_orders(sub: Any) -> None:
+    from .orders_cli import register
+
+    register(sub)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_orders]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 
 
