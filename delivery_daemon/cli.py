@@ -69,17 +69,13 @@ async def _close(stores: dict[str, Any]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import create_app
     from .logs import configure_logging
+    from .runner import run_daemon
 
     settings, plugins = _load(args.config)
     configure_logging(args.log_format or settings.logging.format, args.log_level or settings.logging.level)
-    app = create_app(settings, marketplaces=default_marketplaces(), plugins=plugins)
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="warning",
-                access_log=False, lifespan="on", timeout_graceful_shutdown=15)
-    return 0
+    # SIGTERM drains and exits 0, SIGHUP reloads the stores: see runner.py.
+    return run_daemon(args.config, settings, marketplaces=default_marketplaces(), plugins=plugins)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
