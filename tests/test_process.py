@@ -10,7 +10,7 @@ import secrets
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +108,17 @@ def job_state(db: Path, order_id: str) -> tuple[str, list[str]]:
     return state, outcomes
 
 
-async def wait_delivery_posted(market: SoftStoreMarketplace, order_id: str) -> None:
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll state owned by another process (the daemon's database, the marketplace's records)."""
     async with asyncio.timeout(WAIT):
-        while not market.deliveries(order_id):
+        while True:
+            if condition():
+                return
             await asyncio.sleep(0.02)
+
+
+async def wait_delivery_posted(market: SoftStoreMarketplace, order_id: str) -> None:
+    await until(lambda: bool(market.deliveries(order_id)))
 
 
 async def test_sigterm_lets_inflight_delivery_finish(market: SoftStoreMarketplace, tmp_path: Path) -> None:
@@ -144,9 +151,7 @@ async def test_sigterm_past_grace_releases_job_for_next_start(market: SoftStoreM
     assert state == "queued" and outcomes[-1] == "released"
     again = await start_daemon(config)
     try:
-        async with asyncio.timeout(WAIT):
-            while job_state(db, order.id_order)[0] != "delivered":
-                await asyncio.sleep(0.05)
+        await until(lambda: job_state(db, order.id_order)[0] == "delivered")
     finally:
         assert await again.stop() == 0
     # The marketplace got the content once (its first POST was processed); the second was answered 409.
@@ -171,9 +176,7 @@ async def test_sighup_reloads_good_config_and_refuses_bad(market: SoftStoreMarke
         failed = await daemon.wait_for("config.reload_failed")
         assert "no-such-generator" in failed["error"] and API_KEY not in json.dumps(daemon.events)
         late = await market.place_order("prod-1", 1)
-        async with asyncio.timeout(WAIT):
-            while any(market.accepted(o.id_order) is None for o in (*during, after, late)):
-                await asyncio.sleep(0.05)
+        await until(lambda: all(market.accepted(o.id_order) is not None for o in (*during, after, late)))
     finally:
         assert await daemon.stop() == 0
     assert all(o.webhook_status == 200 for o in (*during, after, late))
