@@ -25,6 +25,7 @@ from .logs import REDACTOR, Redactor
 from .marketplace import MarketplaceType
 from .metrics import UNKNOWN_STORE, Metrics
 from .queue import JobQueue
+from .retention import RetentionService
 from .stores import Store, build_stores
 from .worker import GENERATOR_BUDGET, Worker
 
@@ -84,11 +85,18 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        retention = None
         if start_worker:
             await daemon.worker.start()
+            if settings.retention.days is not None:
+                retention = RetentionService(daemon.engine, daemon.clock, settings.retention.days,
+                                             settings.retention.interval)
+                retention.start()
         try:
             yield
         finally:
+            if retention is not None:
+                retention.stop()
             if start_worker:
                 await daemon.worker.stop(settings.worker.shutdown_grace)
             await daemon.aclose()

@@ -127,7 +127,13 @@ def _register_orders(sub: Any) -> None:
     register(sub)
 
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_orders]
+def _register_db(sub: Any) -> None:
+    from .db_cli import register
+
+    register(sub)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_orders, _register_db]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 
 
