@@ -85,17 +85,13 @@ async def _report_status(stores: dict[str, Any], limit_s: float = 5.0) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import create_app
     from .logs import configure_logging
+    from .runner import run_daemon
 
     settings, plugins = _load(args.config)
     configure_logging(args.log_format or settings.logging.format, args.log_level or settings.logging.level)
-    app = create_app(settings, marketplaces=default_marketplaces(), plugins=plugins)
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="warning",
-                access_log=False, lifespan="on", timeout_graceful_shutdown=15)
-    return 0
+    # SIGTERM drains and exits 0, SIGHUP reloads the stores: see runner.py.
+    return run_daemon(args.config, settings, marketplaces=default_marketplaces(), plugins=plugins)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -145,7 +141,19 @@ def _register_softstore(sub: Any) -> None:
     register(sub)
 
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_softstore]
+def _register_orders(sub: Any) -> None:
+    from .orders_cli import register
+
+    register(sub)
+
+
+def _register_db(sub: Any) -> None:
+    from .db_cli import register
+
+    register(sub)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_softstore, _register_orders, _register_db]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 
 

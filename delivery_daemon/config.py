@@ -56,6 +56,7 @@ class WorkerSettings(_Model):
     lease_seconds: float = Field(default=120.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     claim_batch: int = Field(default=32, ge=1)
+    shutdown_grace: float = Field(default=10.0, ge=0)
 
 
 class DeliverySettings(_Model):
@@ -69,6 +70,22 @@ class DeliverySettings(_Model):
         if any(delay < 0 for delay in value):
             raise ValueError("delays must be zero or more seconds")
         return value
+
+
+class AdminSettings(_Model):
+    """Where ``/metrics`` is served: on the webhook port when ``port`` is unset, else on ``host:port`` apart from it.
+    With ``token`` set, ``/metrics`` wants ``Authorization: Bearer <token>``."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65535)
+    token: SecretStr | None = None
+
+
+class RetentionSettings(_Model):
+    """After ``days``, a finished order keeps only its audit row: payload, delivered content and email are purged."""
+
+    days: float | None = Field(default=None, gt=0)
+    interval: float = Field(default=3600.0, gt=0)
 
 
 class LoggingSettings(_Model):
@@ -166,6 +183,8 @@ class Settings(_Model):
     worker: WorkerSettings = WorkerSettings()
     delivery: DeliverySettings = DeliverySettings()
     logging: LoggingSettings = LoggingSettings()
+    admin: AdminSettings = AdminSettings()
+    retention: RetentionSettings = RetentionSettings()
     stores: tuple[StoreSettings, ...] = ()
 
     @model_validator(mode="after")
