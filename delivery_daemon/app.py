@@ -24,6 +24,7 @@ from .db import create_db_engine, create_schema
 from .logs import REDACTOR, Redactor
 from .marketplace import MarketplaceType
 from .queue import JobQueue
+from .resources import ResourceHub
 from .stores import Store, build_stores
 from .worker import GENERATOR_BUDGET, Worker
 
@@ -56,12 +57,14 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
                  redactor: Redactor = REDACTOR, generator_budget: float | None = None) -> Daemon:
     """Everything but the HTTP layer; raises ConfigError before touching the database if the config is bad."""
     clock = clock or SystemClock()
-    stores = build_stores(settings, marketplaces, plugins, clock, transport)
+    hub = ResourceHub(clock=clock)
+    stores = build_stores(settings, marketplaces, plugins, clock, transport, hub=hub)
     for store in stores.values():
         redactor.add_source(store.marketplace.secrets)
     engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
                               busy_timeout_ms=settings.database.busy_timeout_ms)
     create_schema(engine)
+    hub.engine = engine  # plugins reach the database only once start-up checks have passed
     queue = JobQueue(engine, clock)
     backoff = Backoff(settings.delivery.retry_schedule, jitter=settings.delivery.jitter)
     daemon_ref: dict[str, Daemon] = {}

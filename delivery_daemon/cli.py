@@ -35,7 +35,7 @@ def _load(path: str) -> tuple[Settings, dict[str, Any]]:
     from .plugins import discover
 
     settings = load_settings(path)
-    return settings, dict(discover())
+    return settings, dict(discover(settings.plugins.directory))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -125,7 +125,13 @@ def _register_core(sub: Any) -> None:
     market.set_defaults(func=cmd_marketplace)
 
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core]
+def _register_plugins(sub: Any) -> None:
+    from .plugin_cli import register
+
+    register(sub)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_plugins]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 
 

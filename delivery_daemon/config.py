@@ -64,6 +64,12 @@ class LoggingSettings(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class PluginSettings(_Model):
+    """Where single-file generator plugins live (installed packages are found through entry points)."""
+
+    directory: str | None = None
+
+
 class ProductSettings(_Model):
     """How one product is fulfilled: a generator, its options and the delivery text template."""
 
@@ -101,6 +107,7 @@ class Settings(_Model):
     worker: WorkerSettings = WorkerSettings()
     delivery: DeliverySettings = DeliverySettings()
     logging: LoggingSettings = LoggingSettings()
+    plugins: PluginSettings = PluginSettings()
     stores: tuple[StoreSettings, ...] = ()
 
     @model_validator(mode="after")

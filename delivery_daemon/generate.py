@@ -1,7 +1,8 @@
 """Step 3 of an order: run the product's generator once, check what it returned, render the delivery text.
 
 A generator runs under a time budget; CPU-bound sync generators run in a thread so the event loop keeps serving
-webhooks. The result is checked against the contract (exactly ``quantity`` non-empty keys, download HTTPS) before it
+webhooks. The result is checked against the contract (exactly ``quantity`` non-empty keys — or none when a download
+is returned — and the download HTTPS) before it
 is stored; a broken result is a retryable error, so the order is kept while the seller fixes the plugin.
 """
 
@@ -23,7 +24,8 @@ def check_result(result: object, quantity: int) -> Generated:
     """``result`` if it honours the contract, else GeneratorError saying how it does not."""
     if not isinstance(result, Generated):
         raise GeneratorError(f"generator returned {type(result).__name__}, expected Generated")
-    if len(result.keys) != quantity:
+    file_only = not result.keys and result.download is not None  # a file product: the link is what is sold
+    if len(result.keys) != quantity and not file_only:
         raise GeneratorError(f"generator returned {len(result.keys)} keys for quantity {quantity}")
     if any(not isinstance(key, str) or not key for key in result.keys):
         raise GeneratorError("generator returned an empty or non-string key")
