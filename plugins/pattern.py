@@ -21,12 +21,18 @@ MIN_SYMBOLS = 8
 
 
 def luhn_character(body: str, charset: str) -> str:
-    """The Luhn mod N check character of ``body`` (characters outside ``charset`` are ignored)."""
+    """The Luhn mod N check character of ``body`` (characters outside ``charset`` are ignored).
+
+    Luhn mod N folds a doubled value as ``v // N + v % N``, which is one-to-one only for an even N; for an odd N
+    (the default charset has 25 symbols) the doubled value is kept as ``2v mod N`` instead, which is one-to-one
+    because 2 and N are coprime. Either way every single-character typo is caught; with an odd N every swap of two
+    adjacent symbols too (with an even N all but one pair, like decimal Luhn's 0/9).
+    """
     n = len(charset)
     total, factor = 0, 2
     for ch in reversed([c for c in body if c in charset]):
         addend = factor * charset.index(ch)
-        total += addend // n + addend % n
+        total += addend // n + addend % n if n % 2 == 0 else addend % n
         factor = 1 if factor == 2 else 2
     return charset[(n - total % n) % n]
 
