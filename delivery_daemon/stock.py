@@ -118,7 +118,6 @@ class StockPool:
                     added += result.rowcount
         except SQLAlchemyError as exc:
             raise StockError(f"database error: {type(exc).__name__}") from exc
-        log.info("stock.imported", store=store, product_id=product_id, added=added, duplicates=len(keys) - added)
         return ImportResult(added=added, duplicates=len(keys) - added)
 
     def claim(self, store: str, product_id: str, order_key: str, count: int, *,
