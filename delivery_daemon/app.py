@@ -25,6 +25,7 @@ from .logs import REDACTOR, Redactor
 from .marketplace import MarketplaceType
 from .metrics import UNKNOWN_STORE, Metrics
 from .queue import JobQueue
+from .resources import ResourceHub
 from .retention import RetentionService
 from .stores import Store, build_stores
 from .worker import GENERATOR_BUDGET, Worker
@@ -40,6 +41,7 @@ class Daemon:
     stores: dict[str, Store]
     worker: Worker
     clock: Clock
+    resources: ResourceHub
     metrics: Metrics
 
     def metrics_webhook(self, store: str, result: str) -> None:
@@ -57,13 +59,15 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
                  redactor: Redactor = REDACTOR, generator_budget: float | None = None) -> Daemon:
     """Everything but the HTTP layer; raises ConfigError before touching the database if the config is bad."""
     clock = clock or SystemClock()
-    stores = build_stores(settings, marketplaces, plugins, clock, transport)
+    hub = ResourceHub(clock=clock)
+    stores = build_stores(settings, marketplaces, plugins, clock, transport, hub=hub)
     for store in stores.values():
         redactor.add_source(store.marketplace.secrets)
         redactor.add(*store.channel_secrets)
     engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
                               busy_timeout_ms=settings.database.busy_timeout_ms)
     create_schema(engine)
+    hub.engine = engine  # plugins reach the database only once start-up checks have passed
     queue = JobQueue(engine, clock)
     backoff = Backoff(settings.delivery.retry_schedule, jitter=settings.delivery.jitter)
     daemon_ref: dict[str, Daemon] = {}
@@ -72,7 +76,7 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
                     generator_budget=generator_budget if generator_budget is not None else GENERATOR_BUDGET,
                     observer=observer)
     daemon = Daemon(settings=settings, engine=engine, queue=queue, stores=stores, worker=worker, clock=clock,
-                    metrics=observer)
+                    metrics=observer, resources=hub)
     daemon_ref["d"] = daemon
     return daemon
 

@@ -40,7 +40,7 @@ def _load(path: str) -> tuple[Settings, dict[str, Any]]:
     from .plugins import discover
 
     settings = load_settings(path)
-    return settings, dict(discover())
+    return settings, dict(discover(settings.plugins.directory))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -141,6 +141,12 @@ def _register_softstore(sub: Any) -> None:
     register(sub)
 
 
+def _register_plugins(sub: Any) -> None:
+    from .plugin_cli import register
+
+    register(sub)
+
+
 def _register_orders(sub: Any) -> None:
     from .orders_cli import register
 
@@ -153,7 +159,9 @@ def _register_db(sub: Any) -> None:
     register(sub)
 
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_softstore, _register_orders, _register_db]
+COMMAND_GROUPS: list[Callable[[Any], None]] = [
+    _register_core, _register_plugins, _register_softstore, _register_orders, _register_db,
+]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 
 

@@ -93,6 +93,12 @@ class LoggingSettings(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class PluginSettings(_Model):
+    """Where single-file generator plugins live (installed packages are found through entry points)."""
+
+    directory: str | None = None
+
+
 class ProductSettings(_Model):
     """How one product is fulfilled: a generator, its options and the delivery text template."""
 
@@ -185,6 +191,7 @@ class Settings(_Model):
     logging: LoggingSettings = LoggingSettings()
     admin: AdminSettings = AdminSettings()
     retention: RetentionSettings = RetentionSettings()
+    plugins: PluginSettings = PluginSettings()
     stores: tuple[StoreSettings, ...] = ()
 
     @model_validator(mode="after")

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
-from . import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from . import models, stock  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 
 def _sqlite_path(url: str) -> Path | None:

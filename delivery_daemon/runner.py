@@ -38,7 +38,7 @@ from .stores import Store, build_stores
 
 log = structlog.get_logger("delivery_daemon.runner")
 
-RESTART_SECTIONS = ("database", "server", "worker", "delivery", "logging", "admin", "retention")
+RESTART_SECTIONS = ("database", "server", "worker", "delivery", "logging", "admin", "retention", "plugins")
 """Settings a reload does not apply (they shape sockets, the database and the worker)."""
 
 
@@ -127,13 +127,15 @@ class Runner:
         log.info("config.reload_requested", path=str(self.config_path))
         try:
             new = load_settings(self.config_path)
-            stores = build_stores(new, self.marketplaces, self.plugins, self.daemon.clock)
+            stores = build_stores(new, self.marketplaces, self.plugins, self.daemon.clock,
+                                  hub=self.daemon.resources)
         except Exception as exc:  # any failure to build means "keep what runs"; ConfigError is the usual one
             log.error("config.reload_failed", path=str(self.config_path), error=str(exc),
                       error_type=type(exc).__name__)
             return False
         for store in stores.values():
             REDACTOR.add_source(store.marketplace.secrets)
+            REDACTOR.add(*store.channel_secrets)
         old_stores, in_flight = self.daemon.stores, self.daemon.worker.in_flight
         # One assignment each: receivers and the worker read daemon.stores on every use.
         self.daemon.stores = stores
