@@ -145,7 +145,13 @@ def _register_softstore(sub: Any) -> None:
     register(sub)
 
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_softstore]
+def _register_chaos(sub: Any) -> None:
+    from .chaos import register
+
+    register(sub)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_softstore, _register_chaos]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 
 
