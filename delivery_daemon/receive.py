@@ -82,7 +82,11 @@ async def webhook(request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise WebhookRejected(415, "Content-Type must be application/json")
-        order: WebhookResult = store.marketplace.parse_webhook(request.headers, body)
+        try:
+            order: WebhookResult = store.marketplace.parse_webhook(request.headers, body)
+        except RecursionError:
+            # json.loads raises this (not ValueError) on deep nesting; hostile input, for every adapter alike.
+            raise WebhookRejected(400, "body is nested too deeply") from None
     except WebhookRejected as exc:
         bound.warning("webhook.rejected", status=exc.status, reason=exc.reason)
         daemon.metrics_webhook(name, f"rejected_{exc.status}")
