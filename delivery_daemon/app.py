@@ -18,9 +18,10 @@ from starlette.applications import Starlette
 
 from . import health, receive
 from .backoff import Backoff
+from .cipher import load_cipher
 from .clock import Clock, SystemClock
 from .config import Settings
-from .db import create_db_engine, create_schema
+from .db import create_db_engine, create_schema, sqlite_path
 from .logs import REDACTOR, Redactor
 from .marketplace import MarketplaceType
 from .queue import JobQueue
@@ -60,10 +61,11 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     for store in stores.values():
         redactor.add_source(store.marketplace.secrets)
         redactor.add(*store.channel_secrets)
+    cipher = load_cipher(settings.security, sqlite_path(settings.database.url))  # before the database: ConfigError
     engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
                               busy_timeout_ms=settings.database.busy_timeout_ms)
     create_schema(engine)
-    queue = JobQueue(engine, clock)
+    queue = JobQueue(engine, clock, cipher)
     backoff = Backoff(settings.delivery.retry_schedule, jitter=settings.delivery.jitter)
     daemon_ref: dict[str, Daemon] = {}
     worker = Worker(queue, lambda: daemon_ref["d"].stores, settings.worker, backoff, clock,

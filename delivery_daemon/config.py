@@ -71,6 +71,24 @@ class DeliverySettings(_Model):
         return value
 
 
+class SecuritySettings(_Model):
+    """Encryption at rest and the outbound network policy (see delivery_daemon.cipher and .netguard)."""
+
+    encryption_key_env: str | None = None  # name of an environment variable holding the key lines
+    encryption_key_file: str | None = None  # else a 0600 file of key lines; else <database>.key is generated
+    allow_private_networks: bool = False  # configured URLs may reach loopback/private/link-local (never metadata)
+    allowed_networks: tuple[str, ...] = ()  # CIDRs configured URLs may reach whatever they are
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
+
+
 class LoggingSettings(_Model):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -166,6 +184,7 @@ class Settings(_Model):
     worker: WorkerSettings = WorkerSettings()
     delivery: DeliverySettings = DeliverySettings()
     logging: LoggingSettings = LoggingSettings()
+    security: SecuritySettings = SecuritySettings()
     stores: tuple[StoreSettings, ...] = ()
 
     @model_validator(mode="after")
