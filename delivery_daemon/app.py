@@ -25,6 +25,7 @@ from .db import create_db_engine, create_schema, sqlite_path
 from .logs import REDACTOR, Redactor
 from .marketplace import MarketplaceType
 from .queue import JobQueue
+from .ratelimit import RateLimiter
 from .stores import Store, build_stores
 from .worker import GENERATOR_BUDGET, Worker
 
@@ -40,6 +41,7 @@ class Daemon:
     worker: Worker
     clock: Clock
     webhook_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    limiter: RateLimiter | None = None
 
     def metrics_webhook(self, store: str, result: str) -> None:
         key = (store, result)
@@ -70,7 +72,8 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     daemon_ref: dict[str, Daemon] = {}
     worker = Worker(queue, lambda: daemon_ref["d"].stores, settings.worker, backoff, clock,
                     generator_budget=generator_budget if generator_budget is not None else GENERATOR_BUDGET)
-    daemon = Daemon(settings=settings, engine=engine, queue=queue, stores=stores, worker=worker, clock=clock)
+    daemon = Daemon(settings=settings, engine=engine, queue=queue, stores=stores, worker=worker, clock=clock,
+                    limiter=RateLimiter(settings.server.rate_limit, settings.server.store_rate_limits, clock))
     daemon_ref["d"] = daemon
     return daemon
 

@@ -45,10 +45,18 @@ class DatabaseSettings(_Model):
         return value
 
 
+class RateLimitSettings(_Model):
+    per_second: float = Field(gt=0)
+    burst: int = Field(default=20, ge=1)
+
+
 class ServerSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=64 * 1024, ge=256)
+    body_timeout: float = Field(default=10.0, gt=0)  # a sender slower than this to send its body gets 408
+    rate_limit: RateLimitSettings | None = None  # per store (each its own bucket); None: unlimited
+    store_rate_limits: dict[str, RateLimitSettings] = Field(default_factory=dict)
 
 
 class WorkerSettings(_Model):
