@@ -25,6 +25,7 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .config import SecuritySettings
 from .errors import ConfigError, DeliveryDaemonError
 
 log = structlog.get_logger("delivery_daemon.cipher")
@@ -118,12 +119,11 @@ def create_key_file(path: Path) -> None:
         out.write(new_key_line() + "\n")
 
 
-def load_cipher(security: object, database_file: Path | None,
+def load_cipher(security: SecuritySettings, database_file: Path | None,
                 environ: Mapping[str, str] | None = None) -> Cipher | None:
     """The configured cipher (see the module doc); None only for a non-file database with no key configured."""
     environ = os.environ if environ is None else environ
-    env_name = getattr(security, "encryption_key_env", None)
-    key_file = getattr(security, "encryption_key_file", None)
+    env_name, key_file = security.encryption_key_env, security.encryption_key_file
     if env_name:
         if not environ.get(env_name):
             raise ConfigError("security.encryption_key_env", f"environment variable {env_name} is not set")

@@ -28,6 +28,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from .config import SecuritySettings
 from .errors import DeliveryDaemonError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -71,10 +72,10 @@ class NetPolicy:
     """Networks allowed whatever they are (``127.0.0.0/8`` for a local test sink, even a metadata address)."""
 
     @classmethod
-    def from_settings(cls, settings: Any) -> NetPolicy:
+    def from_settings(cls, settings: SecuritySettings) -> NetPolicy:
         """From ``security.allow_private_networks`` and ``security.allowed_networks``."""
-        return cls(allow_private=bool(getattr(settings, "allow_private_networks", False)),
-                   allowed_networks=parse_networks(getattr(settings, "allowed_networks", ())))
+        return cls(allow_private=settings.allow_private_networks,
+                   allowed_networks=parse_networks(settings.allowed_networks))
 
     def refusal(self, address: IPAddress) -> str | None:
         """None if ``address`` may be contacted, else the reason it may not."""

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from delivery_daemon.clock import SystemClock
-from delivery_daemon.config import DeliverySettings, StoreSettings
+from delivery_daemon.config import DeliverySettings, SecuritySettings, StoreSettings
 from delivery_daemon.marketplace import AdapterContext, create_client
 from delivery_daemon.netguard import BlockedDestination, NetPolicy, check_url, classify, guarded_client
 from delivery_daemon.serving import RunningServer, serve
@@ -60,6 +60,8 @@ def test_metadata_stays_refused_when_private_networks_are_allowed() -> None:
     assert NetPolicy(allow_private=True).refusal(ipaddress.ip_address("10.0.0.1")) is None
     assert NetPolicy(allow_private=True).refusal(metadata) == "metadata"
     assert NetPolicy(allowed_networks=(ipaddress.ip_network("169.254.169.254/32"),)).refusal(metadata) is None
+    from_config = NetPolicy.from_settings(SecuritySettings(allowed_networks=("169.254.169.254/32",)))
+    assert from_config.refusal(metadata) is None
 
 
 async def test_loopback_url_is_refused_before_connecting(recorder: tuple[Recorder, RunningServer]) -> None:
