@@ -29,11 +29,16 @@ from delivery_daemon.config import parse_settings
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.plugins import discover
 from delivery_daemon.reference.softstore import documented_signature
+from delivery_daemon.reference.standard_webhooks import new_secret
 from delivery_daemon.serving import RunningServer, serve_in_thread
 
 API_KEY = "fuzz-api-key-0123456789abcdef"
 API_BASE = "http://127.0.0.1:9/api/v1"  # never contacted: the worker does not run here
-ALLOWED = {200, 400, 403, 404, 413, 415, 422}
+ALLOWED = {200, 400, 401, 403, 404, 409, 413, 415, 422}
+OTHER_STORES = [("sellix", "sellix", "s" * 32), ("shoppy", "shoppy", "h" * 32),
+                ("stripe", "stripe", "whsec_" + "t" * 32), ("generic", "standard-webhooks", new_secret())]
+SIGNATURE_HEADERS = ["X-Sellix-Signature", "X-Sellix-Event", "X-Shoppy-Signature", "Stripe-Signature", "webhook-id",
+                     "webhook-timestamp", "webhook-signature"]
 
 
 @dataclass
@@ -65,7 +70,11 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Starlette:
         "database": {"url": f"sqlite:///{db}"},
         "server": {"max_body_bytes": 64 * 1024},
         "stores": [{"name": "shop", "marketplace": "softstore", "api_url": API_BASE, "api_key": API_KEY,
-                    "default": {"generator": "pattern"}}],
+                    "default": {"generator": "pattern"}},
+                   *({"name": name, "marketplace": kind, "webhook_secret": secret, "default": {"generator": "pattern"},
+                      "delivery": {"channel": "webhook", "webhook": {"url": "http://127.0.0.1:9/hook",
+                                                                     "secret": new_secret()}}}
+                     for name, kind, secret in OTHER_STORES)],
     }, environ={})
     return create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()), start_worker=False)
 
@@ -136,6 +145,16 @@ def test_deep_nesting_is_a_4xx(target: Target, depth: int, opener: str) -> None:
     closer = "]" if opener == "[" else "}"
     body = (opener * depth + "1" + closer * depth).encode()
     check(target, target.post(body, {"Content-Type": "application/json"}))
+
+
+@given(store=st.sampled_from([name for name, _, _ in OTHER_STORES]), payload=payloads | json_values,
+       forged=st.dictionaries(st.sampled_from(SIGNATURE_HEADERS), header_values, max_size=4),
+       raw=st.none() | st.binary(max_size=2048))
+def test_every_marketplace_refuses_forgeries(target: Target, store: str, payload: Any, forged: dict[str, str],
+                                             raw: bytes | None) -> None:
+    """Sellix, Shoppy, Stripe and Standard Webhooks stores: random bodies with forged signature headers, never a job."""
+    body = raw if raw is not None else _encode(payload)
+    check(target, target.post(body, {**forged, "Content-Type": "application/json"}, store=store))
 
 
 order_ids = st.from_regex(r"\A[A-Za-z0-9_-]{1,128}\Z") | st.text(max_size=140)
