@@ -18,13 +18,15 @@ from starlette.applications import Starlette
 
 from . import health, metrics, receive
 from .backoff import Backoff
+from .cipher import load_cipher
 from .clock import Clock, SystemClock
 from .config import Settings
-from .db import create_db_engine, create_schema
+from .db import create_db_engine, create_schema, sqlite_path
 from .logs import REDACTOR, Redactor
 from .marketplace import MarketplaceType
 from .metrics import UNKNOWN_STORE, Metrics
 from .queue import JobQueue
+from .ratelimit import RateLimiter
 from .resources import ResourceHub
 from .retention import RetentionService
 from .stores import Store, build_stores
@@ -43,6 +45,7 @@ class Daemon:
     clock: Clock
     resources: ResourceHub
     metrics: Metrics
+    limiter: RateLimiter | None = None
 
     def metrics_webhook(self, store: str, result: str) -> None:
         self.metrics.webhook(store if store in self.stores else UNKNOWN_STORE, result)
@@ -64,11 +67,12 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     for store in stores.values():
         redactor.add_source(store.marketplace.secrets)
         redactor.add(*store.channel_secrets)
+    cipher = load_cipher(settings.security, sqlite_path(settings.database.url))  # before the database: ConfigError
     engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
                               busy_timeout_ms=settings.database.busy_timeout_ms)
     create_schema(engine)
     hub.engine = engine  # plugins reach the database only once start-up checks have passed
-    queue = JobQueue(engine, clock)
+    queue = JobQueue(engine, clock, cipher)
     backoff = Backoff(settings.delivery.retry_schedule, jitter=settings.delivery.jitter)
     daemon_ref: dict[str, Daemon] = {}
     observer = Metrics(clock)
@@ -76,7 +80,8 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
                     generator_budget=generator_budget if generator_budget is not None else GENERATOR_BUDGET,
                     observer=observer)
     daemon = Daemon(settings=settings, engine=engine, queue=queue, stores=stores, worker=worker, clock=clock,
-                    metrics=observer, resources=hub)
+                    metrics=observer, resources=hub,
+                    limiter=RateLimiter(settings.server.rate_limit, settings.server.store_rate_limits, clock))
     daemon_ref["d"] = daemon
     return daemon
 

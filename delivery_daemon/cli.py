@@ -159,8 +159,14 @@ def _register_db(sub: Any) -> None:
     register(sub)
 
 
+def _register_chaos(sub: Any) -> None:
+    from .chaos import register
+
+    register(sub)
+
+
 COMMAND_GROUPS: list[Callable[[Any], None]] = [
-    _register_core, _register_plugins, _register_softstore, _register_orders, _register_db,
+    _register_core, _register_plugins, _register_softstore, _register_orders, _register_db, _register_chaos,
 ]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 

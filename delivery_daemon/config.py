@@ -45,10 +45,18 @@ class DatabaseSettings(_Model):
         return value
 
 
+class RateLimitSettings(_Model):
+    per_second: float = Field(gt=0)
+    burst: int = Field(default=20, ge=1)
+
+
 class ServerSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=64 * 1024, ge=256)
+    body_timeout: float = Field(default=10.0, gt=0)  # a sender slower than this to send its body gets 408
+    rate_limit: RateLimitSettings | None = None  # per store (each its own bucket); None: unlimited
+    store_rate_limits: dict[str, RateLimitSettings] = Field(default_factory=dict)
 
 
 class WorkerSettings(_Model):
@@ -86,6 +94,22 @@ class RetentionSettings(_Model):
 
     days: float | None = Field(default=None, gt=0)
     interval: float = Field(default=3600.0, gt=0)
+class SecuritySettings(_Model):
+    """Encryption at rest and the outbound network policy (see delivery_daemon.cipher and .netguard)."""
+
+    encryption_key_env: str | None = None  # name of an environment variable holding the key lines
+    encryption_key_file: str | None = None  # else a 0600 file of key lines; else <database>.key is generated
+    allow_private_networks: bool = False  # configured URLs may reach loopback/private/link-local (never metadata)
+    allowed_networks: tuple[str, ...] = ()  # CIDRs configured URLs may reach whatever they are
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
 
 
 class LoggingSettings(_Model):
@@ -192,6 +216,7 @@ class Settings(_Model):
     admin: AdminSettings = AdminSettings()
     retention: RetentionSettings = RetentionSettings()
     plugins: PluginSettings = PluginSettings()
+    security: SecuritySettings = SecuritySettings()
     stores: tuple[StoreSettings, ...] = ()
 
     @model_validator(mode="after")

@@ -25,6 +25,11 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for another database or an in-memory one."""
+    return _sqlite_path(url)
+
+
 def create_db_engine(url: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> Engine:
     """An engine for ``url``. For a SQLite file, the file is created 0600 and every transaction is IMMEDIATE."""
     path = _sqlite_path(url)

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from .clock import SystemClock
 from .models import Attempt, Job, JobState
-from .operator_db import add_database_options, open_engine
+from .operator_db import add_database_options, open_cipher, open_engine
 from .order import Content
 from .orders import ActionRefused, AmbiguousOrder, OrderFilter, OrderNotFound, Orders, redelivery_note
 
@@ -58,7 +58,7 @@ def job_document(job: Job, *, reveal: bool = False) -> dict[str, Any]:
         "delivered_at": iso(job.delivered_at), "content_stored": job.content is not None,
     }
     if reveal and job.content is not None:
-        content = Content.from_json(job.content)
+        content = Content.from_json(job.content)  # already decrypted by cmd_show
         document["content"] = {"text": content.text, "download": content.download, "keys": list(content.keys)}
     return document
 
@@ -112,6 +112,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     job = orders.resolve(args.ref, args.store)
     assert job.id is not None
     history = orders.history(job.id)
+    if args.reveal and job.content is not None:
+        cipher = open_cipher(args)  # the content is sealed at rest; only --reveal needs the key
+        if cipher is not None:
+            job.content = cipher.open(job.content, f"{job.store}/{job.order_id}/content")
     if args.json:
         _print_json({**job_document(job, reveal=args.reveal), "history": [attempt_document(a) for a in history]})
         return 0

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from .cipher import Cipher
 from .clock import Clock
 from .errors import DeliveryDaemonError
 from .models import FINAL, RUNNABLE, Attempt, Job, JobState
@@ -29,6 +30,9 @@ from .order import IncomingOrder
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+SEALED = ("payload", "content")
+"""Columns encrypted at rest when the queue has a cipher: the delivery token lives in one, the keys in the other."""
 
 JOBS = Job.__table__  # type: ignore[attr-defined]
 ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
@@ -74,18 +78,27 @@ class Transition:
     count_attempt: bool = False
 
 
-def _row_to_job(row: Any) -> Job:
-    return Job.model_validate(dict(row._mapping))
+def _row_to_job(row: Any, cipher: Cipher | None = None) -> Job:
+    values = dict(row._mapping)
+    if cipher is not None:  # sealed at rest, plaintext in memory (see delivery_daemon.cipher)
+        for column in SEALED:
+            if values.get(column) is not None:
+                values[column] = cipher.open(values[column], f"{values['store']}/{values['order_id']}/{column}")
+    return Job.model_validate(values)
 
 
 class JobQueue:
     """Async facade over the jobs and attempts tables."""
 
-    def __init__(self, engine: Engine, clock: Clock) -> None:
+    def __init__(self, engine: Engine, clock: Clock, cipher: Cipher | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        self.cipher = cipher
         self._dialect = engine.dialect.name
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
+
+    def _seal(self, store: str, order_id: str, column: str, value: str) -> str:
+        return value if self.cipher is None else self.cipher.seal(value, f"{store}/{order_id}/{column}")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -112,7 +125,8 @@ class JobQueue:
         now = self.clock.now()
         values = {
             "store": order.store, "order_id": order.order_id, "marketplace": order.marketplace,
-            "product_id": order.product_id, "state": JobState.QUEUED.value, "payload": order.payload_json(),
+            "product_id": order.product_id, "state": JobState.QUEUED.value,
+            "payload": self._seal(order.store, order.order_id, "payload", order.payload_json()),
             "attempts": 0, "received": 1, "due_at": now, "created_at": now, "updated_at": now,
         }
         statement = (
@@ -158,7 +172,7 @@ class JobQueue:
         )
         with self.engine.begin() as conn:
             rows = conn.execute(statement).fetchall()
-        return sorted((_row_to_job(row) for row in rows), key=lambda job: (job.due_at, job.id or 0))
+        return sorted((_row_to_job(row, self.cipher) for row in rows), key=lambda job: (job.due_at, job.id or 0))
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
         """Lease up to ``limit`` due jobs to ``owner`` in one statement, oldest due first."""
@@ -251,7 +265,8 @@ class JobQueue:
     async def save_content(self, job: Job, owner: str, content: str, duration_ms: float) -> None:
         """Store the generated content; it is never generated again for this job."""
         change = Transition(JobState.RUNNING, "generate", "ok", duration_ms=duration_ms)
-        await self._run(self._update_leased, job, owner, {"content": content}, change)
+        sealed = self._seal(job.store, job.order_id, "content", content)
+        await self._run(self._update_leased, job, owner, {"content": sealed}, change)
 
     async def transition(self, job: Job, owner: str, change: Transition) -> None:
         """Move a leased job to its next state and record why, in one transaction."""
@@ -303,7 +318,7 @@ class JobQueue:
                         updated_at=now)
                 .returning(*JOBS.c)
             ).first()
-        return _row_to_job(row) if row is not None else None
+        return _row_to_job(row, self.cipher) if row is not None else None
 
     async def claim_order(self, store: str, order_id: str, owner: str, lease_seconds: float,
                           from_states: Sequence[str] = RUNNABLE) -> Job | None:
@@ -352,7 +367,7 @@ class JobQueue:
     def _get(self, job_id: int) -> Job | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
-        return _row_to_job(row) if row is not None else None
+        return _row_to_job(row, self.cipher) if row is not None else None
 
     async def get(self, job_id: int) -> Job | None:
         return await self._run(self._get, job_id)
@@ -362,7 +377,7 @@ class JobQueue:
             row = conn.execute(
                 select(JOBS).where(and_(JOBS.c.store == store, JOBS.c.order_id == order_id))
             ).first()
-        return _row_to_job(row) if row is not None else None
+        return _row_to_job(row, self.cipher) if row is not None else None
 
     async def find(self, store: str, order_id: str) -> Job | None:
         return await self._run(self._find, store, order_id)

@@ -19,8 +19,10 @@ A result carrying an ``event_id`` already handled for the store (:mod:`delivery_
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
+import anyio
 import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -44,8 +46,17 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_capped(request: Request, limit: int) -> bytes:
-    """The request body, refusing (before reading it) anything that declares or streams more than ``limit``."""
+async def read_capped(request: Request, limit: int, within: float | None = None) -> bytes:
+    """The request body, refusing (before reading it) anything that declares or streams more than ``limit``.
+
+    A body that takes longer than ``within`` seconds to arrive is refused with 408 (a slow sender must not hold
+    a connection and a buffer for as long as it likes)."""
+    if within is not None:
+        try:
+            with anyio.fail_after(within):
+                return await read_capped(request, limit)
+        except TimeoutError:
+            raise WebhookRejected(408, "request body not received in time") from None
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -75,14 +86,25 @@ async def webhook(request: Request) -> Response:
     try:
         if store is None:
             raise WebhookRejected(404, "unknown store")
+        wait = daemon.limiter.check(name) if daemon.limiter is not None else None
+        if wait is not None:
+            bound.warning("webhook.rate_limited", retry_after_s=round(wait, 3))
+            daemon.metrics_webhook(name, "rejected_429")
+            return JSONResponse({"error": "too many webhooks for this store; retry later"}, status_code=429,
+                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
         try:
-            body = await read_capped(request, daemon.settings.server.max_body_bytes)
+            body = await read_capped(request, daemon.settings.server.max_body_bytes,
+                                     daemon.settings.server.body_timeout)
         except BodyTooLarge:
             raise WebhookRejected(413, f"body larger than {daemon.settings.server.max_body_bytes} bytes") from None
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise WebhookRejected(415, "Content-Type must be application/json")
-        order: WebhookResult = store.marketplace.parse_webhook(request.headers, body)
+        try:
+            order: WebhookResult = store.marketplace.parse_webhook(request.headers, body)
+        except RecursionError:
+            # json.loads raises this (not ValueError) on deep nesting; hostile input, for every adapter alike.
+            raise WebhookRejected(400, "body is nested too deeply") from None
     except WebhookRejected as exc:
         bound.warning("webhook.rejected", status=exc.status, reason=exc.reason)
         daemon.metrics_webhook(name, f"rejected_{exc.status}")

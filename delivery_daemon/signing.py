@@ -26,6 +26,12 @@ Algorithm = Literal["sha256", "sha512"]
 WHSEC_PREFIX = "whsec_"
 
 
+
+def _same(expected: str, sent: str) -> bool:
+    """Constant-time comparison as bytes: compare_digest raises TypeError on non-ASCII str (a forged header
+    would otherwise be answered 500)."""
+    return hmac.compare_digest(expected.encode(), sent.encode())
+
 def hex_hmac(secret: bytes, body: bytes, algorithm: Algorithm = "sha512") -> str:
     """The lowercase hex HMAC of ``body``."""
     return hmac.new(secret, body, getattr(hashlib, algorithm)).hexdigest()
@@ -36,7 +42,7 @@ def check_hex_hmac(secret: bytes, body: bytes, sent: str | None, algorithm: Algo
     """Raise WebhookRejected unless ``sent`` is the hex HMAC of ``body``."""
     if not sent:
         raise WebhookRejected(403, f"missing {header} header")
-    if not hmac.compare_digest(hex_hmac(secret, body, algorithm), sent.strip().lower()):
+    if not _same(hex_hmac(secret, body, algorithm), sent.strip().lower()):
         raise WebhookRejected(403, "invalid signature")
 
 
@@ -77,7 +83,7 @@ def verify_stripe(header: str | None, body: bytes, secret: str, now: float, tole
     if timestamp is None or not signatures:
         raise WebhookRejected(403, "Stripe-Signature has no timestamp or no v1 signature")
     expected = stripe_signature(secret, body, timestamp)
-    if not any(hmac.compare_digest(expected, sent) for sent in signatures):
+    if not any(_same(expected, sent) for sent in signatures):
         raise WebhookRejected(403, "invalid signature")
     _check_time(timestamp, now, tolerance)
     return timestamp
@@ -129,7 +135,7 @@ def verify_standard(headers: Mapping[str, str], body: bytes, keys: list[bytes], 
         raise WebhookRejected(400, "unreadable webhook-timestamp") from None
     candidates = [part for part in sent.split() if part.startswith("v1,")]
     expected = [standard_signature(key, msg_id, timestamp, body) for key in keys]
-    if not any(hmac.compare_digest(e, c) for e in expected for c in candidates):
+    if not any(_same(e, c) for e in expected for c in candidates):
         raise WebhookRejected(403, "invalid signature")
     _check_time(timestamp, now, tolerance)
     return msg_id

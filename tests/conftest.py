@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from delivery_daemon.app import Daemon, create_app
 from delivery_daemon.cli import default_marketplaces
@@ -28,6 +31,13 @@ from delivery_daemon.logs import configure_logging
 from delivery_daemon.plugins import discover
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
 from delivery_daemon.serving import serve
+
+# Property tests: a quick "ci" profile by default; HYPOTHESIS_PROFILE=full for >= 10,000 examples per property.
+hypothesis_settings.register_profile("ci", max_examples=150, deadline=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.register_profile("full", max_examples=10_000, deadline=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 STORE = "shop"
 PRODUCT = "prod-1"

@@ -23,6 +23,8 @@ import httpx
 import pytest
 import yaml
 
+from delivery_daemon.cipher import load_cipher
+from delivery_daemon.config import SecuritySettings
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
 from delivery_daemon.serving import bind_socket, serve
 
@@ -157,7 +159,9 @@ async def test_sigkill_mid_delivery_then_restart_delivers_once(
     await until(lambda: daemon.job(placed.id_order)["state"] == "delivered")
     assert_delivered_once(market, placed.id_order)
     job = daemon.job(placed.id_order)
-    assert len(json.loads(job["content"])["keys"]) == 2
+    cipher = load_cipher(SecuritySettings(), daemon.db)  # content is sealed at rest with the generated key file
+    assert cipher is not None
+    assert len(json.loads(cipher.open(job["content"], f"{job['store']}/{job['order_id']}/content"))["keys"]) == 2
 
 
 async def test_sigkill_with_queued_job_is_picked_up_after_restart(
