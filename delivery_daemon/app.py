@@ -81,10 +81,14 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        from .status.server import serve_status
+
         if start_worker:
             await daemon.worker.start()
         try:
-            yield
+            async with serve_status(daemon) as status_server:  # its own address; None unless status.enabled
+                app.state.status_server = status_server
+                yield
         finally:
             if start_worker:
                 await daemon.worker.stop()

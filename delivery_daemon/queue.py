@@ -262,6 +262,12 @@ class JobQueue:
         return await self._run(self._requeue, JOBS.c.id == job_id, "retry",
                                [JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value])
 
+    async def redeliver(self, job_id: int) -> list[int]:
+        """Queue a delivered job to send its stored content again (it is never regenerated); an Attempt records
+        ``admin``/``redeliver``. Returns the ids that moved (empty unless the job is delivered with content)."""
+        where = and_(JOBS.c.id == job_id, JOBS.c.content.is_not(None))
+        return await self._run(self._requeue, where, "redeliver", [JobState.DELIVERED.value])
+
     # -- reads -----------------------------------------------------------------------------------------------
 
     def _get(self, job_id: int) -> Job | None:
