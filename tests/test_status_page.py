@@ -11,15 +11,18 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from delivery_daemon.app import create_app
 from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.config import parse_settings
+from delivery_daemon.config import StatusSettings, parse_settings
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.order import Content
 from delivery_daemon.plugins import discover
 from delivery_daemon.serving import serve
+from delivery_daemon.status import create_status_app
 from tests.conftest import PRODUCT, STORE, Stack, stack_settings
 from tests.status_helpers import PASSWORD, TOKEN, csrf_of, dead_order, delivered_order, status_page
 
@@ -337,3 +340,19 @@ async def test_daemon_serves_the_status_page_on_its_own_address(tmp_path: Path) 
         assert (await client.get(f"{status_server.url}/login")).status_code == 200
         assert (await client.get(f"{daemon_server.url}/login")).status_code == 404
 
+
+
+async def test_status_app_works_mounted_under_a_prefix(stack: Stack) -> None:
+    """Mounted at /status on another app, links, redirects and the stylesheet keep the prefix."""
+    settings = StatusSettings(enabled=True, password=PASSWORD)
+    outer = Starlette(routes=[Mount("/status", app=create_status_app(stack.daemon, settings))])
+    async with serve(outer) as server, httpx.AsyncClient() as client:
+        anonymous = await client.get(f"{server.url}/status/orders")
+        assert anonymous.headers["location"] == "/status/login?next=/status/orders"
+        form = await client.get(f"{server.url}/status/login?next=/status/orders")
+        assert 'href="/status/static/style.css"' in form.text
+        assert (await client.get(f"{server.url}/status/static/style.css")).status_code == 200
+        logged_in = await client.post(f"{server.url}/status/login", data={
+            "csrf_token": csrf_of(form.text), "password": PASSWORD, "next": "/status/orders"})
+        assert logged_in.headers["location"] == "/status/orders"
+        assert 'href="/status/stock"' in (await client.get(f"{server.url}/status/orders")).text
