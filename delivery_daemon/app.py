@@ -95,6 +95,8 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        from .status.server import serve_status
+
         retention = None
         if start_worker:
             await daemon.worker.start()
@@ -103,7 +105,9 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
                                              settings.retention.interval)
                 retention.start()
         try:
-            yield
+            async with serve_status(daemon) as status_server:  # its own address; None unless status.enabled
+                app.state.status_server = status_server
+                yield
         finally:
             if retention is not None:
                 retention.stop()

@@ -121,6 +121,29 @@ class PluginSettings(_Model):
     """Where single-file generator plugins live (installed packages are found through entry points)."""
 
     directory: str | None = None
+class StatusSettings(_Model):
+    """The status page (off by default): its own address, behind a password and/or a token.
+
+    ``session_secret`` signs the login cookie; when it is not set a random one is made at start, so a restart
+    logs everyone out. ``low_stock`` is the number of free keys at or below which a product is highlighted.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    session_secret: SecretStr | None = None
+    session_max_age: int = Field(default=8 * 3600, ge=60)
+    low_stock: int = Field(default=10, ge=0)
+
+    @model_validator(mode="after")
+    def _secret_when_enabled(self) -> StatusSettings:
+        if self.enabled and not (self.password and self.password.get_secret_value()) and not (
+            self.token and self.token.get_secret_value()
+        ):
+            raise ValueError("status.password: required when the status page is enabled (or set status.token)")
+        return self
 
 
 class ProductSettings(_Model):
@@ -217,6 +240,7 @@ class Settings(_Model):
     retention: RetentionSettings = RetentionSettings()
     plugins: PluginSettings = PluginSettings()
     security: SecuritySettings = SecuritySettings()
+    status: StatusSettings = StatusSettings()
     stores: tuple[StoreSettings, ...] = ()
 
     @model_validator(mode="after")
@@ -251,7 +275,7 @@ def _first_error(exc: ValidationError) -> ConfigError:
     if message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
     path = format_location(tuple(error["loc"]))
-    if ": " in message and message.split(": ", 1)[0].startswith(("stores[",)):
+    if ": " in message and message.split(": ", 1)[0].startswith(("stores[", "status.")):
         path, message = message.split(": ", 1)
     return ConfigError(path, message)
 

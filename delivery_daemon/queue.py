@@ -361,6 +361,11 @@ class JobQueue:
         ``already_cancelled``, or ``flagged`` (already delivered: ``last_error`` says why, the job stays delivered).
         """
         return await self._run(self._mark, order)
+    async def redeliver(self, job_id: int) -> list[int]:
+        """Queue a delivered job to send its stored content again (it is never regenerated); an Attempt records
+        ``admin``/``redeliver``. Returns the ids that moved (empty unless the job is delivered with content)."""
+        where = and_(JOBS.c.id == job_id, JOBS.c.content.is_not(None))
+        return await self._run(self._requeue, where, "redeliver", [JobState.DELIVERED.value])
 
     # -- reads -----------------------------------------------------------------------------------------------
 
