@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, and_, func, insert, select, text, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -63,6 +63,12 @@ class Transition:
     count_attempt: bool = False
 
 
+_INSERT_ATTEMPT = insert(ATTEMPTS)
+_ACCEPTED = Transition(JobState.QUEUED, "receive", "accepted")
+
+
+
+
 def _row_to_job(row: Any) -> Job:
     return Job.model_validate(dict(row._mapping))
 
@@ -75,6 +81,17 @@ class JobQueue:
         self.clock = clock
         self._dialect = engine.dialect.name
         self.committer = GroupCommitter(engine, max_batch=max_batch)
+        # Built once and executed with parameters: rebuilding them with .values(**row) for every order cost more
+        # CPU on the database thread than the SQL itself (py-spy: statement construction and cache-key generation).
+        self._insert_job = (
+            self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"]).returning(JOBS.c.id)
+        )
+        self._count_duplicate = (
+            update(JOBS)
+            .where(and_(JOBS.c.store == bindparam("b_store"), JOBS.c.order_id == bindparam("b_order_id")))
+            .values(received=JOBS.c.received + 1)
+            .returning(JOBS.c.id)
+        )
 
     def close(self) -> None:
         self.committer.close()
@@ -106,21 +123,12 @@ class JobQueue:
             "product_id": order.product_id, "state": JobState.QUEUED.value, "payload": order.payload_json(),
             "attempts": 0, "received": 1, "due_at": now, "created_at": now, "updated_at": now,
         }
-        statement = (
-            self._insert_ignore().values(**values)
-            .on_conflict_do_nothing(index_elements=["store", "order_id"])
-            .returning(JOBS.c.id)
-        )
-        inserted = conn.execute(statement).scalar_one_or_none()
+        inserted = conn.execute(self._insert_job, values).scalar_one_or_none()
         if inserted is not None:
-            self._record(conn, inserted, Transition(JobState.QUEUED, "receive", "accepted"), now)
+            self._record(conn, inserted, _ACCEPTED, now)
             return Enqueued(job_id=inserted, created=True)
-        job_id = conn.execute(
-            update(JOBS)
-            .where(and_(JOBS.c.store == order.store, JOBS.c.order_id == order.order_id))
-            .values(received=JOBS.c.received + 1)
-            .returning(JOBS.c.id)
-        ).scalar_one()
+        job_id = conn.execute(self._count_duplicate,
+                              {"b_store": order.store, "b_order_id": order.order_id}).scalar_one()
         return Enqueued(job_id=job_id, created=False)
 
     async def enqueue(self, order: IncomingOrder) -> Enqueued:
@@ -193,10 +201,10 @@ class JobQueue:
 
     @staticmethod
     def _record(conn: Connection, job_id: int, change: Transition, now: float) -> None:
-        conn.execute(insert(ATTEMPTS).values(
-            job_id=job_id, at=now, step=change.step, outcome=change.outcome, state=change.state.value,
-            http_status=change.http_status, error=change.error, duration_ms=change.duration_ms,
-        ))
+        conn.execute(_INSERT_ATTEMPT, {
+            "job_id": job_id, "at": now, "step": change.step, "outcome": change.outcome, "state": change.state.value,
+            "http_status": change.http_status, "error": change.error, "duration_ms": change.duration_ms,
+        })
 
     def _update_leased(self, conn: Connection, job: Job, owner: str, values: dict[str, Any],
                        change: Transition | None) -> None:
