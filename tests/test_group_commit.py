@@ -157,3 +157,33 @@ async def test_each_caller_is_answered_only_after_the_commit(engine: Engine, tmp
         queue.close()
         other.dispose()
     assert len(results) == 20 and count == 20
+
+
+async def test_claim_reads_due_jobs_in_index_order_without_sorting_the_backlog(engine: Engine) -> None:
+    """The claim never sorts the whole backlog on SQLite (no temp B-tree beside a jobs scan); oldest first."""
+    clock = ManualClock()
+    queue = JobQueue(engine, clock)
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        if statement.lstrip().upper().startswith("UPDATE JOBS SET STATE"):
+            statements.append((statement, parameters))
+
+    try:
+        for i in range(5):
+            await queue.enqueue(order(f"o{i}"))
+            clock.advance(1)
+        event.listen(engine, "before_cursor_execute", capture)
+        claimed = await queue.claim("w", 30, 3)
+        event.remove(engine, "before_cursor_execute", capture)
+    finally:
+        queue.close()
+    assert [job.order_id for job in claimed] == ["o0", "o1", "o2"]
+    statement, parameters = statements[0]
+    with engine.connect() as conn:
+        plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+    # Every sort in the plan is over the small merged list, never beside a scan of the jobs table itself.
+    sorted_parents = {row[1] for row in plan if "TEMP B-TREE" in str(row[-1])}
+    jobs_scan_parents = {row[1] for row in plan if str(row[-1]).startswith(("SEARCH jobs USING COVERING", "SCAN jobs"))}
+    assert jobs_scan_parents and not sorted_parents & jobs_scan_parents, plan
+    assert all("ix_jobs_state_due" in str(row[-1]) for row in plan if str(row[-1]).startswith("SEARCH jobs USING COV"))
