@@ -16,6 +16,10 @@ Contract of :meth:`GroupCommitter.run`:
 * if the commit itself fails, every operation of the batch gets that error (none of them was stored);
 * operations run in submission order, so an operation sees the effects of every earlier one.
 
+:meth:`GroupCommitter.run_alone` runs a function that opens its own connection (feature modules with tables of
+their own, through :meth:`JobQueue.run`): it runs on the same thread, in submission order, but alone, after the
+batch before it committed and before the next one begins, so it never waits on this thread's own write lock.
+
 Savepoints and one writer thread are plain SQL and work unchanged on PostgreSQL.
 """
 
@@ -42,6 +46,7 @@ DEFAULT_MAX_BATCH = 128
 class _Operation(Generic[T]):
     fn: Callable[[Connection], T]
     write: bool
+    alone: Callable[[], T] | None = None
     future: concurrent.futures.Future[T] = field(default_factory=concurrent.futures.Future)
 
 
@@ -83,6 +88,14 @@ class GroupCommitter:
         """``fn(conn)``'s result, once the transaction it ran in has committed."""
         return await asyncio.wrap_future(self.submit(fn, write=write))
 
+    async def run_alone(self, fn: Callable[[], T]) -> T:
+        """``fn()``'s result; ``fn`` manages its own connection and runs outside any batch."""
+        if self._closed:
+            raise RuntimeError("the database thread is closed")
+        operation: _Operation[T] = _Operation(lambda _conn: fn(), True, alone=fn)
+        self._inbox.put(operation)
+        return await asyncio.wrap_future(operation.future)
+
     def close(self) -> None:
         """Finish every operation already submitted, then stop the thread."""
         if not self._closed:
@@ -93,10 +106,15 @@ class GroupCommitter:
     # -- the database thread ---------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        pending: _Operation[Any] | None = None
         while True:
-            first = self._inbox.get()
+            first = pending if pending is not None else self._inbox.get()
+            pending = None
             if first is None:
                 return
+            if first.alone is not None:
+                self._execute_alone(first)
+                continue
             batch: list[_Operation[Any]] = [first]
             stop = False
             while len(batch) < self.max_batch:
@@ -107,10 +125,23 @@ class GroupCommitter:
                 if more is None:
                     stop = True
                     break
+                if more.alone is not None:  # ends this batch; runs right after its commit
+                    pending = more
+                    break
                 batch.append(more)
             self._execute([op for op in batch if op.future.set_running_or_notify_cancel()])
             if stop:
                 return
+
+    @staticmethod
+    def _execute_alone(op: _Operation[Any]) -> None:
+        if not op.future.set_running_or_notify_cancel():
+            return
+        assert op.alone is not None
+        try:
+            op.future.set_result(op.alone())
+        except Exception as exc:
+            op.future.set_exception(exc)
 
     def _execute(self, batch: list[_Operation[Any]]) -> None:
         if not batch:

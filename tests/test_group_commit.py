@@ -187,3 +187,52 @@ async def test_claim_reads_due_jobs_in_index_order_without_sorting_the_backlog(e
     jobs_scan_parents = {row[1] for row in plan if str(row[-1]).startswith(("SEARCH jobs USING COVERING", "SCAN jobs"))}
     assert jobs_scan_parents and not sorted_parents & jobs_scan_parents, plan
     assert all("ix_jobs_state_due" in str(row[-1]) for row in plan if str(row[-1]).startswith("SEARCH jobs USING COV"))
+
+
+async def test_sealed_enqueues_share_a_commit_and_each_is_sealed_for_its_own_row(engine: Engine) -> None:
+    """With a cipher, the prebuilt insert takes each row's sealed payload as a parameter: one batch, per-row context."""
+    from delivery_daemon.cipher import Cipher, new_key_line, parse_keys
+
+    cipher = Cipher(parse_keys(new_key_line(), "test"))
+    queue = JobQueue(engine, ManualClock(), cipher)
+    try:
+        release = hold_thread(queue.committer)
+        pending = [asyncio.ensure_future(queue.enqueue(order(f"s{i}"))) for i in range(5)]
+        await submitted(queue, 5)
+        release.set()
+        results = await asyncio.gather(*pending)
+        jobs = [await queue.get(result.job_id) for result in results]
+    finally:
+        queue.close()
+    assert queue.committer.stats.largest == 5
+    with engine.connect() as conn:
+        stored = {row.order_id: row.payload for row in conn.execute(select(JOBS.c.order_id, JOBS.c.payload))}
+    for i, job in enumerate(jobs):
+        assert job is not None and job.payload == order(f"s{i}").payload_json()
+        assert stored[f"s{i}"] != job.payload  # sealed at rest
+        assert cipher.open(stored[f"s{i}"], f"shop/s{i}/payload") == job.payload
+
+
+async def test_run_executes_own_connection_functions_between_batches(engine: Engine) -> None:
+    """JobQueue.run: a function that opens its own connection runs alone on the database thread, in order.
+
+    Inside a batch it would wait for this thread's own write lock (SQLite) until the busy timeout.
+    """
+    queue = JobQueue(engine, ManualClock())
+
+    def own_write() -> int:
+        with engine.begin() as conn:
+            return int(conn.execute(insert(JOBS).values(**job_row("own"))).rowcount)
+
+    try:
+        release = hold_thread(queue.committer)
+        before = asyncio.ensure_future(queue.enqueue(order("before")))
+        own = asyncio.ensure_future(queue.run(own_write))
+        after = asyncio.ensure_future(queue.enqueue(order("after")))
+        await submitted(queue, 3)
+        release.set()
+        assert (await asyncio.wait_for(own, 30)) == 1
+        await asyncio.gather(before, after)
+    finally:
+        queue.close()
+    assert stored_ids(engine) == {"before", "own", "after"}
