@@ -145,7 +145,9 @@ async def test_duplicate_enqueue_concurrently_from_many_queues(engine: Engine, c
 
         def enqueue_at_once(q: JobQueue) -> bool:
             barrier.wait(timeout=30)
-            return q._enqueue(order("same")).created  # the synchronous body, so the threads truly race
+            # The synchronous body in a transaction of its own, so the threads truly race.
+            with q.engine.begin() as conn:
+                return q._enqueue(conn, order("same")).created
 
         results = await asyncio.gather(*(asyncio.to_thread(enqueue_at_once, q) for q in queues))
         assert sorted(results) == [False] * 5 + [True]

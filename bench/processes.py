@@ -1,0 +1,81 @@
+"""Starting and watching the measured server processes (daemon, baseline) from the orchestrator."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ServerProcess:
+    """A running ``bench.serve`` process on loopback."""
+
+    process: subprocess.Popen[str]
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def status(self) -> dict[str, int]:
+        """Memory figures from ``/proc/<pid>/status`` in KiB (VmRSS now, VmHWM the peak)."""
+        figures: dict[str, int] = {}
+        with open(f"/proc/{self.pid}/status") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    figures[key] = int(value.split()[0])
+        return figures
+
+
+def profile_command(pid: int, seconds: float, out: Path) -> list[str]:
+    """A py-spy command that samples ``pid`` for ``seconds`` and writes ``out`` (``.txt``: raw stacks)."""
+    return [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration",
+            str(max(1, round(seconds))), "--rate", "250", "--nonblocking",
+            "-f", "raw" if out.suffix == ".txt" else "flamegraph", "-o", str(out)]
+
+
+@contextlib.contextmanager
+def start_server(kind: str, spec: dict[str, Any], workdir: Path, *,
+                 timeout: float = 60.0) -> Iterator[ServerProcess]:
+    """Run ``python -m bench.serve KIND`` with ``spec``; stopped (SIGTERM, then SIGKILL) when the block ends."""
+    path = workdir / f"{kind}-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(spec))
+    command = [sys.executable, "-m", "bench.serve", kind, str(path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if line.startswith("READY") or not line:
+                break
+        if not line.startswith("READY"):
+            raise RuntimeError(f"{kind} server did not start (exit {process.poll()})")
+        server = ServerProcess(process, int(line.split()[1]))
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

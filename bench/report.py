@@ -1,0 +1,81 @@
+"""The table printed at the end of a run, and each figure checked against the issue's target."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TARGETS = {
+    "ingest_ratio": ("ingest rps, daemon / baseline", ">=", 0.6),
+    "ingest_p99_ms": ("ingest p99 at 32 connections (ms)", "<=", 25.0),
+    "e2e_p50_ms": ("end-to-end p50 at 50/s (ms)", "<=", 15.0),
+    "e2e_p99_ms": ("end-to-end p99 at 50/s (ms)", "<=", 60.0),
+    "drain_per_s": ("backlog drain (deliveries/s)", ">=", 500.0),
+    "rss_idle_mb": ("RSS idle (MB)", "<=", 80.0),
+    "rss_peak_mb": ("RSS peak, end of drain (MB)", "<=", 200.0),
+    "growth_worst_ratio": ("growth, worst cost ratio vs 10^3 rows", "<=", 1.2),
+}
+
+
+def _figures(results: dict[str, Any]) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    if "ingest" in results:
+        figures["ingest_ratio"] = results["ingest"]["ratio"]
+        figures["ingest_p99_ms"] = results["ingest"]["daemon"]["p99_ms"]
+    if "e2e" in results:
+        figures["e2e_p50_ms"] = results["e2e"]["p50_ms"]
+        figures["e2e_p99_ms"] = results["e2e"]["p99_ms"]
+        figures["rss_idle_mb"] = results["e2e"]["rss_idle_kb"] / 1024
+    if "drain" in results:
+        figures["drain_per_s"] = results["drain"]["deliveries_per_s"]
+        figures["rss_peak_mb"] = results["drain"]["rss_peak_kb"] / 1024
+    if "growth" in results:
+        figures["growth_worst_ratio"] = results["growth"]["worst_ratio"]
+    return figures
+
+
+def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each measured figure with its target and whether it was met."""
+    out = {}
+    for key, value in _figures(results).items():
+        label, op, limit = TARGETS[key]
+        met = value >= limit if op == ">=" else value <= limit
+        out[key] = {"label": label, "value": value, "target": f"{op} {limit:g}", "met": met}
+    return out
+
+
+def render_table(results: dict[str, Any]) -> str:
+    lines = []
+    m = results["machine"]
+    lines.append(f"machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, {m['event_loop']}/"
+                 f"{m['http_parser']}, load average at start {m['loadavg_at_start'][0]:.1f}"
+                 + ("   [SMOKE: sizes too small for the figures to mean anything]" if results["smoke"] else ""))
+    if "ingest" in results:
+        ing = results["ingest"]
+        lines.append(f"\ningest ({ing['tool']}, {ing['connections']} connections, {ing['rounds']} x "
+                     f"{ing['duration_s']:g} s each, medians)")
+        lines.append(f"  {'server':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+        for name in ("baseline", "daemon"):
+            r = ing[name]
+            lines.append(f"  {name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}")
+        lines.append(f"  ratio daemon/baseline: {ing['ratio']:.2f}")
+    if "e2e" in results:
+        e = results["e2e"]
+        lines.append(f"\nend-to-end at {e['rate']:g} orders/s, {e['n']} orders: p50 {e['p50_ms']:.1f} ms, "
+                     f"p99 {e['p99_ms']:.1f} ms, max {e['max_ms']:.1f} ms")
+    if "drain" in results:
+        d = results["drain"]
+        lines.append(f"\ndrain of {d['jobs']} jobs: {d['deliveries_per_s']:.0f} deliveries/s "
+                     f"({d['drain_s']:.1f} s; backlog taken in at {d['jobs'] / d['queue_fill_s']:.0f}/s)")
+    if "growth" in results:
+        g = results["growth"]
+        lines.append(f"\ngrowth (ms per operation, median of {g['repeats']}; ratio to the first row)")
+        lines.append(f"  {'rows':>9}{'enqueue FULL':>15}{'claim FULL':>14}{'enqueue OFF':>15}{'claim OFF':>14}")
+        for row in g["rows"]:
+            cells = [f"{row[k]:.3f} ({row[k + '_ratio']:.2f})" for k in
+                     ("enqueue_ms_full", "claim_ms_full", "enqueue_ms_off", "claim_ms_off")]
+            lines.append(f"  {row['rows']:>9}{cells[0]:>15}{cells[1]:>14}{cells[2]:>15}{cells[3]:>14}")
+    lines.append("\ntargets")
+    for item in results["targets"].values():
+        mark = "met" if item["met"] else "NOT met"
+        lines.append(f"  {item['label']:<42}{item['value']:>10.2f}  {item['target']:<8} {mark}")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""The server processes of a benchmark run: ``python -m bench.serve daemon|baseline|market SPEC.json``.
+
+Each runs under the same uvicorn settings on a socket bound here and prints ``READY <port>`` once accepting.
+``baseline`` is the bare Starlette endpoint that only reads and parses the JSON body: the cost of the HTTP stack
+itself, which the daemon's ingest figure is compared with. ``market`` is the reference SoftStore marketplace plus
+two bench-only routes: ``POST /_bench/orders {"count"}`` places orders without sending webhooks and returns their
+signed webhook bodies; ``POST /_bench/accepted {"ids"}`` returns when each delivery was accepted (epoch seconds);
+``GET /_bench/delivered`` counts accepted deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+UVICORN = {"log_level": "warning", "access_log": False, "lifespan": "on", "backlog": 2048}
+"""Server settings shared by the daemon and the baseline (uvicorn picks uvloop/httptools when installed)."""
+
+
+def baseline_app() -> Starlette:
+    async def webhook(request: Request) -> Response:
+        data = json.loads(await request.body())
+        return JSONResponse({"status": "accepted", "order_id": data.get("id_order"), "duplicate": False})
+
+    return Starlette(routes=[Route("/webhooks/{store}", webhook, methods=["POST"])])
+
+
+def daemon_app(spec: dict[str, Any]) -> Starlette:
+    from delivery_daemon.app import create_app
+    from delivery_daemon.cli import default_marketplaces
+    from delivery_daemon.config import parse_settings
+    from delivery_daemon.logs import configure_logging
+    from delivery_daemon.plugins import discover
+
+    settings = parse_settings(spec["settings"], environ={})
+    log_stream = open(spec.get("log_file", "/dev/null"), "a")  # noqa: SIM115  (lives as long as the process)
+    configure_logging("json", settings.logging.level, stream=log_stream)
+    return create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()),
+                      start_worker=spec.get("start_worker", True))
+
+
+def market_app(spec: dict[str, Any]) -> tuple[Starlette, Any]:
+    import io
+
+    from delivery_daemon.logs import configure_logging
+    from delivery_daemon.reference.softstore import SoftStoreMarketplace
+
+    configure_logging("json", "error", stream=io.StringIO())
+    market = SoftStoreMarketplace(api_key=spec["api_key"])
+    market.add_product(spec["product"], count=10_000_000)
+
+    async def orders(request: Request) -> Response:
+        count = int((await request.json())["count"])
+        placed = [await market.place_order(spec["product"], 1, send_webhook=False) for _ in range(count)]
+        market.requests.clear()  # the record of every request is test help; do not let it grow here
+        return JSONResponse([order.payload for order in placed])
+
+    async def accepted(request: Request) -> Response:
+        ids = (await request.json())["ids"]
+        found = {i: record.at for i in ids if (record := market.accepted(i)) is not None}
+        market.requests.clear()
+        market.delivery_log.clear()
+        return JSONResponse(found)
+
+    async def delivered(request: Request) -> Response:
+        return JSONResponse({"accepted": len(market._accepted)})
+
+    routes = [Route("/_bench/orders", orders, methods=["POST"]), Route("/_bench/accepted", accepted, methods=["POST"]),
+              Route("/_bench/delivered", delivered, methods=["GET"])]
+    market.app.router.routes[:0] = routes
+    return market.app, market
+
+
+async def main(kind: str, spec: dict[str, Any]) -> None:
+    from delivery_daemon.serving import serve
+
+    market = None
+    if kind == "market":
+        app, market = market_app(spec)
+    else:
+        app = baseline_app() if kind == "baseline" else daemon_app(spec)
+    async with serve(app, "127.0.0.1", int(spec.get("port", 0)), **UVICORN) as running:
+        if market is not None:
+            market.bind(running.url)
+        print(f"READY {running.port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    kind, path = sys.argv[1], sys.argv[2]
+    with open(path) as handle:
+        config = json.load(handle)
+    try:
+        import uvloop
+
+        uvloop.run(main(kind, config))
+    except ImportError:
+        asyncio.run(main(kind, config))

@@ -1,0 +1,25 @@
+"""The benchmark runs end to end in smoke mode and produces its table and JSON (figures are not checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    """``python -m bench --smoke --no-wrk`` exits 0, prints every section and writes every scenario's figures."""
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--no-wrk", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for heading in ("ingest (python", "end-to-end at", "drain of", "growth (ms", "targets"):
+        assert heading in done.stdout
+    results = json.loads(out.read_text())
+    assert {"ingest", "e2e", "drain", "growth", "targets"} <= results.keys()
+    assert results["ingest"]["daemon"]["errors"] == 0 and results["ingest"]["daemon"]["requests"] > 0
+    assert results["e2e"]["n"] == results["e2e"]["orders"]
+    assert results["drain"]["jobs"] == 200
