@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 
-from . import health, receive
+from . import health, notify, receive
 from .backoff import Backoff
 from .clock import Clock, SystemClock
 from .config import Settings
@@ -79,17 +79,25 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
     daemon = build_daemon(settings, marketplaces=marketplaces, plugins=plugins, clock=clock, transport=transport,
                           **options)
 
+    # On PostgreSQL other replicas commit jobs too: their NOTIFY wakes this worker (None on SQLite).
+    listener = notify.listener_for(settings.database.url, daemon.worker.wake) if start_worker else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if start_worker:
             await daemon.worker.start()
+        if listener is not None:
+            await listener.start()
         try:
             yield
         finally:
+            if listener is not None:
+                await listener.stop()
             if start_worker:
                 await daemon.worker.stop()
             await daemon.aclose()
 
     app = Starlette(routes=[*receive.routes(), *health.routes()], lifespan=lifespan)
     app.state.daemon = daemon
+    app.state.listener = listener
     return app
