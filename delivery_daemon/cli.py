@@ -139,7 +139,13 @@ def _register_softstore(sub: Any) -> None:
     register(sub)
 
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_softstore]
+def _register_db_migrate(sub: Any) -> None:
+    from .dbmigrate import register_db_migrate
+
+    register_db_migrate(sub)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_softstore, _register_db_migrate]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 
 
