@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 
-from . import health, notify, receive
+from . import health, metrics, notify, receive
 from .backoff import Backoff
+from .cipher import load_cipher
 from .clock import Clock, SystemClock
 from .config import Settings
-from .db import create_db_engine, create_schema
+from .db import create_db_engine, create_schema, sqlite_path
 from .logs import REDACTOR, Redactor
 from .marketplace import MarketplaceType
+from .metrics import UNKNOWN_STORE, Metrics
 from .queue import JobQueue
+from .ratelimit import RateLimiter
+from .resources import ResourceHub
+from .retention import RetentionService
 from .stores import Store, build_stores
 from .worker import GENERATOR_BUDGET, Worker
 
@@ -38,11 +43,12 @@ class Daemon:
     stores: dict[str, Store]
     worker: Worker
     clock: Clock
-    webhook_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    resources: ResourceHub
+    metrics: Metrics
+    limiter: RateLimiter | None = None
 
     def metrics_webhook(self, store: str, result: str) -> None:
-        key = (store, result)
-        self.webhook_counts[key] = self.webhook_counts.get(key, 0) + 1
+        self.metrics.webhook(store if store in self.stores else UNKNOWN_STORE, result)
 
     async def aclose(self) -> None:
         for store in self.stores.values():
@@ -56,18 +62,26 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
                  redactor: Redactor = REDACTOR, generator_budget: float | None = None) -> Daemon:
     """Everything but the HTTP layer; raises ConfigError before touching the database if the config is bad."""
     clock = clock or SystemClock()
-    stores = build_stores(settings, marketplaces, plugins, clock, transport)
+    hub = ResourceHub(clock=clock)
+    stores = build_stores(settings, marketplaces, plugins, clock, transport, hub=hub)
     for store in stores.values():
         redactor.add_source(store.marketplace.secrets)
+        redactor.add(*store.channel_secrets)
+    cipher = load_cipher(settings.security, sqlite_path(settings.database.url))  # before the database: ConfigError
     engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
                               busy_timeout_ms=settings.database.busy_timeout_ms)
     create_schema(engine)
-    queue = JobQueue(engine, clock)
+    hub.engine = engine  # plugins reach the database only once start-up checks have passed
+    queue = JobQueue(engine, clock, cipher)
     backoff = Backoff(settings.delivery.retry_schedule, jitter=settings.delivery.jitter)
     daemon_ref: dict[str, Daemon] = {}
+    observer = Metrics(clock)
     worker = Worker(queue, lambda: daemon_ref["d"].stores, settings.worker, backoff, clock,
-                    generator_budget=generator_budget if generator_budget is not None else GENERATOR_BUDGET)
-    daemon = Daemon(settings=settings, engine=engine, queue=queue, stores=stores, worker=worker, clock=clock)
+                    generator_budget=generator_budget if generator_budget is not None else GENERATOR_BUDGET,
+                    observer=observer)
+    daemon = Daemon(settings=settings, engine=engine, queue=queue, stores=stores, worker=worker, clock=clock,
+                    metrics=observer, resources=hub,
+                    limiter=RateLimiter(settings.server.rate_limit, settings.server.store_rate_limits, clock))
     daemon_ref["d"] = daemon
     return daemon
 
@@ -84,8 +98,13 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        retention = None
         if start_worker:
             await daemon.worker.start()
+            if settings.retention.days is not None:
+                retention = RetentionService(daemon.engine, daemon.clock, settings.retention.days,
+                                             settings.retention.interval)
+                retention.start()
         if listener is not None:
             await listener.start()
         try:
@@ -93,11 +112,15 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
         finally:
             if listener is not None:
                 await listener.stop()
+            if retention is not None:
+                retention.stop()
             if start_worker:
-                await daemon.worker.stop()
+                await daemon.worker.stop(settings.worker.shutdown_grace)
             await daemon.aclose()
 
-    app = Starlette(routes=[*receive.routes(), *health.routes()], lifespan=lifespan)
+    # With admin.port set, /metrics lives only on the admin address (metrics.create_admin_app), not next to webhooks.
+    admin_routes = metrics.routes() if settings.admin.port is None else []
+    app = Starlette(routes=[*receive.routes(), *health.routes(), *admin_routes], lifespan=lifespan)
     app.state.daemon = daemon
     app.state.listener = listener
     return app

@@ -22,9 +22,13 @@ from .marketplace import MarketplaceType
 
 def default_marketplaces() -> list[MarketplaceType]:
     """The marketplace types this build ships with."""
+    from .marketplaces.sellix import Sellix
+    from .marketplaces.shoppy import Shoppy
     from .marketplaces.softstore import SoftStore
+    from .marketplaces.standard_webhooks import StandardWebhooks
+    from .marketplaces.stripe_store import StripeStore
 
-    return [SoftStore()]
+    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), StandardWebhooks()]
 
 
 def _fail(message: str) -> int:
@@ -36,7 +40,7 @@ def _load(path: str) -> tuple[Settings, dict[str, Any]]:
     from .plugins import discover
 
     settings = load_settings(path)
-    return settings, dict(discover())
+    return settings, dict(discover(settings.plugins.directory))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -55,7 +59,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  worker:   concurrency {settings.worker.concurrency}, retries after "
           + ", ".join(f"{d:g}s" for d in settings.delivery.retry_schedule))
     for store in stores.values():
-        print(f"  store {store.name}: {store.settings.marketplace} at {store.settings.api_url}, sink {store.sink.name}")
+        where = f" at {store.settings.api_url}" if store.settings.api_url else ""
+        sink = store.sink.name
+        print(f"  store {store.name}: {store.settings.marketplace}{where}, delivers through {sink}")
         for product_id, product in store.products.items():
             print(f"    product {product_id}: generator {product.generator_name}")
         if store.default is not None:
@@ -79,17 +85,13 @@ async def _report_status(stores: dict[str, Any], limit_s: float = 5.0) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import create_app
     from .logs import configure_logging
+    from .runner import run_daemon
 
     settings, plugins = _load(args.config)
     configure_logging(args.log_format or settings.logging.format, args.log_level or settings.logging.level)
-    app = create_app(settings, marketplaces=default_marketplaces(), plugins=plugins)
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="warning",
-                access_log=False, lifespan="on", timeout_graceful_shutdown=15)
-    return 0
+    # SIGTERM drains and exits 0, SIGHUP reloads the stores: see runner.py.
+    return run_daemon(args.config, settings, marketplaces=default_marketplaces(), plugins=plugins)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -139,13 +141,40 @@ def _register_softstore(sub: Any) -> None:
     register(sub)
 
 
+def _register_plugins(sub: Any) -> None:
+    from .plugin_cli import register
+
+    register(sub)
+
+
+def _register_orders(sub: Any) -> None:
+    from .orders_cli import register
+
+    register(sub)
+
+
+def _register_db(sub: Any) -> None:
+    from .db_cli import register
+
+    register(sub)
+
+
 def _register_db_migrate(sub: Any) -> None:
     from .dbmigrate import register_db_migrate
 
     register_db_migrate(sub)
 
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = [_register_core, _register_softstore, _register_db_migrate]
+def _register_chaos(sub: Any) -> None:
+    from .chaos import register
+
+    register(sub)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [
+    _register_core, _register_plugins, _register_softstore, _register_orders, _register_db, _register_db_migrate,
+    _register_chaos,
+]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 
 

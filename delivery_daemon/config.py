@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigError
 
@@ -32,11 +34,29 @@ class DatabaseSettings(_Model):
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     busy_timeout_ms: int = Field(default=10_000, ge=0)
 
+    @field_validator("url")
+    @classmethod
+    def _parseable(cls, value: str) -> str:
+        # Checked here so that a typo is a one-line config error, not SQLAlchemy's ArgumentError at start-up.
+        try:
+            make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL (e.g. sqlite:///delivery-daemon.db)") from None
+        return value
+
+
+class RateLimitSettings(_Model):
+    per_second: float = Field(gt=0)
+    burst: int = Field(default=20, ge=1)
+
 
 class ServerSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=64 * 1024, ge=256)
+    body_timeout: float = Field(default=10.0, gt=0)  # a sender slower than this to send its body gets 408
+    rate_limit: RateLimitSettings | None = None  # per store (each its own bucket); None: unlimited
+    store_rate_limits: dict[str, RateLimitSettings] = Field(default_factory=dict)
 
 
 class WorkerSettings(_Model):
@@ -44,6 +64,7 @@ class WorkerSettings(_Model):
     lease_seconds: float = Field(default=120.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     claim_batch: int = Field(default=32, ge=1)
+    shutdown_grace: float = Field(default=10.0, ge=0)
 
 
 class DeliverySettings(_Model):
@@ -59,9 +80,47 @@ class DeliverySettings(_Model):
         return value
 
 
+class AdminSettings(_Model):
+    """Where ``/metrics`` is served: on the webhook port when ``port`` is unset, else on ``host:port`` apart from it.
+    With ``token`` set, ``/metrics`` wants ``Authorization: Bearer <token>``."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65535)
+    token: SecretStr | None = None
+
+
+class RetentionSettings(_Model):
+    """After ``days``, a finished order keeps only its audit row: payload, delivered content and email are purged."""
+
+    days: float | None = Field(default=None, gt=0)
+    interval: float = Field(default=3600.0, gt=0)
+class SecuritySettings(_Model):
+    """Encryption at rest and the outbound network policy (see delivery_daemon.cipher and .netguard)."""
+
+    encryption_key_env: str | None = None  # name of an environment variable holding the key lines
+    encryption_key_file: str | None = None  # else a 0600 file of key lines; else <database>.key is generated
+    allow_private_networks: bool = False  # configured URLs may reach loopback/private/link-local (never metadata)
+    allowed_networks: tuple[str, ...] = ()  # CIDRs configured URLs may reach whatever they are
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
+
+
 class LoggingSettings(_Model):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class PluginSettings(_Model):
+    """Where single-file generator plugins live (installed packages are found through entry points)."""
+
+    directory: str | None = None
 
 
 class ProductSettings(_Model):
@@ -70,6 +129,55 @@ class ProductSettings(_Model):
     generator: str
     options: dict[str, Any] = Field(default_factory=dict)
     template: str = "{keys_lines}"
+
+
+class SignatureSettings(_Model):
+    """How a store's inbound webhooks are signed, where the marketplace's document leaves it open.
+
+    Each adapter documents its defaults; a field left unset keeps them.
+    """
+
+    header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{1,64}$")
+    algorithm: Literal["sha256", "sha512"] | None = None
+    tolerance: float = Field(default=300.0, gt=0, le=86_400)
+    """Seconds a timestamped signature may be old (or ahead of our clock)."""
+
+
+class SmtpSettings(_Model):
+    """The seller's own SMTP server, for the ``email`` delivery channel."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    subject: str = "Your order {order_id}"
+    timeout: float = Field(default=30.0, gt=0)
+    ca_file: str | None = None
+    """A CA bundle to trust for the server's certificate (a private CA); the system's store when unset."""
+
+
+class OutboundWebhookSettings(_Model):
+    """The seller's own system, for the ``webhook`` delivery channel (signed with Standard Webhooks headers)."""
+
+    url: str
+    secret: SecretStr
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+class ChannelSettings(_Model):
+    """Where a store's orders are delivered: the marketplace's own API, the buyer's email, or the seller's system."""
+
+    channel: Literal["marketplace", "email", "webhook"] = "marketplace"
+    email: SmtpSettings | None = None
+    webhook: OutboundWebhookSettings | None = None
 
 
 class StoreSettings(_Model):
@@ -82,6 +190,10 @@ class StoreSettings(_Model):
     webhook_secret: SecretStr | None = None
     default: ProductSettings | None = None
     products: dict[str, ProductSettings] = Field(default_factory=dict)
+    signature: SignatureSettings = SignatureSettings()
+    delivery: ChannelSettings = ChannelSettings()
+    sync_budget: float = Field(default=5.0, gt=0, le=9.5)
+    """Seconds a marketplace that waits for the goods in its request (Sellix dynamic products) is given them in."""
 
     @field_validator("api_url")
     @classmethod
@@ -101,6 +213,10 @@ class Settings(_Model):
     worker: WorkerSettings = WorkerSettings()
     delivery: DeliverySettings = DeliverySettings()
     logging: LoggingSettings = LoggingSettings()
+    admin: AdminSettings = AdminSettings()
+    retention: RetentionSettings = RetentionSettings()
+    plugins: PluginSettings = PluginSettings()
+    security: SecuritySettings = SecuritySettings()
     stores: tuple[StoreSettings, ...] = ()
 
     @model_validator(mode="after")

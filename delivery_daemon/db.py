@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from . import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from . import models, stock  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -22,6 +22,11 @@ def _sqlite_path(url: str) -> Path | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for another database or an in-memory one."""
+    return _sqlite_path(url)
 
 
 def create_db_engine(url: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> Engine:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func, insert, select
@@ -23,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlmodel import SQLModel
 
-from .db import create_db_engine
+from .db import create_db_engine, sqlite_path
 from .errors import DeliveryDaemonError
 from .models import Job
 from .schema import upgrade
@@ -137,8 +138,25 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     for name, count in report.tables.items():
         print(f"  {name}: {count} rows")
     print("  jobs by state: " + (", ".join(f"{s} {n}" for s, n in sorted(report.job_states.items())) or "none"))
+    key_file = generated_key_file(settings)
+    if key_file is not None:
+        # Payloads and content were copied still encrypted with the key generated next to the SQLite file; a
+        # PostgreSQL database has no such file, so without this setting they could not be read.
+        print(f"next: set security.encryption_key_file to {key_file} (the copied orders are encrypted with it)")
     print(f"next: set database.url to {shown} (password included) and start the daemon")
     return 0
+
+
+def generated_key_file(settings: Any) -> Path | None:
+    """The key file the daemon generated next to the SQLite database, if no key is configured and it exists."""
+    security = settings.security
+    if security.encryption_key_env or security.encryption_key_file:
+        return None
+    database = sqlite_path(settings.database.url)
+    if database is None:
+        return None
+    key = database.with_name(database.name + ".key")
+    return key.resolve() if key.exists() else None
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> Any:

@@ -1,7 +1,8 @@
 """Step 3 of an order: run the product's generator once, check what it returned, render the delivery text.
 
 A generator runs under a time budget; CPU-bound sync generators run in a thread so the event loop keeps serving
-webhooks. The result is checked against the contract (exactly ``quantity`` non-empty keys, download HTTPS) before it
+webhooks. The result is checked against the contract (exactly ``quantity`` non-empty keys — or none when a download
+is returned — and the download HTTPS) before it
 is stored; a broken result is a retryable error, so the order is kept while the seller fixes the plugin.
 """
 
@@ -13,7 +14,7 @@ import inspect
 import anyio
 
 from .errors import GeneratorError, Retry
-from .generator import Generated, OrderContext
+from .generator import Generated, Generator, OrderContext
 from .order import Content
 from .stores import Product
 from .template import render
@@ -23,7 +24,8 @@ def check_result(result: object, quantity: int) -> Generated:
     """``result`` if it honours the contract, else GeneratorError saying how it does not."""
     if not isinstance(result, Generated):
         raise GeneratorError(f"generator returned {type(result).__name__}, expected Generated")
-    if len(result.keys) != quantity:
+    file_only = not result.keys and result.download is not None  # a file product: the link is what is sold
+    if len(result.keys) != quantity and not file_only:
         raise GeneratorError(f"generator returned {len(result.keys)} keys for quantity {quantity}")
     if any(not isinstance(key, str) or not key for key in result.keys):
         raise GeneratorError("generator returned an empty or non-string key")
@@ -32,9 +34,13 @@ def check_result(result: object, quantity: int) -> Generated:
     return result
 
 
-async def generate(product: Product, context: OrderContext, *, budget: float) -> Content:
-    """Call the generator within ``budget`` seconds and render the product's template around its keys."""
-    method = product.generator.generate
+async def call_generator(generator: Generator, context: OrderContext, *, budget: float, name: str) -> Generated:
+    """Run ``generator.generate`` (sync ones in a thread) within ``budget`` seconds and check its result.
+
+    Raises what the generator raised (OutOfStock, Retry, Dead, anything else), Retry when the budget ran out,
+    and GeneratorError when the result breaks the contract.
+    """
+    method = generator.generate
     try:
         with anyio.fail_after(budget):
             if inspect.iscoroutinefunction(method):
@@ -44,9 +50,14 @@ async def generate(product: Product, context: OrderContext, *, budget: float) ->
                 if inspect.isawaitable(result):
                     result = await result
     except TimeoutError:
-        raise Retry(f"generator {product.generator_name} took longer than {budget:g} s") from None
+        raise Retry(f"generator {name} took longer than {budget:g} s") from None
     except asyncio.CancelledError:
         raise
-    checked = check_result(result, context.quantity)
+    return check_result(result, context.quantity)
+
+
+async def generate(product: Product, context: OrderContext, *, budget: float) -> Content:
+    """Call the generator within ``budget`` seconds and render the product's template around its keys."""
+    checked = await call_generator(product.generator, context, budget=budget, name=product.generator_name)
     return render(product.template, keys=checked.keys, order_id=context.order_id, product_id=context.product_id,
                   quantity=context.quantity, download=checked.download, text=checked.text)

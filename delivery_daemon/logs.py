@@ -15,6 +15,8 @@ from typing import Any, TextIO
 import structlog
 
 REDACTED = "[redacted]"
+QUIET_LOGGERS = ("httpx", "httpcore", "hpack")
+"""Third-party loggers that print request URLs or headers (which hold tokens) below WARNING."""
 
 
 class Redactor:
@@ -80,3 +82,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    # httpx logs every request URL at INFO, and SoftStore's delivery URL carries the order's token: pinned, so
+    # that nothing (a root logger at DEBUG, an embedding app) can turn those lines on.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

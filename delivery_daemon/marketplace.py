@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeAlias
 
 import httpx
 
@@ -29,6 +29,38 @@ class AdapterContext:
     clock: Clock
     delivery: DeliverySettings
     transport: httpx.AsyncBaseTransport | None = None
+
+
+@dataclass(frozen=True)
+class OrderEvent:
+    """A signed notice about an order the daemon may already hold: the payment was refunded or disputed.
+
+    The core cancels the order if it is not delivered yet (and remembers it, so a later "paid" webhook for the same
+    order delivers nothing), or flags and logs it (``order.refunded`` / ``order.disputed``) if it was.
+    """
+
+    store: str
+    marketplace: str
+    order_id: str
+    kind: Literal["refunded", "disputed"]
+    product_id: str = ""
+    detail: str | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FulfilNow:
+    """The marketplace waits on this very request for the goods and will not ask twice (e.g. Sellix dynamic
+    products): the core generates within ``budget`` seconds, stores the result, then answers the keys as
+    ``text/plain``, one per line. The same order asked again gets the same keys."""
+
+    order: IncomingOrder
+    budget: float
+
+
+WebhookResult: TypeAlias = IncomingOrder | OrderEvent | FulfilNow | None
+"""What :meth:`Marketplace.parse_webhook` returns: an order to queue, an event about an order, a synchronous
+fulfilment request, or None when the webhook is valid but asks nothing of the daemon."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +84,7 @@ class Sink(Protocol):
 class Marketplace(Protocol):
     """One store's adapter: verify and normalise webhooks, ask the marketplace about orders, deliver."""
 
-    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> IncomingOrder | None:
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
         """Check the signature on the raw body and normalise. Raise WebhookRejected; None means "ignored"."""
         ...
 
@@ -60,7 +92,9 @@ class Marketplace(Protocol):
         """The marketplace's own view of the order (raise Retry or Dead)."""
         ...
 
-    def sink(self) -> Sink: ...
+    def sink(self) -> Sink | None:
+        """The marketplace's own delivery API, or None when it has none (the store must configure a channel)."""
+        ...
 
     def secrets(self) -> list[str]:
         """Secret strings this adapter holds (API keys, tokens), for the log redactor."""

@@ -76,3 +76,18 @@ class Attempt(SQLModel, table=True):
     http_status: int | None = None
     error: str | None = Field(default=None, sa_type=Text)
     duration_ms: float | None = None
+
+
+class WebhookEvent(SQLModel, table=True):
+    """A marketplace event id already handled for a store (Stripe ``evt_…``, Standard Webhooks ``webhook-id``).
+
+    The unique constraint makes a resent event a duplicate; rows older than the retention are pruned.
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (UniqueConstraint("store", "event_id", name="uq_webhook_events_store_event"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    store: str = Field(max_length=64)
+    event_id: str = Field(max_length=255)
+    received_at: float = Field(index=True)

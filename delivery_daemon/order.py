@@ -20,6 +20,9 @@ class IncomingOrder:
     order_id: str
     product_id: str
     payload: dict[str, Any] = field(default_factory=dict)
+    event_id: str | None = None
+    """The marketplace's id for this delivery of the event, when it has one: resends of it are answered as
+    duplicates (see :mod:`delivery_daemon.events`). Not stored in the job."""
 
     def payload_json(self) -> str:
         return json.dumps(self.payload, separators=(",", ":"), sort_keys=True)

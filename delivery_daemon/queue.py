@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from .cipher import Cipher
 from .clock import Clock
 from .errors import DeliveryDaemonError
 from .models import FINAL, RUNNABLE, Attempt, Job, JobState
@@ -29,6 +30,9 @@ from .order import IncomingOrder
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+SEALED = ("payload", "content")
+"""Columns encrypted at rest when the queue has a cipher: the delivery token lives in one, the keys in the other."""
 
 JOBS = Job.__table__  # type: ignore[attr-defined]
 ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
@@ -49,6 +53,18 @@ class Enqueued:
 
 
 @dataclass(frozen=True)
+class MarkedOrder:
+    """A refund or dispute to apply to an order (see :meth:`JobQueue.mark`)."""
+
+    store: str
+    order_id: str
+    marketplace: str
+    product_id: str
+    kind: str  # "refunded" | "disputed"
+    reason: str
+
+
+@dataclass(frozen=True)
 class Transition:
     """The outcome of one step, to be recorded atomically with the job's new state."""
 
@@ -62,21 +78,34 @@ class Transition:
     count_attempt: bool = False
 
 
-def _row_to_job(row: Any) -> Job:
-    return Job.model_validate(dict(row._mapping))
+def _row_to_job(row: Any, cipher: Cipher | None = None) -> Job:
+    values = dict(row._mapping)
+    if cipher is not None:  # sealed at rest, plaintext in memory (see delivery_daemon.cipher)
+        for column in SEALED:
+            if values.get(column) is not None:
+                values[column] = cipher.open(values[column], f"{values['store']}/{values['order_id']}/{column}")
+    return Job.model_validate(values)
 
 
 class JobQueue:
     """Async facade over the jobs and attempts tables."""
 
-    def __init__(self, engine: Engine, clock: Clock) -> None:
+    def __init__(self, engine: Engine, clock: Clock, cipher: Cipher | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        self.cipher = cipher
         self._dialect = engine.dialect.name
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
 
+    def _seal(self, store: str, order_id: str, column: str, value: str) -> str:
+        return value if self.cipher is None else self.cipher.seal(value, f"{store}/{order_id}/{column}")
+
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` on the queue's database thread (for feature modules with tables of their own)."""
+        return await self._run(fn, *args, **kwargs)
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -96,7 +125,8 @@ class JobQueue:
         now = self.clock.now()
         values = {
             "store": order.store, "order_id": order.order_id, "marketplace": order.marketplace,
-            "product_id": order.product_id, "state": JobState.QUEUED.value, "payload": order.payload_json(),
+            "product_id": order.product_id, "state": JobState.QUEUED.value,
+            "payload": self._seal(order.store, order.order_id, "payload", order.payload_json()),
             "attempts": 0, "received": 1, "due_at": now, "created_at": now, "updated_at": now,
         }
         statement = (
@@ -142,7 +172,7 @@ class JobQueue:
         )
         with self.engine.begin() as conn:
             rows = conn.execute(statement).fetchall()
-        return sorted((_row_to_job(row) for row in rows), key=lambda job: (job.due_at, job.id or 0))
+        return sorted((_row_to_job(row, self.cipher) for row in rows), key=lambda job: (job.due_at, job.id or 0))
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
         """Lease up to ``limit`` due jobs to ``owner`` in one statement, oldest due first."""
@@ -190,6 +220,20 @@ class JobQueue:
         """Hand back every job ``owner`` still holds (graceful shutdown)."""
         return await self._run(self._release_owned, owner)
 
+    def _renew(self, owner: str, lease_seconds: float) -> int:
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(JOBS)
+                .where(and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner))
+                .values(lease_until=now + lease_seconds)
+            )
+        return int(result.rowcount)
+
+    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
+        """Extend every lease ``owner`` holds: a live worker keeps its jobs however long a step takes."""
+        return await self._run(self._renew, owner, lease_seconds)
+
     # -- transitions of a leased job ---------------------------------------------------------------------------
 
     @staticmethod
@@ -225,7 +269,8 @@ class JobQueue:
     async def save_content(self, job: Job, owner: str, content: str, duration_ms: float) -> None:
         """Store the generated content; it is never generated again for this job."""
         change = Transition(JobState.RUNNING, "generate", "ok", duration_ms=duration_ms)
-        await self._run(self._update_leased, job, owner, {"content": content}, change)
+        sealed = self._seal(job.store, job.order_id, "content", content)
+        await self._run(self._update_leased, job, owner, {"content": sealed}, change)
 
     async def transition(self, job: Job, owner: str, change: Transition) -> None:
         """Move a leased job to its next state and record why, in one transaction."""
@@ -266,12 +311,67 @@ class JobQueue:
         return await self._run(self._requeue, JOBS.c.id == job_id, "retry",
                                [JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value])
 
+    def _claim_order(self, store: str, order_id: str, owner: str, lease_seconds: float,
+                     from_states: Sequence[str]) -> Job | None:
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                update(JOBS)
+                .where(and_(JOBS.c.store == store, JOBS.c.order_id == order_id, JOBS.c.state.in_(from_states)))
+                .values(state=JobState.RUNNING.value, lease_owner=owner, lease_until=now + lease_seconds,
+                        updated_at=now)
+                .returning(*JOBS.c)
+            ).first()
+        return _row_to_job(row, self.cipher) if row is not None else None
+
+    async def claim_order(self, store: str, order_id: str, owner: str, lease_seconds: float,
+                          from_states: Sequence[str] = RUNNABLE) -> Job | None:
+        """Lease one named order to ``owner`` if it is in one of ``from_states``; None if it is not (e.g. a worker
+        holds it, or it is final)."""
+        return await self._run(self._claim_order, store, order_id, owner, lease_seconds, from_states)
+
+    def _mark(self, order: MarkedOrder) -> str:
+        now = self.clock.now()
+        where = and_(JOBS.c.store == order.store, JOBS.c.order_id == order.order_id)
+        with self.engine.begin() as conn:
+            row = conn.execute(select(JOBS.c.id, JOBS.c.state).where(where)).first()
+            if row is None:
+                # Remembered as cancelled, so that a "paid" webhook arriving after its refund delivers nothing.
+                job_id = conn.execute(insert(JOBS).values(
+                    store=order.store, order_id=order.order_id, marketplace=order.marketplace,
+                    product_id=order.product_id, state=JobState.CANCELLED.value, payload="{}", attempts=0,
+                    received=0, due_at=now, created_at=now, updated_at=now, last_error=order.reason,
+                ).returning(JOBS.c.id)).scalar_one()
+                outcome, state = "cancelled_unseen", JobState.CANCELLED
+            elif row.state == JobState.DELIVERED.value:
+                job_id, outcome, state = row.id, "flagged", JobState.DELIVERED
+                conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(last_error=order.reason, updated_at=now))
+            elif row.state == JobState.CANCELLED.value:
+                job_id, outcome, state = row.id, "already_cancelled", JobState.CANCELLED
+            else:
+                # A running job loses its lease here: its worker's next transition finds no row (LeaseLost).
+                job_id, outcome, state = row.id, "cancelled", JobState.CANCELLED
+                conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
+                    state=JobState.CANCELLED.value, lease_owner=None, lease_until=None, last_error=order.reason,
+                    updated_at=now))
+            self._record(conn, job_id, Transition(state, "event", f"{order.kind}:{outcome}"[:32],
+                                                  error=order.reason), now)
+        return outcome
+
+    async def mark(self, order: MarkedOrder) -> str:
+        """Apply a refund or dispute to an order in one transaction and record it in the order's history.
+
+        Returns ``cancelled`` (was not delivered yet), ``cancelled_unseen`` (unknown order, remembered cancelled),
+        ``already_cancelled``, or ``flagged`` (already delivered: ``last_error`` says why, the job stays delivered).
+        """
+        return await self._run(self._mark, order)
+
     # -- reads -----------------------------------------------------------------------------------------------
 
     def _get(self, job_id: int) -> Job | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
-        return _row_to_job(row) if row is not None else None
+        return _row_to_job(row, self.cipher) if row is not None else None
 
     async def get(self, job_id: int) -> Job | None:
         return await self._run(self._get, job_id)
@@ -281,7 +381,7 @@ class JobQueue:
             row = conn.execute(
                 select(JOBS).where(and_(JOBS.c.store == store, JOBS.c.order_id == order_id))
             ).first()
-        return _row_to_job(row) if row is not None else None
+        return _row_to_job(row, self.cipher) if row is not None else None
 
     async def find(self, store: str, order_id: str) -> Job | None:
         return await self._run(self._find, store, order_id)
@@ -326,4 +426,4 @@ class JobQueue:
         await self._run(self._writable)
 
 
-__all__ = ["FINAL", "Enqueued", "JobQueue", "LeaseLost", "QueueError", "Transition"]
+__all__ = ["FINAL", "Enqueued", "JobQueue", "LeaseLost", "MarkedOrder", "QueueError", "Transition"]

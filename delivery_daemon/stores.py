@@ -8,6 +8,7 @@ rather than in the middle of a delivery.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,11 +16,13 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from .channels import build_channel
 from .clock import Clock
 from .config import ProductSettings, Settings, StoreSettings, format_location
 from .errors import ConfigError
 from .generator import Generator
 from .marketplace import AdapterContext, Marketplace, MarketplaceType, Sink
+from .resources import ResourceHub, Resources
 from .template import check_template
 
 
@@ -40,6 +43,7 @@ class Store:
     sink: Sink
     products: dict[str, Product] = field(default_factory=dict)
     default: Product | None = None
+    channel_secrets: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -49,7 +53,17 @@ class Store:
         return self.products.get(product_id, self.default)
 
 
-def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: str) -> Product:
+def _instantiate(plugin: Any, options: Any, resources: Resources) -> Any:
+    """``plugin(options)``, or ``plugin(options, resources)`` when its constructor asks for ``resources``."""
+    try:
+        wants = "resources" in inspect.signature(plugin).parameters
+    except (TypeError, ValueError):
+        wants = False
+    return plugin(options, resources=resources) if wants else plugin(options)
+
+
+def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: str,
+                  resources: Resources | None = None) -> Product:
     info = plugins.get(product.generator)
     if info is None:
         known = ", ".join(sorted(plugins)) or "none installed"
@@ -62,20 +76,30 @@ def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: st
         where = format_location(("options", *error["loc"]))
         message = "required" if error["type"] == "missing" else str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{path}.{where}", message) from None
+    # A plugin may bring its own default text (e.g. a download product has no keys to list).
+    template = product.template
+    if "template" not in product.model_fields_set and isinstance(getattr(plugin, "template", None), str):
+        template = plugin.template
     try:
-        check_template(product.template)
+        check_template(template)
     except ValueError as exc:
         raise ConfigError(f"{path}.template", str(exc)) from None
+    if resources is None:
+        resources = Resources(store="", product_id=None, plugin=product.generator, hub=ResourceHub())
     try:
-        generator = plugin(options)
+        generator = _instantiate(plugin, options, resources)
     except Exception as exc:
         raise ConfigError(f"{path}.generator", f"{product.generator} failed to start: {exc}") from None
-    return Product(product.generator, generator, options.model_dump(), product.template)
+    return Product(product.generator, generator, options.model_dump(), template)
 
 
 def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
-                 clock: Clock, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Store]:
-    """Adapters and products for every configured store, or a ConfigError naming the first bad key."""
+                 clock: Clock, transport: httpx.AsyncBaseTransport | None = None,
+                 hub: ResourceHub | None = None) -> dict[str, Store]:
+    """Adapters and products for every configured store, or a ConfigError naming the first bad key.
+
+    ``hub`` carries the services lent to plugins (see :mod:`~delivery_daemon.resources`)."""
+    hub = hub or ResourceHub(clock=clock)
     types = {m.name: m for m in marketplaces}
     stores: dict[str, Store] = {}
     for index, store in enumerate(settings.stores):
@@ -84,12 +108,17 @@ def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], pl
         if kind is None:
             raise ConfigError(f"{path}.marketplace",
                               f"unknown marketplace {store.marketplace!r} (known: {', '.join(sorted(types))})")
-        adapter = kind.create(AdapterContext(store=store, path=path, clock=clock, delivery=settings.delivery,
-                                             transport=transport))
-        built = Store(settings=store, marketplace=adapter, sink=adapter.sink())
+        context = AdapterContext(store=store, path=path, clock=clock, delivery=settings.delivery, transport=transport)
+        adapter = kind.create(context)
+        channel = build_channel(adapter, context)
+        built = Store(settings=store, marketplace=adapter, sink=channel.sink, channel_secrets=channel.secrets)
         for product_id, product in store.products.items():
-            built.products[product_id] = build_product(product, plugins, f"{path}.products.{product_id}")
+            built.products[product_id] = build_product(
+                product, plugins, f"{path}.products.{product_id}",
+                Resources(store=store.name, product_id=product_id, plugin=product.generator, hub=hub))
         if store.default is not None:
-            built.default = build_product(store.default, plugins, f"{path}.default")
+            built.default = build_product(
+                store.default, plugins, f"{path}.default",
+                Resources(store=store.name, product_id=None, plugin=store.default.generator, hub=hub))
         stores[store.name] = built
     return stores

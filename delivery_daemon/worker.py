@@ -15,6 +15,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -38,6 +39,22 @@ GENERATOR_BUDGET = 30.0
 """Seconds a generator may take before the call is abandoned and the order retried."""
 
 
+class Observer(Protocol):
+    """Told about outcomes as they are committed (metrics). Must not block or raise."""
+
+    def job_finished(self, job: Job, change: Transition) -> None: ...
+
+    def generated(self, generator: str, seconds: float) -> None: ...
+
+
+class NoObserver:
+    def job_finished(self, job: Job, change: Transition) -> None:
+        pass
+
+    def generated(self, generator: str, seconds: float) -> None:
+        pass
+
+
 def make_owner() -> str:
     """A lease owner id unique to this process: host, pid and a random suffix."""
     return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -46,7 +63,7 @@ def make_owner() -> str:
 class Worker:
     def __init__(self, queue: JobQueue, stores: Callable[[], Mapping[str, Store]], settings: WorkerSettings,
                  backoff: Backoff, clock: Clock, *, owner: str | None = None,
-                 generator_budget: float = GENERATOR_BUDGET) -> None:
+                 generator_budget: float = GENERATOR_BUDGET, observer: Observer | None = None) -> None:
         self.queue = queue
         self._stores = stores
         self.settings = settings
@@ -54,6 +71,7 @@ class Worker:
         self.clock = clock
         self.owner = owner or make_owner()
         self.generator_budget = generator_budget
+        self.observer: Observer = observer or NoObserver()
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -63,6 +81,11 @@ class Worker:
     @property
     def running(self) -> bool:
         return self._loop_task is not None and not self._loop_task.done() and not self._stopping
+
+    @property
+    def in_flight(self) -> frozenset[asyncio.Task[None]]:
+        """The jobs being processed right now (a config reload waits for these before closing old adapters)."""
+        return frozenset(self._inflight)
 
     def wake(self) -> None:
         """Look for due jobs now (called after every commit that makes a job runnable)."""
@@ -101,8 +124,10 @@ class Worker:
         log.info("worker.stopped", owner=self.owner, released=released)
 
     async def periodic(self) -> None:
-        """Put expired leases back and wake the loop so that retries that fell due are picked up."""
+        """Renew our leases, put expired ones back, and wake the loop so that due retries are picked up."""
         try:
+            if self._inflight:
+                await self.queue.renew_leases(self.owner, self.settings.lease_seconds)
             released = await self.queue.release_expired()
         except QueueError as exc:
             log.error("worker.periodic_failed", error=str(exc))
@@ -169,10 +194,10 @@ class Worker:
             t0 = self.clock.monotonic()
             receipt = await deliver(store.sink, job)
             duration = (self.clock.monotonic() - t0) * 1000
-            await self.queue.transition(job, self.owner, Transition(
-                JobState.DELIVERED, "deliver", receipt.outcome, http_status=receipt.http_status,
-                duration_ms=duration, count_attempt=True, error=receipt.detail,
-            ))
+            done = Transition(JobState.DELIVERED, "deliver", receipt.outcome, http_status=receipt.http_status,
+                              duration_ms=duration, count_attempt=True, error=receipt.detail)
+            await self.queue.transition(job, self.owner, done)
+            self.observer.job_finished(job, done)
             bound.info("delivery.succeeded", outcome=receipt.outcome, http_status=receipt.http_status,
                        duration_ms=round(duration, 1),
                        latency_ms=round((self.clock.now() - job.created_at) * 1000, 1))
@@ -211,6 +236,7 @@ class Worker:
         elapsed = (self.clock.monotonic() - t0) * 1000
         raw = content.to_json()
         await self.queue.save_content(job, self.owner, raw, elapsed)
+        self.observer.generated(product.generator_name, elapsed / 1000)
         bound.info("content.generated", generator=product.generator_name, keys=len(content.keys),
                    duration_ms=round(elapsed, 1))
         return raw
@@ -239,3 +265,5 @@ class Worker:
             await self.queue.transition(job, self.owner, change)
         except LeaseLost as exc:
             bound.warning("job.lease_lost", error=str(exc))
+            return
+        self.observer.job_finished(job, change)

@@ -3,7 +3,8 @@
 ``stack`` gives both, wired together, with the worker *not* started: a test sends webhooks over HTTP, then calls
 ``await stack.drain()`` (burst mode) to process the queue deterministically, advancing the daemon's injected
 :class:`~delivery_daemon.clock.ManualClock` when it needs retries to fall due. Tests of the live worker pass
-``start_worker=True`` through ``make_stack``.
+``start_worker=True`` through ``make_stack``; ``products={id: {...}}`` adds products to the store and
+``daemon_options`` is passed to ``create_app`` (e.g. ``generator_budget``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from delivery_daemon.app import Daemon, create_app
 from delivery_daemon.cli import default_marketplaces
@@ -28,6 +31,13 @@ from delivery_daemon.logs import configure_logging
 from delivery_daemon.plugins import discover
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
 from delivery_daemon.serving import serve
+
+# Property tests: a quick "ci" profile by default; HYPOTHESIS_PROFILE=full for >= 10,000 examples per property.
+hypothesis_settings.register_profile("ci", max_examples=150, deadline=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.register_profile("full", max_examples=10_000, deadline=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 STORE = "shop"
 PRODUCT = "prod-1"
@@ -69,7 +79,8 @@ class Stack:
         return await self.daemon.queue.find(STORE, order_id)
 
 
-def stack_settings(db_path: Path, api_base: str, api_key: str, **sections: Any) -> Settings:
+def stack_settings(db_path: Path, api_base: str, api_key: str, products: dict[str, Any] | None = None,
+                   **sections: Any) -> Settings:
     document: dict[str, Any] = {
         "database": {"url": f"sqlite:///{db_path}"},
         "delivery": {"retry_schedule": [5, 300, 1800], "timeout": 5, "jitter": False},
@@ -80,6 +91,7 @@ def stack_settings(db_path: Path, api_base: str, api_key: str, **sections: Any) 
             "default": {"generator": "pattern", "options": {"pattern": "XXXX-XXXX-XXXX"}},
         }],
     }
+    document["stores"][0]["products"].update(products or {})  # extra products for the store under test
     for key, value in sections.items():
         document[key] = {**document.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_settings(document, environ={})
@@ -87,10 +99,11 @@ def stack_settings(db_path: Path, api_base: str, api_key: str, **sections: Any) 
 
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[Stack]]:
-    """``async with make_stack(start_worker=False, **settings_sections) as stack`` — a fresh wired pair."""
+    """``async with make_stack(start_worker=False, products=None, daemon_options=None, **settings_sections)``."""
 
     @contextlib.asynccontextmanager
-    async def factory(*, start_worker: bool = False, **sections: Any) -> AsyncIterator[Stack]:
+    async def factory(*, start_worker: bool = False, products: dict[str, Any] | None = None,
+                      daemon_options: dict[str, Any] | None = None, **sections: Any) -> AsyncIterator[Stack]:
         logs = io.StringIO()
         configure_logging("json", "debug", stream=logs)
         api_key = secrets.token_hex(20)
@@ -100,9 +113,11 @@ def make_stack(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextM
         clock = ManualClock()
         async with serve(market.app) as market_server:
             market.bind(market_server.url)
-            settings = stack_settings(tmp_path / "daemon.db", market.api_base, api_key, **sections)
-            app = create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()), clock=clock,
-                             start_worker=start_worker)
+            settings = stack_settings(tmp_path / "daemon.db", market.api_base, api_key, products=products,
+                                      **sections)
+            app = create_app(settings, marketplaces=default_marketplaces(),
+                             plugins=dict(discover(settings.plugins.directory)), clock=clock,
+                             start_worker=start_worker, **(daemon_options or {}))
             async with serve(app) as daemon_server:
                 market.seller_url = f"{daemon_server.url}/webhooks/{STORE}"
                 stack = Stack(market=market, daemon=app.state.daemon, url=daemon_server.url, settings=settings,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.engine import make_url
 
 from delivery_daemon.cli import main
@@ -89,3 +89,40 @@ def test_target_must_be_postgresql(tmp_path: Path, capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "must be a PostgreSQL URL" in err
     assert not (tmp_path / "other.db").exists() and not (tmp_path / "d.db").exists()
+
+
+async def test_encrypted_orders_and_stock_stay_readable(tmp_path: Path, pg_url: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows encrypted with the key generated next to the SQLite file are copied as stored; the command names that
+    key file, and with it configured the orders read back on PostgreSQL. Stock keys are copied too."""
+    from delivery_daemon.cipher import Cipher, create_key_file, parse_keys
+    from delivery_daemon.stock import StockKey
+
+    database = tmp_path / "d.db"
+    source = f"sqlite:///{database}"
+    key_file = tmp_path / "d.db.key"
+    create_key_file(key_file)
+    cipher = Cipher(parse_keys(key_file.read_text(), "test"))
+    engine = create_db_engine(source)
+    create_schema(engine)
+    queue = JobQueue(engine, ManualClock(), cipher)
+    added = await queue.enqueue(IncomingOrder(store="shop", marketplace="softstore", order_id="o1", product_id="p",
+                                              payload={"token": "secret-token"}))
+    queue.close()
+    with engine.begin() as conn:
+        conn.execute(insert(StockKey.__table__).values(  # type: ignore[attr-defined]
+            store="shop", product_id="p", key="STOCK-1", imported_at=1.0))
+    engine.dispose()
+    assert "secret-token" not in str(rows(source, Job))
+
+    assert main(["db", "migrate", "--config", str(write_config(tmp_path, source)), "--to", pg_url]) == 0
+    out = capsys.readouterr().out
+    assert f"set security.encryption_key_file to {key_file.resolve()}" in out
+    assert "stock_keys: 1 rows" in out
+    assert rows(pg_url, StockKey) == rows(source, StockKey)
+    target = create_db_engine(pg_url)
+    copied = JobQueue(target, ManualClock(), cipher)
+    job = await copied.get(added.job_id)
+    assert job is not None and "secret-token" in job.payload
+    copied.close()
+    target.dispose()

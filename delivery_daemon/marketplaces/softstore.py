@@ -127,7 +127,8 @@ class SoftStoreAdapter:
         token = _text_field(data, "token", required=False, max_len=512)
         status = _text_field(data, "payment_status", required=False, max_len=32)
         expected = hashlib.sha1((self._signing_key + order_id).encode()).hexdigest()  # noqa: S324
-        if not hmac.compare_digest(expected, (sent_signature or "").lower()):
+        # Compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError, i.e. a 500).
+        if not hmac.compare_digest(expected.encode(), (sent_signature or "").lower().encode()):
             raise WebhookRejected(403, "invalid signature")
         assert product_id is not None and delivery_url is not None
         if not same_origin(delivery_url, self.api_url):

@@ -1,0 +1,112 @@
+"""The verdict of a chaos run, taken from the marketplace's own record, the daemon's database and its log.
+
+Each check is one promise to the seller; a broken one becomes a line in :attr:`Verdict.violations`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .reference.softstore import SoftStoreMarketplace
+
+UNFINISHED = ("queued", "running", "retry_wait", "waiting")
+
+
+@dataclass
+class Verdict:
+    orders: int
+    kills: int
+    faults: int
+    resent: int
+    unpaid: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    mismatched: int = 0
+    reused_keys: int = 0
+    unfinished: int = 0
+    integrity: str = "?"
+    leaks: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def line(self) -> str:
+        """The one summary line."""
+        return (f"chaos: orders={self.orders} unpaid={self.unpaid} kills={self.kills} faults={self.faults} "
+                f"resent={self.resent} "
+                f"delivered={self.delivered} duplicates={self.duplicates} lost={self.lost} "
+                f"mismatched={self.mismatched} reused_keys={self.reused_keys} unfinished={self.unfinished} "
+                f"integrity={self.integrity} leaks={self.leaks} -> {'OK' if self.ok else 'VIOLATED'}")
+
+
+def _keys(body: object) -> list[str]:
+    text = str(body.get("text", "")) if isinstance(body, dict) else ""
+    return [line.strip() for line in text.splitlines()[1:] if line.strip()]  # line 1 is "Order <id>"
+
+
+def judge(market: SoftStoreMarketplace, *, paid: list[str], unpaid: list[str], database: Path, log: Path,
+          kills: int, resent: int) -> Verdict:
+    """Check every promise; ``paid``/``unpaid`` are the order ids the run placed."""
+    verdict = Verdict(orders=len(paid) + len(unpaid), kills=kills, faults=sum(market.faults.injected.values()),
+                      resent=resent, unpaid=len(unpaid))
+    bad = verdict.violations
+    key_owner: Counter[str] = Counter()
+    for id_order in paid:
+        attempts = market.deliveries(id_order)
+        accepted = [record for record in attempts if record.status == 200]
+        if not accepted:
+            verdict.lost += 1
+            bad.append(f"order {id_order}: paid, never delivered ({len(attempts)} attempts)")
+            continue
+        verdict.delivered += 1
+        if len(accepted) > 1:
+            verdict.duplicates += len(accepted) - 1
+            bad.append(f"order {id_order}: {len(accepted)} deliveries accepted")
+        bodies = {json.dumps(record.json, sort_keys=True) for record in attempts}
+        keys = _keys(accepted[0].json)
+        if len(bodies) > 1 or len(keys) != market.orders[id_order].count:
+            verdict.mismatched += 1
+            bad.append(f"order {id_order}: {len(bodies)} different contents, {len(keys)} keys "
+                       f"for quantity {market.orders[id_order].count}")
+        key_owner.update(set(keys))
+    verdict.reused_keys = sum(1 for count in key_owner.values() if count > 1)
+    if verdict.reused_keys:
+        bad.append(f"{verdict.reused_keys} keys were given to more than one order")
+    for id_order in unpaid:
+        if market.accepted(id_order) is not None:
+            bad.append(f"order {id_order}: unpaid, yet delivered")
+    _check_database(verdict, database)
+    _check_log(verdict, market, log, key_owner)
+    return verdict
+
+
+def _check_database(verdict: Verdict, database: Path) -> None:
+    with sqlite3.connect(database) as conn:
+        verdict.integrity = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+        states = dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+    conn.close()
+    verdict.unfinished = sum(int(states.get(state, 0)) for state in UNFINISHED)
+    if verdict.integrity != "ok":
+        verdict.violations.append(f"integrity_check: {verdict.integrity}")
+    if verdict.unfinished:
+        verdict.violations.append(f"jobs left unfinished after the drain: {states}")
+    if int(states.get("delivered", 0)) != verdict.delivered:
+        verdict.violations.append(f"the daemon records {states.get('delivered', 0)} delivered jobs, "
+                                  f"the marketplace {verdict.delivered}")
+
+
+def _check_log(verdict: Verdict, market: SoftStoreMarketplace, log: Path, keys: Counter[str]) -> None:
+    """No API key, JWT, delivery token or generated key in anything the daemon printed."""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    secrets = {market._api_key, *market._jwts, *(order.token for order in market.orders.values()), *keys}
+    found = [secret for secret in secrets if secret and secret in text]
+    verdict.leaks = len(found)
+    if found:
+        verdict.violations.append(f"{len(found)} secrets appear in the daemon's log {log}")

@@ -1,0 +1,79 @@
+"""The ``webhook`` delivery channel: the order's content POSTed to the seller's own system (URL from config only),
+signed with Standard Webhooks headers (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``).
+
+Body (``application/json``)::
+
+    {"type": "order.delivered", "timestamp": <job created, unix s>,
+     "data": {"store", "marketplace", "order_id", "product_id", "quantity", "buyer_email", "keys", "text",
+              "download"}}
+
+The body and the ``webhook-id`` are the same on every attempt (the receiver deduplicates on the id); only the
+timestamp header and signature are fresh. Answers: 2xx delivered; 410 Gone is ``Dead`` (the endpoint is gone, as the
+specification says); anything else, and any transport error, is retried on the daemon's schedule
+(``Retry-After`` honoured). Redirects are not followed. The URL and the secret never reach a log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import httpx
+
+from .backoff import parse_retry_after
+from .clock import Clock
+from .config import OutboundWebhookSettings
+from .errors import Dead, Retry
+from .marketplace import AdapterContext, Receipt, create_client, transport_retry
+from .models import Job
+from .order import Content
+from .signing import standard_headers, whsec_key
+
+
+def message_id(job: Job) -> str:
+    """Stable per order, so the seller's system can deduplicate retries."""
+    return "msg_" + hashlib.sha256(f"{job.store}\0{job.order_id}".encode()).hexdigest()[:32]
+
+
+def message_body(job: Job, content: Content) -> bytes:
+    return json.dumps({
+        "type": "order.delivered", "timestamp": int(job.created_at),
+        "data": {"store": job.store, "marketplace": job.marketplace, "order_id": job.order_id,
+                 "product_id": job.product_id, "quantity": job.quantity, "buyer_email": job.buyer_email,
+                 "keys": list(content.keys), "text": content.text, "download": content.download},
+    }, separators=(",", ":"), sort_keys=True).encode()
+
+
+class WebhookDelivery:
+    """POSTs each order's content to the seller's endpoint."""
+
+    name = "webhook"
+
+    def __init__(self, settings: OutboundWebhookSettings, context: AdapterContext) -> None:
+        """Raises ValueError if the secret is not a ``whsec_`` key."""
+        self.url = settings.url
+        self._secret = settings.secret.get_secret_value()
+        self._key = whsec_key(self._secret)
+        self._context = context
+        self._clock: Clock = context.clock
+
+    def secrets(self) -> list[str]:
+        return [self._secret, self.url]
+
+    async def send(self, job: Job, content: Content) -> Receipt:
+        body = message_body(job, content)
+        headers = {"Content-Type": "application/json",
+                   **standard_headers(self._key, message_id(job), int(self._clock.now()), body)}
+        # A client per attempt: deliveries to the seller's system are few, and nothing is left open on shutdown.
+        async with create_client(self._context) as client:
+            try:
+                response = await client.post(self.url, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                raise transport_retry(exc) from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return Receipt("delivered", status)
+        if status == 410:
+            raise Dead("the seller's endpoint answered 410 Gone", http_status=status)
+        after = parse_retry_after(response.headers.get("Retry-After"), self._clock.now())
+        raise Retry(f"the seller's endpoint answered {status}", after=after, http_status=status)

@@ -1,0 +1,65 @@
+"""What the daemon lends a generator plugin: explicit services handed to ``__init__``, never globals.
+
+A plugin opts in by naming a second constructor parameter ``resources``::
+
+    def __init__(self, options: Options, resources: Resources) -> None: ...
+
+The database is opened after the configuration has been validated (``check-config`` never opens it), so
+:attr:`Resources.engine` and :attr:`Resources.stock` are for use in ``generate``, not in ``__init__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+from sqlalchemy import Engine
+
+from .clock import Clock, SystemClock
+from .errors import PluginError
+
+if TYPE_CHECKING:
+    from .stock import StockPool
+
+
+@dataclass
+class ResourceHub:
+    """The daemon's side: one per daemon, filled in as the parts come up (the engine after start-up checks)."""
+
+    clock: Clock = field(default_factory=SystemClock)
+    engine: Engine | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Services for one configured product: ``store``, ``product_id`` (None for a store's default product),
+    ``clock``, ``log`` (a structlog logger bound to the plugin, store and product), ``engine`` and ``stock``."""
+
+    store: str
+    product_id: str | None
+    plugin: str
+    hub: ResourceHub
+
+    @property
+    def clock(self) -> Clock:
+        return self.hub.clock
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(f"delivery_daemon.plugin.{self.plugin}")
+        return logger.bind(plugin=self.plugin, store=self.store, product_id=self.product_id)
+
+    @property
+    def engine(self) -> Engine:
+        """The daemon's SQLAlchemy engine; PluginError before the database is open (e.g. in ``check-config``)."""
+        if self.hub.engine is None:
+            raise PluginError(f"generator {self.plugin}: the database is not open yet")
+        return self.hub.engine
+
+    @property
+    def stock(self) -> StockPool:
+        """The pre-made key pool (``delivery-daemon stock import``) in the daemon's database."""
+        from .stock import StockPool
+
+        return StockPool(self.engine, self.clock)

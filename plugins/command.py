@@ -1,0 +1,91 @@
+"""``command``: delegate to the seller's own key program.
+
+The program (``argv``, no shell) gets the order as JSON on stdin — ``store``, ``marketplace``, ``order_id``,
+``product_id``, ``quantity``, ``buyer_email``, ``idempotency_key`` — and answers on stdout with either one key per
+line, or a JSON object ``{"keys": [...], "text": ..., "download": ...}``. Its exit status says what happened:
+
+* ``0`` — the keys are on stdout;
+* ``69`` (``EX_UNAVAILABLE``) — out of stock: the order waits for a refill (``delivery-daemon`` requeues it when
+  ``stock import`` or an operator retry wakes it);
+* ``65`` (``EX_DATAERR``) — permanent: the order is never delivered;
+* anything else, or no answer within ``timeout`` seconds (the program is killed) — retried later.
+
+Make the program idempotent on ``idempotency_key``: a retried order must get the same keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from delivery_daemon.generator import Dead, Generated, OrderContext, OutOfStock, Retry, parse_generated
+
+EX_DATAERR = 65
+EX_UNAVAILABLE = 69
+
+
+class CommandOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    argv: list[str] = Field(min_length=1, description="the program and its arguments (no shell)")
+    timeout: float = Field(default=10.0, gt=0, le=300)
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+
+    @field_validator("argv")
+    @classmethod
+    def _program_exists(cls, value: list[str]) -> list[str]:
+        if shutil.which(value[0]) is None:
+            raise ValueError(f"program {value[0]!r} not found or not executable")
+        return value
+
+
+def _last_line(data: bytes) -> str:
+    lines = data.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1][:200] if lines else ""
+
+
+class CommandGenerator:
+    """Keys from a program the seller already has."""
+
+    name = "command"
+    Options = CommandOptions
+
+    def __init__(self, options: CommandOptions) -> None:
+        self.options = options
+
+    async def generate(self, order: OrderContext) -> Generated:
+        program = self.options.argv[0]
+        process = await asyncio.create_subprocess_exec(
+            *self.options.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, **self.options.env},
+        )
+        try:
+            async with asyncio.timeout(self.options.timeout):
+                stdout, stderr = await process.communicate(json.dumps(order.to_dict()).encode())
+        except TimeoutError:
+            raise Retry(f"{program} gave no answer within {self.options.timeout:g} s") from None
+        finally:
+            if process.returncode is None:  # timed out or cancelled by the daemon's budget: never leave it running
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        # stderr is the program's own diagnostics; stdout (the keys) never goes into a reason or a log line.
+        status = process.returncode
+        if status == EX_UNAVAILABLE:
+            raise OutOfStock(f"{program} is out of stock: {_last_line(stderr)}".rstrip(": "))
+        if status == EX_DATAERR:
+            raise Dead(f"{program} refused the order: {_last_line(stderr)}".rstrip(": "))
+        if status != 0:
+            raise Retry(f"{program} exited with status {status}: {_last_line(stderr)}".rstrip(": "))
+        text = stdout.decode("utf-8", "replace")
+        if text.lstrip().startswith("{"):
+            try:
+                return parse_generated(json.loads(text))
+            except ValueError as exc:
+                raise Retry(f"{program} printed unusable JSON: {exc}") from None
+        return Generated(keys=[line.strip() for line in text.splitlines() if line.strip()])

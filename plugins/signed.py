@@ -1,0 +1,53 @@
+"""``signed``: licence keys an application can verify offline with the seller's Ed25519 public key.
+
+Each of the order's ``quantity`` keys carries the product, order, seat index, issued-at time and optional expiry
+(format: :mod:`delivery_daemon.license`). Create the key pair with ``delivery-daemon keys generate``; check a key
+with ``delivery-daemon license verify KEY --public-key FILE``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from delivery_daemon.generator import Generated, OrderContext, Resources
+from delivery_daemon.license import LicenseError, LicensePayload, load_private_key, sign
+
+
+class SignedOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    private_key_file: str = Field(description="PEM file written by `delivery-daemon keys generate`")
+    expires_days: int | None = Field(default=None, ge=1, le=36500)
+
+    @field_validator("private_key_file")
+    @classmethod
+    def _loadable(cls, value: str) -> str:
+        # Checked at start-up so a missing or wrong key is a config error, not a failed delivery.
+        try:
+            load_private_key(Path(value))
+        except LicenseError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class SignedGenerator:
+    """Ed25519-signed licence keys, one per seat."""
+
+    name = "signed"
+    Options = SignedOptions
+
+    def __init__(self, options: SignedOptions, resources: Resources) -> None:
+        self.private = load_private_key(options.private_key_file)
+        self.expires_days = options.expires_days
+        self.clock = resources.clock
+
+    def generate(self, order: OrderContext) -> Generated:
+        issued = int(self.clock.now())
+        expires = issued + self.expires_days * 86400 if self.expires_days else None
+        return Generated(keys=[
+            sign(LicensePayload(product=order.product_id, order=order.order_id, index=seat, quantity=order.quantity,
+                                issued_at=issued, expires_at=expires), self.private)
+            for seat in range(1, order.quantity + 1)
+        ])

@@ -1,0 +1,37 @@
+"""``stock``: hand out pre-made keys imported with ``delivery-daemon stock import`` (a "serials" product).
+
+Each key goes to exactly one order; the claim is atomic in the database (see :mod:`delivery_daemon.stock`) and
+idempotent per order, so a retried order gets the same keys. With too few keys left the order waits (OutOfStock)
+and is delivered after the next import. ``low_stock_threshold`` logs one ``stock.low`` event each time the number of
+keys left drops to or below it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from delivery_daemon.generator import Generated, OrderContext, Resources
+
+
+class StockOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    low_stock_threshold: int | None = Field(default=None, ge=0)
+
+
+class StockGenerator:
+    """Keys from the seller's pool imported for the order's store and product."""
+
+    name = "stock"
+    Options = StockOptions
+
+    def __init__(self, options: StockOptions, resources: Resources) -> None:
+        self.options = options
+        self.resources = resources
+
+    def generate(self, order: OrderContext) -> Generated:
+        # Sync on purpose: the daemon runs sync generators in a thread, and the pool's SQL is blocking.
+        keys = self.resources.stock.claim(order.store, order.product_id,
+                                          order.idempotency_key, order.quantity,
+                                          low_threshold=self.options.low_stock_threshold)
+        return Generated(keys=keys)

@@ -1,0 +1,224 @@
+"""Property-based attack on ``POST /webhooks/{store}``: random bodies, headers, encodings, nesting, numbers, types.
+
+The properties: never a 5xx, always a JSON answer, and never a job unless the body carried a valid signature.
+In-process through ``httpx.ASGITransport`` for speed (plus raw malformed HTTP over a real socket at the end).
+Example counts come from the hypothesis profile: ``ci`` (default) or ``HYPOTHESIS_PROFILE=full`` (10,000 each).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import given
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+
+from delivery_daemon.app import create_app
+from delivery_daemon.cli import default_marketplaces
+from delivery_daemon.config import parse_settings
+from delivery_daemon.logs import configure_logging
+from delivery_daemon.plugins import discover
+from delivery_daemon.reference.softstore import documented_signature
+from delivery_daemon.reference.standard_webhooks import new_secret
+from delivery_daemon.serving import RunningServer, serve_in_thread
+
+API_KEY = "fuzz-api-key-0123456789abcdef"
+API_BASE = "http://127.0.0.1:9/api/v1"  # never contacted: the worker does not run here
+ALLOWED = {200, 400, 401, 403, 404, 409, 413, 415, 422}
+OTHER_STORES = [("sellix", "sellix", "s" * 32), ("shoppy", "shoppy", "h" * 32),
+                ("stripe", "stripe", "whsec_" + "t" * 32), ("generic", "standard-webhooks", new_secret())]
+SIGNATURE_HEADERS = ["X-Sellix-Signature", "X-Sellix-Event", "X-Shoppy-Signature", "Stripe-Signature", "webhook-id",
+                     "webhook-timestamp", "webhook-signature"]
+
+
+@dataclass
+class Target:
+    portal: BlockingPortal
+    client: httpx.AsyncClient
+    app: Starlette
+    signed: set[str] = field(default_factory=set)
+
+    def post(self, body: bytes, headers: dict[str, str], store: str = "shop") -> httpx.Response:
+        raw = [(name.encode(), value.encode("latin-1")) for name, value in headers.items()]  # any byte 0x20-0xff
+        return self.portal.call(lambda: self.client.post(f"/webhooks/{store}", content=body, headers=raw))
+
+    def job_order_ids(self) -> set[str]:
+        async def ids() -> set[str]:
+            daemon = self.app.state.daemon
+            with daemon.engine.connect() as conn:
+                from sqlalchemy import text
+
+                return set(conn.execute(text("SELECT order_id FROM jobs")).scalars())
+
+        return self.portal.call(ids)
+
+
+def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Starlette:
+    configure_logging("json", "error", stream=io.StringIO())
+    db = Path(tmp_path_factory.mktemp("fuzz")) / "fuzz.db"
+    settings = parse_settings({
+        "database": {"url": f"sqlite:///{db}"},
+        "server": {"max_body_bytes": 64 * 1024},
+        "stores": [{"name": "shop", "marketplace": "softstore", "api_url": API_BASE, "api_key": API_KEY,
+                    "default": {"generator": "pattern"}},
+                   *({"name": name, "marketplace": kind, "webhook_secret": secret, "default": {"generator": "pattern"},
+                      "delivery": {"channel": "webhook", "webhook": {"url": "http://127.0.0.1:9/hook",
+                                                                     "secret": new_secret()}}}
+                     for name, kind, secret in OTHER_STORES)],
+    }, environ={})
+    return create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()), start_worker=False)
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    app = fuzz_app(tmp_path_factory)
+    with start_blocking_portal() as portal:
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://daemon")
+        yield Target(portal, client, app)
+        portal.call(client.aclose)
+        portal.call(app.state.daemon.aclose)
+
+
+def check(target: Target, response: httpx.Response, signed_id: str | None = None) -> None:
+    assert response.status_code in ALLOWED, (response.status_code, response.text)
+    data = response.json()
+    assert isinstance(data, dict)
+    if response.status_code == 200 and data.get("status") == "accepted":
+        assert signed_id is not None and data["order_id"] == signed_id, "a job without a valid signature"
+    assert target.job_order_ids() <= target.signed
+
+
+# -- strategies ----------------------------------------------------------------------------------------------
+
+huge_ints = st.integers(min_value=-(10**5000), max_value=10**5000)
+leaves = st.none() | st.booleans() | huge_ints | st.floats(allow_nan=True) | st.text(max_size=200)
+json_values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=5)
+                           | st.dictionaries(st.text(max_size=20), inner, max_size=5), max_leaves=30)
+FIELDS = ("id_order", "id_product", "payment_status", "signature", "delivery_url", "token")
+payloads = st.fixed_dictionaries({}, optional={name: json_values for name in FIELDS}).flatmap(
+    lambda fixed: st.dictionaries(st.text(max_size=20), json_values, max_size=4).map(lambda extra: {**extra,
+                                                                                                    **fixed}))
+content_types = st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain",
+                                 "application/vnd.api+json", "", "application/JSON", "multipart/form-data"])
+header_values = st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=60)
+headers = st.dictionaries(st.from_regex(r"\A[A-Za-z][A-Za-z0-9-]{0,20}\Z"), header_values, max_size=5)
+
+
+def _encode(value: Any) -> bytes:
+    import sys
+
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        return json.dumps(value).encode()
+    finally:
+        sys.set_int_max_str_digits(limit)
+
+
+@given(body=st.binary(max_size=4096), content_type=content_types, extra=headers)
+def test_random_bytes_never_break_the_receiver(target: Target, body: bytes, content_type: str,
+                                               extra: dict[str, str]) -> None:
+    """Arbitrary bytes (invalid UTF-8 included) under any content type and headers: a 4xx, never a job."""
+    check(target, target.post(body, {**extra, "Content-Type": content_type}))
+
+
+@given(payload=payloads, encoding=st.sampled_from(["utf-8", "utf-16", "latin-1"]))
+def test_wrong_types_and_huge_numbers_are_refused(target: Target, payload: dict[str, Any], encoding: str) -> None:
+    """Documented field names holding any JSON type (5,000-digit numbers, NaN, nesting), in several encodings."""
+    raw = _encode(payload).decode().encode(encoding, errors="replace")
+    check(target, target.post(raw, {"Content-Type": "application/json"}))
+
+
+@given(depth=st.integers(min_value=1, max_value=40_000), opener=st.sampled_from(["[", '{"a":']))
+def test_deep_nesting_is_a_4xx(target: Target, depth: int, opener: str) -> None:
+    """Arbitrarily deep JSON nesting (up to the body cap) is refused cleanly, never a RecursionError 500."""
+    closer = "]" if opener == "[" else "}"
+    body = (opener * depth + "1" + closer * depth).encode()
+    check(target, target.post(body, {"Content-Type": "application/json"}))
+
+
+@given(store=st.sampled_from([name for name, _, _ in OTHER_STORES]), payload=payloads | json_values,
+       forged=st.dictionaries(st.sampled_from(SIGNATURE_HEADERS), header_values, max_size=4),
+       raw=st.none() | st.binary(max_size=2048))
+def test_every_marketplace_refuses_forgeries(target: Target, store: str, payload: Any, forged: dict[str, str],
+                                             raw: bytes | None) -> None:
+    """Sellix, Shoppy, Stripe and Standard Webhooks stores: random bodies with forged signature headers, never a job."""
+    body = raw if raw is not None else _encode(payload)
+    check(target, target.post(body, {**forged, "Content-Type": "application/json"}, store=store))
+
+
+order_ids = st.from_regex(r"\A[A-Za-z0-9_-]{1,128}\Z") | st.text(max_size=140)
+
+
+@given(id_order=order_ids, overrides=st.dictionaries(st.sampled_from(FIELDS[1:]), json_values, max_size=3),
+       tamper=st.booleans())
+def test_only_a_valid_signature_creates_a_job(target: Target, id_order: str, overrides: dict[str, Any],
+                                              tamper: bool) -> None:
+    """Correctly signed webhooks with random other fields may be accepted; a tampered signature never is."""
+    signature = documented_signature(API_KEY, id_order)
+    payload = {"id_order": id_order, "id_product": "p", "signature": signature,
+               "delivery_url": f"{API_BASE}/orders/delivery/t", **overrides}
+    if tamper:
+        payload["signature"] = signature[:-1] + ("0" if signature[-1] != "0" else "1")
+    elif "signature" not in overrides:
+        target.signed.add(id_order)
+    check(target, target.post(_encode(payload), {"Content-Type": "application/json"}),
+          signed_id=id_order if not tamper and "signature" not in overrides else None)
+
+
+@given(store=st.text(max_size=80).filter(lambda s: s.rstrip("/") not in {"shop", *(n for n, _, _ in OTHER_STORES)}))
+def test_unknown_stores_are_404(target: Target, store: str) -> None:
+    """Any other store name (unicode, dots, slashes, percent signs) is a 404 and stores nothing."""
+    response = target.post(b"{}", {"Content-Type": "application/json"}, store=quote(store, safe="") or "%20")
+    # 307: Starlette's slash redirect ("shop/" -> "shop"); an answer, not a job.
+    assert response.status_code in (404, 307), response.status_code
+    assert target.job_order_ids() <= target.signed
+
+
+RAW_REQUESTS = [
+    b"GARBAGE\r\n\r\n",
+    b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n{}",
+    b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+    b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Type: \xff\xfe\r\nContent-Length: 2\r\n\r\n{}",
+    b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+    + b"FFFFF\r\n" + b"a" * 70_000 + b"\r\n0\r\n\r\n",
+    b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nContent-Type: application/json\r\n\r\n{\"a",
+    b"POST /webhooks/%ff%fe HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+]
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Starlette]]:
+    app = fuzz_app(tmp_path_factory)
+    with serve_in_thread(app, timeout_keep_alive=1) as running:
+        yield running, app
+
+
+@pytest.mark.parametrize("raw", RAW_REQUESTS, ids=range(len(RAW_REQUESTS)))
+def test_malformed_http_over_a_real_socket(real_server: tuple[RunningServer, Starlette], raw: bytes) -> None:
+    """Broken HTTP on a real socket gets a 4xx or a closed connection; the server keeps answering, storing nothing."""
+    running, app = real_server
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        try:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+            answer = sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            answer = b""
+    if answer:
+        status = int(answer.split(b" ", 2)[1])
+        assert 400 <= status < 500, answer[:200]
+    assert httpx.get(f"{running.url}/healthz", timeout=10).status_code == 200
+    with app.state.daemon.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one() == 0
