@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 
-from . import health, metrics, receive
+from . import health, metrics, notify, receive
 from .backoff import Backoff
 from .cipher import load_cipher
 from .clock import Clock, SystemClock
@@ -93,6 +93,9 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
     daemon = build_daemon(settings, marketplaces=marketplaces, plugins=plugins, clock=clock, transport=transport,
                           **options)
 
+    # On PostgreSQL other replicas commit jobs too: their NOTIFY wakes this worker (None on SQLite).
+    listener = notify.listener_for(settings.database.url, daemon.worker.wake) if start_worker else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         from .status.server import serve_status
@@ -104,11 +107,15 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
                 retention = RetentionService(daemon.engine, daemon.clock, settings.retention.days,
                                              settings.retention.interval)
                 retention.start()
+        if listener is not None:
+            await listener.start()
         try:
             async with serve_status(daemon) as status_server:  # its own address; None unless status.enabled
                 app.state.status_server = status_server
                 yield
         finally:
+            if listener is not None:
+                await listener.stop()
             if retention is not None:
                 retention.stop()
             if start_worker:
@@ -119,4 +126,5 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
     admin_routes = metrics.routes() if settings.admin.port is None else []
     app = Starlette(routes=[*receive.routes(), *health.routes(), *admin_routes], lifespan=lifespan)
     app.state.daemon = daemon
+    app.state.listener = listener
     return app

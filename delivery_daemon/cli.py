@@ -159,6 +159,12 @@ def _register_db(sub: Any) -> None:
     register(sub)
 
 
+def _register_db_migrate(sub: Any) -> None:
+    from .dbmigrate import register_db_migrate
+
+    register_db_migrate(sub)
+
+
 def _register_chaos(sub: Any) -> None:
     from .chaos import register
 
@@ -166,7 +172,8 @@ def _register_chaos(sub: Any) -> None:
 
 
 COMMAND_GROUPS: list[Callable[[Any], None]] = [
-    _register_core, _register_plugins, _register_softstore, _register_orders, _register_db, _register_chaos,
+    _register_core, _register_plugins, _register_softstore, _register_orders, _register_db, _register_db_migrate,
+    _register_chaos,
 ]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 

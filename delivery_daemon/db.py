@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlmodel import SQLModel
 
 from . import models, stock  # noqa: F401  (registers the tables on SQLModel.metadata)
 
@@ -63,5 +62,7 @@ def create_db_engine(url: str, *, synchronous: str = "FULL", busy_timeout_ms: in
 
 
 def create_schema(engine: Engine) -> None:
-    """Create the tables that do not exist yet."""
-    SQLModel.metadata.create_all(engine)
+    """Bring the schema to the newest migration (an empty database, an older one, or a first-release one)."""
+    from .schema import upgrade
+
+    upgrade(engine)

@@ -54,7 +54,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``db`` and its sub-commands to the CLI."""
-    db = sub.add_parser("db", help="back up the database, purge old order data")
+    db = sub.add_parser("db", help="back up the database, purge old order data, migrate to PostgreSQL")
     actions = db.add_subparsers(dest="db_command", required=True)
 
     save = actions.add_parser("backup", help="consistent copy of the SQLite database, safe while the daemon runs")

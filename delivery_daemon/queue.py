@@ -216,9 +216,13 @@ class JobQueue:
 
     def _release_expired(self, conn: Connection) -> int:
         now = self.clock.now()
+        expired = and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_until < now)
+        # Every replica runs this periodically: SKIP LOCKED gives concurrent runs disjoint rows (no deadlock, no
+        # double "expired" record) and skips a job whose owner is committing its transition right now.
+        locked = select(JOBS.c.id).where(expired).with_for_update(skip_locked=True).scalar_subquery()
         ids = conn.execute(
             update(JOBS)
-            .where(and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_until < now))
+            .where(and_(JOBS.c.id.in_(locked), expired))
             .values(state=JobState.QUEUED.value, lease_owner=None, lease_until=None, due_at=now,
                     updated_at=now)
             .returning(JOBS.c.id)

@@ -1,0 +1,133 @@
+"""A throw-away PostgreSQL server for tests: ``initdb`` in a temporary directory, listening on a free loopback port.
+
+The binaries come from Debian's ``postgresql`` package (``/usr/lib/postgresql/<version>/bin``); ``.ci/run`` installs
+it. initdb refuses to run as root, so when the tests run as root the server runs as the ``postgres`` user the
+package creates (through ``runuser``). Authentication is ``trust`` on loopback only: the server lives for one test
+session, in a directory nobody else uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def find_bindir() -> Path | None:
+    """The newest installed PostgreSQL ``bin`` directory that has initdb and pg_ctl, or None."""
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name or 0))
+    for bindir in reversed(candidates):
+        if (Path(bindir) / "initdb").exists() and (Path(bindir) / "pg_ctl").exists():
+            return Path(bindir)
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def unavailable_reason() -> str | None:
+    """Why a server cannot be started here, or None when it can."""
+    if find_bindir() is None:
+        return "PostgreSQL binaries (initdb, pg_ctl) not found; install Debian's postgresql package (.ci/run does)"
+    if os.geteuid() == 0 and (shutil.which("runuser") is None or _uid("postgres") is None):
+        return "running as root without a 'postgres' user for initdb"
+    return None
+
+
+def _uid(name: str) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PgServer:
+    """A running server; :meth:`create_database` hands each test its own database."""
+
+    host: str
+    port: int
+    user: str
+
+    def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
+        return f"{driver}://{self.user}@{self.host}:{self.port}/{database}"
+
+    def create_database(self, prefix: str = "t") -> str:
+        """A new empty database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(host=self.host, port=self.port, user=self.user, dbname="postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@contextlib.contextmanager
+def running_server() -> Iterator[PgServer]:
+    """Start a server, yield it, stop it (fast shutdown) and remove its files."""
+    bindir = find_bindir()
+    assert bindir is not None, unavailable_reason()
+    as_root = os.geteuid() == 0
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    user = "postgres" if as_root else "tester"
+    base = Path(tempfile.mkdtemp(prefix="dd-pg-"))
+    data, sockets = base / "data", base / "sock"
+    sockets.mkdir()
+    if as_root:
+        uid = _uid("postgres")
+        assert uid is not None
+        for path in (base, sockets):
+            os.chown(path, uid, -1)
+    port = _free_port()
+    log = base / "server.log"
+    try:
+        subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", user, "-A", "trust", "-E", "UTF8",
+                        "--no-sync"], check=True, capture_output=True)
+        # fsync off: a test server's data is disposable, and the suite runs on a busy 2-core machine.
+        options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockets} "
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
+                        "-w", "-t", "60", "start"], check=True, capture_output=True)
+        server = PgServer(host="127.0.0.1", port=port, user=user)
+        _wait_ready(server)
+        yield server
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or b"").decode(errors="replace")
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise RuntimeError(f"could not start PostgreSQL: {detail}\n{tail}") from exc
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                           capture_output=True, check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _wait_ready(server: PgServer, limit: float = 60.0) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            with psycopg.connect(host=server.host, port=server.port, user=server.user, dbname="postgres",
+                                 connect_timeout=5):
+                return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
