@@ -25,6 +25,7 @@ from .db import create_db_engine, create_schema, sqlite_path
 from .logs import REDACTOR, Redactor
 from .marketplace import MarketplaceType
 from .metrics import UNKNOWN_STORE, Metrics
+from .netguard import NetPolicy
 from .queue import JobQueue
 from .ratelimit import RateLimiter
 from .resources import ResourceHub
@@ -62,7 +63,7 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
                  redactor: Redactor = REDACTOR, generator_budget: float | None = None) -> Daemon:
     """Everything but the HTTP layer; raises ConfigError before touching the database if the config is bad."""
     clock = clock or SystemClock()
-    hub = ResourceHub(clock=clock)
+    hub = ResourceHub(clock=clock, policy=NetPolicy.from_settings(settings.security))
     stores = build_stores(settings, marketplaces, plugins, clock, transport, hub=hub)
     for store in stores.values():
         redactor.add_source(store.marketplace.secrets)

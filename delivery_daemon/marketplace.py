@@ -8,7 +8,7 @@ raises :class:`~delivery_daemon.errors.ConfigError` (with the key path it was gi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias
 
 import httpx
@@ -17,6 +17,7 @@ from .clock import Clock
 from .config import DeliverySettings, StoreSettings
 from .errors import Retry
 from .models import Job
+from .netguard import NetPolicy
 from .order import Content, IncomingOrder, MarketplaceOrder
 
 
@@ -29,6 +30,8 @@ class AdapterContext:
     clock: Clock
     delivery: DeliverySettings
     transport: httpx.AsyncBaseTransport | None = None
+    policy: NetPolicy = field(default_factory=NetPolicy)
+    """Where URLs from config (the outbound webhook) may connect: ``security`` in the settings."""
 
 
 @dataclass(frozen=True)

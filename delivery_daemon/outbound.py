@@ -11,6 +11,11 @@ The body and the ``webhook-id`` are the same on every attempt (the receiver dedu
 timestamp header and signature are fresh. Answers: 2xx delivered; 410 Gone is ``Dead`` (the endpoint is gone, as the
 specification says); anything else, and any transport error, is retried on the daemon's schedule
 (``Retry-After`` honoured). Redirects are not followed. The URL and the secret never reach a log line.
+
+The URL comes from config, so connections go through :mod:`~delivery_daemon.netguard`: a host that resolves to a
+loopback, private, link-local or metadata address is refused (``security.allow_private_networks`` /
+``security.allowed_networks`` opt in) and the job is ``Dead`` without the endpoint ever being contacted, logged as
+``security.destination_refused``. With an injected test ``transport`` there is no real network and no guard.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import json
 
 import httpx
+import structlog
 
 from .backoff import parse_retry_after
 from .clock import Clock
@@ -26,8 +32,11 @@ from .config import OutboundWebhookSettings
 from .errors import Dead, Retry
 from .marketplace import AdapterContext, Receipt, create_client, transport_retry
 from .models import Job
+from .netguard import BlockedDestination, guarded_client
 from .order import Content
 from .signing import standard_headers, whsec_key
+
+log = structlog.get_logger("delivery_daemon.outbound")
 
 
 def message_id(job: Job) -> str:
@@ -60,14 +69,24 @@ class WebhookDelivery:
     def secrets(self) -> list[str]:
         return [self._secret, self.url]
 
+    def _client(self) -> httpx.AsyncClient:
+        """A client for one attempt: guarded by the store's network policy unless a test injected a transport."""
+        if self._context.transport is not None:
+            return create_client(self._context)
+        return guarded_client(self._context.policy, timeout=self._context.delivery.timeout)
+
     async def send(self, job: Job, content: Content) -> Receipt:
         body = message_body(job, content)
         headers = {"Content-Type": "application/json",
                    **standard_headers(self._key, message_id(job), int(self._clock.now()), body)}
         # A client per attempt: deliveries to the seller's system are few, and nothing is left open on shutdown.
-        async with create_client(self._context) as client:
+        async with self._client() as client:
             try:
                 response = await client.post(self.url, content=body, headers=headers)
+            except BlockedDestination as exc:  # refused before connecting: retrying cannot help, config must change
+                log.warning("security.destination_refused", store=job.store, order_id=job.order_id,
+                            channel=self.name, reason=str(exc))
+                raise Dead(f"the seller's endpoint was not contacted: {exc}") from None
             except httpx.HTTPError as exc:
                 raise transport_retry(exc) from None
         status = response.status_code

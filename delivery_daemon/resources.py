@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from .clock import Clock, SystemClock
 from .errors import PluginError
+from .netguard import NetPolicy
 
 if TYPE_CHECKING:
     from .stock import StockPool
@@ -29,12 +30,15 @@ class ResourceHub:
 
     clock: Clock = field(default_factory=SystemClock)
     engine: Engine | None = None
+    policy: NetPolicy = field(default_factory=NetPolicy)
+    """The outbound network policy (``security.allow_private_networks`` / ``allowed_networks``)."""
 
 
 @dataclass(frozen=True)
 class Resources:
     """Services for one configured product: ``store``, ``product_id`` (None for a store's default product),
-    ``clock``, ``log`` (a structlog logger bound to the plugin, store and product), ``engine`` and ``stock``."""
+    ``clock``, ``log`` (a structlog logger bound to the plugin, store and product), ``engine``, ``stock`` and
+    ``policy`` (the :class:`~delivery_daemon.netguard.NetPolicy` for URLs from config)."""
 
     store: str
     product_id: str | None
@@ -44,6 +48,11 @@ class Resources:
     @property
     def clock(self) -> Clock:
         return self.hub.clock
+
+    @property
+    def policy(self) -> NetPolicy:
+        """Pass to :func:`~delivery_daemon.netguard.guarded_client` for any URL taken from the options."""
+        return self.hub.policy
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:

@@ -22,6 +22,7 @@ from .config import ProductSettings, Settings, StoreSettings, format_location
 from .errors import ConfigError
 from .generator import Generator
 from .marketplace import AdapterContext, Marketplace, MarketplaceType, Sink
+from .netguard import NetPolicy
 from .resources import ResourceHub, Resources
 from .template import check_template
 
@@ -99,7 +100,8 @@ def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], pl
     """Adapters and products for every configured store, or a ConfigError naming the first bad key.
 
     ``hub`` carries the services lent to plugins (see :mod:`~delivery_daemon.resources`)."""
-    hub = hub or ResourceHub(clock=clock)
+    policy = NetPolicy.from_settings(settings.security)
+    hub = hub or ResourceHub(clock=clock, policy=policy)
     types = {m.name: m for m in marketplaces}
     stores: dict[str, Store] = {}
     for index, store in enumerate(settings.stores):
@@ -108,7 +110,8 @@ def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], pl
         if kind is None:
             raise ConfigError(f"{path}.marketplace",
                               f"unknown marketplace {store.marketplace!r} (known: {', '.join(sorted(types))})")
-        context = AdapterContext(store=store, path=path, clock=clock, delivery=settings.delivery, transport=transport)
+        context = AdapterContext(store=store, path=path, clock=clock, delivery=settings.delivery,
+                                 transport=transport, policy=policy)
         adapter = kind.create(context)
         channel = build_channel(adapter, context)
         built = Store(settings=store, marketplace=adapter, sink=channel.sink, channel_secrets=channel.secrets)

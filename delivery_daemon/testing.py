@@ -28,6 +28,7 @@ from .clock import Clock, ManualClock
 from .config import ProductSettings
 from .generate import call_generator
 from .generator import Generated, Generator, OrderContext
+from .netguard import NetPolicy
 from .resources import ResourceHub, Resources
 from .stores import build_product
 
@@ -52,10 +53,13 @@ def plugin_database(path: str | Path) -> Engine:
 
 def build_generator(plugin: Any, options: Mapping[str, Any] | None = None, *, engine: Engine | None = None,
                     clock: Clock | None = None, store: str = "test-store",
-                    product_id: str = "product-1") -> Generator:
-    """The plugin configured as the daemon would (options validated, Resources passed when asked for)."""
+                    product_id: str = "product-1", policy: NetPolicy | None = None) -> Generator:
+    """The plugin configured as the daemon would (options validated, Resources passed when asked for).
+
+    ``policy`` is the network policy lent as ``resources.policy``; the default is the daemon's (no private
+    addresses), so a test key server on 127.0.0.1 needs ``NetPolicy(allow_private=True)``."""
     name = getattr(plugin, "name", "plugin")
-    hub = ResourceHub(clock=clock or ManualClock(), engine=engine)
+    hub = ResourceHub(clock=clock or ManualClock(), engine=engine, policy=policy or NetPolicy())
     resources = Resources(store=store, product_id=product_id, plugin=name, hub=hub)
     product = build_product(ProductSettings(generator=name, options=dict(options or {})), {name: plugin},
                             f"stores[0].products.{product_id}", resources)
@@ -63,22 +67,22 @@ def build_generator(plugin: Any, options: Mapping[str, Any] | None = None, *, en
 
 async def arun_generator(plugin: Any, options: Mapping[str, Any] | None = None, *, quantity: int = 1,
                          order: OrderContext | None = None, budget: float = 10.0, engine: Engine | None = None,
-                         clock: Clock | None = None) -> Generated:
+                         clock: Clock | None = None, policy: NetPolicy | None = None) -> Generated:
     """Async form of :func:`run_generator` (for tests already running in an event loop)."""
     order = order or fake_order(quantity=quantity)
     generator = build_generator(plugin, options, engine=engine, clock=clock, store=order.store,
-                                product_id=order.product_id)
+                                product_id=order.product_id, policy=policy)
     return await call_generator(generator, order, budget=budget, name=getattr(plugin, "name", "plugin"))
 
 def run_generator(plugin: Any, options: Mapping[str, Any] | None = None, *, quantity: int = 1,
                   order: OrderContext | None = None, budget: float = 10.0, engine: Engine | None = None,
-                  clock: Clock | None = None) -> Generated:
+                  clock: Clock | None = None, policy: NetPolicy | None = None) -> Generated:
     """Configure ``plugin`` with ``options``, run it once against ``order`` (default: a fake order of
     ``quantity``) and return its checked result. Raises ConfigError, GeneratorError or the generator's outcome."""
 
     async def main() -> Generated:
         return await arun_generator(plugin, options, quantity=quantity, order=order, budget=budget, engine=engine,
-                                    clock=clock)
+                                    clock=clock, policy=policy)
 
     return anyio.run(main)
 

@@ -9,7 +9,11 @@ The daemon POSTs the order as JSON (``store``, ``marketplace``, ``order_id``, ``
 * ``429`` and ``5xx`` (``Retry-After`` honoured), a timeout or a connection error — retried later;
 * any other status — permanent: the order is never delivered.
 
-Redirects are not followed. Plain ``http://`` is allowed because key servers usually sit on a private network.
+Redirects are not followed. Plain ``http://`` is allowed because key servers usually sit on a private network —
+but the URL comes from config, so it goes through the daemon's network policy (``resources.policy``): a key server on
+a loopback, private, link-local or metadata address must be allowed explicitly with
+``security.allow_private_networks: true`` or ``security.allowed_networks: ["10.0.0.0/24"]``. A refused destination is
+``Dead`` (permanent) and never contacted.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from delivery_daemon.generator import Dead, Generated, OrderContext, OutOfStock, Retry, parse_generated
+from delivery_daemon.netguard import BlockedDestination, guarded_client
+from delivery_daemon.resources import Resources
 
 
 class HttpOptions(BaseModel):
@@ -54,16 +60,20 @@ class HttpGenerator:
     name = "http"
     Options = HttpOptions
 
-    def __init__(self, options: HttpOptions) -> None:
+    def __init__(self, options: HttpOptions, resources: Resources) -> None:
         self.options = options
+        self.resources = resources
 
     async def generate(self, order: OrderContext) -> Generated:
-        headers = {"Idempotency-Key": order.idempotency_key, "User-Agent": "delivery-daemon"}
+        headers = {"Idempotency-Key": order.idempotency_key}
         if self.options.token is not None:
             headers["Authorization"] = f"Bearer {self.options.token.get_secret_value()}"
         try:
-            async with httpx.AsyncClient(timeout=self.options.timeout, follow_redirects=False) as client:
+            async with guarded_client(self.resources.policy, timeout=self.options.timeout) as client:
                 response = await client.post(self.options.url, json=order.to_dict(), headers=headers)
+        except BlockedDestination as exc:  # refused before connecting: only a config change can help
+            self.resources.log.warning("security.destination_refused", order_id=order.order_id, reason=str(exc))
+            raise Dead(f"key server not contacted: {exc}") from None
         except httpx.HTTPError as exc:  # the reason names the failure, never the URL or the token
             raise Retry(f"key server unreachable ({type(exc).__name__})") from None
         status = response.status_code

@@ -108,9 +108,10 @@ class Multi:
 
 @contextlib.asynccontextmanager
 async def multi_stack(tmp_path: Path, *, smtp: dict[str, Any] | None = None, mail: bool = False,
-                      sync_budget: float = 5.0) -> AsyncIterator[Multi]:
+                      sync_budget: float = 5.0, security: dict[str, Any] | None = None) -> AsyncIterator[Multi]:
     """The daemon with every marketplace type; ``mail`` starts the SMTP server, ``smtp`` overrides the generic
-    store's SMTP settings."""
+    store's SMTP settings, ``security`` the network policy (default: loopback allowed, where the seller's sink and
+    the SMTP server run)."""
     logs = io.StringIO()
     configure_logging("json", "debug", stream=logs)
     clock = ManualClock()
@@ -148,6 +149,7 @@ async def multi_stack(tmp_path: Path, *, smtp: dict[str, Any] | None = None, mai
                 "database": {"url": f"sqlite:///{tmp_path / 'multi.db'}"},
                 "delivery": {"retry_schedule": [5, 300], "timeout": 10, "jitter": False},
                 "worker": {"poll_interval": 60, "lease_seconds": 30},
+                "security": {"allowed_networks": ["127.0.0.0/8"]} if security is None else security,
                 "stores": stores,
             }, environ={})
             plugins = {**dict(discover()), "hang": Hang}

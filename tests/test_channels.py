@@ -133,3 +133,65 @@ def test_unknown_channel_is_a_settings_error() -> None:
     """delivery.channel must be marketplace, email or webhook."""
     with pytest.raises(ConfigError, match=r"stores\[0\]\.delivery\.channel"):
         parse_settings({"stores": [{"name": "s", "marketplace": "shoppy", "delivery": {"channel": "sms"}}]})
+
+
+async def test_outbound_webhook_to_loopback_is_refused_by_default(tmp_path: Path) -> None:
+    """Under the default policy a webhook URL on 127.0.0.1 makes the job dead, unsent, logged as refused."""
+    async with multi_stack(tmp_path, security={}) as multi:
+        from delivery_daemon.reference.shoppy import order
+
+        data = order("8")
+        await multi.shoppy().send(100, data)
+        await multi.drain()
+        job = await multi.job("shoppy", data["id"])
+        assert job.state == "dead" and "not contacted" in (job.last_error or "")
+        assert multi.seller.received == []
+        assert "security.destination_refused" in multi.log_events()
+
+
+async def test_outbound_webhook_to_allowed_private_network_is_delivered(tmp_path: Path) -> None:
+    """With security.allow_private_networks the same loopback webhook URL is delivered."""
+    async with multi_stack(tmp_path, security={"allow_private_networks": True}) as multi:
+        from delivery_daemon.reference.shoppy import order
+
+        data = order("9")
+        await multi.shoppy().send(100, data)
+        await multi.drain()
+        assert (await multi.job("shoppy", data["id"])).state == "delivered"
+        assert len(multi.seller.received) == 1
+        assert "security.destination_refused" not in multi.log_events()
+
+
+async def test_outbound_webhook_does_not_follow_redirects() -> None:
+    """A 302 from the seller's endpoint is retried as an answer; its Location is never requested."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import RedirectResponse, Response
+    from starlette.routing import Route
+
+    from delivery_daemon.config import DeliverySettings, OutboundWebhookSettings, StoreSettings
+    from delivery_daemon.errors import Retry
+    from delivery_daemon.marketplace import AdapterContext
+    from delivery_daemon.models import Job
+    from delivery_daemon.netguard import NetPolicy
+    from delivery_daemon.order import Content
+    from delivery_daemon.outbound import WebhookDelivery
+    from delivery_daemon.reference.standard_webhooks import new_secret
+    from delivery_daemon.serving import serve
+
+    hits: list[str] = []
+
+    async def handle(request: Request) -> Response:
+        hits.append(request.url.path)
+        return RedirectResponse("/elsewhere", status_code=302)
+
+    async with serve(Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST"])])) as server:
+        store = StoreSettings.model_validate({"name": "s", "marketplace": "shoppy", "webhook_secret": "x" * 16})
+        context = AdapterContext(store=store, path="stores[0]", clock=ManualClock(), delivery=DeliverySettings(),
+                                 policy=NetPolicy(allow_private=True))
+        sink = WebhookDelivery(OutboundWebhookSettings(url=f"{server.url}/hook", secret=new_secret()), context)
+        job = Job(store="s", order_id="o", marketplace="shoppy", product_id="p", payload="{}", due_at=0,
+                  created_at=0, updated_at=0, quantity=1)
+        with pytest.raises(Retry, match="302"):
+            await sink.send(job, Content("k", None, ("k",)))
+    assert hits == ["/hook"]

@@ -24,8 +24,10 @@ from starlette.routing import Route
 
 from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
+from delivery_daemon.config import SecuritySettings
 from delivery_daemon.errors import ConfigError, Dead, OutOfStock, Retry
 from delivery_daemon.license import LicenseError, generate_keypair, load_public_key, verify
+from delivery_daemon.netguard import NetPolicy
 from delivery_daemon.serving import serve
 from delivery_daemon.testing import arun_generator, fake_order, run_generator
 
@@ -223,6 +225,9 @@ def test_command_missing_program_is_config_error() -> None:
 
 # -- http -------------------------------------------------------------------------------------------------------
 
+LOCAL = NetPolicy(allow_private=True)
+"""The test key server runs on 127.0.0.1, which the daemon's default policy refuses."""
+
 
 @pytest.fixture
 async def key_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
@@ -243,7 +248,8 @@ async def key_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 async def test_http_posts_order_with_idempotency_key(key_server: tuple[str, list[dict[str, Any]]]) -> None:
     """http POSTs the order JSON with Idempotency-Key and bearer token and returns the server's keys."""
     url, seen = key_server
-    result = await arun_generator(HttpGenerator, {"url": f"{url}/keys/200", "token": "tok-123456"}, quantity=2)
+    result = await arun_generator(HttpGenerator, {"url": f"{url}/keys/200", "token": "tok-123456"}, quantity=2,
+                                  policy=LOCAL)
     assert result.keys == ("H-0", "H-1") and result.text == "hi"
     assert seen[0]["headers"]["idempotency-key"] == "test-store:order-1"
     assert seen[0]["headers"]["authorization"] == "Bearer tok-123456"
@@ -256,7 +262,7 @@ async def test_http_status_maps_to_outcome(key_server: tuple[str, list[dict[str,
     """409 waits for stock, 429/5xx retry (Retry-After honoured), other statuses are permanent."""
     url, _seen = key_server
     with pytest.raises(outcome) as raised:
-        await arun_generator(HttpGenerator, {"url": f"{url}/keys/{status}"})
+        await arun_generator(HttpGenerator, {"url": f"{url}/keys/{status}"}, policy=LOCAL)
     if outcome is Retry:
         assert raised.value.after == 7  # type: ignore[attr-defined]
 
@@ -264,5 +270,21 @@ async def test_http_status_maps_to_outcome(key_server: tuple[str, list[dict[str,
 async def test_http_unreachable_is_retry_without_url() -> None:
     """A key server that refuses connections is retried; the reason does not repeat the URL."""
     with pytest.raises(Retry) as raised:
-        await arun_generator(HttpGenerator, {"url": "http://127.0.0.1:9/keys?token=abc"})
+        await arun_generator(HttpGenerator, {"url": "http://127.0.0.1:9/keys?token=abc"}, policy=LOCAL)
     assert "token" not in raised.value.reason
+
+
+async def test_http_refuses_loopback_key_server_by_default(key_server: tuple[str, list[dict[str, Any]]]) -> None:
+    """A key server on 127.0.0.1 under the default policy is Dead (permanent) and never contacted."""
+    url, seen = key_server
+    with pytest.raises(Dead) as raised:
+        await arun_generator(HttpGenerator, {"url": f"{url}/keys/200"})
+    assert "loopback" in raised.value.reason and seen == []
+
+
+async def test_http_reaches_key_server_in_allowed_network(key_server: tuple[str, list[dict[str, Any]]]) -> None:
+    """A key server on 127.0.0.1 is used when 127.0.0.0/8 is in the policy's allowed networks."""
+    url, seen = key_server
+    policy = NetPolicy.from_settings(SecuritySettings(allowed_networks=("127.0.0.0/8",)))
+    result = await arun_generator(HttpGenerator, {"url": f"{url}/keys/200"}, policy=policy)
+    assert result.keys == ("H-0",) and len(seen) == 1
