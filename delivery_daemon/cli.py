@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -135,45 +136,24 @@ def _register_core(sub: Any) -> None:
     market.set_defaults(func=cmd_marketplace)
 
 
-def _register_softstore(sub: Any) -> None:
-    from .marketplaces.softstore_seller import register
+def _commands(module: str, function: str = "register") -> Callable[[Any], None]:
+    """``module.function(subparsers)``, imported only when the parser is built (keeps start-up light)."""
 
-    register(sub)
+    def register(sub: Any) -> None:
+        getattr(importlib.import_module(module, __package__), function)(sub)
 
-
-def _register_plugins(sub: Any) -> None:
-    from .plugin_cli import register
-
-    register(sub)
-
-
-def _register_orders(sub: Any) -> None:
-    from .orders_cli import register
-
-    register(sub)
-
-
-def _register_db(sub: Any) -> None:
-    from .db_cli import register
-
-    register(sub)
-
-
-def _register_db_migrate(sub: Any) -> None:
-    from .dbmigrate import register_db_migrate
-
-    register_db_migrate(sub)
-
-
-def _register_chaos(sub: Any) -> None:
-    from .chaos import register
-
-    register(sub)
+    register.__name__ = f"register{module.replace('.', '_')}"
+    return register
 
 
 COMMAND_GROUPS: list[Callable[[Any], None]] = [
-    _register_core, _register_plugins, _register_softstore, _register_orders, _register_db, _register_db_migrate,
-    _register_chaos,
+    _register_core,
+    _commands(".plugin_cli"),
+    _commands(".marketplaces.softstore_seller"),
+    _commands(".orders_cli"),
+    _commands(".db_cli"),
+    _commands(".dbmigrate", "register_db_migrate"),
+    _commands(".chaos"),
 ]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 

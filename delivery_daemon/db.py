@@ -14,7 +14,8 @@ from sqlalchemy.engine import make_url
 from . import models, stock  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for another database or an in-memory one."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return None
@@ -24,14 +25,9 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a SQLite URL; None for another database or an in-memory one."""
-    return _sqlite_path(url)
-
-
 def create_db_engine(url: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> Engine:
     """An engine for ``url``. For a SQLite file, the file is created 0600 and every transaction is IMMEDIATE."""
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():

@@ -9,13 +9,14 @@ from typing import Any
 
 from .backup import BackupError, backup
 from .clock import SystemClock
+from .db import sqlite_path
 from .errors import ConfigError
-from .operator_db import add_database_options, database_url, load_database_settings, open_engine, sqlite_file
+from .operator_db import add_database_options, database_url, load_database_settings, open_engine
 from .retention import purge
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    source = sqlite_file(database_url(args))
+    source = sqlite_path(database_url(args))
     if source is None:
         raise ConfigError("database.url", "db backup copies SQLite databases; use your database's own tool "
                                           "(e.g. pg_dump) for others")

@@ -20,9 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .app import create_app
+from .cli import default_marketplaces
 from .config import parse_settings
 from .logs import configure_logging
-from .marketplace import MarketplaceType
 from .plugins import discover
 from .reference.softstore import SoftStoreMarketplace
 from .serving import serve
@@ -69,7 +69,7 @@ async def run_demo(orders: int = 6, console: Console | None = None, deadline_s: 
                                  for pid, options in PRODUCTS.items()},
                 }],
             }, environ={})
-            app = create_app(settings, marketplaces=_marketplaces(), plugins=dict(discover()))
+            app = create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()))
             async with serve(app) as daemon_server:
                 market.seller_url = f"{daemon_server.url}/webhooks/demo"
                 console.print(f"reference marketplace at {market_server.url}, daemon at {daemon_server.url}")
@@ -83,12 +83,6 @@ async def run_demo(orders: int = 6, console: Console | None = None, deadline_s: 
         return 1
     console.print(f"[green]all {len(rows)} orders delivered exactly once[/green]")
     return 0
-
-
-def _marketplaces() -> list[MarketplaceType]:
-    from .cli import default_marketplaces
-
-    return default_marketplaces()
 
 
 async def _place(market: SoftStoreMarketplace, orders: int) -> list[Row]:

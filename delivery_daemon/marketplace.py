@@ -7,6 +7,7 @@ raises :class:`~delivery_daemon.errors.ConfigError` (with the key path it was gi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias
@@ -15,7 +16,7 @@ import httpx
 
 from .clock import Clock
 from .config import DeliverySettings, StoreSettings
-from .errors import Retry
+from .errors import Retry, WebhookRejected
 from .models import Job
 from .netguard import NetPolicy
 from .order import Content, IncomingOrder, MarketplaceOrder
@@ -136,6 +137,17 @@ def same_origin(url: str, base: str) -> bool:
     except (httpx.InvalidURL, TypeError, ValueError):
         return False
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port) and bool(a.host)
+
+
+def load_object(body: bytes) -> dict[str, Any]:
+    """A webhook body as a JSON object, or WebhookRejected 400 (shared by every adapter)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise WebhookRejected(400, "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise WebhookRejected(400, "body must be a JSON object")
+    return data
 
 
 def message_of(response: httpx.Response) -> str:

@@ -15,11 +15,10 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 
 from .cipher import Cipher, load_cipher
 from .config import DatabaseSettings, SecuritySettings, format_location, resolve_env
-from .db import create_db_engine, create_schema
+from .db import create_db_engine, create_schema, sqlite_path
 from .errors import ConfigError
 
 CONFIG_ENV = "DELIVERY_DAEMON_CONFIG"
@@ -68,18 +67,10 @@ def database_url(args: argparse.Namespace) -> str:
     return load_database_settings(args.config).url
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The file behind a SQLite URL (None for other databases and in-memory ones)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return None
-    return Path(parsed.database)
-
-
 def open_engine(args: argparse.Namespace) -> Engine:
     """An engine on the daemon's existing database (ConfigError if a SQLite file is missing)."""
     url = database_url(args)
-    path = sqlite_file(url)
+    path = sqlite_path(url)
     if path is not None and not path.exists():
         raise ConfigError("database.url", f"{path} does not exist (is this the daemon's database?)")
     engine = create_db_engine(url)
@@ -91,7 +82,7 @@ def open_cipher(args: argparse.Namespace) -> Cipher | None:
     """The daemon's encryption key, read only: from the config's ``security`` section, else the key file beside a
     SQLite database. None when there is none — unlike the daemon's start, this never creates a key."""
     security = load_section(args.config, "security", SecuritySettings) if args.config else SecuritySettings()
-    path = sqlite_file(database_url(args))
+    path = sqlite_path(database_url(args))
     configured = security.encryption_key_env or security.encryption_key_file
     if configured or (path is not None and path.with_name(path.name + ".key").exists()):
         return load_cipher(security, path)

@@ -24,7 +24,7 @@ from .backoff import Backoff
 from .clock import Clock
 from .config import WorkerSettings
 from .deliver import deliver
-from .errors import Dead, DeliveryDaemonError, OutOfStock, Retry
+from .errors import Dead, OutOfStock, Retry
 from .generate import generate
 from .generator import OrderContext
 from .models import Job, JobState
@@ -216,7 +216,7 @@ class Worker:
             await self._end(job, Transition(JobState.WAITING, step, "out_of_stock", error=exc.reason,
                                             duration_ms=self._ms(started)), bound)
             bound.warning("stock.waiting", product_id=job.product_id, reason=exc.reason)
-        except (DeliveryDaemonError, Exception) as exc:  # a bug or a broken plugin must not lose the order
+        except Exception as exc:  # a bug or a broken plugin must not lose the order
             reason = f"{type(exc).__name__}: {exc}"[:500]
             bound.error("job.error", step=step, error=reason)
             await self._retry(job, step, reason, None, None, started, bound)

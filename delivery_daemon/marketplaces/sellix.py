@@ -25,10 +25,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import WebhookRejected
-from ..marketplace import AdapterContext, FulfilNow, OrderEvent, WebhookResult
+from ..marketplace import AdapterContext, FulfilNow, OrderEvent, WebhookResult, load_object
 from ..order import IncomingOrder
 from ..signing import check_hex_hmac
-from .signed import DEFAULT_PRODUCT, SignedPayloadAdapter, email, identifier, load_object, order_payload, quantity
+from .signed import DEFAULT_PRODUCT, SignedPayloadAdapter, email, identifier, order_payload, quantity
 
 SELF_DELIVERED = ("SERIALS", "FILE")
 

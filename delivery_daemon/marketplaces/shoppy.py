@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..marketplace import AdapterContext, OrderEvent, WebhookResult
+from ..marketplace import AdapterContext, OrderEvent, WebhookResult, load_object
 from ..order import IncomingOrder
 from ..signing import check_hex_hmac
 from .signed import (
@@ -25,7 +25,6 @@ from .signed import (
     SignedPayloadAdapter,
     email,
     identifier,
-    load_object,
     mapping,
     optional_mapping,
     order_payload,

@@ -25,17 +25,6 @@ DEFAULT_PRODUCT = "default"
 """The product id of an order whose webhook names none: the store's ``default`` product settings apply."""
 
 
-def load_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or WebhookRejected 400."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise WebhookRejected(400, "body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise WebhookRejected(400, "body must be a JSON object")
-    return data
-
-
 def mapping(data: dict[str, Any], name: str) -> dict[str, Any]:
     """``data[name]`` when it is an object, else WebhookRejected 422 naming the field."""
     value = data.get(name)

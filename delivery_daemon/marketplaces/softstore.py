@@ -20,7 +20,15 @@ import structlog
 
 from ..backoff import parse_retry_after
 from ..errors import AuthenticationFailed, ConfigError, Dead, Retry, WebhookRejected
-from ..marketplace import AdapterContext, Receipt, create_client, message_of, same_origin, transport_retry
+from ..marketplace import (
+    AdapterContext,
+    Receipt,
+    create_client,
+    load_object,
+    message_of,
+    same_origin,
+    transport_retry,
+)
 from ..models import Job
 from ..order import Content, IncomingOrder, MarketplaceOrder
 
@@ -111,12 +119,7 @@ class SoftStoreAdapter:
     # -- receive ---------------------------------------------------------------------------------------------
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> IncomingOrder | None:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise WebhookRejected(400, "body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise WebhookRejected(400, "body must be a JSON object")
+        data = load_object(body)
         order_id = _text_field(data, "id_order", max_len=128)
         assert order_id is not None
         if not _ORDER_ID.match(order_id):

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..errors import ConfigError
-from ..marketplace import AdapterContext, OrderEvent, WebhookResult
+from ..marketplace import AdapterContext, OrderEvent, WebhookResult, load_object
 from ..order import IncomingOrder
 from ..signing import verify_standard, whsec_key
 from .signed import (
@@ -27,7 +27,6 @@ from .signed import (
     SignedPayloadAdapter,
     email,
     identifier,
-    load_object,
     mapping,
     order_payload,
     quantity,
