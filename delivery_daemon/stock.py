@@ -1,8 +1,8 @@
 """The stock pool: pre-made keys (Sellix's and Shoppy's "serials" products) imported by the seller, each issued
 to exactly one order.
 
-The database guarantees it, not the process: a claim is one ``UPDATE … WHERE id IN (SELECT … LIMIT n)`` that only
-takes rows nobody holds (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers with
+The database guarantees it, not the process: a claim selects ``n`` free ids and updates exactly those, taking only
+rows nobody holds (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers with
 ``BEGIN IMMEDIATE``), inside a transaction that is rolled back unless the whole quantity was found. Claims are
 idempotent per order: rows already held by the same ``order_key`` are returned first, so an order retried after a
 crash receives the same keys. ``(store, product_id, key)`` is unique, so an import never adds a key twice.
@@ -102,8 +102,8 @@ class StockPool:
 
     def _insert_ignore(self) -> object:
         if self.engine.dialect.name == "postgresql":
-            return postgresql.insert(KEYS).on_conflict_do_nothing()
-        return sqlite.insert(KEYS).on_conflict_do_nothing()
+            return postgresql.insert(KEYS).on_conflict_do_nothing().returning(KEYS.c.id)
+        return sqlite.insert(KEYS).on_conflict_do_nothing().returning(KEYS.c.id)
 
     def import_keys(self, store: str, product_id: str, keys: list[str]) -> ImportResult:
         """Add ``keys`` to the pool in one transaction; keys already present (or repeated) are skipped and counted."""
@@ -115,7 +115,8 @@ class StockPool:
                 for key in dict.fromkeys(keys):
                     result = conn.execute(statement, {"store": store, "product_id": product_id, "key": key,
                                                       "imported_at": now})  # type: ignore[call-overload]
-                    added += result.rowcount
+                    # Count the returned ids: psycopg reports rowcount -1 for a skipped ON CONFLICT row.
+                    added += len(result.all())
         except SQLAlchemyError as exc:
             raise StockError(f"database error: {type(exc).__name__}") from exc
         return ImportResult(added=added, duplicates=len(keys) - added)
@@ -137,10 +138,13 @@ class StockPool:
                 need = count - len(held)
                 if need <= 0:
                     return list(held[:count])
-                pick = (select(KEYS.c.id).where(free).order_by(KEYS.c.id).limit(need)
-                        .with_for_update(skip_locked=True).scalar_subquery())
+                # Two statements, not ``UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)``: PostgreSQL
+                # may re-run that subquery per row and so take more than ``n`` keys.
+                ids = conn.execute(
+                    select(KEYS.c.id).where(free).order_by(KEYS.c.id).limit(need).with_for_update(skip_locked=True)
+                ).scalars().all()
                 rows = conn.execute(
-                    update(KEYS).where(and_(KEYS.c.id.in_(pick), KEYS.c.claimed_by.is_(None)))
+                    update(KEYS).where(and_(KEYS.c.id.in_(ids), KEYS.c.claimed_by.is_(None)))
                     .values(claimed_by=order_key, claimed_at=self.clock.now())
                     .returning(KEYS.c.id, KEYS.c.key)
                 ).all()

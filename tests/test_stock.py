@@ -34,8 +34,13 @@ def logs() -> io.StringIO:
 
 
 @pytest.fixture
-def pool(tmp_path: Path) -> StockPool:
-    return StockPool(plugin_database(tmp_path / "stock.db"), ManualClock())
+def pool(db_url: str) -> StockPool:
+    """The pool on both backends (PostgreSQL's claim and import count differ from SQLite's)."""
+    from delivery_daemon.db import create_db_engine, create_schema
+
+    engine = create_db_engine(db_url)
+    create_schema(engine)
+    return StockPool(engine, ManualClock())
 
 
 def test_import_skips_and_counts_duplicates(pool: StockPool) -> None:
