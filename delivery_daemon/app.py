@@ -67,7 +67,7 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     stores = build_stores(settings, marketplaces, plugins, clock, transport, hub=hub)
     for store in stores.values():
         redactor.add_source(store.marketplace.secrets)
-        redactor.add(*store.channel_secrets)
+        redactor.add(*store.static_secrets())
     cipher = load_cipher(settings.security, sqlite_path(settings.database.url))  # before the database: ConfigError
     engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
                               busy_timeout_ms=settings.database.busy_timeout_ms)
