@@ -31,8 +31,12 @@ _URL_PATH = re.compile(r"(?P<origin>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s'\"?#]+)[/?
 class Redactor:
     """A structlog processor that scrubs known secret strings from every string value of an event."""
 
+    RECENT = 256
+    """How many secrets that came from sources are remembered (JWTs rotate: old ones are kept a while, not forever)."""
+
     def __init__(self) -> None:
         self._secrets: set[str] = set()
+        self._recent: dict[str, None] = {}  # insertion-ordered, bounded
         self._sources: list[Callable[[], Iterable[str]]] = []
 
     def add(self, *secrets: str | None) -> None:
@@ -42,17 +46,23 @@ class Redactor:
         """A callable asked at each event for secrets that change at run time (e.g. a refreshed JWT)."""
         self._sources.append(source)
 
-    def _all(self) -> set[str]:
-        # What a source returned once is kept: a JWT replaced by a fresh one may still sit in a late error message.
+    def _all(self) -> list[str]:
+        # What a source returned is kept for a while: a JWT replaced by a fresh one may still sit in a late message.
         for source in self._sources:
-            self._secrets.update(s for s in source() if s and len(s) >= 6)
-        return self._secrets
+            for secret in source():
+                if secret and len(secret) >= 6 and secret not in self._secrets:
+                    self._recent.pop(secret, None)
+                    self._recent[secret] = None
+        while len(self._recent) > self.RECENT:
+            del self._recent[next(iter(self._recent))]
+        # Longest first, so a secret that contains another is replaced whole.
+        return sorted(self._secrets.union(self._recent), key=len, reverse=True)
 
     def scrub_text(self, value: str) -> str:
         """``value`` with every registered secret replaced by ``[redacted]``."""
         return self.scrub(value, self._all())
 
-    def scrub(self, value: str, secrets: set[str]) -> str:
+    def scrub(self, value: str, secrets: Iterable[str]) -> str:
         for secret in secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)

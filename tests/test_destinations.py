@@ -80,3 +80,23 @@ def test_serve_refuses_to_start_with_a_refused_url(tmp_path: Path) -> None:
     assert len(lines) == 1 and "stores[0].delivery.webhook.url: refused" in lines[0] and "metadata" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert "daemon.started" not in result.stdout
+
+
+async def test_reload_keeps_the_running_stores_when_a_url_is_refused(tmp_path: Path) -> None:
+    """SIGHUP with a refused URL in the new file is refused as a whole: the old stores keep running."""
+    from delivery_daemon.cli import default_marketplaces
+    from delivery_daemon.config import load_settings
+    from delivery_daemon.plugins import discover
+    from delivery_daemon.runner import Runner
+
+    path = write_config(tmp_path)
+    runner = Runner(path, load_settings(path), marketplaces=default_marketplaces(), plugins=dict(discover()))
+    try:
+        before = runner.daemon.stores
+        write_config(tmp_path, webhook_url="http://10.1.2.3/hook")
+        assert await runner.reload() is False
+        assert runner.daemon.stores is before
+        write_config(tmp_path, webhook_url="https://other-hooks.example/orders")
+        assert await runner.reload() is True and runner.daemon.stores is not before
+    finally:
+        await runner.daemon.aclose()
