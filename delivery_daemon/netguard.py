@@ -54,6 +54,10 @@ def classify(address: IPAddress) -> str | None:
     """Why ``address`` is refused by default (``"loopback"``, ``"private"``, ``"metadata"`` …), or None if public."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return classify(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address) and address.sixtofour is not None:
+        inner = classify(address.sixtofour)  # 2002:7f00:1:: is 6to4 for 127.0.0.1: judged by the address it embeds
+        if inner is not None:
+            return inner
     if address in METADATA_ADDRESSES:
         return "metadata"
     for reason in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved"):

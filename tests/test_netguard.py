@@ -70,6 +70,16 @@ def test_addresses_are_classified(address: str, reason: str | None) -> None:
     assert classify(ipaddress.ip_address(address)) == reason
 
 
+@pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "127.1", "017700000001", "[::ffff:7f00:1]",
+                                  "[0:0:0:0:0:ffff:127.0.0.1]", "[::127.0.0.1]", "[2002:7f00:1::]",
+                                  "[64:ff9b::a9fe:a9fe]"])
+async def test_obfuscated_forms_of_a_refused_address_are_refused(host: str) -> None:
+    """Decimal, hex, octal and short IPv4 forms (resolved by the system, as a connection would be), IPv4-mapped,
+    IPv4-compatible, 6to4 and NAT64 IPv6 forms of loopback/metadata addresses are all refused."""
+    with pytest.raises(BlockedDestination, match=r"loopback|reserved|metadata"):
+        await check_url(f"http://{host}:8080/hook", NetPolicy())
+
+
 def test_metadata_stays_refused_when_private_networks_are_allowed() -> None:
     """allow_private opens the LAN but not the cloud metadata endpoint; only an explicit network opens that."""
     metadata = ipaddress.ip_address("169.254.169.254")

@@ -208,6 +208,7 @@ async def test_softstore_run_leaks_no_secret(make_stack: Callable[..., AbstractA
         assert all(market.accepted(p.id_order) is not None for p in placed)
         assert market.accepted(unpaid.id_order) is None and market.accepted(revoked.id_order) is None
         assert (await stack.job(refused.id_order)).state == "dead"
+        assert "refused the API key" in ((await stack.job(revoked.id_order)).last_error or "")
         assert key_server.calls == 2
         haystacks = capture.haystacks(stack.logs.getvalue(), caplog, capfd, stack.daemon.engine)
         secrets = softstore_secrets(stack, {"http generator token": {key_token},

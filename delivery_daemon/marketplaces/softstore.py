@@ -30,6 +30,7 @@ from ..marketplace import (
     transport_retry,
 )
 from ..models import Job
+from ..netguard import BlockedDestination
 from ..order import Content, IncomingOrder, MarketplaceOrder
 
 log = structlog.get_logger("delivery_daemon.softstore")
@@ -157,6 +158,8 @@ class SoftStoreAdapter:
                 )
             except httpx.HTTPError as exc:
                 raise transport_retry(exc) from None
+            except BlockedDestination as exc:  # the client is pinned to api_url's origin: config must change
+                raise Dead(f"not contacted: {exc}") from None
             if response.status_code != 401 or attempt == 2:
                 return response
             log.info("marketplace.token_refreshed", store=self.store, reason="401")
