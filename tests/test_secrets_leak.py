@@ -343,6 +343,18 @@ def test_stdlib_records_are_scrubbed_of_secrets_urls_and_tracebacks() -> None:
     assert "planted-secret-value" not in (scrubbed.exc_text or "") and REDACTED in (scrubbed.exc_text or "")
 
 
+async def test_a_delivery_token_reaching_a_log_call_by_mistake_is_redacted(stack: Stack) -> None:
+    """Second line of defence: once SoftStore delivered an order, its token is scrubbed from any later event."""
+    import structlog
+
+    placed = await stack.market.place_order(PRODUCT, 1)
+    await stack.drain()
+    structlog.get_logger("test").warning("planted", detail=f"late error for {placed.token}",
+                                         url=f"{stack.market.api_base}/orders/delivery/{placed.token}")
+    logs = stack.logs.getvalue()
+    assert '"planted"' in logs and placed.token not in logs and REDACTED in logs
+
+
 def test_secret_plugin_options_are_registered_with_the_redactor() -> None:
     """A generator option declared SecretStr (the http generator's token) is one of the store's secrets."""
     from delivery_daemon.cli import default_marketplaces
