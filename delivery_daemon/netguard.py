@@ -12,8 +12,14 @@ Usage (from a plugin or a sink)::
     async with guarded_client(policy, timeout=10) as client:
         response = await client.post(url, json=body)   # BlockedDestination if url resolves somewhere refused
 
-Marketplace API hosts are not guarded here: they are configured per store and every URL the daemon calls on a
-marketplace must be on that configured origin (see :func:`delivery_daemon.marketplace.same_origin`).
+An injected httpx transport (tests) is wrapped in :class:`GuardedTransport`, which checks each request's host the
+same way before the transport sees it. ``NetPolicy.resolver`` replaces the system's DNS (tests use a fixed table to
+make a name resolve to a private address). Configured URLs are also checked at start-up, with their key path
+(:mod:`~delivery_daemon.destinations`).
+
+Marketplace API hosts are not guarded here: they are configured per store, and each adapter's client is pinned to
+that origin (:class:`delivery_daemon.marketplace.PinnedOrigin`), so a URL handed over in a webhook cannot send it
+elsewhere.
 """
 
 from __future__ import annotations
