@@ -7,7 +7,8 @@ import threading
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, insert, inspect, select, text
+from sqlalchemy import Column, Engine, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import insert, inspect, select, text
 from sqlmodel import SQLModel
 
 from delivery_daemon.db import create_db_engine, create_schema
@@ -15,6 +16,21 @@ from delivery_daemon.models import Attempt, Job
 from delivery_daemon.schema import BASELINE, RELEASE_SCHEMAS, adopted_revision, current_revision, head_revision
 
 JOBS = Job.__table__  # type: ignore[attr-defined]
+
+
+def previous_release_tables(engine: Engine) -> None:
+    """Exactly what the last pre-Alembic release's ``create_all`` made: jobs, attempts, webhook_events as today,
+    and ``stock_keys`` with plaintext keys unique per (store, product_id, key) — frozen here, since the model moved on."""
+    legacy = MetaData()
+    for name in ("jobs", "attempts", "webhook_events"):
+        SQLModel.metadata.tables[name].to_metadata(legacy)
+    Table("stock_keys", legacy,
+          Column("id", Integer, primary_key=True), Column("store", String(64), nullable=False),
+          Column("product_id", String(128), nullable=False), Column("key", Text, nullable=False),
+          Column("imported_at", Float, nullable=False), Column("claimed_by", String(256)),
+          Column("claimed_at", Float), UniqueConstraint("store", "product_id", "key", name="uq_stock_keys_key"),
+          Index("ix_stock_keys_free", "store", "product_id", "claimed_by"))
+    legacy.create_all(engine)
 
 
 def test_fresh_database_matches_the_models(db_url: str) -> None:
@@ -53,7 +69,7 @@ def test_previous_release_database_is_stamped_at_its_revision(db_url: str) -> No
     tables, stamped at the revision that made them (not at 0001, whose later migrations would re-create tables),
     and ends at head with its rows."""
     engine = create_db_engine(db_url)
-    SQLModel.metadata.create_all(engine)  # exactly what the previous release's create_schema did
+    previous_release_tables(engine)
     _seed_job(engine)
     assert current_revision(engine) is None
     assert adopted_revision(set(inspect(engine).get_table_names())) == RELEASE_SCHEMAS[-1][0] != BASELINE
