@@ -86,9 +86,9 @@ def seal_at_start(engine: Engine, clock: Clock, cipher: Cipher | None) -> int:
 
 
 def _reseal_jobs(engine: Engine, cipher: Cipher, batch: int) -> int:
-    current = f"{PREFIX}:{cipher.current}:%"
+    current = f"{PREFIX}:{cipher.current}:"
     columns = [JOBS.c[name] for name in SEALED]
-    stale = or_(*(and_(column.is_not(None), column != EMPTY_PAYLOAD, column.not_like(current))
+    stale = or_(*(and_(column.is_not(None), column != EMPTY_PAYLOAD, ~column.startswith(current, autoescape=True))
                   for column in columns))
     done, last = 0, 0
     while True:
@@ -102,7 +102,7 @@ def _reseal_jobs(engine: Engine, cipher: Cipher, batch: int) -> int:
                 values = {}
                 for name in SEALED:
                     value = row._mapping[name]
-                    if value is None or value == EMPTY_PAYLOAD or value.startswith(current[:-1]):
+                    if value is None or value == EMPTY_PAYLOAD or value.startswith(current):
                         continue
                     context = f"{row.store}/{row.order_id}/{name}"
                     values[name] = cipher.seal(cipher.open(value, context), context)

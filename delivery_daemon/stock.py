@@ -213,7 +213,8 @@ class StockPool:
         Logs ``stock.sealed`` with the count (never the keys)."""
         needs = [KEYS.c.key_hash.is_(None)]
         if self.cipher is not None:
-            needs.append(KEYS.c.key.not_like(f"{PREFIX}:{self.cipher.current}:%" if rotate else f"{PREFIX}:%"))
+            sealed_as = f"{PREFIX}:{self.cipher.current}:" if rotate else f"{PREFIX}:"
+            needs.append(~KEYS.c.key.startswith(sealed_as, autoescape=True))  # a key id may contain "_"
         sealed, last = 0, 0
         try:
             while True:

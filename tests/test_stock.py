@@ -8,7 +8,8 @@ import io
 import json
 import multiprocessing
 import sqlite3
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import anyio
 import pytest
 import yaml
 from delivery_daemon_plugins.stock import StockGenerator
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from delivery_daemon.cipher import Cipher, new_key_line, parse_keys
 from delivery_daemon.cli import main
@@ -75,6 +76,32 @@ def test_stored_keys_are_sealed_and_deduplicated_by_hash(pool: StockPool) -> Non
     assert all(key.startswith("enc1:") and "SECRET" not in key for key, _ in stored)
     assert all(len(digest) == 64 and "SECRET" not in digest for _, digest in stored)
     assert sorted(pool.claim("s", "p", "o1", 2)) == ["SECRET-1", "SECRET-2"]
+
+
+def test_concurrent_first_imports_share_one_hash_key(db_url: str) -> None:
+    """Two importers racing on an empty database (separate connections) agree on one HMAC key: the same keys
+    imported by both end up once each."""
+    from delivery_daemon.db import create_db_engine, create_schema
+    from delivery_daemon.vault import SECRETS
+
+    cipher = _cipher()
+    engines = [create_db_engine(db_url) for _ in range(2)]
+    create_schema(engines[0])
+    barrier = threading.Barrier(2)
+    keys = [f"RACE-{i:03d}" for i in range(100)]
+
+    def run(engine: Any) -> int:
+        barrier.wait()
+        return StockPool(engine, ManualClock(), cipher).import_keys("s", "p", keys).added
+
+    with ThreadPoolExecutor(2) as executor:
+        added = list(executor.map(run, engines))
+    assert sum(added) == 100
+    with engines[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(SECRETS)).scalar_one() == 1
+        assert conn.execute(select(func.count()).select_from(KEYS)).scalar_one() == 100
+    for engine in engines:
+        engine.dispose()
 
 
 def test_copied_database_reveals_no_stock_key(tmp_path: Path) -> None:
