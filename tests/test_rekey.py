@@ -160,3 +160,33 @@ def test_reencrypt_without_a_key_is_a_config_error(tmp_path: Path, capsys: pytes
     config.write_text(yaml.safe_dump({"database": {"url": f"sqlite:///{tmp_path / 'plain.db'}"}}))
     assert main(["db", "reencrypt", "--config", str(config)]) == 2
     assert "security.encryption_key_file" in capsys.readouterr().err
+
+
+async def test_reencrypt_and_compact_on_both_backends(db_url: str) -> None:
+    """reencrypt re-seals a job and stock keys (FOR UPDATE batches on PostgreSQL) and compact succeeds there too
+    (VACUUM FULL): afterwards the new key alone opens both, and the old one opens neither."""
+    from delivery_daemon.order import IncomingOrder
+    from delivery_daemon.rekey import compact, reencrypt
+
+    old, new = new_key_line(), new_key_line()
+    engine = create_db_engine(db_url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "head")
+    clock = ManualClock()
+    queue = JobQueue(engine, clock, Cipher(parse_keys(old, "old")))
+    added = await queue.enqueue(IncomingOrder(store=STORE, marketplace="softstore", order_id="o1", product_id="p",
+                                              payload={"token": "secret-token"}))
+    queue.close()
+    StockPool(engine, clock, Cipher(parse_keys(old, "old"))).import_keys(STORE, "p", ["K-1", "K-2", "K-3"])
+    report = reencrypt(engine, clock, Cipher(parse_keys(f"{new}\n{old}", "both")), batch=2)
+    assert (report.jobs, report.stock_keys, report.secrets) == (1, 3, 1)
+    assert compact(engine)
+    only_new, only_old = Cipher(parse_keys(new, "new")), Cipher(parse_keys(old, "old"))
+    queue = JobQueue(engine, clock, only_new)
+    job = await queue.get(added.job_id)
+    queue.close()
+    assert job is not None and "secret-token" in job.payload
+    with pytest.raises(StockError):
+        StockPool(engine, clock, only_old).claim(STORE, "p", "shop:o1", 1)
+    assert StockPool(engine, clock, only_new).claim(STORE, "p", "shop:o1", 3) == ["K-1", "K-2", "K-3"]
+    engine.dispose()
