@@ -56,7 +56,7 @@ class Daemon:
 
     async def aclose(self) -> None:
         for store in self.stores.values():
-            await store.marketplace.aclose()
+            await store.aclose()
         self.queue.close()
         self.engine.dispose()
 

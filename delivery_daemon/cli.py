@@ -82,7 +82,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 async def _close(stores: dict[str, Any]) -> None:
     for store in stores.values():
-        await store.marketplace.aclose()
+        await store.aclose()
 
 
 async def _report_status(stores: dict[str, Any], limit_s: float = 5.0) -> None:
@@ -96,7 +96,7 @@ async def _report_status(stores: dict[str, Any], limit_s: float = 5.0) -> None:
             except (DeliveryDaemonError, OSError, TimeoutError) as exc:
                 line = f"marketplace not reachable now ({type(exc).__name__}: {exc})"
             print(f"  store {store.name} status: {line}")
-        await store.marketplace.aclose()
+        await store.aclose()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

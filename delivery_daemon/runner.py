@@ -158,7 +158,7 @@ async def _close_when_done(stores: Mapping[str, Store], in_flight: frozenset[asy
         await asyncio.wait(in_flight)
     for store in stores.values():
         with contextlib.suppress(Exception):
-            await store.marketplace.aclose()
+            await store.aclose()
 
 
 def _host(sock: Any) -> str:

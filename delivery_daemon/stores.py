@@ -62,6 +62,13 @@ class Store:
     def product(self, product_id: str) -> Product | None:
         return self.products.get(product_id, self.default)
 
+    async def aclose(self) -> None:
+        """Close the marketplace's HTTP clients and the channel's, if it keeps any open."""
+        await self.marketplace.aclose()
+        close = getattr(self.sink, "aclose", None)
+        if close is not None:
+            await close()
+
 
 def _instantiate(plugin: Any, options: Any, resources: Resources) -> Any:
     """``plugin(options)``, or ``plugin(options, resources)`` when its constructor asks for ``resources``."""
