@@ -68,6 +68,9 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     for store in stores.values():
         redactor.add_source(store.marketplace.secrets)
         redactor.add(*store.channel_secrets)
+    status = settings.status
+    redactor.add(*(secret.get_secret_value() for secret in (status.password, status.token, status.session_secret)
+                   if secret is not None))
     cipher = load_cipher(settings.security, sqlite_path(settings.database.url))  # before the database: ConfigError
     engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
                               busy_timeout_ms=settings.database.busy_timeout_ms)
@@ -99,8 +102,6 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        from .status.server import serve_status
-
         retention = None
         if start_worker:
             await daemon.worker.start()
@@ -111,9 +112,7 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
         if listener is not None:
             await listener.start()
         try:
-            async with serve_status(daemon) as status_server:  # its own address; None unless status.enabled
-                app.state.status_server = status_server
-                yield
+            yield
         finally:
             if listener is not None:
                 await listener.stop()
