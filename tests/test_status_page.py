@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import Any
@@ -105,6 +106,19 @@ async def test_login_never_redirects_off_site(stack: Stack) -> None:
         assert response.headers["location"] == "/status/"
 
 
+async def test_pages_are_readable_without_javascript(stack: Stack) -> None:
+    """No page ships a script (the CSP forbids them anyway): numbers, tables and forms are plain HTML."""
+    job = await stack.job(await dead_order(stack))
+    async with status_page(stack) as page:
+        await page.login()
+        for path in ("/login", "/", "/orders", f"/orders/{job.id}", "/stock"):
+            response = await page.client.get(f"{page.url}{path}")
+            assert "<script" not in response.text.lower() and " on" + "click=" not in response.text.lower(), path
+            assert "script-src" not in response.headers["content-security-policy"], path  # default-src 'none'
+        html = (await page.client.get(f"{page.url}/orders/{job.id}")).text
+        assert f'<form method="post" action="/status/orders/{job.id}/retry">' in html
+
+
 async def test_pages_send_security_headers(stack: Stack) -> None:
     """Responses forbid framing and inline scripts and are not cached."""
     async with status_page(stack) as page:
@@ -177,8 +191,14 @@ async def test_order_detail_shows_attempts_but_never_keys_or_tokens(stack: Stack
             assert key not in html
         assert stack.market.orders[order_id].token not in html
         assert "Redeliver the same keys" in html
-        dead_html = (await page.client.get(f"{page.url}/orders/{(await stack.job(dead)).id}")).text
+        dead_job = await stack.job(dead)
+        dead_html = (await page.client.get(f"{page.url}/orders/{dead_job.id}")).text
         assert "SoftStore answered 422" in dead_html
+        history = await stack.daemon.queue.history(dead_job.id)
+        assert len(history) >= 3  # received, verified, refused at least
+        rows = dead_html.split('<table class="attempts">')[1].split("<tbody>")[1].split("</tbody>")[0]
+        shown = re.findall(r"<tr>\s*<td>[^<]*</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>", rows)
+        assert shown == [(a.step, a.outcome) for a in history]  # every recorded attempt has its row, in order
         assert "Retry delivery now" in dead_html
         assert (await page.client.get(f"{page.url}/orders/999999")).status_code == 404
 
