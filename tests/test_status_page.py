@@ -16,6 +16,7 @@ from starlette.routing import Mount
 from delivery_daemon.config import StatusSettings, parse_settings
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.order import Content
+from delivery_daemon.queue import MarkedOrder
 from delivery_daemon.serving import serve
 from delivery_daemon.status import create_status_app
 from delivery_daemon.stock import StockPool
@@ -218,6 +219,19 @@ async def test_retry_button_delivers_a_dead_order(stack: Stack) -> None:
         assert f"Order #{job.id} queued for another delivery attempt." in html
         assert '<span class="badge delivered" id="order-state">delivered</span>' in html
     assert stack.market.accepted(order_id) is not None
+
+
+async def test_cancelled_order_can_be_retried_with_a_warning(stack: Stack) -> None:
+    """A cancelled order offers Retry (as ``orders retry`` does) with a note saying it will be delivered anyway."""
+    placed = await stack.market.place_order(PRODUCT)
+    job = await stack.job(placed.id_order)
+    await stack.daemon.queue.mark(MarkedOrder(STORE, placed.id_order, "softstore", PRODUCT, "refunded", "refunded"))
+    async with status_page(stack) as page:
+        await page.login()
+        html = (await page.client.get(f"{page.url}/orders/{job.id}")).text
+        assert "This order was cancelled (refunded)." in html and "Retry delivery now" in html
+        await page.client.post(f"{page.url}/orders/{job.id}/retry", data={"csrf_token": csrf_of(html)})
+    assert (await stack.job(placed.id_order)).state == "queued"
 
 
 async def test_redeliver_sends_the_same_keys_again(stack: Stack) -> None:

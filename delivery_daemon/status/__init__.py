@@ -7,6 +7,6 @@ next to ``/metrics``; it is never served on the public webhook port. See :mod:`.
 
 from __future__ import annotations
 
-from .routes import MOUNT_PATH, create_status_app, status_mount, status_routes
+from .routes import MOUNT_PATH, create_status_app, status_mount
 
-__all__ = ["MOUNT_PATH", "create_status_app", "status_mount", "status_routes"]
+__all__ = ["MOUNT_PATH", "create_status_app", "status_mount"]

@@ -279,11 +279,6 @@ class StatusPages:
         return self.render(request, "error.html", 503, message="The database cannot be read right now.")
 
 
-def status_routes(daemon: Daemon, settings: StatusSettings) -> list[BaseRoute]:
-    """The status page's routes, for mounting on any app that also installs :func:`auth.session_middleware`."""
-    return _routes(StatusPages(daemon, settings))
-
-
 def _routes(pages: StatusPages) -> list[BaseRoute]:
     return [
         Route("/login", pages.login_form, methods=["GET"]),
