@@ -69,9 +69,14 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
 
+def session_logged_in(request: Request) -> bool:
+    """True for a signed session that logged in (through the form)."""
+    return request.session.get("auth") is True
+
+
 def logged_in(request: Request, settings: StatusSettings) -> bool:
     """True for a signed session that logged in, or a valid bearer token."""
-    return request.session.get("auth") is True or bearer_ok(request, settings)
+    return session_logged_in(request) or bearer_ok(request, settings)
 
 
 def csrf_token(request: Request) -> str:

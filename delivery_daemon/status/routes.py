@@ -156,7 +156,7 @@ class StatusPages:
         """A page that needs a login: anonymous visitors are sent to the login form; a bearer token is checked."""
 
         async def guarded(request: Request) -> Response:
-            if request.session.get("auth") is not True:
+            if not auth.session_logged_in(request):
                 if auth.bearer_supplied(request) is not None:
                     refused = self._bearer(request)
                     if refused is not None:
@@ -173,7 +173,7 @@ class StatusPages:
         """A POST that needs a login and a valid CSRF token; the endpoint receives the parsed form."""
 
         async def guarded(request: Request) -> Response:
-            if request.session.get("auth") is not True:
+            if not auth.session_logged_in(request):
                 if auth.bearer_supplied(request) is None:
                     return self.render(request, "error.html", 401, message="Log in first.")
                 refused = self._bearer(request)
