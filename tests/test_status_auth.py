@@ -3,14 +3,18 @@ the secret, and every action needs its CSRF token."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
+import structlog
 
 from tests.conftest import Stack
 from tests.status_helpers import PASSWORD, TOKEN, StatusPage, csrf_of, dead_order, delivered_order, status_page
 
+MakeStack = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]
 OTHER_ADDRESS = "127.0.0.2"
 """A second loopback address, so one test can be two clients to the throttle."""
 
@@ -93,3 +97,13 @@ async def test_every_action_needs_its_csrf_token(stack: Stack) -> None:
         assert (await page.client.get(f"{page.url}/")).status_code == 200  # still logged in
     assert (await stack.job(dead.order_id)).state == "dead"
     assert (await stack.job(delivered.order_id)).state == "delivered"
+
+
+async def test_status_secrets_are_redacted_from_logs(make_stack: MakeStack) -> None:
+    """The status password, token and session secret are scrubbed from any log line that would carry them."""
+    secrets = {"password": "status-password-xyz", "token": "status-token-xyz", "session_secret": "status-session-xyz"}
+    async with make_stack(admin={"port": 0}, status={"enabled": True, **secrets}) as stack:
+        structlog.get_logger("test").warning("probe", text=" ".join(secrets.values()))
+        logged = stack.logs.getvalue()
+    assert "probe" in logged
+    assert not [name for name, value in secrets.items() if value in logged]
