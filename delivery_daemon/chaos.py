@@ -59,6 +59,7 @@ class ChaosOptions:
     down_for: float = 2.0  # seconds the marketplace API answers 503 to everything, once
     timeout: float = 300.0  # for the whole run
     workdir: Path | None = None
+    marketplace: str = "softstore"  # or a webhook-only one: see delivery_daemon.chaos_webhooks.FLAVOURS
 
 
 class ChaosFaults(Faults):
@@ -185,7 +186,7 @@ def daemon_config(workdir: Path, port: int, api_base: str) -> dict[str, Any]:
     }
 
 
-async def _every(seconds: float, action: Callable[[], None], stop: asyncio.Event) -> None:
+async def every(seconds: float, action: Callable[[], None], stop: asyncio.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
@@ -193,7 +194,7 @@ async def _every(seconds: float, action: Callable[[], None], stop: asyncio.Event
             action()
 
 
-async def _later(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
+async def later(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
     await asyncio.sleep(seconds)
     await action()
 
@@ -205,7 +206,16 @@ async def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print) -
     with contextlib.ExitStack() as stack:
         workdir = options.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dd-chaos-")))
         workdir.mkdir(parents=True, exist_ok=True)
-        return await _run(options, rng, seed, workdir, say)
+        if options.marketplace == "softstore":
+            return await _run(options, rng, seed, workdir, say)
+        from .chaos_webhooks import run_webhook_chaos
+
+        say(f"chaos: {options.marketplace}, seed {seed}, {options.orders} orders, {options.kills} kills, "
+            f"work dir {workdir}")
+        started = time.monotonic()
+        verdict = await run_webhook_chaos(options, options.marketplace, rng, workdir, say)
+        report(verdict, started, say)
+        return verdict
 
 
 async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Path,
@@ -235,9 +245,9 @@ async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Pa
         stop = asyncio.Event()
         window = options.orders / options.rate
         background = [
-            asyncio.create_task(_every(options.expire_every, faults.expire_tokens, stop)),
-            asyncio.create_task(_later(rng.uniform(0.2, 0.8) * window, lambda: _outage(faults, options.down_for))),
-            asyncio.create_task(_kills(daemon, options.kills, window, rng)),
+            asyncio.create_task(every(options.expire_every, faults.expire_tokens, stop)),
+            asyncio.create_task(later(rng.uniform(0.2, 0.8) * window, lambda: outage(faults, options.down_for))),
+            asyncio.create_task(kill_at_random(daemon, options.kills, window, rng)),
         ]
         paid, unpaid = await _place_orders(options, side, rng, deadline)
         say(f"chaos: {len(paid) + len(unpaid)} orders placed and acknowledged at {time.monotonic() - started:.1f} s")
@@ -257,10 +267,15 @@ async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Pa
                     kills=daemon.kills, resent=side.resent)
     if exit_status not in (0, -signal.SIGTERM):  # uvicorn re-raises the signal after its graceful shutdown
         verdict.violations.append(f"the daemon exited with {exit_status} on SIGTERM")
+    report(verdict, started, say)
+    return verdict
+
+
+def report(verdict: Verdict, started: float, say: Callable[[str], None]) -> None:
+    """The summary line, then the first violations."""
     say(verdict.line() + f" ({time.monotonic() - started:.1f} s)")
     for violation in verdict.violations[:20]:
         say(f"  violation: {violation}")
-    return verdict
 
 
 async def _place_orders(options: ChaosOptions, side: Marketplace, rng: random.Random,
@@ -290,13 +305,13 @@ async def _place_orders(options: ChaosOptions, side: Marketplace, rng: random.Ra
     return paid, unpaid
 
 
-async def _outage(faults: Faults, seconds: float) -> None:
+async def outage(faults: Faults, seconds: float) -> None:
     faults.down(True)
     await asyncio.sleep(seconds)
     faults.down(False)
 
 
-async def _kills(daemon: DaemonProcess, kills: int, window: float, rng: random.Random) -> None:
+async def kill_at_random(daemon: DaemonProcess, kills: int, window: float, rng: random.Random) -> None:
     for _ in range(kills):
         await asyncio.sleep(rng.uniform(0.3, 1.2) * window / max(kills, 1))
         daemon.kill()
@@ -313,7 +328,8 @@ async def _wait_delivered(market: SoftStoreMarketplace, paid: list[str], deadlin
 
 def cmd_chaos(args: argparse.Namespace) -> int:
     options = ChaosOptions(orders=args.orders, kills=args.kills, seed=args.seed, rate=args.rate,
-                           timeout=args.timeout, workdir=Path(args.workdir) if args.workdir else None)
+                           timeout=args.timeout, workdir=Path(args.workdir) if args.workdir else None,
+                           marketplace=args.marketplace)
     # Only the summary on the terminal: the in-process marketplace's thousands of info lines would slow the run.
     configure_logging("console", "error", stream=sys.stderr)
     verdict = asyncio.run(run_chaos(options))
@@ -328,4 +344,7 @@ def register(sub: Any) -> None:
     chaos.add_argument("--rate", type=float, default=100.0, help="orders placed per second")
     chaos.add_argument("--timeout", type=float, default=900.0)
     chaos.add_argument("--workdir", help="keep the database and the daemon's log here")
+    chaos.add_argument("--marketplace", default="softstore",
+                       choices=("softstore", "sellix", "shoppy", "stripe", "standard-webhooks"),
+                       help="whose webhooks; the webhook-only ones deliver to a failing seller endpoint")
     chaos.set_defaults(func=cmd_chaos)

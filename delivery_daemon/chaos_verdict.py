@@ -82,12 +82,12 @@ def judge(market: SoftStoreMarketplace, *, paid: list[str], unpaid: list[str], d
     for id_order in unpaid:
         if market.accepted(id_order) is not None:
             bad.append(f"order {id_order}: unpaid, yet delivered")
-    _check_database(verdict, database)
+    check_database(verdict, database)
     _check_log(verdict, market, log, key_owner)
     return verdict
 
 
-def _check_database(verdict: Verdict, database: Path) -> None:
+def check_database(verdict: Verdict, database: Path) -> None:
     with sqlite3.connect(database) as conn:
         verdict.integrity = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
         states = dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
@@ -104,8 +104,13 @@ def _check_database(verdict: Verdict, database: Path) -> None:
 
 def _check_log(verdict: Verdict, market: SoftStoreMarketplace, log: Path, keys: Counter[str]) -> None:
     """No API key, JWT, delivery token or generated key in anything the daemon printed."""
+    check_log(verdict, log, {market._api_key, *market._jwts, *(order.token for order in market.orders.values()),
+                             *keys})
+
+
+def check_log(verdict: Verdict, log: Path, secrets: set[str]) -> None:
+    """None of ``secrets`` in anything the daemon printed."""
     text = log.read_text(encoding="utf-8", errors="replace")
-    secrets = {market._api_key, *market._jwts, *(order.token for order in market.orders.values()), *keys}
     found = [secret for secret in secrets if secret and secret in text]
     verdict.leaks = len(found)
     if found:

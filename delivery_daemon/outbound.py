@@ -15,7 +15,7 @@ specification says); anything else, and any transport error, is retried on the d
 The URL comes from config, so connections go through :mod:`~delivery_daemon.netguard`: a host that resolves to a
 loopback, private, link-local or metadata address is refused (``security.allow_private_networks`` /
 ``security.allowed_networks`` opt in) and the job is ``Dead`` without the endpoint ever being contacted, logged as
-``security.destination_refused``. With an injected test ``transport`` there is no real network and no guard.
+``security.destination_refused``. An injected test ``transport`` is guarded too (by host, after resolution).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .backoff import parse_retry_after
 from .clock import Clock
 from .config import OutboundWebhookSettings
 from .errors import Dead, Retry
-from .marketplace import AdapterContext, Receipt, create_client, transport_retry
+from .marketplace import AdapterContext, Receipt, transport_retry
 from .models import Job
 from .netguard import BlockedDestination, guarded_client
 from .order import Content
@@ -69,11 +69,14 @@ class WebhookDelivery:
     def secrets(self) -> list[str]:
         return [self._secret, self.url]
 
+    def destinations(self) -> dict[str, str]:
+        """The configured URL this channel connects to, by option key (checked at start-up)."""
+        return {"url": self.url}
+
     def _client(self) -> httpx.AsyncClient:
-        """A client for one attempt: guarded by the store's network policy unless a test injected a transport."""
-        if self._context.transport is not None:
-            return create_client(self._context)
-        return guarded_client(self._context.policy, timeout=self._context.delivery.timeout)
+        """A client for one attempt, guarded by the store's network policy (an injected test transport included)."""
+        return guarded_client(self._context.policy, timeout=self._context.delivery.timeout,
+                              transport=self._context.transport)
 
     async def send(self, job: Job, content: Content) -> Receipt:
         body = message_body(job, content)

@@ -31,9 +31,11 @@ from starlette.types import ASGIApp
 from . import __version__
 from .app import Daemon, create_app
 from .config import Settings, load_settings
+from .destinations import check_destinations
 from .logs import REDACTOR
 from .marketplace import MarketplaceType
 from .metrics import create_admin_app
+from .netguard import NetPolicy
 from .serving import bind_socket
 from .status import MOUNT_PATH, status_mount
 from .stores import Store, build_stores
@@ -74,6 +76,9 @@ class Runner:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if the daemon could not start."""
         settings = self.settings
+        # A refused URL in config stops the start here (ConfigError, exit 2) rather than killing every order later.
+        for warning in await check_destinations(self.daemon.stores, NetPolicy.from_settings(settings.security)):
+            log.warning("config.destination_unchecked", detail=warning)
         grace = settings.worker.shutdown_grace
         listeners: list[tuple[ASGIApp, Literal["on", "off"], str, int]] = [
             (self.app, "on", settings.server.host, settings.server.port)]
@@ -135,13 +140,14 @@ class Runner:
             new = load_settings(self.config_path)
             stores = build_stores(new, self.marketplaces, self.plugins, self.daemon.clock,
                                   hub=self.daemon.resources)
+            await check_destinations(stores, NetPolicy.from_settings(new.security))
         except Exception as exc:  # any failure to build means "keep what runs"; ConfigError is the usual one
             log.error("config.reload_failed", path=str(self.config_path), error=str(exc),
                       error_type=type(exc).__name__)
             return False
         for store in stores.values():
             REDACTOR.add_source(store.marketplace.secrets)
-            REDACTOR.add(*store.channel_secrets)
+            REDACTOR.add(*store.static_secrets())
         old_stores, in_flight = self.daemon.stores, self.daemon.worker.in_flight
         # One assignment each: receivers and the worker read daemon.stores on every use.
         self.daemon.stores = stores
