@@ -118,8 +118,6 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        from .status.server import serve_status
-
         retention = None
         if start_worker:
             await daemon.worker.start()
@@ -130,9 +128,7 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
         if listener is not None:
             await listener.start()
         try:
-            async with serve_status(daemon) as status_server:  # its own address; None unless status.enabled
-                app.state.status_server = status_server
-                yield
+            yield
         finally:
             if listener is not None:
                 await listener.stop()

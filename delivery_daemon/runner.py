@@ -7,7 +7,8 @@
   templates) with :func:`~delivery_daemon.stores.build_stores`, then swap them in one assignment: a request or job
   sees either the old stores or the new ones, never a mix, and nothing is dropped. A bad file is refused with a
   ``config.reload_failed`` log line and the old configuration keeps running. Other sections (database, server,
-  worker, delivery, logging, admin, retention) need a restart; a reload that changes them says so in its log line.
+  worker, delivery, logging, admin, retention, plugins, status) need a restart; a reload that changes them says so
+  in its log line.
 
 uvicorn's own signal handling is switched off (it would re-raise SIGTERM after shutdown, exiting 143 instead of 0);
 the handlers here go through the event loop, so they run between, never inside, other code.
@@ -36,11 +37,12 @@ from .marketplace import MarketplaceType
 from .metrics import create_admin_app
 from .netguard import NetPolicy
 from .serving import bind_socket
+from .status import MOUNT_PATH, status_mount
 from .stores import Store, build_stores
 
 log = structlog.get_logger("delivery_daemon.runner")
 
-RESTART_SECTIONS = ("database", "server", "worker", "delivery", "logging", "admin", "retention", "plugins")
+RESTART_SECTIONS = ("database", "server", "worker", "delivery", "logging", "admin", "retention", "plugins", "status")
 """Settings a reload does not apply (they shape sockets, the database and the worker)."""
 
 
@@ -81,7 +83,9 @@ class Runner:
         listeners: list[tuple[ASGIApp, Literal["on", "off"], str, int]] = [
             (self.app, "on", settings.server.host, settings.server.port)]
         if settings.admin.port is not None:
-            listeners.append((create_admin_app(self.daemon), "off", settings.admin.host, settings.admin.port))
+            # The status page lives on the admin address only (config refuses status.enabled without admin.port).
+            extra = [status_mount(self.daemon, settings.status)] if settings.status.enabled else []
+            listeners.append((create_admin_app(self.daemon, extra), "off", settings.admin.host, settings.admin.port))
         sockets = [bind_socket(host, port) for _, _, host, port in listeners]
         self._servers = [_server(app, lifespan=lifespan, grace=grace) for app, lifespan, _, _ in listeners]
         loop = asyncio.get_running_loop()
@@ -112,6 +116,8 @@ class Runner:
         urls = [f"http://{_host(sock)}:{sock.getsockname()[1]}" for sock in sockets]
         log.info("daemon.started", version=__version__, pid=os.getpid(), webhooks=f"{urls[0]}/webhooks/<store>",
                  metrics=f"{urls[-1]}/metrics", stores=sorted(self.daemon.stores))
+        if self.settings.status.enabled and len(urls) > 1:
+            log.info("status.serving", url=f"{urls[-1]}{MOUNT_PATH}/")
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
         """Begin a graceful shutdown (a second SIGINT forces it)."""
