@@ -78,3 +78,22 @@ async def test_expired_lease_is_released_once_and_fences_the_old_owner(queues: C
     assert again.id == job.id
     with pytest.raises(LeaseLost):
         await dead.transition(job, "dead-replica", Transition(JobState.DELIVERED, "deliver", "delivered"))
+
+
+async def test_claim_leases_at_most_the_batch_size(queues: Callable[[], JobQueue]) -> None:
+    """With hundreds of due jobs and replicas claiming at once, a claim of n leases at most n rows, and every
+    leased row is one a claimer was handed (PostgreSQL may re-run a LIMITed subquery and lease more)."""
+    replicas = [queues() for _ in range(4)]
+    for n in range(400):
+        await replicas[0].enqueue(order(n))
+    handed: list[int] = []
+
+    async def claim_some(queue: JobQueue, owner: str) -> None:
+        for _ in range(10):
+            batch = await queue.claim(owner, 30, 3)
+            assert len(batch) <= 3
+            handed.extend(job.id for job in batch if job.id is not None)
+
+    await asyncio.gather(*(claim_some(q, f"r{i}") for i, q in enumerate(replicas)))
+    counts = await replicas[0].counts()
+    assert len(handed) == len(set(handed)) == counts[JobState.RUNNING.value] == 120
