@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import make_url, text
 
 from delivery_daemon.chaos_database import check_database, describe
 from delivery_daemon.db import create_db_engine, create_schema
@@ -56,3 +57,19 @@ def test_describe_hides_the_password() -> None:
     """The run's first line names the database without its password."""
     shown = describe("postgresql://u:s3cret@db.internal:5432/d")
     assert "s3cret" not in shown and shown.startswith("postgresql+psycopg://u:***@db.internal")
+
+
+@pytest.mark.postgres
+def test_without_the_right_to_create_amcheck_the_logical_checks_still_run(pg_url: str) -> None:
+    """A role that may not create the extension gets ``ok (amcheck unavailable)``, not a failure."""
+    _migrated(pg_url)
+    engine = create_db_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP ROLE IF EXISTS chaos_reader"))
+        conn.execute(text("CREATE ROLE chaos_reader LOGIN"))
+        conn.execute(text("GRANT SELECT ON ALL TABLES IN SCHEMA public TO chaos_reader"))
+    engine.dispose()
+    url = make_url(pg_url).set(username="chaos_reader").render_as_string(hide_password=False)
+    report = check_database(url)
+    assert report.problems == [] and report.integrity == "ok (amcheck unavailable)"
+    assert report.states == {"delivered": 1}
