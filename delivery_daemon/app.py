@@ -22,14 +22,17 @@ from .cipher import load_cipher
 from .clock import Clock, SystemClock
 from .config import Settings
 from .db import create_db_engine, create_schema, sqlite_path
+from .errors import ConfigError
 from .logs import REDACTOR, Redactor
 from .marketplace import MarketplaceType
 from .metrics import UNKNOWN_STORE, Metrics
 from .netguard import NetPolicy
 from .queue import JobQueue
 from .ratelimit import RateLimiter
+from .rekey import seal_at_start
 from .resources import ResourceHub
 from .retention import RetentionService
+from .stock import StockError
 from .stores import Store, build_stores
 from .worker import GENERATOR_BUDGET, Worker
 
@@ -72,7 +75,11 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
                               busy_timeout_ms=settings.database.busy_timeout_ms)
     create_schema(engine)
-    hub.engine = engine  # plugins reach the database only once start-up checks have passed
+    try:
+        seal_at_start(engine, clock, cipher)  # an earlier release's plaintext stock keys; then VACUUM
+    except StockError as exc:
+        raise ConfigError("security", f"cannot seal the stock pool: {exc}") from None
+    hub.engine, hub.cipher = engine, cipher  # plugins reach the database only once start-up checks have passed
     queue = JobQueue(engine, clock, cipher)
     backoff = Backoff(settings.delivery.retry_schedule, jitter=settings.delivery.jitter)
     daemon_ref: dict[str, Daemon] = {}

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,8 @@ from typing import Any
 import httpx
 import yaml
 
-from .chaos_database import check_database, database_url, describe
+from .chaos_database import checked_database_url, describe
 from .chaos_verdict import Verdict, judge
-from .errors import ConfigError
 from .logs import configure_logging
 from .reference.faults import DeliveryFault, Faults
 from .reference.softstore import SoftStoreMarketplace
@@ -70,6 +69,7 @@ class ChaosOptions:
     workdir: Path | None = None
     database_url: str | None = None  # None: a SQLite file in the work dir
     replicas: int = 1  # daemon processes sharing the database (more than 1 needs PostgreSQL)
+    marketplace: str = "softstore"  # or a webhook-only one: see delivery_daemon.chaos_webhooks.FLAVOURS
 
 
 class ChaosFaults(Faults):
@@ -184,10 +184,11 @@ class Marketplace:
         await asyncio.gather(*(once(i) for i in id_orders))
 
 
-def daemon_config(database_url: str, port: int, api_base: str) -> dict[str, Any]:
-    """The daemon's configuration for a run: short retries (but many), a short lease, a tight delivery timeout."""
+def daemon_config(workdir: Path, port: int, api_base: str, database_url: str | None = None) -> dict[str, Any]:
+    """The daemon's configuration for a run: short retries (but many), a short lease, a tight delivery timeout.
+    The database is ``database_url``, else ``chaos.db`` in ``workdir``."""
     return {
-        "database": {"url": database_url},
+        "database": {"url": database_url or f"sqlite:///{workdir / 'chaos.db'}"},
         "server": {"host": "127.0.0.1", "port": port},
         "worker": {"poll_interval": 0.2, "lease_seconds": 3.0, "concurrency": 16},
         "delivery": {"timeout": 1.0, "jitter": True, "retry_schedule": [0.05, 0.1, 0.2, 0.5] + [1.0] * 200},
@@ -200,7 +201,7 @@ def daemon_config(database_url: str, port: int, api_base: str) -> dict[str, Any]
     }
 
 
-async def _every(seconds: float, action: Callable[[], None], stop: asyncio.Event) -> None:
+async def every(seconds: float, action: Callable[[], None], stop: asyncio.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
@@ -208,7 +209,7 @@ async def _every(seconds: float, action: Callable[[], None], stop: asyncio.Event
             action()
 
 
-async def _later(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
+async def later(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
     await asyncio.sleep(seconds)
     await action()
 
@@ -220,7 +221,16 @@ async def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print) -
     with contextlib.ExitStack() as stack:
         workdir = options.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dd-chaos-")))
         workdir.mkdir(parents=True, exist_ok=True)
-        return await _run(options, rng, seed, workdir, say)
+        if options.marketplace == "softstore":
+            return await _run(options, rng, seed, workdir, say)
+        from .chaos_webhooks import run_webhook_chaos
+
+        say(f"chaos: {options.marketplace}, seed {seed}, {options.orders} orders, {options.kills} kills, "
+            f"work dir {workdir}")
+        started = time.monotonic()
+        verdict = await run_webhook_chaos(options, options.marketplace, rng, workdir, say)
+        report(verdict, started, say)
+        return verdict
 
 
 async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Path,
@@ -228,7 +238,6 @@ async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Pa
     started = time.monotonic()
     deadline = started + options.timeout
     database: Path | str = options.database_url or workdir / "chaos.db"
-    database_url = options.database_url or f"sqlite:///{workdir / 'chaos.db'}"
     api_key = secrets.token_hex(20)
     # One pooled transport for every webhook (a fresh client per webhook would build an SSL context each time).
     webhooks = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=64))
@@ -248,16 +257,16 @@ async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Pa
         daemons = []
         for number, port in enumerate(ports):
             config = workdir / f"daemon-{number}.yaml"
-            config.write_text(yaml.safe_dump(daemon_config(database_url, port, reference.api_base)))
+            config.write_text(yaml.safe_dump(daemon_config(workdir, port, reference.api_base, options.database_url)))
             daemons.append(DaemonProcess(config, f"http://127.0.0.1:{port}", workdir / f"daemon-{number}.log", env))
         await asyncio.gather(*(daemon.start() for daemon in daemons))
         side = Marketplace(reference, rng, [f"{daemon.url}/webhooks/{STORE}" for daemon in daemons])
         stop = asyncio.Event()
         window = options.orders / options.rate
         background = [
-            asyncio.create_task(_every(options.expire_every, faults.expire_tokens, stop)),
-            asyncio.create_task(_later(rng.uniform(0.2, 0.8) * window, lambda: _outage(faults, options.down_for))),
-            asyncio.create_task(_kills(daemons, options.kills, window, rng)),
+            asyncio.create_task(every(options.expire_every, faults.expire_tokens, stop)),
+            asyncio.create_task(later(rng.uniform(0.2, 0.8) * window, lambda: outage(faults, options.down_for))),
+            asyncio.create_task(kill_at_random(daemons, options.kills, window, rng)),
         ]
         paid, unpaid = await _place_orders(options, side, rng, deadline)
         say(f"chaos: {len(paid) + len(unpaid)} orders placed and acknowledged at {time.monotonic() - started:.1f} s")
@@ -278,10 +287,15 @@ async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Pa
     for number, exit_status in enumerate(exits):
         if exit_status not in (0, -signal.SIGTERM):  # uvicorn re-raises the signal after its graceful shutdown
             verdict.violations.append(f"daemon {number} exited with {exit_status} on SIGTERM")
+    report(verdict, started, say)
+    return verdict
+
+
+def report(verdict: Verdict, started: float, say: Callable[[str], None]) -> None:
+    """The summary line, then the first violations."""
     say(verdict.line() + f" ({time.monotonic() - started:.1f} s)")
     for violation in verdict.violations[:20]:
         say(f"  violation: {violation}")
-    return verdict
 
 
 async def _place_orders(options: ChaosOptions, side: Marketplace, rng: random.Random,
@@ -311,16 +325,19 @@ async def _place_orders(options: ChaosOptions, side: Marketplace, rng: random.Ra
     return paid, unpaid
 
 
-async def _outage(faults: Faults, seconds: float) -> None:
+async def outage(faults: Faults, seconds: float) -> None:
     faults.down(True)
     await asyncio.sleep(seconds)
     faults.down(False)
 
 
-async def _kills(daemons: list[DaemonProcess], kills: int, window: float, rng: random.Random) -> None:
+async def kill_at_random(daemons: DaemonProcess | Sequence[DaemonProcess], kills: int, window: float,
+                         rng: random.Random) -> None:
+    """``kills`` times, SIGKILL one of ``daemons`` drawn at random and start it again a moment later."""
+    pool = [daemons] if isinstance(daemons, DaemonProcess) else list(daemons)
     for _ in range(kills):
         await asyncio.sleep(rng.uniform(0.3, 1.2) * window / max(kills, 1))
-        daemon = rng.choice(daemons)
+        daemon = rng.choice(pool)
         daemon.kill()
         await asyncio.sleep(rng.uniform(0.05, 0.5))  # down for a moment; webhooks meanwhile fail and are resent
         await daemon.start()
@@ -333,33 +350,11 @@ async def _wait_delivered(market: SoftStoreMarketplace, paid: list[str], deadlin
         await asyncio.sleep(0.1)
 
 
-def chaos_database(url: str | None, replicas: int) -> str | None:
-    """The run's database URL checked before anything starts: PostgreSQL only (psycopg 3), empty of orders, and
-    required for more than one replica. Raises ConfigError naming the option."""
-    if replicas < 1:
-        raise ConfigError("--replicas", "must be at least 1")
-    if url is None:
-        if replicas > 1:
-            raise ConfigError("--replicas", "several replicas share a PostgreSQL database: give --database-url")
-        return None
-    if not url.startswith(("postgresql://", "postgresql+psycopg://")):
-        raise ConfigError("--database-url", "must be a postgresql:// or postgresql+psycopg:// URL "
-                                            "(without it the run uses a SQLite file in the work dir)")
-    url = database_url(url)
-    report = check_database(url)
-    if report.problems and not report.problems[0].startswith("schema at revision None"):
-        raise ConfigError("--database-url", f"cannot use {describe(url)}: {report.problems[0]}")
-    if sum(report.states.values()):
-        raise ConfigError("--database-url", f"{describe(url)} already holds orders; a run needs an empty database "
-                                            "(its verdict counts every job in it)")
-    return url
-
-
 def cmd_chaos(args: argparse.Namespace) -> int:
-    url = chaos_database(args.database_url, args.replicas)
+    url = checked_database_url(args.database_url, args.replicas, args.marketplace)
     options = ChaosOptions(orders=args.orders, kills=args.kills, seed=args.seed, rate=args.rate,
                            timeout=args.timeout, workdir=Path(args.workdir) if args.workdir else None,
-                           database_url=url, replicas=args.replicas)
+                           database_url=url, replicas=args.replicas, marketplace=args.marketplace)
     # Only the summary on the terminal: the in-process marketplace's thousands of info lines would slow the run.
     configure_logging("console", "error", stream=sys.stderr)
     verdict = asyncio.run(run_chaos(options))
@@ -378,4 +373,7 @@ def register(sub: Any) -> None:
                                               "(postgresql+psycopg://user:password@host/db); default: SQLite")
     chaos.add_argument("--replicas", type=int, default=1,
                        help="daemon processes sharing the database, webhooks spread across them (needs PostgreSQL)")
+    chaos.add_argument("--marketplace", default="softstore",
+                       choices=("softstore", "sellix", "shoppy", "stripe", "standard-webhooks"),
+                       help="whose webhooks; the webhook-only ones deliver to a failing seller endpoint")
     chaos.set_defaults(func=cmd_chaos)

@@ -6,7 +6,8 @@ SQLite's ``PRAGMA integrity_check``; on PostgreSQL the ``amcheck`` extension's `
 index of the daemon's tables when the extension can be created (it ships with PostgreSQL but creating it needs a
 superuser; without it ``integrity`` says ``ok (amcheck unavailable)`` and the logical checks still run).
 
-:func:`check_database` reads only; a chaos run calls it once, after every daemon has stopped.
+:func:`check_database` reads only; a chaos run calls it once before it starts (through
+:func:`checked_database_url`: the database must be empty) and once after every daemon has stopped.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .db import sqlite_path
+from .errors import ConfigError
 from .schema import current_revision, head_revision
 
 DUPLICATE_JOBS = "SELECT count(*) FROM (SELECT 1 FROM jobs GROUP BY store, order_id HAVING count(*) > 1) AS d"
 ORPHAN_ATTEMPTS = "SELECT count(*) FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)"
-DUPLICATE_STOCK = ("SELECT count(*) FROM (SELECT 1 FROM stock_keys GROUP BY store, product_id, key "
-                   "HAVING count(*) > 1) AS d")
+# Keys are sealed at rest (random nonce): their HMAC is what repeats when a key is in the pool twice.
+DUPLICATE_STOCK = ("SELECT count(*) FROM (SELECT 1 FROM stock_keys WHERE key_hash IS NOT NULL "
+                   "GROUP BY store, product_id, key_hash HAVING count(*) > 1) AS d")
 STATES = "SELECT state, count(*) FROM jobs GROUP BY state"
 BTREE_INDEXES = """
     SELECT c.oid::regclass::text FROM pg_index i
@@ -101,6 +104,31 @@ def _integrity(conn: Connection) -> str:
     return f"ok (amcheck: {len(indexes)} indexes)" if not broken else "; ".join(broken)
 
 
+def checked_database_url(url: str | None, replicas: int, marketplace: str) -> str | None:
+    """The run's database URL checked before anything starts: PostgreSQL only (psycopg 3), empty of orders, and
+    required for more than one replica. Raises ConfigError naming the option."""
+    if replicas < 1:
+        raise ConfigError("--replicas", "must be at least 1")
+    if marketplace != "softstore" and (url is not None or replicas > 1):
+        raise ConfigError("--database-url" if url is not None else "--replicas",
+                          "only with --marketplace softstore (the webhook-only runs use one daemon on SQLite)")
+    if url is None:
+        if replicas > 1:
+            raise ConfigError("--replicas", "several replicas share a PostgreSQL database: give --database-url")
+        return None
+    if not url.startswith(("postgresql://", "postgresql+psycopg://")):
+        raise ConfigError("--database-url", "must be a postgresql:// or postgresql+psycopg:// URL "
+                                            "(without it the run uses a SQLite file in the work dir)")
+    url = database_url(url)
+    report = check_database(url)
+    if report.problems and not report.problems[0].startswith("schema at revision None"):
+        raise ConfigError("--database-url", f"cannot use {describe(url)}: {report.problems[0]}")
+    if sum(report.states.values()):
+        raise ConfigError("--database-url", f"{describe(url)} already holds orders; a run needs an empty database "
+                                            "(its verdict counts every job in it)")
+    return url
+
+
 def describe(database: Path | str) -> str:
     """The database for a log line: a SQLite path, or a PostgreSQL URL without its password."""
     if isinstance(database, Path) or sqlite_path(database_url(database)) is not None:
@@ -110,4 +138,4 @@ def describe(database: Path | str) -> str:
     return make_url(database_url(database)).render_as_string(hide_password=True)
 
 
-__all__ = ["DatabaseReport", "check_database", "database_url", "describe"]
+__all__ = ["DatabaseReport", "check_database", "checked_database_url", "database_url", "describe"]

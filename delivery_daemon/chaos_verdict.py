@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chaos_database import check_database
+from . import chaos_database
 from .reference.softstore import SoftStoreMarketplace
 
 UNFINISHED = ("queued", "running", "retry_wait", "waiting")
@@ -84,14 +84,15 @@ def judge(market: SoftStoreMarketplace, *, paid: list[str], unpaid: list[str], d
     for id_order in unpaid:
         if market.accepted(id_order) is not None:
             bad.append(f"order {id_order}: unpaid, yet delivered")
-    _check_database(verdict, database)
+    check_database(verdict, database)
     for path in [log] if isinstance(log, Path) else log:
         _check_log(verdict, market, path, key_owner)
     return verdict
 
 
-def _check_database(verdict: Verdict, database: Path | str) -> None:
-    report = check_database(database)
+def check_database(verdict: Verdict, database: Path | str) -> None:
+    """The database half (:mod:`delivery_daemon.chaos_database`), and every job final and counted delivered."""
+    report = chaos_database.check_database(database)
     states = report.states
     verdict.integrity = report.integrity
     verdict.violations.extend(f"database: {problem}" for problem in report.problems)
@@ -105,8 +106,13 @@ def _check_database(verdict: Verdict, database: Path | str) -> None:
 
 def _check_log(verdict: Verdict, market: SoftStoreMarketplace, log: Path, keys: Counter[str]) -> None:
     """No API key, JWT, delivery token or generated key in anything the daemon printed."""
+    check_log(verdict, log, {market._api_key, *market._jwts, *(order.token for order in market.orders.values()),
+                             *keys})
+
+
+def check_log(verdict: Verdict, log: Path, secrets: set[str]) -> None:
+    """None of ``secrets`` in anything the daemon printed."""
     text = log.read_text(encoding="utf-8", errors="replace")
-    secrets = {market._api_key, *market._jwts, *(order.token for order in market.orders.values()), *keys}
     found = [secret for secret in secrets if secret and secret in text]
     verdict.leaks += len(found)
     if found:

@@ -50,9 +50,11 @@ def test_chaos_refuses_a_database_that_holds_orders(pg_url: str, capsys: pytest.
     (["--replicas", "3"], "--replicas"),
     (["--replicas", "0"], "--replicas"),
     (["--database-url", "sqlite:///x.db"], "--database-url"),
+    (["--marketplace", "stripe", "--database-url", "postgresql://u@127.0.0.1:1/d"], "--database-url"),
 ])
 def test_chaos_rejects_unusable_database_options(argv: list[str], named: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    """Replicas without PostgreSQL, zero replicas or a non-PostgreSQL URL: exit 2 naming the option."""
+    """Replicas without PostgreSQL, zero replicas, a non-PostgreSQL URL, or PostgreSQL with a webhook-only
+    marketplace's run: exit 2 naming the option."""
     assert main(["chaos", *argv]) == 2
     assert capsys.readouterr().err.startswith(f"delivery-daemon: error: {named}: ")

@@ -244,7 +244,7 @@ async def test_stock_page_without_a_stock_pool(stack: Stack) -> None:
 
 async def test_stock_page_highlights_low_stock(stack: Stack) -> None:
     """Free keys at or below ``low_stock`` are highlighted; issued keys are counted apart."""
-    pool = StockPool(stack.daemon.engine, stack.clock)
+    pool = StockPool(stack.daemon.engine, stack.clock, stack.daemon.resources.cipher)  # sealed, as imported
     pool.import_keys("shop", "plenty", [f"K{index}" for index in range(5)])
     pool.import_keys("shop", "scarce", ["K5", "K6", "K7"])
     assert len(pool.claim("shop", "scarce", "shop:o1", 1)) == 1  # one issued, two free
