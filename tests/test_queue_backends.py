@@ -105,3 +105,25 @@ async def test_operator_requeue_is_one_transition_for_page_and_cli(queues: Calla
         Orders(queue.engine, queue.clock).retry(leased.order_id)
     still = await queue.get(leased.id)
     assert still is not None and still.state == "running"
+
+
+async def test_claim_leases_at_most_the_batch_size(queues: Callable[[], JobQueue]) -> None:
+    """With hundreds of due jobs and replicas claiming at once, a claim of n leases at most n rows, and every
+    leased row is one a claimer was handed (PostgreSQL may re-run a LIMITed subquery and lease more)."""
+    replicas = [queues() for _ in range(4)]
+    for n in range(3):  # first a tiny table, as the stock pool's was when its claim took the whole pool
+        await replicas[0].enqueue(order(n))
+    assert len(await replicas[0].claim("first", 30, 2)) == 2
+    for n in range(3, 403):
+        await replicas[0].enqueue(order(n))
+    handed: list[int] = []
+
+    async def claim_some(queue: JobQueue, owner: str) -> None:
+        for _ in range(10):
+            batch = await queue.claim(owner, 30, 3)
+            assert len(batch) <= 3
+            handed.extend(job.id for job in batch if job.id is not None)
+
+    await asyncio.gather(*(claim_some(q, f"r{i}") for i, q in enumerate(replicas)))
+    counts = await replicas[0].counts()
+    assert len(handed) == len(set(handed)) == counts[JobState.RUNNING.value] - 2 == 120
