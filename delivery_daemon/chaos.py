@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import yaml
 
-from .chaos_database import checked_database_url, describe
+from .chaos_database import checked_database_url, describe, wait_settled
 from .chaos_verdict import Verdict, judge
 from .logs import configure_logging
 from .reference.faults import DeliveryFault, Faults
@@ -278,6 +278,7 @@ async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Pa
         faults.calm()
         say(f"chaos: kills and outage done at {time.monotonic() - started:.1f} s")
         await _wait_delivered(reference, paid, deadline)
+        await wait_settled(database, deadline)
         await asyncio.sleep(0.5)  # a late duplicate delivery would land in this window
         exits = await asyncio.gather(*(daemon.stop() for daemon in daemons))
         await webhooks.aclose()

@@ -12,6 +12,8 @@ superuser; without it ``integrity`` says ``ok (amcheck unavailable)`` and the lo
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ ORPHAN_ATTEMPTS = "SELECT count(*) FROM attempts WHERE job_id NOT IN (SELECT id 
 DUPLICATE_STOCK = ("SELECT count(*) FROM (SELECT 1 FROM stock_keys WHERE key_hash IS NOT NULL "
                    "GROUP BY store, product_id, key_hash HAVING count(*) > 1) AS d")
 STATES = "SELECT state, count(*) FROM jobs GROUP BY state"
+UNFINISHED = ("queued", "running", "retry_wait", "waiting")
 BTREE_INDEXES = """
     SELECT c.oid::regclass::text FROM pg_index i
     JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
@@ -80,6 +83,27 @@ def check_database(database: Path | str) -> DatabaseReport:
     if not report.integrity.startswith("ok"):
         report.problems.append(f"integrity check: {report.integrity}")
     return report
+
+
+def unfinished_jobs(database: Path | str) -> int:
+    """Jobs not yet in a final state (read-only; a database error counts as unsettled)."""
+    engine = create_engine(database_url(database))
+    try:
+        with engine.connect() as conn:
+            return sum(int(n) for state, n in conn.execute(text(STATES)).all() if state in UNFINISHED)
+    except SQLAlchemyError:
+        return -1
+    finally:
+        engine.dispose()
+
+
+async def wait_settled(database: Path | str, deadline: float) -> None:
+    """Wait until the daemons have recorded every job as final: the marketplace's record can be ahead of theirs
+    (a delivery accepted but answered late is still in flight), and stopping then would leave it running."""
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(unfinished_jobs, database) == 0:
+            return
+        await asyncio.sleep(0.1)
 
 
 def _sqlite_integrity(conn: Connection) -> str:

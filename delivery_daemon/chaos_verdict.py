@@ -14,8 +14,6 @@ from pathlib import Path
 from . import chaos_database
 from .reference.softstore import SoftStoreMarketplace
 
-UNFINISHED = ("queued", "running", "retry_wait", "waiting")
-
 
 @dataclass
 class Verdict:
@@ -96,7 +94,7 @@ def check_database(verdict: Verdict, database: Path | str) -> None:
     states = report.states
     verdict.integrity = report.integrity
     verdict.violations.extend(f"database: {problem}" for problem in report.problems)
-    verdict.unfinished = sum(int(states.get(state, 0)) for state in UNFINISHED)
+    verdict.unfinished = sum(int(states.get(state, 0)) for state in chaos_database.UNFINISHED)
     if verdict.unfinished:
         verdict.violations.append(f"jobs left unfinished after the drain: {states}")
     if int(states.get("delivered", 0)) != verdict.delivered:

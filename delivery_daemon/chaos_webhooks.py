@@ -50,6 +50,7 @@ from .chaos import (
     later,
     outage,
 )
+from .chaos_database import wait_settled
 from .chaos_verdict import Verdict, check_database, check_log
 from .errors import WebhookRejected
 from .reference.drop import DroppableApp, drop_connection
@@ -317,6 +318,7 @@ async def run_webhook_chaos(options: ChaosOptions, marketplace: str, rng: random
         faults.calm()
         say(f"chaos: kills and outage done at {time.monotonic() - started:.1f} s")
         await _wait_delivered(sink, list(side.quantities), deadline)
+        await wait_settled(workdir / "chaos.db", deadline)
         await asyncio.sleep(0.5)  # a late duplicate delivery would land in this window
         exit_status = await daemon.stop()
     verdict = judge_sink(sink, paid=side.quantities, forged=forged, forged_answers=side.forged_answers,
