@@ -35,6 +35,8 @@ class Product:
     generator: Generator
     options: Mapping[str, Any]
     template: str
+    listed_count: int | None = None
+    """A fixed stock count to show on the marketplace (``listed_count``), whatever the generator has."""
 
 
 @dataclass
@@ -91,7 +93,7 @@ def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: st
         generator = _instantiate(plugin, options, resources)
     except Exception as exc:
         raise ConfigError(f"{path}.generator", f"{product.generator} failed to start: {exc}") from None
-    return Product(product.generator, generator, options.model_dump(), template)
+    return Product(product.generator, generator, options.model_dump(), template, product.listed_count)
 
 
 def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
