@@ -142,6 +142,11 @@ class StockSync:
         self._scheduler.start()
         self._arm()
 
+    async def wait_idle(self) -> None:
+        """Return once the debounce timer has nothing left to sync (it keeps going while a sync keeps failing)."""
+        while self._timer is not None and not self._timer.done():
+            await asyncio.shield(self._timer)
+
     async def stop(self) -> None:
         self._started = False
         if self._scheduler is not None:

@@ -225,3 +225,34 @@ def test_stock_sync_settings_are_validated() -> None:
         parse_settings({"stores": [{"name": "s", "marketplace": "softstore",
                                     "products": {"p": {"generator": "pattern", "listed_count": -3}}}]}, environ={})
     assert str(caught.value).startswith("stores[0].products.p.listed_count: ")
+
+
+async def test_running_daemon_syncs_on_its_own_after_deliveries(make_stack: Any) -> None:
+    """With the worker running, a delivery starts the debounce timer and the count is synced without a command."""
+    # prod-2 is at the marketplace from the start, so the pass at start-up succeeds (it lists 0: nothing imported).
+    async with make_stack(start_worker=True, products={"prod-2": {"generator": "stock"}},
+                          stock_sync={"debounce": 0}) as stack:
+        import_keys(stack, 5, product="prod-2")
+        sync = stack.daemon.stock_sync
+        sync.mark(STORE, "prod-2")  # what the worker does after a delivery; the timer flushes it
+        await sync.wait_idle()
+        assert stack.market.products["prod-2"].count == 5
+        assert sync.pending == {}
+
+
+async def test_disabled_stock_sync_marks_nothing(make_stack: Any, tmp_path: Path) -> None:
+    """With stock_sync.enabled false, deliveries mark nothing and stock import does not touch the marketplace."""
+    async with make_stack(products=STOCK_PRODUCTS, stock_sync={"enabled": False}) as stack:
+        stack.market.add_product(SERIALS, count=1000)
+        import_keys(stack, 5)
+        await deliver(stack, SERIALS, 1)
+        assert stack.daemon.stock_sync.pending == {}
+        config = cli_config(tmp_path, stack)
+        document = yaml.safe_load(config.read_text())
+        config.write_text(yaml.safe_dump({**document, "stock_sync": {"enabled": False}}))
+        keys = tmp_path / "keys.txt"
+        keys.write_text("NEW-1\n")
+        before = len(stack.market.requests)
+        assert await anyio.to_thread.run_sync(main, ["stock", "import", "--config", str(config), "--store", STORE,
+                                                     "--product", SERIALS, str(keys)]) == 0
+        assert not [r for r in stack.market.requests[before:] if "/products/" in r.path]
