@@ -84,6 +84,7 @@ async def test_stock_import_no_sync_leaves_the_marketplace_alone(make_stack: Any
         assert stack.market.products[SERIALS].count == 1000
 
 
+@pytest.mark.contract("stock_remaining")
 async def test_deliveries_are_synced_once_after_the_debounce(make_stack: Any) -> None:
     """Several deliveries make one update, sent only once the debounce is over, with the pool's count."""
     async with make_stack(products=STOCK_PRODUCTS, stock_sync={"debounce": 10}) as stack:
@@ -180,6 +181,7 @@ async def test_failed_sync_is_retried_and_logged_without_blocking_delivery(make_
         assert stack.market.products[SERIALS].count == 7
 
 
+@pytest.mark.contract("stock_remaining")
 async def test_unlimited_generator_is_left_alone(make_stack: Any) -> None:
     """A product with an unlimited generator (pattern) and no listed_count is never read or updated."""
     async with make_stack() as stack:
