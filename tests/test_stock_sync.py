@@ -258,3 +258,19 @@ async def test_disabled_stock_sync_marks_nothing(make_stack: Any, tmp_path: Path
         assert await anyio.to_thread.run_sync(main, ["stock", "import", "--config", str(config), "--store", STORE,
                                                      "--product", SERIALS, str(keys)]) == 0
         assert not [r for r in stack.market.requests[before:] if "/products/" in r.path]
+
+
+async def test_sync_stock_one_product_served_by_a_default_stock_generator(make_stack: Any, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``--product`` syncs a product id the store's ``default: stock`` serves (asked by id, not configured)."""
+    async with make_stack() as stack:
+        import_keys(stack, 4, product="prod-2")
+        path = tmp_path / "default.yaml"
+        path.write_text(yaml.safe_dump({"database": {"url": stack.settings.database.url}, "stores": [
+            {"name": STORE, "marketplace": "softstore", "api_url": stack.market.api_base, "api_key": stack.api_key,
+             "default": {"generator": "stock"}}]}))
+        argv = ["softstore", "sync-stock", "--config", str(path), "--store", STORE, "--product", "prod-2"]
+        assert await anyio.to_thread.run_sync(main, argv) == 0
+        assert capsys.readouterr().out.strip() == f"{STORE}/prod-2: listed count 1000 -> 4"
+        assert stack.market.products["prod-2"].count == 4
+        assert stack.market.products[PRODUCT].count == 1000  # not asked for, not touched
