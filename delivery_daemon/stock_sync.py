@@ -238,6 +238,7 @@ async def sync_once(settings: Settings, *, marketplaces: Sequence[MarketplaceTyp
     """One sync from a command's own process (``stock import``, ``softstore sync-stock``): every product of
     ``stores`` (all by default), or only ``product`` of the single store given."""
     from .db import create_db_engine, create_schema
+    from .logs import REDACTOR
     from .netguard import NetPolicy
     from .resources import ResourceHub
     from .stores import build_stores
@@ -245,6 +246,8 @@ async def sync_once(settings: Settings, *, marketplaces: Sequence[MarketplaceTyp
     clock = clock or SystemClock()
     hub = ResourceHub(clock=clock, policy=NetPolicy.from_settings(settings.security))
     built = build_stores(settings, marketplaces, plugins, clock, transport, hub=hub)
+    for store in built.values():  # a failure's log line must not carry an API key or a JWT
+        REDACTOR.add_source(store.marketplace.secrets)
     for name in stores or ():
         if name not in built:
             raise ConfigError("--store", f"no store named {name!r}")
@@ -252,7 +255,7 @@ async def sync_once(settings: Settings, *, marketplaces: Sequence[MarketplaceTyp
                               busy_timeout_ms=settings.database.busy_timeout_ms)
     try:
         create_schema(engine)
-        hub.engine = engine
+        hub.engine = engine  # no cipher: a sync only counts keys, it never opens them
         sync = StockSync(lambda: built, settings.stock_sync, clock)
         if product is not None and stores:
             result = await sync.sync_product(stores[0], product)
