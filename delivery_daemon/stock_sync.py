@@ -108,12 +108,21 @@ class StockSync:
     def mark(self, store: str, product_id: str) -> None:
         """Note that the product's stock may have changed; it is synced ``debounce`` seconds after the first mark.
         Never blocks and never raises."""
-        if not self.settings.enabled:
+        if not self.settings.enabled or not self._takes_part(store, product_id):
             return
         key = (store, product_id)
         self._known.add(key)
         self._pending.setdefault(key, self.clock.now() + self.settings.debounce)
         self._arm()
+
+    def _takes_part(self, store_name: str, product_id: str) -> bool:
+        """Whether a sync could do anything for the product (a few lookups; no I/O)."""
+        store = self._stores().get(store_name)
+        if store is None or not isinstance(store.marketplace, StockListing):
+            return False
+        product = store.product(product_id)
+        return product is not None and (product.listed_count is not None
+                                        or callable(getattr(product.generator, "stock_remaining", None)))
 
     @property
     def pending(self) -> dict[Key, float]:

@@ -274,3 +274,14 @@ async def test_sync_stock_one_product_served_by_a_default_stock_generator(make_s
         assert capsys.readouterr().out.strip() == f"{STORE}/prod-2: listed count 1000 -> 4"
         assert stack.market.products["prod-2"].count == 4
         assert stack.market.products[PRODUCT].count == 1000  # not asked for, not touched
+
+
+async def test_unlimited_products_are_not_even_marked(make_stack: Any) -> None:
+    """Deliveries of a product stock sync would skip leave nothing pending (no timer wakes up for them)."""
+    async with make_stack(products=STOCK_PRODUCTS) as stack:
+        stack.market.add_product(SERIALS, count=1000)
+        import_keys(stack, 2)
+        await deliver(stack, PRODUCT, 2)
+        assert stack.daemon.stock_sync.pending == {}
+        await deliver(stack, SERIALS, 1)
+        assert set(stack.daemon.stock_sync.pending) == {(STORE, SERIALS)}
