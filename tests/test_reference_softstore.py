@@ -527,6 +527,8 @@ async def test_control_endpoints_drive_the_marketplace(
     assert resent.json()["webhook_status"] == 200 and receiver.payloads[-1]["id_product"] == "x"
     faults = await control.post("/faults", json={"fail_next_deliveries": 1, "status": 500})
     assert faults.json()["pending"]["deliveries"] == ["fail"]
+    updates = await control.post("/faults", json={"fail_next_product_updates": 2, "status": 502})
+    assert updates.json()["pending"]["product_updates"] == 2
     auth = await login(api)
     assert (await deliver(api, auth, placed["token"], {"text": "K"})).status_code == 500
     assert (await deliver(api, auth, placed["token"], {"text": "K"})).status_code == 200
