@@ -33,6 +33,7 @@ from .rekey import seal_at_start
 from .resources import ResourceHub
 from .retention import RetentionService
 from .stock import StockError
+from .stock_sync import StockSync
 from .stores import Store, build_stores
 from .worker import GENERATOR_BUDGET, Worker
 
@@ -49,6 +50,7 @@ class Daemon:
     clock: Clock
     resources: ResourceHub
     metrics: Metrics
+    stock_sync: StockSync
     limiter: RateLimiter | None = None
 
     def metrics_webhook(self, store: str, result: str) -> None:
@@ -96,11 +98,12 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     backoff = Backoff(settings.delivery.retry_schedule, jitter=settings.delivery.jitter)
     daemon_ref: dict[str, Daemon] = {}
     observer = Metrics(clock)
+    stock_sync = StockSync(lambda: daemon_ref["d"].stores, settings.stock_sync, clock)
     worker = Worker(queue, lambda: daemon_ref["d"].stores, settings.worker, backoff, clock,
                     generator_budget=generator_budget if generator_budget is not None else GENERATOR_BUDGET,
-                    observer=observer)
+                    observers=[observer, stock_sync])
     daemon = Daemon(settings=settings, engine=engine, queue=queue, stores=stores, worker=worker, clock=clock,
-                    metrics=observer, resources=hub,
+                    metrics=observer, stock_sync=stock_sync, resources=hub,
                     limiter=RateLimiter(settings.server.rate_limit, settings.server.store_rate_limits, clock))
     daemon_ref["d"] = daemon
     return daemon
@@ -121,6 +124,7 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
         retention = None
         if start_worker:
             await daemon.worker.start()
+            await daemon.stock_sync.start()
             if settings.retention.days is not None:
                 retention = RetentionService(daemon.engine, daemon.clock, settings.retention.days,
                                              settings.retention.interval)
@@ -135,6 +139,7 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
             if retention is not None:
                 retention.stop()
             if start_worker:
+                await daemon.stock_sync.stop()
                 await daemon.worker.stop(settings.worker.shutdown_grace)
             await daemon.aclose()
 

@@ -160,12 +160,29 @@ class StatusSettings(_Model):
         return self
 
 
+class StockSyncSettings(_Model):
+    """Keep a product's listed count on the marketplace equal to the keys left in the pool (``stock_sync.py``).
+
+    After deliveries a sync runs at most ``debounce`` seconds after the first one (one call for many orders), and a
+    full pass runs every ``interval`` seconds (which also retries failed syncs).
+    """
+
+    enabled: bool = True
+    debounce: float = Field(default=10.0, ge=0, le=3600)
+    interval: float = Field(default=300.0, gt=0)
+
+
 class ProductSettings(_Model):
-    """How one product is fulfilled: a generator, its options and the delivery text template."""
+    """How one product is fulfilled: a generator, its options and the delivery text template.
+
+    ``listed_count`` is the stock count to show on the marketplace for a product whose generator is unlimited
+    (stock sync leaves such products alone unless it is set); for a ``stock`` product it replaces the pool's count.
+    """
 
     generator: str
     options: dict[str, Any] = Field(default_factory=dict)
     template: str = "{keys_lines}"
+    listed_count: int | None = Field(default=None, ge=0)
 
 
 class SignatureSettings(_Model):
@@ -255,6 +272,7 @@ class Settings(_Model):
     plugins: PluginSettings = PluginSettings()
     security: SecuritySettings = SecuritySettings()
     status: StatusSettings = StatusSettings()
+    stock_sync: StockSyncSettings = StockSyncSettings()
     stores: tuple[StoreSettings, ...] = ()
 
     @model_validator(mode="after")

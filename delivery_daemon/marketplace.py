@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 import httpx
 
@@ -105,6 +105,25 @@ class Marketplace(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class StockListing(Protocol):
+    """Optional for an adapter: the marketplace shows a stock count per product and the seller may set it.
+
+    Stock sync (:mod:`~delivery_daemon.stock_sync`) uses it for adapters that have it. Setting the count must not
+    send the product back to moderation. Both raise a
+    :class:`~delivery_daemon.errors.DeliveryDaemonError` (e.g. MarketplaceError) when the marketplace says no or
+    cannot be reached.
+    """
+
+    async def listed_count(self, product_id: str) -> int:
+        """The count the marketplace shows for the product now."""
+        ...
+
+    async def set_listed_count(self, product_id: str, count: int) -> None:
+        """Set the count the marketplace shows for the product."""
+        ...
 
 
 class MarketplaceType(Protocol):

@@ -106,9 +106,12 @@ async def _stock(generator: Any) -> int | None:
     if not callable(method):
         return None
     try:
-        value = method()
-        if inspect.isawaitable(value):
-            value = await value
+        if inspect.iscoroutinefunction(method):
+            value = await method()
+        else:  # in a thread: the stock plugin's count is a database query, and a scrape must not stall deliveries
+            value = await anyio.to_thread.run_sync(method)
+            if inspect.isawaitable(value):
+                value = await value
     except Exception as exc:  # a plugin's bug must not break the scrape
         log.warning("metrics.stock_failed", generator=type(generator).__name__, error=f"{type(exc).__name__}")
         return None

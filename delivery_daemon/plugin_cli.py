@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import Engine, func, select
 
 from .clock import SystemClock
@@ -75,7 +76,31 @@ def cmd_stock_import(args: argparse.Namespace) -> int:
         engine.dispose()
     print(f"imported {result.added} keys for {args.store}/{args.product}, skipped {result.duplicates} duplicates;"
           f" {len(woken)} waiting orders requeued")
+    if settings.stock_sync.enabled and not args.no_sync:
+        _sync_listed_count(settings, args.store, args.product)
     return 0
+
+
+def _sync_listed_count(settings: Settings, store: str, product: str) -> None:
+    """Set the product's listed count on the marketplace now (best effort: the import has succeeded whatever
+    happens here, and the running daemon's periodic pass retries within ``stock_sync.interval``)."""
+    from .cli import default_marketplaces
+    from .errors import DeliveryDaemonError
+    from .logs import configure_logging
+    from .plugins import discover
+    from .stock_sync import describe, sync_once
+
+    if not structlog.is_configured():  # a command line of its own; an embedding app keeps its logging
+        configure_logging(settings.logging.format, "error", stream=sys.stderr)  # stdout is the command's output
+    try:
+        results = asyncio.run(sync_once(settings, marketplaces=default_marketplaces(),
+                                        plugins=dict(discover(settings.plugins.directory)), stores=[store],
+                                        product=product))
+    except DeliveryDaemonError as exc:
+        print(f"listed count not synced: {exc}")
+        return
+    for outcome in results:
+        print(describe(outcome) + (" (the running daemon retries)" if outcome.outcome == "failed" else ""))
 
 
 def cmd_stock_status(args: argparse.Namespace) -> int:
@@ -151,6 +176,8 @@ def register(sub: Any) -> None:
     importing.add_argument("--config", required=True)
     importing.add_argument("--store", required=True)
     importing.add_argument("--product", required=True)
+    importing.add_argument("--no-sync", action="store_true",
+                           help="do not set the product's listed count on the marketplace now")
     importing.add_argument("file")
     importing.set_defaults(func=cmd_stock_import)
     status = stock.add_parser("status", help="keys remaining and issued, and orders waiting, per product")

@@ -250,6 +250,15 @@ class StockPool:
             log.info("stock.sealed", count=sealed, rotated=rotate, encrypted=self.cipher is not None)
         return sealed
 
+    def available(self, store: str, product_id: str) -> int:
+        """How many keys of the product nobody holds (0 when none were imported)."""
+        free = and_(KEYS.c.store == store, KEYS.c.product_id == product_id, KEYS.c.claimed_by.is_(None))
+        try:
+            with self.engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(KEYS).where(free)).scalar_one())
+        except SQLAlchemyError as exc:
+            raise StockError(f"database error: {type(exc).__name__}") from exc
+
     def levels(self, store: str | None = None) -> list[StockLevel]:
         """Available and issued keys per (store, product), sorted."""
         free = case((KEYS.c.claimed_by.is_(None), 1), else_=0)

@@ -37,6 +37,8 @@ class Product:
     template: str
     secrets: tuple[str, ...] = ()
     """Option values declared secret (``SecretStr``), for the log redactor."""
+    listed_count: int | None = None
+    """A fixed stock count to show on the marketplace (``listed_count``), whatever the generator has."""
 
 
 @dataclass
@@ -122,7 +124,8 @@ def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: st
         generator = _instantiate(plugin, options, resources)
     except Exception as exc:
         raise ConfigError(f"{path}.generator", f"{product.generator} failed to start: {exc}") from None
-    return Product(product.generator, generator, options.model_dump(), template, tuple(secret_values(options)))
+    return Product(product.generator, generator, options.model_dump(), template, tuple(secret_values(options)),
+                   product.listed_count)
 
 
 def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],

@@ -14,7 +14,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import structlog
@@ -40,19 +40,32 @@ GENERATOR_BUDGET = 30.0
 
 
 class Observer(Protocol):
-    """Told about outcomes as they are committed (metrics). Must not block or raise."""
+    """Told about outcomes as they are committed (metrics, stock sync). Must not block or raise."""
 
     def job_finished(self, job: Job, change: Transition) -> None: ...
 
     def generated(self, generator: str, seconds: float) -> None: ...
 
 
-class NoObserver:
+class Observers:
+    """Several observers as one, told in order; one that raises is logged and does not stop the others."""
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self.observers = tuple(observers)
+
     def job_finished(self, job: Job, change: Transition) -> None:
-        pass
+        for observer in self.observers:
+            try:
+                observer.job_finished(job, change)
+            except Exception as exc:  # an observer's bug must not turn a committed outcome into a retry
+                log.error("observer.failed", observer=type(observer).__name__, error=type(exc).__name__)
 
     def generated(self, generator: str, seconds: float) -> None:
-        pass
+        for observer in self.observers:
+            try:
+                observer.generated(generator, seconds)
+            except Exception as exc:
+                log.error("observer.failed", observer=type(observer).__name__, error=type(exc).__name__)
 
 
 def make_owner() -> str:
@@ -63,7 +76,7 @@ def make_owner() -> str:
 class Worker:
     def __init__(self, queue: JobQueue, stores: Callable[[], Mapping[str, Store]], settings: WorkerSettings,
                  backoff: Backoff, clock: Clock, *, owner: str | None = None,
-                 generator_budget: float = GENERATOR_BUDGET, observer: Observer | None = None) -> None:
+                 generator_budget: float = GENERATOR_BUDGET, observers: Sequence[Observer] = ()) -> None:
         self.queue = queue
         self._stores = stores
         self.settings = settings
@@ -71,7 +84,7 @@ class Worker:
         self.clock = clock
         self.owner = owner or make_owner()
         self.generator_budget = generator_budget
-        self.observer: Observer = observer or NoObserver()
+        self.observer: Observer = Observers(observers)
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None

@@ -4,6 +4,9 @@ Each key goes to exactly one order; the claim is atomic in the database (see :mo
 idempotent per order, so a retried order gets the same keys. With too few keys left the order waits (OutOfStock)
 and is delivered after the next import. ``low_stock_threshold`` logs one ``stock.low`` event each time the number of
 keys left drops to or below it.
+
+``stock_remaining()`` reports the keys left for the configured product (the ``delivery_daemon_stock_remaining``
+metric and stock sync read it); a store's ``default`` product serves many product ids, so it is asked with one.
 """
 
 from __future__ import annotations
@@ -35,3 +38,10 @@ class StockGenerator:
                                           order.idempotency_key, order.quantity,
                                           low_threshold=self.options.low_stock_threshold)
         return Generated(keys=keys)
+
+    def stock_remaining(self, product_id: str | None = None) -> int | None:
+        """Keys nobody holds for ``product_id`` (default: the configured product); None when there is no product."""
+        product = product_id or self.resources.product_id
+        if product is None:
+            return None
+        return self.resources.stock.available(self.resources.store, product)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from delivery_daemon.generator import Generated, OrderContext
@@ -72,6 +73,7 @@ class Stocked:
         return Generated(keys=[f"KEY-{self.left + i}" for i in range(order.quantity)])
 
 
+@pytest.mark.contract("stock_remaining")
 async def test_stock_gauge_follows_generator(stack: Stack) -> None:
     """delivery_daemon_stock_remaining reports a generator's stock_remaining() and drops as keys go out."""
     store = stack.daemon.stores[STORE]
@@ -103,3 +105,19 @@ async def test_admin_address_is_separate(make_stack: object) -> None:
             assert ("delivery_daemon_jobs", (("state", "queued"),)) in samples
             assert (await stack.client.get(f"{admin.url}/healthz")).status_code == 200
             assert (await stack.client.post(f"{admin.url}/webhooks/{STORE}", json={})).status_code == 404
+
+
+@pytest.mark.contract("stock_remaining")
+async def test_stock_gauge_reports_the_stock_plugin(make_stack: object) -> None:
+    """The ``stock`` generator reports the keys left in the pool, so the gauge is there for stock products."""
+    from delivery_daemon.stock import StockPool
+
+    async with make_stack(products={"serials": {"generator": "stock"}}) as stack:  # type: ignore[operator]
+        stack.market.add_product("serials")
+        StockPool(stack.daemon.engine, stack.clock).import_keys(STORE, "serials", ["A", "B", "C"])
+        assert value(await scrape(stack.client, stack.url), "delivery_daemon_stock_remaining", store=STORE,
+                     product="serials") == 3
+        await stack.market.place_order("serials", 2)
+        await stack.drain()
+        assert value(await scrape(stack.client, stack.url), "delivery_daemon_stock_remaining", store=STORE,
+                     product="serials") == 1

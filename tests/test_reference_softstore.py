@@ -527,6 +527,8 @@ async def test_control_endpoints_drive_the_marketplace(
     assert resent.json()["webhook_status"] == 200 and receiver.payloads[-1]["id_product"] == "x"
     faults = await control.post("/faults", json={"fail_next_deliveries": 1, "status": 500})
     assert faults.json()["pending"]["deliveries"] == ["fail"]
+    updates = await control.post("/faults", json={"fail_next_product_updates": 2, "status": 502})
+    assert updates.json()["pending"]["product_updates"] == 2
     auth = await login(api)
     assert (await deliver(api, auth, placed["token"], {"text": "K"})).status_code == 500
     assert (await deliver(api, auth, placed["token"], {"text": "K"})).status_code == 200
@@ -585,3 +587,15 @@ async def test_run_marketplace_serves_and_logs_no_secrets() -> None:
     text = repr(logs)
     for secret in (KEY, token["access_token"], placed["token"], placed["payload"]["signature"]):
         assert secret not in text
+
+
+async def test_fault_fail_next_product_updates(market: SoftStoreMarketplace, api: httpx.AsyncClient) -> None:
+    """fail_next_product_updates(1, 503): the next product update answers 503 and changes nothing, then works."""
+    auth = await login(api)
+    market.faults.fail_next_product_updates(1, 503)
+    failed = await api.post(f"/products/update/{PRODUCT}", headers=auth, json={"count": 3})
+    assert failed.status_code == 503
+    assert market.products[PRODUCT].count != 3
+    ok = await api.post(f"/products/update/{PRODUCT}", headers=auth, json={"count": 3})
+    assert ok.status_code == 200 and market.products[PRODUCT].count == 3
+    assert market.faults.injected["product_update_fail"] == 1

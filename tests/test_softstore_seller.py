@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -94,3 +95,26 @@ def test_check_config_does_not_fail_when_marketplace_is_down(market: SoftStoreMa
     market.faults.down(True)
     assert main(["check-config", "--config", str(config)]) == 0
     assert "not reachable now" in capsys.readouterr().out
+
+
+async def test_connect_then_orders_reach_the_daemon(make_stack: Any, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """End to end: connect points SoftStore at the daemon, --check agrees, and the next order is delivered."""
+    import anyio
+
+    from tests.conftest import PRODUCT, STORE
+
+    async with make_stack() as stack:
+        stack.market.seller_url = None
+        path = tmp_path / "stack.yaml"
+        path.write_text(yaml.safe_dump({"database": {"url": stack.settings.database.url}, "stores": [
+            {"name": STORE, "marketplace": "softstore", "api_url": stack.market.api_base, "api_key": stack.api_key,
+             "default": {"generator": "pattern"}}]}))
+        argv = ["softstore", "connect", "--config", str(path), "--store", STORE, "--public-url", stack.webhook_url]
+        assert await anyio.to_thread.run_sync(main, argv) == 0
+        assert await anyio.to_thread.run_sync(main, [*argv, "--check"]) == 0
+        assert f"{stack.webhook_url} (matches)" in capsys.readouterr().out
+        placed = await stack.market.place_order(PRODUCT)
+        assert placed.webhook_status == 200
+        await stack.drain()
+        assert stack.market.accepted(placed.id_order) is not None

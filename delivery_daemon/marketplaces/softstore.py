@@ -201,6 +201,18 @@ class SoftStoreAdapter:
 
         return await store_status(self, self.store)
 
+    async def listed_count(self, product_id: str) -> int:
+        """The product's ``count`` on SoftStore (:class:`~delivery_daemon.marketplace.StockListing`)."""
+        from .softstore_seller import SellerApi, listed_count
+
+        return await listed_count(SellerApi(self), product_id)
+
+    async def set_listed_count(self, product_id: str, count: int) -> None:
+        """Set the product's ``count`` on SoftStore (no moderation) for stock sync."""
+        from .softstore_seller import SellerApi, set_listed_count
+
+        await set_listed_count(SellerApi(self), product_id, count, self.store)
+
     def secrets(self) -> list[str]:
         return [s for s in (self._api_key, self._signing_key, self.tokens.current, *self.recent_tokens) if s]
 

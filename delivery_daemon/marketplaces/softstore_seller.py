@@ -4,6 +4,10 @@
 SoftStore sends paid-order webhooks) through ``POST /seller/profile``, reads it back with ``GET /seller`` and reports
 what changed; ``--check`` only compares. The marketplace's validation messages ("Invalid API URL", …) are shown as
 one line. "Points at this daemon" means the seller's ``api_url`` ends with ``/webhooks/<store name>``.
+
+``delivery-daemon softstore sync-stock --config C [--store S]`` sets each stock product's ``count`` on SoftStore to
+the keys left in the pool now (see :mod:`delivery_daemon.stock_sync`), printing one line per product; exit 1 when
+a product could not be synced.
 """
 
 from __future__ import annotations
@@ -11,16 +15,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+import structlog
 
 from ..clock import SystemClock
-from ..config import load_settings
+from ..config import StoreSettings, load_settings
 from ..errors import ConfigError, DeliveryDaemonError, MarketplaceError, Retry
 from ..marketplace import AdapterContext, message_of
 from .softstore import SoftStoreAdapter
+
+log = structlog.get_logger("delivery_daemon.softstore")
 
 
 class SellerApi:
@@ -49,6 +58,33 @@ class SellerApi:
 
     async def update_profile(self, **fields: str) -> dict[str, Any]:
         return await self._call("POST", "/seller/profile", json=fields)
+
+    async def product(self, product_id: str) -> dict[str, Any]:
+        """``GET /products/info/{id}``: the product object (``id``, ``count``, ``status_moderation``, …)."""
+        product = (await self._call("GET", f"/products/info/{quote(product_id, safe='')}")).get("product")
+        if not isinstance(product, dict):
+            raise MarketplaceError("SoftStore's product answer is unreadable")
+        return product
+
+    async def update_product(self, product_id: str, **fields: Any) -> dict[str, Any]:
+        """``POST /products/update/{id}``; the answer has ``moderation``: whether the product went back to review."""
+        return await self._call("POST", f"/products/update/{quote(product_id, safe='')}", json=fields)
+
+
+async def listed_count(api: SellerApi, product_id: str) -> int:
+    """The ``count`` SoftStore shows for the product."""
+    count = (await api.product(product_id)).get("count")
+    try:
+        return int(str(count))
+    except ValueError:
+        raise MarketplaceError(f"SoftStore's count for product {product_id} is unreadable") from None
+
+
+async def set_listed_count(api: SellerApi, product_id: str, count: int, store: str) -> None:
+    """Set ``count`` alone: a field SoftStore documents as not triggering moderation (logged if it did anyway)."""
+    answer = await api.update_product(product_id, count=count)
+    if answer.get("moderation"):
+        log.warning("stock_sync.moderation", store=store, product_id=product_id)
 
 
 def points_here(api_url: str | None, store: str) -> bool:
@@ -84,15 +120,21 @@ async def store_status(adapter: SoftStoreAdapter, store: str) -> str:
             f"api_url {api_url} ({where})")
 
 
+def _softstore_index(stores: Sequence[StoreSettings], name: str) -> int:
+    """Where the SoftStore store ``name`` is in the configuration, or a ConfigError."""
+    for index, store in enumerate(stores):
+        if store.name == name:
+            if store.marketplace != "softstore":
+                raise ConfigError(f"stores[{index}].marketplace", f"store {name!r} is not a SoftStore store")
+            return index
+    raise ConfigError("stores", f"no store named {name!r}")
+
+
 def _adapter(config: str, store_name: str, transport: httpx.AsyncBaseTransport | None = None) -> SoftStoreAdapter:
     settings = load_settings(config)
-    for index, store in enumerate(settings.stores):
-        if store.name == store_name:
-            if store.marketplace != "softstore":
-                raise ConfigError(f"stores[{index}].marketplace", f"store {store_name!r} is not a SoftStore store")
-            return SoftStoreAdapter(AdapterContext(store=store, path=f"stores[{index}]", clock=SystemClock(),
-                                                   delivery=settings.delivery, transport=transport))
-    raise ConfigError("stores", f"no store named {store_name!r}")
+    index = _softstore_index(settings.stores, store_name)
+    return SoftStoreAdapter(AdapterContext(store=settings.stores[index], path=f"stores[{index}]", clock=SystemClock(),
+                                           delivery=settings.delivery, transport=transport))
 
 
 async def _connect_command(args: argparse.Namespace) -> int:
@@ -120,6 +162,31 @@ async def _connect_command(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _sync_stock_command(args: argparse.Namespace) -> int:
+    from ..cli import default_marketplaces
+    from ..logs import configure_logging
+    from ..plugins import discover
+    from ..stock_sync import describe, sync_once
+
+    settings = load_settings(args.config)
+    softstore = [store.name for store in settings.stores if store.marketplace == "softstore"]
+    if args.store is not None:
+        _softstore_index(settings.stores, args.store)
+        softstore = [args.store]
+    elif args.product is not None:
+        raise ConfigError("--product", "needs --store")
+    if not structlog.is_configured():  # a command line of its own; an embedding app keeps its logging
+        configure_logging(settings.logging.format, "warning", stream=sys.stderr)  # stdout is the command's output
+    results = await sync_once(settings, marketplaces=default_marketplaces(),
+                              plugins=dict(discover(settings.plugins.directory)), stores=softstore,
+                              product=args.product)
+    if not results:
+        print("no stock products to sync (a product needs the stock generator or a listed_count)")
+    for result in results:
+        print(describe(result))
+    return 1 if any(result.outcome == "failed" for result in results) else 0
+
+
 def register(sub: Any) -> None:
     group = sub.add_parser("softstore", help="SoftStore seller tooling").add_subparsers(dest="softstore_command",
                                                                                          required=True)
@@ -129,3 +196,8 @@ def register(sub: Any) -> None:
     conn.add_argument("--public-url", required=True, help="e.g. https://seller.example/webhooks/main")
     conn.add_argument("--check", action="store_true", help="only compare; exit 1 when it differs")
     conn.set_defaults(func=lambda args: asyncio.run(_connect_command(args)))
+    sync = group.add_parser("sync-stock", help="set each stock product's count on SoftStore to the keys left")
+    sync.add_argument("--config", required=True)
+    sync.add_argument("--store", help="only this store (default: every SoftStore store)")
+    sync.add_argument("--product", help="only this product id (with --store; e.g. one served by the default)")
+    sync.set_defaults(func=lambda args: asyncio.run(_sync_stock_command(args)))

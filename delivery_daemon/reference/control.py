@@ -8,8 +8,8 @@ Errors answer ``{"status": "error", "message": ...}`` with 400 (bad input) or 40
 * ``POST /_reference/orders/{id}/status`` ``{status}``
 * ``GET /_reference/orders/{id}`` -> the order record, its deliveries, the accepted one and its webhooks
 * ``POST /_reference/faults`` any of ``fail_next_deliveries`` (+ ``status``), ``drop_next_deliveries``,
-  ``slow_next_deliveries`` (+ ``seconds``), ``fail_next_order_info`` (+ ``status``), ``expire_tokens``,
-  ``down``, ``clear`` -> ``{"injected", "pending"}``
+  ``slow_next_deliveries`` (+ ``seconds``), ``fail_next_order_info`` (+ ``status``),
+  ``fail_next_product_updates`` (+ ``status``), ``expire_tokens``, ``down``, ``clear`` -> ``{"injected", "pending"}``
 * ``GET /_reference/summary`` -> counts (see ``SoftStoreMarketplace.summary``)
 """
 
@@ -145,7 +145,7 @@ def control_routes(market: SoftStoreMarketplace) -> list[BaseRoute]:
         data = await _json_object(request)
         known = {
             "fail_next_deliveries", "drop_next_deliveries", "slow_next_deliveries", "fail_next_order_info",
-            "expire_tokens", "down", "clear", "status", "seconds",
+            "fail_next_product_updates", "expire_tokens", "down", "clear", "status", "seconds",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -165,6 +165,8 @@ def control_routes(market: SoftStoreMarketplace) -> list[BaseRoute]:
             f.slow_next_deliveries(_int(data, "slow_next_deliveries"), float(seconds))
         if "fail_next_order_info" in data:
             f.fail_next_order_info(_int(data, "fail_next_order_info"), status)
+        if "fail_next_product_updates" in data:
+            f.fail_next_product_updates(_int(data, "fail_next_product_updates"), status)
         if data.get("expire_tokens"):
             f.expire_tokens()
         if "down" in data:

@@ -2,9 +2,9 @@
 
 Delivery faults (fail / drop / slow) share one FIFO queue, so ``fail_next_deliveries(2)`` followed by
 ``drop_next_deliveries(1)`` makes the next three delivery POSTs fail, fail, drop. Order-info faults have their
-own queue. A fault is consumed by a request that got past the ``down`` switch and authentication, and is
-counted in ``injected`` when it is applied (``tokens_expired`` counts ``expire_tokens()`` calls, ``down``
-counts requests answered 503 by the switch).
+own queue, and so do product-update faults. A fault is consumed by a request that got past the ``down`` switch
+and authentication, and is counted in ``injected`` when it is applied (``tokens_expired`` counts
+``expire_tokens()`` calls, ``down`` counts requests answered 503 by the switch).
 
 A lock guards the queues so a test thread may arm faults while the server loop consumes them.
 """
@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 DeliveryFaultKind = Literal["fail", "drop", "slow"]
 INJECTED_KEYS = (
-    "delivery_fail", "delivery_drop", "delivery_slow", "order_info_fail", "tokens_expired", "down",
+    "delivery_fail", "delivery_drop", "delivery_slow", "order_info_fail", "product_update_fail", "tokens_expired",
+    "down",
 )
 
 
@@ -38,6 +39,7 @@ class Faults:
         self._lock = threading.Lock()
         self._deliveries: deque[DeliveryFault] = deque()
         self._order_info: deque[int] = deque()
+        self._product_updates: deque[int] = deque()
         self.is_down = False
         self.token_epoch = 0
         self.injected: dict[str, int] = dict.fromkeys(INJECTED_KEYS, 0)
@@ -68,6 +70,15 @@ class Faults:
         with self._lock:
             self._order_info.extend([status] * n)
 
+    def fail_next_product_updates(self, n: int, status: int = 500) -> None:
+        """The next ``n`` ``POST /products/update/{id}`` answer ``status`` and change nothing."""
+        if not 400 <= status <= 599:
+            raise ValueError("status must be an HTTP error status (400-599)")
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        with self._lock:
+            self._product_updates.extend([status] * n)
+
     def expire_tokens(self) -> None:
         """Every access token issued so far stops working now."""
         with self._lock:
@@ -83,6 +94,7 @@ class Faults:
         with self._lock:
             self._deliveries.clear()
             self._order_info.clear()
+            self._product_updates.clear()
             self.is_down = False
 
     # -- consuming (the marketplace calls these) -----------------------------------------------------------
@@ -101,6 +113,13 @@ class Faults:
             self.injected["order_info_fail"] += 1
             return self._order_info.popleft()
 
+    def take_product_update_fault(self) -> int | None:
+        with self._lock:
+            if not self._product_updates:
+                return None
+            self.injected["product_update_fail"] += 1
+            return self._product_updates.popleft()
+
     def note_down(self) -> None:
         with self._lock:
             self.injected["down"] += 1
@@ -111,6 +130,7 @@ class Faults:
             return {
                 "deliveries": [fault.kind for fault in self._deliveries],
                 "order_info": len(self._order_info),
+                "product_updates": len(self._product_updates),
                 "down": self.is_down,
             }
 

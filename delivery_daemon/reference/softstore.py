@@ -462,6 +462,10 @@ class SoftStoreMarketplace:
         return envelope({"product": product.info()})
 
     async def _product_update(self, request: Request, body: Any) -> Response:
+        status = self.faults.take_product_update_fault()
+        if status is not None:
+            log.info("reference.fault", kind="product_update_fail", status=status)
+            return error("Internal server error (injected)", status)
         product = self.products.get(request.path_params["id"])
         if product is None:
             return error("Product not found or access denied", 404)
