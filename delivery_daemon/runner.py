@@ -33,6 +33,7 @@ from .config import Settings, load_settings
 from .logs import REDACTOR
 from .marketplace import MarketplaceType
 from .metrics import create_admin_app
+from .protocol import header_deadline_protocol
 from .serving import bind_socket
 from .stores import Store, build_stores
 
@@ -50,9 +51,10 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float) -> _Server:
+def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float, header_timeout: float) -> _Server:
     return _Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False,
-                                  timeout_graceful_shutdown=max(1, round(grace)), server_header=False))
+                                  timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
+                                  http=header_deadline_protocol(header_timeout)))
 
 
 class Runner:
@@ -78,7 +80,8 @@ class Runner:
         if settings.admin.port is not None:
             listeners.append((create_admin_app(self.daemon), "off", settings.admin.host, settings.admin.port))
         sockets = [bind_socket(host, port) for _, _, host, port in listeners]
-        self._servers = [_server(app, lifespan=lifespan, grace=grace) for app, lifespan, _, _ in listeners]
+        self._servers = [_server(app, lifespan=lifespan, grace=grace, header_timeout=settings.server.header_timeout)
+                         for app, lifespan, _, _ in listeners]
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop, signum)
