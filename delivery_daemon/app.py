@@ -24,7 +24,7 @@ from .clock import Clock, SystemClock
 from .config import Settings
 from .db import create_db_engine, create_schema, sqlite_path
 from .errors import ConfigError
-from .logs import REDACTOR, Redactor
+from .logs import REDACTOR, Redactor, install_record_scrubber
 from .marketplace import MarketplaceType
 from .metrics import UNKNOWN_STORE, Metrics
 from .netguard import NetPolicy
@@ -58,9 +58,19 @@ class Daemon:
 
     async def aclose(self) -> None:
         for store in self.stores.values():
-            await store.marketplace.aclose()
+            await store.aclose()
         self.queue.close()
         self.engine.dispose()
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    """Secrets of the daemon's own sections (status page credentials, the database password), for the redactor."""
+    from sqlalchemy.engine import make_url
+
+    status = settings.status
+    found = [s.get_secret_value() for s in (status.password, status.token, status.session_secret) if s is not None]
+    password = make_url(settings.database.url).password
+    return [*found, *([str(password)] if password else [])]
 
 
 def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
@@ -72,7 +82,9 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     stores = build_stores(settings, marketplaces, plugins, clock, transport, hub=hub)
     for store in stores.values():
         redactor.add_source(store.marketplace.secrets)
-        redactor.add(*store.channel_secrets)
+        redactor.add(*store.static_secrets())
+    redactor.add(*settings_secrets(settings))
+    install_record_scrubber(redactor)  # third-party stdlib log records too, even when the embedder set up logging
     cipher = load_cipher(settings.security, sqlite_path(settings.database.url))  # before the database: ConfigError
     engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
                               busy_timeout_ms=settings.database.busy_timeout_ms)
@@ -109,8 +121,6 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        from .status.server import serve_status
-
         retention = None
         if start_worker:
             await daemon.worker.start()
@@ -121,9 +131,7 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
         if listener is not None:
             await listener.start()
         try:
-            async with serve_status(daemon) as status_server:  # its own address; None unless status.enabled
-                app.state.status_server = status_server
-                yield
+            yield
         finally:
             if listener is not None:
                 await listener.stop()

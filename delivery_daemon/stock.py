@@ -32,13 +32,14 @@ from sqlmodel import Field, SQLModel
 
 from .cipher import PREFIX, Cipher, DecryptError
 from .clock import Clock
-from .errors import DeliveryDaemonError, OutOfStock
+from .errors import DeliveryDaemonError, OutOfStock, Retry
 from .vault import STOCK_HASH_KEY, VaultError, secret
 
 log = structlog.get_logger("delivery_daemon.stock")
 
 MAX_KEY_LENGTH = 1000
 SEAL_BATCH = 500
+CONTENDED_RETRY = 0.5  # seconds before a claim that lost a race for locked keys tries again
 
 
 class StockKey(SQLModel, table=True):
@@ -163,7 +164,8 @@ class StockPool:
 
     def claim(self, store: str, product_id: str, order_key: str, count: int, *,
               low_threshold: int | None = None) -> list[str]:
-        """Exactly ``count`` keys (plaintext) for the order ``order_key``, or OutOfStock with nothing taken.
+        """Exactly ``count`` keys (plaintext) for the order ``order_key``, or OutOfStock with nothing taken (Retry
+        instead when enough keys are free but a concurrent claim holds some of them locked, on PostgreSQL).
 
         Calling again with the same ``order_key`` returns the same keys. When the claim takes the number of keys
         left from above ``low_threshold`` to at or below it, one ``stock.low`` event is logged. A key that does not
@@ -192,6 +194,12 @@ class StockPool:
                 ).all()
                 if len(rows) < need:
                     # Leaving the block with an exception rolls the partial claim back: nothing is taken.
+                    free_now = conn.execute(select(func.count()).select_from(KEYS).where(free)).scalar_one()
+                    if free_now >= need:
+                        # Enough keys exist, but a concurrent claim (another replica) holds some of them locked and
+                        # may yet roll back. Waiting for an import would strand this order while keys are free.
+                        raise Retry(f"{need} keys needed for product {product_id}: some are held by a concurrent "
+                                    "claim", after=CONTENDED_RETRY)
                     raise OutOfStock(f"{need} keys needed for product {product_id}, {len(rows)} left")
                 # Opened inside the transaction: a key that does not decrypt is not taken either.
                 keys = [self._open(store, product_id, key, digest) for key, digest in held]

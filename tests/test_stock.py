@@ -150,6 +150,26 @@ def test_claim_is_idempotent_and_all_or_nothing(pool: StockPool) -> None:
     assert pool.claim("s", "p", "order-c", 1) == ["K3"]
 
 
+def test_keys_locked_by_a_concurrent_claim_are_a_retry_not_out_of_stock(pool: StockPool) -> None:
+    """On PostgreSQL, keys locked by another replica's open claim make a Retry: that claim may roll back, and an
+    order parked as out of stock would wait for an import while keys are free."""
+    if pool.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises claims; no key is ever locked by another claim")
+    from sqlalchemy import text
+
+    from delivery_daemon.errors import Retry
+
+    pool.import_keys("s", "p", ["K1", "K2"])
+    with pool.engine.connect() as other:
+        other.execute(text("SELECT id FROM stock_keys WHERE claimed_by IS NULL FOR UPDATE"))
+        with pytest.raises(Retry, match="concurrent claim"):
+            pool.claim("s", "p", "order-a", 2)
+        other.rollback()  # the other claim gave up
+    assert len(pool.claim("s", "p", "order-a", 2)) == 2
+    with pytest.raises(OutOfStock):  # truly empty is still out of stock
+        pool.claim("s", "p", "order-b", 1)
+
+
 def test_low_stock_event_once_per_crossing(pool: StockPool, logs: io.StringIO) -> None:
     """stock.low is logged when a claim crosses the threshold, not again below it, and again after a refill."""
     pool.import_keys("s", "p", [f"K{i}" for i in range(5)])
