@@ -7,6 +7,7 @@ the marketplace types, the generator plugins, the clock and the HTTP transport.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class Daemon:
     metrics: Metrics
     stock_sync: StockSync
     limiter: RateLimiter | None = None
+    generator_slots: asyncio.Semaphore | None = None  # synchronous (receiver) generator calls at once
 
     def metrics_webhook(self, store: str, result: str) -> None:
         self.metrics.webhook(store if store in self.stores else UNKNOWN_STORE, result)
@@ -104,7 +106,8 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
                     observers=[observer, stock_sync])
     daemon = Daemon(settings=settings, engine=engine, queue=queue, stores=stores, worker=worker, clock=clock,
                     metrics=observer, stock_sync=stock_sync, resources=hub,
-                    limiter=RateLimiter(settings.server.rate_limit, settings.server.store_rate_limits, clock))
+                    limiter=RateLimiter(settings.server.rate_limit, settings.server.store_rate_limits, clock),
+                    generator_slots=asyncio.Semaphore(settings.worker.concurrency))
     daemon_ref["d"] = daemon
     return daemon
 

@@ -55,6 +55,7 @@ class ServerSettings(_Model):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=64 * 1024, ge=256)
     body_timeout: float = Field(default=10.0, gt=0)  # a sender slower than this to send its body gets 408
+    header_timeout: float = Field(default=10.0, gt=0)  # ... or its request headers: 408 and the connection closed
     rate_limit: RateLimitSettings | None = None  # per store (each its own bucket); None: unlimited
     store_rate_limits: dict[str, RateLimitSettings] = Field(default_factory=dict)
 

@@ -11,6 +11,8 @@ the seller can act, e.g. ``retry`` it to deliver through the store's channel), a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -49,8 +51,12 @@ def _stored_keys(job: Job | None) -> tuple[str, ...] | None:
     return Content.from_json(job.content).keys
 
 
-async def fulfil_now(queue: JobQueue, store: Store, request: FulfilNow) -> Fulfilment:
-    """Produce (or repeat) the keys for ``request.order`` within ``request.budget`` seconds."""
+async def fulfil_now(queue: JobQueue, store: Store, request: FulfilNow, *,
+                     slots: asyncio.Semaphore | None = None) -> Fulfilment:
+    """Produce (or repeat) the keys for ``request.order`` within ``request.budget`` seconds.
+
+    ``slots`` bounds the generator calls made this way at once (a flood of synchronous requests must not start
+    unbounded generator calls); waiting for a slot counts against the budget."""
     order = request.order
     bound = log.bind(store=order.store, order_id=order.order_id, product_id=order.product_id)
     await queue.enqueue(order)
@@ -86,7 +92,8 @@ async def fulfil_now(queue: JobQueue, store: Store, request: FulfilNow) -> Fulfi
                 quantity=confirmed.quantity, buyer_email=confirmed.buyer_email, options=product.options,
                 idempotency_key=f"{job.store}:{job.order_id}",
             )
-            content = await generate(product, context, budget=request.budget)
+            async with slots if slots is not None else contextlib.nullcontext():
+                content = await generate(product, context, budget=request.budget)
             await queue.save_content(job, owner, content.to_json(), (queue.clock.monotonic() - started) * 1000)
     except TimeoutError:
         return await _failed(queue, job, owner, step, f"not ready within {request.budget:g} s", bound)

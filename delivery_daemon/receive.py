@@ -138,7 +138,7 @@ async def _handle(daemon: Daemon, store: Store, result: IncomingOrder | OrderEve
     if isinstance(result, OrderEvent):
         return await _mark(daemon, result, bound)
     if isinstance(result, FulfilNow):
-        answer = await fulfil_now(daemon.queue, store, result)
+        answer = await fulfil_now(daemon.queue, store, result, slots=daemon.generator_slots)
         daemon.metrics_webhook(store.name, f"fulfil_{answer.status}")
         if answer.status != 200:
             return _error(answer.status, answer.reason or "not available")

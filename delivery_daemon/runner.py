@@ -36,6 +36,7 @@ from .logs import REDACTOR
 from .marketplace import MarketplaceType
 from .metrics import create_admin_app
 from .netguard import NetPolicy
+from .protocol import header_deadline_protocol
 from .serving import bind_socket
 from .status import MOUNT_PATH, status_mount
 from .stores import Store, build_stores
@@ -55,9 +56,10 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float) -> _Server:
+def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float, header_timeout: float) -> _Server:
     return _Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False,
-                                  timeout_graceful_shutdown=max(1, round(grace)), server_header=False))
+                                  timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
+                                  http=header_deadline_protocol(header_timeout)))
 
 
 class Runner:
@@ -88,7 +90,8 @@ class Runner:
             extra = [status_mount(self.daemon, settings.status)] if settings.status.enabled else []
             listeners.append((create_admin_app(self.daemon, extra), "off", settings.admin.host, settings.admin.port))
         sockets = [bind_socket(host, port) for _, _, host, port in listeners]
-        self._servers = [_server(app, lifespan=lifespan, grace=grace) for app, lifespan, _, _ in listeners]
+        self._servers = [_server(app, lifespan=lifespan, grace=grace, header_timeout=settings.server.header_timeout)
+                         for app, lifespan, _, _ in listeners]
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop, signum)

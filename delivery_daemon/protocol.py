@@ -1,0 +1,72 @@
+"""uvicorn's HTTP/1.1 protocol with a deadline on request headers (slowloris).
+
+uvicorn times out idle keep-alive connections but not a client that opens a connection and sends its request
+headers a byte at a time (or never finishes them): such a connection is held for ever, and enough of them take
+every file descriptor. With this protocol a request's headers must be complete within ``header_timeout`` seconds
+of the connection opening (or of the previous response on it); otherwise the connection is answered ``408`` with
+a JSON reason (if the client had started a request) and closed. The body has its own deadline
+(``server.body_timeout``, enforced by the receiver).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+_REASON = b'{"error":"request headers not received in time"}'
+TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                    b"content-length: " + str(len(_REASON)).encode() + b"\r\nconnection: close\r\n\r\n" + _REASON)
+
+
+class HeaderDeadlineProtocol(H11Protocol):
+    """H11Protocol that closes a connection whose next request's headers do not arrive within ``header_timeout``."""
+
+    header_timeout: float = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._watched: object = None
+        self._started = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        self._started = True
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        # Armed before the base class runs, which may start a pipelined request at once (a new cycle: disarmed).
+        self._arm()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._watched, self._started = self.cycle, False
+        self._deadline = self.loop.call_later(self.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.cycle is not self._watched or self.transport.is_closing():
+            return  # a request's headers arrived in time; the receiver owns the body's deadline
+        if self._started:
+            self.transport.write(TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+def header_deadline_protocol(header_timeout: float) -> type[HeaderDeadlineProtocol]:
+    """The protocol class for ``uvicorn.Config(http=...)`` with the given deadline in seconds."""
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": header_timeout})
