@@ -15,6 +15,7 @@ import anyio
 
 from .errors import GeneratorError, Retry
 from .generator import Generated, Generator, OrderContext
+from .generator_threads import HungThreads
 from .order import Content
 from .stores import Product
 from .template import render
@@ -34,19 +35,22 @@ def check_result(result: object, quantity: int) -> Generated:
     return result
 
 
-async def call_generator(generator: Generator, context: OrderContext, *, budget: float, name: str) -> Generated:
+async def call_generator(generator: Generator, context: OrderContext, *, budget: float, name: str,
+                         threads: HungThreads | None = None) -> Generated:
     """Run ``generator.generate`` (sync ones in a thread) within ``budget`` seconds and check its result.
 
-    Raises what the generator raised (OutOfStock, Retry, Dead, anything else), Retry when the budget ran out,
+    Raises what the generator raised (OutOfStock, Retry, Dead, anything else), Retry when the budget ran out or
+    when ``threads`` (the product's) already holds its limit of calls still running past their budget,
     and GeneratorError when the result breaks the contract.
     """
+    threads = threads if threads is not None else HungThreads()
     method = generator.generate
     try:
         with anyio.fail_after(budget):
             if inspect.iscoroutinefunction(method):
                 result = await method(context)
             else:
-                result = await anyio.to_thread.run_sync(method, context, abandon_on_cancel=True)
+                result = await threads.run(method, context, name=name)
                 if inspect.isawaitable(result):
                     result = await result
     except TimeoutError:
@@ -58,6 +62,7 @@ async def call_generator(generator: Generator, context: OrderContext, *, budget:
 
 async def generate(product: Product, context: OrderContext, *, budget: float) -> Content:
     """Call the generator within ``budget`` seconds and render the product's template around its keys."""
-    checked = await call_generator(product.generator, context, budget=budget, name=product.generator_name)
+    checked = await call_generator(product.generator, context, budget=budget, name=product.generator_name,
+                                   threads=product.threads)
     return render(product.template, keys=checked.keys, order_id=context.order_id, product_id=context.product_id,
                   quantity=context.quantity, download=checked.download, text=checked.text)

@@ -21,6 +21,7 @@ from .clock import Clock
 from .config import ProductSettings, Settings, StoreSettings, format_location
 from .errors import ConfigError
 from .generator import Generator
+from .generator_threads import HungThreads
 from .marketplace import AdapterContext, Marketplace, MarketplaceType, Sink
 from .netguard import NetPolicy
 from .resources import ResourceHub, Resources
@@ -39,6 +40,8 @@ class Product:
     """Option values declared secret (``SecretStr``), for the log redactor."""
     listed_count: int | None = None
     """A fixed stock count to show on the marketplace (``listed_count``), whatever the generator has."""
+    threads: HungThreads = field(default_factory=HungThreads, compare=False)
+    """The generator's calls still running past their budget (sync generators), bounded per product."""
 
 
 @dataclass
