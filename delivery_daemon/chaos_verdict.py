@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from . import chaos_database
@@ -50,6 +51,44 @@ def _keys(body: object) -> list[str]:
     return [line.strip() for line in text.splitlines()[1:] if line.strip()]  # line 1 is "Order <id>"
 
 
+@dataclass(frozen=True)
+class Seen:
+    """One delivery attempt as the receiving side recorded it: accepted or not, its content in a canonical form
+    (equal strings for identical contents), and how to read the keys out of it."""
+
+    accepted: bool
+    content: str
+    keys: Callable[[], list[str]]
+
+
+def check_orders(verdict: Verdict, orders: Mapping[str, tuple[int, Sequence[Seen]]]) -> Counter[str]:
+    """The per-order promises over ``orders`` (order id -> (quantity, attempts)): delivered, accepted once, the
+    same content on every attempt with ``quantity`` keys, no key on two orders. Returns each key's order count."""
+    bad = verdict.violations
+    owners: Counter[str] = Counter()
+    for order_id, (quantity, attempts) in orders.items():
+        accepted = [seen for seen in attempts if seen.accepted]
+        if not accepted:
+            verdict.lost += 1
+            bad.append(f"order {order_id}: paid, never delivered ({len(attempts)} attempts)")
+            continue
+        verdict.delivered += 1
+        if len(accepted) > 1:
+            verdict.duplicates += len(accepted) - 1
+            bad.append(f"order {order_id}: {len(accepted)} deliveries accepted")
+        contents = {seen.content for seen in attempts}
+        keys = accepted[0].keys()
+        if len(contents) > 1 or len(keys) != quantity:
+            verdict.mismatched += 1
+            bad.append(f"order {order_id}: {len(contents)} different contents, {len(keys)} keys "
+                       f"for quantity {quantity}")
+        owners.update(set(keys))
+    verdict.reused_keys = sum(1 for count in owners.values() if count > 1)
+    if verdict.reused_keys:
+        bad.append(f"{verdict.reused_keys} keys were given to more than one order")
+    return owners
+
+
 def judge(market: SoftStoreMarketplace, *, paid: list[str], unpaid: list[str], database: Path | str,
           log: Path | Sequence[Path], kills: int, resent: int) -> Verdict:
     """Check every promise; ``paid``/``unpaid`` are the order ids the run placed, ``database`` a SQLite file or a
@@ -57,28 +96,11 @@ def judge(market: SoftStoreMarketplace, *, paid: list[str], unpaid: list[str], d
     verdict = Verdict(orders=len(paid) + len(unpaid), kills=kills, faults=sum(market.faults.injected.values()),
                       resent=resent, unpaid=len(unpaid))
     bad = verdict.violations
-    key_owner: Counter[str] = Counter()
-    for id_order in paid:
-        attempts = market.deliveries(id_order)
-        accepted = [record for record in attempts if record.status == 200]
-        if not accepted:
-            verdict.lost += 1
-            bad.append(f"order {id_order}: paid, never delivered ({len(attempts)} attempts)")
-            continue
-        verdict.delivered += 1
-        if len(accepted) > 1:
-            verdict.duplicates += len(accepted) - 1
-            bad.append(f"order {id_order}: {len(accepted)} deliveries accepted")
-        bodies = {json.dumps(record.json, sort_keys=True) for record in attempts}
-        keys = _keys(accepted[0].json)
-        if len(bodies) > 1 or len(keys) != market.orders[id_order].count:
-            verdict.mismatched += 1
-            bad.append(f"order {id_order}: {len(bodies)} different contents, {len(keys)} keys "
-                       f"for quantity {market.orders[id_order].count}")
-        key_owner.update(set(keys))
-    verdict.reused_keys = sum(1 for count in key_owner.values() if count > 1)
-    if verdict.reused_keys:
-        bad.append(f"{verdict.reused_keys} keys were given to more than one order")
+    key_owner = check_orders(verdict, {
+        id_order: (market.orders[id_order].count,
+                   [Seen(record.status == 200, json.dumps(record.json, sort_keys=True), partial(_keys, record.json))
+                    for record in market.deliveries(id_order)])
+        for id_order in paid})
     for id_order in unpaid:
         if market.accepted(id_order) is not None:
             bad.append(f"order {id_order}: unpaid, yet delivered")

@@ -27,9 +27,10 @@ import random
 import secrets
 import signal
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ from .chaos import (
     outage,
 )
 from .chaos_database import wait_settled
-from .chaos_verdict import Verdict, check_database, check_log
+from .chaos_verdict import Seen, Verdict, check_database, check_log, check_orders
 from .errors import WebhookRejected
 from .reference.drop import DroppableApp, drop_connection
 from .reference.faults import Faults
@@ -238,27 +239,10 @@ def judge_sink(sink: ChaosSink, *, paid: Mapping[str, int], forged: Sequence[str
     verdict = Verdict(orders=len(paid) + len(forged), kills=kills, faults=sum(sink.faults.injected.values()),
                       resent=resent, unpaid=len(forged))
     bad = verdict.violations
-    owners: Counter[str] = Counter()
-    for order_id, quantity in paid.items():
-        attempts = sink.attempts.get(order_id, [])
-        accepted = [a for a in attempts if a.accepted]
-        if not accepted:
-            verdict.lost += 1
-            bad.append(f"order {order_id}: paid, never delivered ({len(attempts)} attempts)")
-            continue
-        verdict.delivered += 1
-        if len(accepted) > 1:
-            verdict.duplicates += len(accepted) - 1
-            bad.append(f"order {order_id}: {len(accepted)} deliveries accepted")
-        keys = [str(key) for key in json.loads(accepted[0].body)["data"]["keys"]]
-        if len({a.body for a in attempts}) > 1 or len(keys) != quantity:
-            verdict.mismatched += 1
-            bad.append(f"order {order_id}: {len({a.body for a in attempts})} different contents, {len(keys)} keys "
-                       f"for quantity {quantity}")
-        owners.update(set(keys))
-    verdict.reused_keys = sum(1 for count in owners.values() if count > 1)
-    if verdict.reused_keys:
-        bad.append(f"{verdict.reused_keys} keys were given to more than one order")
+    check_orders(verdict, {
+        order_id: (quantity, [Seen(a.accepted, a.body.decode(), partial(_keys, a.body))
+                              for a in sink.attempts.get(order_id, [])])
+        for order_id, quantity in paid.items()})
     for order_id in forged:
         if sink.attempts.get(order_id):
             bad.append(f"order {order_id}: forged webhook, yet delivered")
@@ -268,10 +252,13 @@ def judge_sink(sink: ChaosSink, *, paid: Mapping[str, int], forged: Sequence[str
     return verdict
 
 
+def _keys(body: bytes) -> list[str]:
+    return [str(key) for key in json.loads(body)["data"]["keys"]]
+
+
 def delivered_keys(sink: ChaosSink) -> set[str]:
     """Every key the sink received (for the log check: none may appear in the daemon's log)."""
-    return {str(key) for attempts in sink.attempts.values() for a in attempts
-            for key in json.loads(a.body)["data"]["keys"]}
+    return {key for attempts in sink.attempts.values() for a in attempts for key in _keys(a.body)}
 
 
 __all__ = ["FLAVOURS", "SINK_PATH", "Attempt", "ChaosSink", "Flavour", "SignedSender", "delivered_keys", "judge_sink",
