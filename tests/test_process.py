@@ -91,6 +91,29 @@ stores:
     return path
 
 
+async def reload_with(tmp_path: Path, extra_yaml: str) -> tuple[Any, dict[str, Any]]:
+    """A Runner on a written config, reloaded after ``extra_yaml`` is appended: (the runner, the
+    ``config.reloaded`` event). Needs ``DD_TEST_API_KEY`` set. The daemon is closed before returning."""
+    import structlog.testing
+
+    from delivery_daemon.cli import default_marketplaces
+    from delivery_daemon.config import load_settings
+    from delivery_daemon.plugins import discover
+    from delivery_daemon.runner import Runner
+
+    config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9/api/v1", db=tmp_path / "d.db")
+    runner = Runner(config, load_settings(config), marketplaces=default_marketplaces(), plugins=dict(discover()))
+    with config.open("a") as extra:
+        extra.write(extra_yaml)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            assert await runner.reload()
+    finally:
+        await runner.daemon.aclose()
+    [reloaded] = [event for event in logs if event["event"] == "config.reloaded"]
+    return runner, reloaded
+
+
 @pytest.fixture
 async def market() -> AsyncIterator[SoftStoreMarketplace]:
     market = SoftStoreMarketplace(api_key=API_KEY)

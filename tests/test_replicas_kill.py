@@ -87,6 +87,19 @@ async def kill_holding_a_lease(proc: subprocess.Popen[bytes], db_url: str) -> No
     proc.wait(timeout=30)
 
 
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every replica still running, then wait (SIGKILL one that does not stop within 30 s)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 async def test_three_replicas_one_killed_every_order_delivered_once(tmp_path: Path, pg_url: str) -> None:
     """Round-robin webhooks over 3 replicas, SIGKILL one holding leases: each order accepted exactly once."""
     market = SoftStoreMarketplace(api_key=API_KEY)
@@ -144,15 +157,7 @@ async def test_three_replicas_one_killed_every_order_delivered_once(tmp_path: Pa
                         print(row)
                 raise
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            _stop(procs)
 
     for order_id in placed:
         assert [d.status for d in market.deliveries(order_id)].count(200) == 1, order_id
@@ -240,15 +245,7 @@ async def test_stock_pool_across_replicas_with_a_kill_and_an_import_mid_run(tmp_
 
             await wait_until(all_delivered, 120, "every order delivered")
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            _stop(procs)
 
     owner: dict[str, str] = {}
     for order_id, quantity in zip(placed, quantities, strict=True):

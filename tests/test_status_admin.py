@@ -6,15 +6,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import structlog.testing
 
-from delivery_daemon.cli import default_marketplaces, main
-from delivery_daemon.config import load_settings, parse_settings
+from delivery_daemon.cli import main
+from delivery_daemon.config import parse_settings
 from delivery_daemon.errors import ConfigError
-from delivery_daemon.plugins import discover
-from delivery_daemon.runner import Runner
 from tests.status_helpers import PASSWORD
-from tests.test_process import start_daemon, write_config
+from tests.test_process import reload_with, start_daemon, write_config
 
 STATUS_ON = {"enabled": True, "password": PASSWORD}
 
@@ -63,15 +60,6 @@ async def test_serve_mounts_the_status_page_on_the_admin_address(tmp_path: Path)
 async def test_changing_the_status_section_needs_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A reload that turns the status page on lists ``status`` in ``restart_needed``; the running app is kept."""
     monkeypatch.setenv("DD_TEST_API_KEY", "k" * 40)
-    config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9/api/v1", db=tmp_path / "d.db")
-    runner = Runner(config, load_settings(config), marketplaces=default_marketplaces(), plugins=dict(discover()))
-    with config.open("a") as extra:
-        extra.write("admin: {port: 9100}\nstatus: {enabled: true, password: pw}\n")
-    try:
-        with structlog.testing.capture_logs() as logs:
-            assert await runner.reload()
-    finally:
-        await runner.daemon.aclose()
-    [reloaded] = [event for event in logs if event["event"] == "config.reloaded"]
+    runner, reloaded = await reload_with(tmp_path, "admin: {port: 9100}\nstatus: {enabled: true, password: pw}\n")
     assert "status" in reloaded["restart_needed"]
     assert runner.daemon.settings.status.enabled is False

@@ -289,24 +289,9 @@ async def test_unlimited_products_are_not_even_marked(make_stack: Any) -> None:
 
 async def test_changing_stock_sync_needs_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A reload that changes ``stock_sync`` lists it in ``restart_needed``; the running sync keeps its settings."""
-    import structlog.testing
-
-    from delivery_daemon.cli import default_marketplaces
-    from delivery_daemon.config import load_settings
-    from delivery_daemon.plugins import discover
-    from delivery_daemon.runner import Runner
-    from tests.test_process import write_config
+    from tests.test_process import reload_with
 
     monkeypatch.setenv("DD_TEST_API_KEY", "k" * 40)
-    config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9/api/v1", db=tmp_path / "d.db")
-    runner = Runner(config, load_settings(config), marketplaces=default_marketplaces(), plugins=dict(discover()))
-    with config.open("a") as extra:
-        extra.write("stock_sync: {debounce: 1}\n")
-    try:
-        with structlog.testing.capture_logs() as logs:
-            assert await runner.reload()
-    finally:
-        await runner.daemon.aclose()
-    [reloaded] = [event for event in logs if event["event"] == "config.reloaded"]
+    runner, reloaded = await reload_with(tmp_path, "stock_sync: {debounce: 1}\n")
     assert "stock_sync" in reloaded["restart_needed"]
     assert runner.daemon.stock_sync.settings.debounce == 10
