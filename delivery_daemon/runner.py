@@ -140,6 +140,7 @@ class Runner:
     async def reload(self) -> bool:
         """Re-read the configuration file and swap in new stores; False (old ones kept) if it is bad."""
         log.info("config.reload_requested", path=str(self.config_path))
+        stores: dict[str, Store] = {}
         try:
             new = load_settings(self.config_path)
             stores = build_stores(new, self.marketplaces, self.plugins, self.daemon.clock,
@@ -148,6 +149,7 @@ class Runner:
         except Exception as exc:  # any failure to build means "keep what runs"; ConfigError is the usual one
             log.error("config.reload_failed", path=str(self.config_path), error=str(exc),
                       error_type=type(exc).__name__)
+            await _close_when_done(stores, frozenset())  # stores built before a refused check hold HTTP clients
             return False
         for store in stores.values():
             REDACTOR.add_source(store.marketplace.secrets)

@@ -100,3 +100,43 @@ async def test_reload_keeps_the_running_stores_when_a_url_is_refused(tmp_path: P
         assert await runner.reload() is True and runner.daemon.stores is not before
     finally:
         await runner.daemon.aclose()
+
+
+async def test_a_refused_reload_closes_the_stores_it_built(tmp_path: Path) -> None:
+    """The stores built for a refused reload are closed (their HTTP clients), not left open until exit."""
+    from delivery_daemon.config import load_settings
+    from delivery_daemon.marketplaces.standard_webhooks import StandardWebhooks
+    from delivery_daemon.plugins import discover
+    from delivery_daemon.runner import Runner
+
+    class Recorded:
+        """Standard Webhooks, remembering each adapter it built and whether it was closed."""
+
+        name = "standard-webhooks"
+
+        def __init__(self) -> None:
+            self.built: list[Any] = []
+            self.closed: list[Any] = []
+
+        def create(self, context: Any) -> Any:
+            adapter = StandardWebhooks().create(context)
+            close = adapter.aclose
+
+            async def aclose() -> None:
+                self.closed.append(adapter)
+                await close()
+
+            adapter.aclose = aclose  # type: ignore[method-assign]
+            self.built.append(adapter)
+            return adapter
+
+    recorded = Recorded()
+    path = write_config(tmp_path)
+    runner = Runner(path, load_settings(path), marketplaces=[recorded], plugins=dict(discover()))
+    try:
+        write_config(tmp_path, webhook_url="http://10.1.2.3/hook")
+        assert await runner.reload() is False
+        assert len(recorded.built) == 2 and recorded.closed == [recorded.built[1]]
+    finally:
+        await runner.daemon.aclose()
+    assert {id(a) for a in recorded.closed} == {id(a) for a in recorded.built}
