@@ -87,6 +87,17 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     return daemon
 
 
+def _status_server(daemon: Daemon) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The status page's server when ``status.enabled``, else a block that yields None."""
+    if not daemon.settings.status.enabled:
+        # Not even imported: the page's package (Jinja2 templates, routes) costs idle RSS that a daemon without it
+        # never needs (docs/performance.md, idle memory).
+        return contextlib.nullcontext()
+    from .status.server import serve_status
+
+    return serve_status(daemon)
+
+
 def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
                clock: Clock | None = None, transport: httpx.AsyncBaseTransport | None = None,
                start_worker: bool = True, **options: Any) -> Starlette:
@@ -99,8 +110,6 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        from .status.server import serve_status
-
         retention = None
         if start_worker:
             await daemon.worker.start()
@@ -111,7 +120,7 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
         if listener is not None:
             await listener.start()
         try:
-            async with serve_status(daemon) as status_server:  # its own address; None unless status.enabled
+            async with _status_server(daemon) as status_server:  # its own address; None unless status.enabled
                 app.state.status_server = status_server
                 yield
         finally:
