@@ -79,6 +79,15 @@ class Transition:
     count_attempt: bool = False
 
 
+@dataclass(frozen=True)
+class Verified:
+    """What the marketplace confirmed for an order, not stored yet (see :meth:`JobQueue.save_content`)."""
+
+    quantity: int
+    buyer_email: str | None
+    duration_ms: float
+
+
 _INSERT_ATTEMPT = insert(ATTEMPTS)
 _ACCEPTED = Transition(JobState.QUEUED, "receive", "accepted")
 
@@ -113,6 +122,7 @@ class JobQueue:
             .values(received=JOBS.c.received + 1)
             .returning(JOBS.c.id)
         )
+        self._leased_updates: dict[tuple[tuple[str, ...], bool], Any] = {}
 
     def _seal(self, store: str, order_id: str, column: str, value: str) -> str:
         return value if self.cipher is None else self.cipher.seal(value, f"{store}/{order_id}/{column}")
@@ -274,20 +284,33 @@ class JobQueue:
             "http_status": change.http_status, "error": change.error, "duration_ms": change.duration_ms,
         })
 
+    def _leased_update(self, columns: tuple[str, ...], count_attempt: bool) -> Any:
+        """``UPDATE jobs SET <columns> … WHERE id = :b_id AND running AND lease_owner = :b_owner``, built once per
+        shape and executed with parameters (building it per call showed in the worker's profile)."""
+        key = (columns, count_attempt)
+        statement = self._leased_updates.get(key)
+        if statement is None:
+            statement = (
+                update(JOBS)
+                .where(and_(JOBS.c.id == bindparam("b_id"), JOBS.c.state == JobState.RUNNING.value,
+                            JOBS.c.lease_owner == bindparam("b_owner")))
+                .values({column: bindparam(column) for column in columns})
+            )
+            if count_attempt:
+                statement = statement.values(attempts=JOBS.c.attempts + 1)
+            self._leased_updates[key] = statement
+        return statement
+
     def _update_leased(self, conn: Connection, job: Job, owner: str, values: dict[str, Any],
-                       change: Transition | None) -> None:
+                       changes: Sequence[Transition], count_attempt: bool = False) -> None:
         now = self.clock.now()
         values = {**values, "updated_at": now}
-        result = conn.execute(
-            update(JOBS)
-            .where(and_(JOBS.c.id == job.id, JOBS.c.state == JobState.RUNNING.value,
-                        JOBS.c.lease_owner == owner))
-            .values(**values)
-        )
+        statement = self._leased_update(tuple(sorted(values)), count_attempt)
+        result = conn.execute(statement, {**values, "b_id": job.id, "b_owner": owner})
         if result.rowcount != 1:
             raise LeaseLost(f"job {job.id} is no longer leased to {owner}")
-        if change is not None:
-            assert job.id is not None
+        assert job.id is not None
+        for change in changes:
             self._record(conn, job.id, change, now)
 
     async def save_verification(self, job: Job, owner: str, quantity: int, buyer_email: str | None,
@@ -295,26 +318,32 @@ class JobQueue:
         """Store what the marketplace confirmed (the quantity comes only from here)."""
         change = Transition(JobState.RUNNING, "verify", "ok", duration_ms=duration_ms)
         await self._run(self._update_leased, job, owner, {"quantity": quantity, "buyer_email": buyer_email},
-                        change)
+                        [change])
 
-    async def save_content(self, job: Job, owner: str, content: str, duration_ms: float) -> None:
-        """Store the generated content; it is never generated again for this job."""
-        change = Transition(JobState.RUNNING, "generate", "ok", duration_ms=duration_ms)
-        sealed = self._seal(job.store, job.order_id, "content", content)
-        await self._run(self._update_leased, job, owner, {"content": sealed}, change)
+    async def save_content(self, job: Job, owner: str, content: str, duration_ms: float, *,
+                           verified: Verified | None = None) -> None:
+        """Store the generated content; it is never generated again for this job.
+
+        With ``verified``, what the marketplace confirmed is stored in the same transaction (and both steps are
+        recorded): the worker's hot path saves verification and content with one commit instead of two.
+        """
+        values: dict[str, Any] = {"content": self._seal(job.store, job.order_id, "content", content)}
+        changes = [Transition(JobState.RUNNING, "generate", "ok", duration_ms=duration_ms)]
+        if verified is not None:
+            values.update(quantity=verified.quantity, buyer_email=verified.buyer_email)
+            changes.insert(0, Transition(JobState.RUNNING, "verify", "ok", duration_ms=verified.duration_ms))
+        await self._run(self._update_leased, job, owner, values, changes)
 
     async def transition(self, job: Job, owner: str, change: Transition) -> None:
         """Move a leased job to its next state and record why, in one transaction."""
         values: dict[str, Any] = {"state": change.state.value, "lease_owner": None, "lease_until": None}
         if change.due_at is not None:
             values["due_at"] = change.due_at
-        if change.count_attempt:
-            values["attempts"] = JOBS.c.attempts + 1
         if change.error is not None or change.state in (JobState.DELIVERED,):
             values["last_error"] = change.error
         if change.state is JobState.DELIVERED:
             values["delivered_at"] = self.clock.now()
-        await self._run(self._update_leased, job, owner, values, change)
+        await self._run(self._update_leased, job, owner, values, [change], change.count_attempt)
 
     # -- operator and wake-up transitions ---------------------------------------------------------------------
 
@@ -447,4 +476,4 @@ class JobQueue:
         await self._run(self._writable)
 
 
-__all__ = ["FINAL", "Enqueued", "JobQueue", "LeaseLost", "MarkedOrder", "QueueError", "Transition"]
+__all__ = ["FINAL", "Enqueued", "JobQueue", "LeaseLost", "MarkedOrder", "QueueError", "Transition", "Verified"]
