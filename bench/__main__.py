@@ -1,7 +1,8 @@
 """``python -m bench [--smoke] [--out results.json] [--only NAME ...]``: run the benchmark, print a table, write JSON.
 
 Full run: ingest (32 connections, 2 rounds of 10 s per server), end-to-end at 50 orders/s for 20 s, a 10,000-job
-drain, growth at 10^3/10^5/10^6 rows — about 5 minutes plus the fill of 10^6 rows. ``--smoke`` runs everything
+drain, growth at 10^3/10^5/10^6 rows, and ingest and drain on PostgreSQL with 1 and 3 replicas — about 7 minutes plus the
+fill of 10^6 rows. ``--smoke`` runs everything
 tiny (a few seconds each, for CI: it checks the benchmark runs and produces the table, not the figures).
 """
 
@@ -22,7 +23,7 @@ from .processes import start_server
 from .report import render_table, targets
 from .scenarios import Bench, drain, end_to_end, ingest
 
-SCENARIOS = ("ingest", "e2e", "drain", "growth")
+SCENARIOS = ("ingest", "e2e", "drain", "growth", "pg")
 
 
 def machine() -> dict[str, Any]:
@@ -62,6 +63,10 @@ def run(smoke: bool, only: tuple[str, ...], workdir: Path, use_wrk: bool) -> dic
             results["e2e"] = end_to_end(bench, seconds=2.0) if smoke else end_to_end(bench)
         if "drain" in only:
             results["drain"] = drain(bench, jobs=200) if smoke else drain(bench)
+        if "pg" in only:
+            from .pg import pg
+
+            results["pg"] = pg(bench, jobs=100, duration=1.0) if smoke else pg(bench)
     if "growth" in only:
         from .growth import growth
 
