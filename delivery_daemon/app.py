@@ -22,14 +22,17 @@ from .cipher import load_cipher
 from .clock import Clock, SystemClock
 from .config import Settings
 from .db import create_db_engine, create_schema, sqlite_path
-from .logs import REDACTOR, Redactor
+from .errors import ConfigError
+from .logs import REDACTOR, Redactor, install_record_scrubber
 from .marketplace import MarketplaceType
 from .metrics import UNKNOWN_STORE, Metrics
 from .netguard import NetPolicy
 from .queue import JobQueue
 from .ratelimit import RateLimiter
+from .rekey import seal_at_start
 from .resources import ResourceHub
 from .retention import RetentionService
+from .stock import StockError
 from .stores import Store, build_stores
 from .worker import GENERATOR_BUDGET, Worker
 
@@ -53,9 +56,19 @@ class Daemon:
 
     async def aclose(self) -> None:
         for store in self.stores.values():
-            await store.marketplace.aclose()
+            await store.aclose()
         self.queue.close()
         self.engine.dispose()
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    """Secrets of the daemon's own sections (status page credentials, the database password), for the redactor."""
+    from sqlalchemy.engine import make_url
+
+    status = settings.status
+    found = [s.get_secret_value() for s in (status.password, status.token, status.session_secret) if s is not None]
+    password = make_url(settings.database.url).password
+    return [*found, *([str(password)] if password else [])]
 
 
 def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
@@ -67,12 +80,18 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     stores = build_stores(settings, marketplaces, plugins, clock, transport, hub=hub)
     for store in stores.values():
         redactor.add_source(store.marketplace.secrets)
-        redactor.add(*store.channel_secrets)
+        redactor.add(*store.static_secrets())
+    redactor.add(*settings_secrets(settings))
+    install_record_scrubber(redactor)  # third-party stdlib log records too, even when the embedder set up logging
     cipher = load_cipher(settings.security, sqlite_path(settings.database.url))  # before the database: ConfigError
     engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
                               busy_timeout_ms=settings.database.busy_timeout_ms)
     create_schema(engine)
-    hub.engine = engine  # plugins reach the database only once start-up checks have passed
+    try:
+        seal_at_start(engine, clock, cipher)  # an earlier release's plaintext stock keys; then VACUUM
+    except StockError as exc:
+        raise ConfigError("security", f"cannot seal the stock pool: {exc}") from None
+    hub.engine, hub.cipher = engine, cipher  # plugins reach the database only once start-up checks have passed
     queue = JobQueue(engine, clock, cipher)
     backoff = Backoff(settings.delivery.retry_schedule, jitter=settings.delivery.jitter)
     daemon_ref: dict[str, Daemon] = {}
@@ -85,17 +104,6 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
                     limiter=RateLimiter(settings.server.rate_limit, settings.server.store_rate_limits, clock))
     daemon_ref["d"] = daemon
     return daemon
-
-
-def _status_server(daemon: Daemon) -> contextlib.AbstractAsyncContextManager[Any]:
-    """The status page's server when ``status.enabled``, else a block that yields None."""
-    if not daemon.settings.status.enabled:
-        # Not even imported: the page's package (Jinja2 templates, routes) costs idle RSS that a daemon without it
-        # never needs (docs/performance.md, idle memory).
-        return contextlib.nullcontext()
-    from .status.server import serve_status
-
-    return serve_status(daemon)
 
 
 def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
@@ -120,9 +128,7 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
         if listener is not None:
             await listener.start()
         try:
-            async with _status_server(daemon) as status_server:  # its own address; None unless status.enabled
-                app.state.status_server = status_server
-                yield
+            yield
         finally:
             if listener is not None:
                 await listener.stop()

@@ -8,7 +8,14 @@ webhooks again on purpose (at once, concurrently, and later out of order).
 
 After the drain the verdict is taken from the marketplace's own record (:mod:`delivery_daemon.chaos_verdict`):
 every paid order delivered exactly once, identical content on every attempt, no key on two orders, nothing for
-unpaid orders, nothing left queued or running, ``PRAGMA integrity_check`` ok, and no secret in the daemon's logs.
+unpaid orders, nothing left queued or running, the database whole (:mod:`delivery_daemon.chaos_database`: SQLite's
+``PRAGMA integrity_check``, PostgreSQL's ``amcheck``, and the same logical checks on both), and no secret in the
+daemons' logs.
+
+``--database-url postgresql+psycopg://…`` runs the daemon on that (empty) PostgreSQL database instead of a SQLite
+file, and ``--replicas N`` runs N daemon processes sharing it, each on its own port: the marketplace spreads its
+webhooks over them round-robin (a send that fails goes to the next one, as a load balancer would) and every kill
+hits a replica drawn at random.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,7 @@ from typing import Any
 import httpx
 import yaml
 
+from .chaos_database import checked_database_url, describe
 from .chaos_verdict import Verdict, judge
 from .logs import configure_logging
 from .reference.faults import DeliveryFault, Faults
@@ -59,6 +67,9 @@ class ChaosOptions:
     down_for: float = 2.0  # seconds the marketplace API answers 503 to everything, once
     timeout: float = 300.0  # for the whole run
     workdir: Path | None = None
+    database_url: str | None = None  # None: a SQLite file in the work dir
+    replicas: int = 1  # daemon processes sharing the database (more than 1 needs PostgreSQL)
+    marketplace: str = "softstore"  # or a webhook-only one: see delivery_daemon.chaos_webhooks.FLAVOURS
 
 
 class ChaosFaults(Faults):
@@ -142,6 +153,7 @@ class Marketplace:
 
     market: SoftStoreMarketplace
     rng: random.Random
+    targets: list[str]  # each replica's webhook URL; sends go round-robin, as through a load balancer
     sends: int = 0
     resent: int = 0
     later: list[str] = field(default_factory=list)
@@ -150,13 +162,16 @@ class Marketplace:
         """Send the order's webhook until the daemon acknowledges it (what every real marketplace does)."""
         delay = 0.05
         while time.monotonic() < deadline:
-            self.sends += 1
             with contextlib.suppress(httpx.HTTPError):
-                if (await self.market.send_webhook(id_order)).status_code < 300:
+                if (await self.market.send_webhook(id_order, url=self._next())).status_code < 300:
                     return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
         raise TimeoutError(f"webhook for {id_order} never acknowledged")
+
+    def _next(self) -> str:
+        self.sends += 1
+        return self.targets[self.sends % len(self.targets)]
 
     async def resend(self, id_orders: list[str]) -> None:
         """Send these webhooks again, all at once (so concurrently and in no particular order)."""
@@ -164,15 +179,16 @@ class Marketplace:
 
         async def once(id_order: str) -> None:
             with contextlib.suppress(httpx.HTTPError):
-                await self.market.send_webhook(id_order)
+                await self.market.send_webhook(id_order, url=self._next())
 
         await asyncio.gather(*(once(i) for i in id_orders))
 
 
-def daemon_config(workdir: Path, port: int, api_base: str) -> dict[str, Any]:
-    """The daemon's configuration for a run: short retries (but many), a short lease, a tight delivery timeout."""
+def daemon_config(workdir: Path, port: int, api_base: str, database_url: str | None = None) -> dict[str, Any]:
+    """The daemon's configuration for a run: short retries (but many), a short lease, a tight delivery timeout.
+    The database is ``database_url``, else ``chaos.db`` in ``workdir``."""
     return {
-        "database": {"url": f"sqlite:///{workdir / 'chaos.db'}"},
+        "database": {"url": database_url or f"sqlite:///{workdir / 'chaos.db'}"},
         "server": {"host": "127.0.0.1", "port": port},
         "worker": {"poll_interval": 0.2, "lease_seconds": 3.0, "concurrency": 16},
         "delivery": {"timeout": 1.0, "jitter": True, "retry_schedule": [0.05, 0.1, 0.2, 0.5] + [1.0] * 200},
@@ -185,7 +201,7 @@ def daemon_config(workdir: Path, port: int, api_base: str) -> dict[str, Any]:
     }
 
 
-async def _every(seconds: float, action: Callable[[], None], stop: asyncio.Event) -> None:
+async def every(seconds: float, action: Callable[[], None], stop: asyncio.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
@@ -193,7 +209,7 @@ async def _every(seconds: float, action: Callable[[], None], stop: asyncio.Event
             action()
 
 
-async def _later(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
+async def later(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
     await asyncio.sleep(seconds)
     await action()
 
@@ -205,13 +221,23 @@ async def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print) -
     with contextlib.ExitStack() as stack:
         workdir = options.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dd-chaos-")))
         workdir.mkdir(parents=True, exist_ok=True)
-        return await _run(options, rng, seed, workdir, say)
+        if options.marketplace == "softstore":
+            return await _run(options, rng, seed, workdir, say)
+        from .chaos_webhooks import run_webhook_chaos
+
+        say(f"chaos: {options.marketplace}, seed {seed}, {options.orders} orders, {options.kills} kills, "
+            f"work dir {workdir}")
+        started = time.monotonic()
+        verdict = await run_webhook_chaos(options, options.marketplace, rng, workdir, say)
+        report(verdict, started, say)
+        return verdict
 
 
 async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Path,
                say: Callable[[str], None]) -> Verdict:
     started = time.monotonic()
     deadline = started + options.timeout
+    database: Path | str = options.database_url or workdir / "chaos.db"
     api_key = secrets.token_hex(20)
     # One pooled transport for every webhook (a fresh client per webhook would build an SSL context each time).
     webhooks = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=64))
@@ -219,25 +245,28 @@ async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Pa
     faults = ChaosFaults(rng, options.fail, options.drop, options.slow)
     reference.faults = faults
     reference.add_product(PRODUCT, count=10**9)
-    with bind_socket() as probe:  # a free port for the daemon, kept across restarts
-        port = probe.getsockname()[1]
-    daemon_url = f"http://127.0.0.1:{port}"
-    say(f"chaos: seed {seed}, {options.orders} orders, {options.kills} kills, work dir {workdir}")
+    ports = []
+    for _ in range(options.replicas):  # free ports for the daemons, each kept across its restarts
+        with bind_socket() as probe:
+            ports.append(probe.getsockname()[1])
+    say(f"chaos: seed {seed}, {options.orders} orders, {options.kills} kills, {options.replicas} replica(s) on "
+        f"{describe(database)}, work dir {workdir}")
     async with serve(reference.app) as running:
         reference.bind(running.url)
-        reference.seller_url = f"{daemon_url}/webhooks/{STORE}"
-        config = workdir / "daemon.yaml"
-        config.write_text(yaml.safe_dump(daemon_config(workdir, port, reference.api_base)))
         env = {**os.environ, "CHAOS_API_KEY": api_key}
-        daemon = DaemonProcess(config, daemon_url, workdir / "daemon.log", env)
-        await daemon.start()
-        side = Marketplace(reference, rng)
+        daemons = []
+        for number, port in enumerate(ports):
+            config = workdir / f"daemon-{number}.yaml"
+            config.write_text(yaml.safe_dump(daemon_config(workdir, port, reference.api_base, options.database_url)))
+            daemons.append(DaemonProcess(config, f"http://127.0.0.1:{port}", workdir / f"daemon-{number}.log", env))
+        await asyncio.gather(*(daemon.start() for daemon in daemons))
+        side = Marketplace(reference, rng, [f"{daemon.url}/webhooks/{STORE}" for daemon in daemons])
         stop = asyncio.Event()
         window = options.orders / options.rate
         background = [
-            asyncio.create_task(_every(options.expire_every, faults.expire_tokens, stop)),
-            asyncio.create_task(_later(rng.uniform(0.2, 0.8) * window, lambda: _outage(faults, options.down_for))),
-            asyncio.create_task(_kills(daemon, options.kills, window, rng)),
+            asyncio.create_task(every(options.expire_every, faults.expire_tokens, stop)),
+            asyncio.create_task(later(rng.uniform(0.2, 0.8) * window, lambda: outage(faults, options.down_for))),
+            asyncio.create_task(kill_at_random(daemons, options.kills, window, rng)),
         ]
         paid, unpaid = await _place_orders(options, side, rng, deadline)
         say(f"chaos: {len(paid) + len(unpaid)} orders placed and acknowledged at {time.monotonic() - started:.1f} s")
@@ -250,17 +279,23 @@ async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Pa
         say(f"chaos: kills and outage done at {time.monotonic() - started:.1f} s")
         await _wait_delivered(reference, paid, deadline)
         await asyncio.sleep(0.5)  # a late duplicate delivery would land in this window
-        exit_status = await daemon.stop()
+        exits = await asyncio.gather(*(daemon.stop() for daemon in daemons))
         await webhooks.aclose()
         say(f"chaos: drained and stopped at {time.monotonic() - started:.1f} s")
-    verdict = judge(reference, paid=paid, unpaid=unpaid, database=workdir / "chaos.db", log=daemon.log,
-                    kills=daemon.kills, resent=side.resent)
-    if exit_status not in (0, -signal.SIGTERM):  # uvicorn re-raises the signal after its graceful shutdown
-        verdict.violations.append(f"the daemon exited with {exit_status} on SIGTERM")
+    verdict = judge(reference, paid=paid, unpaid=unpaid, database=database, log=[d.log for d in daemons],
+                    kills=sum(daemon.kills for daemon in daemons), resent=side.resent)
+    for number, exit_status in enumerate(exits):
+        if exit_status not in (0, -signal.SIGTERM):  # uvicorn re-raises the signal after its graceful shutdown
+            verdict.violations.append(f"daemon {number} exited with {exit_status} on SIGTERM")
+    report(verdict, started, say)
+    return verdict
+
+
+def report(verdict: Verdict, started: float, say: Callable[[str], None]) -> None:
+    """The summary line, then the first violations."""
     say(verdict.line() + f" ({time.monotonic() - started:.1f} s)")
     for violation in verdict.violations[:20]:
         say(f"  violation: {violation}")
-    return verdict
 
 
 async def _place_orders(options: ChaosOptions, side: Marketplace, rng: random.Random,
@@ -290,15 +325,19 @@ async def _place_orders(options: ChaosOptions, side: Marketplace, rng: random.Ra
     return paid, unpaid
 
 
-async def _outage(faults: Faults, seconds: float) -> None:
+async def outage(faults: Faults, seconds: float) -> None:
     faults.down(True)
     await asyncio.sleep(seconds)
     faults.down(False)
 
 
-async def _kills(daemon: DaemonProcess, kills: int, window: float, rng: random.Random) -> None:
+async def kill_at_random(daemons: DaemonProcess | Sequence[DaemonProcess], kills: int, window: float,
+                         rng: random.Random) -> None:
+    """``kills`` times, SIGKILL one of ``daemons`` drawn at random and start it again a moment later."""
+    pool = [daemons] if isinstance(daemons, DaemonProcess) else list(daemons)
     for _ in range(kills):
         await asyncio.sleep(rng.uniform(0.3, 1.2) * window / max(kills, 1))
+        daemon = rng.choice(pool)
         daemon.kill()
         await asyncio.sleep(rng.uniform(0.05, 0.5))  # down for a moment; webhooks meanwhile fail and are resent
         await daemon.start()
@@ -312,8 +351,10 @@ async def _wait_delivered(market: SoftStoreMarketplace, paid: list[str], deadlin
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
+    url = checked_database_url(args.database_url, args.replicas, args.marketplace)
     options = ChaosOptions(orders=args.orders, kills=args.kills, seed=args.seed, rate=args.rate,
-                           timeout=args.timeout, workdir=Path(args.workdir) if args.workdir else None)
+                           timeout=args.timeout, workdir=Path(args.workdir) if args.workdir else None,
+                           database_url=url, replicas=args.replicas, marketplace=args.marketplace)
     # Only the summary on the terminal: the in-process marketplace's thousands of info lines would slow the run.
     configure_logging("console", "error", stream=sys.stderr)
     verdict = asyncio.run(run_chaos(options))
@@ -327,5 +368,12 @@ def register(sub: Any) -> None:
     chaos.add_argument("--seed", type=int, help="replay a run (the seed is printed first)")
     chaos.add_argument("--rate", type=float, default=100.0, help="orders placed per second")
     chaos.add_argument("--timeout", type=float, default=900.0)
-    chaos.add_argument("--workdir", help="keep the database and the daemon's log here")
+    chaos.add_argument("--workdir", help="keep the database (SQLite) and the daemons' logs here")
+    chaos.add_argument("--database-url", help="an empty PostgreSQL database to run against "
+                                              "(postgresql+psycopg://user:password@host/db); default: SQLite")
+    chaos.add_argument("--replicas", type=int, default=1,
+                       help="daemon processes sharing the database, webhooks spread across them (needs PostgreSQL)")
+    chaos.add_argument("--marketplace", default="softstore",
+                       choices=("softstore", "sellix", "shoppy", "stripe", "standard-webhooks"),
+                       help="whose webhooks; the webhook-only ones deliver to a failing seller endpoint")
     chaos.set_defaults(func=cmd_chaos)

@@ -6,11 +6,12 @@ Each check is one promise to the seller; a broken one becomes a line in :attr:`V
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import chaos_database
 from .reference.softstore import SoftStoreMarketplace
 
 UNFINISHED = ("queued", "running", "retry_wait", "waiting")
@@ -51,9 +52,10 @@ def _keys(body: object) -> list[str]:
     return [line.strip() for line in text.splitlines()[1:] if line.strip()]  # line 1 is "Order <id>"
 
 
-def judge(market: SoftStoreMarketplace, *, paid: list[str], unpaid: list[str], database: Path, log: Path,
-          kills: int, resent: int) -> Verdict:
-    """Check every promise; ``paid``/``unpaid`` are the order ids the run placed."""
+def judge(market: SoftStoreMarketplace, *, paid: list[str], unpaid: list[str], database: Path | str,
+          log: Path | Sequence[Path], kills: int, resent: int) -> Verdict:
+    """Check every promise; ``paid``/``unpaid`` are the order ids the run placed, ``database`` a SQLite file or a
+    database URL, ``log`` the output of every daemon process (one per replica)."""
     verdict = Verdict(orders=len(paid) + len(unpaid), kills=kills, faults=sum(market.faults.injected.values()),
                       resent=resent, unpaid=len(unpaid))
     bad = verdict.violations
@@ -82,19 +84,19 @@ def judge(market: SoftStoreMarketplace, *, paid: list[str], unpaid: list[str], d
     for id_order in unpaid:
         if market.accepted(id_order) is not None:
             bad.append(f"order {id_order}: unpaid, yet delivered")
-    _check_database(verdict, database)
-    _check_log(verdict, market, log, key_owner)
+    check_database(verdict, database)
+    for path in [log] if isinstance(log, Path) else log:
+        _check_log(verdict, market, path, key_owner)
     return verdict
 
 
-def _check_database(verdict: Verdict, database: Path) -> None:
-    with sqlite3.connect(database) as conn:
-        verdict.integrity = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-        states = dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
-    conn.close()
+def check_database(verdict: Verdict, database: Path | str) -> None:
+    """The database half (:mod:`delivery_daemon.chaos_database`), and every job final and counted delivered."""
+    report = chaos_database.check_database(database)
+    states = report.states
+    verdict.integrity = report.integrity
+    verdict.violations.extend(f"database: {problem}" for problem in report.problems)
     verdict.unfinished = sum(int(states.get(state, 0)) for state in UNFINISHED)
-    if verdict.integrity != "ok":
-        verdict.violations.append(f"integrity_check: {verdict.integrity}")
     if verdict.unfinished:
         verdict.violations.append(f"jobs left unfinished after the drain: {states}")
     if int(states.get("delivered", 0)) != verdict.delivered:
@@ -104,9 +106,14 @@ def _check_database(verdict: Verdict, database: Path) -> None:
 
 def _check_log(verdict: Verdict, market: SoftStoreMarketplace, log: Path, keys: Counter[str]) -> None:
     """No API key, JWT, delivery token or generated key in anything the daemon printed."""
+    check_log(verdict, log, {market._api_key, *market._jwts, *(order.token for order in market.orders.values()),
+                             *keys})
+
+
+def check_log(verdict: Verdict, log: Path, secrets: set[str]) -> None:
+    """None of ``secrets`` in anything the daemon printed."""
     text = log.read_text(encoding="utf-8", errors="replace")
-    secrets = {market._api_key, *market._jwts, *(order.token for order in market.orders.values()), *keys}
     found = [secret for secret in secrets if secret and secret in text]
-    verdict.leaks = len(found)
+    verdict.leaks += len(found)
     if found:
         verdict.violations.append(f"{len(found)} secrets appear in the daemon's log {log}")

@@ -48,10 +48,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
 
     from .clock import SystemClock
+    from .destinations import check_destinations
+    from .netguard import NetPolicy
     from .stores import build_stores
 
     settings, plugins = _load(args.config)
     stores = build_stores(settings, default_marketplaces(), plugins, SystemClock())
+    try:
+        warnings = asyncio.run(check_destinations(stores, NetPolicy.from_settings(settings.security)))
+    except ConfigError:
+        asyncio.run(_close(stores))
+        raise
     url = make_url(settings.database.url).render_as_string(hide_password=True)
     print(f"configuration OK: {args.config}")
     print(f"  database: {url} (synchronous={settings.database.synchronous})")
@@ -67,8 +74,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"    product {product_id}: generator {product.generator_name}")
         if store.default is not None:
             print(f"    any other product: generator {store.default.generator_name}")
+    for warning in warnings:
+        print(f"  warning: {warning}")
     asyncio.run(_report_status(stores))
     return 0
+
+
+async def _close(stores: dict[str, Any]) -> None:
+    for store in stores.values():
+        await store.aclose()
 
 
 async def _report_status(stores: dict[str, Any], limit_s: float = 5.0) -> None:
@@ -82,7 +96,7 @@ async def _report_status(stores: dict[str, Any], limit_s: float = 5.0) -> None:
             except (DeliveryDaemonError, OSError, TimeoutError) as exc:
                 line = f"marketplace not reachable now ({type(exc).__name__}: {exc})"
             print(f"  store {store.name} status: {line}")
-        await store.marketplace.aclose()
+        await store.aclose()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

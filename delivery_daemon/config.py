@@ -122,20 +122,34 @@ class PluginSettings(_Model):
 
     directory: str | None = None
 class StatusSettings(_Model):
-    """The status page (off by default): its own address, behind a password and/or a token.
+    """The status page (off by default): served at ``/status/`` on the admin address, behind a password and/or token.
 
     ``session_secret`` signs the login cookie; when it is not set a random one is made at start, so a restart
     logs everyone out. ``low_stock`` is the number of free keys at or below which a product is highlighted.
+    Wrong passwords and bearer tokens are throttled: ``login_failures`` per client address and
+    ``login_failures_global`` in all within ``login_window`` seconds, then 429 until the oldest failure ages out.
     """
 
     enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = Field(default=8081, ge=0, le=65535)
     password: SecretStr | None = None
     token: SecretStr | None = None
     session_secret: SecretStr | None = None
     session_max_age: int = Field(default=8 * 3600, ge=60)
     low_stock: int = Field(default=10, ge=0)
+    login_failures: int = Field(default=5, ge=1)
+    login_failures_global: int = Field(default=25, ge=1)
+    login_window: float = Field(default=900.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_own_address(cls, data: Any) -> Any:
+        # The page once had its own server; say where it went instead of a bare "unknown key".
+        if isinstance(data, dict):
+            for key in ("host", "port"):
+                if key in data:
+                    raise ValueError(f"status.{key}: no longer supported; the status page is served at /status/ "
+                                     f"on the admin address, so set admin.{key} instead")
+        return data
 
     @model_validator(mode="after")
     def _secret_when_enabled(self) -> StatusSettings:
@@ -244,6 +258,13 @@ class Settings(_Model):
     stores: tuple[StoreSettings, ...] = ()
 
     @model_validator(mode="after")
+    def _status_needs_admin_address(self) -> Settings:
+        if self.status.enabled and self.admin.port is None:
+            raise ValueError("admin.port: required when status.enabled is true (the status page is served on the "
+                             "admin address, never on the public webhook port)")
+        return self
+
+    @model_validator(mode="after")
     def _unique_store_names(self) -> Settings:
         seen: set[str] = set()
         for index, store in enumerate(self.stores):
@@ -275,7 +296,7 @@ def _first_error(exc: ValidationError) -> ConfigError:
     if message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
     path = format_location(tuple(error["loc"]))
-    if ": " in message and message.split(": ", 1)[0].startswith(("stores[", "status.")):
+    if ": " in message and message.split(": ", 1)[0].startswith(("stores[", "status.", "admin.")):
         path, message = message.split(": ", 1)
     return ConfigError(path, message)
 

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
-from . import models, stock  # noqa: F401  (registers the tables on SQLModel.metadata)
+from . import models, stock, vault  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -1,4 +1,5 @@
-"""``delivery-daemon db backup FILE`` and ``db purge``: keep the data, and only as long as it should be kept."""
+"""``delivery-daemon db backup FILE``, ``db purge`` and ``db reencrypt``: keep the data, only as long as it should
+be kept, and sealed under the current key."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from .backup import BackupError, backup
 from .clock import SystemClock
 from .db import sqlite_path
 from .errors import ConfigError
-from .operator_db import add_database_options, database_url, load_database_settings, open_engine
+from .operator_db import add_database_options, database_url, load_database_settings, open_cipher, open_engine
 from .retention import purge
 
 
@@ -53,6 +54,31 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reencrypt(args: argparse.Namespace) -> int:
+    from .rekey import RekeyError, compact, reencrypt
+
+    if args.batch < 1:
+        raise ConfigError("--batch", "must be at least 1")
+    cipher = open_cipher(args)
+    if cipher is None:
+        raise ConfigError("security.encryption_key_file", "no encryption key configured or found beside the "
+                                                          "database: there is nothing to re-encrypt with")
+    engine = open_engine(args)
+    try:
+        report = reencrypt(engine, SystemClock(), cipher, batch=args.batch)
+        compacted = compact(engine) if args.compact else None
+    except RekeyError as exc:
+        print(f"delivery-daemon: error: {exc} (rows done so far stay re-encrypted; run again)", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"re-encrypted under key {cipher.current}: {report.jobs} order(s), {report.stock_keys} stock key(s), "
+          f"{report.secrets} daemon secret(s)")
+    if compacted is not None:
+        print("database compacted" if compacted else "compaction failed (see the log); run it again when idle")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add ``db`` and its sub-commands to the CLI."""
     db = sub.add_parser("db", help="back up the database, purge old order data, migrate to PostgreSQL")
@@ -68,3 +94,10 @@ def register(sub: Any) -> None:
     clean.add_argument("--days", type=float, help="instead of retention.days from the configuration")
     add_database_options(clean)
     clean.set_defaults(func=cmd_purge)
+
+    rekey = actions.add_parser("reencrypt", help="re-seal stored content and stock keys under the current key")
+    rekey.add_argument("--batch", type=int, default=500, help="rows per transaction (default 500)")
+    rekey.add_argument("--compact", action="store_true",
+                       help="then rewrite the database (SQLite VACUUM, PostgreSQL VACUUM FULL) so old pages go")
+    add_database_options(rekey)
+    rekey.set_defaults(func=cmd_reencrypt)

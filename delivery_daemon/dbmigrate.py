@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, func, insert, select
+from sqlalchemy import Connection, Engine, Integer, Table, func, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlmodel import SQLModel
@@ -82,8 +82,8 @@ def _reset_sequences(target: Connection, tables: list[Table]) -> None:
     """Ids were copied explicitly, so each serial sequence must continue after the largest one."""
     for table in tables:
         for column in table.primary_key.columns:
-            if column.autoincrement is False:
-                continue
+            if column.autoincrement is False or not isinstance(column.type, Integer):
+                continue  # e.g. daemon_secrets, keyed by name: no sequence
             largest = select(func.coalesce(func.max(column), 0) + 1).scalar_subquery()
             sequence = func.pg_get_serial_sequence(table.name, column.name)
             target.execute(select(func.setval(sequence, largest, False)))

@@ -1,13 +1,19 @@
 """structlog set-up: one event per line, JSON when stdout is not a terminal, readable when it is.
 
-A redaction processor replaces every registered secret (API keys, webhook secrets, JWTs) wherever it would appear
-in an event. Delivery tokens and generated keys are never passed to a log call in the first place; the redactor is
-the second line of defence for the secrets the daemon holds in memory.
+A redaction processor replaces every registered secret (API keys, webhook secrets, JWTs, SMTP passwords, secret
+plugin options) wherever it would appear in an event. Delivery tokens and generated keys are never passed to a log
+call in the first place; the redactor is the second line of defence for the secrets the daemon holds in memory.
+
+Third-party libraries log through stdlib :mod:`logging` (httpx logs every request URL, and SoftStore's delivery URL
+carries the order's token). :func:`install_record_scrubber` makes every stdlib record scrubbed *when it is created*,
+whatever handler later receives it: registered secrets are replaced, and in records of the HTTP client libraries
+every URL is cut down to its origin (a path or query may hold a token the daemon never registered).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
@@ -17,13 +23,20 @@ import structlog
 REDACTED = "[redacted]"
 QUIET_LOGGERS = ("httpx", "httpcore", "hpack")
 """Third-party loggers that print request URLs or headers (which hold tokens) below WARNING."""
+URL_LOGGERS = ("httpx", "httpcore", "hpack", "h11", "h2")
+"""Loggers whose records have every URL cut to its origin (the path of a delivery URL is a token)."""
+_URL_PATH = re.compile(r"(?P<origin>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s'\"?#]+)[/?#][^\s'\"]*")
 
 
 class Redactor:
     """A structlog processor that scrubs known secret strings from every string value of an event."""
 
+    RECENT = 256
+    """How many secrets that came from sources are remembered (JWTs rotate: old ones are kept a while, not forever)."""
+
     def __init__(self) -> None:
         self._secrets: set[str] = set()
+        self._recent: dict[str, None] = {}  # insertion-ordered, bounded
         self._sources: list[Callable[[], Iterable[str]]] = []
 
     def add(self, *secrets: str | None) -> None:
@@ -33,17 +46,31 @@ class Redactor:
         """A callable asked at each event for secrets that change at run time (e.g. a refreshed JWT)."""
         self._sources.append(source)
 
-    def _all(self) -> set[str]:
-        found = set(self._secrets)
+    def _all(self) -> list[str]:
+        # What a source returned is kept for a while: a JWT replaced by a fresh one may still sit in a late message.
         for source in self._sources:
-            found.update(s for s in source() if s and len(s) >= 6)
-        return found
+            for secret in source():
+                if secret and len(secret) >= 6 and secret not in self._secrets:
+                    self._recent.pop(secret, None)
+                    self._recent[secret] = None
+        while len(self._recent) > self.RECENT:
+            del self._recent[next(iter(self._recent))]
+        # Longest first, so a secret that contains another is replaced whole.
+        return sorted(self._secrets.union(self._recent), key=len, reverse=True)
 
-    def scrub(self, value: str, secrets: set[str]) -> str:
+    def scrub_text(self, value: str) -> str:
+        """``value`` with every registered secret replaced by ``[redacted]``."""
+        return self.scrub(value, self._all())
+
+    def scrub(self, value: str, secrets: Iterable[str]) -> str:
         for secret in secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
         return value
+
+    def rendered(self, _logger: Any, _name: str, line: Any) -> Any:
+        """The last processor: the rendered line (a str) scrubbed as a whole."""
+        return self.scrub_text(line) if isinstance(line, str) else line
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         secrets = self._all()
@@ -56,6 +83,41 @@ class Redactor:
 
 
 REDACTOR = Redactor()
+
+
+def scrub_record(record: logging.LogRecord, redactor: Redactor) -> logging.LogRecord:
+    """The record with its message (arguments merged in) and exception text scrubbed, in place."""
+    try:
+        message = record.getMessage()
+    except (TypeError, ValueError):  # a broken %-format in a third-party call: keep the template only
+        message = str(record.msg)
+    clean = redactor.scrub_text(message)
+    if record.name.split(".")[0] in URL_LOGGERS:
+        clean = _URL_PATH.sub(lambda m: f"{m.group('origin')}/{REDACTED}", clean)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and record.exc_info[1] is not None:
+        # Formatted now (what Formatter.format would do later), so the traceback text is scrubbed too.
+        record.exc_text = redactor.scrub_text(logging.Formatter().formatException(record.exc_info))
+        record.exc_info = None
+    return record
+
+
+_installed: list[Redactor] = []
+
+
+def install_record_scrubber(redactor: Redactor = REDACTOR) -> None:
+    """Scrub every stdlib log record at creation (idempotent): handlers added later, by anyone, get clean records."""
+    if _installed:
+        _installed[0] = redactor
+        return
+    _installed.append(redactor)
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        return scrub_record(previous(*args, **kwargs), _installed[0])
+
+    logging.setLogRecordFactory(factory)
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None,
@@ -73,14 +135,16 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,  # before the redactor, so a traceback's text is scrubbed too
             redactor,
-            structlog.processors.format_exc_info,
             renderer,
+            redactor.rendered,  # and the whole line once more: a secret nested in a list or dict value
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    install_record_scrubber(redactor)
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
     # httpx logs every request URL at INFO, and SoftStore's delivery URL carries the order's token: pinned, so
     # that nothing (a root logger at DEBUG, an embedding app) can turn those lines on.

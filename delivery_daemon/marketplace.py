@@ -19,7 +19,7 @@ from .clock import Clock
 from .config import DeliverySettings, StoreSettings
 from .errors import Retry, WebhookRejected
 from .models import Job
-from .netguard import NetPolicy
+from .netguard import BlockedDestination, NetPolicy
 from .order import Content, IncomingOrder, MarketplaceOrder
 
 
@@ -114,12 +114,32 @@ class MarketplaceType(Protocol):
     def create(self, context: AdapterContext) -> Marketplace: ...
 
 
+class PinnedOrigin(httpx.AsyncBaseTransport):
+    """A transport that sends only to one origin (scheme, host, port): the store's configured API URL. Anything
+    else is :class:`~delivery_daemon.netguard.BlockedDestination` before a byte leaves, whatever URL an adapter was
+    handed (a webhook's ``delivery_url``, a ``Location`` header)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, origin: str) -> None:
+        self.inner = inner
+        self.origin = origin
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not same_origin(str(request.url), self.origin):
+            raise BlockedDestination(f"refused to connect to {request.url.host}: not the store's API host")
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 def create_client(context: AdapterContext, base_url: str = "") -> httpx.AsyncClient:
-    """One keep-alive client per adapter. Redirects are never followed: a 3xx is an answer, not an instruction."""
+    """One keep-alive client per adapter, pinned to ``base_url``'s origin when given. Redirects are never followed:
+    a 3xx is an answer, not an instruction."""
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    transport = context.transport or httpx.AsyncHTTPTransport(limits=limits)
     return httpx.AsyncClient(
-        base_url=base_url, transport=context.transport, follow_redirects=False,
-        timeout=httpx.Timeout(context.delivery.timeout),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        base_url=base_url, transport=PinnedOrigin(transport, base_url) if base_url else transport,
+        follow_redirects=False, timeout=httpx.Timeout(context.delivery.timeout), limits=limits,
         headers={"User-Agent": "delivery-daemon"},
     )
 

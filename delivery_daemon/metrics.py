@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import inspect
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -23,7 +24,7 @@ from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from . import health
 from .clock import Clock
@@ -139,8 +140,9 @@ def routes() -> list[Route]:
     return [Route("/metrics", metrics)]
 
 
-def create_admin_app(daemon: Daemon) -> Starlette:
-    """``/metrics``, ``/healthz`` and ``/readyz`` for the admin address (``admin.port``); no webhooks here."""
-    app = Starlette(routes=[*routes(), *health.routes()])
+def create_admin_app(daemon: Daemon, extra: Sequence[BaseRoute] = ()) -> Starlette:
+    """``/metrics``, ``/healthz`` and ``/readyz`` for the admin address (``admin.port``), plus ``extra`` routes
+    (the status page's mount when ``status.enabled``); no webhooks here."""
+    app = Starlette(routes=[*routes(), *health.routes(), *extra])
     app.state.daemon = daemon
     return app

@@ -12,8 +12,14 @@ Usage (from a plugin or a sink)::
     async with guarded_client(policy, timeout=10) as client:
         response = await client.post(url, json=body)   # BlockedDestination if url resolves somewhere refused
 
-Marketplace API hosts are not guarded here: they are configured per store and every URL the daemon calls on a
-marketplace must be on that configured origin (see :func:`delivery_daemon.marketplace.same_origin`).
+An injected httpx transport (tests) is wrapped in :class:`GuardedTransport`, which checks each request's host the
+same way before the transport sees it. ``NetPolicy.resolver`` replaces the system's DNS (tests use a fixed table to
+make a name resolve to a private address). Configured URLs are also checked at start-up, with their key path
+(:mod:`~delivery_daemon.destinations`).
+
+Marketplace API hosts are not guarded here: they are configured per store, and each adapter's client is pinned to
+that origin (:class:`delivery_daemon.marketplace.PinnedOrigin`), so a URL handed over in a webhook cannot send it
+elsewhere.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpcore
@@ -33,6 +39,8 @@ from .errors import DeliveryDaemonError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+"""``(host, port) -> addresses``: the system's DNS (:func:`resolve`) unless a test hands in its own."""
 
 METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
     "169.254.169.254",  # AWS, GCP, Azure, DigitalOcean, OpenStack
@@ -52,6 +60,10 @@ def classify(address: IPAddress) -> str | None:
     """Why ``address`` is refused by default (``"loopback"``, ``"private"``, ``"metadata"`` …), or None if public."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return classify(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address) and address.sixtofour is not None:
+        inner = classify(address.sixtofour)  # 2002:7f00:1:: is 6to4 for 127.0.0.1: judged by the address it embeds
+        if inner is not None:
+            return inner
     if address in METADATA_ADDRESSES:
         return "metadata"
     for reason in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved"):
@@ -70,6 +82,8 @@ class NetPolicy:
     """Allow loopback/private/link-local destinations (a sink on the LAN); metadata endpoints stay refused."""
     allowed_networks: tuple[IPNetwork, ...] = ()
     """Networks allowed whatever they are (``127.0.0.0/8`` for a local test sink, even a metadata address)."""
+    resolver: Resolver | None = field(default=None, compare=False)
+    """How host names become addresses; None is the system's DNS (tests pass a fixed table)."""
 
     @classmethod
     def from_settings(cls, settings: SecuritySettings) -> NetPolicy:
@@ -114,7 +128,11 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
 
 async def checked_addresses(host: str, port: int, policy: NetPolicy) -> list[IPAddress]:
     """The addresses of ``host``, or BlockedDestination if any of them is refused (all must pass, not one)."""
-    addresses = await resolve(host, port)
+    try:
+        literal = [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        literal = []
+    addresses = literal or await (policy.resolver or resolve)(host, port)
     for address in addresses:
         reason = policy.refusal(address)
         if reason is not None:
@@ -159,6 +177,29 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """Any httpx transport (an injected test transport too) behind the policy: each request's host is resolved and
+    checked before ``inner`` sees it. Over the real network prefer :func:`guarded_transport`, which also pins the
+    connection to the checked address."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, policy: NetPolicy) -> None:
+        self.inner = inner
+        self.policy = policy
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme not in ("http", "https") or not url.host:
+            raise BlockedDestination(f"only http(s) URLs with a host are allowed, not {url.scheme or 'none'}")
+        try:
+            await checked_addresses(url.host, url.port or (443 if url.scheme == "https" else 80), self.policy)
+        except httpcore.ConnectError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from None
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 def guarded_transport(policy: NetPolicy, *, limits: httpx.Limits | None = None) -> httpx.AsyncHTTPTransport:
     """An httpx transport whose every connection goes through :class:`GuardedBackend`."""
     limits = limits or httpx.Limits(max_connections=50, max_keepalive_connections=10)
@@ -173,12 +214,16 @@ def guarded_transport(policy: NetPolicy, *, limits: httpx.Limits | None = None) 
 
 
 def guarded_client(policy: NetPolicy, *, timeout: float = 10.0, headers: dict[str, str] | None = None,
-                   limits: httpx.Limits | None = None) -> httpx.AsyncClient:
-    """An AsyncClient for configured URLs: guarded connections, redirects never followed."""
-    return httpx.AsyncClient(transport=guarded_transport(policy, limits=limits), follow_redirects=False,
+                   limits: httpx.Limits | None = None,
+                   transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """An AsyncClient for configured URLs: guarded connections, redirects never followed. An injected
+    ``transport`` (tests) is wrapped in :class:`GuardedTransport`, so the policy applies to it as well."""
+    guarded = guarded_transport(policy, limits=limits) if transport is None else GuardedTransport(transport, policy)
+    return httpx.AsyncClient(transport=guarded, follow_redirects=False,
                              timeout=httpx.Timeout(timeout),
                              headers={"User-Agent": "delivery-daemon", **(headers or {})})
 
 
-__all__: Sequence[str] = ["METADATA_ADDRESSES", "BlockedDestination", "GuardedBackend", "NetPolicy", "check_url",
+__all__: Sequence[str] = ["METADATA_ADDRESSES", "BlockedDestination", "GuardedBackend", "GuardedTransport",
+                          "NetPolicy", "Resolver", "check_url",
                           "checked_addresses", "classify", "guarded_client", "guarded_transport", "parse_networks"]

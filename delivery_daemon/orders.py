@@ -16,7 +16,6 @@ What each action does:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, and_, insert, or_, select, update
@@ -25,9 +24,9 @@ from sqlalchemy.engine import Connection
 from .clock import Clock
 from .errors import DeliveryDaemonError
 from .models import Attempt, Job, JobState
-from .queue import ATTEMPTS, JOBS
+from .queue import ATTEMPTS, JOBS, OPERATOR_RETRYABLE, OperatorAction, operator_requeue
 
-RETRYABLE = (JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value, JobState.CANCELLED.value)
+RETRYABLE = OPERATOR_RETRYABLE
 CANCELLABLE = (JobState.QUEUED.value, JobState.RETRY_WAIT.value, JobState.WAITING.value, JobState.DEAD.value)
 
 REDELIVERY_NOTES: dict[str, str] = {
@@ -133,15 +132,17 @@ class Orders:
                     JobState.QUEUED.value: "it is already queued",
                     JobState.RUNNING.value: "it is being processed right now"}.get(job.state, "")
             raise ActionRefused(f"order {job.order_id} is {job.state}: {hint}".rstrip(": "))
-        return self._move(job, RETRYABLE, "retry")
+        return self._move(job, "retry")
 
     def retry_all_dead(self) -> list[int]:
         """Queue every dead order now; returns the job ids that moved (empty when there were none)."""
+        now = self.clock.now()
         with self.engine.begin() as conn:
             ids = conn.execute(
                 select(JOBS.c.id).where(JOBS.c.state == JobState.DEAD.value).order_by(JOBS.c.id)
             ).scalars().all()
-            return [job_id for job_id in ids if self._requeue(conn, job_id, (JobState.DEAD.value,), "retry")]
+            return [job_id for job_id in ids
+                    if operator_requeue(conn, job_id, "retry", now, only=(JobState.DEAD.value,))]
 
     def redeliver(self, ref: str, store: str | None = None) -> Job:
         """Queue a delivered order to send its stored content again (see :data:`REDELIVERY_NOTES`)."""
@@ -150,7 +151,7 @@ class Orders:
             raise ActionRefused(f"order {job.order_id} is {job.state}, not delivered; use 'orders retry'")
         if job.content is None:
             raise ActionRefused(f"order {job.order_id}: its delivered content was purged by the retention policy")
-        return self._move(job, (JobState.DELIVERED.value,), "redeliver")
+        return self._move(job, "redeliver")
 
     def cancel(self, ref: str, store: str | None = None) -> Job:
         """Never attempt this order again (it stays in the database, state ``cancelled``)."""
@@ -174,24 +175,13 @@ class Orders:
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
-    def _move(self, job: Job, from_states: Sequence[str], outcome: str) -> Job:
+    def _move(self, job: Job, action: OperatorAction) -> Job:
+        # The same transition as the status page's buttons (JobQueue.retry/redeliver): queue.operator_requeue.
         assert job.id is not None
         with self.engine.begin() as conn:
-            if not self._requeue(conn, job.id, from_states, outcome):
+            if not operator_requeue(conn, job.id, action, self.clock.now()):
                 raise ActionRefused(f"order {job.order_id} changed state meanwhile; look again")
         return self.resolve(f"#{job.id}")
-
-    def _requeue(self, conn: Connection, job_id: int, from_states: Sequence[str], outcome: str) -> bool:
-        # attempts back to 0: the operator asked for another go, so the whole retry schedule applies again.
-        now = self.clock.now()
-        moved = conn.execute(
-            update(JOBS).where(and_(JOBS.c.id == job_id, JOBS.c.state.in_(from_states)))
-            .values(state=JobState.QUEUED.value, due_at=now, updated_at=now, attempts=0, lease_owner=None,
-                    lease_until=None)
-        ).rowcount
-        if moved == 1:
-            self._record(conn, job_id, JobState.QUEUED, outcome, now)
-        return bool(moved == 1)
 
     @staticmethod
     def _record(conn: Connection, job_id: int, state: JobState, outcome: str, now: float) -> None:

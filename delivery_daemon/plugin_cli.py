@@ -41,6 +41,8 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
 
 
 def cmd_stock_import(args: argparse.Namespace) -> int:
+    from .cipher import load_cipher
+    from .db import sqlite_path
     from .queue import JobQueue
     from .stock import StockError, StockPool, read_keys
 
@@ -52,10 +54,14 @@ def cmd_stock_import(args: argparse.Namespace) -> int:
     except StockError as exc:
         print(f"delivery-daemon: error: {exc}", file=sys.stderr)
         return 2
+    # The daemon's key (the same sources, in the same order): keys are sealed before they reach the database.
+    cipher = load_cipher(settings.security, sqlite_path(settings.database.url))
     engine = _database(settings)
     clock = SystemClock()
     try:
-        result = StockPool(engine, clock).import_keys(args.store, args.product, keys)
+        pool = StockPool(engine, clock, cipher)
+        pool.seal()  # legacy plaintext rows first, so de-duplication (by key_hash) sees them
+        result = pool.import_keys(args.store, args.product, keys)
         # The running daemon (another process) picks the requeued jobs up on its next periodic tick.
         queue = JobQueue(engine, clock)
         try:

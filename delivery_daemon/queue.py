@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, and_, bindparam, func, insert, select, text, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -99,6 +99,36 @@ def _row_to_job(row: Any, cipher: Cipher | None = None) -> Job:
             if values.get(column) is not None:
                 values[column] = cipher.open(values[column], f"{values['store']}/{values['order_id']}/{column}")
     return Job.model_validate(values)
+
+
+OPERATOR_RETRYABLE = (JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value,
+                      JobState.CANCELLED.value)
+"""States an operator's ``retry`` requeues (``redeliver`` takes only delivered jobs that still hold content)."""
+
+OperatorAction = Literal["retry", "redeliver"]
+
+
+def operator_requeue(conn: Connection, job_id: int, action: OperatorAction, now: float, *,
+                     only: Sequence[str] | None = None) -> bool:
+    """The one operator transition behind ``orders retry|redeliver`` and the status page's buttons.
+
+    In ``conn``'s transaction, queue job ``job_id`` due ``now`` with ``attempts`` back to 0 and no lease, and record
+    an ``admin``/``action`` attempt — only if the job is in a state ``action`` allows (``retry``:
+    :data:`OPERATOR_RETRYABLE`, narrowed by ``only``; ``redeliver``: delivered with stored content). The ``WHERE``
+    names the states, so a running (leased) job is never taken from its worker. True if the job moved.
+    """
+    # attempts back to 0: the operator asked for another go, so the whole retry schedule applies again.
+    if action == "retry":
+        states = [state for state in OPERATOR_RETRYABLE if only is None or state in only]
+        where = and_(JOBS.c.id == job_id, JOBS.c.state.in_(states))
+    else:
+        where = and_(JOBS.c.id == job_id, JOBS.c.state == JobState.DELIVERED.value, JOBS.c.content.is_not(None))
+    moved = conn.execute(update(JOBS).where(where).values(
+        state=JobState.QUEUED.value, due_at=now, updated_at=now, attempts=0, lease_owner=None, lease_until=None,
+    )).rowcount
+    if moved == 1:
+        JobQueue._record(conn, job_id, Transition(JobState.QUEUED, "admin", action), now)
+    return bool(moved == 1)
 
 
 class JobQueue:
@@ -399,9 +429,10 @@ class JobQueue:
         return await self._run(self._requeue, where, "stock_refilled", [JobState.WAITING.value])
 
     async def retry(self, job_id: int) -> list[int]:
-        """Requeue a dead or waiting job now; returns the ids that moved (empty when nothing matched)."""
-        return await self._run(self._requeue, JOBS.c.id == job_id, "retry",
-                               [JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value])
+        """:func:`operator_requeue` ``retry`` (the status page's button); returns ``[job_id]`` if it moved, else
+        ``[]``."""
+        moved = await self._run(operator_requeue, job_id, "retry", self.clock.now())
+        return [job_id] if moved else []
 
     def _claim_order(self, conn: Connection, store: str, order_id: str, owner: str, lease_seconds: float,
                      from_states: Sequence[str]) -> Job | None:
@@ -456,10 +487,10 @@ class JobQueue:
         """
         return await self._run(self._mark, order)
     async def redeliver(self, job_id: int) -> list[int]:
-        """Queue a delivered job to send its stored content again (it is never regenerated); an Attempt records
-        ``admin``/``redeliver``. Returns the ids that moved (empty unless the job is delivered with content)."""
-        where = and_(JOBS.c.id == job_id, JOBS.c.content.is_not(None))
-        return await self._run(self._requeue, where, "redeliver", [JobState.DELIVERED.value])
+        """:func:`operator_requeue` ``redeliver``: send a delivered job's stored content again (never regenerated).
+        Returns ``[job_id]`` if it moved (only a delivered job with content does), else ``[]``."""
+        moved = await self._run(operator_requeue, job_id, "redeliver", self.clock.now())
+        return [job_id] if moved else []
 
     # -- reads -----------------------------------------------------------------------------------------------
 

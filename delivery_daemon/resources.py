@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import structlog
 from sqlalchemy import Engine
 
+from .cipher import Cipher
 from .clock import Clock, SystemClock
 from .errors import PluginError
 from .netguard import NetPolicy
@@ -32,6 +33,8 @@ class ResourceHub:
     engine: Engine | None = None
     policy: NetPolicy = field(default_factory=NetPolicy)
     """The outbound network policy (``security.allow_private_networks`` / ``allowed_networks``)."""
+    cipher: Cipher | None = None
+    """The encryption at rest (stock keys are sealed with it); None only for an unencrypted database."""
 
 
 @dataclass(frozen=True)
@@ -71,4 +74,4 @@ class Resources:
         """The pre-made key pool (``delivery-daemon stock import``) in the daemon's database."""
         from .stock import StockPool
 
-        return StockPool(self.engine, self.clock)
+        return StockPool(self.engine, self.clock, self.hub.cipher)

@@ -7,7 +7,8 @@
   templates) with :func:`~delivery_daemon.stores.build_stores`, then swap them in one assignment: a request or job
   sees either the old stores or the new ones, never a mix, and nothing is dropped. A bad file is refused with a
   ``config.reload_failed`` log line and the old configuration keeps running. Other sections (database, server,
-  worker, delivery, logging, admin, retention) need a restart; a reload that changes them says so in its log line.
+  worker, delivery, logging, admin, retention, plugins, status) need a restart; a reload that changes them says so
+  in its log line.
 
 uvicorn's own signal handling is switched off (it would re-raise SIGTERM after shutdown, exiting 143 instead of 0);
 the handlers here go through the event loop, so they run between, never inside, other code.
@@ -30,15 +31,17 @@ from starlette.types import ASGIApp
 from . import __version__
 from .app import Daemon, create_app
 from .config import Settings, load_settings
+from .destinations import check_destinations
 from .logs import REDACTOR
 from .marketplace import MarketplaceType
 from .metrics import create_admin_app
+from .netguard import NetPolicy
 from .serving import bind_socket
 from .stores import Store, build_stores
 
 log = structlog.get_logger("delivery_daemon.runner")
 
-RESTART_SECTIONS = ("database", "server", "worker", "delivery", "logging", "admin", "retention", "plugins")
+RESTART_SECTIONS = ("database", "server", "worker", "delivery", "logging", "admin", "retention", "plugins", "status")
 """Settings a reload does not apply (they shape sockets, the database and the worker)."""
 
 
@@ -48,6 +51,14 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def _status_mount(daemon: Daemon, settings: Settings) -> Any:
+    # Imported only when enabled: the page's package (Jinja2 templates, routes) is idle RSS a daemon without it
+    # never needs (docs/performance.md, idle memory).
+    from .status import status_mount
+
+    return status_mount(daemon, settings.status)
 
 
 def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float) -> _Server:
@@ -72,11 +83,16 @@ class Runner:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if the daemon could not start."""
         settings = self.settings
+        # A refused URL in config stops the start here (ConfigError, exit 2) rather than killing every order later.
+        for warning in await check_destinations(self.daemon.stores, NetPolicy.from_settings(settings.security)):
+            log.warning("config.destination_unchecked", detail=warning)
         grace = settings.worker.shutdown_grace
         listeners: list[tuple[ASGIApp, Literal["on", "off"], str, int]] = [
             (self.app, "on", settings.server.host, settings.server.port)]
         if settings.admin.port is not None:
-            listeners.append((create_admin_app(self.daemon), "off", settings.admin.host, settings.admin.port))
+            # The status page lives on the admin address only (config refuses status.enabled without admin.port).
+            extra = [_status_mount(self.daemon, settings)] if settings.status.enabled else []
+            listeners.append((create_admin_app(self.daemon, extra), "off", settings.admin.host, settings.admin.port))
         sockets = [bind_socket(host, port) for _, _, host, port in listeners]
         self._servers = [_server(app, lifespan=lifespan, grace=grace) for app, lifespan, _, _ in listeners]
         loop = asyncio.get_running_loop()
@@ -107,6 +123,10 @@ class Runner:
         urls = [f"http://{_host(sock)}:{sock.getsockname()[1]}" for sock in sockets]
         log.info("daemon.started", version=__version__, pid=os.getpid(), webhooks=f"{urls[0]}/webhooks/<store>",
                  metrics=f"{urls[-1]}/metrics", stores=sorted(self.daemon.stores))
+        if self.settings.status.enabled and len(urls) > 1:
+            from .status import MOUNT_PATH
+
+            log.info("status.serving", url=f"{urls[-1]}{MOUNT_PATH}/")
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
         """Begin a graceful shutdown (a second SIGINT forces it)."""
@@ -129,13 +149,14 @@ class Runner:
             new = load_settings(self.config_path)
             stores = build_stores(new, self.marketplaces, self.plugins, self.daemon.clock,
                                   hub=self.daemon.resources)
+            await check_destinations(stores, NetPolicy.from_settings(new.security))
         except Exception as exc:  # any failure to build means "keep what runs"; ConfigError is the usual one
             log.error("config.reload_failed", path=str(self.config_path), error=str(exc),
                       error_type=type(exc).__name__)
             return False
         for store in stores.values():
             REDACTOR.add_source(store.marketplace.secrets)
-            REDACTOR.add(*store.channel_secrets)
+            REDACTOR.add(*store.static_secrets())
         old_stores, in_flight = self.daemon.stores, self.daemon.worker.in_flight
         # One assignment each: receivers and the worker read daemon.stores on every use.
         self.daemon.stores = stores
@@ -152,7 +173,7 @@ async def _close_when_done(stores: Mapping[str, Store], in_flight: frozenset[asy
         await asyncio.wait(in_flight)
     for store in stores.values():
         with contextlib.suppress(Exception):
-            await store.marketplace.aclose()
+            await store.aclose()
 
 
 def _host(sock: Any) -> str:

@@ -5,36 +5,50 @@ The database guarantees it, not the process: a claim selects ``n`` free ids and 
 rows nobody holds (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers with
 ``BEGIN IMMEDIATE``), inside a transaction that is rolled back unless the whole quantity was found. Claims are
 idempotent per order: rows already held by the same ``order_key`` are returned first, so an order retried after a
-crash receives the same keys. ``(store, product_id, key)`` is unique, so an import never adds a key twice.
+crash receives the same keys.
+
+Keys are sealed at rest: ``key`` holds the key encrypted with the daemon's cipher (AES-256-GCM, the row's
+``stock/<store>/<product>/<key_hash>`` as associated data) and ``key_hash`` is HMAC-SHA256 of the key under the
+database's random ``stock_hash_key`` (itself sealed, see :mod:`delivery_daemon.vault`). ``(store, product_id,
+key_hash)`` is unique, so an import never adds a key twice although the database never sees the key. Claims open the
+keys and return plaintext. Rows written by earlier releases (plaintext, no ``key_hash``) are still claimable and are
+sealed by :meth:`StockPool.seal`, which the daemon runs at start (see :mod:`delivery_daemon.rekey`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from sqlalchemy import Engine, Index, Text, UniqueConstraint, and_, case, func, select, update
+from sqlalchemy import Connection, Engine, Index, Text, UniqueConstraint, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
+from .cipher import PREFIX, Cipher, DecryptError
 from .clock import Clock
-from .errors import DeliveryDaemonError, OutOfStock
+from .errors import DeliveryDaemonError, OutOfStock, Retry
+from .vault import STOCK_HASH_KEY, VaultError, secret
 
 log = structlog.get_logger("delivery_daemon.stock")
 
 MAX_KEY_LENGTH = 1000
+SEAL_BATCH = 500
+CONTENDED_RETRY = 0.5  # seconds before a claim that lost a race for locked keys tries again
 
 
 class StockKey(SQLModel, table=True):
-    """One pre-made key; ``claimed_by`` is the idempotency key of the order it was issued to."""
+    """One pre-made key; ``claimed_by`` is the idempotency key of the order it was issued to. ``key`` is sealed and
+    ``key_hash`` its HMAC (see the module doc); a NULL ``key_hash`` marks a plaintext row not sealed yet."""
 
     __tablename__ = "stock_keys"
     __table_args__ = (
-        UniqueConstraint("store", "product_id", "key", name="uq_stock_keys_key"),
+        UniqueConstraint("store", "product_id", "key_hash", name="uq_stock_keys_key_hash"),
         Index("ix_stock_keys_free", "store", "product_id", "claimed_by"),
     )
 
@@ -42,6 +56,7 @@ class StockKey(SQLModel, table=True):
     store: str = Field(max_length=64)
     product_id: str = Field(max_length=128)
     key: str = Field(sa_type=Text)
+    key_hash: str | None = Field(default=None, max_length=64)
     imported_at: float
     claimed_by: str | None = Field(default=None, max_length=256)
     claimed_at: float | None = None
@@ -92,52 +107,81 @@ def read_keys(path: Path) -> list[str]:
     return keys
 
 
+def _context(store: str, product_id: str, key_hash: str) -> str:
+    """Associated data of a sealed key: a ciphertext moved to another row does not open."""
+    return f"stock/{store}/{product_id}/{key_hash}"
+
+
 class StockPool:
     """Import, claim and count pre-made keys. Methods are synchronous (call them from a thread or a sync
-    generator, which the daemon runs in a thread)."""
+    generator, which the daemon runs in a thread). Without a cipher (a PostgreSQL database with no encryption key
+    configured) keys are stored as they are; ``key_hash`` and de-duplication work the same."""
 
-    def __init__(self, engine: Engine, clock: Clock) -> None:
+    def __init__(self, engine: Engine, clock: Clock, cipher: Cipher | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        self.cipher = cipher
 
     def _insert_ignore(self) -> object:
         if self.engine.dialect.name == "postgresql":
             return postgresql.insert(KEYS).on_conflict_do_nothing().returning(KEYS.c.id)
         return sqlite.insert(KEYS).on_conflict_do_nothing().returning(KEYS.c.id)
 
+    def _hash_key(self, conn: Connection) -> bytes:
+        return secret(conn, STOCK_HASH_KEY, self.cipher, self.clock.now())
+
+    def _seal(self, store: str, product_id: str, key: str, key_hash: str) -> str:
+        return key if self.cipher is None else self.cipher.seal(key, _context(store, product_id, key_hash))
+
+    def _open(self, store: str, product_id: str, stored: str, key_hash: str | None) -> str:
+        if not stored.startswith(PREFIX + ":"):
+            return stored  # plaintext: a legacy row, or a database without a key
+        if self.cipher is None or key_hash is None:
+            raise StockError("stock keys are encrypted but no encryption key is configured")
+        return self.cipher.open(stored, _context(store, product_id, key_hash))
+
     def import_keys(self, store: str, product_id: str, keys: list[str]) -> ImportResult:
-        """Add ``keys`` to the pool in one transaction; keys already present (or repeated) are skipped and counted."""
+        """Seal and add ``keys`` to the pool in one transaction; keys already present (or repeated) are skipped and
+        counted (by ``key_hash``, so a key is recognised without being decrypted)."""
         now = self.clock.now()
         statement = self._insert_ignore()
         added = 0
         try:
             with self.engine.begin() as conn:
+                hash_key = self._hash_key(conn)
                 for key in dict.fromkeys(keys):
-                    result = conn.execute(statement, {"store": store, "product_id": product_id, "key": key,
-                                                      "imported_at": now})  # type: ignore[call-overload]
+                    digest = hmac.new(hash_key, key.encode(), hashlib.sha256).hexdigest()
+                    result = conn.execute(statement, {
+                        "store": store, "product_id": product_id, "key": self._seal(store, product_id, key, digest),
+                        "key_hash": digest, "imported_at": now})  # type: ignore[call-overload]
                     # Count the returned ids: psycopg reports rowcount -1 for a skipped ON CONFLICT row.
                     added += len(result.all())
+        except VaultError as exc:
+            raise StockError(str(exc)) from None
         except SQLAlchemyError as exc:
             raise StockError(f"database error: {type(exc).__name__}") from exc
         return ImportResult(added=added, duplicates=len(keys) - added)
 
     def claim(self, store: str, product_id: str, order_key: str, count: int, *,
               low_threshold: int | None = None) -> list[str]:
-        """Exactly ``count`` keys for the order ``order_key``, or OutOfStock with nothing taken.
+        """Exactly ``count`` keys (plaintext) for the order ``order_key``, or OutOfStock with nothing taken (Retry
+        instead when enough keys are free but a concurrent claim holds some of them locked, on PostgreSQL).
 
         Calling again with the same ``order_key`` returns the same keys. When the claim takes the number of keys
-        left from above ``low_threshold`` to at or below it, one ``stock.low`` event is logged.
+        left from above ``low_threshold`` to at or below it, one ``stock.low`` event is logged. A key that does not
+        decrypt raises StockError and nothing is taken.
         """
         free = and_(KEYS.c.store == store, KEYS.c.product_id == product_id, KEYS.c.claimed_by.is_(None))
         try:
             with self.engine.begin() as conn:
                 held = conn.execute(
-                    select(KEYS.c.key).where(and_(KEYS.c.store == store, KEYS.c.product_id == product_id,
-                                                  KEYS.c.claimed_by == order_key)).order_by(KEYS.c.id)
-                ).scalars().all()
+                    select(KEYS.c.key, KEYS.c.key_hash).where(and_(
+                        KEYS.c.store == store, KEYS.c.product_id == product_id, KEYS.c.claimed_by == order_key))
+                    .order_by(KEYS.c.id)
+                ).all()
                 need = count - len(held)
                 if need <= 0:
-                    return list(held[:count])
+                    return [self._open(store, product_id, key, digest) for key, digest in held[:count]]
                 # Two statements, not ``UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)``: PostgreSQL
                 # may re-run that subquery per row and so take more than ``n`` keys.
                 ids = conn.execute(
@@ -146,17 +190,65 @@ class StockPool:
                 rows = conn.execute(
                     update(KEYS).where(and_(KEYS.c.id.in_(ids), KEYS.c.claimed_by.is_(None)))
                     .values(claimed_by=order_key, claimed_at=self.clock.now())
-                    .returning(KEYS.c.id, KEYS.c.key)
+                    .returning(KEYS.c.id, KEYS.c.key, KEYS.c.key_hash)
                 ).all()
                 if len(rows) < need:
                     # Leaving the block with an exception rolls the partial claim back: nothing is taken.
+                    free_now = conn.execute(select(func.count()).select_from(KEYS).where(free)).scalar_one()
+                    if free_now >= need:
+                        # Enough keys exist, but a concurrent claim (another replica) holds some of them locked and
+                        # may yet roll back. Waiting for an import would strand this order while keys are free.
+                        raise Retry(f"{need} keys needed for product {product_id}: some are held by a concurrent "
+                                    "claim", after=CONTENDED_RETRY)
                     raise OutOfStock(f"{need} keys needed for product {product_id}, {len(rows)} left")
+                # Opened inside the transaction: a key that does not decrypt is not taken either.
+                keys = [self._open(store, product_id, key, digest) for key, digest in held]
+                keys += [self._open(store, product_id, key, digest) for _id, key, digest in sorted(rows)]
                 left = conn.execute(select(func.count()).select_from(KEYS).where(free)).scalar_one()
+        except DecryptError as exc:
+            raise StockError(str(exc)) from None
         except SQLAlchemyError as exc:
             raise StockError(f"database error: {type(exc).__name__}") from exc
         if low_threshold is not None and left <= low_threshold < left + len(rows):
             log.warning("stock.low", store=store, product_id=product_id, remaining=left, threshold=low_threshold)
-        return [*held, *(key for _id, key in sorted(rows))]
+        return keys
+
+    def seal(self, *, rotate: bool = False, batch: int = SEAL_BATCH) -> int:
+        """Seal the rows that need it, ``batch`` rows per transaction; returns how many were rewritten.
+
+        Always: rows without ``key_hash`` (an earlier release's plaintext) and, with a cipher, plaintext keys.
+        With ``rotate``: also keys sealed under an older key, re-sealed under the current one (key rotation).
+        Logs ``stock.sealed`` with the count (never the keys)."""
+        needs = [KEYS.c.key_hash.is_(None)]
+        if self.cipher is not None:
+            sealed_as = f"{PREFIX}:{self.cipher.current}:" if rotate else f"{PREFIX}:"
+            needs.append(~KEYS.c.key.startswith(sealed_as, autoescape=True))  # a key id may contain "_"
+        sealed, last = 0, 0
+        try:
+            while True:
+                with self.engine.begin() as conn:
+                    rows = conn.execute(
+                        select(KEYS.c.id, KEYS.c.store, KEYS.c.product_id, KEYS.c.key, KEYS.c.key_hash)
+                        .where(and_(KEYS.c.id > last, or_(*needs))).order_by(KEYS.c.id).limit(batch)
+                        .with_for_update()
+                    ).all()
+                    if not rows:
+                        break
+                    hash_key = self._hash_key(conn)
+                    for row_id, store, product_id, stored, digest in rows:
+                        plain = self._open(store, product_id, stored, digest)
+                        digest = digest or hmac.new(hash_key, plain.encode(), hashlib.sha256).hexdigest()
+                        conn.execute(update(KEYS).where(KEYS.c.id == row_id).values(
+                            key=self._seal(store, product_id, plain, digest), key_hash=digest))
+                    sealed += len(rows)
+                    last = rows[-1][0]
+        except (DecryptError, VaultError) as exc:
+            raise StockError(str(exc)) from None
+        except SQLAlchemyError as exc:
+            raise StockError(f"database error: {type(exc).__name__}") from exc
+        if sealed:
+            log.info("stock.sealed", count=sealed, rotated=rotate, encrypted=self.cipher is not None)
+        return sealed
 
     def levels(self, store: str | None = None) -> list[StockLevel]:
         """Available and issued keys per (store, product), sorted."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 
 from .channels import build_channel
 from .clock import Clock
@@ -35,6 +35,8 @@ class Product:
     generator: Generator
     options: Mapping[str, Any]
     template: str
+    secrets: tuple[str, ...] = ()
+    """Option values declared secret (``SecretStr``), for the log redactor."""
 
 
 @dataclass
@@ -50,8 +52,22 @@ class Store:
     def name(self) -> str:
         return self.settings.name
 
+    def static_secrets(self) -> list[str]:
+        """The channel's secrets and every product's secret options (the marketplace's come from ``secrets()``)."""
+        found = list(self.channel_secrets)
+        for product in [*self.products.values(), *([self.default] if self.default else [])]:
+            found.extend(product.secrets)
+        return found
+
     def product(self, product_id: str) -> Product | None:
         return self.products.get(product_id, self.default)
+
+    async def aclose(self) -> None:
+        """Close the marketplace's HTTP clients and the channel's, if it keeps any open."""
+        await self.marketplace.aclose()
+        close = getattr(self.sink, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def _instantiate(plugin: Any, options: Any, resources: Resources) -> Any:
@@ -61,6 +77,21 @@ def _instantiate(plugin: Any, options: Any, resources: Resources) -> Any:
     except (TypeError, ValueError):
         wants = False
     return plugin(options, resources=resources) if wants else plugin(options)
+
+
+def secret_values(value: Any) -> list[str]:
+    """Every ``SecretStr``/``SecretBytes`` inside validated plugin options (models, mappings and lists walked)."""
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if isinstance(value, SecretBytes):
+        return [value.get_secret_value().decode(errors="replace")]
+    if isinstance(value, BaseModel):
+        return [s for name in type(value).model_fields for s in secret_values(getattr(value, name))]
+    if isinstance(value, Mapping):
+        return [s for item in value.values() for s in secret_values(item)]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [s for item in value for s in secret_values(item)]
+    return []
 
 
 def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: str,
@@ -91,7 +122,7 @@ def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: st
         generator = _instantiate(plugin, options, resources)
     except Exception as exc:
         raise ConfigError(f"{path}.generator", f"{product.generator} failed to start: {exc}") from None
-    return Product(product.generator, generator, options.model_dump(), template)
+    return Product(product.generator, generator, options.model_dump(), template, tuple(secret_values(options)))
 
 
 def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],

@@ -64,6 +64,10 @@ class HttpGenerator:
         self.options = options
         self.resources = resources
 
+    def destinations(self) -> dict[str, str]:
+        """The key server URL by option key: checked against the network policy at start-up."""
+        return {"url": self.options.url}
+
     async def generate(self, order: OrderContext) -> Generated:
         headers = {"Idempotency-Key": order.idempotency_key}
         if self.options.token is not None:

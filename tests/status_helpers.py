@@ -1,4 +1,4 @@
-"""Helpers shared by the status page tests: serve the page next to a stack, log in, read CSRF tokens."""
+"""Helpers shared by the status page tests: serve the page on a stack's admin app, log in, read CSRF tokens."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import httpx
 
 from delivery_daemon.config import StatusSettings
+from delivery_daemon.metrics import create_admin_app
 from delivery_daemon.serving import serve
-from delivery_daemon.status import create_status_app
+from delivery_daemon.status import MOUNT_PATH, status_mount
 from tests.conftest import PRODUCT, Stack
 
 PASSWORD = "correct horse battery staple"
@@ -22,12 +23,14 @@ _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 @dataclass
 class StatusPage:
     url: str
+    """The page's root on the admin address, without the trailing slash (``http://127.0.0.1:P/status``)."""
+    admin_url: str
     client: httpx.AsyncClient
 
     async def login(self, password: str = PASSWORD) -> httpx.Response:
         form = await self.client.get(f"{self.url}/login")
-        return await self.client.post(f"{self.url}/login",
-                                      data={"csrf_token": csrf_of(form.text), "password": password, "next": "/"})
+        return await self.client.post(f"{self.url}/login", data={
+            "csrf_token": csrf_of(form.text), "password": password, "next": f"{MOUNT_PATH}/"})
 
     async def csrf(self, path: str = "/") -> str:
         return csrf_of((await self.client.get(f"{self.url}{path}")).text)
@@ -41,10 +44,12 @@ def csrf_of(html: str) -> str:
 
 @contextlib.asynccontextmanager
 async def status_page(stack: Stack, **overrides: object) -> AsyncIterator[StatusPage]:
-    """The status app for ``stack``'s daemon, served on loopback, with a cookie-keeping client."""
+    """``stack``'s admin app with the status page mounted, as ``serve`` builds it, on loopback with a cookie-keeping
+    client."""
     settings = StatusSettings.model_validate({"enabled": True, "password": PASSWORD, "token": TOKEN, **overrides})
-    async with serve(create_status_app(stack.daemon, settings)) as server, httpx.AsyncClient(timeout=30) as client:
-        yield StatusPage(url=server.url, client=client)
+    admin = create_admin_app(stack.daemon, [status_mount(stack.daemon, settings)])
+    async with serve(admin, lifespan="off") as server, httpx.AsyncClient(timeout=30) as client:
+        yield StatusPage(url=f"{server.url}{MOUNT_PATH}", admin_url=server.url, client=client)
 
 
 async def dead_order(stack: Stack, product: str = PRODUCT) -> str:

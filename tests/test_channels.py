@@ -195,3 +195,40 @@ async def test_outbound_webhook_does_not_follow_redirects() -> None:
         with pytest.raises(Retry, match="302"):
             await sink.send(job, Content("k", None, ("k",)))
     assert hits == ["/hook"]
+
+
+async def test_outbound_webhook_keeps_one_connection_alive() -> None:
+    """Successive deliveries reuse one keep-alive connection (no handshake per order); aclose() ends it."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from delivery_daemon.config import DeliverySettings, OutboundWebhookSettings, StoreSettings
+    from delivery_daemon.marketplace import AdapterContext
+    from delivery_daemon.models import Job
+    from delivery_daemon.netguard import NetPolicy
+    from delivery_daemon.order import Content
+    from delivery_daemon.outbound import WebhookDelivery
+    from delivery_daemon.reference.standard_webhooks import new_secret
+    from delivery_daemon.serving import serve
+
+    peers: list[tuple[str, int]] = []
+
+    async def handle(request: Request) -> Response:
+        assert request.client is not None
+        peers.append((request.client.host, request.client.port))
+        return JSONResponse({"ok": True})
+
+    async with serve(Starlette(routes=[Route("/hook", handle, methods=["POST"])])) as server:
+        store = StoreSettings.model_validate({"name": "s", "marketplace": "shoppy", "webhook_secret": "x" * 16})
+        context = AdapterContext(store=store, path="stores[0]", clock=ManualClock(), delivery=DeliverySettings(),
+                                 policy=NetPolicy(allow_private=True))
+        sink = WebhookDelivery(OutboundWebhookSettings(url=f"{server.url}/hook", secret=new_secret()), context)
+        for order_id in ("a", "b", "c"):
+            job = Job(store="s", order_id=order_id, marketplace="shoppy", product_id="p", payload="{}", due_at=0,
+                      created_at=0, updated_at=0, quantity=1)
+            assert (await sink.send(job, Content("k", None, ("k",)))).http_status == 200
+        await sink.aclose()
+        assert sink._http is not None and sink._http.is_closed
+    assert len(peers) == 3 and len(set(peers)) == 1

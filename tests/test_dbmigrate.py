@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from delivery_daemon.cli import main
@@ -96,7 +96,7 @@ async def test_encrypted_orders_and_stock_stay_readable(tmp_path: Path, pg_url: 
     """Rows encrypted with the key generated next to the SQLite file are copied as stored; the command names that
     key file, and with it configured the orders read back on PostgreSQL. Stock keys are copied too."""
     from delivery_daemon.cipher import Cipher, create_key_file, parse_keys
-    from delivery_daemon.stock import StockKey
+    from delivery_daemon.stock import StockKey, StockPool
 
     database = tmp_path / "d.db"
     source = f"sqlite:///{database}"
@@ -109,9 +109,7 @@ async def test_encrypted_orders_and_stock_stay_readable(tmp_path: Path, pg_url: 
     added = await queue.enqueue(IncomingOrder(store="shop", marketplace="softstore", order_id="o1", product_id="p",
                                               payload={"token": "secret-token"}))
     queue.close()
-    with engine.begin() as conn:
-        conn.execute(insert(StockKey.__table__).values(  # type: ignore[attr-defined]
-            store="shop", product_id="p", key="STOCK-1", imported_at=1.0))
+    StockPool(engine, ManualClock(), cipher).import_keys("shop", "p", ["STOCK-1"])
     engine.dispose()
     assert "secret-token" not in str(rows(source, Job))
 
@@ -125,4 +123,7 @@ async def test_encrypted_orders_and_stock_stay_readable(tmp_path: Path, pg_url: 
     job = await copied.get(added.job_id)
     assert job is not None and "secret-token" in job.payload
     copied.close()
+    pool = StockPool(target, ManualClock(), cipher)  # the sealed hash key travelled with the sealed keys
+    assert pool.import_keys("shop", "p", ["STOCK-1"]).duplicates == 1
+    assert pool.claim("shop", "p", "shop:o1", 1) == ["STOCK-1"]
     target.dispose()

@@ -11,6 +11,7 @@ from delivery_daemon.cli import main
 from delivery_daemon.models import JobState
 from delivery_daemon.queue import Transition
 from tests.conftest import PRODUCT, STORE, Stack
+from tests.status_helpers import dead_order, delivered_order, status_page
 
 
 def run(stack: Stack, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -171,3 +172,33 @@ async def test_config_without_secrets_is_enough(stack: Stack, capsys: pytest.Cap
     assert len(json.loads(capsys.readouterr().out)) == 1
     assert main(["orders", "list", "--database", "sqlite:///" + str(tmp_path / "missing.db")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+async def test_cli_and_status_page_retry_and_redeliver_alike(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orders retry|redeliver` and the status page's buttons make the same transition (queue.operator_requeue)."""
+    pairs: dict[str, list[str]] = {"dead": [], "cancelled": [], "delivered": []}
+    for _ in range(2):
+        pairs["dead"].append(await dead_order(stack))
+        pairs["delivered"].append(await delivered_order(stack))
+        cancelled = await place(stack)
+        assert run(stack, capsys, "orders", "cancel", cancelled)[0] == 0
+        pairs["cancelled"].append(cancelled)
+    stack.clock.advance(60)
+
+    async def outcome(order_id: str) -> tuple[object, ...]:
+        job = await stack.job(order_id)
+        last = (await stack.daemon.queue.history(job.id))[-1]
+        # Times are left out: the CLI reads the system clock, the stack runs on a manual one.
+        return job.state, job.attempts, job.lease_owner, job.last_error, last.step, last.outcome, last.state
+
+    async with status_page(stack) as page:
+        await page.login()
+        for state, (by_page, by_cli) in pairs.items():
+            action = "redeliver" if state == "delivered" else "retry"
+            job_id = (await stack.job(by_page)).id
+            csrf = await page.csrf(f"/orders/{job_id}")
+            assert (await page.client.post(f"{page.url}/orders/{job_id}/{action}",
+                                           data={"csrf_token": csrf})).status_code == 303
+            assert run(stack, capsys, "orders", action, by_cli)[0] == 0
+            assert await outcome(by_page) == await outcome(by_cli), state
+            assert (await outcome(by_page))[:2] == ("queued", 0)  # a fresh retry schedule either way

@@ -11,6 +11,7 @@ from delivery_daemon.clock import ManualClock
 from delivery_daemon.db import create_db_engine, create_schema
 from delivery_daemon.models import JobState
 from delivery_daemon.order import IncomingOrder
+from delivery_daemon.orders import ActionRefused, Orders
 from delivery_daemon.queue import JobQueue, LeaseLost, Transition
 
 
@@ -78,3 +79,51 @@ async def test_expired_lease_is_released_once_and_fences_the_old_owner(queues: C
     assert again.id == job.id
     with pytest.raises(LeaseLost):
         await dead.transition(job, "dead-replica", Transition(JobState.DELIVERED, "deliver", "delivered"))
+
+
+async def test_operator_requeue_is_one_transition_for_page_and_cli(queues: Callable[[], JobQueue]) -> None:
+    """JobQueue.retry (status page) and Orders.retry (CLI) both requeue a dead job with attempts 0; a job another
+    replica holds is refused by both."""
+    queue = queues()
+    for n in (1, 2, 3):
+        await queue.enqueue(order(n))
+    jobs = await queue.claim("w", 30, 3)
+    dead = Transition(JobState.DEAD, "deliver", "failed", count_attempt=True)
+    for job in jobs[:2]:
+        await queue.transition(job, "w", dead)
+    by_page, by_cli, leased = jobs
+    assert by_page.id is not None and by_cli.id is not None and leased.id is not None
+    assert await queue.retry(by_page.id) == [by_page.id]
+    assert Orders(queue.engine, queue.clock).retry(by_cli.order_id).state == JobState.QUEUED.value
+    for job_id in (by_page.id, by_cli.id):
+        after = await queue.get(job_id)
+        assert after is not None and (after.state, after.attempts, after.lease_owner) == ("queued", 0, None)
+        last = (await queue.history(job_id))[-1]
+        assert (last.step, last.outcome, last.state) == ("admin", "retry", "queued")
+    assert await queue.retry(leased.id) == []
+    with pytest.raises(ActionRefused):
+        Orders(queue.engine, queue.clock).retry(leased.order_id)
+    still = await queue.get(leased.id)
+    assert still is not None and still.state == "running"
+
+
+async def test_claim_leases_at_most_the_batch_size(queues: Callable[[], JobQueue]) -> None:
+    """With hundreds of due jobs and replicas claiming at once, a claim of n leases at most n rows, and every
+    leased row is one a claimer was handed (PostgreSQL may re-run a LIMITed subquery and lease more)."""
+    replicas = [queues() for _ in range(4)]
+    for n in range(3):  # first a tiny table, as the stock pool's was when its claim took the whole pool
+        await replicas[0].enqueue(order(n))
+    assert len(await replicas[0].claim("first", 30, 2)) == 2
+    for n in range(3, 403):
+        await replicas[0].enqueue(order(n))
+    handed: list[int] = []
+
+    async def claim_some(queue: JobQueue, owner: str) -> None:
+        for _ in range(10):
+            batch = await queue.claim(owner, 30, 3)
+            assert len(batch) <= 3
+            handed.extend(job.id for job in batch if job.id is not None)
+
+    await asyncio.gather(*(claim_some(q, f"r{i}") for i, q in enumerate(replicas)))
+    counts = await replicas[0].counts()
+    assert len(handed) == len(set(handed)) == counts[JobState.RUNNING.value] - 2 == 120

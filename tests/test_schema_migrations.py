@@ -8,16 +8,57 @@ import threading
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, insert, inspect, select, text
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    insert,
+    inspect,
+    select,
+    text,
+)
 from sqlmodel import SQLModel
 
+from delivery_daemon.cipher import Cipher, new_key_line, parse_keys
+from delivery_daemon.clock import ManualClock
 from delivery_daemon.db import create_db_engine, create_schema, newest_revision
 from delivery_daemon.models import Attempt, Job
-from delivery_daemon.schema import BASELINE, RELEASE_SCHEMAS, adopted_revision, current_revision, head_revision
+from delivery_daemon.schema import (
+    BASELINE,
+    RELEASE_SCHEMAS,
+    adopted_revision,
+    alembic_config,
+    current_revision,
+    head_revision,
+)
+from delivery_daemon.stock import KEYS, StockPool
 
 JOBS = Job.__table__  # type: ignore[attr-defined]
+
+
+def previous_release_tables(engine: Engine) -> None:
+    """Exactly what the last pre-Alembic release's ``create_all`` made: jobs, attempts, webhook_events as today,
+    and ``stock_keys`` with plaintext keys unique per (store, product_id, key) — frozen here (the model moved on)."""
+    legacy = MetaData()
+    for name in ("jobs", "attempts", "webhook_events"):
+        SQLModel.metadata.tables[name].to_metadata(legacy)
+    Table("stock_keys", legacy,
+          Column("id", Integer, primary_key=True), Column("store", String(64), nullable=False),
+          Column("product_id", String(128), nullable=False), Column("key", Text, nullable=False),
+          Column("imported_at", Float, nullable=False), Column("claimed_by", String(256)),
+          Column("claimed_at", Float), UniqueConstraint("store", "product_id", "key", name="uq_stock_keys_key"),
+          Index("ix_stock_keys_free", "store", "product_id", "claimed_by"))
+    legacy.create_all(engine)
 
 
 def test_fresh_database_matches_the_models(db_url: str) -> None:
@@ -56,7 +97,7 @@ def test_previous_release_database_is_stamped_at_its_revision(db_url: str) -> No
     tables, stamped at the revision that made them (not at 0001, whose later migrations would re-create tables),
     and ends at head with its rows."""
     engine = create_db_engine(db_url)
-    SQLModel.metadata.create_all(engine)  # exactly what the previous release's create_schema did
+    previous_release_tables(engine)
     _seed_job(engine)
     assert current_revision(engine) is None
     assert adopted_revision(set(inspect(engine).get_table_names())) == RELEASE_SCHEMAS[-1][0] != BASELINE
@@ -76,6 +117,32 @@ def test_first_release_database_is_stamped_then_upgraded(db_url: str) -> None:
     _assert_upgraded_keeping_rows(engine)
     assert {"webhook_events", "stock_keys"} <= set(inspect(engine).get_table_names())
     assert head_revision() != BASELINE  # so the test really ran migrations after the stamp
+    engine.dispose()
+
+
+def test_previous_revision_with_plaintext_stock_upgrades_and_seals(db_url: str) -> None:
+    """A database at 0003 holding plaintext stock keys upgrades to head keeping them (claimable, no key_hash yet);
+    sealing then encrypts them, fills key_hash, and the new uniqueness de-duplicates them on import."""
+    engine = create_db_engine(db_url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0003")
+        conn.execute(text("INSERT INTO stock_keys (store, product_id, key, imported_at) VALUES ('s', 'p', :k, 1.0)"),
+                     [{"k": f"OLD-{i}"} for i in range(4)])
+    create_schema(engine)
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as conn:
+        assert conn.execute(select(KEYS.c.key, KEYS.c.key_hash).order_by(KEYS.c.id)).all() == [
+            (f"OLD-{i}", None) for i in range(4)]
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+    assert diff == []
+    pool = StockPool(engine, ManualClock(), Cipher(parse_keys(new_key_line(), "test")))
+    assert pool.claim("s", "p", "o1", 1) == ["OLD-0"]
+    assert pool.seal() == 4
+    with engine.connect() as conn:
+        assert all(key.startswith("enc1:") and digest for key, digest in conn.execute(select(KEYS.c.key,
+                                                                                             KEYS.c.key_hash)))
+    assert pool.import_keys("s", "p", ["OLD-1", "NEW-1"]).added == 1
+    assert pool.claim("s", "p", "o1", 1) == ["OLD-0"] and pool.claim("s", "p", "o2", 2) == ["OLD-1", "OLD-2"]
     engine.dispose()
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,17 +13,14 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from delivery_daemon.app import create_app
-from delivery_daemon.cli import default_marketplaces
-from delivery_daemon.clock import ManualClock
 from delivery_daemon.config import StatusSettings, parse_settings
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.order import Content
-from delivery_daemon.plugins import discover
+from delivery_daemon.queue import MarkedOrder
 from delivery_daemon.serving import serve
 from delivery_daemon.status import create_status_app
 from delivery_daemon.stock import StockPool
-from tests.conftest import PRODUCT, STORE, Stack, stack_settings
+from tests.conftest import PRODUCT, STORE, Stack
 from tests.status_helpers import PASSWORD, TOKEN, csrf_of, dead_order, delivered_order, status_page
 
 MakeStack = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]
@@ -35,7 +32,7 @@ async def test_pages_redirect_anonymous_visitors_to_login(stack: Stack) -> None:
         for path in ("/", "/orders?state=dead", "/orders/1", "/stock"):
             response = await page.client.get(f"{page.url}{path}")
             assert response.status_code == 303, path
-            assert response.headers["location"].startswith("/login?next=/"), path
+            assert response.headers["location"].startswith("/status/login?next=/status/"), path
         assert "state%3Ddead" in (await page.client.get(f"{page.url}/orders?state=dead")).headers["location"]
 
 
@@ -92,12 +89,13 @@ async def test_action_without_valid_csrf_token_is_refused(stack: Stack) -> None:
 
 
 async def test_bearer_token_opens_the_pages(stack: Stack) -> None:
-    """``Authorization: Bearer <token>`` is enough for scripts; a wrong token is not."""
+    """``Authorization: Bearer <token>`` is enough for scripts; a wrong token is 401 with a JSON reason."""
     async with status_page(stack) as page:
         ok = await page.client.get(f"{page.url}/orders", headers={"Authorization": f"Bearer {TOKEN}"})
         assert ok.status_code == 200
         wrong = await page.client.get(f"{page.url}/orders", headers={"Authorization": "Bearer nope"})
-        assert wrong.status_code == 303
+        assert wrong.status_code == 401
+        assert wrong.json() == {"error": "a valid bearer token is required"}
 
 
 async def test_login_never_redirects_off_site(stack: Stack) -> None:
@@ -106,7 +104,20 @@ async def test_login_never_redirects_off_site(stack: Stack) -> None:
         form = await page.client.get(f"{page.url}/login?next=//evil.example/")
         response = await page.client.post(f"{page.url}/login", data={
             "csrf_token": csrf_of(form.text), "password": PASSWORD, "next": "//evil.example/"})
-        assert response.headers["location"] == "/"
+        assert response.headers["location"] == "/status/"
+
+
+async def test_pages_are_readable_without_javascript(stack: Stack) -> None:
+    """No page ships a script (the CSP forbids them anyway): numbers, tables and forms are plain HTML."""
+    job = await stack.job(await dead_order(stack))
+    async with status_page(stack) as page:
+        await page.login()
+        for path in ("/login", "/", "/orders", f"/orders/{job.id}", "/stock"):
+            response = await page.client.get(f"{page.url}{path}")
+            assert "<script" not in response.text.lower() and " on" + "click=" not in response.text.lower(), path
+            assert "script-src" not in response.headers["content-security-policy"], path  # default-src 'none'
+        html = (await page.client.get(f"{page.url}/orders/{job.id}")).text
+        assert f'<form method="post" action="/status/orders/{job.id}/retry">' in html
 
 
 async def test_pages_send_security_headers(stack: Stack) -> None:
@@ -181,8 +192,14 @@ async def test_order_detail_shows_attempts_but_never_keys_or_tokens(stack: Stack
             assert key not in html
         assert stack.market.orders[order_id].token not in html
         assert "Redeliver the same keys" in html
-        dead_html = (await page.client.get(f"{page.url}/orders/{(await stack.job(dead)).id}")).text
+        dead_job = await stack.job(dead)
+        dead_html = (await page.client.get(f"{page.url}/orders/{dead_job.id}")).text
         assert "SoftStore answered 422" in dead_html
+        history = await stack.daemon.queue.history(dead_job.id)
+        assert len(history) >= 3  # received, verified, refused at least
+        rows = dead_html.split('<table class="attempts">')[1].split("<tbody>")[1].split("</tbody>")[0]
+        shown = re.findall(r"<tr>\s*<td>[^<]*</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>", rows)
+        assert shown == [(a.step, a.outcome) for a in history]  # every recorded attempt has its row, in order
         assert "Retry delivery now" in dead_html
         assert (await page.client.get(f"{page.url}/orders/999999")).status_code == 404
 
@@ -204,6 +221,19 @@ async def test_retry_button_delivers_a_dead_order(stack: Stack) -> None:
     assert stack.market.accepted(order_id) is not None
 
 
+async def test_cancelled_order_can_be_retried_with_a_warning(stack: Stack) -> None:
+    """A cancelled order offers Retry (as ``orders retry`` does) with a note saying it will be delivered anyway."""
+    placed = await stack.market.place_order(PRODUCT)
+    job = await stack.job(placed.id_order)
+    await stack.daemon.queue.mark(MarkedOrder(STORE, placed.id_order, "softstore", PRODUCT, "refunded", "refunded"))
+    async with status_page(stack) as page:
+        await page.login()
+        html = (await page.client.get(f"{page.url}/orders/{job.id}")).text
+        assert "This order was cancelled (refunded)." in html and "Retry delivery now" in html
+        await page.client.post(f"{page.url}/orders/{job.id}/retry", data={"csrf_token": csrf_of(html)})
+    assert (await stack.job(placed.id_order)).state == "queued"
+
+
 async def test_redeliver_sends_the_same_keys_again(stack: Stack) -> None:
     """Redeliver queues a delivered job with its stored content; the marketplace receives the same keys."""
     order_id = await delivered_order(stack)
@@ -216,7 +246,7 @@ async def test_redeliver_sends_the_same_keys_again(stack: Stack) -> None:
         await stack.drain()
         again = await page.client.post(f"{page.url}/orders/{(await stack.job(order_id)).id}/retry",
                                        data={"csrf_token": csrf})
-        assert "cannot be retried" in (await page.client.get(page.url + again.headers["location"])).text
+        assert "cannot be retried" in (await page.client.get(page.admin_url + again.headers["location"])).text
     after = await stack.job(order_id)
     assert after.state == "delivered"
     assert after.content == job.content
@@ -244,7 +274,7 @@ async def test_stock_page_without_a_stock_pool(stack: Stack) -> None:
 
 async def test_stock_page_highlights_low_stock(stack: Stack) -> None:
     """Free keys at or below ``low_stock`` are highlighted; issued keys are counted apart."""
-    pool = StockPool(stack.daemon.engine, stack.clock)
+    pool = StockPool(stack.daemon.engine, stack.clock, stack.daemon.resources.cipher)  # sealed, as imported
     pool.import_keys("shop", "plenty", [f"K{index}" for index in range(5)])
     pool.import_keys("shop", "scarce", ["K5", "K6", "K7"])
     assert len(pool.claim("shop", "scarce", "shop:o1", 1)) == 1  # one issued, two free
@@ -319,24 +349,11 @@ def _controls(html: str) -> list[dict[str, Any]]:
 def test_enabling_the_status_page_requires_a_secret() -> None:
     """``status.enabled`` without a password or token is a config error naming the key."""
     with pytest.raises(ConfigError) as caught:
-        parse_settings({"status": {"enabled": True}}, environ={})
+        parse_settings({"status": {"enabled": True}, "admin": {"port": 9100}}, environ={})
     assert str(caught.value).startswith("status.password: required")
-    settings = parse_settings({"status": {"enabled": True, "token": "${T}"}}, environ={"T": "abc"})
+    settings = parse_settings({"status": {"enabled": True, "token": "${T}"}, "admin": {"port": 9100}},
+                              environ={"T": "abc"})
     assert settings.status.token is not None and settings.status.token.get_secret_value() == "abc"
-
-
-async def test_daemon_serves_the_status_page_on_its_own_address(tmp_path: Path) -> None:
-    """With ``status.enabled`` the daemon runs the page on the status address, not on the webhook port."""
-    settings = stack_settings(tmp_path / "d.db", "http://127.0.0.1:9/api/v1", "k",
-                              status={"enabled": True, "port": 0, "password": PASSWORD})
-    app = create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()), clock=ManualClock(),
-                     start_worker=False)
-    async with serve(app) as daemon_server, httpx.AsyncClient() as client:
-        status_server = app.state.status_server
-        assert status_server is not None and status_server.port != daemon_server.port
-        assert (await client.get(f"{status_server.url}/login")).status_code == 200
-        assert (await client.get(f"{daemon_server.url}/login")).status_code == 404
-
 
 
 async def test_status_app_works_mounted_under_a_prefix(stack: Stack) -> None:

@@ -7,7 +7,9 @@ import contextlib
 import io
 import json
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import sqlite3
+import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +17,15 @@ import anyio
 import pytest
 import yaml
 from delivery_daemon_plugins.stock import StockGenerator
+from sqlalchemy import func, select
 
+from delivery_daemon.cipher import Cipher, new_key_line, parse_keys
 from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.errors import OutOfStock
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.models import JobState
-from delivery_daemon.stock import StockError, StockPool, read_keys
+from delivery_daemon.stock import KEYS, StockError, StockPool, read_keys
 from delivery_daemon.testing import fake_order, plugin_database, run_generator
 
 
@@ -33,14 +37,23 @@ def logs() -> io.StringIO:
     return stream
 
 
+def _cipher() -> Cipher:
+    return Cipher(parse_keys(new_key_line(), "test"))
+
+
 @pytest.fixture
 def pool(db_url: str) -> StockPool:
-    """The pool on both backends (PostgreSQL's claim and import count differ from SQLite's)."""
+    """The sealing pool on both backends (PostgreSQL's claim and import count differ from SQLite's)."""
     from delivery_daemon.db import create_db_engine, create_schema
 
     engine = create_db_engine(db_url)
     create_schema(engine)
-    return StockPool(engine, ManualClock())
+    return StockPool(engine, ManualClock(), _cipher())
+
+
+def _database_bytes(path: Path) -> bytes:
+    """The database file and its -wal/-shm companions, as a copy of the directory would hold them."""
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*") if not p.name.endswith(".key"))
 
 
 def test_import_skips_and_counts_duplicates(pool: StockPool) -> None:
@@ -50,6 +63,65 @@ def test_import_skips_and_counts_duplicates(pool: StockPool) -> None:
     assert (result.added, result.duplicates) == (1, 1)
     assert pool.import_keys("s", "other", ["A"]).added == 1
     assert [(lv.product_id, lv.available) for lv in pool.levels("s")] == [("other", 1), ("p", 3)]
+
+
+def test_stored_keys_are_sealed_and_deduplicated_by_hash(pool: StockPool) -> None:
+    """The key column holds only ciphertext and key_hash an HMAC; the same key imported twice is still one row."""
+    assert pool.import_keys("s", "p", ["SECRET-1", "SECRET-2"]).added == 2
+    assert (pool.import_keys("s", "p", ["SECRET-1"]).added, pool.import_keys("s", "p", ["SECRET-1"]).duplicates) \
+        == (0, 1)
+    with pool.engine.connect() as conn:
+        stored = conn.execute(select(KEYS.c.key, KEYS.c.key_hash)).all()
+    assert len(stored) == 2
+    assert all(key.startswith("enc1:") and "SECRET" not in key for key, _ in stored)
+    assert all(len(digest) == 64 and "SECRET" not in digest for _, digest in stored)
+    assert sorted(pool.claim("s", "p", "o1", 2)) == ["SECRET-1", "SECRET-2"]
+
+
+def test_concurrent_first_imports_share_one_hash_key(db_url: str) -> None:
+    """Two importers racing on an empty database (separate connections) agree on one HMAC key: the same keys
+    imported by both end up once each."""
+    from delivery_daemon.db import create_db_engine, create_schema
+    from delivery_daemon.vault import SECRETS
+
+    cipher = _cipher()
+    engines = [create_db_engine(db_url) for _ in range(2)]
+    create_schema(engines[0])
+    barrier = threading.Barrier(2)
+    keys = [f"RACE-{i:03d}" for i in range(100)]
+
+    def run(engine: Any) -> int:
+        barrier.wait()
+        return StockPool(engine, ManualClock(), cipher).import_keys("s", "p", keys).added
+
+    with ThreadPoolExecutor(2) as executor:
+        added = list(executor.map(run, engines))
+    assert sum(added) == 100
+    with engines[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(SECRETS)).scalar_one() == 1
+        assert conn.execute(select(func.count()).select_from(KEYS)).scalar_one() == 100
+    for engine in engines:
+        engine.dispose()
+
+
+def test_copied_database_reveals_no_stock_key(tmp_path: Path) -> None:
+    """Neither the raw bytes of the database files nor a sqlite3 dump contain an imported key; claims still
+    return them in plaintext, and a pool without the key cannot open them."""
+    path = tmp_path / "stock.db"
+    engine = plugin_database(path)
+    keys = [f"SERIAL-{i:04d}-ZQX" for i in range(50)]
+    pool = StockPool(engine, ManualClock(), _cipher())
+    assert pool.import_keys("s", "p", keys).added == 50
+    dump = "\n".join(sqlite3.connect(path).iterdump())
+    raw = _database_bytes(path)
+    assert not [key for key in keys if key in dump or key.encode() in raw]
+    assert "stock_hash_key" in dump and "enc1:" in dump  # the HMAC key is there, but sealed too
+    assert pool.claim("s", "p", "o1", 3) == keys[:3]
+    with pytest.raises(StockError, match="no encryption key"):
+        StockPool(engine, ManualClock()).claim("s", "p", "o2", 1)
+    with pytest.raises(StockError, match="not configured"):  # another key: what a stolen copy meets
+        StockPool(engine, ManualClock(), _cipher()).claim("s", "p", "o3", 1)
+    assert pool.levels()[0].available == 47  # the failed claims took nothing
 
 
 def test_read_keys_text_and_csv(tmp_path: Path) -> None:
@@ -76,6 +148,26 @@ def test_claim_is_idempotent_and_all_or_nothing(pool: StockPool) -> None:
         pool.claim("s", "p", "order-b", 2)
     assert pool.levels()[0].available == 1  # the failed claim took nothing
     assert pool.claim("s", "p", "order-c", 1) == ["K3"]
+
+
+def test_keys_locked_by_a_concurrent_claim_are_a_retry_not_out_of_stock(pool: StockPool) -> None:
+    """On PostgreSQL, keys locked by another replica's open claim make a Retry: that claim may roll back, and an
+    order parked as out of stock would wait for an import while keys are free."""
+    if pool.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises claims; no key is ever locked by another claim")
+    from sqlalchemy import text
+
+    from delivery_daemon.errors import Retry
+
+    pool.import_keys("s", "p", ["K1", "K2"])
+    with pool.engine.connect() as other:
+        other.execute(text("SELECT id FROM stock_keys WHERE claimed_by IS NULL FOR UPDATE"))
+        with pytest.raises(Retry, match="concurrent claim"):
+            pool.claim("s", "p", "order-a", 2)
+        other.rollback()  # the other claim gave up
+    assert len(pool.claim("s", "p", "order-a", 2)) == 2
+    with pytest.raises(OutOfStock):  # truly empty is still out of stock
+        pool.claim("s", "p", "order-b", 1)
 
 
 def test_low_stock_event_once_per_crossing(pool: StockPool, logs: io.StringIO) -> None:
@@ -149,6 +241,8 @@ async def test_200_orders_150_keys_then_import_delivers_the_rest(make_stack: Any
         assert await anyio.to_thread.run_sync(main, ["stock", "import", "--config", str(config), "--store",
                                                      "shop", "--product", "serials", str(keys_file)]) == 0
         assert "imported 150 keys for shop/serials, skipped 1 duplicates" in capsys.readouterr().out
+        raw = _database_bytes(Path(stack.settings.database.url.removeprefix("sqlite:///")))
+        assert b"SERIAL-0" not in raw  # sealed by the import, with the daemon's key
 
         # Placed without the reference's own webhook client (one new TLS-ready client per call is slow), then
         # all 200 webhooks are posted concurrently over the stack's shared client.

@@ -8,6 +8,7 @@ scheme, host and port as ``api_url``) or the webhook is refused and logged as a 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import json
@@ -30,6 +31,7 @@ from ..marketplace import (
     transport_retry,
 )
 from ..models import Job
+from ..netguard import BlockedDestination
 from ..order import Content, IncomingOrder, MarketplaceOrder
 
 log = structlog.get_logger("delivery_daemon.softstore")
@@ -115,6 +117,8 @@ class SoftStoreAdapter:
         self._client = create_client(context, base_url=self.api_url)
         self.tokens = TokenCache(self._client, self._api_key, context.clock)
         self._sink = SoftStoreDelivery(self)
+        # Delivery tokens of recent deliveries, for the redactor (second line of defence: none is logged on purpose).
+        self.recent_tokens: collections.deque[str] = collections.deque(maxlen=64)
 
     # -- receive ---------------------------------------------------------------------------------------------
 
@@ -157,6 +161,8 @@ class SoftStoreAdapter:
                 )
             except httpx.HTTPError as exc:
                 raise transport_retry(exc) from None
+            except BlockedDestination as exc:  # the client is pinned to api_url's origin: config must change
+                raise Dead(f"not contacted: {exc}") from None
             if response.status_code != 401 or attempt == 2:
                 return response
             log.info("marketplace.token_refreshed", store=self.store, reason="401")
@@ -196,7 +202,13 @@ class SoftStoreAdapter:
         return await store_status(self, self.store)
 
     def secrets(self) -> list[str]:
-        return [s for s in (self._api_key, self._signing_key, self.tokens.current) if s]
+        return [s for s in (self._api_key, self._signing_key, self.tokens.current, *self.recent_tokens) if s]
+
+    def remember_token(self, payload: dict[str, Any], url: str) -> None:
+        """Register an order's delivery token (the payload's ``token`` and the delivery URL's last segment)."""
+        for token in (payload.get("token"), url, url.rstrip("/").rsplit("/", 1)[-1]):
+            if isinstance(token, str) and len(token) >= 16 and token not in self.recent_tokens:
+                self.recent_tokens.append(token)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -217,6 +229,7 @@ class SoftStoreDelivery:
             # Checked again here: the store's api_url may have changed since the webhook was accepted.
             log.warning("security.delivery_url_refused", store=job.store, order_id=job.order_id)
             raise Dead("delivery_url is not on the marketplace's host; not contacted")
+        self._adapter.remember_token(payload, url)
         body: dict[str, Any] = {"text": content.text}
         if content.download:
             body["download"] = content.download

@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-from delivery_daemon import models, stock  # noqa: F401  (registers the tables on SQLModel.metadata)
+from delivery_daemon import models, stock, vault  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - a programming error, not an operator one

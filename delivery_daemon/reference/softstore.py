@@ -56,9 +56,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
 
 from delivery_daemon.reference.control import control_routes
+from delivery_daemon.reference.drop import ConnectionDroppedError, DroppableApp, drop_connection
 from delivery_daemon.reference.faults import Faults
 from delivery_daemon.reference.records import (
     ORDER_STATUSES,
@@ -79,7 +79,6 @@ __all__ = ["ConnectionDroppedError", "SoftStoreMarketplace", "documented_signatu
 API_PREFIX = "/api/v1"
 log = structlog.get_logger("delivery_daemon.reference")
 _INVALID_JSON = object()
-_RAW_SEND = "delivery_daemon.reference.raw_send"
 
 
 def documented_signature(api_key: str, id_order: str) -> str:
@@ -94,31 +93,6 @@ def envelope(data: Any, status: int = 200) -> JSONResponse:
 
 def error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"status": "error", "message": message}, status_code=status, headers=headers)
-
-
-class ConnectionDroppedError(ConnectionError):
-    """Raised by the app for a dropped delivery when the server gives no transport to close."""
-
-
-class _ReferenceApp(Starlette):
-    """Starlette that remembers the server's own ``send`` so a fault can close the connection under it."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[_RAW_SEND] = send
-        await super().__call__(scope, receive, send)
-
-
-async def _drop_connection(request: Request) -> None:
-    """Close the client connection without any response (uvicorn's cycle exposes its transport)."""
-    owner = getattr(request.scope.get(_RAW_SEND), "__self__", None)
-    transport = getattr(owner, "transport", None)
-    if not isinstance(transport, asyncio.BaseTransport):
-        raise ConnectionDroppedError("reference marketplace dropped the connection")
-    transport.close()
-    for _ in range(100):  # let the protocol see connection_lost, so the server sends nothing more
-        if getattr(owner, "disconnected", True):
-            break
-        await asyncio.sleep(0)
 
 
 class _NonClosingTransport(httpx.AsyncBaseTransport):
@@ -172,7 +146,7 @@ class SoftStoreMarketplace:
         self._jwts: dict[str, tuple[float, int]] = {}  # token -> (expires_at, faults.token_epoch at issue)
         self._jwt_secret = secrets.token_bytes(32)
         self._next_order_number = 1
-        self.app: Starlette = _ReferenceApp(routes=self._routes())
+        self.app: Starlette = DroppableApp(routes=self._routes())
 
     # -- wiring ----------------------------------------------------------------
     def bind(self, base_url: str) -> None:
@@ -424,7 +398,7 @@ class SoftStoreMarketplace:
             return error("Temporary failure (injected)", fault.status, headers)
         if fault is not None and fault.kind == "drop":
             request.state.dropped = True
-            await _drop_connection(request)
+            await drop_connection(request)
             return Response(status_code=500)  # never reaches the client: the connection is gone
         response = self._deliver(id_order, body, record)
         record.status = response.status_code  # known now, even if the answer is held back below

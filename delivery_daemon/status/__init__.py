@@ -1,11 +1,12 @@
 """The status page: a small, server-rendered web page that shows whether deliveries flow (off by default).
 
-``create_status_app(daemon, settings.status)`` builds it; :func:`.server.serve_status` runs it on its own address
-next to the receiver. See :mod:`.routes`, :mod:`.auth` and :mod:`.queries`.
+``status_mount(daemon, settings.status)`` puts it at ``/status`` on the admin address (``admin.host``/``admin.port``),
+next to ``/metrics``; it is never served on the public webhook port. See :mod:`.routes`, :mod:`.auth`,
+:mod:`.throttle` and :mod:`.queries`.
 """
 
 from __future__ import annotations
 
-from .routes import create_status_app, status_routes
+from .routes import MOUNT_PATH, create_status_app, status_mount
 
-__all__ = ["create_status_app", "status_routes"]
+__all__ = ["MOUNT_PATH", "create_status_app", "status_mount"]

@@ -2,10 +2,10 @@
 
 A browser logs in with the configured password (or the token) and gets a session cookie signed by Starlette's
 ``SessionMiddleware`` (itsdangerous), ``SameSite=Strict`` and ``HttpOnly``. Scripts may instead send
-``Authorization: Bearer <token>``. Every POST form carries a ``csrf_token`` that must equal the one stored in the
-signed session (the synchronizer-token pattern), including the login form itself, so a foreign page can neither
-act for a logged-in seller nor log the browser into a session of its own. Bearer requests carry no cookie a
-foreign page could ride on, so they need no CSRF token.
+``Authorization: Bearer <token>``. Wrong passwords and tokens are counted by :mod:`.throttle`. Every POST form
+carries a ``csrf_token`` that must equal the one stored in the signed session (the synchronizer-token pattern),
+including the login form itself, so a foreign page can neither act for a logged-in seller nor log the browser into
+a session of its own. Bearer requests carry no cookie a foreign page could ride on, so they need no CSRF token.
 """
 
 from __future__ import annotations
@@ -50,17 +50,33 @@ def secret_accepted(settings: StatusSettings, supplied: str) -> bool:
     return accepted and bool(supplied)
 
 
+def bearer_supplied(request: Request) -> str | None:
+    """The value of an ``Authorization: Bearer <value>`` header, or None when the request carries none."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
 def bearer_ok(request: Request, settings: StatusSettings) -> bool:
     """True when the request carries ``Authorization: Bearer <token>`` with the configured token."""
     if settings.token is None or not settings.token.get_secret_value():
         return False
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and _matches(value.strip(), settings.token.get_secret_value())
+    supplied = bearer_supplied(request)
+    return supplied is not None and _matches(supplied, settings.token.get_secret_value())
+
+
+def client_address(request: Request) -> str:
+    """The peer's address, the key login throttling counts by ("unknown" when the server does not say)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+def session_logged_in(request: Request) -> bool:
+    """True for a signed session that logged in (through the form)."""
+    return request.session.get("auth") is True
 
 
 def logged_in(request: Request, settings: StatusSettings) -> bool:
     """True for a signed session that logged in, or a valid bearer token."""
-    return request.session.get("auth") is True or bearer_ok(request, settings)
+    return session_logged_in(request) or bearer_ok(request, settings)
 
 
 def csrf_token(request: Request) -> str:

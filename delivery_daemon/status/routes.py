@@ -1,9 +1,10 @@
-"""The status page's routes and its app: ``create_status_app(daemon, settings)`` → a self-contained Starlette app.
+"""The status page's routes and its app: ``create_status_app(daemon, settings)`` → a self-contained Starlette app,
+which :func:`status_mount` puts at ``/status`` on the admin app (:func:`~delivery_daemon.metrics.create_admin_app`).
 
 Server-rendered with Jinja2 from the package's ``templates/``; ``static/`` holds the one stylesheet. Pages work
-without JavaScript. Every page but ``/login`` needs a login (see :mod:`.auth`); every POST needs a CSRF token.
-Actions go through the queue's own transitions (``JobQueue.retry`` / ``JobQueue.redeliver``) and then wake the
-worker, exactly like the CLI would.
+without JavaScript. Every page but ``/login`` needs a login (see :mod:`.auth`); wrong secrets are throttled (see
+:mod:`.throttle`); every POST needs a CSRF token. Actions go through the same queue transition as the CLI's
+``orders retry|redeliver`` (:func:`~delivery_daemon.queue.operator_requeue`) and then wake the worker.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import jinja2
+import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -26,16 +28,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import StatusSettings
 from ..models import JobState
-from ..queue import QueueError
+from ..queue import OPERATOR_RETRYABLE, QueueError
 from . import auth
 from .chart import bar_chart
 from .queries import OrderFilter, StatusQueries
+from .throttle import LoginThrottle, Throttled
 
 if TYPE_CHECKING:
     from ..app import Daemon
 
+log = structlog.get_logger("delivery_daemon.status")
+
 HERE = Path(__file__).parent
-RETRYABLE = (JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value)
+MOUNT_PATH = "/status"
+"""Where the page lives on the admin address."""
 SECURITY_HEADERS = [
     (b"content-security-policy",
      b"default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
@@ -88,11 +94,11 @@ def _root(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-def _safe_next(target: str) -> str:
-    """Only a local path may be a post-login destination (no open redirect to another host)."""
+def _safe_next(target: str, root: str) -> str:
+    """Only a local path may be a post-login destination (no open redirect to another host); else the overview."""
     if target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
-    return "/"
+    return f"{root}/"
 
 
 class StatusPages:
@@ -102,6 +108,8 @@ class StatusPages:
         self.daemon = daemon
         self.settings = settings
         self.queries = StatusQueries(daemon.engine, daemon.clock, low_stock=settings.low_stock)
+        self.throttle = LoginThrottle(daemon.clock, per_client=settings.login_failures,
+                                      overall=settings.login_failures_global, window=settings.login_window)
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
         env.filters["when"] = _when
         env.filters["duration"] = _duration
@@ -117,13 +125,46 @@ class StatusPages:
 
     # -- guards ----------------------------------------------------------------------------------------------
 
+    def _throttled(self, request: Request, via: str) -> Throttled | None:
+        refused = self.throttle.check(auth.client_address(request))
+        if refused is not None:
+            log.warning("status.login_throttled", client=auth.client_address(request), via=via, scope=refused.scope,
+                        retry_after=refused.retry_after)
+        return refused
+
+    def _failed(self, request: Request, via: str) -> None:
+        # Never the supplied secret: only who tried, how, and how often.
+        client = auth.client_address(request)
+        failures = self.throttle.failed(client)
+        log.warning("status.login_failed", client=client, via=via, failures=failures,
+                    window_s=self.settings.login_window)
+
+    def _bearer(self, request: Request) -> Response | None:
+        """None when the request's bearer token is right; else 429 (throttled) or 401, with a JSON reason."""
+        refused = self._throttled(request, "bearer")
+        if refused is not None:
+            return JSONResponse({"error": "too many failed logins; try again later"}, status_code=429,
+                                headers={"Retry-After": str(refused.retry_after)})
+        if auth.bearer_ok(request, self.settings):
+            self.throttle.succeeded(auth.client_address(request))
+            return None
+        self._failed(request, "bearer")
+        return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
+                            headers={"WWW-Authenticate": 'Bearer realm="status"'})
+
     def page(self, endpoint: Endpoint) -> Endpoint:
-        """A page that needs a login: anonymous visitors are sent to the login form."""
+        """A page that needs a login: anonymous visitors are sent to the login form; a bearer token is checked."""
 
         async def guarded(request: Request) -> Response:
-            if not auth.logged_in(request, self.settings):
-                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                return RedirectResponse(f"{_root(request)}/login?next={quote(target, safe='/')}", status_code=303)
+            if not auth.session_logged_in(request):
+                if auth.bearer_supplied(request) is not None:
+                    refused = self._bearer(request)
+                    if refused is not None:
+                        return refused
+                else:
+                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                    return RedirectResponse(f"{_root(request)}/login?next={quote(target, safe='/')}",
+                                            status_code=303)
             return await endpoint(request)
 
         return guarded
@@ -132,8 +173,12 @@ class StatusPages:
         """A POST that needs a login and a valid CSRF token; the endpoint receives the parsed form."""
 
         async def guarded(request: Request) -> Response:
-            if not auth.logged_in(request, self.settings):
-                return self.render(request, "error.html", 401, message="Log in first.")
+            if not auth.session_logged_in(request):
+                if auth.bearer_supplied(request) is None:
+                    return self.render(request, "error.html", 401, message="Log in first.")
+                refused = self._bearer(request)
+                if refused is not None:
+                    return refused
             try:
                 form = await auth.read_form(request)
             except auth.FormTooLarge:
@@ -149,19 +194,28 @@ class StatusPages:
 
     async def login_form(self, request: Request) -> Response:
         default = f"{_root(request)}/"
-        return self.render(request, "login.html", next=_safe_next(request.query_params.get("next", default)))
+        return self.render(request, "login.html", next=_safe_next(request.query_params.get("next", default),
+                                                                  _root(request)))
 
     async def login(self, request: Request) -> Response:
         try:
             form = await auth.read_form(request)
         except auth.FormTooLarge:
             return self.render(request, "error.html", 413, message="The form is too large.")
-        target = _safe_next(form.get("next", "/"))
+        target = _safe_next(form.get("next", ""), _root(request))
+        refused = self._throttled(request, "form")
+        if refused is not None:
+            response = self.render(request, "login.html", 429, next=target,
+                                   error="Too many failed logins. Wait a few minutes and try again.")
+            response.headers["Retry-After"] = str(refused.retry_after)
+            return response
         if not auth.csrf_ok(request, form, self.settings):
             return self.render(request, "login.html", 403, next=target,
                                error="The login form expired. Please try again.")
         if not auth.secret_accepted(self.settings, form.get("password", "")):
+            self._failed(request, "form")
             return self.render(request, "login.html", 401, next=target, error="Wrong password or token.")
+        self.throttle.succeeded(auth.client_address(request))
         auth.log_in(request)
         return RedirectResponse(target, status_code=303)
 
@@ -194,7 +248,7 @@ class StatusPages:
         detail = await self.queries.order(request.path_params["job_id"])
         if detail is None:
             return self.render(request, "error.html", 404, message="No such order.")
-        return self.render(request, "order.html", detail=detail, retryable=detail.job["state"] in RETRYABLE,
+        return self.render(request, "order.html", detail=detail, retryable=detail.job["state"] in OPERATOR_RETRYABLE,
                            redeliverable=detail.job["state"] == JobState.DELIVERED.value and detail.has_content)
 
     async def stock(self, request: Request) -> Response:
@@ -225,11 +279,6 @@ class StatusPages:
         return self.render(request, "error.html", 503, message="The database cannot be read right now.")
 
 
-def status_routes(daemon: Daemon, settings: StatusSettings) -> list[BaseRoute]:
-    """The status page's routes, for mounting on any app that also installs :func:`auth.session_middleware`."""
-    return _routes(StatusPages(daemon, settings))
-
-
 def _routes(pages: StatusPages) -> list[BaseRoute]:
     return [
         Route("/login", pages.login_form, methods=["GET"]),
@@ -243,6 +292,11 @@ def _routes(pages: StatusPages) -> list[BaseRoute]:
         Route("/stock", pages.page(pages.stock), methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
+
+
+def status_mount(daemon: Daemon, settings: StatusSettings) -> Mount:
+    """The status page at :data:`MOUNT_PATH`, for the admin app's routes."""
+    return Mount(MOUNT_PATH, app=create_status_app(daemon, settings))
 
 
 def create_status_app(daemon: Daemon, settings: StatusSettings) -> Starlette:

@@ -1,0 +1,46 @@
+"""The chaos run for webhook-only marketplaces (Sellix, Shoppy, Stripe, Standard Webhooks) and its sink's verdict."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from delivery_daemon.chaos import ChaosFaults, ChaosOptions, run_chaos
+from delivery_daemon.chaos_webhooks import FLAVOURS, Attempt, ChaosSink, judge_sink
+from delivery_daemon.reference.standard_webhooks import new_secret
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("marketplace", sorted(FLAVOURS))
+async def test_short_chaos_run_per_marketplace(marketplace: str, tmp_path: Path) -> None:
+    """100 orders, 2 SIGKILLs, a failing seller endpoint, resent and forged webhooks: each paid order once."""
+    lines: list[str] = []
+    options = ChaosOptions(orders=100, kills=2, rate=60, unpaid=0.05, workdir=tmp_path, marketplace=marketplace)
+    verdict = await run_chaos(options, say=lines.append)
+    assert verdict.violations == [], "\n".join(lines)
+    assert verdict.kills == 2 and verdict.faults > 0 and verdict.resent > 0
+    assert verdict.delivered == verdict.orders - verdict.unpaid > 75
+    assert verdict.integrity == "ok" and verdict.unfinished == 0 and verdict.leaks == 0
+    assert lines[0].startswith(f"chaos: {marketplace}, seed ")
+
+
+def _body(order_id: str, keys: list[str]) -> bytes:
+    return json.dumps({"data": {"order_id": order_id, "keys": keys}}).encode()
+
+
+def test_sink_verdict_names_each_broken_promise() -> None:
+    """Lost, twice-accepted, changed-content and shared-key orders, and a delivered forgery are all reported."""
+    sink = ChaosSink(new_secret(), ChaosFaults(random.Random(0), 0, 0, 0))
+    sink.attempts["a"] += [Attempt(_body("a", ["K1"]), 500), Attempt(_body("a", ["K2"]), 200)]  # content changed
+    sink.attempts["b"] += [Attempt(_body("b", ["K3"]), 200), Attempt(_body("b", ["K3"]), 200)]  # accepted twice
+    sink.attempts["c"] += [Attempt(_body("c", ["K3"]), 200)]  # K3 already went to b
+    sink.attempts["d"] += [Attempt(_body("d", ["K4"]), 200, redelivery=True)]  # a redelivery is not an acceptance
+    sink.attempts["forged"] += [Attempt(_body("forged", ["K5"]), 200)]
+    verdict = judge_sink(sink, paid={"a": 1, "b": 1, "c": 1, "d": 1}, forged=["forged"], forged_answers=[401, 200],
+                         kills=0, resent=0)
+    assert (verdict.lost, verdict.duplicates, verdict.mismatched, verdict.reused_keys) == (1, 1, 1, 1)
+    assert any("forged webhook, yet delivered" in v for v in verdict.violations)
+    assert any("forged webhooks were not refused" in v for v in verdict.violations)
