@@ -52,13 +52,16 @@ def profile_command(pid: int, seconds: float, out: Path) -> list[str]:
 
 @contextlib.contextmanager
 def start_server(kind: str, spec: dict[str, Any], workdir: Path, *,
-                 timeout: float = 60.0) -> Iterator[ServerProcess]:
-    """Run ``python -m bench.serve KIND`` with ``spec``; stopped (SIGTERM, then SIGKILL) when the block ends."""
+                 timeout: float = 60.0, root: Path = ROOT) -> Iterator[ServerProcess]:
+    """Run ``python -m bench.serve KIND`` with ``spec``; stopped (SIGTERM, then SIGKILL) when the block ends.
+
+    ``root``: the checkout whose code runs (``bench.compare`` runs another one's daemon next to this one's).
+    """
     path = workdir / f"{kind}-{time.monotonic_ns()}.json"
     path.write_text(json.dumps(spec))
     command = [sys.executable, "-m", "bench.serve", kind, str(path)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=root, env=env)
     try:
         assert process.stdout is not None
         deadline = time.monotonic() + timeout

@@ -74,8 +74,23 @@ def render_table(results: dict[str, Any]) -> str:
             cells = [f"{row[k]:.3f} ({row[k + '_ratio']:.2f})" for k in
                      ("enqueue_ms_full", "claim_ms_full", "enqueue_ms_off", "claim_ms_off")]
             lines.append(f"  {row['rows']:>9}{cells[0]:>15}{cells[1]:>14}{cells[2]:>15}{cells[3]:>14}")
+    if "pg" in results:
+        lines.extend(_pg_lines(results["pg"]))
     lines.append("\ntargets")
     for item in results["targets"].values():
         mark = "met" if item["met"] else "NOT met"
         lines.append(f"  {item['label']:<42}{item['value']:>10.2f}  {item['target']:<8} {mark}")
     return "\n".join(lines)
+
+
+def _pg_lines(pg: dict[str, Any]) -> list[str]:
+    if "skipped" in pg:
+        return [f"\npostgresql: skipped ({pg['skipped']})"]
+    lines = [f"\npostgresql (fsync on; ingest {pg['connections']} connections split over the replicas, "
+             f"{pg['duration_s']:g} s; drain of {pg['jobs']} jobs)",
+             f"  {'replicas':>8}{'ingest req/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'drain /s':>10}"]
+    for row in pg["rows"]:
+        ing, dr = row["ingest"], row["drain"]
+        lines.append(f"  {row['replicas']:>8}{ing['rps']:>14.0f}{ing['p50_ms']:>9.2f}{ing['p99_ms']:>9.2f}"
+                     f"{ing['errors']:>8}{dr['deliveries_per_s']:>10.0f}")
+    return lines

@@ -22,8 +22,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import structlog
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .config import SecuritySettings
 from .errors import ConfigError, DeliveryDaemonError
@@ -48,7 +46,7 @@ def _unb64(text: str) -> bytes:
 
 def new_key_line() -> str:
     """A fresh ``<key id>:<key>`` line for a key file or environment variable."""
-    return f"k{secrets.token_hex(4)}:{_b64(AESGCM.generate_key(bit_length=256))}"
+    return f"k{secrets.token_hex(4)}:{_b64(secrets.token_bytes(32))}"
 
 
 def parse_keys(text: str, where: str) -> list[tuple[str, bytes]]:
@@ -78,6 +76,10 @@ class Cipher:
     def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
         if not keys:
             raise ValueError("at least one key is required")
+        # Imported here, not at module level: cryptography's OpenSSL bindings cost ~7 MB of RSS, and a daemon
+        # without encryption at rest (the default) never builds a Cipher.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self.current = keys[0][0]
         self._keys = {kid: AESGCM(key) for kid, key in keys}
 
@@ -93,6 +95,8 @@ class Cipher:
         aead = self._keys.get(kid)
         if aead is None:
             raise DecryptError(f"value encrypted with key {kid!r}, which is not configured")
+        from cryptography.exceptions import InvalidTag
+
         try:
             data = _unb64(encoded)
             return aead.decrypt(data[:_NONCE], data[_NONCE:], context.encode()).decode()

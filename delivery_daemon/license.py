@@ -16,15 +16,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from .errors import DeliveryDaemonError
 
 PREFIX = "key/"
+
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+# cryptography is imported inside the functions that use it: the plugin module that imports this one is loaded by
+# every daemon at start-up, and OpenSSL's bindings cost idle RSS a daemon without signed licences never needs.
 
 
 class LicenseError(DeliveryDaemonError):
@@ -41,6 +44,9 @@ def _b64decode(text: str) -> bytes:
 
 def generate_keypair(private_path: Path, public_path: Path) -> None:
     """Write a new Ed25519 key pair as PEM; the private key file is created 0600 and never overwritten."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
@@ -57,6 +63,9 @@ def generate_keypair(private_path: Path, public_path: Path) -> None:
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except OSError as exc:
@@ -69,6 +78,9 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except OSError as exc:
@@ -105,6 +117,8 @@ def sign(payload: LicensePayload, private: Ed25519PrivateKey) -> str:
 
 def verify(key: str, public: Ed25519PublicKey, *, now: float) -> LicensePayload:
     """The payload of a genuine, unexpired ``key``; LicenseError otherwise."""
+    from cryptography.exceptions import InvalidSignature
+
     signed, dot, signature = key.strip().rpartition(".")
     if not dot or not signed.startswith(PREFIX):
         raise LicenseError(f"not a licence key (expected {PREFIX}<payload>.<signature>)")

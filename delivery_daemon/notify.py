@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-import psycopg
 import structlog
 from sqlalchemy.engine import make_url
 
@@ -55,6 +54,10 @@ class Listener:
         self.listening.clear()
 
     async def _run(self) -> None:
+        # Imported only when a listener runs (PostgreSQL): psycopg and libpq cost ~9 MB of RSS that a SQLite daemon
+        # would carry for nothing.
+        import psycopg
+
         delay = 0.5
         while True:
             try:

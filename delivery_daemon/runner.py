@@ -38,7 +38,6 @@ from .metrics import create_admin_app
 from .netguard import NetPolicy
 from .protocol import header_deadline_protocol
 from .serving import bind_socket
-from .status import MOUNT_PATH, status_mount
 from .stores import Store, build_stores
 
 log = structlog.get_logger("delivery_daemon.runner")
@@ -54,6 +53,14 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def _status_mount(daemon: Daemon, settings: Settings) -> Any:
+    # Imported only when enabled: the page's package (Jinja2 templates, routes) is idle RSS a daemon without it
+    # never needs (docs/performance.md, idle memory).
+    from .status import status_mount
+
+    return status_mount(daemon, settings.status)
 
 
 def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float, header_timeout: float) -> _Server:
@@ -87,7 +94,7 @@ class Runner:
             (self.app, "on", settings.server.host, settings.server.port)]
         if settings.admin.port is not None:
             # The status page lives on the admin address only (config refuses status.enabled without admin.port).
-            extra = [status_mount(self.daemon, settings.status)] if settings.status.enabled else []
+            extra = [_status_mount(self.daemon, settings)] if settings.status.enabled else []
             listeners.append((create_admin_app(self.daemon, extra), "off", settings.admin.host, settings.admin.port))
         sockets = [bind_socket(host, port) for _, _, host, port in listeners]
         self._servers = [_server(app, lifespan=lifespan, grace=grace, header_timeout=settings.server.header_timeout)
@@ -121,6 +128,8 @@ class Runner:
         log.info("daemon.started", version=__version__, pid=os.getpid(), webhooks=f"{urls[0]}/webhooks/<store>",
                  metrics=f"{urls[-1]}/metrics", stores=sorted(self.daemon.stores))
         if self.settings.status.enabled and len(urls) > 1:
+            from .status import MOUNT_PATH
+
             log.info("status.serving", url=f"{urls[-1]}{MOUNT_PATH}/")
 
     def stop(self, signum: int = signal.SIGTERM) -> None:

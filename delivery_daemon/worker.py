@@ -29,7 +29,7 @@ from .generate import generate
 from .generator import OrderContext
 from .models import Job, JobState
 from .order import Content
-from .queue import JobQueue, LeaseLost, QueueError, Transition
+from .queue import JobQueue, LeaseLost, QueueError, Transition, Verified
 from .stores import Store
 from .verify import verify
 
@@ -193,15 +193,26 @@ class Worker:
             store = self._stores().get(job.store)
             if store is None:
                 raise Retry(f"store {job.store!r} is not configured")
+            verified: Verified | None = None
             if job.quantity is None:
                 order = await verify(store.marketplace, job)
                 elapsed = (self.clock.monotonic() - started) * 1000
-                await self.queue.save_verification(job, self.owner, order.quantity, order.buyer_email, elapsed)
+                # Stored together with the content below: one commit instead of two per order.
+                verified = Verified(order.quantity, order.buyer_email, elapsed)
                 job.quantity, job.buyer_email = order.quantity, order.buyer_email
                 bound.info("order.verified", quantity=order.quantity, duration_ms=round(elapsed, 1))
             step = "generate"
             if job.content is None:
-                job.content = await self._generate(store, job, bound)
+                try:
+                    job.content = await self._generate(store, job, bound, verified)
+                except Exception:
+                    if verified is not None:  # keep what the marketplace confirmed: a retry does not verify again
+                        await self.queue.save_verification(job, self.owner, verified.quantity,
+                                                           verified.buyer_email, verified.duration_ms)
+                    raise
+            elif verified is not None:
+                await self.queue.save_verification(job, self.owner, verified.quantity, verified.buyer_email,
+                                                   verified.duration_ms)
             step = "deliver"
             bound.info("delivery.attempt", sink=store.sink.name)
             t0 = self.clock.monotonic()
@@ -234,7 +245,8 @@ class Worker:
             bound.error("job.error", step=step, error=reason)
             await self._retry(job, step, reason, None, None, started, bound)
 
-    async def _generate(self, store: Store, job: Job, bound: structlog.typing.FilteringBoundLogger) -> str:
+    async def _generate(self, store: Store, job: Job, bound: structlog.typing.FilteringBoundLogger,
+                        verified: Verified | None) -> str:
         product = store.product(job.product_id)
         if product is None:
             raise Dead(f"no generator is configured for product {job.product_id}")
@@ -248,7 +260,7 @@ class Worker:
         content: Content = await generate(product, context, budget=self.generator_budget)
         elapsed = (self.clock.monotonic() - t0) * 1000
         raw = content.to_json()
-        await self.queue.save_content(job, self.owner, raw, elapsed)
+        await self.queue.save_content(job, self.owner, raw, elapsed, verified=verified)
         self.observer.generated(product.generator_name, elapsed / 1000)
         bound.info("content.generated", generator=product.generator_name, keys=len(content.keys),
                    duration_ms=round(elapsed, 1))

@@ -79,8 +79,12 @@ class PgServer:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PgServer]:
-    """Start a server, yield it, stop it (fast shutdown) and remove its files."""
+def running_server(*, durable: bool = False) -> Iterator[PgServer]:
+    """Start a server, yield it, stop it (fast shutdown) and remove its files.
+
+    ``durable=False`` (tests) turns fsync off; ``durable=True`` keeps PostgreSQL's durable defaults (fsync,
+    synchronous commit, full-page writes): what the benchmark measures, as a seller's server would run.
+    """
     bindir = find_bindir()
     assert bindir is not None, unavailable_reason()
     as_root = os.geteuid() == 0
@@ -101,7 +105,9 @@ def running_server() -> Iterator[PgServer]:
                         "--no-sync"], check=True, capture_output=True)
         # fsync off: a test server's data is disposable, and the suite runs on a busy 2-core machine.
         options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockets} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                   "-c max_connections=200")
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
                         "-w", "-t", "60", "start"], check=True, capture_output=True)
         server = PgServer(host="127.0.0.1", port=port, user=user)

@@ -14,7 +14,7 @@ from delivery_daemon.clock import ManualClock
 from delivery_daemon.db import create_db_engine, create_schema
 from delivery_daemon.models import JobState
 from delivery_daemon.order import IncomingOrder
-from delivery_daemon.queue import JobQueue, LeaseLost, Transition
+from delivery_daemon.queue import JobQueue, LeaseLost, Transition, Verified
 
 
 @pytest.fixture
@@ -59,6 +59,20 @@ async def test_enqueue_then_claim_then_deliver(queue: JobQueue) -> None:
     steps = [(a.step, a.outcome, a.state) for a in await queue.history(enqueued.job_id)]
     assert steps == [("receive", "accepted", "queued"), ("verify", "ok", "running"),
                      ("generate", "ok", "running"), ("deliver", "delivered", "delivered")]
+
+
+async def test_content_saved_with_its_verification_in_one_transaction(queue: JobQueue) -> None:
+    """save_content(verified=...) stores quantity, buyer and content with one commit and records both steps."""
+    enqueued = await queue.enqueue(order())
+    [job] = await queue.claim("w1", 30, 10)
+    before = queue.committer.stats.transactions
+    await queue.save_content(job, "w1", '{"text":"k"}', 2.0, verified=Verified(3, "b@example.com", 1.0))
+    assert queue.committer.stats.transactions == before + 1
+    stored = await queue.get(enqueued.job_id)
+    assert stored is not None
+    assert (stored.quantity, stored.buyer_email, stored.content) == (3, "b@example.com", '{"text":"k"}')
+    steps = [(a.step, a.outcome, a.duration_ms) for a in await queue.history(enqueued.job_id)]
+    assert steps[-2:] == [("verify", "ok", 1.0), ("generate", "ok", 2.0)]
 
 
 async def test_retry_wait_is_not_claimed_before_due(queue: JobQueue, clock: ManualClock) -> None:

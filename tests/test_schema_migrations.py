@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -28,7 +31,7 @@ from sqlmodel import SQLModel
 
 from delivery_daemon.cipher import Cipher, new_key_line, parse_keys
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.db import create_db_engine, create_schema
+from delivery_daemon.db import create_db_engine, create_schema, newest_revision
 from delivery_daemon.models import Attempt, Job
 from delivery_daemon.schema import (
     BASELINE,
@@ -174,3 +177,20 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     assert current_revision(engines[0]) == head_revision()
     for engine in engines:
         engine.dispose()
+
+
+def test_newest_revision_read_from_the_files_is_alembics_head() -> None:
+    """db.newest_revision() (read without Alembic) names the same head as Alembic's script directory."""
+    assert newest_revision() == head_revision()
+
+
+def test_restart_on_an_up_to_date_database_does_not_import_alembic(tmp_path: Path) -> None:
+    """A second start on a migrated database skips Alembic entirely (its import costs idle memory)."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    engine = create_db_engine(url)
+    create_schema(engine)
+    engine.dispose()
+    probe = ("import sys; from delivery_daemon.db import create_db_engine, create_schema, newest_revision; "
+             f"create_schema(create_db_engine({url!r})); print('alembic' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
