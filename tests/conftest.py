@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
@@ -96,6 +97,15 @@ def stack_settings(db_path: Path, api_base: str, api_key: str, products: dict[st
     for key, value in sections.items():
         document[key] = {**document.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_settings(document, environ={})
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """structlog's configuration is process-wide: each test starts from the defaults, whatever the last one set
+    (a level of "error" left behind hid the info events a later ``capture_logs`` test waited for)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
