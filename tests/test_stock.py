@@ -41,14 +41,18 @@ def _cipher() -> Cipher:
     return Cipher(parse_keys(new_key_line(), "test"))
 
 
+def _pool(url: str) -> StockPool:
+    from delivery_daemon.db import create_db_engine, create_schema
+
+    engine = create_db_engine(url)
+    create_schema(engine)
+    return StockPool(engine, ManualClock(), _cipher())
+
+
 @pytest.fixture
 def pool(db_url: str) -> StockPool:
     """The sealing pool on both backends (PostgreSQL's claim and import count differ from SQLite's)."""
-    from delivery_daemon.db import create_db_engine, create_schema
-
-    engine = create_db_engine(db_url)
-    create_schema(engine)
-    return StockPool(engine, ManualClock(), _cipher())
+    return _pool(db_url)
 
 
 def _database_bytes(path: Path) -> bytes:
@@ -150,15 +154,15 @@ def test_claim_is_idempotent_and_all_or_nothing(pool: StockPool) -> None:
     assert pool.claim("s", "p", "order-c", 1) == ["K3"]
 
 
-def test_keys_locked_by_a_concurrent_claim_are_a_retry_not_out_of_stock(pool: StockPool) -> None:
+@pytest.mark.postgres
+def test_keys_locked_by_a_concurrent_claim_are_a_retry_not_out_of_stock(pg_url: str) -> None:
     """On PostgreSQL, keys locked by another replica's open claim make a Retry: that claim may roll back, and an
-    order parked as out of stock would wait for an import while keys are free."""
-    if pool.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite serialises claims; no key is ever locked by another claim")
+    order parked as out of stock would wait for an import while keys are free. (SQLite serialises claims.)"""
     from sqlalchemy import text
 
     from delivery_daemon.errors import Retry
 
+    pool = _pool(pg_url)
     pool.import_keys("s", "p", ["K1", "K2"])
     with pool.engine.connect() as other:
         other.execute(text("SELECT id FROM stock_keys WHERE claimed_by IS NULL FOR UPDATE"))
