@@ -5,12 +5,16 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 MARKERS = ("<<<<<<< ", ">>>>>>> ")
 
 
 def test_no_conflict_markers_in_tracked_files() -> None:
     """A merge that committed conflict markers (it happened to README.md once) fails CI, not a reader."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (CI runs on a clone)")
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
     found = []
     for name in filter(None, files):
