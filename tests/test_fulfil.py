@@ -12,13 +12,12 @@ from delivery_daemon.app import create_app
 from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.config import parse_settings
-from delivery_daemon.generator import Generated, NoOptions, OrderContext
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.plugins import discover
 from delivery_daemon.reference import sellix
 from delivery_daemon.reference.sellix import SellixSender
 from delivery_daemon.serving import serve
-from tests.test_worker_limits import Gate
+from tests.test_worker_limits import Gate, gated_generator
 
 BOUND = 2
 REQUESTS = 6
@@ -29,17 +28,7 @@ async def test_concurrent_dynamic_requests_run_at_most_concurrency_generators(tm
     configure_logging("json", "error", stream=io.StringIO())
     gate = Gate(held=True)
 
-    class Counted:
-        name = "counted"
-        Options = NoOptions
-
-        def __init__(self, options: NoOptions) -> None:
-            self.options = options
-
-        async def generate(self, order: OrderContext) -> Generated:
-            async with gate:
-                return Generated(tuple(f"K-{order.order_id}-{i}" for i in range(order.quantity)))
-
+    Counted = gated_generator(gate)
     secret = secrets.token_hex(16)
     settings = parse_settings({
         "database": {"url": f"sqlite:///{tmp_path / 'd.db'}"},

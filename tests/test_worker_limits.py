@@ -64,6 +64,23 @@ class Gate:
         self.tickets.release()
 
 
+def gated_generator(gate: Gate) -> type:
+    """A generator plugin (name ``counted``) whose calls pass through ``gate``; keys ``K-<order>-<i>``."""
+
+    class Counted:
+        name = "counted"
+        Options = NoOptions
+
+        def __init__(self, options: NoOptions) -> None:
+            self.options = options
+
+        async def generate(self, order: OrderContext) -> Generated:
+            async with gate:
+                return Generated(tuple(f"K-{order.order_id}-{i}" for i in range(order.quantity)))
+
+    return Counted
+
+
 class GatedTransport(httpx.AsyncBaseTransport):
     """Real HTTP to the marketplace; delivery POSTs pass through ``gate``."""
 
@@ -89,17 +106,7 @@ async def test_in_flight_generator_calls_and_deliveries_stay_within_concurrency(
     configure_logging("json", "error", stream=io.StringIO())
     generating, delivering = Gate(held=held == "generate"), Gate(held=held == "deliver")
 
-    class Counted:
-        name = "counted"
-        Options = NoOptions
-
-        def __init__(self, options: NoOptions) -> None:
-            self.options = options
-
-        async def generate(self, order: OrderContext) -> Generated:
-            async with generating:
-                return Generated(tuple(f"K-{order.order_id}-{i}" for i in range(order.quantity)))
-
+    Counted = gated_generator(generating)
     api_key = secrets.token_hex(20)
     market = SoftStoreMarketplace(api_key=api_key)
     market.add_product("p", count=100)
