@@ -87,6 +87,17 @@ async def kill_holding_a_lease(proc: subprocess.Popen[bytes], db_url: str) -> No
     proc.wait(timeout=30)
 
 
+async def _all_ready(client: httpx.AsyncClient, urls: list[str]) -> None:
+    """Wait until every replica's /readyz answers 200."""
+    for url in urls:
+        async def ready(url: str = url) -> bool:
+            try:
+                return (await client.get(f"{url}/readyz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+        await wait_until(ready, 90, f"replica {url} ready")
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     """SIGTERM every replica still running, then wait (SIGKILL one that does not stop within 30 s)."""
     for proc in procs:
@@ -114,13 +125,7 @@ async def test_three_replicas_one_killed_every_order_delivered_once(tmp_path: Pa
             procs.append(start_replica(config, tmp_path / f"r{i}.log"))
             urls.append(f"http://127.0.0.1:{port}")
         try:
-            for url in urls:
-                async def ready(url: str = url) -> bool:
-                    try:
-                        return (await client.get(f"{url}/readyz")).status_code == 200
-                    except httpx.HTTPError:
-                        return False
-                await wait_until(ready, 90, f"replica {url} ready")
+            await _all_ready(client, urls)
 
             victim = 1
             # Deliveries answered slowly: the victim is sure to hold leased, in-flight jobs when it is killed.
@@ -210,13 +215,7 @@ async def test_stock_pool_across_replicas_with_a_kill_and_an_import_mid_run(tmp_
             return main(["stock", *argv, "--config", str(configs[0])])
 
         try:
-            for url in urls:
-                async def ready(url: str = url) -> bool:
-                    try:
-                        return (await client.get(f"{url}/readyz")).status_code == 200
-                    except httpx.HTTPError:
-                        return False
-                await wait_until(ready, 90, f"replica {url} ready")
+            await _all_ready(client, urls)
             assert await asyncio.to_thread(stock, "import", "--store", "shop", "--product", "p1",
                                            str(tmp_path / "first.txt")) == 0
             market.faults.slow_next_deliveries(STOCK_ORDERS, 0.3)  # the victim holds leases when it dies
