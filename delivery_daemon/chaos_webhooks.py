@@ -180,12 +180,13 @@ class SignedSender:
 
 @dataclass
 class Attempt:
-    """One delivery the sink received: its exact bytes, the status it answered (0: dropped), and whether it was a
-    redelivery of an order already processed."""
+    """One delivery the sink received: its exact bytes, its ``webhook-id``, the status it answered (0: dropped), and
+    whether it was a redelivery (the ``webhook-id`` of a message already processed)."""
 
     body: bytes
     status: int = 0
     redelivery: bool = False
+    msg_id: str = ""
 
     @property
     def accepted(self) -> bool:
@@ -208,13 +209,15 @@ class ChaosSink:
             self.faults.note_down()
             return JSONResponse({"error": "down"}, status_code=503)
         try:
-            verify_standard(request.headers, body, [self.key], time.time(), 300)
+            msg_id = verify_standard(request.headers, body, [self.key], time.time(), 300)
             order_id = str(json.loads(body)["data"]["order_id"])
         except (WebhookRejected, ValueError, KeyError, TypeError):
             self.rejected += 1
             return JSONResponse({"error": "bad delivery"}, status_code=400)
         attempts = self.attempts[order_id]
-        attempt = Attempt(body, redelivery=any(a.accepted for a in attempts))
+        # Deduplicated on webhook-id, as a Standard Webhooks receiver does: the same order under another id would be
+        # processed again, and is counted as a second acceptance (a duplicate).
+        attempt = Attempt(body, msg_id=msg_id, redelivery=any(a.accepted and a.msg_id == msg_id for a in attempts))
         attempts.append(attempt)
         fault = None if attempt.redelivery else self.faults.take_delivery_fault()
         if fault is not None and fault.kind == "fail":

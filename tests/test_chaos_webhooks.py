@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,8 @@ def test_sink_verdict_names_each_broken_promise() -> None:
     """Lost, twice-accepted, changed-content and shared-key orders, and a delivered forgery are all reported."""
     sink = ChaosSink(new_secret(), ChaosFaults(random.Random(0), 0, 0, 0))
     sink.attempts["a"] += [Attempt(_body("a", ["K1"]), 500), Attempt(_body("a", ["K2"]), 200)]  # content changed
-    sink.attempts["b"] += [Attempt(_body("b", ["K3"]), 200), Attempt(_body("b", ["K3"]), 200)]  # accepted twice
+    sink.attempts["b"] += [Attempt(_body("b", ["K3"]), 200, msg_id="m1"),  # the same order under a second
+                           Attempt(_body("b", ["K3"]), 200, msg_id="m2")]  # webhook-id: processed twice
     sink.attempts["c"] += [Attempt(_body("c", ["K3"]), 200)]  # K3 already went to b
     sink.attempts["d"] += [Attempt(_body("d", ["K4"]), 200, redelivery=True)]  # a redelivery is not an acceptance
     sink.attempts["forged"] += [Attempt(_body("forged", ["K5"]), 200)]
@@ -44,3 +46,23 @@ def test_sink_verdict_names_each_broken_promise() -> None:
     assert (verdict.lost, verdict.duplicates, verdict.mismatched, verdict.reused_keys) == (1, 1, 1, 1)
     assert any("forged webhook, yet delivered" in v for v in verdict.violations)
     assert any("forged webhooks were not refused" in v for v in verdict.violations)
+
+
+async def test_sink_deduplicates_on_webhook_id_only() -> None:
+    """A resend under the same webhook-id is a redelivery; the same order under a new webhook-id is a duplicate."""
+    import httpx
+
+    from delivery_daemon.serving import serve
+    from delivery_daemon.signing import standard_headers, whsec_key
+
+    secret = new_secret()
+    sink = ChaosSink(secret, ChaosFaults(random.Random(0), 0, 0, 0))
+    body = _body("o-1", ["K1"])
+    async with serve(sink.app) as server, httpx.AsyncClient(base_url=server.url) as client:
+        for msg_id in ("msg_a", "msg_a", "msg_b"):
+            headers = standard_headers(whsec_key(secret), msg_id, int(time.time()), body)
+            assert (await client.post("/hooks/orders", content=body, headers=headers)).status_code == 200
+    assert [(a.msg_id, a.redelivery) for a in sink.attempts["o-1"]] == [
+        ("msg_a", False), ("msg_a", True), ("msg_b", False)]
+    verdict = judge_sink(sink, paid={"o-1": 1}, forged=[], forged_answers=[], kills=0, resent=0)
+    assert verdict.duplicates == 1
