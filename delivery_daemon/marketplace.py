@@ -141,9 +141,11 @@ class PinnedOrigin(httpx.AsyncBaseTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport, origin: str) -> None:
         self.inner = inner
         self.origin = origin
+        self._origin = _origin(origin)  # parsed once: the request's URL is parsed already (verify and deliver)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if not same_origin(str(request.url), self.origin):
+        url = request.url
+        if not url.host or (url.scheme, url.host, url.port) != self._origin:
             raise BlockedDestination(f"refused to connect to {request.url.host}: not the store's API host")
         return await self.inner.handle_async_request(request)
 
@@ -158,7 +160,7 @@ def create_client(context: AdapterContext, base_url: str = "") -> httpx.AsyncCli
     transport = context.transport or httpx.AsyncHTTPTransport(limits=limits)
     return httpx.AsyncClient(
         base_url=base_url, transport=PinnedOrigin(transport, base_url) if base_url else transport,
-        follow_redirects=False, timeout=httpx.Timeout(context.delivery.timeout), limits=limits,
+        follow_redirects=False, timeout=httpx.Timeout(context.delivery.timeout),
         headers={"User-Agent": "delivery-daemon"},
     )
 

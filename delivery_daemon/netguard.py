@@ -140,8 +140,9 @@ async def checked_addresses(host: str, port: int, policy: NetPolicy) -> list[IPA
     return addresses
 
 
-async def check_url(url: str, policy: NetPolicy) -> None:
-    """Validate a configured URL now (at start-up, for a clear early error); connections are checked again."""
+async def check_url(url: str | httpx.URL, policy: NetPolicy) -> None:
+    """Validate a configured URL now (at start-up, for a clear early error; and each request of a
+    :class:`GuardedTransport`); connections are checked again."""
     parsed = httpx.URL(url)
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise BlockedDestination(f"only http(s) URLs with a host are allowed, not {parsed.scheme or 'none'}")
@@ -187,11 +188,8 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         self.policy = policy
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        if url.scheme not in ("http", "https") or not url.host:
-            raise BlockedDestination(f"only http(s) URLs with a host are allowed, not {url.scheme or 'none'}")
         try:
-            await checked_addresses(url.host, url.port or (443 if url.scheme == "https" else 80), self.policy)
+            await check_url(request.url, self.policy)
         except httpcore.ConnectError as exc:
             raise httpx.ConnectError(str(exc), request=request) from None
         return await self.inner.handle_async_request(request)
