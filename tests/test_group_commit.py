@@ -64,8 +64,11 @@ async def submitted(queue: JobQueue, count: int) -> None:
 
 
 async def test_concurrent_enqueues_share_commits(engine: Engine) -> None:
-    """Enqueues that arrive together are committed in fewer transactions than there are enqueues, all stored."""
+    """Enqueues that arrive together are committed in fewer transactions than there are enqueues, all stored, by
+    one INSERT statement for the jobs (and one for their attempts)."""
     queue = JobQueue(engine, ManualClock())
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     try:
         release = hold_thread(queue.committer)
         pending = [asyncio.ensure_future(queue.enqueue(order(f"o{i}"))) for i in range(40)]
@@ -79,6 +82,9 @@ async def test_concurrent_enqueues_share_commits(engine: Engine) -> None:
     assert stored_ids(engine) == {f"o{i}" for i in range(40)}
     assert queue.committer.stats.largest == 40
     assert queue.committer.stats.transactions <= 2  # the holding read, then one write transaction
+    assert sum(st.startswith("INSERT INTO jobs") for st in statements) == 1
+    assert sum(st.startswith("INSERT INTO attempts") for st in statements) == 1
+    assert queue.committer.stats.merged == 40
 
 
 async def test_duplicate_in_the_same_batch_is_detected_per_row(engine: Engine) -> None:
@@ -238,30 +244,13 @@ async def test_run_executes_own_connection_functions_between_batches(engine: Eng
     assert stored_ids(engine) == {"before", "own", "after"}
 
 
-async def test_concurrent_enqueues_are_one_multi_row_insert(engine: Engine) -> None:
-    """Enqueues waiting together are stored by one INSERT statement for the jobs (and one for their attempts)."""
-    queue = JobQueue(engine, ManualClock())
-    statements: list[str] = []
-    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    try:
-        release = hold_thread(queue.committer)
-        pending = [asyncio.ensure_future(queue.enqueue(order(f"m{i}"))) for i in range(20)]
-        await submitted(queue, 20)
-        release.set()
-        results = await asyncio.gather(*pending)
-    finally:
-        queue.close()
-    assert [r.created for r in results] == [True] * 20 and len({r.job_id for r in results}) == 20
-    assert sum(s.startswith("INSERT INTO jobs") for s in statements) == 1
-    assert sum(s.startswith("INSERT INTO attempts") for s in statements) == 1
-    assert queue.committer.stats.merged == 20
-
-
 async def test_a_failing_merged_run_falls_back_to_one_savepoint_per_operation(engine: Engine) -> None:
     """When the merged call raises, each operation runs alone: only the bad one fails, the others commit."""
     committer = GroupCommitter(engine)
+    merge_calls: list[list[str]] = []
 
     def merged(conn: Any, items: list[str]) -> list[int]:
+        merge_calls.append(list(items))
         for item in items:
             conn.execute(insert(JOBS).values(**job_row(item)))
         raise RuntimeError("one item is bad")
@@ -277,10 +266,12 @@ async def test_a_failing_merged_run_falls_back_to_one_savepoint_per_operation(en
         release = hold_thread(committer)
         pending = [asyncio.ensure_future(committer.run_merged(alone(i), merged, i)) for i in ("a", "bad", "b")]
         await asyncio.sleep(0)
+        assert committer._inbox.qsize() == 3  # one batch
         release.set()
         outcomes = await asyncio.gather(*pending, return_exceptions=True)
     finally:
         committer.close()
     assert outcomes[0] == 1 and outcomes[2] == 1 and isinstance(outcomes[1], ValueError)
     assert stored_ids(engine) == {"a", "b"}
+    assert merge_calls == [["a", "bad", "b"]]  # the merged call was tried once, then each ran alone
     assert committer.stats.merged == 0

@@ -355,15 +355,18 @@ async def test_a_delivery_token_reaching_a_log_call_by_mistake_is_redacted(stack
     assert '"planted"' in logs and placed.token not in logs and REDACTED in logs
 
 
-def test_secret_plugin_options_are_registered_with_the_redactor() -> None:
-    """A generator option declared SecretStr (the http generator's token) is one of the store's secrets."""
+async def test_secret_plugin_options_are_registered_with_the_redactor(tmp_path: Path) -> None:
+    """A generator option declared SecretStr (the http generator's token) is one of the store's secrets, and the
+    daemon hands it to the log redactor."""
+    from delivery_daemon.app import build_daemon
     from delivery_daemon.cli import default_marketplaces
     from delivery_daemon.clock import ManualClock
     from delivery_daemon.config import parse_settings
+    from delivery_daemon.logs import REDACTOR
     from delivery_daemon.plugins import discover
     from delivery_daemon.stores import build_stores
 
-    settings = parse_settings({"stores": [{
+    settings = parse_settings({"database": {"url": f"sqlite:///{tmp_path / 'd.db'}"}, "stores": [{
         "name": "s", "marketplace": "shoppy", "webhook_secret": "x" * 16,
         "delivery": {"channel": "webhook", "webhook": {"url": "https://hooks.example/o", "secret": new_secret()}},
         "products": {"p": {"generator": "http", "options": {"url": "https://keys.example/k", "token": "tok-123456"}}},
@@ -371,3 +374,10 @@ def test_secret_plugin_options_are_registered_with_the_redactor() -> None:
     [store] = build_stores(settings, default_marketplaces(),
                            dict(discover()), ManualClock()).values()
     assert "tok-123456" in store.static_secrets()
+    assert "tok-123456" in REDACTOR.scrub_text("token tok-123456")  # not registered yet in this process
+    daemon = build_daemon(settings, marketplaces=default_marketplaces(), plugins=dict(discover()),
+                          clock=ManualClock())
+    try:
+        assert REDACTOR.scrub_text("token tok-123456") == f"token {REDACTED}"
+    finally:
+        await daemon.aclose()
