@@ -82,7 +82,12 @@ def open_cipher(args: argparse.Namespace) -> Cipher | None:
     """The daemon's encryption key, read only: from the config's ``security`` section, else the key file beside a
     SQLite database. None when there is none — unlike the daemon's start, this never creates a key."""
     security = load_section(args.config, "security", SecuritySettings) if args.config else SecuritySettings()
-    path = sqlite_path(database_url(args))
+    return read_cipher(security, sqlite_path(database_url(args)))
+
+
+def read_cipher(security: SecuritySettings, path: Path | None) -> Cipher | None:
+    """The configured key, else the key file beside the SQLite database at ``path``; None when neither exists.
+    Never creates one: a command run as another user (root) must not leave a key file the daemon cannot read."""
     configured = security.encryption_key_env or security.encryption_key_file
     if configured or (path is not None and path.with_name(path.name + ".key").exists()):
         return load_cipher(security, path)

@@ -42,9 +42,10 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
 
 
 def cmd_stock_import(args: argparse.Namespace) -> int:
-    from .cipher import load_cipher
     from .db import sqlite_path
+    from .operator_db import read_cipher
     from .queue import JobQueue
+    from .rekey import seal_at_start
     from .stock import StockError, StockPool, read_keys
 
     settings = load_settings(args.config)
@@ -56,13 +57,15 @@ def cmd_stock_import(args: argparse.Namespace) -> int:
         print(f"delivery-daemon: error: {exc}", file=sys.stderr)
         return 2
     # The daemon's key (the same sources, in the same order): keys are sealed before they reach the database.
-    cipher = load_cipher(settings.security, sqlite_path(settings.database.url))
+    # Without one yet (the daemon never ran), keys go in plaintext and the daemon seals them at its first start.
+    cipher = read_cipher(settings.security, sqlite_path(settings.database.url))
     engine = _database(settings)
     clock = SystemClock()
     try:
-        pool = StockPool(engine, clock, cipher)
-        pool.seal()  # legacy plaintext rows first, so de-duplication (by key_hash) sees them
-        result = pool.import_keys(args.store, args.product, keys)
+        # Legacy plaintext rows first, so de-duplication (by key_hash) sees them; then the file is compacted, as at
+        # the daemon's start (which would find nothing left to seal and so never compact).
+        seal_at_start(engine, clock, cipher)
+        result = StockPool(engine, clock, cipher).import_keys(args.store, args.product, keys)
         # The running daemon (another process) picks the requeued jobs up on its next periodic tick.
         queue = JobQueue(engine, clock)
         try:

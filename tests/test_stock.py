@@ -277,3 +277,23 @@ async def test_200_orders_150_keys_then_import_delivers_the_rest(make_stack: Any
         texts = [stack.market.accepted(o).json["text"] for o in orders]
         assert len(set(texts)) == 200
         assert not any(text in stack.logs.getvalue() for text in texts)  # keys never reach a log line
+
+
+def test_cli_import_never_creates_a_key_file(tmp_path: Path) -> None:
+    """``stock import`` before the daemon ever ran stores the keys without creating a key file (a root-owned one
+    would lock the daemon out); the daemon's first start seals them."""
+    from delivery_daemon.rekey import seal_at_start
+
+    db = tmp_path / "d.db"
+    engine = plugin_database(db)
+    config = tmp_path / "daemon.yaml"
+    config.write_text(yaml.safe_dump({"database": {"url": f"sqlite:///{db}"}, "stores": [{
+        "name": "shop", "marketplace": "softstore", "api_url": "http://127.0.0.1:9/api/v1", "api_key": "k" * 40,
+        "products": {"serials": {"generator": "stock"}}}]}))
+    keys = tmp_path / "keys.txt"
+    keys.write_text("PLAIN-KEY-0001\nPLAIN-KEY-0002\n")
+    assert main(["stock", "import", "--config", str(config), "--store", "shop", "--product", "serials",
+                 "--no-sync", str(keys)]) == 0
+    assert not (tmp_path / "d.db.key").exists()
+    assert [lv.available for lv in StockPool(engine, ManualClock()).levels()] == [2]
+    assert seal_at_start(engine, ManualClock(), _cipher()) == 2
