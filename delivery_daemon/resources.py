@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from .cipher import Cipher
 from .clock import Clock, SystemClock
 from .errors import PluginError
+from .generator_threads import HungThreads
 from .netguard import NetPolicy
 
 if TYPE_CHECKING:
@@ -35,6 +36,12 @@ class ResourceHub:
     """The outbound network policy (``security.allow_private_networks`` / ``allowed_networks``)."""
     cipher: Cipher | None = None
     """The encryption at rest (stock keys are sealed with it); None only for an unencrypted database."""
+    hung: dict[str, HungThreads] = field(default_factory=dict)
+    """Per product (``store/product``), the sync generator calls still running past their budget. Kept here, not on
+    the product, because a reload rebuilds products while those threads run on."""
+
+    def hung_threads(self, store: str, product_id: str | None) -> HungThreads:
+        return self.hung.setdefault(f"{store}/{product_id or '*'}", HungThreads())
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ class Product:
     listed_count: int | None = None
     """A fixed stock count to show on the marketplace (``listed_count``), whatever the generator has."""
     threads: HungThreads = field(default_factory=HungThreads, compare=False)
-    """The generator's calls still running past their budget (sync generators), bounded per product."""
+    """The generator's calls still running past their budget (sync generators), bounded per product; shared with
+    the product's earlier builds through the daemon's :class:`~delivery_daemon.resources.ResourceHub`."""
 
 
 @dataclass
@@ -128,7 +129,7 @@ def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: st
     except Exception as exc:
         raise ConfigError(f"{path}.generator", f"{product.generator} failed to start: {exc}") from None
     return Product(product.generator, generator, options.model_dump(), template, tuple(secret_values(options)),
-                   product.listed_count)
+                   product.listed_count, resources.hub.hung_threads(resources.store, resources.product_id))
 
 
 def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],

@@ -57,3 +57,38 @@ async def test_a_call_within_budget_is_never_counted() -> None:
     for _ in range(5):
         await call_generator(stuck, fake_order(), budget=5, name="quick", threads=threads)
     assert threads.hung == 0 and stuck.started == 5
+
+
+def test_rebuilt_products_share_their_count() -> None:
+    """Stores rebuilt on the same hub (a SIGHUP reload) keep each product's count: threads left hung by the old
+    build still count against the new one."""
+    from delivery_daemon.cli import default_marketplaces
+    from delivery_daemon.clock import ManualClock
+    from delivery_daemon.config import parse_settings
+    from delivery_daemon.plugins import discover
+    from delivery_daemon.resources import ResourceHub
+    from delivery_daemon.stores import build_stores
+
+    settings = parse_settings({"stores": [{
+        "name": "s", "marketplace": "softstore", "api_url": "https://api.example/api/v1", "api_key": "k" * 40,
+        "products": {"p": {"generator": "pattern"}}, "default": {"generator": "pattern"}}]}, environ={})
+    hub = ResourceHub()
+    first, second = (build_stores(settings, default_marketplaces(), dict(discover()), ManualClock(), hub=hub)["s"]
+                     for _ in range(2))
+    assert first.products["p"].threads is second.products["p"].threads
+    assert first.default is not None and second.default is not None
+    assert first.default.threads is second.default.threads is not first.products["p"].threads
+
+
+async def test_a_call_that_raises_in_time_is_not_counted() -> None:
+    """A sync generator that fails within its budget leaves nothing counted."""
+
+    class Failing:
+        def generate(self, order: OrderContext) -> Generated:
+            raise RuntimeError("no keys today")
+
+    threads = HungThreads(limit=1)
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="no keys today"):
+            await call_generator(Failing(), fake_order(), budget=5, name="failing", threads=threads)
+    assert threads.hung == 0
