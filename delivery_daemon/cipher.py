@@ -76,10 +76,12 @@ class Cipher:
     def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
         if not keys:
             raise ValueError("at least one key is required")
-        # Imported here, not at module level: cryptography's OpenSSL bindings cost ~7 MB of RSS, and a daemon
-        # without encryption at rest (the default) never builds a Cipher.
+        # Imported here, not at module level: cryptography's OpenSSL bindings cost ~7 MB of RSS, and a process that
+        # never builds a Cipher (most CLI commands; PostgreSQL without a configured key) need not pay for them.
+        from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+        self._invalid: tuple[type[Exception], ...] = (InvalidTag, ValueError)
         self.current = keys[0][0]
         self._keys = {kid: AESGCM(key) for kid, key in keys}
 
@@ -95,12 +97,10 @@ class Cipher:
         aead = self._keys.get(kid)
         if aead is None:
             raise DecryptError(f"value encrypted with key {kid!r}, which is not configured")
-        from cryptography.exceptions import InvalidTag
-
         try:
             data = _unb64(encoded)
             return aead.decrypt(data[:_NONCE], data[_NONCE:], context.encode()).decode()
-        except (InvalidTag, ValueError):
+        except self._invalid:
             raise DecryptError(f"value for {context} does not decrypt with key {kid!r} (tampered or moved)") from None
 
 
