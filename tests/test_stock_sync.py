@@ -36,7 +36,8 @@ def events(stack: Stack, name: str) -> list[dict[str, Any]]:
 
 
 def import_keys(stack: Stack, n: int, product: str = SERIALS) -> None:
-    StockPool(stack.daemon.engine, stack.clock).import_keys(STORE, product, [f"K-{product}-{i}" for i in range(n)])
+    # Sealed with the daemon's own key, as `stock import` does, so deliveries take the production path.
+    StockPool(stack.daemon.engine, stack.clock, stack.daemon.resources.cipher).import_keys(STORE, product, [f"K-{product}-{i}" for i in range(n)])
 
 
 def cli_config(tmp_path: Path, stack: Stack) -> Path:
