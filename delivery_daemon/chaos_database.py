@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .db import sqlite_path
 from .errors import ConfigError
+from .models import FINAL
 from .schema import current_revision, head_revision
 
 DUPLICATE_JOBS = "SELECT count(*) FROM (SELECT 1 FROM jobs GROUP BY store, order_id HAVING count(*) > 1) AS d"
@@ -30,7 +31,6 @@ ORPHAN_ATTEMPTS = "SELECT count(*) FROM attempts WHERE job_id NOT IN (SELECT id 
 DUPLICATE_STOCK = ("SELECT count(*) FROM (SELECT 1 FROM stock_keys WHERE key_hash IS NOT NULL "
                    "GROUP BY store, product_id, key_hash HAVING count(*) > 1) AS d")
 STATES = "SELECT state, count(*) FROM jobs GROUP BY state"
-UNFINISHED = ("queued", "running", "retry_wait", "waiting")
 BTREE_INDEXES = """
     SELECT c.oid::regclass::text FROM pg_index i
     JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
@@ -90,7 +90,7 @@ def unfinished_jobs(database: Path | str) -> int:
     engine = create_engine(database_url(database))
     try:
         with engine.connect() as conn:
-            return sum(int(n) for state, n in conn.execute(text(STATES)).all() if state in UNFINISHED)
+            return sum(int(n) for state, n in conn.execute(text(STATES)).all() if state not in FINAL)
     except SQLAlchemyError:
         return -1
     finally:
@@ -144,8 +144,17 @@ def checked_database_url(url: str | None, replicas: int, marketplace: str) -> st
         raise ConfigError("--database-url", "must be a postgresql:// or postgresql+psycopg:// URL "
                                             "(without it the run uses a SQLite file in the work dir)")
     url = database_url(url)
+    engine = create_engine(url)
+    try:
+        empty = current_revision(engine) is None  # no schema yet: the first daemon creates it
+    except SQLAlchemyError as exc:
+        raise ConfigError("--database-url", f"cannot use {describe(url)}: {type(exc).__name__}") from None
+    finally:
+        engine.dispose()
+    if empty:
+        return url
     report = check_database(url)
-    if report.problems and not report.problems[0].startswith("schema at revision None"):
+    if report.problems:
         raise ConfigError("--database-url", f"cannot use {describe(url)}: {report.problems[0]}")
     if sum(report.states.values()):
         raise ConfigError("--database-url", f"{describe(url)} already holds orders; a run needs an empty database "

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from . import chaos_database
+from .models import FINAL
 from .reference.softstore import SoftStoreMarketplace
 
 
@@ -116,7 +117,7 @@ def check_database(verdict: Verdict, database: Path | str) -> None:
     states = report.states
     verdict.integrity = report.integrity
     verdict.violations.extend(f"database: {problem}" for problem in report.problems)
-    verdict.unfinished = sum(int(states.get(state, 0)) for state in chaos_database.UNFINISHED)
+    verdict.unfinished = sum(int(count) for state, count in states.items() if state not in FINAL)
     if verdict.unfinished:
         verdict.violations.append(f"jobs left unfinished after the drain: {states}")
     if int(states.get("delivered", 0)) != verdict.delivered:

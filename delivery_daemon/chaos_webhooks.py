@@ -130,7 +130,6 @@ class SignedSender:
     bodies: dict[str, bytes] = field(default_factory=dict)
     quantities: dict[str, int] = field(default_factory=dict)
     forged_answers: list[int] = field(default_factory=list)
-    sends: int = 0
     resent: int = 0
     later: list[str] = field(default_factory=list)
 
@@ -151,7 +150,6 @@ class SignedSender:
         """Send the order's webhook until the daemon acknowledges it (what every real marketplace does)."""
         delay = 0.05
         while time.monotonic() < deadline:
-            self.sends += 1
             with contextlib.suppress(httpx.HTTPError):
                 if (await self._post(order_id, self.secret)).status_code < 300:
                     return
