@@ -147,8 +147,64 @@ class DaemonProcess:
         return await asyncio.to_thread(self.process.wait, 60)
 
 
+class Announcer:
+    """What every marketplace does with an order's webhook: send it until the daemon answers 2xx, and send some
+    again. Subclasses say how one webhook is sent (:meth:`send`) and keep ``resent`` and ``later``."""
+
+    resent: int
+    later: list[str]  # orders to send again once all are placed
+
+    async def send(self, order_id: str) -> httpx.Response:
+        raise NotImplementedError
+
+    async def announce(self, order_id: str, deadline: float) -> None:
+        """Send the order's webhook until the daemon acknowledges it (what every real marketplace does)."""
+        delay = 0.05
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await self.send(order_id)).status_code < 300:
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        raise TimeoutError(f"webhook for {order_id} never acknowledged")
+
+    async def resend(self, order_ids: list[str]) -> None:
+        """Send these webhooks again, all at once (so concurrently and in no particular order)."""
+        self.resent += len(order_ids)
+
+        async def once(order_id: str) -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                await self.send(order_id)
+
+        await asyncio.gather(*(once(i) for i in order_ids))
+
+
+async def place_all(options: ChaosOptions, side: Announcer, rng: random.Random, deadline: float,
+                    place: Callable[[], Awaitable[str | None]]) -> None:
+    """Place ``options.orders`` orders at ``options.rate`` a second through ``place`` (which returns the order to
+    announce, or None), announce each concurrently, and resend a share now (twice at once) or later."""
+    senders: list[asyncio.Task[None]] = []
+    gate = asyncio.Semaphore(64)
+
+    async def announce(order_id: str, again: str | None) -> None:
+        async with gate:
+            await side.announce(order_id, deadline)
+        if again == "now":
+            await side.resend([order_id, order_id])
+        elif again == "later":
+            side.later.append(order_id)
+
+    for _ in range(options.orders):
+        order_id = await place()
+        if order_id is not None:
+            again = rng.choice(("now", "later")) if rng.random() < options.resend else None
+            senders.append(asyncio.create_task(announce(order_id, again)))
+        await asyncio.sleep(1 / options.rate)
+    await asyncio.gather(*senders)
+
+
 @dataclass
-class Marketplace:
+class Marketplace(Announcer):
     """The marketplace side: the reference API plus a webhook sender that resends until it gets a 2xx."""
 
     market: SoftStoreMarketplace
@@ -158,30 +214,9 @@ class Marketplace:
     resent: int = 0
     later: list[str] = field(default_factory=list)
 
-    async def announce(self, id_order: str, deadline: float) -> None:
-        """Send the order's webhook until the daemon acknowledges it (what every real marketplace does)."""
-        delay = 0.05
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await self.market.send_webhook(id_order, url=self._next())).status_code < 300:
-                    return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        raise TimeoutError(f"webhook for {id_order} never acknowledged")
-
-    def _next(self) -> str:
+    async def send(self, order_id: str) -> httpx.Response:
         self.sends += 1
-        return self.targets[self.sends % len(self.targets)]
-
-    async def resend(self, id_orders: list[str]) -> None:
-        """Send these webhooks again, all at once (so concurrently and in no particular order)."""
-        self.resent += len(id_orders)
-
-        async def once(id_order: str) -> None:
-            with contextlib.suppress(httpx.HTTPError):
-                await self.market.send_webhook(id_order, url=self._next())
-
-        await asyncio.gather(*(once(i) for i in id_orders))
+        return await self.market.send_webhook(order_id, url=self.targets[self.sends % len(self.targets)])
 
 
 def daemon_config(workdir: Path, port: int, api_base: str, database_url: str | None = None) -> dict[str, Any]:
@@ -303,26 +338,15 @@ async def _place_orders(options: ChaosOptions, side: Marketplace, rng: random.Ra
                         deadline: float) -> tuple[list[str], list[str]]:
     paid: list[str] = []
     unpaid: list[str] = []
-    senders: list[asyncio.Task[None]] = []
-    gate = asyncio.Semaphore(64)
 
-    async def announce(id_order: str, again: str | None) -> None:
-        async with gate:
-            await side.announce(id_order, deadline)
-        if again == "now":
-            await side.resend([id_order, id_order])
-        elif again == "later":
-            side.later.append(id_order)
-
-    for _ in range(options.orders):
+    async def place() -> str:
         is_unpaid = rng.random() < options.unpaid
         placed = await side.market.place_order(PRODUCT, rng.randint(1, 3), status="wait" if is_unpaid else "paid",
                                                send_webhook=False)
         (unpaid if is_unpaid else paid).append(placed.id_order)
-        again = rng.choice(("now", "later")) if rng.random() < options.resend else None
-        senders.append(asyncio.create_task(announce(placed.id_order, again)))
-        await asyncio.sleep(1 / options.rate)
-    await asyncio.gather(*senders)
+        return placed.id_order  # an unpaid order's webhook is sent too ("paid", forged early): never delivered
+
+    await place_all(options, side, rng, deadline, place)
     return paid, unpaid
 
 

@@ -43,6 +43,7 @@ from starlette.routing import Route
 from .chaos import (
     PRODUCT,
     STORE,
+    Announcer,
     ChaosFaults,
     ChaosOptions,
     DaemonProcess,
@@ -50,6 +51,7 @@ from .chaos import (
     kill_at_random,
     later,
     outage,
+    place_all,
 )
 from .chaos_database import wait_settled
 from .chaos_verdict import Seen, Verdict, check_database, check_log, check_orders
@@ -119,7 +121,7 @@ FLAVOURS: dict[str, Flavour] = {
 
 
 @dataclass
-class SignedSender:
+class SignedSender(Announcer):
     """The marketplace side of a webhook-only marketplace, sending through one pooled client."""
 
     flavour: Flavour
@@ -146,26 +148,8 @@ class SignedSender:
         headers = {"Content-Type": "application/json", **self.flavour.sign(secret, order_id, body)}
         return await self.client.post(self.url, content=body, headers=headers)
 
-    async def announce(self, order_id: str, deadline: float) -> None:
-        """Send the order's webhook until the daemon acknowledges it (what every real marketplace does)."""
-        delay = 0.05
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await self._post(order_id, self.secret)).status_code < 300:
-                    return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        raise TimeoutError(f"webhook for {order_id} never acknowledged")
-
-    async def resend(self, order_ids: list[str]) -> None:
-        """Send these webhooks again, all at once (so concurrently and in no particular order)."""
-        self.resent += len(order_ids)
-
-        async def once(order_id: str) -> None:
-            with contextlib.suppress(httpx.HTTPError):
-                await self._post(order_id, self.secret)
-
-        await asyncio.gather(*(once(i) for i in order_ids))
+    async def send(self, order_id: str) -> httpx.Response:
+        return await self._post(order_id, self.secret)
 
     async def forge(self, quantity: int) -> str:
         """An order no one paid for, signed with a wrong secret; its answers are kept in ``forged_answers``."""
@@ -328,24 +312,12 @@ async def _wait_delivered(sink: ChaosSink, paid: list[str], deadline: float) -> 
 async def _place(options: ChaosOptions, side: SignedSender, rng: random.Random, deadline: float) -> list[str]:
     """Place the run's orders (and its forged ones); returns the forged order ids."""
     forged: list[str] = []
-    senders: list[asyncio.Task[None]] = []
-    gate = asyncio.Semaphore(64)
 
-    async def announce(order_id: str, again: str | None) -> None:
-        async with gate:
-            await side.announce(order_id, deadline)
-        if again == "now":
-            await side.resend([order_id, order_id])
-        elif again == "later":
-            side.later.append(order_id)
-
-    for _ in range(options.orders):
+    async def place() -> str | None:
         if rng.random() < options.unpaid:
             forged.append(await side.forge(rng.randint(1, 3)))
-            continue
-        order_id = side.place(rng.randint(1, 3))
-        again = rng.choice(("now", "later")) if rng.random() < options.resend else None
-        senders.append(asyncio.create_task(announce(order_id, again)))
-        await asyncio.sleep(1 / options.rate)
-    await asyncio.gather(*senders)
+            return None
+        return side.place(rng.randint(1, 3))
+
+    await place_all(options, side, rng, deadline, place)
     return forged
