@@ -37,7 +37,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -61,7 +61,9 @@ class _Operation(Generic[T]):
     fn: Callable[[Connection], T]
     write: bool
     alone: Callable[[], T] | None = None
-    future: concurrent.futures.Future[T] = field(default_factory=concurrent.futures.Future)
+    # Set by submit()/run_alone() only: callers on a loop (run, run_merged) use ``waiter``, and a Future (a lock
+    # and a condition) per webhook would be built for nothing.
+    future: concurrent.futures.Future[T] | None = None
     merge: Merge | None = None
     item: Any = None
     # Set by run(): the caller's loop and asyncio future, resolved in one loop callback per batch (not one
@@ -73,6 +75,7 @@ class _Operation(Generic[T]):
         """False if the caller gave up (cancelled) before the operation began: it is then skipped."""
         if self.waiter is not None:
             return not self.waiter.cancelled()
+        assert self.future is not None
         return self.future.set_running_or_notify_cancel()
 
 
@@ -108,9 +111,9 @@ class GroupCommitter:
         """Queue ``fn`` for the database thread; ``write=False`` marks a read that needs no commit."""
         if self._closed:
             raise RuntimeError("the database thread is closed")
-        operation: _Operation[T] = _Operation(fn, write)
-        self._inbox.put(operation)
-        return operation.future
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._inbox.put(_Operation(fn, write, future=future))
+        return future
 
     async def run(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:
         """``fn(conn)``'s result, once the transaction it ran in has committed."""
@@ -138,9 +141,9 @@ class GroupCommitter:
         """``fn()``'s result; ``fn`` manages its own connection and runs outside any batch."""
         if self._closed:
             raise RuntimeError("the database thread is closed")
-        operation: _Operation[T] = _Operation(lambda _conn: fn(), True, alone=fn)
-        self._inbox.put(operation)
-        return await asyncio.wrap_future(operation.future)
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._inbox.put(_Operation(lambda _conn: fn(), True, alone=fn, future=future))
+        return await asyncio.wrap_future(future)
 
     def close(self) -> None:
         """Finish every operation already submitted, then stop the thread."""
@@ -181,6 +184,7 @@ class GroupCommitter:
 
     @staticmethod
     def _execute_alone(op: _Operation[Any]) -> None:
+        assert op.future is not None
         if not op.future.set_running_or_notify_cancel():
             return
         assert op.alone is not None
@@ -215,7 +219,9 @@ class GroupCommitter:
             op, value, error = outcome
             if op.loop is not None:
                 by_loop.setdefault(op.loop, []).append(outcome)
-            elif error is None:
+                continue
+            assert op.future is not None
+            if error is None:
                 op.future.set_result(value)
             else:
                 op.future.set_exception(error)
