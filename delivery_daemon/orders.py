@@ -26,7 +26,6 @@ from .errors import DeliveryDaemonError
 from .models import Attempt, Job, JobState
 from .queue import ATTEMPTS, JOBS, OPERATOR_RETRYABLE, OperatorAction, operator_requeue
 
-RETRYABLE = OPERATOR_RETRYABLE
 CANCELLABLE = (JobState.QUEUED.value, JobState.RETRY_WAIT.value, JobState.WAITING.value, JobState.DEAD.value)
 
 REDELIVERY_NOTES: dict[str, str] = {
@@ -127,7 +126,7 @@ class Orders:
     def retry(self, ref: str, store: str | None = None) -> Job:
         """Queue a dead, waiting, retry-waiting or cancelled order now, with a fresh retry schedule."""
         job = self.resolve(ref, store)
-        if job.state not in RETRYABLE:
+        if job.state not in OPERATOR_RETRYABLE:
             hint = {JobState.DELIVERED.value: "it is delivered; use 'orders redeliver' to send it again",
                     JobState.QUEUED.value: "it is already queued",
                     JobState.RUNNING.value: "it is being processed right now"}.get(job.state, "")

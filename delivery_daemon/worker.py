@@ -15,7 +15,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -54,17 +54,16 @@ class Observers:
         self.observers = tuple(observers)
 
     def job_finished(self, job: Job, change: Transition) -> None:
-        for observer in self.observers:
-            try:
-                observer.job_finished(job, change)
-            except Exception as exc:  # an observer's bug must not turn a committed outcome into a retry
-                log.error("observer.failed", observer=type(observer).__name__, error=type(exc).__name__)
+        self._tell("job_finished", job, change)
 
     def generated(self, generator: str, seconds: float) -> None:
+        self._tell("generated", generator, seconds)
+
+    def _tell(self, method: str, *args: Any) -> None:
         for observer in self.observers:
             try:
-                observer.generated(generator, seconds)
-            except Exception as exc:
+                getattr(observer, method)(*args)
+            except Exception as exc:  # an observer's bug must not turn a committed outcome into a retry
                 log.error("observer.failed", observer=type(observer).__name__, error=type(exc).__name__)
 
 
