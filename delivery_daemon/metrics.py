@@ -12,7 +12,6 @@ share numbers. With ``admin.token`` set, a scrape needs ``Authorization: Bearer 
 from __future__ import annotations
 
 import hmac
-import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from . import health
 from .clock import Clock
 from .models import FINAL, Job, JobState
 from .queue import JOBS, QueueError, Transition
+from .stock_sync import stock_remaining
 
 if TYPE_CHECKING:
     from .app import Daemon
@@ -101,21 +101,12 @@ def _oldest_pending(daemon: Daemon) -> float | None:
 
 
 async def _stock(generator: Any) -> int | None:
-    """``generator.stock_remaining()`` (sync or async) if the plugin has it; None when it has no notion of stock."""
-    method = getattr(generator, "stock_remaining", None)
-    if not callable(method):
-        return None
+    """:func:`~delivery_daemon.stock_sync.stock_remaining` for the scrape; a plugin's error is logged, not raised."""
     try:
-        if inspect.iscoroutinefunction(method):
-            value = await method()
-        else:  # in a thread: the stock plugin's count is a database query, and a scrape must not stall deliveries
-            value = await anyio.to_thread.run_sync(method)
-            if inspect.isawaitable(value):
-                value = await value
+        return await stock_remaining(generator)
     except Exception as exc:  # a plugin's bug must not break the scrape
         log.warning("metrics.stock_failed", generator=type(generator).__name__, error=f"{type(exc).__name__}")
         return None
-    return int(value) if isinstance(value, int | float) else None
 
 
 def _authorised(request: Request, daemon: Daemon) -> bool:

@@ -71,11 +71,22 @@ async def _remaining(product: Product, product_id: str, is_default: bool) -> int
         takes_id = False
     if is_default and not takes_id:
         return None  # it cannot say which product it means
-    args = (product_id,) if takes_id else ()
+    return await stock_remaining(product.generator, *((product_id,) if takes_id else ()))
+
+
+async def stock_remaining(generator: Any, *args: str) -> int | None:
+    """``generator.stock_remaining(*args)`` if the plugin has it (sync ones run in a thread: the stock plugin's
+    count is a database query, and neither a sync nor a ``/metrics`` scrape may stall deliveries); None when it has
+    no notion of stock or reports no number. What the method raises propagates."""
+    method = getattr(generator, "stock_remaining", None)
+    if not callable(method):
+        return None
     if inspect.iscoroutinefunction(method):
         value: Any = await method(*args)
     else:
         value = await asyncio.to_thread(method, *args)
+        if inspect.isawaitable(value):
+            value = await value
     return int(value) if isinstance(value, int | float) else None
 
 
