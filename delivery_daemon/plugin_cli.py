@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import structlog
 from sqlalchemy import Engine, func, select
 
 from .clock import SystemClock
@@ -87,18 +86,11 @@ def cmd_stock_import(args: argparse.Namespace) -> int:
 def _sync_listed_count(settings: Settings, store: str, product: str) -> None:
     """Set the product's listed count on the marketplace now (best effort: the import has succeeded whatever
     happens here, and the running daemon's periodic pass retries within ``stock_sync.interval``)."""
-    from .cli import default_marketplaces
     from .errors import DeliveryDaemonError
-    from .logs import configure_logging
-    from .plugins import discover
-    from .stock_sync import describe, sync_once
+    from .stock_sync import describe, sync_for_command
 
-    if not structlog.is_configured():  # a command line of its own; an embedding app keeps its logging
-        configure_logging(settings.logging.format, "error", stream=sys.stderr)  # stdout is the command's output
     try:
-        results = asyncio.run(sync_once(settings, marketplaces=default_marketplaces(),
-                                        plugins=dict(discover(settings.plugins.directory)), stores=[store],
-                                        product=product))
+        results = asyncio.run(sync_for_command(settings, stores=[store], product=product, log_level="error"))
     except DeliveryDaemonError as exc:
         print(f"listed count not synced: {exc}")
         return

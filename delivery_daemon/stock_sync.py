@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -283,8 +284,22 @@ async def sync_once(settings: Settings, *, marketplaces: Sequence[MarketplaceTyp
         return await sync.sync_all(stores)
     finally:
         for store in built.values():
-            await store.marketplace.aclose()
+            await store.aclose()
         engine.dispose()
+
+
+async def sync_for_command(settings: Settings, *, stores: Sequence[str], product: str | None,
+                           log_level: str) -> list[SyncResult]:
+    """:func:`sync_once` as a command runs it: the shipped marketplaces, the configured plugins, and logging to
+    stderr at ``log_level`` unless an embedding application configured it (stdout is the command's output)."""
+    from .cli import default_marketplaces
+    from .logs import configure_logging
+    from .plugins import discover
+
+    if not structlog.is_configured():
+        configure_logging(settings.logging.format, log_level, stream=sys.stderr)
+    return await sync_once(settings, marketplaces=default_marketplaces(),
+                           plugins=dict(discover(settings.plugins.directory)), stores=stores, product=product)
 
 
 def describe(result: SyncResult) -> str:
@@ -297,4 +312,4 @@ def describe(result: SyncResult) -> str:
     return f"{where}: listed count {result.before} -> {result.count}"
 
 
-__all__ = ["StockSync", "SyncResult", "describe", "sync_once"]
+__all__ = ["StockSync", "SyncResult", "describe", "sync_for_command", "sync_once"]

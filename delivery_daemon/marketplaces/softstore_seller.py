@@ -163,10 +163,7 @@ async def _connect_command(args: argparse.Namespace) -> int:
 
 
 async def _sync_stock_command(args: argparse.Namespace) -> int:
-    from ..cli import default_marketplaces
-    from ..logs import configure_logging
-    from ..plugins import discover
-    from ..stock_sync import describe, sync_once
+    from ..stock_sync import describe, sync_for_command
 
     settings = load_settings(args.config)
     softstore = [store.name for store in settings.stores if store.marketplace == "softstore"]
@@ -175,11 +172,7 @@ async def _sync_stock_command(args: argparse.Namespace) -> int:
         softstore = [args.store]
     elif args.product is not None:
         raise ConfigError("--product", "needs --store")
-    if not structlog.is_configured():  # a command line of its own; an embedding app keeps its logging
-        configure_logging(settings.logging.format, "warning", stream=sys.stderr)  # stdout is the command's output
-    results = await sync_once(settings, marketplaces=default_marketplaces(),
-                              plugins=dict(discover(settings.plugins.directory)), stores=softstore,
-                              product=args.product)
+    results = await sync_for_command(settings, stores=softstore, product=args.product, log_level="warning")
     if not results:
         print("no stock products to sync (a product needs the stock generator or a listed_count)")
     for result in results:
