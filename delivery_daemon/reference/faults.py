@@ -63,21 +63,11 @@ class Faults:
 
     def fail_next_order_info(self, n: int, status: int = 500) -> None:
         """The next ``n`` ``GET /orders/info/{id}`` answer ``status``."""
-        if not 400 <= status <= 599:
-            raise ValueError("status must be an HTTP error status (400-599)")
-        if n < 0:
-            raise ValueError("n must be >= 0")
-        with self._lock:
-            self._order_info.extend([status] * n)
+        self._arm_status(self._order_info, n, status)
 
     def fail_next_product_updates(self, n: int, status: int = 500) -> None:
         """The next ``n`` ``POST /products/update/{id}`` answer ``status`` and change nothing."""
-        if not 400 <= status <= 599:
-            raise ValueError("status must be an HTTP error status (400-599)")
-        if n < 0:
-            raise ValueError("n must be >= 0")
-        with self._lock:
-            self._product_updates.extend([status] * n)
+        self._arm_status(self._product_updates, n, status)
 
     def expire_tokens(self) -> None:
         """Every access token issued so far stops working now."""
@@ -107,18 +97,25 @@ class Faults:
             return fault
 
     def take_order_info_fault(self) -> int | None:
-        with self._lock:
-            if not self._order_info:
-                return None
-            self.injected["order_info_fail"] += 1
-            return self._order_info.popleft()
+        return self._take_status(self._order_info, "order_info_fail")
 
     def take_product_update_fault(self) -> int | None:
+        return self._take_status(self._product_updates, "product_update_fail")
+
+    def _arm_status(self, queue: deque[int], n: int, status: int) -> None:
+        if not 400 <= status <= 599:
+            raise ValueError("status must be an HTTP error status (400-599)")
+        if n < 0:
+            raise ValueError("n must be >= 0")
         with self._lock:
-            if not self._product_updates:
+            queue.extend([status] * n)
+
+    def _take_status(self, queue: deque[int], counter: str) -> int | None:
+        with self._lock:
+            if not queue:
                 return None
-            self.injected["product_update_fail"] += 1
-            return self._product_updates.popleft()
+            self.injected[counter] += 1
+            return queue.popleft()
 
     def note_down(self) -> None:
         with self._lock:
