@@ -9,6 +9,7 @@ resolve *now* is only a warning: DNS may be down at start, and the connection is
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -39,13 +40,16 @@ def _named(thing: Any, prefix: str) -> Iterator[tuple[str, str]]:
 
 async def check_destinations(stores: Mapping[str, Store], policy: NetPolicy) -> list[str]:
     """Raise ConfigError naming the key of the first refused URL; return warnings (names that do not resolve)."""
+    named = list(destinations_of(stores))
+    # Resolved together: with DNS slow or down, start-up waits one resolver timeout, not one per URL.
+    outcomes = await asyncio.gather(*(check_url(url, policy) for _path, url in named), return_exceptions=True)
     warnings: list[str] = []
-    for path, url in destinations_of(stores):
-        try:
-            await check_url(url, policy)
-        except BlockedDestination as exc:
-            raise ConfigError(path, f"{exc}; allow it with security.allowed_networks "
+    for (path, _url), outcome in zip(named, outcomes, strict=True):
+        if isinstance(outcome, BlockedDestination):
+            raise ConfigError(path, f"{outcome}; allow it with security.allowed_networks "
                                     "(or security.allow_private_networks for a LAN address)") from None
-        except (httpcore.ConnectError, OSError) as exc:
-            warnings.append(f"{path}: not checked now ({exc})")
+        if isinstance(outcome, httpcore.ConnectError | OSError):
+            warnings.append(f"{path}: not checked now ({outcome})")
+        elif isinstance(outcome, BaseException):
+            raise outcome
     return warnings
