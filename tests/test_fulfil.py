@@ -23,8 +23,9 @@ BOUND = 2
 REQUESTS = 6
 
 
-async def test_concurrent_dynamic_requests_run_at_most_concurrency_generators(tmp_path: Path) -> None:
-    """Six simultaneous product:dynamic requests, worker.concurrency=2: two generator calls at a time, all served."""
+async def test_concurrent_dynamic_requests_run_at_most_concurrency_receiver_generators(tmp_path: Path) -> None:
+    """Six simultaneous product:dynamic requests, worker.concurrency=2: two receiver-side generator calls at a
+    time, all served (the worker has its own bound: docs/configuration.md)."""
     configure_logging("json", "error", stream=io.StringIO())
     gate = Gate(held=True)
 

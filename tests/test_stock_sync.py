@@ -37,7 +37,8 @@ def events(stack: Stack, name: str) -> list[dict[str, Any]]:
 
 def import_keys(stack: Stack, n: int, product: str = SERIALS) -> None:
     # Sealed with the daemon's own key, as `stock import` does, so deliveries take the production path.
-    StockPool(stack.daemon.engine, stack.clock, stack.daemon.resources.cipher).import_keys(STORE, product, [f"K-{product}-{i}" for i in range(n)])
+    pool = StockPool(stack.daemon.engine, stack.clock, stack.daemon.resources.cipher)
+    pool.import_keys(STORE, product, [f"K-{product}-{i}" for i in range(n)])
 
 
 def cli_config(tmp_path: Path, stack: Stack) -> Path:
@@ -230,8 +231,9 @@ def test_stock_sync_settings_are_validated() -> None:
     assert str(caught.value).startswith("stores[0].products.p.listed_count: ")
 
 
-async def test_running_daemon_syncs_on_its_own_after_deliveries(make_stack: Any) -> None:
-    """With the worker running, a delivery starts the debounce timer and the count is synced without a command."""
+async def test_running_daemon_flushes_a_mark_on_its_own_timer(make_stack: Any) -> None:
+    """With the worker running, a mark (what a delivery does) starts the debounce timer and the count is synced
+    without a command. (Deliveries marking: test_deliveries_are_synced_once_after_the_debounce.)"""
     # prod-2 is at the marketplace from the start, so the pass at start-up succeeds (it lists 0: nothing imported).
     async with make_stack(start_worker=True, products={"prod-2": {"generator": "stock"}},
                           stock_sync={"debounce": 0}) as stack:
