@@ -21,6 +21,7 @@ from .errors import Retry, WebhookRejected
 from .models import Job
 from .netguard import BlockedDestination, NetPolicy
 from .order import Content, IncomingOrder, MarketplaceOrder
+from .transport import AiohttpTransport
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def create_client(context: AdapterContext, base_url: str = "") -> httpx.AsyncCli
     """One keep-alive client per adapter, pinned to ``base_url``'s origin when given. Redirects are never followed:
     a 3xx is an answer, not an instruction."""
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-    transport = context.transport or httpx.AsyncHTTPTransport(limits=limits)
+    transport = context.transport or AiohttpTransport(limits)
     return httpx.AsyncClient(
         base_url=base_url, transport=PinnedOrigin(transport, base_url) if base_url else transport,
         follow_redirects=False, timeout=httpx.Timeout(context.delivery.timeout),

@@ -1,0 +1,164 @@
+"""The aiohttp-backed httpx transport: sends what httpx built, keeps connections, and fails the way httpx does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from delivery_daemon.marketplace import transport_retry
+from delivery_daemon.serving import RunningServer, serve
+from delivery_daemon.transport import AiohttpTransport
+
+
+def echo_app() -> Starlette:
+    async def echo(request: Request) -> Response:
+        client = request.scope["client"]
+        return JSONResponse({"method": request.method, "raw_path": request.scope["raw_path"].decode(),
+                             "query": request.scope["query_string"].decode(),
+                             "headers": [[k.decode(), v.decode()] for k, v in request.scope["headers"]],
+                             "body": (await request.body()).decode(), "peer_port": client[1]})
+
+    async def moved(request: Request) -> Response:
+        return RedirectResponse("http://127.0.0.1:1/elsewhere", status_code=302)
+
+    async def zipped(request: Request) -> Response:
+        return Response(gzip.compress(b"x" * 1000), headers={"Content-Encoding": "gzip"})
+
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(5)
+        return Response("late")
+
+    return Starlette(routes=[Route("/moved", moved), Route("/zipped", zipped), Route("/slow", slow),
+                             Route("/{rest:path}", echo, methods=["GET", "POST"])])
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RunningServer]:
+    async with serve(echo_app()) as running:
+        yield running
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=AiohttpTransport(), timeout=5.0) as http:
+        yield http
+
+
+async def test_sends_the_request_httpx_built(server: RunningServer, client: httpx.AsyncClient) -> None:
+    """Method, encoded path and query, headers and JSON body reach the server exactly as httpx built them."""
+    response = await client.post(f"{server.url}/orders/a%2Fb?token=x%20y", json={"id": "42"},
+                                 headers={"X-Seller": "one", "Authorization": "Bearer t"})
+    assert response.status_code == 200
+    seen = response.json()
+    headers = dict(seen["headers"])
+    assert (seen["method"], seen["raw_path"], seen["query"]) == ("POST", "/orders/a%2Fb", "token=x%20y")
+    assert json.loads(seen["body"]) == {"id": "42"}
+    assert headers["x-seller"] == "one" and headers["authorization"] == "Bearer t"
+    assert headers["content-type"] == "application/json"
+    assert headers["content-length"] == str(len(seen["body"]))
+    assert headers["user-agent"].startswith("python-httpx")
+    assert [k for k, _ in seen["headers"]].count("content-length") == 1
+
+
+async def test_connections_are_kept_alive(server: RunningServer, client: httpx.AsyncClient) -> None:
+    """Sequential requests reuse one connection (same client port on the server side)."""
+    ports = {(await client.get(f"{server.url}/x")).json()["peer_port"] for _ in range(5)}
+    assert len(ports) == 1
+
+
+async def test_redirects_are_answers(server: RunningServer) -> None:
+    """A 3xx comes back as the answer; nothing follows its Location, even with httpx asked to follow."""
+    async with httpx.AsyncClient(transport=AiohttpTransport(), follow_redirects=False) as http:
+        response = await http.get(f"{server.url}/moved")
+    assert response.status_code == 302
+    assert response.headers["location"] == "http://127.0.0.1:1/elsewhere"
+
+
+async def test_body_is_decoded_once(server: RunningServer, client: httpx.AsyncClient) -> None:
+    """A gzip answer is decompressed by httpx, not also by aiohttp (which would break the body)."""
+    response = await client.get(f"{server.url}/zipped")
+    assert response.content == b"x" * 1000
+
+
+async def test_refused_connection_is_a_connect_error(client: httpx.AsyncClient) -> None:
+    """Connection refused is httpx.ConnectError (a connection error in the history, not a timeout)."""
+    async with serve(echo_app()) as running:
+        url = running.url
+    with pytest.raises(httpx.ConnectError) as caught:
+        await client.get(f"{url}/x")
+    assert transport_retry(caught.value).reason == "connection error (ConnectError)"
+
+
+async def test_slow_answer_is_a_read_timeout(server: RunningServer) -> None:
+    """httpx's read timeout applies: a server that does not answer in time raises httpx.ReadTimeout."""
+    async with httpx.AsyncClient(transport=AiohttpTransport(), timeout=httpx.Timeout(5.0, read=0.2)) as http:
+        with pytest.raises(httpx.ReadTimeout) as caught:
+            await http.get(f"{server.url}/slow")
+    assert transport_retry(caught.value).reason == "timeout (ReadTimeout)"
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+                     ) -> AsyncIterator[str]:
+    """A TCP server that misbehaves as ``handler`` says, on loopback."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_dropped_connection_is_a_protocol_error(client: httpx.AsyncClient) -> None:
+    """A server that closes without answering raises httpx.RemoteProtocolError, with no URL in the message."""
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    async with raw_server(hang_up) as url:
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            await client.get(f"{url}/delivery/secret-token")
+    assert "secret-token" not in str(caught.value)
+
+
+async def test_cut_off_body_is_a_read_error(client: httpx.AsyncClient) -> None:
+    """An answer shorter than its Content-Length raises httpx.ReadError when the body is read."""
+    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial\":")
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(short) as url:
+        with pytest.raises(httpx.ReadError):
+            await client.get(f"{url}/x")
+
+
+async def test_garbage_answer_is_a_protocol_error(client: httpx.AsyncClient) -> None:
+    """An answer that is not HTTP raises httpx.RemoteProtocolError."""
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(garbage) as url:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(f"{url}/x")
+
+
+async def test_close_releases_the_connector(server: RunningServer) -> None:
+    """aclose() closes aiohttp's session (no 'Unclosed client session'); a closed transport can open a new one."""
+    transport = AiohttpTransport()
+    async with httpx.AsyncClient(transport=transport) as http:
+        await http.get(f"{server.url}/x")
+        session = transport._session
+        assert session is not None
+    assert session.closed and transport._session is None
