@@ -91,6 +91,8 @@ class BatchStats:
     largest: int = 0
     merged: int = 0
     """Operations done by a merged statement (see :meth:`GroupCommitter.run_merged`)."""
+    fell_back: int = 0
+    """Operations whose merged statement raised, so that each ran alone."""
 
 
 class GroupCommitter:
@@ -261,6 +263,7 @@ class GroupCommitter:
                 values = merge(conn, [op.item for op in run])
         except Exception as exc:  # e.g. one row the database refuses: each operation then runs alone
             log.debug("group_commit.merge_fell_back", operations=len(run), error=type(exc).__name__)
+            self.stats.fell_back += len(run)
             return False
         outcomes.extend((op, value, None) for op, value in zip(run, values, strict=True))
         self.stats.merged += len(run)

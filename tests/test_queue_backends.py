@@ -127,3 +127,45 @@ async def test_claim_leases_at_most_the_batch_size(queues: Callable[[], JobQueue
     await asyncio.gather(*(claim_some(q, f"r{i}") for i, q in enumerate(replicas)))
     counts = await replicas[0].counts()
     assert len(handed) == len(set(handed)) == counts[JobState.RUNNING.value] - 2 == 120
+
+
+async def test_concurrent_transitions_merge_and_fence_each_job(queues: Callable[[], JobQueue]) -> None:
+    """Transitions waiting together run as one merged statement; a job whose lease was taken over still gets
+    LeaseLost (alone), while the others of the same batch commit with their attempts recorded."""
+    queue = queues()
+    for n in range(12):
+        await queue.enqueue(order(n))
+    jobs = await queue.claim("w1", 30, 12)
+    done = Transition(JobState.DELIVERED, "deliver", "delivered", http_status=200, count_attempt=True)
+    stats = queue.committer.stats
+
+    merged = stats.merged
+    await asyncio.gather(*(queue.transition(job, "w1", done) for job in jobs[8:]))
+    assert stats.merged > merged
+
+    jobs, stolen = jobs[:8], jobs[3]
+    await queue.run(_take_over, queue, stolen.id)  # an operator/other replica took job 3 meanwhile
+    fell_back = stats.fell_back
+    results = await asyncio.gather(*(queue.transition(job, "w1", done) for job in jobs), return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["NoneType"] * 3 + ["LeaseLost"] + ["NoneType"] * 4
+    assert stats.fell_back > fell_back  # the merged statement saw the stolen row and each then ran alone
+    for job in jobs:
+        assert job.id is not None
+        stored = await queue.get(job.id)
+        assert stored is not None
+        history = [(a.step, a.outcome) for a in await queue.history(job.id)]
+        if job.id == stolen.id:
+            assert (stored.state, stored.lease_owner, stored.attempts) == ("running", "w2", 0)
+            assert ("deliver", "delivered") not in history
+        else:
+            assert (stored.state, stored.lease_owner, stored.attempts) == ("delivered", None, 1)
+            assert history.count(("deliver", "delivered")) == 1
+
+
+def _take_over(queue: JobQueue, job_id: int | None) -> None:
+    from sqlalchemy import update
+
+    from delivery_daemon.queue import JOBS
+
+    with queue.engine.begin() as conn:
+        conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(lease_owner="w2"))
