@@ -1,0 +1,63 @@
+"""The redactor: a registered secret never reaches a rendered log line, whatever the renderer escapes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from delivery_daemon.logs import Redactor, configure_logging
+
+SECRETS = {
+    "plain": "sk_live_0123456789abcdef",
+    "quoted": 'pa"ss\\word-42',
+    "unicode": "clé-secrète-Ω-99",
+    "control": "tab\there-secret",
+}
+
+
+@pytest.fixture(params=["json", "console"])
+def rendered(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    redactor = Redactor()
+    redactor.add(*SECRETS.values())
+    configure_logging(request.param, "debug", stream=stream, redactor=redactor)
+    yield stream
+    structlog.reset_defaults()
+
+
+@pytest.mark.parametrize("name", sorted(SECRETS))
+def test_secret_in_a_value_is_redacted(rendered: io.StringIO, name: str) -> None:
+    """A secret in a string value is gone from the line, including those JSON or repr() would escape."""
+    secret = SECRETS[name]
+    structlog.get_logger("t").info("event", detail=f"before {secret} after")
+    line = rendered.getvalue()
+    assert "[redacted]" in line
+    for form in (secret, secret.encode("unicode_escape").decode(), secret.replace('"', '\\"')):
+        assert form not in line
+
+
+def test_secret_nested_in_a_structure_is_redacted(rendered: io.StringIO) -> None:
+    """A plain secret inside a list or dict value is replaced in the rendered line."""
+    structlog.get_logger("t").info("event", nested={"keys": [SECRETS["plain"]]})
+    assert SECRETS["plain"] not in rendered.getvalue()
+
+
+def test_source_secrets_are_redacted_as_they_change() -> None:
+    """A secret from a source (a refreshed JWT) is redacted from the first line after it appears."""
+    stream = io.StringIO()
+    redactor = Redactor()
+    current = ["jwt-one-aaaaaaaa"]
+    redactor.add_source(lambda: current)
+    configure_logging("json", "info", stream=stream, redactor=redactor)
+    try:
+        log = structlog.get_logger("t")
+        log.info("first", token="jwt-one-aaaaaaaa")
+        current[0] = 'jwt"two"bbbbbbb'
+        log.info("second", token='jwt"two"bbbbbbb')
+    finally:
+        structlog.reset_defaults()
+    text = stream.getvalue()
+    assert "jwt-one-aaaaaaaa" not in text and "two" not in text
