@@ -2,7 +2,9 @@
 
 It wakes the moment a job is committed (:meth:`Worker.wake`), so the hot path has no polling delay; APScheduler's
 ``AsyncIOScheduler`` drives the periodic work (expired leases back to the queue, due retries picked up). At most
-``concurrency`` jobs are in flight. Every outcome is one transaction through :class:`~delivery_daemon.queue.JobQueue`.
+``concurrency`` jobs are being worked on (verified, generated, delivered); a job whose outcome is known gives its slot
+back while its last commit is pending, so the claim of its successor shares that commit instead of queuing behind it.
+Every outcome is one transaction through :class:`~delivery_daemon.queue.JobQueue`.
 
 :meth:`Worker.drain` is burst mode: claim and process until nothing is due, then return — for tests and tools.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import uuid
@@ -67,6 +70,26 @@ class Observers:
                 log.error("observer.failed", observer=type(observer).__name__, error=type(exc).__name__)
 
 
+class _Slot:
+    """One of the worker's ``concurrency`` slots, held by a job from its claim until its outcome is known."""
+
+    def __init__(self, worker: Worker) -> None:
+        worker._busy += 1
+        self._worker: Worker | None = worker
+
+    def release(self) -> None:
+        """Give the slot back (once; later calls do nothing) and let the worker claim another job."""
+        if self._worker is not None:
+            worker, self._worker = self._worker, None
+            worker._busy -= 1
+            worker.wake()
+
+
+def _release(slot: _Slot | None) -> None:
+    if slot is not None:
+        slot.release()
+
+
 def make_owner() -> str:
     """A lease owner id unique to this process: host, pid and a random suffix."""
     return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -86,6 +109,7 @@ class Worker:
         self.observer: Observer = Observers(observers)
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._busy = 0  # slots held: jobs between their claim and the start of their final transition
         self._loop_task: asyncio.Task[None] | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._stopping = False
@@ -151,7 +175,7 @@ class Worker:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            free = self.settings.concurrency - len(self._inflight)
+            free = self.settings.concurrency - self._busy
             jobs: list[Job] = []
             if free > 0:
                 try:
@@ -160,16 +184,17 @@ class Worker:
                 except QueueError as exc:
                     log.error("worker.claim_failed", error=str(exc))
             for job in jobs:
-                task = asyncio.create_task(self.process(job), name=f"job-{job.id}")
+                slot = _Slot(self)
+                task = asyncio.create_task(self._process(job, slot), name=f"job-{job.id}")
                 self._inflight.add(task)
-                task.add_done_callback(self._finished)
+                task.add_done_callback(functools.partial(self._finished, slot))
             if jobs and len(jobs) == min(free, self.settings.claim_batch):
                 continue  # there may be more due right now
             await self._wake.wait()
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, slot: _Slot, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self.wake()
+        slot.release()
 
     async def drain(self) -> int:
         """Burst mode: process due jobs until none is left; returns how many were processed."""
@@ -185,6 +210,12 @@ class Worker:
 
     async def process(self, job: Job) -> None:
         """Take one leased job as far as it goes now. Never raises except on cancellation."""
+        await self._process(job, None)
+
+    async def _process(self, job: Job, slot: _Slot | None) -> None:
+        """:meth:`process`; ``slot`` is released when the job's outcome is known and only its commit is left, so
+        that the next job's claim shares that commit's transaction instead of waiting for it (profile: the drain
+        spent a third of each job's time waiting for the claim of its successor)."""
         bound = log.bind(store=job.store, order_id=job.order_id, job_id=job.id, attempt=job.attempts + 1)
         started = self.clock.monotonic()
         step = "verify"
@@ -219,6 +250,7 @@ class Worker:
             duration = (self.clock.monotonic() - t0) * 1000
             done = Transition(JobState.DELIVERED, "deliver", receipt.outcome, http_status=receipt.http_status,
                               duration_ms=duration, count_attempt=True, error=receipt.detail)
+            _release(slot)
             await self.queue.transition(job, self.owner, done)
             self.observer.job_finished(job, done)
             bound.info("delivery.succeeded", outcome=receipt.outcome, http_status=receipt.http_status,
@@ -229,20 +261,20 @@ class Worker:
         except LeaseLost as exc:
             bound.warning("job.lease_lost", error=str(exc))
         except Retry as exc:
-            await self._retry(job, step, exc.reason, exc.after, exc.http_status, started, bound)
+            await self._retry(job, step, exc.reason, exc.after, exc.http_status, started, bound, slot)
         except Dead as exc:
             await self._end(job, Transition(JobState.DEAD, step, "dead", http_status=exc.http_status,
                                             error=exc.reason, count_attempt=True,
-                                            duration_ms=self._ms(started)), bound)
+                                            duration_ms=self._ms(started)), bound, slot)
             bound.warning("delivery.dead", step=step, reason=exc.reason, http_status=exc.http_status)
         except OutOfStock as exc:
             await self._end(job, Transition(JobState.WAITING, step, "out_of_stock", error=exc.reason,
-                                            duration_ms=self._ms(started)), bound)
+                                            duration_ms=self._ms(started)), bound, slot)
             bound.warning("stock.waiting", product_id=job.product_id, reason=exc.reason)
         except Exception as exc:  # a bug or a broken plugin must not lose the order
             reason = f"{type(exc).__name__}: {exc}"[:500]
             bound.error("job.error", step=step, error=reason)
-            await self._retry(job, step, reason, None, None, started, bound)
+            await self._retry(job, step, reason, None, None, started, bound, slot)
 
     async def _generate(self, store: Store, job: Job, bound: structlog.typing.FilteringBoundLogger,
                         verified: Verified | None) -> str:
@@ -269,22 +301,24 @@ class Worker:
         return (self.clock.monotonic() - started) * 1000
 
     async def _retry(self, job: Job, step: str, reason: str, after: float | None, http_status: int | None,
-                     started: float, bound: structlog.typing.FilteringBoundLogger) -> None:
+                     started: float, bound: structlog.typing.FilteringBoundLogger, slot: _Slot | None) -> None:
         retry = job.attempts + 1
         delay = self.backoff.delay(retry, after)
         if delay is None:
             await self._end(job, Transition(JobState.DEAD, step, "dead", http_status=http_status,
                                             error=f"gave up after {retry} attempts: {reason}",
-                                            count_attempt=True, duration_ms=self._ms(started)), bound)
+                                            count_attempt=True, duration_ms=self._ms(started)), bound, slot)
             bound.warning("delivery.dead", step=step, reason=reason, http_status=http_status, attempts=retry)
             return
         await self._end(job, Transition(JobState.RETRY_WAIT, step, "retry", http_status=http_status, error=reason,
                                         due_at=self.clock.now() + delay, count_attempt=True,
-                                        duration_ms=self._ms(started)), bound)
+                                        duration_ms=self._ms(started)), bound, slot)
         bound.info("delivery.retry_scheduled", step=step, reason=reason, http_status=http_status,
                    retry_in_s=round(delay, 3))
 
-    async def _end(self, job: Job, change: Transition, bound: structlog.typing.FilteringBoundLogger) -> None:
+    async def _end(self, job: Job, change: Transition, bound: structlog.typing.FilteringBoundLogger,
+                   slot: _Slot | None) -> None:
+        _release(slot)
         try:
             await self.queue.transition(job, self.owner, change)
         except LeaseLost as exc:
