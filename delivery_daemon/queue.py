@@ -180,6 +180,7 @@ class JobQueue:
         self._leased_updates: dict[tuple[tuple[str, ...], bool], Any] = {}
         self._leased_merges: dict[tuple[tuple[str, ...], bool], Merge] = {}
         self._claim_statements: dict[int, Any] = {}
+        self._claim_merges: dict[tuple[str, float], Merge] = {}
 
     def _seal(self, store: str, order_id: str, column: str, value: str) -> str:
         return value if self.cipher is None else self.cipher.seal(value, f"{store}/{order_id}/{column}")
@@ -312,11 +313,29 @@ class JobQueue:
             .returning(*JOBS.c)
         )
 
+    def _claim_many(self, lease: tuple[str, float], conn: Connection, limits: list[int]) -> list[list[Job]]:
+        """Claims of one owner and lease waiting together, as one claim of their sum: the oldest due jobs are
+        dealt out in order (the first claim gets the oldest ``limits[0]``), as if each had run in turn."""
+        jobs = self._claim(conn, lease[0], lease[1], sum(limits))
+        dealt, start = [], 0
+        for limit in limits:
+            dealt.append(jobs[start:start + limit])
+            start += limit
+        return dealt
+
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
-        """Lease up to ``limit`` due jobs to ``owner`` in one statement, oldest due first."""
+        """Lease up to ``limit`` due jobs to ``owner`` in one statement, oldest due first.
+
+        Claims of the same owner and lease waiting together are merged into one (a worker whose slots free up
+        one by one claims one job each time; one statement and no savepoint each: :meth:`_claim_many`)."""
         if limit <= 0:
             return []
-        return await self._run(self._claim, owner, lease_seconds, limit)
+        lease = (owner, lease_seconds)
+        merge = self._claim_merges.get(lease)
+        if merge is None:
+            merge = self._claim_merges[lease] = functools.partial(self._claim_many, lease)
+        return await self._submit(lambda conn: self._claim(conn, owner, lease_seconds, limit), write=True,
+                                  merge=merge, item=limit)
 
     def _release_expired(self, conn: Connection) -> int:
         now = self.clock.now()
