@@ -12,6 +12,7 @@ every URL is cut down to its origin (a path or query may hold a token the daemon
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import sys
@@ -57,16 +58,29 @@ class Redactor:
         for source in self._sources:
             for secret in source():
                 if secret and len(secret) >= 6 and secret not in self._secrets and secret not in self._recent:
-                    self._recent[secret] = None
-                    self._sorted = None
+                    self._remember(secret)
         if self._sorted is None:
-            while len(self._recent) > self.RECENT:
-                del self._recent[next(iter(self._recent))]
-            # Longest first, so a secret that contains another is replaced whole. Sorted once per change, not per
-            # event (profile: sorting ~70 secrets twice per log line was a visible share of the drain).
+            # Longest first, so a secret that contains another is replaced whole. Sorted when the fixed set
+            # changes, and kept in order as sources add secrets (profile: a SoftStore adapter's source yields a new
+            # delivery token per order, and re-sorting ~70 secrets per event was a visible share of the drain).
             self._sorted = sorted(self._secrets.union(self._recent), key=len, reverse=True)
             self._escaped = [secret for secret in self._sorted if not _VERBATIM.fullmatch(secret)]
         return self._sorted
+
+    def _remember(self, secret: str) -> None:
+        self._recent[secret] = None
+        forgotten = next(iter(self._recent)) if len(self._recent) > self.RECENT else None
+        if forgotten is not None:
+            del self._recent[forgotten]
+        if self._sorted is None:
+            return  # rebuilt whole by _all
+        self._sorted.insert(bisect.bisect(self._sorted, -len(secret), key=lambda s: -len(s)), secret)
+        if not _VERBATIM.fullmatch(secret):
+            self._escaped = [s for s in self._sorted if s in self._escaped or s == secret]
+        if forgotten is not None and forgotten not in self._secrets:
+            self._sorted.remove(forgotten)
+            if forgotten in self._escaped:
+                self._escaped.remove(forgotten)
 
     def scrub_text(self, value: str) -> str:
         """``value`` with every registered secret replaced by ``[redacted]``."""

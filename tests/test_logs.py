@@ -61,3 +61,25 @@ def test_source_secrets_are_redacted_as_they_change() -> None:
         structlog.reset_defaults()
     text = stream.getvalue()
     assert "jwt-one-aaaaaaaa" not in text and "two" not in text
+
+
+def test_secrets_from_sources_stay_longest_first_and_bounded() -> None:
+    """Secrets a source adds one by one keep the list longest first (a secret containing another is replaced
+    whole) and only the most recent ``RECENT`` are kept, as a full rebuild would."""
+    redactor = Redactor()
+    redactor.RECENT = 4
+    redactor.add("fixed-secret-1")
+    current: list[str] = []
+    redactor.add_source(lambda: current)
+    assert redactor.scrub_text("nothing") == "nothing"  # builds the sorted list: later secrets are inserted
+    for secret in ["tok-aaaaaa", "tok-aaaaaa-extended", 'q"uoted-secret', "mid-len-secret", "x" * 30, "tok-bbbbbb"]:
+        current[:] = [secret]
+        redactor.scrub_text("")
+    listed = redactor._all()
+    expected = sorted({"fixed-secret-1", 'q"uoted-secret', "mid-len-secret", "x" * 30, "tok-bbbbbb"},
+                      key=len, reverse=True)
+    assert [len(s) for s in listed] == [len(s) for s in expected] and set(listed) == set(expected)
+    assert redactor._escaped == ['q"uoted-secret']
+    assert "tok-aaaaaa" not in listed  # pushed out of the recent ones
+    current[:] = ["tok-cccccc", "tok-cccccc-extended"]
+    assert redactor.scrub_text("id tok-cccccc-extended end") == "id [redacted] end"
