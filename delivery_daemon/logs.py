@@ -56,8 +56,9 @@ class Redactor:
         # What a source returned is kept for a while: a JWT replaced by a fresh one may still sit in a late message.
         # A secret a source still returns is re-added if it was pushed out, so live ones are always covered.
         for source in self._sources:
-            for secret in source():
-                if secret and len(secret) >= 6 and secret not in self._secrets and secret not in self._recent:
+            fresh = set(source()).difference(self._secrets, self._recent)  # one C-level pass per source
+            for secret in fresh:
+                if secret and len(secret) >= 6:
                     self._remember(secret)
         if self._sorted is None:
             # Longest first, so a secret that contains another is replaced whole. Sorted when the fixed set
@@ -93,8 +94,11 @@ class Redactor:
         return value
 
     def rendered(self, _logger: Any, _name: str, line: Any) -> Any:
-        """The last processor: the rendered line (a str) scrubbed as a whole."""
-        return self.scrub_text(line) if isinstance(line, str) else line
+        """The last processor: the rendered line (a str) scrubbed as a whole. The sources were asked by
+        :meth:`__call__` for this same event, so they are not asked again."""
+        if not isinstance(line, str):
+            return line
+        return self.scrub(line, self._sorted if self._sorted is not None else self._all())
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         """Scrub string values for the secrets a renderer would escape (a quote, a backslash, a control or
