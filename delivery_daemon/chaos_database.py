@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from .db import sqlite_path
+from .db import sqlite_path, with_driver
 from .errors import ConfigError
 from .models import FINAL
 from .schema import current_revision, head_revision
@@ -53,9 +53,7 @@ def database_url(database: Path | str) -> str:
     """A SQLAlchemy URL for a SQLite file path or an URL (``postgresql://`` is read with psycopg 3)."""
     if isinstance(database, Path):
         return f"sqlite:///{database}"
-    if database.startswith("postgresql://"):
-        return "postgresql+psycopg://" + database.removeprefix("postgresql://")
-    return database
+    return with_driver(database)
 
 
 def check_database(database: Path | str) -> DatabaseReport:

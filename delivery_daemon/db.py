@@ -26,8 +26,19 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
+def with_driver(url: str) -> str:
+    """``url`` naming the driver this package installs: ``postgresql://`` (for which SQLAlchemy would load psycopg2,
+    not a dependency) becomes ``postgresql+psycopg://``; any other URL is returned unchanged."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
 def create_db_engine(url: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> Engine:
-    """An engine for ``url``. For a SQLite file, the file is created 0600 and every transaction is IMMEDIATE."""
+    """An engine for ``url`` (``postgresql://`` uses psycopg 3, see :func:`with_driver`). For a SQLite file, the
+    file is created 0600 and every transaction is IMMEDIATE."""
+    url = with_driver(url)
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlmodel import SQLModel
 
-from .db import create_db_engine, sqlite_path
+from .db import create_db_engine, sqlite_path, with_driver
 from .errors import DeliveryDaemonError
 from .models import Job
 from .schema import upgrade
@@ -54,9 +54,7 @@ def target_url(raw: str) -> str:
         raise MigrateError("--to: not a database URL (expected postgresql://user:password@host/dbname)") from None
     if url.get_backend_name() != "postgresql":
         raise MigrateError(f"--to: the target must be a PostgreSQL URL, not {url.get_backend_name()}")
-    if url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    return url.render_as_string(hide_password=False)
+    return with_driver(raw)
 
 
 def _tables() -> list[Table]:
