@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import structlog
+from pydantic import SecretStr
 
 from tests.conftest import Stack
 from tests.status_helpers import PASSWORD, TOKEN, StatusPage, csrf_of, dead_order, delivered_order, status_page
@@ -81,6 +82,39 @@ async def test_bearer_token_guesses_count_as_failed_logins(stack: Stack) -> None
         assert (await page.login()).status_code == 429
     assert [e["via"] for e in _events(stack, "status.login_failed")] == ["bearer"] * 3
     assert "guess-1" not in stack.logs.getvalue() and TOKEN not in stack.logs.getvalue()
+
+
+class _CountedToken(SecretStr):
+    """The configured status token, counting its reads: the page reads it once per comparison with a bearer token."""
+
+    def __init__(self, secret_value: str) -> None:
+        super().__init__(secret_value)
+        self.reads = 0
+
+    def get_secret_value(self) -> str:
+        self.reads += 1
+        return super().get_secret_value()
+
+
+async def test_each_bearer_request_compares_its_token_once(stack: Stack) -> None:
+    """A bearer request's token is compared once (guard, CSRF and page share it); a wrong one counts one failure."""
+    dead = await stack.job(await dead_order(stack))
+    token = _CountedToken(TOKEN)
+    right, wrong = {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer guess-1"}
+    async with status_page(stack, token=token) as page:
+        requests = [  # each with what the old code also compared the token for
+            (page.client.build_request("GET", f"{page.url}/orders", headers=right), 200),  # the page
+            (page.client.build_request("POST", f"{page.url}/orders/{dead.id}/retry", headers=right), 303),  # CSRF
+            (page.client.build_request("POST", f"{page.url}/logout", headers=right,
+                                       data={"pad": "x" * 9000}), 413),  # the error page
+            (page.client.build_request("GET", f"{page.url}/orders", headers=wrong), 401),
+        ]
+        for request, status in requests:
+            token.reads = 0
+            response = await page.client.send(request)
+            assert (response.status_code, token.reads) == (status, 1), request.url
+    assert [(e["via"], e["failures"]) for e in _events(stack, "status.login_failed")] == [("bearer", 1)]
+    assert (await stack.job(dead.order_id)).state == "queued"
 
 
 async def test_every_action_needs_its_csrf_token(stack: Stack) -> None:

@@ -6,12 +6,16 @@ A browser logs in with the configured password (or the token) and gets a session
 carries a ``csrf_token`` that must equal the one stored in the signed session (the synchronizer-token pattern),
 including the login form itself, so a foreign page can neither act for a logged-in seller nor log the browser into
 a session of its own. Bearer requests carry no cookie a foreign page could ride on, so they need no CSRF token.
+
+The routes decide once per request how it is authenticated and :func:`record` that on the request; the CSRF check
+(:func:`csrf_ok`) and the page read it back with :func:`authenticated` instead of comparing the token again.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
+from typing import Literal
 from urllib.parse import parse_qsl
 
 from starlette.middleware import Middleware
@@ -24,6 +28,11 @@ SESSION_COOKIE = "delivery_daemon_status"
 CSRF_FIELD = "csrf_token"
 MAX_FORM_BYTES = 8 * 1024
 """The largest form body accepted; the page's forms are a few short fields."""
+_STATE_KEY = "status_auth"
+"""The ``request.state`` attribute :func:`record` writes."""
+
+Via = Literal["session", "bearer"]
+"""How a request is authenticated: by a logged-in session cookie, or by a right bearer token."""
 
 
 class FormTooLarge(Exception):
@@ -57,11 +66,15 @@ def bearer_supplied(request: Request) -> str | None:
 
 
 def bearer_ok(request: Request, settings: StatusSettings) -> bool:
-    """True when the request carries ``Authorization: Bearer <token>`` with the configured token."""
-    if settings.token is None or not settings.token.get_secret_value():
-        return False
+    """True when the request carries ``Authorization: Bearer <token>`` with the configured token.
+
+    Reads the configured token once, and not at all when the request carries no bearer token.
+    """
     supplied = bearer_supplied(request)
-    return supplied is not None and _matches(supplied, settings.token.get_secret_value())
+    if supplied is None or settings.token is None:
+        return False
+    expected = settings.token.get_secret_value()
+    return bool(expected) and _matches(supplied, expected)
 
 
 def client_address(request: Request) -> str:
@@ -74,9 +87,15 @@ def session_logged_in(request: Request) -> bool:
     return request.session.get("auth") is True
 
 
-def logged_in(request: Request, settings: StatusSettings) -> bool:
-    """True for a signed session that logged in, or a valid bearer token."""
-    return session_logged_in(request) or bearer_ok(request, settings)
+def record(request: Request, via: Via | None) -> None:
+    """Remember for the rest of this request how it is authenticated (None: anonymous)."""
+    setattr(request.state, _STATE_KEY, via)
+
+
+def authenticated(request: Request) -> Via | None:
+    """How this request is authenticated, as :func:`record` left it; None when anonymous or never recorded."""
+    via: Via | None = getattr(request.state, _STATE_KEY, None)
+    return via
 
 
 def csrf_token(request: Request) -> str:
@@ -88,9 +107,9 @@ def csrf_token(request: Request) -> str:
     return token
 
 
-def csrf_ok(request: Request, form: dict[str, str], settings: StatusSettings) -> bool:
-    """True when the form's token equals the session's, or the request is bearer-authenticated."""
-    if bearer_ok(request, settings):
+def csrf_ok(request: Request, form: dict[str, str]) -> bool:
+    """True when the form's token equals the session's, or the request is recorded as bearer-authenticated."""
+    if authenticated(request) == "bearer":
         return True
     expected = request.session.get(CSRF_FIELD)
     supplied = form.get(CSRF_FIELD, "")

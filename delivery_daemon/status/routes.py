@@ -3,8 +3,10 @@ which :func:`status_mount` puts at ``/status`` on the admin app (:func:`~deliver
 
 Server-rendered with Jinja2 from the package's ``templates/``; ``static/`` holds the one stylesheet. Pages work
 without JavaScript. Every page but ``/login`` needs a login (see :mod:`.auth`); wrong secrets are throttled (see
-:mod:`.throttle`); every POST needs a CSRF token. Actions go through the same queue transition as the CLI's
-``orders retry|redeliver`` (:func:`~delivery_daemon.queue.operator_requeue`) and then wake the worker.
+:mod:`.throttle`); every POST needs a CSRF token. Each request is authenticated once, by the guard every route is
+wrapped in (:meth:`StatusPages._authenticate`), which records the outcome on the request for the CSRF check and the
+page. Actions go through the same queue transition as the CLI's ``orders retry|redeliver``
+(:func:`~delivery_daemon.queue.operator_requeue`) and then wake the worker.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ class StatusPages:
     def render(self, request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
         context.setdefault("flash", request.session.pop("flash", None))
         context["csrf_token"] = auth.csrf_token(request)
-        context["logged_in"] = auth.logged_in(request, self.settings)
+        context["logged_in"] = auth.authenticated(request) is not None
         context["now"] = self.daemon.clock.now()
         context["root"] = _root(request)
         return self.templates.TemplateResponse(request, name, context, status_code=status_code)
@@ -140,7 +142,10 @@ class StatusPages:
                     window_s=self.settings.login_window)
 
     def _bearer(self, request: Request) -> Response | None:
-        """None when the request's bearer token is right; else 429 (throttled) or 401, with a JSON reason."""
+        """None when the request's bearer token is right; else 429 (throttled) or 401, with a JSON reason.
+
+        The token is compared once; a wrong one counts as one failed login.
+        """
         refused = self._throttled(request, "bearer")
         if refused is not None:
             return JSONResponse({"error": "too many failed logins; try again later"}, status_code=429,
@@ -152,19 +157,45 @@ class StatusPages:
         return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
                             headers={"WWW-Authenticate": 'Bearer realm="status"'})
 
+    def _authenticate(self, request: Request, *, login_required: bool) -> Response | None:
+        """Decide how ``request`` is authenticated and :func:`~.auth.record` it; the one place a token is compared.
+
+        Where a login is required and no session is logged in, a bearer token is a login attempt (:meth:`_bearer`):
+        the refusal is returned and nothing is recorded. Otherwise a right token records ``"bearer"``, else a
+        logged-in session ``"session"``, else None. Returns None to go on; the caller decides what None means.
+        """
+        if login_required and not auth.session_logged_in(request) and auth.bearer_supplied(request) is not None:
+            refused = self._bearer(request)
+            if refused is not None:
+                return refused
+            auth.record(request, "bearer")
+        elif auth.bearer_ok(request, self.settings):
+            # Beside a session or on the login routes the token is not the login, so it is not throttled or
+            # counted (a session is never locked out); a right one still spares the request its CSRF token.
+            auth.record(request, "bearer")
+        else:
+            auth.record(request, "session" if auth.session_logged_in(request) else None)
+        return None
+
+    def public(self, endpoint: Endpoint) -> Endpoint:
+        """A route open to everyone (the login form): the request is authenticated but nothing is refused."""
+
+        async def guarded(request: Request) -> Response:
+            self._authenticate(request, login_required=False)
+            return await endpoint(request)
+
+        return guarded
+
     def page(self, endpoint: Endpoint) -> Endpoint:
         """A page that needs a login: anonymous visitors are sent to the login form; a bearer token is checked."""
 
         async def guarded(request: Request) -> Response:
-            if not auth.session_logged_in(request):
-                if auth.bearer_supplied(request) is not None:
-                    refused = self._bearer(request)
-                    if refused is not None:
-                        return refused
-                else:
-                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                    return RedirectResponse(f"{_root(request)}/login?next={quote(target, safe='/')}",
-                                            status_code=303)
+            refused = self._authenticate(request, login_required=True)
+            if refused is not None:
+                return refused
+            if auth.authenticated(request) is None:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"{_root(request)}/login?next={quote(target, safe='/')}", status_code=303)
             return await endpoint(request)
 
         return guarded
@@ -173,17 +204,16 @@ class StatusPages:
         """A POST that needs a login and a valid CSRF token; the endpoint receives the parsed form."""
 
         async def guarded(request: Request) -> Response:
-            if not auth.session_logged_in(request):
-                if auth.bearer_supplied(request) is None:
-                    return self.render(request, "error.html", 401, message="Log in first.")
-                refused = self._bearer(request)
-                if refused is not None:
-                    return refused
+            refused = self._authenticate(request, login_required=True)
+            if refused is not None:
+                return refused
+            if auth.authenticated(request) is None:
+                return self.render(request, "error.html", 401, message="Log in first.")
             try:
                 form = await auth.read_form(request)
             except auth.FormTooLarge:
                 return self.render(request, "error.html", 413, message="The form is too large.")
-            if not auth.csrf_ok(request, form, self.settings):
+            if not auth.csrf_ok(request, form):
                 return self.render(request, "error.html", 403,
                                    message="The form expired or did not come from this page. Go back and reload.")
             return await endpoint(request, form)
@@ -209,7 +239,7 @@ class StatusPages:
                                    error="Too many failed logins. Wait a few minutes and try again.")
             response.headers["Retry-After"] = str(refused.retry_after)
             return response
-        if not auth.csrf_ok(request, form, self.settings):
+        if not auth.csrf_ok(request, form):
             return self.render(request, "login.html", 403, next=target,
                                error="The login form expired. Please try again.")
         if not auth.secret_accepted(self.settings, form.get("password", "")):
@@ -281,8 +311,8 @@ class StatusPages:
 
 def _routes(pages: StatusPages) -> list[BaseRoute]:
     return [
-        Route("/login", pages.login_form, methods=["GET"]),
-        Route("/login", pages.login, methods=["POST"]),
+        Route("/login", pages.public(pages.login_form), methods=["GET"]),
+        Route("/login", pages.public(pages.login), methods=["POST"]),
         Route("/logout", pages.action(pages.logout), methods=["POST"]),
         Route("/", pages.page(pages.overview), methods=["GET"]),
         Route("/orders", pages.page(pages.orders), methods=["GET"]),
