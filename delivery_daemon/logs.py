@@ -69,19 +69,23 @@ class Redactor:
         return self._sorted
 
     def _remember(self, secret: str) -> None:
+        # Copy on write: another thread (the database thread, a stdlib record) may be iterating the current lists;
+        # changing one in place could make that iteration skip a secret.
         self._recent[secret] = None
         forgotten = next(iter(self._recent)) if len(self._recent) > self.RECENT else None
         if forgotten is not None:
             del self._recent[forgotten]
-        if self._sorted is None:
+        current = self._sorted
+        if current is None:
             return  # rebuilt whole by _all
-        self._sorted.insert(bisect.bisect(self._sorted, -len(secret), key=lambda s: -len(s)), secret)
-        if not _VERBATIM.fullmatch(secret):
-            self._escaped = [s for s in self._sorted if s in self._escaped or s == secret]
+        at = bisect.bisect(current, -len(secret), key=lambda s: -len(s))
+        updated = [*current[:at], secret, *current[at:]]
+        escaped = self._escaped if _VERBATIM.fullmatch(secret) else [s for s in updated if s in self._escaped
+                                                                      or s == secret]
         if forgotten is not None and forgotten not in self._secrets:
-            self._sorted.remove(forgotten)
-            if forgotten in self._escaped:
-                self._escaped.remove(forgotten)
+            updated.remove(forgotten)
+            escaped = [s for s in escaped if s != forgotten]
+        self._sorted, self._escaped = updated, escaped
 
     def scrub_text(self, value: str) -> str:
         """``value`` with every registered secret replaced by ``[redacted]``."""
