@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
@@ -186,8 +187,31 @@ _base_origin = functools.lru_cache(maxsize=256)(_origin)
 every webhook was ~5 % of the receiver's CPU). The per-webhook ``url`` is unique and not cached."""
 
 
+@functools.lru_cache(maxsize=256)
+def _origin_prefix(base: str) -> str | None:
+    """``scheme://authority/`` of ``base`` as httpx writes it, if parsing that prefix gives ``base``'s origin."""
+    parsed = _base_origin(base)
+    if parsed is None:
+        return None
+    url = httpx.URL(base)
+    prefix = f"{url.scheme}://{url.netloc.decode('ascii')}/"
+    return prefix if _origin(prefix) == parsed else None
+
+
+_PLAIN = re.compile(r"[!-~]*")
+"""Printable ASCII without spaces: a path httpx parses without error."""
+
+
 def same_origin(url: str, base: str) -> bool:
-    """True when ``url`` has the scheme, host and port of ``base``."""
+    """True when ``url`` has the scheme, host and port of ``base``.
+
+    A URL that starts with ``base``'s ``scheme://authority/`` and goes on in printable ASCII has that origin
+    (the ``/`` ends the authority), so it is accepted without parsing (profile: parsing each webhook's
+    ``delivery_url`` was ~5 % of the receiver's CPU); anything else is parsed and compared.
+    """
+    prefix = _origin_prefix(base)
+    if prefix is not None and url.startswith(prefix) and _PLAIN.fullmatch(url, len(prefix)):
+        return True
     a, b = _origin(url), _base_origin(base)
     return a is not None and a == b and bool(a[1])
 
