@@ -117,6 +117,49 @@ async def test_each_bearer_request_compares_its_token_once(stack: Stack) -> None
     assert (await stack.job(dead.order_id)).state == "queued"
 
 
+async def test_login_routes_ignore_a_bearer_token(stack: Stack) -> None:
+    """GET and POST /login answer alike with a right, a wrong or no bearer token, never compare it, and need CSRF."""
+    token = _CountedToken(TOKEN)
+    async with status_page(stack, token=token) as page:
+        await page.client.get(f"{page.url}/login")  # the session's CSRF token, the same in every answer below
+        token.reads = 0
+        answers = []
+        for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer guess-1"}):
+            form = await page.client.get(f"{page.url}/login", headers=headers)
+            post = await page.client.post(f"{page.url}/login", headers=headers,
+                                          data={"password": PASSWORD, "next": "/status/"})  # no csrf_token
+            answers.append([(form.status_code, form.text), (post.status_code, post.text)])
+        assert answers[1] == answers[2] == answers[0]
+        [(form_status, form_text), (post_status, _)] = answers[0]
+        assert (form_status, post_status) == (200, 403)
+        assert "Log out" not in form_text
+        assert token.reads == 0
+        assert (await page.client.get(f"{page.url}/")).status_code == 303  # no session was granted
+    assert _events(stack, "status.login_failed") == []
+
+
+async def test_wrong_bearer_tokens_beside_a_session_are_throttled(stack: Stack) -> None:
+    """Wrong bearer tokens beside a session are 401 and counted until 429; the session alone keeps working."""
+    dead = await stack.job(await dead_order(stack))
+    right = {"Authorization": f"Bearer {TOKEN}"}
+    async with status_page(stack, login_failures=3) as page:
+        assert (await page.login()).status_code == 303
+        assert (await page.client.get(f"{page.url}/orders", headers=right)).status_code == 200
+        csrf = await page.csrf()
+        for guess in ("guess-1", "guess-2"):
+            wrong = await page.client.get(f"{page.url}/orders", headers={"Authorization": f"Bearer {guess}"})
+            assert (wrong.status_code, wrong.json()) == (401, {"error": "a valid bearer token is required"})
+        action = await page.client.post(f"{page.url}/orders/{dead.id}/retry",
+                                        headers={"Authorization": "Bearer guess-3"}, data={"csrf_token": csrf})
+        assert (action.status_code, action.json()) == (401, {"error": "a valid bearer token is required"})
+        throttled = await page.client.get(f"{page.url}/orders", headers=right)
+        assert (throttled.status_code, throttled.headers["retry-after"]) == (429, "900")
+        assert (await page.client.get(f"{page.url}/orders")).status_code == 200  # the session is not locked out
+    assert [(e["via"], e["failures"]) for e in _events(stack, "status.login_failed")] == [
+        ("bearer", 1), ("bearer", 2), ("bearer", 3)]
+    assert (await stack.job(dead.order_id)).state == "dead"
+
+
 async def test_every_action_needs_its_csrf_token(stack: Stack) -> None:
     """Logout, retry and redeliver each refuse a POST with a missing or forged token (403) and change nothing."""
     dead = await stack.job(await dead_order(stack))

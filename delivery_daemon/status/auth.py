@@ -2,10 +2,11 @@
 
 A browser logs in with the configured password (or the token) and gets a session cookie signed by Starlette's
 ``SessionMiddleware`` (itsdangerous), ``SameSite=Strict`` and ``HttpOnly``. Scripts may instead send
-``Authorization: Bearer <token>``. Wrong passwords and tokens are counted by :mod:`.throttle`. Every POST form
-carries a ``csrf_token`` that must equal the one stored in the signed session (the synchronizer-token pattern),
-including the login form itself, so a foreign page can neither act for a logged-in seller nor log the browser into
-a session of its own. Bearer requests carry no cookie a foreign page could ride on, so they need no CSRF token.
+``Authorization: Bearer <token>`` (on every route but the login form, which ignores it). Wrong passwords and
+tokens are counted by :mod:`.throttle`. Every POST form carries a ``csrf_token`` that must equal the one stored in
+the signed session (the synchronizer-token pattern), including the login form itself, so a foreign page can neither
+act for a logged-in seller nor log the browser into a session of its own. Bearer requests carry no cookie a
+foreign page could ride on, so they need no CSRF token.
 
 The routes decide once per request how it is authenticated and :func:`record` that on the request; the CSRF check
 (:func:`csrf_ok`) and the page read it back with :func:`authenticated` instead of comparing the token again.

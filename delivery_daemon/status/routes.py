@@ -160,25 +160,25 @@ class StatusPages:
     def _authenticate(self, request: Request, *, login_required: bool) -> Response | None:
         """Decide how ``request`` is authenticated and :func:`~.auth.record` it; the one place a token is compared.
 
-        Where a login is required and no session is logged in, a bearer token is a login attempt (:meth:`_bearer`):
-        the refusal is returned and nothing is recorded. Otherwise a right token records ``"bearer"``, else a
-        logged-in session ``"session"``, else None. Returns None to go on; the caller decides what None means.
+        Where a login is required, a supplied bearer token is always a login attempt (:meth:`_bearer`), with or
+        without a logged-in session beside it: the refusal is returned and nothing is recorded; a right token records
+        ``"bearer"``. Without a bearer token a logged-in session records ``"session"``, else None. The public routes
+        (the login form) ignore a bearer token altogether: they never compare it, so they cannot be used to test
+        guesses unthrottled, and their answer does not depend on it. Returns None to go on; the caller decides what
+        None means.
         """
-        if login_required and not auth.session_logged_in(request) and auth.bearer_supplied(request) is not None:
+        if login_required and auth.bearer_supplied(request) is not None:
             refused = self._bearer(request)
             if refused is not None:
                 return refused
-            auth.record(request, "bearer")
-        elif auth.bearer_ok(request, self.settings):
-            # Beside a session or on the login routes the token is not the login, so it is not throttled or
-            # counted (a session is never locked out); a right one still spares the request its CSRF token.
             auth.record(request, "bearer")
         else:
             auth.record(request, "session" if auth.session_logged_in(request) else None)
         return None
 
     def public(self, endpoint: Endpoint) -> Endpoint:
-        """A route open to everyone (the login form): the request is authenticated but nothing is refused."""
+        """A route open to everyone (the login form): only a session counts (a bearer token is ignored); nothing is
+        refused."""
 
         async def guarded(request: Request) -> Response:
             self._authenticate(request, login_required=False)
@@ -187,7 +187,8 @@ class StatusPages:
         return guarded
 
     def page(self, endpoint: Endpoint) -> Endpoint:
-        """A page that needs a login: anonymous visitors are sent to the login form; a bearer token is checked."""
+        """A page that needs a login: anonymous visitors are sent to the login form; a bearer token is checked, even
+        beside a session."""
 
         async def guarded(request: Request) -> Response:
             refused = self._authenticate(request, login_required=True)
