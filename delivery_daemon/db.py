@@ -98,6 +98,31 @@ def create_schema(engine: Engine) -> None:
     """Bring the schema to the newest migration (an empty database, an older one, or a first-release one)."""
     if _at_newest_revision(engine):  # a restart: nothing to migrate, and Alembic stays unimported
         return
+    if engine.dialect.name == "sqlite" and _create_fresh(engine):
+        return
     from .schema import upgrade
 
     upgrade(engine)
+
+
+def _create_fresh(engine: Engine) -> bool:
+    """On a SQLite database without tables: create the models' tables and stamp the newest revision, in one
+    transaction, without importing Alembic; False (nothing done) if the database has any table.
+
+    The migrations, run from nothing, make exactly the models' schema on SQLite (tested table by table, index by
+    index, in tests/test_schema_migrations.py), so a new database needs none of them run; Alembic's import costs
+    ~8 MB for the daemon's whole life. ``BEGIN IMMEDIATE`` serialises two processes starting on one new file: the
+    second finds the tables and the stamp. PostgreSQL keeps the migrations (its NOTIFY trigger is one of them).
+    """
+    from sqlmodel import SQLModel
+
+    with engine.begin() as conn:
+        if inspect(conn).get_table_names():
+            return False
+        SQLModel.metadata.create_all(conn)
+        # Alembic's own definition of its version table, so that a later release's upgrade reads it as usual.
+        conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+                             "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))")
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:revision)"),
+                     {"revision": newest_revision()})
+    return True

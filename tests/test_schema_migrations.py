@@ -40,6 +40,7 @@ from delivery_daemon.schema import (
     alembic_config,
     current_revision,
     head_revision,
+    upgrade,
 )
 from delivery_daemon.stock import KEYS, StockPool
 
@@ -194,3 +195,43 @@ def test_restart_on_an_up_to_date_database_does_not_import_alembic(tmp_path: Pat
              f"create_schema(create_db_engine({url!r})); print('alembic' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def _schema(engine: Engine) -> dict[str, object]:
+    """Every table's columns, primary key, indexes, unique constraints and foreign keys, as SQLAlchemy reads them."""
+    found: dict[str, object] = {}
+    inspector = inspect(engine)
+    for table in sorted(inspector.get_table_names()):
+        found[table] = {
+            # Sorted: a column a later migration adds comes last there, which nothing depends on (every statement
+            # names its columns).
+            "columns": sorted((c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)),
+            "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
+            "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                              for i in inspector.get_indexes(table)),
+            "unique": sorted(tuple(u["column_names"]) for u in inspector.get_unique_constraints(table)),
+            "foreign_keys": sorted((tuple(f["constrained_columns"]), f["referred_table"])
+                                   for f in inspector.get_foreign_keys(table)),
+        }
+    return found
+
+
+def test_new_sqlite_database_is_created_as_the_migrations_would_make_it(tmp_path: Path) -> None:
+    """A new SQLite file gets its tables without Alembic (its import costs idle memory), stamped at the head, and
+    the schema is the one running every migration from nothing makes, table by table and index by index."""
+    fresh_url, migrated_url = f"sqlite:///{tmp_path / 'fresh.db'}", f"sqlite:///{tmp_path / 'migrated.db'}"
+    probe = ("import sys; from delivery_daemon.db import create_db_engine, create_schema; "
+             f"create_schema(create_db_engine({fresh_url!r})); print('alembic' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    migrated = create_db_engine(migrated_url)
+    upgrade(migrated)
+    fresh = create_db_engine(fresh_url)
+    try:
+        assert _schema(fresh) == _schema(migrated)
+        assert current_revision(fresh) == current_revision(migrated) == head_revision()
+        upgrade(fresh)  # Alembic reads the stamp as its own: nothing to do, nothing changed
+        assert _schema(fresh) == _schema(migrated)
+    finally:
+        fresh.dispose()
+        migrated.dispose()
