@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from delivery_daemon.protocol import header_deadline_protocol
 from delivery_daemon.runner import _server
@@ -31,9 +33,15 @@ async def fast(request: Request) -> JSONResponse:
 APP = Starlette(routes=[Route("/slow", slow, methods=["POST"]), Route("/fast", fast)])
 
 
+@pytest.fixture(params=["h11", "httptools"])
+def parser(request: pytest.FixtureRequest) -> str:
+    """Each test runs over both of uvicorn's HTTP parsers (the daemon uses httptools when it is installed)."""
+    return str(request.param)
+
+
 @contextlib.asynccontextmanager
-async def connection() -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    async with serve(APP, lifespan="off", http=header_deadline_protocol(DEADLINE)) as running:
+async def connection(parser: str) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    async with serve(APP, lifespan="off", http=header_deadline_protocol(DEADLINE, parser=parser)) as running:
         reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
         try:
             yield reader, writer
@@ -41,9 +49,9 @@ async def connection() -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.Stre
             writer.close()
 
 
-async def test_trickled_headers_get_408_and_the_connection_closes() -> None:
+async def test_trickled_headers_get_408_and_the_connection_closes(parser: str) -> None:
     """A client sending its headers a byte at a time is answered 408 with a JSON reason once the deadline passes."""
-    async with connection() as (reader, writer):
+    async with connection(parser) as (reader, writer):
         header = b"POST /fast HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 400
         sent = 0
 
@@ -66,15 +74,15 @@ async def test_trickled_headers_get_408_and_the_connection_closes() -> None:
     assert 0 < sent < len(header)
 
 
-async def test_silent_connection_is_closed_without_an_answer() -> None:
+async def test_silent_connection_is_closed_without_an_answer(parser: str) -> None:
     """A connection that never sends a byte is closed after the deadline (nothing to answer)."""
-    async with connection() as (reader, _writer):
+    async with connection(parser) as (reader, _writer):
         assert await asyncio.wait_for(reader.read(), 30) == b""
 
 
-async def test_requests_whose_headers_arrive_in_time_are_not_cut() -> None:
+async def test_requests_whose_headers_arrive_in_time_are_not_cut(parser: str) -> None:
     """A handler running past the deadline, and a second request on the kept-alive connection, both complete."""
-    async with connection() as (reader, writer):
+    async with connection(parser) as (reader, writer):
         writer.write(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
         first = await asyncio.wait_for(reader.readuntil(b'{"ok":true}'), 30)
         writer.write(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -82,9 +90,9 @@ async def test_requests_whose_headers_arrive_in_time_are_not_cut() -> None:
     assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 200 ")
 
 
-async def test_unfinished_next_request_on_a_kept_alive_connection_gets_408() -> None:
+async def test_unfinished_next_request_on_a_kept_alive_connection_gets_408(parser: str) -> None:
     """After a response, the next request's headers have the same deadline (not only the first request's)."""
-    async with connection() as (reader, writer):
+    async with connection(parser) as (reader, writer):
         writer.write(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.wait_for(reader.readuntil(b'{"ok":true}'), 30)
         writer.write(b"GET /fast HTTP/1.1\r\nHost: x\r\n")  # never finished
@@ -93,7 +101,8 @@ async def test_unfinished_next_request_on_a_kept_alive_connection_gets_408() -> 
 
 
 def test_the_daemon_serves_with_the_configured_header_deadline() -> None:
-    """The runner's servers use this protocol with server.header_timeout."""
+    """The runner's servers use this protocol with server.header_timeout, over httptools when it is installed."""
     server = _server(APP, lifespan="off", grace=1, header_timeout=2.5)
     protocol = server.config.http
     assert isinstance(protocol, type) and protocol.header_timeout == 2.5  # type: ignore[attr-defined]
+    assert issubclass(protocol, HttpToolsProtocol)  # installed (test extra): the faster parser, as uvicorn picks
