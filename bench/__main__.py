@@ -38,15 +38,16 @@ def machine() -> dict[str, Any]:
     try:
         import uvloop  # noqa: F401
 
-        loop = "uvloop"
+        market_loop = "uvloop"
     except ImportError:
-        loop = "asyncio"
+        market_loop = "asyncio"
     try:
         import httptools  # noqa: F401
 
         parser = "httptools"
     except ImportError:
         parser = "h11"
+    loop = f"asyncio (daemon, baseline); {market_loop} (marketplace)"
     return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(), "system": platform.platform(),
             "loadavg_at_start": os.getloadavg(), "event_loop": loop, "http_parser": parser}
 

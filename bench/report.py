@@ -46,7 +46,7 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def render_table(results: dict[str, Any]) -> str:
     lines = []
     m = results["machine"]
-    lines.append(f"machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, {m['event_loop']}/"
+    lines.append(f"machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, event loop {m['event_loop']}, parser "
                  f"{m['http_parser']}, load average at start {m['loadavg_at_start'][0]:.1f}"
                  + ("   [SMOKE: sizes too small for the figures to mean anything]" if results["smoke"] else ""))
     if "ingest" in results:

@@ -21,7 +21,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 UVICORN = {"log_level": "warning", "access_log": False, "lifespan": "on", "backlog": 2048}
-"""Server settings shared by the daemon and the baseline (uvicorn picks uvloop/httptools when installed)."""
+"""Server settings shared by the daemon and the baseline. Both also run as ``delivery-daemon serve`` does: on
+asyncio's event loop, with the header-deadline protocol over httptools when it is installed (see :func:`main`)."""
 
 
 def baseline_app() -> Starlette:
@@ -79,6 +80,7 @@ def market_app(spec: dict[str, Any]) -> tuple[Starlette, Any]:
 
 
 async def main(kind: str, spec: dict[str, Any]) -> None:
+    from delivery_daemon.protocol import header_deadline_protocol
     from delivery_daemon.serving import serve
 
     market = None
@@ -86,7 +88,10 @@ async def main(kind: str, spec: dict[str, Any]) -> None:
         app, market = market_app(spec)
     else:
         app = baseline_app() if kind == "baseline" else daemon_app(spec)
-    async with serve(app, "127.0.0.1", int(spec.get("port", 0)), **UVICORN) as running:
+    options: dict[str, Any] = dict(UVICORN)
+    if market is None:  # the daemon and the baseline: the protocol delivery-daemon serve uses (runner._server)
+        options["http"] = header_deadline_protocol(10.0)
+    async with serve(app, "127.0.0.1", int(spec.get("port", 0)), **options) as running:
         if market is not None:
             market.bind(running.url)
         print(f"READY {running.port}", flush=True)
@@ -103,9 +108,14 @@ if __name__ == "__main__":
     kind, path = sys.argv[1], sys.argv[2]
     with open(path) as handle:
         config = json.load(handle)
-    try:
-        import uvloop
-
-        uvloop.run(main(kind, config))
-    except ImportError:
+    if kind != "market":
+        # delivery-daemon serve runs asyncio.run(): so do the daemon and the baseline (with uvloop the receiver was
+        # ~20 % slower here, and it holds ~10 MB more; docs/performance.md, item 17).
         asyncio.run(main(kind, config))
+    else:
+        try:  # the other side of the wire: as fast as it can be, so it disturbs the measured processes less
+            import uvloop
+
+            uvloop.run(main(kind, config))
+        except ImportError:
+            asyncio.run(main(kind, config))

@@ -9,8 +9,8 @@ again — which is safe, since orders are deduplicated by (store, order_id) and 
 from __future__ import annotations
 
 from sqlalchemy import and_, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from . import dialect
 from .models import WebhookEvent
 from .queue import JobQueue
 
@@ -41,12 +41,12 @@ class EventLog:
 
     def _record(self, store: str, event_id: str) -> None:
         now = self.queue.clock.now()
-        dialect = postgresql if self.queue.engine.dialect.name == "postgresql" else sqlite
         with self.queue.engine.begin() as conn:
             # Pruned here rather than by a scheduler: one indexed delete per recorded event is cheap.
             conn.execute(delete(EVENTS).where(EVENTS.c.received_at < now - self.retention))
             conn.execute(
-                dialect.insert(EVENTS).values(store=store, event_id=event_id, received_at=now)
+                dialect.insert(self.queue.engine.dialect.name, EVENTS)
+                .values(store=store, event_id=event_id, received_at=now)
                 .on_conflict_do_nothing(index_elements=["store", "event_id"])
             )
 

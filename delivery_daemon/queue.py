@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, and_, bindparam, func, insert, select, text, union_all, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import dialect
 from .cipher import Cipher
 from .clock import Clock
 from .errors import DeliveryDaemonError
@@ -219,9 +219,7 @@ class JobQueue:
     # -- enqueue ---------------------------------------------------------------------------------------------
 
     def _insert_ignore(self) -> Any:
-        if self._dialect == "postgresql":
-            return postgresql.insert(JOBS)
-        return sqlite.insert(JOBS)
+        return dialect.insert(self._dialect, JOBS)
 
     def _job_row(self, order: IncomingOrder, now: float) -> dict[str, Any]:
         return {

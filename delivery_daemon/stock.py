@@ -26,10 +26,10 @@ from pathlib import Path
 
 import structlog
 from sqlalchemy import Connection, Engine, Index, Text, UniqueConstraint, and_, case, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
+from . import dialect
 from .cipher import PREFIX, Cipher, DecryptError
 from .clock import Clock
 from .errors import DeliveryDaemonError, OutOfStock, Retry
@@ -123,9 +123,7 @@ class StockPool:
         self.cipher = cipher
 
     def _insert_ignore(self) -> object:
-        if self.engine.dialect.name == "postgresql":
-            return postgresql.insert(KEYS).on_conflict_do_nothing().returning(KEYS.c.id)
-        return sqlite.insert(KEYS).on_conflict_do_nothing().returning(KEYS.c.id)
+        return dialect.insert(self.engine.dialect.name, KEYS).on_conflict_do_nothing().returning(KEYS.c.id)
 
     def _hash_key(self, conn: Connection) -> bytes:
         return secret(conn, STOCK_HASH_KEY, self.cipher, self.clock.now())

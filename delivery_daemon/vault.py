@@ -16,9 +16,9 @@ import base64
 import secrets
 
 from sqlalchemy import Connection, Text, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel
 
+from . import dialect
 from .cipher import PREFIX, Cipher, DecryptError
 from .errors import DeliveryDaemonError
 
@@ -48,8 +48,7 @@ def context(name: str) -> str:
 
 
 def _insert_ignore(conn: Connection) -> object:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(SECRETS).on_conflict_do_nothing()
+    return dialect.insert(conn.dialect.name, SECRETS).on_conflict_do_nothing()
 
 
 def _open(value: str, name: str, cipher: Cipher | None) -> bytes:
