@@ -16,6 +16,7 @@ import bisect
 import logging
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
@@ -43,34 +44,41 @@ class Redactor:
         self._sources: list[Callable[[], Iterable[str]]] = []
         self._sorted: list[str] | None = None  # every secret, longest first; rebuilt only when the set changes
         self._escaped: list[str] = []  # those a renderer would write differently (see __call__)
+        self._lock = threading.RLock()
 
     def add(self, *secrets: str | None) -> None:
-        self._secrets.update(s for s in secrets if s and len(s) >= 6)
-        self._sorted = None
+        with self._lock:
+            self._secrets.update(s for s in secrets if s and len(s) >= 6)
+            self._sorted = None
 
     def add_source(self, source: Callable[[], Iterable[str]]) -> None:
         """A callable asked at each event for secrets that change at run time (e.g. a refreshed JWT)."""
         self._sources.append(source)
 
     def _all(self) -> list[str]:
-        # What a source returned is kept for a while: a JWT replaced by a fresh one may still sit in a late message.
-        # A secret a source still returns is re-added if it was pushed out, so live ones are always covered.
-        for source in self._sources:
-            fresh = set(source()).difference(self._secrets, self._recent)  # one C-level pass per source
-            for secret in fresh:
-                if secret and len(secret) >= 6:
-                    self._remember(secret)
-        if self._sorted is None:
-            # Longest first, so a secret that contains another is replaced whole. Sorted when the fixed set
-            # changes, and kept in order as sources add secrets (profile: a SoftStore adapter's source yields a new
-            # delivery token per order, and re-sorting ~70 secrets per event was a visible share of the drain).
-            self._sorted = sorted(self._secrets.union(self._recent), key=len, reverse=True)
-            self._escaped = [secret for secret in self._sorted if not _VERBATIM.fullmatch(secret)]
-        return self._sorted
+        """Every secret, longest first: a list that is never changed once returned (scrubbing may go on in another
+        thread while a source adds a secret), so callers iterate it without a lock."""
+        # Events come from several threads (the event loop, the database thread, stdlib records from anywhere):
+        # the bookkeeping below is one critical section. Re-entrant, in case a source itself logs.
+        with self._lock:
+            # What a source returned is kept for a while: a JWT replaced by a fresh one may still sit in a late
+            # message. A secret a source still returns is re-added if it was pushed out, so live ones stay covered.
+            for source in self._sources:
+                fresh = set(source()).difference(self._secrets, self._recent)  # one C-level pass per source
+                for secret in fresh:
+                    if secret and len(secret) >= 6:
+                        self._remember(secret)
+            if self._sorted is None:
+                # Longest first, so a secret that contains another is replaced whole. Sorted when the fixed set
+                # changes, and kept in order as sources add secrets (profile: a SoftStore adapter's source yields a
+                # new delivery token per order, and re-sorting ~70 secrets per event was a share of the drain).
+                self._sorted = sorted(self._secrets.union(self._recent), key=len, reverse=True)
+                self._escaped = [secret for secret in self._sorted if not _VERBATIM.fullmatch(secret)]
+            return self._sorted
 
     def _remember(self, secret: str) -> None:
-        # Copy on write: another thread (the database thread, a stdlib record) may be iterating the current lists;
-        # changing one in place could make that iteration skip a secret.
+        """Add a source's new secret (under the lock), dropping the oldest past ``RECENT``. Copy on write: a list
+        handed out by :meth:`_all` may be iterated right now, and changing it in place could skip a secret."""
         self._recent[secret] = None
         forgotten = next(iter(self._recent)) if len(self._recent) > self.RECENT else None
         if forgotten is not None:
@@ -83,7 +91,7 @@ class Redactor:
         escaped = self._escaped if _VERBATIM.fullmatch(secret) else [s for s in updated if s in self._escaped
                                                                       or s == secret]
         if forgotten is not None and forgotten not in self._secrets:
-            updated.remove(forgotten)
+            updated = [s for s in updated if s != forgotten]
             escaped = [s for s in escaped if s != forgotten]
         self._sorted, self._escaped = updated, escaped
 

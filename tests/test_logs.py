@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import itertools
+import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -83,3 +86,47 @@ def test_secrets_from_sources_stay_longest_first_and_bounded() -> None:
     assert "tok-aaaaaa" not in listed  # pushed out of the recent ones
     current[:] = ["tok-cccccc", "tok-cccccc-extended"]
     assert redactor.scrub_text("id tok-cccccc-extended end") == "id [redacted] end"
+
+
+def test_threads_adding_secrets_while_others_scrub_never_fail_or_leak() -> None:
+    """Events from several threads while a source keeps yielding new secrets (and old ones are dropped): no error,
+    the list stays longest first, and a secret the source still yields is redacted from every line."""
+    redactor = Redactor()
+    redactor.RECENT = 32
+    counter = itertools.count()
+    lock = threading.Lock()
+    window: list[str] = []  # what the source yields: the 16 newest
+
+    def source() -> list[str]:
+        with lock:
+            return list(window)
+
+    redactor.add_source(source)
+    failures: list[str] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, to interleave the bookkeeping
+
+    def work() -> None:
+        try:
+            for _ in range(300):
+                secret = f"secret-{next(counter):0{next(counter) % 7 + 6}d}"  # lengths vary: inserts move around
+                with lock:
+                    window[:] = [secret, *window[:15]]
+                line = redactor.scrub_text(f"line with {secret}")
+                if secret in line and secret in source():  # yielded all along, yet not redacted
+                    failures.append(f"leaked {secret}")
+        except Exception as exc:
+            failures.append(repr(exc))
+
+    try:
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
+    listed = redactor._all()
+    assert [len(s) for s in listed] == sorted((len(s) for s in listed), reverse=True)
+    assert set(source()) <= set(listed)
