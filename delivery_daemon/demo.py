@@ -8,16 +8,14 @@ returns 0 only if every order was delivered exactly once with the right number o
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import TextIO
 
 from .app import create_app
 from .cli import default_marketplaces
@@ -26,6 +24,7 @@ from .logs import configure_logging
 from .plugins import discover
 from .reference.softstore import SoftStoreMarketplace
 from .serving import serve
+from .text_table import Column, render_table
 
 PRODUCTS = {
     "win11-pro": {"pattern": "XXXXX-XXXXX-XXXXX-XXXXX-XXXXX"},
@@ -49,8 +48,25 @@ class Row:
         return self.accepted == 1 and self.keys == self.quantity
 
 
-async def run_demo(orders: int = 6, console: Console | None = None, deadline_s: float = 60.0) -> int:
-    console = console or Console()
+def _is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _colour(text: str, code: str, stream: TextIO) -> str:
+    """``text`` in an ANSI colour on a terminal (unless $NO_COLOR is set), as is anywhere else."""
+    if not _is_terminal(stream) or os.environ.get("NO_COLOR"):
+        return text
+    return f"\x1b[{code}m{text}\x1b[0m"
+
+
+def _say(stream: TextIO, text: str) -> None:
+    print(text, file=stream, flush=True)
+
+
+async def run_demo(orders: int = 6, stream: TextIO | None = None, deadline_s: float = 60.0) -> int:
+    """Run the demo, writing to ``stream`` (default: stdout); 0 if every order was delivered exactly once."""
+    stream = stream or sys.stdout
     configure_logging("console", "error", stream=sys.stderr)  # the table is the output; errors still show
     api_key = secrets.token_hex(20)
     market = SoftStoreMarketplace(api_key=api_key)
@@ -72,16 +88,16 @@ async def run_demo(orders: int = 6, console: Console | None = None, deadline_s: 
             app = create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()))
             async with serve(app) as daemon_server:
                 market.seller_url = f"{daemon_server.url}/webhooks/demo"
-                console.print(f"reference marketplace at {market_server.url}, daemon at {daemon_server.url}")
+                _say(stream, f"reference marketplace at {market_server.url}, daemon at {daemon_server.url}")
                 market.faults.fail_next_deliveries(1, status=503)  # one retry, to show the machinery
                 rows = await _place(market, orders)
-                await _follow(market, rows, console, deadline_s)
-    _table(rows, console)
+                await _follow(market, rows, stream, deadline_s)
+    _say(stream, _table(rows))
     bad = [row for row in rows if not row.ok]
     if bad:
-        console.print(f"[red]{len(bad)} of {len(rows)} orders were not delivered exactly once[/red]")
+        _say(stream, _colour(f"{len(bad)} of {len(rows)} orders were not delivered exactly once", "31", stream))
         return 1
-    console.print(f"[green]all {len(rows)} orders delivered exactly once[/green]")
+    _say(stream, _colour(f"all {len(rows)} orders delivered exactly once", "32", stream))
     return 0
 
 
@@ -107,30 +123,60 @@ def _refresh(market: SoftStoreMarketplace, row: Row) -> None:
         row.latency_ms = (accepted[0].at - row.placed_at) * 1000
 
 
-async def _follow(market: SoftStoreMarketplace, rows: list[Row], console: Console, deadline_s: float) -> None:
-    columns = (TextColumn("delivering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("orders", total=len(rows))
-        deadline = time.monotonic() + deadline_s
+class _Progress:
+    """"delivering 3/6 after 0.8 s": on a terminal one line rewritten in place and erased at the end; elsewhere
+    (a pipe, a log file) a line each time the count of delivered orders changes."""
+
+    def __init__(self, stream: TextIO, total: int) -> None:
+        self.stream, self.total = stream, total
+        self.terminal = _is_terminal(stream)
+        self.started = time.monotonic()
+        self.done: int | None = None
+        self.shown = ""
+
+    def update(self, done: int) -> None:
+        if done == self.done and not self.terminal:
+            return
+        self.done = done
+        text = f"delivering {done}/{self.total} after {time.monotonic() - self.started:.1f} s"
+        if self.terminal:
+            self.stream.write("\r" + text.ljust(len(self.shown)))
+            self.stream.flush()
+            self.shown = text
+        else:
+            _say(self.stream, text)
+
+    def close(self) -> None:
+        if self.terminal and self.shown:
+            self.stream.write("\r" + " " * len(self.shown) + "\r")
+            self.stream.flush()
+
+
+async def _follow(market: SoftStoreMarketplace, rows: list[Row], stream: TextIO, deadline_s: float) -> None:
+    progress = _Progress(stream, len(rows))
+    deadline = time.monotonic() + deadline_s
+    try:
         while time.monotonic() < deadline:
             for row in rows:
                 _refresh(market, row)
             done = sum(1 for row in rows if row.accepted)
-            progress.update(task, completed=done)
+            progress.update(done)
             if done == len(rows):
                 break
             await asyncio.sleep(0.05)
+    finally:
+        progress.close()
     await asyncio.sleep(0.3)  # a late duplicate delivery would show up in this window
     for row in rows:
         _refresh(market, row)
 
 
-def _table(rows: list[Row], console: Console) -> None:
-    table = Table(title="delivery-daemon demo")
-    for column in ("order", "product", "quantity", "keys", "latency", "result"):
-        table.add_column(column, justify="right" if column in ("quantity", "keys", "latency") else "left")
-    for row in rows:
-        latency = f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-"
-        result = "[green]delivered once[/green]" if row.ok else f"[red]accepted {row.accepted}x[/red]"
-        table.add_row(row.order_id[:12] + "…", row.product, str(row.quantity), str(row.keys), latency, result)
-    console.print(table)
+def _table(rows: list[Row]) -> str:
+    """The demo's result table; order ids are abbreviated (the demo's marketplace is gone when it is printed)."""
+    columns = [Column(name, "right" if name in ("quantity", "keys", "latency") else "left")
+               for name in ("order", "product", "quantity", "keys", "latency", "result")]
+    return render_table(columns, [
+        (row.order_id[:12] + "…", row.product, row.quantity, row.keys,
+         f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-",
+         "delivered once" if row.ok else f"accepted {row.accepted}x")
+        for row in rows], title="delivery-daemon demo")

@@ -15,14 +15,12 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from .clock import SystemClock
 from .models import Attempt, Job, JobState
 from .operator_db import add_database_options, open_cipher, open_engine
 from .order import Content
 from .orders import ActionRefused, AmbiguousOrder, OrderFilter, OrderNotFound, Orders, redelivery_note
+from .text_table import Column, render_table
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -72,11 +70,6 @@ def _orders(args: argparse.Namespace) -> Orders:
     return Orders(open_engine(args), SystemClock())
 
 
-def _console() -> Console:
-    # A pipe gets wide lines rather than rich's default 80 columns, so ids are never cut for grep.
-    return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 200)
-
-
 def _say(message: str, *, error: bool = False) -> None:
     print(message, file=sys.stderr if error else sys.stdout)
 
@@ -96,14 +89,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not jobs:
         _say("no orders match")
         return 0
-    table = Table(title=f"orders (newest first, at most {args.limit})")
-    for column in ("job", "store", "order", "product", "qty", "state", "tries", "created", "last error"):
-        table.add_column(column, justify="right" if column in ("job", "qty", "tries") else "left",
-                         overflow="fold" if column == "order" else "ellipsis")
-    for job in jobs:
-        table.add_row(str(job.id), job.store, job.order_id, job.product_id, str(job.quantity or "-"), job.state,
-                      str(job.attempts), iso(job.created_at), (job.last_error or "")[:60])
-    _console().print(table)
+    # Nothing is cut but the error, so an order id can be grepped from a terminal and a pipe alike.
+    columns = [Column(name, "right" if name in ("job", "qty", "tries") else "left")
+               for name in ("job", "store", "order", "product", "qty", "state", "tries", "created", "last error")]
+    rows = [(job.id, job.store, job.order_id, job.product_id, job.quantity or "-", job.state, job.attempts,
+             iso(job.created_at), (job.last_error or "")[:60]) for job in jobs]
+    print(render_table(columns, rows, title=f"orders (newest first, at most {args.limit})"))
     return 0
 
 
@@ -119,29 +110,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({**job_document(job, reveal=args.reveal), "history": [attempt_document(a) for a in history]})
         return 0
-    console = _console()
-    summary = Table.grid(padding=(0, 2))
-    for key, value in job_document(job).items():
-        summary.add_row(key, "" if value is None else str(value))
-    console.print(summary)
-    table = Table(title="history")
-    for column in ("time", "step", "outcome", "state", "http", "ms", "error"):
-        table.add_column(column)
-    for attempt in history:
-        duration = f"{attempt.duration_ms:.0f}" if attempt.duration_ms is not None else ""
-        table.add_row(iso(attempt.at), attempt.step, attempt.outcome, attempt.state,
-                      str(attempt.http_status or ""), duration, attempt.error or "")
-    console.print(table)
+    print(render_table(("key", "value"), job_document(job).items(), show_header=False))
+    history_rows = [(iso(attempt.at), attempt.step, attempt.outcome, attempt.state, attempt.http_status or "",
+                     f"{attempt.duration_ms:.0f}" if attempt.duration_ms is not None else "", attempt.error)
+                    for attempt in history]
+    print()
+    print(render_table(("time", "step", "outcome", "state", "http", "ms", "error"), history_rows, title="history"))
     if job.content is None:
-        console.print("delivered content: none stored" + (" (purged)" if job.state == "delivered" else ""))
+        print("delivered content: none stored" + (" (purged)" if job.state == "delivered" else ""))
     elif args.reveal:
         content = Content.from_json(job.content)
-        console.print("delivered content:", markup=False)
-        console.print(content.text, markup=False)
+        print("delivered content:")
+        print(content.text)
         if content.download:
-            console.print(f"download: {content.download}", markup=False)
+            print(f"download: {content.download}")
     else:
-        console.print("delivered content: stored, hidden (add --reveal to print it)")
+        print("delivered content: stored, hidden (add --reveal to print it)")
     return 0
 
 
