@@ -198,14 +198,17 @@ def test_restart_on_an_up_to_date_database_does_not_import_alembic(tmp_path: Pat
 
 
 def _schema(engine: Engine) -> dict[str, object]:
-    """Every table's columns, primary key, indexes, unique constraints and foreign keys, as SQLAlchemy reads them."""
+    """Every table's columns (with defaults), primary key, indexes, unique, check and foreign-key constraints, as
+    SQLAlchemy reads them."""
     found: dict[str, object] = {}
     inspector = inspect(engine)
     for table in sorted(inspector.get_table_names()):
         found[table] = {
             # Sorted: a column a later migration adds comes last there, which nothing depends on (every statement
             # names its columns).
-            "columns": sorted((c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)),
+            "columns": sorted((c["name"], str(c["type"]), c["nullable"], str(c["default"]))
+                              for c in inspector.get_columns(table)),
+            "checks": sorted(str(c["sqltext"]) for c in inspector.get_check_constraints(table)),
             "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
             "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]))
                               for i in inspector.get_indexes(table)),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -77,7 +78,7 @@ async def test_connections_are_kept_alive(server: RunningServer, client: httpx.A
 
 
 async def test_redirects_are_answers(server: RunningServer) -> None:
-    """A 3xx comes back as the answer; nothing follows its Location, even with httpx asked to follow."""
+    """A 3xx comes back as the answer: the transport itself never follows its Location."""
     async with httpx.AsyncClient(transport=AiohttpTransport(), follow_redirects=False) as http:
         response = await http.get(f"{server.url}/moved")
     assert response.status_code == 302
@@ -92,10 +93,10 @@ async def test_body_is_decoded_once(server: RunningServer, client: httpx.AsyncCl
 
 async def test_refused_connection_is_a_connect_error(client: httpx.AsyncClient) -> None:
     """Connection refused is httpx.ConnectError (a connection error in the history, not a timeout)."""
-    async with serve(echo_app()) as running:
-        url = running.url
-    with pytest.raises(httpx.ConnectError) as caught:
-        await client.get(f"{url}/x")
+    with socket.socket() as bound:  # bound, never listening: connecting is refused, and no one else gets the port
+        bound.bind(("127.0.0.1", 0))
+        with pytest.raises(httpx.ConnectError) as caught:
+            await client.get(f"http://127.0.0.1:{bound.getsockname()[1]}/x")
     assert transport_retry(caught.value).reason == "connection error (ConnectError)"
 
 
@@ -155,10 +156,16 @@ async def test_garbage_answer_is_a_protocol_error(client: httpx.AsyncClient) -> 
 
 
 async def test_close_releases_the_connector(server: RunningServer) -> None:
-    """aclose() closes aiohttp's session (no 'Unclosed client session'); a closed transport can open a new one."""
+    """aclose() closes aiohttp's session and forgets it: a transport used again opens a new one."""
     transport = AiohttpTransport()
     async with httpx.AsyncClient(transport=transport) as http:
         await http.get(f"{server.url}/x")
         session = transport._session
         assert session is not None
     assert session.closed and transport._session is None
+    try:
+        response = await transport.handle_async_request(httpx.Request("GET", f"{server.url}/x"))
+        await response.aread()
+        assert response.status_code == 200 and transport._session not in (None, session)
+    finally:
+        await transport.aclose()
