@@ -90,7 +90,7 @@ async def main(kind: str, spec: dict[str, Any]) -> None:
         app = baseline_app() if kind == "baseline" else daemon_app(spec)
     options: dict[str, Any] = dict(UVICORN)
     if market is None:  # the daemon and the baseline: the protocol delivery-daemon serve uses (runner._server)
-        options["http"] = header_deadline_protocol(10.0)
+        options["http"] = header_deadline_protocol(10.0)  # server.header_timeout's default
     async with serve(app, "127.0.0.1", int(spec.get("port", 0)), **options) as running:
         if market is not None:
             market.bind(running.url)

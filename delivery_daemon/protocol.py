@@ -54,9 +54,13 @@ class HeaderDeadline:
         super().data_received(data)  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
-        # Armed before the base class runs, which may start a pipelined request at once (a new cycle: disarmed).
+        # Armed before the base class runs, which may start a pipelined request at once. h11 then makes a new
+        # cycle (which _expired ignores); httptools made the pipelined request's cycle when its headers arrived,
+        # so that cycle is the one watched: a cycle being answered has its headers, so the deadline is off.
         self._arm()
         super().on_response_complete()  # type: ignore[misc]
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -107,7 +107,7 @@ def _queue_error(exc: SQLAlchemyError) -> QueueError:
 class _LeasedChange:
     """One :meth:`JobQueue._update_leased` call, as an item of a merged run (:meth:`JobQueue._update_leased_many`)."""
 
-    job: Job
+    job_id: int
     owner: str
     values: dict[str, Any]
     changes: Sequence[Transition]
@@ -180,7 +180,6 @@ class JobQueue:
         self._leased_updates: dict[tuple[tuple[str, ...], bool], Any] = {}
         self._leased_merges: dict[tuple[tuple[str, ...], bool], Merge] = {}
         self._claim_statements: dict[int, Any] = {}
-        self._claim_merges: dict[tuple[str, float], Merge] = {}
 
     def _seal(self, store: str, order_id: str, column: str, value: str) -> str:
         return value if self.cipher is None else self.cipher.seal(value, f"{store}/{order_id}/{column}")
@@ -311,29 +310,11 @@ class JobQueue:
             .returning(*JOBS.c)
         )
 
-    def _claim_many(self, lease: tuple[str, float], conn: Connection, limits: list[int]) -> list[list[Job]]:
-        """Claims of one owner and lease waiting together, as one claim of their sum: the oldest due jobs are
-        dealt out in order (the first claim gets the oldest ``limits[0]``), as if each had run in turn."""
-        jobs = self._claim(conn, lease[0], lease[1], sum(limits))
-        dealt, start = [], 0
-        for limit in limits:
-            dealt.append(jobs[start:start + limit])
-            start += limit
-        return dealt
-
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
-        """Lease up to ``limit`` due jobs to ``owner`` in one statement, oldest due first.
-
-        Claims of the same owner and lease waiting together are merged into one (a worker whose slots free up
-        one by one claims one job each time; one statement and no savepoint each: :meth:`_claim_many`)."""
+        """Lease up to ``limit`` due jobs to ``owner`` in one statement, oldest due first."""
         if limit <= 0:
             return []
-        lease = (owner, lease_seconds)
-        merge = self._claim_merges.get(lease)
-        if merge is None:
-            merge = self._claim_merges[lease] = functools.partial(self._claim_many, lease)
-        return await self._submit(lambda conn: self._claim(conn, owner, lease_seconds, limit), write=True,
-                                  merge=merge, item=limit)
+        return await self._run(self._claim, owner, lease_seconds, limit)
 
     def _release_expired(self, conn: Connection) -> int:
         now = self.clock.now()
@@ -431,24 +412,24 @@ class JobQueue:
         """
         now = self.clock.now()
         result = conn.execute(self._leased_update(shape[0], shape[1]), [
-            {**item.values, "updated_at": now, "b_id": item.job.id, "b_owner": item.owner} for item in items])
+            {**item.values, "updated_at": now, "b_id": item.job_id, "b_owner": item.owner} for item in items])
         if result.rowcount != len(items):
             raise LeaseLost(f"{len(items) - result.rowcount} of {len(items)} jobs are no longer leased")
         conn.execute(_INSERT_ATTEMPT, [
-            _attempt_row(item.job.id, change, now) for item in items for change in item.changes
-            if item.job.id is not None])
+            _attempt_row(item.job_id, change, now) for item in items for change in item.changes])
         return [None] * len(items)
 
     async def _leased(self, job: Job, owner: str, values: dict[str, Any], changes: Sequence[Transition],
                       count_attempt: bool = False) -> None:
         """``_update_leased`` on the database thread; calls of one shape waiting together are merged (profile:
         a savepoint, an UPDATE and an INSERT per call were most of the worker's database time)."""
+        assert job.id is not None, "a leased job has been stored"
         shape = (tuple(sorted({*values, "updated_at"})), count_attempt)
         merge = self._leased_merges.get(shape)
         if merge is None:  # one merge callable per shape: the committer merges only calls with the same one
             merge = self._leased_merges[shape] = functools.partial(self._update_leased_many, shape)
         await self._submit(lambda conn: self._update_leased(conn, job, owner, values, changes, count_attempt),
-                           write=True, merge=merge, item=_LeasedChange(job, owner, values, changes))
+                           write=True, merge=merge, item=_LeasedChange(job.id, owner, values, changes))
 
     async def save_verification(self, job: Job, owner: str, quantity: int, buyer_email: str | None,
                                 duration_ms: float) -> None:

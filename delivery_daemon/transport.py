@@ -11,7 +11,10 @@ Contract, as any httpx transport:
 * the request is sent as httpx built it (URL already percent-encoded, headers, bytes); redirects are never
   followed and bodies are not decompressed here (httpx decodes them);
 * httpx's timeouts apply: ``pool`` to getting a connection, ``connect`` to opening one, ``read`` between reads
-  (aiohttp has no write timeout; our request bodies are small);
+  (aiohttp has no write timeout; our request bodies are small). A wait for a pooled connection that runs out is
+  reported as ``ConnectTimeout`` (aiohttp does not tell it apart from connecting);
+* of httpx's ``Limits``, ``max_connections`` and ``keepalive_expiry`` apply; ``max_keepalive_connections`` does not
+  (aiohttp keeps every idle connection until it expires);
 * aiohttp's failures become httpx's (:func:`translate`): a refused connection or a DNS failure is a
   ``ConnectError``, a timeout a ``ConnectTimeout``/``ReadTimeout``, a dropped or malformed answer a
   ``RemoteProtocolError``/``ReadError``. The messages name the failure, never the URL (it may hold a token).
@@ -53,6 +56,8 @@ def translate(request: httpx.Request) -> Iterator[None]:
         raise httpx.RemoteProtocolError("server disconnected without a complete answer", request=request) from None
     except aiohttp.ClientResponseError as exc:  # an answer that is not HTTP/1.1
         raise httpx.RemoteProtocolError(f"malformed answer ({type(exc).__name__})", request=request) from None
+    except aiohttp.ClientConnectionResetError:  # e.g. a kept-alive connection the server had closed
+        raise httpx.ReadError("connection reset by the server", request=request) from None
     except aiohttp.ClientPayloadError:
         raise httpx.ReadError("the answer's body was cut off", request=request) from None
     except aiohttp.ClientOSError as exc:

@@ -71,7 +71,9 @@ class Observers:
 
 
 class _Slot:
-    """One of the worker's ``concurrency`` slots, held by a job from its claim until its outcome is known."""
+    """One of the worker's ``concurrency`` slots, held by a job from its claim until its outcome is known. The job's
+    task lives on until its last commit, so up to about twice ``concurrency`` tasks may exist; ``concurrency``
+    bounds the jobs being verified, generated and delivered."""
 
     def __init__(self, worker: Worker) -> None:
         worker._busy += 1

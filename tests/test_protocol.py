@@ -90,6 +90,17 @@ async def test_requests_whose_headers_arrive_in_time_are_not_cut(parser: str) ->
     assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 200 ")
 
 
+async def test_pipelined_request_running_past_the_deadline_is_not_cut(parser: str) -> None:
+    """A request pipelined behind another (its headers sent at once) is answered even when its handler outlasts
+    the deadline that re-arms after the first response."""
+    async with connection(parser) as (reader, writer):
+        writer.write(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        first = await asyncio.wait_for(reader.readuntil(b'{"ok":true}'), 30)
+        second = await asyncio.wait_for(reader.readuntil(b'{"ok":true}'), 30)
+    assert first.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 200 " in second
+
+
 async def test_unfinished_next_request_on_a_kept_alive_connection_gets_408(parser: str) -> None:
     """After a response, the next request's headers have the same deadline (not only the first request's)."""
     async with connection(parser) as (reader, writer):

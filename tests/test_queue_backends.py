@@ -55,25 +55,6 @@ async def test_concurrent_claims_never_overlap(queues: Callable[[], JobQueue]) -
     assert len(set(flat)) == 60
 
 
-async def test_claims_waiting_together_are_dealt_the_oldest_jobs_in_turn(queues: Callable[[], JobQueue]) -> None:
-    """Claims submitted together run as one statement; each gets its own jobs, the first claim the oldest."""
-    queue = queues()
-    clock = queue.clock
-    assert isinstance(clock, ManualClock)
-    for n in range(12):
-        await queue.enqueue(order(n))
-        clock.advance(1)  # due one after another: o0 is the oldest
-    merged = queue.committer.stats.merged
-    claims = await asyncio.gather(*(queue.claim("w1", 30, 2) for _ in range(5)))
-    assert queue.committer.stats.merged > merged
-    flat = [job.order_id for claim in claims for job in claim]
-    assert len(flat) == len(set(flat)) == 10
-    assert all(len(claim) == 2 for claim in claims)
-    assert sorted(flat, key=lambda o: int(o[1:])) == [f"o{n}" for n in range(10)]
-    assert [job.order_id for job in claims[0]] == ["o0", "o1"]  # the first submitted got the oldest
-    assert [job.order_id for job in await queue.claim("w1", 30, 5)] == ["o10", "o11"]
-
-
 async def test_same_order_on_two_replicas_is_one_job(queues: Callable[[], JobQueue]) -> None:
     """A webhook resent to another replica is counted, not queued twice."""
     a, b = queues(), queues()
