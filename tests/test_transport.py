@@ -129,29 +129,21 @@ async def test_dropped_connection_is_a_protocol_error(client: httpx.AsyncClient)
     assert "secret-token" not in str(caught.value)
 
 
-async def test_cut_off_body_is_a_read_error(client: httpx.AsyncClient) -> None:
-    """An answer shorter than its Content-Length raises httpx.ReadError when the body is read."""
-    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+@pytest.mark.parametrize(("answer", "error"), [
+    (b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial":', httpx.ReadError),
+    (b"SMTP ready\r\n\r\n", httpx.RemoteProtocolError),
+], ids=["cut-off-body", "not-http"])
+async def test_broken_answers_raise_httpx_errors(client: httpx.AsyncClient, answer: bytes,
+                                                 error: type[httpx.TransportError]) -> None:
+    """An answer shorter than its Content-Length is httpx.ReadError; one that is not HTTP, RemoteProtocolError."""
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial\":")
+        writer.write(answer)
         await writer.drain()
         writer.close()
 
-    async with raw_server(short) as url:
-        with pytest.raises(httpx.ReadError):
-            await client.get(f"{url}/x")
-
-
-async def test_garbage_answer_is_a_protocol_error(client: httpx.AsyncClient) -> None:
-    """An answer that is not HTTP raises httpx.RemoteProtocolError."""
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"SMTP ready\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    async with raw_server(garbage) as url:
-        with pytest.raises(httpx.RemoteProtocolError):
+    async with raw_server(reply) as url:
+        with pytest.raises(error):
             await client.get(f"{url}/x")
 
 
