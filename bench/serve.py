@@ -81,7 +81,7 @@ def market_app(spec: dict[str, Any]) -> tuple[Starlette, Any]:
 
 async def main(kind: str, spec: dict[str, Any]) -> None:
     from delivery_daemon.protocol import header_deadline_protocol
-    from delivery_daemon.serving import serve
+    from delivery_daemon.serving import serve, settle_heap
 
     market = None
     if kind == "market":
@@ -94,6 +94,7 @@ async def main(kind: str, spec: dict[str, Any]) -> None:
     async with serve(app, "127.0.0.1", int(spec.get("port", 0)), **options) as running:
         if market is not None:
             market.bind(running.url)
+        settle_heap()  # as delivery-daemon serve does once it has started (runner.Runner._announce)
         print(f"READY {running.port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -37,7 +37,7 @@ from .marketplace import MarketplaceType
 from .metrics import create_admin_app
 from .netguard import NetPolicy
 from .protocol import header_deadline_protocol
-from .serving import bind_socket
+from .serving import bind_socket, settle_heap
 from .stores import Store, build_stores
 
 log = structlog.get_logger("delivery_daemon.runner")
@@ -82,6 +82,7 @@ class Runner:
         self.daemon: Daemon = self.app.state.daemon
         self._servers: list[_Server] = []
         self._background: set[asyncio.Task[bool]] = set()
+        self._settled = False  # settle_heap() ran: once serving, and again after each reload
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if the daemon could not start."""
@@ -125,8 +126,10 @@ class Runner:
                 return
             await asyncio.sleep(0.01)
         urls = [f"http://{_host(sock)}:{sock.getsockname()[1]}" for sock in sockets]
+        self._settled = True
+        frozen = settle_heap()
         log.info("daemon.started", version=__version__, pid=os.getpid(), webhooks=f"{urls[0]}/webhooks/<store>",
-                 metrics=f"{urls[-1]}/metrics", stores=sorted(self.daemon.stores))
+                 metrics=f"{urls[-1]}/metrics", stores=sorted(self.daemon.stores), heap_frozen=frozen)
         if self.settings.status.enabled and len(urls) > 1:
             from .status import MOUNT_PATH
 
@@ -170,6 +173,8 @@ class Runner:
         restart = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(self.settings, name)]
         log.info("config.reloaded", stores=sorted(stores), restart_needed=restart)
         await _close_when_done(old_stores, in_flight)
+        if self._settled:
+            settle_heap()
         return True
 
 

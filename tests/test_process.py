@@ -144,6 +144,16 @@ async def wait_delivery_posted(market: SoftStoreMarketplace, order_id: str) -> N
     await until(lambda: bool(market.deliveries(order_id)))
 
 
+async def test_serve_freezes_its_start_up_heap(market: SoftStoreMarketplace, tmp_path: Path) -> None:
+    """Once serving, the start-up heap (imports, app, config) is frozen out of the collector's full passes."""
+    daemon = await start_daemon(write_config(tmp_path / "c.yaml", market.api_base, db=tmp_path / "d.db"))
+    try:
+        started = await daemon.wait_for("daemon.started")
+        assert started["heap_frozen"] > 10_000  # SQLAlchemy, Starlette, pydantic models: ~10^5 objects
+    finally:
+        assert await daemon.stop() == 0
+
+
 async def test_sigterm_lets_inflight_delivery_finish(market: SoftStoreMarketplace, tmp_path: Path) -> None:
     """SIGTERM while a delivery is in flight: it completes within the grace period, the process exits 0."""
     db = tmp_path / "d.db"
