@@ -1,4 +1,5 @@
-"""The adapter seam's helpers: ``same_origin``'s unparsed fast path agrees with parsing the URL."""
+"""The adapter seam's helpers: ``same_origin``'s unparsed fast path agrees with parsing the URL; ``ApiClient.call``
+sends what ``request`` would, straight through the (pinned) transport."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from delivery_daemon.marketplace import same_origin
+from delivery_daemon.marketplace import ApiClient, PinnedOrigin, same_origin
+from delivery_daemon.netguard import BlockedDestination
 
 BASES = ["http://127.0.0.1:8000/api/v1", "https://api.example.com/api", "https://API.example.com:443/v2",
          "http://[::1]:9/a"]
@@ -49,3 +51,41 @@ def test_fast_path_agrees_with_parsing(base: str, suffix: str) -> None:
     prefix = str(httpx.URL(base).copy_with(path="/", query=None, fragment=None))
     url = prefix + suffix
     assert same_origin(url, base) == parsed_same_origin(url, base)
+
+
+def _client(seen: list[httpx.Request], base: str = "http://127.0.0.1:8000/api/v1") -> ApiClient:
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"ok": True}, headers={"Set-Cookie": "session=abc; Path=/"})
+
+    return ApiClient(transport=PinnedOrigin(httpx.MockTransport(answer), base), base_url=base, timeout=7.5,
+                     headers={"User-Agent": "delivery-daemon"})
+
+
+async def test_call_sends_what_request_would_with_the_body_read() -> None:
+    """A path joins the base URL, default and given headers both go, a JSON body is encoded, the timeout is the
+    client's, and the answer's body is read; no cookie from an answer is sent back."""
+    seen: list[httpx.Request] = []
+    async with _client(seen) as client:
+        first = await client.call("POST", "/orders/delivery/abc", headers={"Authorization": "Bearer t"},
+                                  json={"text": "K"})
+        await client.call("GET", "http://127.0.0.1:8000/api/v1/orders/info/1")
+        requested = await client.request("GET", "/orders/info/1")
+    assert first.json() == {"ok": True} and first.request is seen[0]
+    sent = seen[0]
+    assert str(sent.url) == "http://127.0.0.1:8000/api/v1/orders/delivery/abc"
+    assert sent.headers["User-Agent"] == "delivery-daemon" and sent.headers["Authorization"] == "Bearer t"
+    assert sent.headers["Content-Type"] == "application/json" and sent.content == b'{"text":"K"}'
+    assert sent.extensions["timeout"] == {"connect": 7.5, "read": 7.5, "write": 7.5, "pool": 7.5}
+    assert "cookie" not in seen[1].headers
+    assert (str(seen[1].url), seen[1].extensions["timeout"]) == (str(requested.request.url),
+                                                               seen[2].extensions["timeout"])
+
+
+async def test_call_keeps_the_origin_pin() -> None:
+    """A URL on another host is refused by the pinned transport before anything is sent."""
+    seen: list[httpx.Request] = []
+    async with _client(seen) as client:
+        with pytest.raises(BlockedDestination):
+            await client.call("POST", "http://evil.example/api/v1/orders/delivery/abc", json={})
+    assert seen == []

@@ -156,9 +156,8 @@ class SoftStoreAdapter:
         token = await self.tokens.get()
         for attempt in (1, 2):
             try:
-                response = await self._client.request(
-                    method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs
-                )
+                response = await self._client.call(method, url, headers={"Authorization": f"Bearer {token}"},
+                                                   **kwargs)
             except httpx.HTTPError as exc:
                 raise transport_retry(exc) from None
             except BlockedDestination as exc:  # the client is pinned to api_url's origin: config must change
