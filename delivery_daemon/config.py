@@ -61,7 +61,7 @@ class ServerSettings(_Model):
 
 
 class WorkerSettings(_Model):
-    concurrency: int = Field(default=16, ge=1, le=1024)
+    concurrency: int = Field(default=32, ge=1, le=1024)
     lease_seconds: float = Field(default=120.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     claim_batch: int = Field(default=32, ge=1)

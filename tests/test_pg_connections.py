@@ -188,7 +188,7 @@ async def test_stock_claims_and_scrapes_stay_under_the_ceiling_and_the_pool_shri
                 keys = [f"KEY-{n:04d}" for n in range(100)]
                 await asyncio.to_thread(pool.import_keys, STORE, PRODUCT, keys)
 
-                # worker.concurrency (16) orders generating at once: each stock claim borrows a pooled connection.
+                # worker.concurrency (32) orders generating at once: each stock claim borrows a pooled connection.
                 placed, scrapes = await asyncio.gather(
                     place(market, [url], 40, quantity=2),
                     asyncio.gather(*(client.get(f"{url}/metrics") for _ in range(10))))
