@@ -1,17 +1,20 @@
 """Growth: does taking an order in, and claiming it, get slower as the database fills up?
 
-One database is filled step by step to each size (delivered jobs with one attempt each, bulk-inserted with
-``executemany`` in one transaction: the shape of a daemon's history), and at each size the same work is timed
+A database per size is filled (delivered jobs with one attempt each, bulk-inserted with ``executemany``: the shape
+of a daemon's history, then written out to disk), and at each size the same work is timed
 through :class:`~delivery_daemon.queue.JobQueue`: ``ops`` enqueues sent 32 at a time (so group commit applies as
-in production), then claiming them all in batches of 32. It runs twice per size: with the default
-``synchronous=FULL`` (what the daemon pays) and with ``synchronous=OFF`` (the SQL and index cost alone, which an
-fsync of several ms would otherwise hide). Each figure is compared with the smallest size of the same run.
+in production), then claiming them all in batches of 32; the measured jobs are deleted afterwards, so every
+repeat sees the same size. It runs with the default ``synchronous=FULL`` (what the daemon pays) and with
+``synchronous=OFF`` (the SQL and index cost alone, which an fsync of several ms would otherwise hide); each repeat
+measures every size and mode in turn, and the figure is the median of the repeats. Each figure is compared with
+the smallest size of the same run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import statistics
 import time
@@ -50,6 +53,10 @@ def fill(path: Path, start: int, stop: int, chunk: int = 100_000) -> None:
                     "VALUES (?, ?, 'deliver', 'delivered', 'delivered', 200, 3.0)",
                     ((base + i + 1, now) for i in range(low, high)),
                 )
+        # Set-up, not measured: the fill's pages go to disk now rather than during the measured commits. With
+        # them still dirty, each fsync of the measured commits also waited for the filesystem's writeback of
+        # hundreds of MB (the 10^6 row then looked ~1.5x slower with FULL and within the noise with OFF).
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
 
@@ -76,27 +83,51 @@ async def _measure(url: str, synchronous: str, ops: int, tag: str) -> dict[str, 
     finally:
         queue.close()
         engine.dispose()
+    _forget(url, tag)
     return {"enqueue_ms": enqueue_s / ops * 1000, "claim_ms": claim_s / max(1, claimed) * 1000}
 
 
-def growth(workdir: Path, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000), ops: int = 320,
-           repeats: int = 3) -> dict[str, Any]:
-    """Per-operation enqueue and claim cost at each database size, and the ratio to the smallest size."""
-    path = workdir / "growth.db"
-    url = f"sqlite:///{path}"
-    create_schema(create_db_engine(url))
-    rows: list[dict[str, Any]] = []
-    filled = 0
+def _forget(url: str, tag: str) -> None:
+    """Delete the jobs (and attempts) one measurement added, so that each size is measured at that size."""
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+    try:
+        with conn:
+            ids = "SELECT id FROM jobs WHERE store = 'bench' AND order_id LIKE ?"
+            conn.execute(f"DELETE FROM attempts WHERE job_id IN ({ids})", (f"{tag}-%",))
+            conn.execute("DELETE FROM jobs WHERE store = 'bench' AND order_id LIKE ?", (f"{tag}-%",))
+    finally:
+        conn.close()
+
+
+def growth(workdir: Path, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000), ops: int = 3_200,
+           repeats: int = 9) -> dict[str, Any]:
+    """Per-operation enqueue and claim cost at each database size, and the ratio to the smallest size.
+
+    One database per size, all filled first; then every repeat measures each size in turn. Measuring one size
+    after the other confounded size with time: on this shared machine a minute can be 1.5x slower than the next,
+    and single runs showed 10^6 rows at 0.63x and at 1.55x of 10^3.
+    """
+    urls: dict[int, str] = {}
+    fills: dict[int, float] = {}
     for size in sizes:
+        path = workdir / f"growth-{size}.db"
+        urls[size] = f"sqlite:///{path}"
+        create_schema(create_db_engine(urls[size]))
         fill_started = time.perf_counter()
-        fill(path, filled, size)
-        filled = size
-        row: dict[str, Any] = {"rows": size, "fill_s": time.perf_counter() - fill_started}
+        fill(path, 0, size)
+        fills[size] = time.perf_counter() - fill_started
+    os.sync()
+    samples: dict[tuple[int, str], list[dict[str, float]]] = {
+        (size, synchronous): [] for size in sizes for synchronous in ("FULL", "OFF")}
+    for r in range(repeats):
+        for (size, synchronous), taken in samples.items():
+            taken.append(asyncio.run(_measure(urls[size], synchronous, ops, f"{size}-{synchronous}-{r}")))
+    rows: list[dict[str, Any]] = []
+    for size in sizes:
+        row: dict[str, Any] = {"rows": size, "fill_s": fills[size]}
         for synchronous in ("FULL", "OFF"):
-            samples = [asyncio.run(_measure(url, synchronous, ops, f"{size}-{synchronous}-{r}"))
-                       for r in range(repeats)]
             for key in ("enqueue_ms", "claim_ms"):
-                row[f"{key}_{synchronous.lower()}"] = statistics.median(s[key] for s in samples)
+                row[f"{key}_{synchronous.lower()}"] = statistics.median(s[key] for s in samples[size, synchronous])
         rows.append(row)
     first = rows[0]
     for row in rows:
