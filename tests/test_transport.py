@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import json
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -126,6 +127,23 @@ async def test_dropped_connection_is_a_protocol_error(client: httpx.AsyncClient)
     async with raw_server(hang_up) as url:
         with pytest.raises(httpx.RemoteProtocolError) as caught:
             await client.get(f"{url}/delivery/secret-token")
+    assert "secret-token" not in str(caught.value)
+
+
+async def test_reset_connection_is_a_connection_error(client: httpx.AsyncClient) -> None:
+    """A server that resets the connection (RST) instead of answering raises an httpx transport error that the
+    delivery history calls a connection error, never a timeout, with no URL in the message."""
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() sends RST
+        writer.transport.abort()
+
+    async with raw_server(reset) as url:
+        with pytest.raises(httpx.TransportError) as caught:
+            await client.post(f"{url}/delivery/secret-token", json={"text": "K"})
+    assert not isinstance(caught.value, httpx.TimeoutException)
+    assert transport_retry(caught.value).reason.startswith("connection error (")
     assert "secret-token" not in str(caught.value)
 
 
