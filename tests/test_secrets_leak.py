@@ -36,7 +36,7 @@ from delivery_daemon.reference import sellix, shoppy, stripe_store
 from delivery_daemon.reference.sender import WebhookSender
 from delivery_daemon.reference.standard_webhooks import StandardWebhooksSender, new_secret
 from delivery_daemon.serving import serve
-from tests.conftest import PRODUCT, Stack
+from tests.conftest import PRODUCT, STORE, Stack
 from tests.multistore import Multi, multi_stack
 from tests.status_helpers import PASSWORD, TOKEN, status_page
 
@@ -353,6 +353,26 @@ async def test_a_delivery_token_reaching_a_log_call_by_mistake_is_redacted(stack
                                          url=f"{stack.market.api_base}/orders/delivery/{placed.token}")
     logs = stack.logs.getvalue()
     assert '"planted"' in logs and placed.token not in logs and REDACTED in logs
+
+
+def test_delivery_url_with_a_short_last_segment_is_registered_whole(stack: Stack) -> None:
+    """SoftStore registers a delivery URL's last segment (which scrubs the URL holding it); when that segment is
+    too short to be registered, the whole URL is, so the URL is still scrubbed."""
+    import structlog
+
+    from delivery_daemon.marketplaces.softstore import SoftStoreAdapter
+
+    adapter = stack.daemon.stores[STORE].marketplace
+    assert isinstance(adapter, SoftStoreAdapter)
+    long_url = f"{stack.market.api_base}/orders/delivery/{'a1' * 16}"
+    short_url = f"{stack.market.api_base}/orders/delivery/shorttok"
+    adapter.remember_token({"token": None}, long_url)
+    adapter.remember_token({"token": None}, short_url)
+    assert "a1" * 16 in adapter.secrets() and long_url not in adapter.secrets()
+    assert short_url in adapter.secrets()
+    structlog.get_logger("test").warning("planted", first=long_url, second=short_url)
+    logs = stack.logs.getvalue()
+    assert '"planted"' in logs and "a1" * 16 not in logs and short_url not in logs
 
 
 async def test_secret_plugin_options_are_registered_with_the_redactor(tmp_path: Path) -> None:
