@@ -1,8 +1,8 @@
 """``python -m bench [--smoke] [--out results.json] [--only NAME ...]``: run the benchmark, print a table, write JSON.
 
 Full run: ingest (32 connections, 2 rounds of 10 s per server), end-to-end at 50 orders/s for 20 s, a 10,000-job
-drain, growth at 10^3/10^5/10^6 rows, ingest and drain on PostgreSQL with 1 and 3 replicas — about 10 minutes on a
-busy 2-core machine, plus the fill of 10^6 rows. ``--smoke`` runs everything but ``pg`` tiny (a few seconds each, for
+drain, growth at 10^3/10^5/10^6 rows, ingest and drain on PostgreSQL with 1 and 3 replicas — about 5 minutes on
+a 2-core machine, the fill of 10^6 rows included. ``--smoke`` runs everything but ``pg`` tiny (a few seconds each, for
 CI: it checks the benchmark runs and produces the table, not the figures); ``--smoke --only pg`` adds it (~1 min).
 """
 
