@@ -172,7 +172,7 @@ class ApiClient(httpx.AsyncClient):
         self._direct = transport
         self._prefix = str(self.base_url).rstrip("/")
         self._defaults = dict(headers)
-        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        self._call_timeout = httpx.Timeout(timeout).as_dict()
 
     async def call(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
                    json: Any = None) -> httpx.Response:
@@ -180,7 +180,7 @@ class ApiClient(httpx.AsyncClient):
         :meth:`request` (:class:`httpx.HTTPError`), and whatever the transport raises (e.g. BlockedDestination)."""
         target = url if "://" in url else f"{self._prefix}/{url.lstrip('/')}"
         request = httpx.Request(method, target, headers={**self._defaults, **(headers or {})}, json=json,
-                                extensions=self._extensions)
+                                extensions={"timeout": self._call_timeout})  # a dict of its own: transports may add
         response = await self._direct.handle_async_request(request)
         try:
             await response.aread()
