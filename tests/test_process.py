@@ -1,5 +1,6 @@
 """``delivery-daemon serve`` as a real process: SIGTERM during a delivery, SIGHUP with a good and a bad config,
-JSON logs from ``--log-format json``. The reference marketplace runs in the test's event loop on loopback."""
+JSON logs from ``--log-format json``, the start-up heap frozen once serving. The reference marketplace runs in the
+test's event loop on loopback."""
 
 from __future__ import annotations
 
