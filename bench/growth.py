@@ -31,27 +31,27 @@ PAYLOAD = json.dumps({"delivery_url": "https://softstore.example/api/v1/orders/d
 CONTENT = json.dumps({"text": "Thank you for your order:\nABCDE-FGHIJ-KLMNO-PQRST", "keys": ["ABCDE-FGHIJ"]})
 
 
-def fill(path: Path, start: int, stop: int, chunk: int = 100_000) -> None:
-    """Add delivered jobs ``start..stop`` (and one attempt each) with bulk inserts, one transaction per chunk."""
+def fill(path: Path, rows: int, chunk: int = 100_000) -> None:
+    """Fill a new database with ``rows`` delivered jobs (and one attempt each): bulk inserts, one transaction per
+    chunk, then written out to disk."""
     conn = sqlite3.connect(path)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=OFF")  # filling is set-up, not measured
         now = time.time() - 86_400
-        base = int(conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0])  # after measured rows
-        for low in range(start, stop, chunk):
-            high = min(stop, low + chunk)
+        for low in range(0, rows, chunk):
+            high = min(rows, low + chunk)
             with conn:
                 conn.executemany(
                     "INSERT INTO jobs (id, store, order_id, marketplace, product_id, state, payload, quantity, "
                     "content, attempts, received, due_at, created_at, updated_at, delivered_at) "
                     "VALUES (?, 'bench', ?, 'softstore', 'bench-key', 'delivered', ?, 1, ?, 1, 1, ?, ?, ?, ?)",
-                    ((base + i + 1, f"fill-{i:08d}", PAYLOAD, CONTENT, now, now, now, now) for i in range(low, high)),
+                    ((i + 1, f"fill-{i:08d}", PAYLOAD, CONTENT, now, now, now, now) for i in range(low, high)),
                 )
                 conn.executemany(
                     "INSERT INTO attempts (job_id, at, step, outcome, state, http_status, duration_ms) "
                     "VALUES (?, ?, 'deliver', 'delivered', 'delivered', 200, 3.0)",
-                    ((base + i + 1, now) for i in range(low, high)),
+                    ((i + 1, now) for i in range(low, high)),
                 )
         # Set-up, not measured: the fill's pages go to disk now rather than during the measured commits. With
         # them still dirty, each fsync of the measured commits also waited for the filesystem's writeback of
@@ -114,7 +114,7 @@ def growth(workdir: Path, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000), 
         urls[size] = f"sqlite:///{path}"
         create_schema(create_db_engine(urls[size]))
         fill_started = time.perf_counter()
-        fill(path, 0, size)
+        fill(path, size)
         fills[size] = time.perf_counter() - fill_started
     os.sync()
     samples: dict[tuple[int, str], list[dict[str, float]]] = {
