@@ -27,7 +27,7 @@ from .cipher import Cipher
 from .clock import Clock
 from .errors import DeliveryDaemonError
 from .group_commit import DEFAULT_MAX_BATCH, GroupCommitter, Merge
-from .models import FINAL, RUNNABLE, Attempt, Job, JobState
+from .models import FINAL, RUNNABLE, Attempt, Job, JobState, from_row
 from .order import IncomingOrder
 
 P = ParamSpec("P")
@@ -119,7 +119,7 @@ def _row_to_job(row: Any, cipher: Cipher | None = None) -> Job:
         for column in SEALED:
             if values.get(column) is not None:
                 values[column] = cipher.open(values[column], f"{values['store']}/{values['order_id']}/{column}")
-    return Job.model_validate(values)
+    return from_row(Job, values)
 
 
 OPERATOR_RETRYABLE = (JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value,
@@ -564,7 +564,7 @@ class JobQueue:
 
     def _history(self, conn: Connection, job_id: int) -> list[Attempt]:
         rows = conn.execute(select(ATTEMPTS).where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.id)).fetchall()
-        return [Attempt.model_validate(dict(row._mapping)) for row in rows]
+        return [from_row(Attempt, dict(row._mapping)) for row in rows]
 
     async def history(self, job_id: int) -> list[Attempt]:
         return await self._read(self._history, job_id)
