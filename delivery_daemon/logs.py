@@ -108,11 +108,24 @@ class Redactor:
         return value
 
     def rendered(self, _logger: Any, _name: str, line: Any) -> Any:
-        """The last processor: the rendered line (a str) scrubbed as a whole. The sources were asked by
-        :meth:`__call__` for this same event, so they are not asked again."""
+        """A rendered line (a str) scrubbed as a whole. The sources were asked by :meth:`__call__` for this same
+        event, so they are not asked again. Use it through :meth:`wrap`, which keeps it right after the renderer.
+        A line of bytes (a bytes renderer) is scrubbed as UTF-8; anything else is not a line and is returned as is."""
+        if isinstance(line, bytes):
+            return self.rendered(_logger, _name, line.decode("utf-8", "surrogateescape")).encode(
+                "utf-8", "surrogateescape")
         if not isinstance(line, str):
             return line
         return self.scrub(line, self._sorted if self._sorted is not None else self._all())
+
+    def wrap(self, renderer: Callable[[Any, str, Any], Any]) -> Callable[[Any, str, Any], Any]:
+        """``renderer`` and then :meth:`rendered`, as one processor (the last of the chain): a secret nested in a
+        list or dict value is only seen by a scrub of the whole line, so nothing may come between the two."""
+
+        def render_scrubbed(logger: Any, name: str, event: Any) -> Any:
+            return self.rendered(logger, name, renderer(logger, name, event))
+
+        return render_scrubbed
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         """Scrub string values for the secrets a renderer would escape (a quote, a backslash, a control or
@@ -184,8 +197,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,  # before the redactor, so a traceback's text is scrubbed too
             redactor,
-            renderer,
-            redactor.rendered,  # and the whole line once more: a secret nested in a list or dict value
+            redactor.wrap(renderer),  # and the whole line once more: a secret nested in a list or dict value
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(stream),

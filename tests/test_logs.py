@@ -48,6 +48,20 @@ def test_secret_nested_in_a_structure_is_redacted(rendered: io.StringIO) -> None
     assert SECRETS["plain"] not in rendered.getvalue()
 
 
+def test_wrapped_renderer_scrubs_what_it_renders() -> None:
+    """``wrap`` gives one processor that renders and then scrubs the line (str or bytes); other results pass."""
+    redactor = Redactor()
+    redactor.add(SECRETS["plain"])
+    render = redactor.wrap(structlog.processors.JSONRenderer())
+    line = render(None, "info", {"event": "e", "nested": {"keys": [SECRETS["plain"]]}})
+    assert SECRETS["plain"] not in line and "[redacted]" in line
+    json_renderer = structlog.processors.JSONRenderer()
+    as_bytes = redactor.wrap(lambda logger, name, event: json_renderer(logger, name, event).encode())
+    assert SECRETS["plain"].encode() not in as_bytes(None, "info", {"event": "e", "key": SECRETS["plain"]})
+    passthrough = redactor.wrap(lambda _logger, _name, event: (event["event"],))  # not a line: left alone
+    assert passthrough(None, "info", {"event": SECRETS["plain"]}) == (SECRETS["plain"],)
+
+
 def test_source_secrets_are_redacted_as_they_change() -> None:
     """A secret from a source (a refreshed JWT) is redacted from the first line after it appears."""
     stream = io.StringIO()
