@@ -68,23 +68,24 @@ async def _measure(url: str, synchronous: str, ops: int, tag: str) -> dict[str, 
         orders = [IncomingOrder(store="bench", marketplace="softstore", order_id=f"{tag}-{i}",
                                 product_id="bench-key", payload={"delivery_url": "https://x/d", "token": "t"})
                   for i in range(ops)]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for low in range(0, ops, 32):
             await asyncio.gather(*(queue.enqueue(order) for order in orders[low:low + 32]))
-        enqueue_s = time.perf_counter() - started
+        enqueue_s, enqueue_cpu = time.perf_counter() - started, time.process_time() - cpu
         claimed = 0
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         while claimed < ops:
             batch = await queue.claim(f"bench-{tag}", 60, 32)
             if not batch:
                 break
             claimed += len(batch)
-        claim_s = time.perf_counter() - started
+        claim_s, claim_cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         queue.close()
         engine.dispose()
     _forget(url, tag)
-    return {"enqueue_ms": enqueue_s / ops * 1000, "claim_ms": claim_s / max(1, claimed) * 1000}
+    return {"enqueue_ms": enqueue_s / ops * 1000, "claim_ms": claim_s / max(1, claimed) * 1000,
+            "enqueue_cpu_ms": enqueue_cpu / ops * 1000, "claim_cpu_ms": claim_cpu / max(1, claimed) * 1000}
 
 
 def _forget(url: str, tag: str) -> None:
@@ -100,7 +101,7 @@ def _forget(url: str, tag: str) -> None:
 
 
 def growth(workdir: Path, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000), ops: int = 3_200,
-           repeats: int = 9) -> dict[str, Any]:
+           repeats: int = 24) -> dict[str, Any]:
     """Per-operation enqueue and claim cost at each database size, and the ratio to the smallest size.
 
     One database per size, all filled first; then every repeat measures each size in turn. Measuring one size
@@ -119,19 +120,24 @@ def growth(workdir: Path, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000), 
     os.sync()
     samples: dict[tuple[int, str], list[dict[str, float]]] = {
         (size, synchronous): [] for size in sizes for synchronous in ("FULL", "OFF")}
+    cells = list(samples)
     for r in range(repeats):
-        for (size, synchronous), taken in samples.items():
-            taken.append(asyncio.run(_measure(urls[size], synchronous, ops, f"{size}-{synchronous}-{r}")))
+        # Each repeat starts one cell later, so that no size is always measured at the same point of a repeat
+        # (right after the previous scenario's processes, or after the biggest database's pages were read).
+        for size, synchronous in cells[r % len(cells):] + cells[:r % len(cells)]:
+            samples[size, synchronous].append(
+                asyncio.run(_measure(urls[size], synchronous, ops, f"{size}-{synchronous}-{r}")))
     rows: list[dict[str, Any]] = []
     for size in sizes:
         row: dict[str, Any] = {"rows": size, "fill_s": fills[size]}
         for synchronous in ("FULL", "OFF"):
             for key in ("enqueue_ms", "claim_ms"):
                 row[f"{key}_{synchronous.lower()}"] = statistics.median(s[key] for s in samples[size, synchronous])
+            row[f"samples_{synchronous.lower()}"] = samples[size, synchronous]  # each repeat's, in order
         rows.append(row)
     first = rows[0]
     for row in rows:
-        for key in [k for k in row if k.endswith(("_full", "_off"))]:
+        for key in [k for k in row if k.endswith(("_full", "_off")) and not k.startswith("samples_")]:
             row[f"{key}_ratio"] = row[key] / first[key] if first[key] else 0.0
     worst = max(row[key] for row in rows for key in row if key.endswith("_ratio"))
     return {"ops_per_measure": ops, "repeats": repeats, "rows": rows, "worst_ratio": worst}
