@@ -482,11 +482,9 @@ class JobQueue:
         where = and_(JOBS.c.store == store, JOBS.c.product_id == product_id)
         return await self._run(self._requeue, where, "stock_refilled", [JobState.WAITING.value])
 
-    async def retry(self, job_id: int) -> list[int]:
-        """:func:`operator_requeue` ``retry`` (the status page's button); returns ``[job_id]`` if it moved, else
-        ``[]``."""
-        moved = await self._run(operator_requeue, job_id, "retry", self.clock.now())
-        return [job_id] if moved else []
+    async def retry(self, job_id: int) -> bool:
+        """:func:`operator_requeue` ``retry`` (the status page's button); True if the job moved."""
+        return await self._run(operator_requeue, job_id, "retry", self.clock.now())
 
     def _claim_order(self, conn: Connection, store: str, order_id: str, owner: str, lease_seconds: float,
                      from_states: Sequence[str]) -> Job | None:
@@ -540,11 +538,10 @@ class JobQueue:
         ``already_cancelled``, or ``flagged`` (already delivered: ``last_error`` says why, the job stays delivered).
         """
         return await self._run(self._mark, order)
-    async def redeliver(self, job_id: int) -> list[int]:
+    async def redeliver(self, job_id: int) -> bool:
         """:func:`operator_requeue` ``redeliver``: send a delivered job's stored content again (never regenerated).
-        Returns ``[job_id]`` if it moved (only a delivered job with content does), else ``[]``."""
-        moved = await self._run(operator_requeue, job_id, "redeliver", self.clock.now())
-        return [job_id] if moved else []
+        True if it moved (only a delivered job with content does)."""
+        return await self._run(operator_requeue, job_id, "redeliver", self.clock.now())
 
     # -- reads -----------------------------------------------------------------------------------------------
 

@@ -179,8 +179,8 @@ async def test_counts_and_retry_of_dead(queue: JobQueue) -> None:
                                                  count_attempt=True))
     counts = await queue.counts()
     assert counts["dead"] == 1 and counts["queued"] == 0 and set(counts) == {s.value for s in JobState}
-    assert await queue.retry(e.job_id) == [e.job_id]
-    assert await queue.retry(e.job_id) == []  # already queued: nothing to move
+    assert await queue.retry(e.job_id) is True
+    assert await queue.retry(e.job_id) is False  # already queued: nothing to move
     assert [a.outcome for a in await queue.history(e.job_id)] == ["accepted", "dead", "retry"]
 
 

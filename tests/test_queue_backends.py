@@ -93,14 +93,14 @@ async def test_operator_requeue_is_one_transition_for_page_and_cli(queues: Calla
         await queue.transition(job, "w", dead)
     by_page, by_cli, leased = jobs
     assert by_page.id is not None and by_cli.id is not None and leased.id is not None
-    assert await queue.retry(by_page.id) == [by_page.id]
+    assert await queue.retry(by_page.id) is True
     assert Orders(queue.engine, queue.clock).retry(by_cli.order_id).state == JobState.QUEUED.value
     for job_id in (by_page.id, by_cli.id):
         after = await queue.get(job_id)
         assert after is not None and (after.state, after.attempts, after.lease_owner) == ("queued", 0, None)
         last = (await queue.history(job_id))[-1]
         assert (last.step, last.outcome, last.state) == ("admin", "retry", "queued")
-    assert await queue.retry(leased.id) == []
+    assert await queue.retry(leased.id) is False
     with pytest.raises(ActionRefused):
         Orders(queue.engine, queue.clock).retry(leased.order_id)
     still = await queue.get(leased.id)

@@ -259,7 +259,7 @@ async def test_redeliver_sends_the_same_keys_again(stack: Stack) -> None:
 async def test_redeliver_refuses_jobs_that_were_not_delivered(stack: Stack) -> None:
     """``JobQueue.redeliver`` moves only delivered jobs; a dead one is left as it was."""
     job = await stack.job(await dead_order(stack))
-    assert await stack.daemon.queue.redeliver(job.id) == []
+    assert await stack.daemon.queue.redeliver(job.id) is False
     assert (await stack.daemon.queue.get(job.id)).state == "dead"
 
 

@@ -298,7 +298,7 @@ class StatusPages:
         moved = await self.daemon.queue.redeliver(job_id)
         return self._after_action(request, job_id, moved, "queued to send its stored keys again", "redelivered")
 
-    def _after_action(self, request: Request, job_id: int, moved: list[int], done: str, verb: str) -> Response:
+    def _after_action(self, request: Request, job_id: int, moved: bool, done: str, verb: str) -> Response:
         if moved:
             self.daemon.worker.wake()
             request.session["flash"] = f"Order #{job_id} {done}."
