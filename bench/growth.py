@@ -127,6 +127,7 @@ def growth(workdir: Path, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000), 
         for size, synchronous in cells[r % len(cells):] + cells[:r % len(cells)]:
             samples[size, synchronous].append(
                 asyncio.run(_measure(urls[size], synchronous, ops, f"{size}-{synchronous}-{r}")))
+    figures = [f"{key}_{synchronous.lower()}" for synchronous in ("FULL", "OFF") for key in ("enqueue_ms", "claim_ms")]
     rows: list[dict[str, Any]] = []
     for size in sizes:
         row: dict[str, Any] = {"rows": size, "fill_s": fills[size]}
@@ -137,7 +138,7 @@ def growth(workdir: Path, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000), 
         rows.append(row)
     first = rows[0]
     for row in rows:
-        for key in [k for k in row if k.endswith(("_full", "_off")) and not k.startswith("samples_")]:
+        for key in figures:
             row[f"{key}_ratio"] = row[key] / first[key] if first[key] else 0.0
     worst = max(row[key] for row in rows for key in row if key.endswith("_ratio"))
     return {"ops_per_measure": ops, "repeats": repeats, "rows": rows, "worst_ratio": worst}
