@@ -15,12 +15,15 @@ logged and the caller continues: the data is sealed either way, only old pages m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
-from sqlalchemy import Engine, and_, or_, select, text, update
+from sqlalchemy import Connection, Engine, and_, or_, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from .batches import rewrite_in_batches
 from .cipher import PREFIX, Cipher
 from .clock import Clock
 from .errors import DeliveryDaemonError
@@ -90,25 +93,20 @@ def _reseal_jobs(engine: Engine, cipher: Cipher, batch: int) -> int:
     columns = [JOBS.c[name] for name in SEALED]
     stale = or_(*(and_(column.is_not(None), column != EMPTY_PAYLOAD, ~column.startswith(current, autoescape=True))
                   for column in columns))
-    done, last = 0, 0
-    while True:
-        with engine.begin() as conn:
-            rows = conn.execute(select(JOBS.c.id, JOBS.c.store, JOBS.c.order_id, *columns)
-                                .where(and_(JOBS.c.id > last, stale)).order_by(JOBS.c.id).limit(batch)
-                                .with_for_update()).all()
-            if not rows:
-                return done
-            for row in rows:
-                values = {}
-                for name in SEALED:
-                    value = row._mapping[name]
-                    if value is None or value == EMPTY_PAYLOAD or value.startswith(current):
-                        continue
-                    context = f"{row.store}/{row.order_id}/{name}"
-                    values[name] = cipher.seal(cipher.open(value, context), context)
-                conn.execute(update(JOBS).where(JOBS.c.id == row.id).values(**values))
-            done += len(rows)
-            last = rows[-1].id
+
+    def reseal(conn: Connection, rows: Sequence[Any]) -> None:
+        for row in rows:
+            values = {}
+            for name in SEALED:
+                value = row._mapping[name]
+                if value is None or value == EMPTY_PAYLOAD or value.startswith(current):
+                    continue
+                context = f"{row.store}/{row.order_id}/{name}"
+                values[name] = cipher.seal(cipher.open(value, context), context)
+            conn.execute(update(JOBS).where(JOBS.c.id == row.id).values(**values))
+
+    return rewrite_in_batches(engine, JOBS, [JOBS.c.id, JOBS.c.store, JOBS.c.order_id, *columns], stale, batch,
+                              reseal)
 
 
 def reencrypt(engine: Engine, clock: Clock, cipher: Cipher, *, batch: int = SEAL_BATCH) -> RekeyReport:

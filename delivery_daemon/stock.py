@@ -21,8 +21,10 @@ import csv
 import hashlib
 import hmac
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 from sqlalchemy import Connection, Engine, Index, Text, UniqueConstraint, and_, case, func, or_, select, update
@@ -30,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
 from . import dialect
+from .batches import rewrite_in_batches
 from .cipher import PREFIX, Cipher, DecryptError
 from .clock import Clock
 from .errors import DeliveryDaemonError, OutOfStock, Retry
@@ -221,25 +224,18 @@ class StockPool:
         if self.cipher is not None:
             sealed_as = f"{PREFIX}:{self.cipher.current}:" if rotate else f"{PREFIX}:"
             needs.append(~KEYS.c.key.startswith(sealed_as, autoescape=True))  # a key id may contain "_"
-        sealed, last = 0, 0
+
+        def reseal(conn: Connection, rows: Sequence[Any]) -> None:
+            hash_key = self._hash_key(conn)
+            for row_id, store, product_id, stored, digest in rows:
+                plain = self._open(store, product_id, stored, digest)
+                digest = digest or hmac.new(hash_key, plain.encode(), hashlib.sha256).hexdigest()
+                conn.execute(update(KEYS).where(KEYS.c.id == row_id).values(
+                    key=self._seal(store, product_id, plain, digest), key_hash=digest))
+
+        columns = [KEYS.c.id, KEYS.c.store, KEYS.c.product_id, KEYS.c.key, KEYS.c.key_hash]
         try:
-            while True:
-                with self.engine.begin() as conn:
-                    rows = conn.execute(
-                        select(KEYS.c.id, KEYS.c.store, KEYS.c.product_id, KEYS.c.key, KEYS.c.key_hash)
-                        .where(and_(KEYS.c.id > last, or_(*needs))).order_by(KEYS.c.id).limit(batch)
-                        .with_for_update()
-                    ).all()
-                    if not rows:
-                        break
-                    hash_key = self._hash_key(conn)
-                    for row_id, store, product_id, stored, digest in rows:
-                        plain = self._open(store, product_id, stored, digest)
-                        digest = digest or hmac.new(hash_key, plain.encode(), hashlib.sha256).hexdigest()
-                        conn.execute(update(KEYS).where(KEYS.c.id == row_id).values(
-                            key=self._seal(store, product_id, plain, digest), key_hash=digest))
-                    sealed += len(rows)
-                    last = rows[-1][0]
+            sealed = rewrite_in_batches(self.engine, KEYS, columns, or_(*needs), batch, reseal)
         except (DecryptError, VaultError) as exc:
             raise StockError(str(exc)) from None
         except SQLAlchemyError as exc:
