@@ -44,7 +44,10 @@ def compare(other: Path, workdir: Path, *, rounds: int, seconds: float, jobs: in
     with start_server("market", {"api_key": api_key, "product": "bench-key"}, workdir) as market:
         bench = Bench(workdir=workdir, smoke=False, use_wrk=use_wrk, api_key=api_key, market=market)
         for round_ in range(rounds):
-            for name, root in roots.items():
+            # ABBA: the checkout that goes first swaps every round, so whatever favours the first (or the second)
+            # slot of a round, e.g. a machine that speeds up or slows down during a round, is shared by both sides.
+            order = list(roots.items()) if round_ % 2 == 0 else list(reversed(roots.items()))
+            for name, root in order:
                 spec = bench.daemon_spec(f"cmp-ingest-{name}-{round_}", start_worker=False)
                 with start_server("daemon", spec, workdir, root=root) as daemon:
                     url = f"{daemon.url}/webhooks/{STORE}"
@@ -53,7 +56,7 @@ def compare(other: Path, workdir: Path, *, rounds: int, seconds: float, jobs: in
                     bodies = _signed_bodies(bench, int(seconds * 3000) + 1000, workdir / f"cmp-{name}.jsonl")
                     result = run_load(url, bodies, connections=32, duration=seconds, use_wrk=use_wrk)
                 out["ingest_rps"][name].append(result["rps"])
-            for name, root in roots.items():
+            for name, root in order:
                 out["drain_per_s"][name].append(_drain_once(bench, root, f"cmp-drain-{name}-{round_}", jobs))
     for key in ("ingest_rps", "drain_per_s"):
         this, other_ = statistics.median(out[key]["this"]), statistics.median(out[key]["other"])
