@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, select
+from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, select
 
 
-def rewrite_in_batches(engine: Engine, table: Table, columns: Sequence[Any], where: Any, size: int,
+def rewrite_in_batches(engine: Engine, table: Table, columns: Sequence[ColumnElement[Any]],
+                       where: ColumnElement[bool], size: int,
                        rewrite: Callable[[Connection, Sequence[Any]], None]) -> int:
     """Call ``rewrite(conn, rows)`` for each batch of up to ``size`` rows of ``table`` that match ``where`` (the
     ``columns`` selected; the first must be ``table.c.id``), in ``id`` order; returns how many rows there were.
