@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from .clock import Clock
 from .errors import DeliveryDaemonError
 from .models import Attempt, Job, JobState
-from .queue import ATTEMPTS, JOBS, OPERATOR_RETRYABLE, OperatorAction, operator_requeue
+from .queue import ATTEMPTS, JOBS, OPERATOR_RETRYABLE, OperatorAction, operator_requeue, read_history
 
 CANCELLABLE = (JobState.QUEUED.value, JobState.RETRY_WAIT.value, JobState.WAITING.value, JobState.DEAD.value)
 
@@ -118,8 +118,7 @@ class Orders:
     def history(self, job_id: int) -> list[Attempt]:
         """Every recorded attempt and state change of a job, oldest first."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(ATTEMPTS).where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.id))
-            return [Attempt.model_validate(dict(row._mapping)) for row in rows]
+            return read_history(conn, job_id)
 
     # -- actions ---------------------------------------------------------------------------------------------
 

@@ -122,6 +122,12 @@ def _row_to_job(row: Any, cipher: Cipher | None = None) -> Job:
     return from_row(Job, values)
 
 
+def read_history(conn: Connection, job_id: int) -> list[Attempt]:
+    """Every recorded attempt and state change of job ``job_id``, oldest first (the queue's and the CLI's)."""
+    rows = conn.execute(select(ATTEMPTS).where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.id)).fetchall()
+    return [from_row(Attempt, dict(row._mapping)) for row in rows]
+
+
 OPERATOR_RETRYABLE = (JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value,
                       JobState.CANCELLED.value)
 """States an operator's ``retry`` requeues (``redeliver`` takes only delivered jobs that still hold content)."""
@@ -559,12 +565,8 @@ class JobQueue:
     async def find(self, store: str, order_id: str) -> Job | None:
         return await self._read(self._find, store, order_id)
 
-    def _history(self, conn: Connection, job_id: int) -> list[Attempt]:
-        rows = conn.execute(select(ATTEMPTS).where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.id)).fetchall()
-        return [from_row(Attempt, dict(row._mapping)) for row in rows]
-
     async def history(self, job_id: int) -> list[Attempt]:
-        return await self._read(self._history, job_id)
+        return await self._read(read_history, job_id)
 
     def _counts(self, conn: Connection) -> dict[str, int]:
         rows = conn.execute(select(JOBS.c.state, func.count()).group_by(JOBS.c.state)).fetchall()
