@@ -12,8 +12,8 @@ from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, select
 def rewrite_in_batches(engine: Engine, table: Table, columns: Sequence[ColumnElement[Any]],
                        where: ColumnElement[bool], size: int,
                        rewrite: Callable[[Connection, Sequence[Any]], None]) -> int:
-    """Call ``rewrite(conn, rows)`` for each batch of up to ``size`` rows of ``table`` that match ``where`` (the
-    ``columns`` selected; the first must be ``table.c.id``), in ``id`` order; returns how many rows there were.
+    """Call ``rewrite(conn, rows)`` for each batch of up to ``size`` rows of ``table`` that match ``where``, in
+    ``id`` order; each row holds ``table.c.id`` and then ``columns``. Returns how many rows there were.
 
     Each batch is read and rewritten in one transaction that holds its rows (``FOR UPDATE`` on PostgreSQL; on SQLite
     every transaction is ``BEGIN IMMEDIATE``), so a concurrent writer never loses its write; if ``rewrite`` raises,
@@ -23,7 +23,7 @@ def rewrite_in_batches(engine: Engine, table: Table, columns: Sequence[ColumnEle
     done, last = 0, 0
     while True:
         with engine.begin() as conn:
-            rows = conn.execute(select(*columns).where(and_(table.c.id > last, where)).order_by(table.c.id)
+            rows = conn.execute(select(table.c.id, *columns).where(and_(table.c.id > last, where)).order_by(table.c.id)
                                 .limit(size).with_for_update()).all()
             if not rows:
                 return done

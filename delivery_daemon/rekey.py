@@ -105,8 +105,7 @@ def _reseal_jobs(engine: Engine, cipher: Cipher, batch: int) -> int:
                 values[name] = cipher.seal(cipher.open(value, context), context)
             conn.execute(update(JOBS).where(JOBS.c.id == row.id).values(**values))
 
-    return rewrite_in_batches(engine, JOBS, [JOBS.c.id, JOBS.c.store, JOBS.c.order_id, *columns], stale, batch,
-                              reseal)
+    return rewrite_in_batches(engine, JOBS, [JOBS.c.store, JOBS.c.order_id, *columns], stale, batch, reseal)
 
 
 def reencrypt(engine: Engine, clock: Clock, cipher: Cipher, *, batch: int = SEAL_BATCH) -> RekeyReport:

@@ -233,7 +233,7 @@ class StockPool:
                 conn.execute(update(KEYS).where(KEYS.c.id == row_id).values(
                     key=self._seal(store, product_id, plain, digest), key_hash=digest))
 
-        columns = [KEYS.c.id, KEYS.c.store, KEYS.c.product_id, KEYS.c.key, KEYS.c.key_hash]
+        columns = [KEYS.c.store, KEYS.c.product_id, KEYS.c.key, KEYS.c.key_hash]
         try:
             sealed = rewrite_in_batches(self.engine, KEYS, columns, or_(*needs), batch, reseal)
         except (DecryptError, VaultError) as exc:
