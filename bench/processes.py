@@ -42,6 +42,21 @@ class ServerProcess:
                     figures[key] = int(value.split()[0])
         return figures
 
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) so far: ``event_loop`` (the main thread, where uvicorn's loop runs) and
+        ``other_threads`` (the database thread and any other), from ``/proc/<pid>/task/*/stat``."""
+        tick = os.sysconf("SC_CLK_TCK")
+        cpu = {"event_loop": 0.0, "other_threads": 0.0}
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:  # the thread ended between the listing and the read
+                continue
+            seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15 of stat(5))
+            cpu["event_loop" if int(tid) == self.pid else "other_threads"] += seconds
+        return cpu
+
 
 def profile_command(pid: int, seconds: float, out: Path) -> list[str]:
     """A py-spy command that samples ``pid`` for ``seconds`` and writes ``out`` (``.txt``: raw stacks)."""

@@ -53,11 +53,14 @@ def render_table(results: dict[str, Any]) -> str:
         ing = results["ingest"]
         lines.append(f"\ningest ({ing['tool']}, {ing['connections']} connections, {ing['rounds']} x "
                      f"{ing['duration_s']:g} s each, medians)")
-        lines.append(f"  {'server':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
-        for name in ("baseline", "daemon"):
+        lines.append(f"  {'server':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}"
+                     f"{'CPU µs/request: loop':>22}{'other threads':>15}")
+        for name in ("baseline", "daemon", "unstored"):
             r = ing[name]
-            lines.append(f"  {name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}")
-        lines.append(f"  ratio daemon/baseline: {ing['ratio']:.2f}")
+            lines.append(f"  {name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}"
+                         f"{r['event_loop_us_per_request']:>22.0f}{r['other_threads_us_per_request']:>15.0f}")
+        lines.append(f"  ratio daemon/baseline: {ing['ratio']:.2f}   (unstored/baseline: {ing['unstored_ratio']:.2f};"
+                     " unstored = the daemon's receiver storing nothing, bench only)")
     if "e2e" in results:
         e = results["e2e"]
         lines.append(f"\nend-to-end at {e['rate']:g} orders/s, {e['n']} orders: p50 {e['p50_ms']:.1f} ms, "

@@ -7,6 +7,7 @@ Every scenario starts its own processes (the reference marketplace, the daemon, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import statistics
@@ -103,25 +104,41 @@ def _signed_bodies(bench: Bench, count: int, path: Path) -> Path:
     return path
 
 
+INGEST_SERVERS = ("baseline", "daemon", "unstored")
+"""Measured in turn each round: the bare endpoint, the daemon, and the daemon that stores nothing (bench/serve.py)."""
+
+
 def ingest(bench: Bench, *, connections: int = 32, duration: float = 10.0, rounds: int = 2) -> dict[str, Any]:
     """Signed webhooks against the daemon vs the bare JSON endpoint, alternating, same load, same server settings.
 
     The daemon runs its receiver only (``start_worker=False``): this measures taking orders in, durably
     (``synchronous=FULL``, each answer after its commit); delivering them is measured by the other scenarios.
+    ``unstored`` is the same receiver with nothing stored: the ratio it reaches is what the rest of taking a
+    webhook (checks, logging, the HTTP stack) leaves for the database. Each run also records the server's CPU per
+    request on its event loop and on its other threads (the daemon's database thread).
     """
     per_run = int(duration * 6000) + 1000  # more distinct bodies than the fastest run can send: no duplicates
-    results: dict[str, list[dict[str, Any]]] = {"baseline": [], "daemon": []}
-    with start_server("baseline", {}, bench.workdir) as baseline, \
-            start_server("daemon", bench.daemon_spec("ingest", start_worker=False), bench.workdir) as daemon:
-        targets = {"baseline": f"{baseline.url}/webhooks/{STORE}", "daemon": f"{daemon.url}/webhooks/{STORE}"}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in INGEST_SERVERS}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(start_server(
+                name, {} if name == "baseline" else bench.daemon_spec(f"ingest-{name}", start_worker=False),
+                bench.workdir))
+            for name in INGEST_SERVERS
+        }
+        urls = {name: f"{server.url}/webhooks/{STORE}" for name, server in servers.items()}
         warm = _signed_bodies(bench, 2000, bench.workdir / "warm.jsonl")
-        for url in targets.values():
+        for url in urls.values():
             run_load(url, warm, connections=connections, duration=1.0, use_wrk=bench.use_wrk)
         for round_ in range(rounds):
-            for name, url in targets.items():
+            for name, url in urls.items():
                 bodies = _signed_bodies(bench, per_run, bench.workdir / f"ingest-{name}-{round_}.jsonl")
-                results[name].append(run_load(url, bodies, connections=connections, duration=duration,
-                                              use_wrk=bench.use_wrk))
+                before = servers[name].thread_cpu()
+                run = run_load(url, bodies, connections=connections, duration=duration, use_wrk=bench.use_wrk)
+                after = servers[name].thread_cpu()
+                for thread, seconds in after.items():
+                    run[f"{thread}_us_per_request"] = (seconds - before[thread]) / max(1, run["requests"]) * 1e6
+                results[name].append(run)
     summary: dict[str, Any] = {"connections": connections, "duration_s": duration, "rounds": rounds,
                                "tool": results["daemon"][0]["tool"]}
     for name, runs in results.items():
@@ -129,11 +146,14 @@ def ingest(bench: Bench, *, connections: int = 32, duration: float = 10.0, round
             "rps": statistics.median(r["rps"] for r in runs),
             "p50_ms": statistics.median(r["p50_ms"] for r in runs),
             "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+            "event_loop_us_per_request": statistics.median(r["event_loop_us_per_request"] for r in runs),
+            "other_threads_us_per_request": statistics.median(r["other_threads_us_per_request"] for r in runs),
             "requests": sum(r["requests"] for r in runs),
             "errors": sum(r["errors"] + r["non2xx"] for r in runs),
             "runs": runs,
         }
     summary["ratio"] = summary["daemon"]["rps"] / summary["baseline"]["rps"]
+    summary["unstored_ratio"] = summary["unstored"]["rps"] / summary["baseline"]["rps"]
     return summary
 
 

@@ -1,8 +1,10 @@
-"""The server processes of a benchmark run: ``python -m bench.serve daemon|baseline|market SPEC.json``.
+"""The server processes of a benchmark run: ``python -m bench.serve daemon|baseline|unstored|market SPEC.json``.
 
 Each runs under the same uvicorn settings on a socket bound here and prints ``READY <port>`` once accepting.
 ``baseline`` is the bare Starlette endpoint that only reads and parses the JSON body: the cost of the HTTP stack
-itself, which the daemon's ingest figure is compared with. ``market`` is the reference SoftStore marketplace plus
+itself, which the daemon's ingest figure is compared with. ``unstored`` is the daemon with its enqueue answered
+without the database: not a mode of the daemon (it would break its one promise), a measurement of what taking a
+webhook costs besides storing it. ``market`` is the reference SoftStore marketplace plus
 two bench-only routes: ``POST /_bench/orders {"count"}`` places orders without sending webhooks and returns their
 signed webhook bodies; ``POST /_bench/accepted {"ids"}`` returns when each delivery was accepted (epoch seconds);
 ``GET /_bench/delivered`` counts accepted deliveries.
@@ -47,6 +49,22 @@ def daemon_app(spec: dict[str, Any]) -> Starlette:
                       start_worker=spec.get("start_worker", True))
 
 
+def unstored_app(spec: dict[str, Any]) -> Starlette:
+    """:func:`daemon_app` whose queue answers every enqueue as a new job without storing anything (bench only)."""
+    import itertools
+
+    from delivery_daemon.order import IncomingOrder
+    from delivery_daemon.queue import Enqueued, JobQueue
+
+    ids = itertools.count(1)
+
+    async def enqueue(self: JobQueue, order: IncomingOrder) -> Enqueued:
+        return Enqueued(job_id=next(ids), created=True)
+
+    JobQueue.enqueue = enqueue  # type: ignore[method-assign]  # this process only: it serves nothing else
+    return daemon_app(spec)
+
+
 def market_app(spec: dict[str, Any]) -> tuple[Starlette, Any]:
     import io
 
@@ -87,7 +105,8 @@ async def main(kind: str, spec: dict[str, Any]) -> None:
     if kind == "market":
         app, market = market_app(spec)
     else:
-        app = baseline_app() if kind == "baseline" else daemon_app(spec)
+        apps = {"baseline": lambda _spec: baseline_app(), "daemon": daemon_app, "unstored": unstored_app}
+        app = apps[kind](spec)
     options: dict[str, Any] = dict(UVICORN)
     if market is None:  # the daemon and the baseline: the protocol delivery-daemon serve uses (runner._server)
         options["http"] = header_deadline_protocol(10.0)  # server.header_timeout's default

@@ -20,6 +20,11 @@ def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
         assert heading in done.stdout
     results = json.loads(out.read_text())
     assert {"ingest", "e2e", "drain", "growth", "targets"} <= results.keys()
-    assert results["ingest"]["daemon"]["errors"] == 0 and results["ingest"]["daemon"]["requests"] > 0
+    for server in ("baseline", "daemon", "unstored"):
+        figures = results["ingest"][server]
+        assert figures["errors"] == 0 and figures["requests"] > 0, server
+        assert figures["event_loop_us_per_request"] > 0, server
+    # The daemon's database thread does the storing; the unstored variant has nothing for it to do.
+    assert results["ingest"]["daemon"]["other_threads_us_per_request"] > 0
     assert results["e2e"]["n"] == results["e2e"]["orders"]
     assert results["drain"]["jobs"] == 200
