@@ -1,5 +1,6 @@
 """The adapter seam's helpers: ``same_origin``'s unparsed fast path agrees with parsing the URL; ``ApiClient.call``
-sends what ``request`` would, straight through the (pinned) transport."""
+sends what ``request`` would, straight through the (pinned) transport, and skips building an httpx.Request only for
+URLs httpx would leave as they are."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from delivery_daemon.marketplace import ApiClient, PinnedOrigin, same_origin
+from delivery_daemon.marketplace import _AS_WRITTEN, ApiClient, PinnedOrigin, same_origin
 from delivery_daemon.netguard import BlockedDestination
 
 BASES = ["http://127.0.0.1:8000/api/v1", "https://api.example.com/api", "https://API.example.com:443/v2",
@@ -71,7 +72,7 @@ async def test_call_sends_what_request_would_with_the_body_read() -> None:
                                   json={"text": "K"})
         await client.call("GET", "http://127.0.0.1:8000/api/v1/orders/info/1")
         requested = await client.request("GET", "/orders/info/1")
-    assert first.json() == {"ok": True} and first.request is seen[0]
+    assert first.json() == {"ok": True}
     sent = seen[0]
     assert str(sent.url) == "http://127.0.0.1:8000/api/v1/orders/delivery/abc"
     assert sent.headers["User-Agent"] == "delivery-daemon" and sent.headers["Authorization"] == "Bearer t"
@@ -89,3 +90,59 @@ async def test_call_keeps_the_origin_pin() -> None:
         with pytest.raises(BlockedDestination):
             await client.call("POST", "http://evil.example/api/v1/orders/delivery/abc", json={})
     assert seen == []
+
+
+@given(base=st.sampled_from(BASES), rest=st.text(alphabet="az09/.%?#:@!$&'()*+,;=-_~[] é\\", max_size=30))
+def test_urls_taken_as_written_are_what_httpx_writes(base: str, rest: str) -> None:
+    """Whatever ``call`` sends without parsing (the base URL as httpx writes it, then what ``_AS_WRITTEN``
+    accepts) is a URL httpx would send unchanged."""
+    prefix = str(httpx.URL(base)).rstrip("/")
+    url = f"{prefix}/{rest}"
+    if _AS_WRITTEN.fullmatch(url, len(prefix)):
+        assert str(httpx.URL(url)) == url
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """A transport that can also send plain values (as the aiohttp one can), recording which way each came."""
+
+    def __init__(self) -> None:
+        self.ways: list[tuple[str, str]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.ways.append(("request", str(request.url)))
+        return httpx.Response(200, json={"ok": True})
+
+    async def send_read(self, method: str, url: str, headers: object, body: bytes | None,
+                        timeouts: object) -> httpx.Response:
+        self.ways.append(("send_read", url))
+        return httpx.Response(200, json={"ok": True})
+
+
+@pytest.mark.parametrize(("url", "way"), [
+    ("/orders/info/abc123", "send_read"),
+    ("http://127.0.0.1:8000/api/v1/orders/delivery/tok-EN_~1?x=1", "send_read"),
+    ("/orders/info/a%2Fb", "request"),
+    ("/orders/../info/1", "request"),
+    ("/orders/info/é", "request"),
+    ("http://127.0.0.1:8000/other/orders/1", "request"),
+    ("HTTP://127.0.0.1:8000/api/v1/orders/1", "request"),
+])
+async def test_call_builds_a_request_only_when_the_url_needs_httpx(url: str, way: str) -> None:
+    """A URL under the base URL as httpx writes it goes to the transport's send_read; anything httpx would
+    rewrite (escapes, dot segments, non-ASCII, another path or spelling of the origin) goes as an httpx.Request."""
+    base = "http://127.0.0.1:8000/api/v1"
+    transport = Recording()
+    async with ApiClient(transport=PinnedOrigin(transport, base), base_url=base, timeout=5, headers={}) as client:
+        assert (await client.call("GET", url)).json() == {"ok": True}
+    assert [w for w, _ in transport.ways] == [way]
+
+
+async def test_pinned_send_read_still_refuses_other_origins() -> None:
+    """Through send_read too, the pinned transport sends nothing to a host other than the store's."""
+    transport = Recording()
+    pinned = PinnedOrigin(transport, "http://127.0.0.1:8000/api/v1")
+    with pytest.raises(BlockedDestination):
+        await pinned.send_read("GET", "http://127.0.0.1:8001/api/v1/orders/1", {}, None, {})
+    with pytest.raises(BlockedDestination):
+        await pinned.send_read("GET", "http://127.0.0.1:8000@evil.example/api/v1/orders/1", {}, None, {})
+    assert transport.ways == []
