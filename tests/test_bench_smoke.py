@@ -28,3 +28,15 @@ def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     assert results["ingest"]["daemon"]["other_threads_us_per_request"] > 0
     assert results["e2e"]["n"] == results["e2e"]["orders"]
     assert results["drain"]["jobs"] == 200
+
+
+def test_client_bench_prints_each_way_and_writes_json(tmp_path: Path) -> None:
+    """``python -m bench.client`` (tiny) measures aiohttp, ``call`` and ``call_request`` and writes their ratios."""
+    out = tmp_path / "client.json"
+    done = subprocess.run([sys.executable, "-m", "bench.client", "--requests", "64", "--rounds", "1", "--out",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for way in ("aiohttp", "call", "call_request"):
+        assert way in done.stdout and results["median_us"][way] > 0
+    assert results["ratio_to_aiohttp"]["aiohttp"] == 1.0
