@@ -144,6 +144,7 @@ class PinnedOrigin(httpx.AsyncBaseTransport):
         self.inner = inner
         self.origin = origin
         self._origin = _origin(origin)  # parsed once: the request's URL is parsed already (verify and deliver)
+        self._prefix = _origin_prefix(origin)  # scheme://authority/ as httpx writes it (None: send_read parses all)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -156,8 +157,7 @@ class PinnedOrigin(httpx.AsyncBaseTransport):
         """The inner transport's :func:`~delivery_daemon.transport.read_response` for a URL written as httpx would
         (see :meth:`ApiClient.call`) that starts with the origin's ``scheme://authority/``; any other URL goes
         through :meth:`handle_async_request`, which parses it and refuses it if it is not on the origin."""
-        prefix = _origin_prefix(self.origin)
-        if prefix is not None and url.startswith(prefix):
+        if self._prefix is not None and url.startswith(self._prefix):
             return await read_response(self.inner, method, url, headers, body, timeouts, as_written=True)
         return await read_built(self, method, url, headers, body, timeouts)
 
