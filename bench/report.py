@@ -68,7 +68,9 @@ def render_table(results: dict[str, Any]) -> str:
     if "drain" in results:
         d = results["drain"]
         lines.append(f"\ndrain of {d['jobs']} jobs: {d['deliveries_per_s']:.0f} deliveries/s "
-                     f"({d['drain_s']:.1f} s; backlog taken in at {d['jobs'] / d['queue_fill_s']:.0f}/s)")
+                     f"({d['drain_s']:.1f} s; backlog taken in at {d['jobs'] / d['queue_fill_s']:.0f}/s); daemon CPU "
+                     f"per order {d['event_loop_ms_per_order']:.2f} ms on its event loop + "
+                     f"{d['other_threads_ms_per_order']:.2f} ms on its other threads")
     if "growth" in results:
         g = results["growth"]
         lines.append(f"\ngrowth (ms per operation, median of {g['repeats']}; ratio to the first row)")

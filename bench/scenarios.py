@@ -233,7 +233,9 @@ def drain(bench: Bench, *, jobs: int = 10_000) -> dict[str, Any]:
 
     The backlog is taken in by a receiver-only daemon (as if the marketplace were down, but without putting the
     jobs into retry back-off, which would measure the retry schedule instead of throughput); a daemon with its
-    worker is then started on the same database. Rate = jobs / (last delivery accepted - daemon ready).
+    worker is then started on the same database. Rate = jobs / (last delivery accepted - daemon ready). The
+    daemon's CPU per order (its event loop, its other threads) is recorded too: the rate moves with the machine's
+    minute, and the CPU shows whether the daemon's work per order did.
     """
     payloads = bench.place_orders(jobs)
     with start_server("daemon", bench.daemon_spec("drain", start_worker=False), bench.workdir) as receiver:
@@ -243,7 +245,9 @@ def drain(bench: Bench, *, jobs: int = 10_000) -> dict[str, Any]:
     before = bench.delivered_count()
     with start_server("daemon", bench.daemon_spec("drain"), bench.workdir) as daemon:
         ready = time.time()
+        cpu_before = daemon.thread_cpu()
         done = _wait_delivered(bench, before + jobs, 600)
+        cpu_after = daemon.thread_cpu()
         memory = daemon.status()
     accepted = bench.accepted([p["id_order"] for p in payloads])
     if len(accepted) != jobs:
@@ -251,5 +255,6 @@ def drain(bench: Bench, *, jobs: int = 10_000) -> dict[str, Any]:
     last = max(accepted.values())
     return {"jobs": jobs, "queue_fill_s": queued_s, "drain_s": last - ready,
             "deliveries_per_s": jobs / (last - ready), "observed_done_s": done - ready,
-            "rss_end_kb": memory["VmRSS"], "rss_peak_kb": memory["VmHWM"]}
+            "rss_end_kb": memory["VmRSS"], "rss_peak_kb": memory["VmHWM"],
+            **{f"{thread}_ms_per_order": (cpu_after[thread] - cpu_before[thread]) / jobs * 1e3 for thread in cpu_after}}
 

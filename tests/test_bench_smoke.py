@@ -28,6 +28,7 @@ def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     assert results["ingest"]["daemon"]["other_threads_us_per_request"] > 0
     assert results["e2e"]["n"] == results["e2e"]["orders"]
     assert results["drain"]["jobs"] == 200
+    assert results["drain"]["event_loop_ms_per_order"] > 0 and results["drain"]["other_threads_ms_per_order"] > 0
 
 
 def test_client_bench_prints_each_way_and_writes_json(tmp_path: Path) -> None:
