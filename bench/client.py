@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
-from delivery_daemon.marketplace import ApiClient, PinnedOrigin
-from delivery_daemon.transport import AiohttpTransport
+from delivery_daemon.marketplaces.base import ApiClient, PinnedOrigin
+from delivery_daemon.net.transport import AiohttpTransport
 
 from .processes import start_server
 

@@ -2,7 +2,7 @@
 
 A database per size is filled (delivered jobs with one attempt each, bulk-inserted with ``executemany``: the shape
 of a daemon's history, then written out to disk), and at each size the same work is timed
-through :class:`~delivery_daemon.queue.JobQueue`: ``ops`` enqueues sent 32 at a time (so group commit applies as
+through :class:`~delivery_daemon.storage.queue.JobQueue`: ``ops`` enqueues sent 32 at a time (so group commit applies as
 in production), then claiming them all in batches of 32; the measured jobs are deleted afterwards, so every
 repeat sees the same size. It runs with the default ``synchronous=FULL`` (what the daemon pays) and with
 ``synchronous=OFF`` (the SQL and index cost alone, which an fsync of several ms would otherwise hide); each repeat
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from delivery_daemon.clock import SystemClock
-from delivery_daemon.db import create_db_engine, create_schema
 from delivery_daemon.order import IncomingOrder
-from delivery_daemon.queue import JobQueue
+from delivery_daemon.storage.engine import create_db_engine, create_schema
+from delivery_daemon.storage.queue import JobQueue
 
 PAYLOAD = json.dumps({"delivery_url": "https://softstore.example/api/v1/orders/delivery/" + "a" * 64,
                       "token": "b" * 64})

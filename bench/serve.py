@@ -36,11 +36,11 @@ def baseline_app() -> Starlette:
 
 
 def daemon_app(spec: dict[str, Any]) -> Starlette:
-    from delivery_daemon.app import create_app
     from delivery_daemon.cli import default_marketplaces
+    from delivery_daemon.compose import create_app
     from delivery_daemon.config import parse_settings
+    from delivery_daemon.generators.discovery import discover
     from delivery_daemon.logs import configure_logging
-    from delivery_daemon.plugins import discover
 
     settings = parse_settings(spec["settings"], environ={})
     log_stream = open(spec.get("log_file", "/dev/null"), "a")  # noqa: SIM115  (lives as long as the process)
@@ -54,7 +54,7 @@ def unstored_app(spec: dict[str, Any]) -> Starlette:
     import itertools
 
     from delivery_daemon.order import IncomingOrder
-    from delivery_daemon.queue import Enqueued, JobQueue
+    from delivery_daemon.storage.queue import Enqueued, JobQueue
 
     ids = itertools.count(1)
 
@@ -98,8 +98,8 @@ def market_app(spec: dict[str, Any]) -> tuple[Starlette, Any]:
 
 
 async def main(kind: str, spec: dict[str, Any]) -> None:
-    from delivery_daemon.protocol import header_deadline_protocol
-    from delivery_daemon.serving import serve, settle_heap
+    from delivery_daemon.http.protocol import header_deadline_protocol
+    from delivery_daemon.http.serving import serve, settle_heap
 
     market = None
     if kind == "market":

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from .errors import ConfigError
+from delivery_daemon.errors import ConfigError
 
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 """Seconds between delivery attempts, modelled on the public Svix schedule (7 retries over about 28 hours)."""
@@ -96,7 +96,7 @@ class RetentionSettings(_Model):
     days: float | None = Field(default=None, gt=0)
     interval: float = Field(default=3600.0, gt=0)
 class SecuritySettings(_Model):
-    """Encryption at rest and the outbound network policy (see delivery_daemon.cipher and .netguard)."""
+    """Encryption at rest and the outbound network policy (see delivery_daemon.storage.cipher and .netguard)."""
 
     encryption_key_env: str | None = None  # name of an environment variable holding the key lines
     encryption_key_file: str | None = None  # else a 0600 file of key lines; else <database>.key is generated

@@ -22,7 +22,7 @@ class IncomingOrder:
     payload: dict[str, Any] = field(default_factory=dict)
     event_id: str | None = None
     """The marketplace's id for this delivery of the event, when it has one: resends of it are answered as
-    duplicates (see :mod:`delivery_daemon.events`). Not stored in the job."""
+    duplicates (see :mod:`delivery_daemon.storage.events`). Not stored in the job."""
 
     def payload_json(self) -> str:
         return json.dumps(self.payload, separators=(",", ":"), sort_keys=True)

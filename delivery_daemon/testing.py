@@ -10,7 +10,8 @@
 
 :func:`run_generator` does what the daemon does: validates the options with the plugin's ``Options`` model (a bad
 option raises :class:`~delivery_daemon.errors.ConfigError` with the key path the seller would see), constructs the
-plugin (with :class:`~delivery_daemon.resources.Resources` if it asks for them), calls ``generate`` under the time
+plugin (with :class:`~delivery_daemon.generators.resources.Resources` if it asks for them), calls ``generate`` under
+the time
 budget (sync generators in a thread) and checks the result (key count, HTTPS download). Outcomes the generator
 raises (OutOfStock, Retry, Dead) propagate so a test can assert them with ``pytest.raises``.
 """
@@ -24,13 +25,13 @@ from typing import Any
 import anyio
 from sqlalchemy import Engine
 
-from .clock import Clock, ManualClock
-from .config import ProductSettings
-from .generate import call_generator
-from .generator import Generated, Generator, OrderContext
-from .netguard import NetPolicy
-from .resources import ResourceHub, Resources
-from .stores import build_product
+from delivery_daemon.clock import Clock, ManualClock
+from delivery_daemon.config import ProductSettings
+from delivery_daemon.generators.contract import Generated, Generator, OrderContext
+from delivery_daemon.generators.resources import ResourceHub, Resources
+from delivery_daemon.net.guard import NetPolicy
+from delivery_daemon.pipeline.generate import call_generator
+from delivery_daemon.pipeline.stores import build_product
 
 
 def fake_order(**fields: Any) -> OrderContext:
@@ -44,7 +45,7 @@ def fake_order(**fields: Any) -> OrderContext:
 
 def plugin_database(path: str | Path) -> Engine:
     """A fresh SQLite database at ``path`` with the daemon's schema (for plugins that use ``resources.engine``)."""
-    from .db import create_db_engine, create_schema
+    from delivery_daemon.storage.engine import create_db_engine, create_schema
 
     engine = create_db_engine(f"sqlite:///{path}")
     create_schema(engine)

@@ -23,7 +23,7 @@ import shutil
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from delivery_daemon.generator import Dead, Generated, OrderContext, OutOfStock, Retry, parse_generated
+from delivery_daemon.generators.contract import Dead, Generated, OrderContext, OutOfStock, Retry, parse_generated
 
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69

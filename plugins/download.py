@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
-from delivery_daemon.generator import Generated, OrderContext, Resources
+from delivery_daemon.generators.contract import Generated, OrderContext, Resources
 
 
 def _https(value: str) -> str:

@@ -23,9 +23,9 @@ import json
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from delivery_daemon.generator import Dead, Generated, OrderContext, OutOfStock, Retry, parse_generated
-from delivery_daemon.netguard import BlockedDestination, guarded_client
-from delivery_daemon.resources import Resources
+from delivery_daemon.generators.contract import Dead, Generated, OrderContext, OutOfStock, Retry, parse_generated
+from delivery_daemon.generators.resources import Resources
+from delivery_daemon.net.guard import BlockedDestination, guarded_client
 
 
 class HttpOptions(BaseModel):

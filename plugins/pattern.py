@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from delivery_daemon.generator import Generated, OrderContext
+from delivery_daemon.generators.contract import Generated, OrderContext
 
 UNAMBIGUOUS = "ACDEFGHJKMNPQRTUVWXY34679"
 MIN_SYMBOLS = 8

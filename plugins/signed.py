@@ -1,7 +1,8 @@
 """``signed``: licence keys an application can verify offline with the seller's Ed25519 public key.
 
 Each of the order's ``quantity`` keys carries the product, order, seat index, issued-at time and optional expiry
-(format: :mod:`delivery_daemon.license`). Create the key pair with ``delivery-daemon keys generate``; check a key
+(format: :mod:`delivery_daemon.generators.licence`). Create the key pair with ``delivery-daemon keys generate``;
+check a key
 with ``delivery-daemon license verify KEY --public-key FILE``.
 """
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from delivery_daemon.generator import Generated, OrderContext, Resources
-from delivery_daemon.license import LicenseError, LicensePayload, load_private_key, sign
+from delivery_daemon.generators.contract import Generated, OrderContext, Resources
+from delivery_daemon.generators.licence import LicenseError, LicensePayload, load_private_key, sign
 
 
 class SignedOptions(BaseModel):

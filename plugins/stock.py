@@ -1,6 +1,7 @@
 """``stock``: hand out pre-made keys imported with ``delivery-daemon stock import`` (a "serials" product).
 
-Each key goes to exactly one order; the claim is atomic in the database (see :mod:`delivery_daemon.stock`) and
+Each key goes to exactly one order; the claim is atomic in the database (see
+:mod:`delivery_daemon.storage.stock_pool`) and
 idempotent per order, so a retried order gets the same keys. With too few keys left the order waits (OutOfStock)
 and is delivered after the next import. ``low_stock_threshold`` logs one ``stock.low`` event each time the number of
 keys left drops to or below it.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from delivery_daemon.generator import Generated, OrderContext, Resources
+from delivery_daemon.generators.contract import Generated, OrderContext, Resources
 
 
 class StockOptions(BaseModel):

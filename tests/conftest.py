@@ -24,14 +24,14 @@ import structlog
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from delivery_daemon.app import Daemon, create_app
 from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
+from delivery_daemon.compose import Daemon, create_app
 from delivery_daemon.config import Settings, parse_settings
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
-from delivery_daemon.plugins import discover
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
-from delivery_daemon.serving import serve
 
 # Property tests: a quick "ci" profile by default; HYPOTHESIS_PROFILE=full for 2,000 examples per property (over
 # 10,000 webhooks in all across tests/test_fuzz_webhooks.py's properties, counted by its last test).

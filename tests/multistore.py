@@ -21,18 +21,18 @@ from typing import Any
 import httpx
 from aiosmtpd.controller import Controller
 
-from delivery_daemon.app import Daemon, create_app
 from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
+from delivery_daemon.compose import Daemon, create_app
 from delivery_daemon.config import parse_settings
-from delivery_daemon.generator import Generated, NoOptions, OrderContext
+from delivery_daemon.generators.contract import Generated, NoOptions, OrderContext
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
-from delivery_daemon.plugins import discover
 from delivery_daemon.reference.sellix import SellixSender
 from delivery_daemon.reference.shoppy import ShoppySender
 from delivery_daemon.reference.standard_webhooks import SellerSystem, StandardWebhooksSender, new_secret
 from delivery_daemon.reference.stripe_store import StripeStoreSender
-from delivery_daemon.serving import serve
 
 PATTERN = {"generator": "pattern", "options": {"pattern": "XXXX-XXXX-XXXX"}}
 

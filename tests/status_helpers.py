@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import httpx
 
 from delivery_daemon.config import StatusSettings
-from delivery_daemon.metrics import create_admin_app
-from delivery_daemon.serving import serve
+from delivery_daemon.http.metrics import create_admin_app
+from delivery_daemon.http.serving import serve
 from delivery_daemon.status import MOUNT_PATH, status_mount
 from tests.conftest import PRODUCT, Stack
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Connection, Engine, Integer, MetaData, String, Table, insert, select, update
 
-from delivery_daemon.batches import rewrite_in_batches
-from delivery_daemon.db import create_db_engine
+from delivery_daemon.storage.batches import rewrite_in_batches
+from delivery_daemon.storage.engine import create_db_engine
 
 ITEMS = Table("items", MetaData(), Column("id", Integer, primary_key=True), Column("value", String, nullable=False))
 

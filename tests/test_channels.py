@@ -13,7 +13,7 @@ from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.config import parse_settings
 from delivery_daemon.errors import ConfigError
-from delivery_daemon.stores import build_stores
+from delivery_daemon.pipeline.stores import build_stores
 from tests.multistore import multi_stack
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -94,11 +94,11 @@ def test_outbound_signature_verifies_with_the_library() -> None:
     """The channel's headers for a job verify with standardwebhooks.Webhook.verify."""
     import time
 
-    from delivery_daemon.models import Job
+    from delivery_daemon.channels.webhook import message_body, message_id
+    from delivery_daemon.net.signatures import standard_headers, whsec_key
     from delivery_daemon.order import Content
-    from delivery_daemon.outbound import message_body, message_id
     from delivery_daemon.reference.standard_webhooks import new_secret
-    from delivery_daemon.signing import standard_headers, whsec_key
+    from delivery_daemon.storage.models import Job
 
     secret = new_secret()
     job = Job(store="s", order_id="o", marketplace="m", product_id="p", payload="{}", due_at=0, created_at=0,
@@ -169,15 +169,15 @@ async def test_outbound_webhook_does_not_follow_redirects() -> None:
     from starlette.responses import RedirectResponse, Response
     from starlette.routing import Route
 
+    from delivery_daemon.channels.webhook import WebhookDelivery
     from delivery_daemon.config import DeliverySettings, OutboundWebhookSettings, StoreSettings
     from delivery_daemon.errors import Retry
-    from delivery_daemon.marketplace import AdapterContext
-    from delivery_daemon.models import Job
-    from delivery_daemon.netguard import NetPolicy
+    from delivery_daemon.http.serving import serve
+    from delivery_daemon.marketplaces.base import AdapterContext
+    from delivery_daemon.net.guard import NetPolicy
     from delivery_daemon.order import Content
-    from delivery_daemon.outbound import WebhookDelivery
     from delivery_daemon.reference.standard_webhooks import new_secret
-    from delivery_daemon.serving import serve
+    from delivery_daemon.storage.models import Job
 
     hits: list[str] = []
 
@@ -204,14 +204,14 @@ async def test_outbound_webhook_keeps_one_connection_alive() -> None:
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
+    from delivery_daemon.channels.webhook import WebhookDelivery
     from delivery_daemon.config import DeliverySettings, OutboundWebhookSettings, StoreSettings
-    from delivery_daemon.marketplace import AdapterContext
-    from delivery_daemon.models import Job
-    from delivery_daemon.netguard import NetPolicy
+    from delivery_daemon.http.serving import serve
+    from delivery_daemon.marketplaces.base import AdapterContext
+    from delivery_daemon.net.guard import NetPolicy
     from delivery_daemon.order import Content
-    from delivery_daemon.outbound import WebhookDelivery
     from delivery_daemon.reference.standard_webhooks import new_secret
-    from delivery_daemon.serving import serve
+    from delivery_daemon.storage.models import Job
 
     peers: list[tuple[str, int]] = []
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from delivery_daemon.chaos import ChaosOptions, run_chaos
-from delivery_daemon.chaos_verdict import judge
 from delivery_daemon.cli import main
+from delivery_daemon.reference.chaos.run import ChaosOptions, run_chaos
+from delivery_daemon.reference.chaos.verdict import judge
 from delivery_daemon.reference.records import DeliveryRecord
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import make_url, text
 
-from delivery_daemon.chaos_database import check_database, describe
-from delivery_daemon.db import create_db_engine, create_schema
+from delivery_daemon.reference.chaos.database import check_database, describe
+from delivery_daemon.storage.engine import create_db_engine, create_schema
 
 
 def _migrated(url: str) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from delivery_daemon.chaos import ChaosOptions, run_chaos
 from delivery_daemon.cli import main
-from delivery_daemon.db import create_db_engine, create_schema
 from delivery_daemon.order import IncomingOrder
+from delivery_daemon.reference.chaos.run import ChaosOptions, run_chaos
+from delivery_daemon.storage.engine import create_db_engine, create_schema
 
 pytestmark = pytest.mark.postgres
 
@@ -32,7 +32,7 @@ def test_chaos_refuses_a_database_that_holds_orders(pg_url: str, capsys: pytest.
     import asyncio
 
     from delivery_daemon.clock import SystemClock
-    from delivery_daemon.queue import JobQueue
+    from delivery_daemon.storage.queue import JobQueue
 
     engine = create_db_engine(pg_url)
     create_schema(engine)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from delivery_daemon.chaos import ChaosFaults, ChaosOptions, run_chaos
-from delivery_daemon.chaos_webhooks import FLAVOURS, Attempt, ChaosSink, judge_sink
+from delivery_daemon.reference.chaos.run import ChaosFaults, ChaosOptions, run_chaos
+from delivery_daemon.reference.chaos.webhooks import FLAVOURS, Attempt, ChaosSink, judge_sink
 from delivery_daemon.reference.standard_webhooks import new_secret
 
 
@@ -52,8 +52,8 @@ async def test_sink_deduplicates_on_webhook_id_only() -> None:
     """A resend under the same webhook-id is a redelivery; the same order under a new webhook-id is a duplicate."""
     import httpx
 
-    from delivery_daemon.serving import serve
-    from delivery_daemon.signing import standard_headers, whsec_key
+    from delivery_daemon.http.serving import serve
+    from delivery_daemon.net.signatures import standard_headers, whsec_key
 
     secret = new_secret()
     sink = ChaosSink(secret, ChaosFaults(random.Random(0), 0, 0, 0))

@@ -14,8 +14,8 @@ from delivery_daemon.cli import default_marketplaces, main
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.config import load_settings, parse_settings
 from delivery_daemon.errors import ConfigError
-from delivery_daemon.plugins import discover
-from delivery_daemon.stores import build_stores
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.pipeline.stores import build_stores
 
 
 def store(**fields: Any) -> dict[str, Any]:

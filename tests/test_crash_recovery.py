@@ -23,10 +23,10 @@ import httpx
 import pytest
 import yaml
 
-from delivery_daemon.cipher import load_cipher
 from delivery_daemon.config import SecuritySettings
+from delivery_daemon.http.serving import bind_socket, serve
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
-from delivery_daemon.serving import bind_socket, serve
+from delivery_daemon.storage.cipher import load_cipher
 
 PRODUCT = "prod-1"
 API_KEY = "crash-test-api-key-0123456789"

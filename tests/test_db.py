@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from delivery_daemon.db import create_db_engine, with_driver
+from delivery_daemon.storage.engine import create_db_engine, with_driver
 
 
 def test_plain_postgresql_url_uses_psycopg_3() -> None:
@@ -27,11 +27,11 @@ def test_a_sqlite_daemon_does_not_import_the_postgresql_dialect(tmp_path: Path) 
     """Taking an order into SQLite never loads SQLAlchemy's PostgreSQL dialect (~2 MB of idle memory)."""
     probe = f"""
 import asyncio, sys
-import delivery_daemon.app, delivery_daemon.cli
+import delivery_daemon.compose, delivery_daemon.cli
 from delivery_daemon.clock import SystemClock
-from delivery_daemon.db import create_db_engine, create_schema
+from delivery_daemon.storage.engine import create_db_engine, create_schema
 from delivery_daemon.order import IncomingOrder
-from delivery_daemon.queue import JobQueue
+from delivery_daemon.storage.queue import JobQueue
 engine = create_db_engine({f"sqlite:///{tmp_path / 'd.db'}"!r})
 create_schema(engine)
 queue = JobQueue(engine, SystemClock())

@@ -12,9 +12,9 @@ import pytest
 
 from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.db import create_db_engine
-from delivery_daemon.queue import JobQueue
-from delivery_daemon.retention import RetentionService, purge
+from delivery_daemon.storage.engine import create_db_engine
+from delivery_daemon.storage.queue import JobQueue
+from delivery_daemon.storage.retention import RetentionService, purge
 from tests.conftest import PRODUCT, STORE, Stack
 
 DAY = 86400.0
@@ -106,8 +106,8 @@ async def test_replicas_purging_at_once_purge_each_order_once(db_url: str) -> No
     each order exactly once, with one ``purged`` record each, and neither deadlock nor fail."""
     from sqlalchemy import func, select, text
 
-    from delivery_daemon.db import create_schema
-    from delivery_daemon.queue import ATTEMPTS
+    from delivery_daemon.storage.engine import create_schema
+    from delivery_daemon.storage.queue import ATTEMPTS
 
     engine = create_db_engine(db_url)
     create_schema(engine)

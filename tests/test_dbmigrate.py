@@ -11,10 +11,10 @@ from sqlalchemy.engine import make_url
 
 from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.db import create_db_engine, create_schema
-from delivery_daemon.models import Attempt, Job, JobState
 from delivery_daemon.order import IncomingOrder
-from delivery_daemon.queue import JobQueue, Transition
+from delivery_daemon.storage.engine import create_db_engine, create_schema
+from delivery_daemon.storage.models import Attempt, Job, JobState
+from delivery_daemon.storage.queue import JobQueue, Transition
 
 pytestmark = pytest.mark.postgres
 
@@ -95,8 +95,8 @@ async def test_encrypted_orders_and_stock_stay_readable(tmp_path: Path, pg_url: 
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """Rows encrypted with the key generated next to the SQLite file are copied as stored; the command names that
     key file, and with it configured the orders read back on PostgreSQL. Stock keys are copied too."""
-    from delivery_daemon.cipher import Cipher, create_key_file, parse_keys
-    from delivery_daemon.stock import StockKey, StockPool
+    from delivery_daemon.storage.cipher import Cipher, create_key_file, parse_keys
+    from delivery_daemon.storage.stock_pool import StockKey, StockPool
 
     database = tmp_path / "d.db"
     source = f"sqlite:///{database}"

@@ -86,8 +86,8 @@ async def test_reload_keeps_the_running_stores_when_a_url_is_refused(tmp_path: P
     """SIGHUP with a refused URL in the new file is refused as a whole: the old stores keep running."""
     from delivery_daemon.cli import default_marketplaces
     from delivery_daemon.config import load_settings
-    from delivery_daemon.plugins import discover
-    from delivery_daemon.runner import Runner
+    from delivery_daemon.daemon import Runner
+    from delivery_daemon.generators.discovery import discover
 
     path = write_config(tmp_path)
     runner = Runner(path, load_settings(path), marketplaces=default_marketplaces(), plugins=dict(discover()))
@@ -105,9 +105,9 @@ async def test_reload_keeps_the_running_stores_when_a_url_is_refused(tmp_path: P
 async def test_a_refused_reload_closes_the_stores_it_built(tmp_path: Path) -> None:
     """The stores built for a refused reload are closed (their HTTP clients), not left open until exit."""
     from delivery_daemon.config import load_settings
+    from delivery_daemon.daemon import Runner
+    from delivery_daemon.generators.discovery import discover
     from delivery_daemon.marketplaces.standard_webhooks import StandardWebhooks
-    from delivery_daemon.plugins import discover
-    from delivery_daemon.runner import Runner
 
     class Recorded:
         """Standard Webhooks, remembering each adapter it built and whether it was closed."""

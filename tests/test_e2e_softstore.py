@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from delivery_daemon.http.serving import serve
 from delivery_daemon.order import Content
-from delivery_daemon.serving import serve
 
 MakeStack = Callable[..., AbstractAsyncContextManager[Stack]]
 

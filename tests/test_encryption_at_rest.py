@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from delivery_daemon.cipher import Cipher, DecryptError, create_key_file, load_cipher, new_key_line, parse_keys
 from delivery_daemon.config import SecuritySettings
 from delivery_daemon.errors import ConfigError
+from delivery_daemon.storage.cipher import Cipher, DecryptError, create_key_file, load_cipher, new_key_line, parse_keys
 from tests.conftest import PRODUCT, Stack
 
 

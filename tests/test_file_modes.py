@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from delivery_daemon.backup import backup
-from delivery_daemon.cipher import load_cipher
 from delivery_daemon.cli import main
 from delivery_daemon.config import SecuritySettings
-from delivery_daemon.db import create_db_engine, create_schema
+from delivery_daemon.storage.backup import backup
+from delivery_daemon.storage.cipher import load_cipher
+from delivery_daemon.storage.engine import create_db_engine, create_schema
 
 
 def _mode(path: Path) -> int:

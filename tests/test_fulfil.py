@@ -8,15 +8,15 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from delivery_daemon.app import create_app
 from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
+from delivery_daemon.compose import create_app
 from delivery_daemon.config import parse_settings
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
-from delivery_daemon.plugins import discover
 from delivery_daemon.reference import sellix
 from delivery_daemon.reference.sellix import SellixSender
-from delivery_daemon.serving import serve
 from tests.test_worker_limits import Gate, gated_generator
 
 BOUND = 2

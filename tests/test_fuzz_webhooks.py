@@ -26,18 +26,18 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 
-from delivery_daemon.app import create_app
 from delivery_daemon.cli import default_marketplaces
+from delivery_daemon.compose import create_app
 from delivery_daemon.config import parse_settings
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.http.serving import RunningServer, serve_in_thread
 from delivery_daemon.logs import configure_logging
-from delivery_daemon.plugins import discover
+from delivery_daemon.net.signatures import hex_hmac
 from delivery_daemon.reference import sellix, shoppy, stripe_store
 from delivery_daemon.reference.sellix import SellixSender
 from delivery_daemon.reference.softstore import documented_signature
 from delivery_daemon.reference.standard_webhooks import StandardWebhooksSender, new_secret
 from delivery_daemon.reference.stripe_store import StripeStoreSender
-from delivery_daemon.serving import RunningServer, serve_in_thread
-from delivery_daemon.signing import hex_hmac
 
 API_KEY = "fuzz-api-key-0123456789abcdef"
 API_BASE = "http://127.0.0.1:9/api/v1"  # never contacted: the worker does not run here

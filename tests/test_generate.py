@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from delivery_daemon.errors import GeneratorError, Retry
-from delivery_daemon.generate import check_result, generate
-from delivery_daemon.generator import Generated, OrderContext
-from delivery_daemon.stores import Product
+from delivery_daemon.generators.contract import Generated, OrderContext
+from delivery_daemon.pipeline.generate import check_result, generate
+from delivery_daemon.pipeline.stores import Product
 
 CONTEXT = OrderContext(store="shop", marketplace="softstore", order_id="o1", product_id="p1", quantity=2,
                        idempotency_key="shop:o1")

@@ -8,9 +8,9 @@ import anyio
 import pytest
 
 from delivery_daemon.errors import Retry
-from delivery_daemon.generate import call_generator
-from delivery_daemon.generator import Generated, OrderContext
-from delivery_daemon.generator_threads import HungThreads
+from delivery_daemon.generators.contract import Generated, OrderContext
+from delivery_daemon.generators.threads import HungThreads
+from delivery_daemon.pipeline.generate import call_generator
 from delivery_daemon.testing import fake_order
 
 
@@ -65,9 +65,9 @@ def test_rebuilt_products_share_their_count() -> None:
     from delivery_daemon.cli import default_marketplaces
     from delivery_daemon.clock import ManualClock
     from delivery_daemon.config import parse_settings
-    from delivery_daemon.plugins import discover
-    from delivery_daemon.resources import ResourceHub
-    from delivery_daemon.stores import build_stores
+    from delivery_daemon.generators.discovery import discover
+    from delivery_daemon.generators.resources import ResourceHub
+    from delivery_daemon.pipeline.stores import build_stores
 
     settings = parse_settings({"stores": [{
         "name": "s", "marketplace": "softstore", "api_url": "https://api.example/api/v1", "api_key": "k" * 40,

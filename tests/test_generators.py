@@ -26,9 +26,9 @@ from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.config import SecuritySettings
 from delivery_daemon.errors import ConfigError, Dead, OutOfStock, Retry
-from delivery_daemon.license import LicenseError, generate_keypair, load_public_key, verify
-from delivery_daemon.netguard import NetPolicy
-from delivery_daemon.serving import serve
+from delivery_daemon.generators.licence import LicenseError, generate_keypair, load_public_key, verify
+from delivery_daemon.http.serving import serve
+from delivery_daemon.net.guard import NetPolicy
 from delivery_daemon.testing import arun_generator, fake_order, run_generator
 
 # -- pattern ----------------------------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import Engine, event, insert, select, text
 
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.db import create_db_engine, create_schema
-from delivery_daemon.group_commit import GroupCommitter
-from delivery_daemon.models import Job
 from delivery_daemon.order import IncomingOrder
-from delivery_daemon.queue import JobQueue, QueueError
+from delivery_daemon.storage.engine import create_db_engine, create_schema
+from delivery_daemon.storage.group_commit import GroupCommitter
+from delivery_daemon.storage.models import Job
+from delivery_daemon.storage.queue import JobQueue, QueueError
 
 JOBS = Job.__table__  # type: ignore[attr-defined]
 
@@ -197,7 +197,7 @@ async def test_claim_reads_due_jobs_in_index_order_without_sorting_the_backlog(e
 
 async def test_sealed_enqueues_share_a_commit_and_each_is_sealed_for_its_own_row(engine: Engine) -> None:
     """With a cipher, the prebuilt insert takes each row's sealed payload as a parameter: one batch, per-row context."""
-    from delivery_daemon.cipher import Cipher, new_key_line, parse_keys
+    from delivery_daemon.storage.cipher import Cipher, new_key_line, parse_keys
 
     cipher = Cipher(parse_keys(new_key_line(), "test"))
     queue = JobQueue(engine, ManualClock(), cipher)

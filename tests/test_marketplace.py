@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from delivery_daemon.marketplace import _AS_WRITTEN, ApiClient, PinnedOrigin, same_origin
-from delivery_daemon.netguard import BlockedDestination
+from delivery_daemon.marketplaces.base import _AS_WRITTEN, ApiClient, PinnedOrigin, same_origin
+from delivery_daemon.net.guard import BlockedDestination
 
 BASES = ["http://127.0.0.1:8000/api/v1", "https://api.example.com/api", "https://API.example.com:443/v2",
          "http://[::1]:9/a"]

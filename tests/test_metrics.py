@@ -8,9 +8,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from delivery_daemon.generator import Generated, OrderContext
-from delivery_daemon.metrics import create_admin_app
-from delivery_daemon.serving import serve
+from delivery_daemon.generators.contract import Generated, OrderContext
+from delivery_daemon.http.metrics import create_admin_app
+from delivery_daemon.http.serving import serve
 from tests.conftest import PRODUCT, STORE, Stack
 
 
@@ -110,7 +110,7 @@ async def test_admin_address_is_separate(make_stack: object) -> None:
 @pytest.mark.contract("stock_remaining")
 async def test_stock_gauge_reports_the_stock_plugin(make_stack: object) -> None:
     """The ``stock`` generator reports the keys left in the pool, so the gauge is there for stock products."""
-    from delivery_daemon.stock import StockPool
+    from delivery_daemon.storage.stock_pool import StockPool
 
     async with make_stack(products={"serials": {"generator": "stock"}}) as stack:  # type: ignore[operator]
         stack.market.add_product("serials")

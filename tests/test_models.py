@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from delivery_daemon.models import Attempt, Job, from_row
+from delivery_daemon.storage.models import Attempt, Job, from_row
 
 
 def job_row(**changes: Any) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def test_from_row_instance_takes_assignments() -> None:
 def test_from_row_in_a_fresh_process() -> None:
     """The first instance in a process is assignable too (SQLAlchemy's mapper set-up runs on first use)."""
     code = (
-        "from delivery_daemon.models import Attempt, from_row\n"
+        "from delivery_daemon.storage.models import Attempt, from_row\n"
         "a = from_row(Attempt, {'id': 1, 'job_id': 2, 'at': 3.0, 'step': 'deliver', 'outcome': 'delivered',"
         " 'state': 'delivered', 'http_status': 200, 'error': None, 'duration_ms': 1.5})\n"
         "a.error = 'x'\n"

@@ -14,12 +14,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from delivery_daemon.channels.webhook import WebhookDelivery
 from delivery_daemon.clock import ManualClock, SystemClock
 from delivery_daemon.config import DeliverySettings, OutboundWebhookSettings, SecuritySettings, StoreSettings
 from delivery_daemon.errors import Dead, Retry
-from delivery_daemon.marketplace import AdapterContext, create_client
-from delivery_daemon.models import Job
-from delivery_daemon.netguard import (
+from delivery_daemon.http.serving import RunningServer, serve
+from delivery_daemon.marketplaces.base import AdapterContext, create_client
+from delivery_daemon.net.guard import (
     BlockedDestination,
     IPAddress,
     NetPolicy,
@@ -29,9 +30,8 @@ from delivery_daemon.netguard import (
     parse_networks,
 )
 from delivery_daemon.order import Content
-from delivery_daemon.outbound import WebhookDelivery
 from delivery_daemon.reference.standard_webhooks import new_secret
-from delivery_daemon.serving import RunningServer, serve
+from delivery_daemon.storage.models import Job
 from delivery_daemon.testing import arun_generator
 from tests.conftest import PRODUCT, Stack
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from delivery_daemon.cli import main
-from delivery_daemon.models import JobState
-from delivery_daemon.queue import Transition
+from delivery_daemon.storage.models import JobState
+from delivery_daemon.storage.queue import Transition
 from tests.conftest import PRODUCT, STORE, Stack
 from tests.status_helpers import dead_order, delivered_order, status_page
 

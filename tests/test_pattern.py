@@ -9,7 +9,7 @@ import pytest
 from delivery_daemon_plugins.pattern import UNAMBIGUOUS, PatternGenerator, PatternOptions, draw
 from pydantic import ValidationError
 
-from delivery_daemon.plugins import discover
+from delivery_daemon.generators.discovery import discover
 from delivery_daemon.testing import run_generator
 
 

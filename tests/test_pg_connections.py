@@ -17,15 +17,15 @@ import psycopg
 import pytest
 from starlette.applications import Starlette
 
-from delivery_daemon.app import Daemon, create_app
 from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import SystemClock
+from delivery_daemon.compose import Daemon, create_app
 from delivery_daemon.config import Settings
-from delivery_daemon.notify import libpq_url
-from delivery_daemon.plugins import discover
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.http.serving import serve
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
-from delivery_daemon.serving import serve
-from delivery_daemon.stock import StockPool
+from delivery_daemon.storage.notify import libpq_url
+from delivery_daemon.storage.stock_pool import StockPool
 from tests.conftest import PRODUCT, STORE, stack_settings
 from tests.test_postgres_replicas import wait_for
 from tests.test_replicas_kill import wait_until

@@ -13,17 +13,17 @@ from delivery_daemon_plugins.pattern import PatternGenerator
 
 from delivery_daemon.cli import main
 from delivery_daemon.errors import ConfigError, GeneratorError, PluginError, Retry
-from delivery_daemon.generate import call_generator
-from delivery_daemon.generator import Generated, OrderContext
-from delivery_daemon.models import JobState
-from delivery_daemon.plugins import check_plugin, discover
+from delivery_daemon.generators.contract import Generated, OrderContext
+from delivery_daemon.generators.discovery import check_plugin, discover
+from delivery_daemon.pipeline.generate import call_generator
+from delivery_daemon.storage.models import JobState
 from delivery_daemon.testing import build_generator, fake_order
 
 SCRIPTED = '''
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from delivery_daemon.generator import Dead, Generated, OutOfStock, Retry
+from delivery_daemon.generators.contract import Dead, Generated, OutOfStock, Retry
 
 __version__ = "0.3"
 
@@ -142,7 +142,7 @@ async def test_contract_generate_sync_and_async(plugin_dir: Path) -> None:
 @pytest.mark.contract("Generated", "Wrong results")
 def test_contract_generated_checks() -> None:
     """A file product may return only a download; no keys without a download, or a wrong count, is refused."""
-    from delivery_daemon.generate import check_result
+    from delivery_daemon.pipeline.generate import check_result
 
     assert check_result(Generated(keys=[], download="https://f.example.com/a"), 3).keys == ()
     with pytest.raises(GeneratorError, match="0 keys for quantity 3"):
@@ -302,7 +302,7 @@ def test_contract_plugins_list(plugin_dir: Path, capsys: pytest.CaptureFixture[s
 @pytest.mark.contract("Templates")
 def test_contract_templates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every placeholder renders; an unknown one is a config error at the template's key path."""
-    from delivery_daemon.template import FIELDS, render
+    from delivery_daemon.pipeline.template import FIELDS, render
 
     content = render("{keys}|{keys_lines}|{order_id}|{product_id}|{quantity}|{download}|{text}",
                      keys=("A", "B"), order_id="o", product_id="p", quantity=2, download="https://d/x",

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from delivery_daemon.app import create_app
 from delivery_daemon.cli import default_marketplaces
+from delivery_daemon.compose import create_app
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.http.serving import serve
 from delivery_daemon.order import Content
-from delivery_daemon.plugins import discover
-from delivery_daemon.serving import serve
 from tests.conftest import PRODUCT, Stack
 
 MakeStack = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from delivery_daemon.http.serving import serve
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
-from delivery_daemon.serving import serve
 
 WAIT = 60.0  # generous: other test runs share the CPUs
 
@@ -99,8 +99,8 @@ async def reload_with(tmp_path: Path, extra_yaml: str) -> tuple[Any, dict[str, A
 
     from delivery_daemon.cli import default_marketplaces
     from delivery_daemon.config import load_settings
-    from delivery_daemon.plugins import discover
-    from delivery_daemon.runner import Runner
+    from delivery_daemon.daemon import Runner
+    from delivery_daemon.generators.discovery import discover
 
     config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9/api/v1", db=tmp_path / "d.db")
     runner = Runner(config, load_settings(config), marketplaces=default_marketplaces(), plugins=dict(discover()))

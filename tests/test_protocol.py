@@ -13,9 +13,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from delivery_daemon.protocol import header_deadline_protocol
-from delivery_daemon.runner import _server
-from delivery_daemon.serving import serve
+from delivery_daemon.daemon import _server
+from delivery_daemon.http.protocol import header_deadline_protocol
+from delivery_daemon.http.serving import serve
 
 DEADLINE = 0.4
 

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import Engine
 
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.db import create_db_engine, create_schema
-from delivery_daemon.models import JobState
 from delivery_daemon.order import IncomingOrder
-from delivery_daemon.queue import JobQueue, LeaseLost, Transition, Verified
+from delivery_daemon.storage.engine import create_db_engine, create_schema
+from delivery_daemon.storage.models import JobState
+from delivery_daemon.storage.queue import JobQueue, LeaseLost, Transition, Verified
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.db import create_db_engine, create_schema
-from delivery_daemon.models import JobState
 from delivery_daemon.order import IncomingOrder
-from delivery_daemon.orders import ActionRefused, Orders
-from delivery_daemon.queue import JobQueue, LeaseLost, Transition
+from delivery_daemon.storage.engine import create_db_engine, create_schema
+from delivery_daemon.storage.models import JobState
+from delivery_daemon.storage.orders import ActionRefused, Orders
+from delivery_daemon.storage.queue import JobQueue, LeaseLost, Transition
 
 
 def order(n: int) -> IncomingOrder:
@@ -165,7 +165,7 @@ async def test_concurrent_transitions_merge_and_fence_each_job(queues: Callable[
 def _take_over(queue: JobQueue, job_id: int | None) -> None:
     from sqlalchemy import update
 
-    from delivery_daemon.queue import JOBS
+    from delivery_daemon.storage.queue import JOBS
 
     with queue.engine.begin() as conn:
         conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(lease_owner="w2"))

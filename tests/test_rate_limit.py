@@ -12,15 +12,15 @@ from pathlib import Path
 
 import httpx
 
-from delivery_daemon.app import create_app
 from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
+from delivery_daemon.compose import create_app
 from delivery_daemon.config import RateLimitSettings, parse_settings
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.http.limits import RateLimiter
+from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
-from delivery_daemon.plugins import discover
-from delivery_daemon.ratelimit import RateLimiter
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
-from delivery_daemon.serving import serve
 from tests.conftest import PRODUCT, Stack
 
 StackFactory = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]

@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from delivery_daemon.http.serving import serve
 from delivery_daemon.reference.softstore import SoftStoreMarketplace, run_marketplace
-from delivery_daemon.serving import serve
 
 KEY = "sk-reference-test-key-0123456789"
 PRODUCT = "69f36497dc78f"

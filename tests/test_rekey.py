@@ -15,16 +15,16 @@ import yaml
 from alembic import command
 from sqlalchemy import select, text
 
-from delivery_daemon.app import Daemon, build_daemon
-from delivery_daemon.cipher import Cipher, new_key_line, parse_keys
 from delivery_daemon.cli import default_marketplaces, main
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.db import create_db_engine
+from delivery_daemon.compose import Daemon, build_daemon
+from delivery_daemon.generators.discovery import discover
 from delivery_daemon.logs import configure_logging
-from delivery_daemon.plugins import discover
-from delivery_daemon.queue import JobQueue
-from delivery_daemon.schema import alembic_config
-from delivery_daemon.stock import KEYS, StockError, StockPool
+from delivery_daemon.storage.cipher import Cipher, new_key_line, parse_keys
+from delivery_daemon.storage.engine import create_db_engine
+from delivery_daemon.storage.queue import JobQueue
+from delivery_daemon.storage.schema import alembic_config
+from delivery_daemon.storage.stock_pool import KEYS, StockError, StockPool
 from tests.conftest import PRODUCT, STORE, Stack, stack_settings
 
 LEGACY_KEYS = [f"LEGACY-{i:03d}-QWZ" for i in range(40)]
@@ -166,7 +166,7 @@ async def test_reencrypt_and_compact_on_both_backends(db_url: str) -> None:
     """reencrypt re-seals a job and stock keys (FOR UPDATE batches on PostgreSQL) and compact succeeds there too
     (VACUUM FULL): afterwards the new key alone opens both, and the old one opens neither."""
     from delivery_daemon.order import IncomingOrder
-    from delivery_daemon.rekey import compact, reencrypt
+    from delivery_daemon.storage.rekey import compact, reencrypt
 
     old, new = new_key_line(), new_key_line()
     engine = create_db_engine(db_url)

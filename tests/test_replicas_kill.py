@@ -21,10 +21,10 @@ from sqlalchemy import create_engine, func, select
 
 from delivery_daemon.cli import main
 from delivery_daemon.clock import SystemClock
-from delivery_daemon.models import Attempt, Job
+from delivery_daemon.http.serving import serve
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
-from delivery_daemon.serving import serve
-from delivery_daemon.stock import StockKey, StockPool
+from delivery_daemon.storage.models import Attempt, Job
+from delivery_daemon.storage.stock_pool import StockKey, StockPool
 
 pytestmark = pytest.mark.postgres
 

@@ -29,11 +29,11 @@ from sqlalchemy import (
 )
 from sqlmodel import SQLModel
 
-from delivery_daemon.cipher import Cipher, new_key_line, parse_keys
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.db import create_db_engine, create_schema, newest_revision
-from delivery_daemon.models import Attempt, Job
-from delivery_daemon.schema import (
+from delivery_daemon.storage.cipher import Cipher, new_key_line, parse_keys
+from delivery_daemon.storage.engine import create_db_engine, create_schema, newest_revision
+from delivery_daemon.storage.models import Attempt, Job
+from delivery_daemon.storage.schema import (
     BASELINE,
     RELEASE_SCHEMAS,
     adopted_revision,
@@ -42,7 +42,7 @@ from delivery_daemon.schema import (
     head_revision,
     upgrade,
 )
-from delivery_daemon.stock import KEYS, StockPool
+from delivery_daemon.storage.stock_pool import KEYS, StockPool
 
 JOBS = Job.__table__  # type: ignore[attr-defined]
 
@@ -191,7 +191,7 @@ def test_restart_on_an_up_to_date_database_does_not_import_alembic(tmp_path: Pat
     engine = create_db_engine(url)
     create_schema(engine)
     engine.dispose()
-    probe = ("import sys; from delivery_daemon.db import create_db_engine, create_schema, newest_revision; "
+    probe = ("import sys; from delivery_daemon.storage.engine import create_db_engine, create_schema, newest_revision; "
              f"create_schema(create_db_engine({url!r})); print('alembic' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
@@ -223,7 +223,7 @@ def test_new_sqlite_database_is_created_as_the_migrations_would_make_it(tmp_path
     """A new SQLite file gets its tables without Alembic (its import costs idle memory), stamped at the head, and
     the schema is the one running every migration from nothing makes, table by table and index by index."""
     fresh_url, migrated_url = f"sqlite:///{tmp_path / 'fresh.db'}", f"sqlite:///{tmp_path / 'migrated.db'}"
-    probe = ("import sys; from delivery_daemon.db import create_db_engine, create_schema; "
+    probe = ("import sys; from delivery_daemon.storage.engine import create_db_engine, create_schema; "
              f"create_schema(create_db_engine({fresh_url!r})); print('alembic' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

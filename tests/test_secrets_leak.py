@@ -30,12 +30,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import REDACTED, REDACTOR, scrub_record
 from delivery_daemon.order import Content
 from delivery_daemon.reference import sellix, shoppy, stripe_store
 from delivery_daemon.reference.sender import WebhookSender
 from delivery_daemon.reference.standard_webhooks import StandardWebhooksSender, new_secret
-from delivery_daemon.serving import serve
 from tests.conftest import PRODUCT, STORE, Stack
 from tests.multistore import Multi, multi_stack
 from tests.status_helpers import PASSWORD, TOKEN, status_page
@@ -378,13 +378,13 @@ def test_delivery_url_with_a_short_last_segment_is_registered_whole(stack: Stack
 async def test_secret_plugin_options_are_registered_with_the_redactor(tmp_path: Path) -> None:
     """A generator option declared SecretStr (the http generator's token) is one of the store's secrets, and the
     daemon hands it to the log redactor."""
-    from delivery_daemon.app import build_daemon
     from delivery_daemon.cli import default_marketplaces
     from delivery_daemon.clock import ManualClock
+    from delivery_daemon.compose import build_daemon
     from delivery_daemon.config import parse_settings
+    from delivery_daemon.generators.discovery import discover
     from delivery_daemon.logs import REDACTOR
-    from delivery_daemon.plugins import discover
-    from delivery_daemon.stores import build_stores
+    from delivery_daemon.pipeline.stores import build_stores
 
     settings = parse_settings({"database": {"url": f"sqlite:///{tmp_path / 'd.db'}"}, "stores": [{
         "name": "s", "marketplace": "shoppy", "webhook_secret": "x" * 16,

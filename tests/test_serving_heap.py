@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from delivery_daemon.serving import settle_heap
+from delivery_daemon.http.serving import settle_heap
 
 
 class _Node:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from delivery_daemon.serving import bind_socket
+from delivery_daemon.http.serving import bind_socket
 
 
 def test_bound_socket_is_tcp_with_nodelay() -> None:

@@ -52,14 +52,14 @@ def test_signature_header_and_algorithm_are_configurable() -> None:
     """signature.header / signature.algorithm change what the adapter checks."""
     from delivery_daemon.clock import ManualClock
     from delivery_daemon.config import DeliverySettings, StoreSettings
-    from delivery_daemon.marketplace import AdapterContext
+    from delivery_daemon.marketplaces.base import AdapterContext
 
     store = StoreSettings.model_validate({"name": "s", "marketplace": "shoppy", "webhook_secret": "k3y-secret",
                                           "signature": {"header": "X-Sig", "algorithm": "sha256"}})
     adapter = ShoppyAdapter(AdapterContext(store, "stores[0]", ManualClock(), DeliverySettings()))
     sender = ShoppySender("http://unused", "k3y-secret", header="X-Sig", algorithm="sha256")
     body = sender.encode({"webhook_type": "100", "data": {"order": order("7", order_id="o1")}})
-    from delivery_daemon.signing import hex_hmac
+    from delivery_daemon.net.signatures import hex_hmac
 
     result = adapter.parse_webhook({"X-Sig": hex_hmac(b"k3y-secret", body, "sha256")}, body)
     assert result is not None and getattr(result, "order_id", None) == "o1"

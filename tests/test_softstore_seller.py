@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from delivery_daemon.cli import main
+from delivery_daemon.http.serving import serve_in_thread
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
-from delivery_daemon.serving import serve_in_thread
 
 API_KEY = "seller-api-key-0123456789"
 PUBLIC = "https://seller.example/webhooks/main"

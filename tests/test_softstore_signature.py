@@ -11,7 +11,7 @@ import pytest
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.config import DeliverySettings, StoreSettings
 from delivery_daemon.errors import WebhookRejected
-from delivery_daemon.marketplace import AdapterContext
+from delivery_daemon.marketplaces.base import AdapterContext
 from delivery_daemon.marketplaces.softstore import SoftStoreAdapter, signature
 
 API_KEY = "YOUR_SECRET_API_KEY"  # the placeholder of the document's PHP example

@@ -11,8 +11,8 @@ import pytest
 import standardwebhooks
 
 from delivery_daemon.errors import WebhookRejected
+from delivery_daemon.net.signatures import standard_headers, standard_signature, verify_standard, whsec_key
 from delivery_daemon.reference.standard_webhooks import StandardWebhooksSender, new_secret
-from delivery_daemon.signing import standard_headers, standard_signature, verify_standard, whsec_key
 from tests.multistore import multi_stack
 
 BODY = b'{"type":"order.paid","data":{"order_id":"A-1"}}'
@@ -84,7 +84,7 @@ async def test_bad_secret_is_a_config_error_naming_the_key(tmp_path: Path) -> No
     from delivery_daemon.clock import ManualClock
     from delivery_daemon.config import parse_settings
     from delivery_daemon.errors import ConfigError
-    from delivery_daemon.stores import build_stores
+    from delivery_daemon.pipeline.stores import build_stores
 
     settings = parse_settings({"stores": [{"name": "g", "marketplace": "standard-webhooks",
                                            "webhook_secret": "whsec_***", "delivery": {"channel": "webhook",

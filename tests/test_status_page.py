@@ -15,11 +15,11 @@ from starlette.routing import Mount
 
 from delivery_daemon.config import StatusSettings, parse_settings
 from delivery_daemon.errors import ConfigError
+from delivery_daemon.http.serving import serve
 from delivery_daemon.order import Content
-from delivery_daemon.queue import MarkedOrder
-from delivery_daemon.serving import serve
 from delivery_daemon.status import create_status_app
-from delivery_daemon.stock import StockPool
+from delivery_daemon.storage.queue import MarkedOrder
+from delivery_daemon.storage.stock_pool import StockPool
 from tests.conftest import PRODUCT, STORE, Stack
 from tests.status_helpers import PASSWORD, TOKEN, csrf_of, dead_order, delivered_order, status_page
 

@@ -19,13 +19,13 @@ import yaml
 from delivery_daemon_plugins.stock import StockGenerator
 from sqlalchemy import func, select
 
-from delivery_daemon.cipher import Cipher, new_key_line, parse_keys
 from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.errors import OutOfStock
 from delivery_daemon.logs import configure_logging
-from delivery_daemon.models import JobState
-from delivery_daemon.stock import KEYS, StockError, StockPool, read_keys
+from delivery_daemon.storage.cipher import Cipher, new_key_line, parse_keys
+from delivery_daemon.storage.models import JobState
+from delivery_daemon.storage.stock_pool import KEYS, StockError, StockPool, read_keys
 from delivery_daemon.testing import fake_order, plugin_database, run_generator
 
 
@@ -42,7 +42,7 @@ def _cipher() -> Cipher:
 
 
 def _pool(url: str) -> StockPool:
-    from delivery_daemon.db import create_db_engine, create_schema
+    from delivery_daemon.storage.engine import create_db_engine, create_schema
 
     engine = create_db_engine(url)
     create_schema(engine)
@@ -85,8 +85,8 @@ def test_stored_keys_are_sealed_and_deduplicated_by_hash(pool: StockPool) -> Non
 def test_concurrent_first_imports_share_one_hash_key(db_url: str) -> None:
     """Two importers racing on an empty database (separate connections) agree on one HMAC key: the same keys
     imported by both end up once each."""
-    from delivery_daemon.db import create_db_engine, create_schema
-    from delivery_daemon.vault import SECRETS
+    from delivery_daemon.storage.engine import create_db_engine, create_schema
+    from delivery_daemon.storage.vault import SECRETS
 
     cipher = _cipher()
     engines = [create_db_engine(db_url) for _ in range(2)]
@@ -282,7 +282,7 @@ async def test_200_orders_150_keys_then_import_delivers_the_rest(make_stack: Any
 def test_cli_import_never_creates_a_key_file(tmp_path: Path) -> None:
     """``stock import`` before the daemon ever ran stores the keys without creating a key file (a root-owned one
     would lock the daemon out); the daemon's first start seals them."""
-    from delivery_daemon.rekey import seal_at_start
+    from delivery_daemon.storage.rekey import seal_at_start
 
     db = tmp_path / "d.db"
     engine = plugin_database(db)

@@ -14,8 +14,8 @@ import yaml
 from delivery_daemon.cli import main
 from delivery_daemon.config import parse_settings
 from delivery_daemon.errors import ConfigError
-from delivery_daemon.models import JobState
-from delivery_daemon.stock import StockPool
+from delivery_daemon.storage.models import JobState
+from delivery_daemon.storage.stock_pool import StockPool
 from tests.conftest import PRODUCT, STORE, Stack
 
 SERIALS = "serials"

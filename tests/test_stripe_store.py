@@ -10,8 +10,8 @@ import pytest
 import stripe
 
 from delivery_daemon.errors import WebhookRejected
+from delivery_daemon.net.signatures import stripe_header, verify_stripe
 from delivery_daemon.reference.stripe_store import StripeStoreSender, charge_refunded, dispute, event, payment_intent
-from delivery_daemon.signing import stripe_header, verify_stripe
 from tests.multistore import multi_stack, post
 
 SECRET = "whsec_test_0123456789abcdef"

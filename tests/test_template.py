@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from delivery_daemon.template import FIELDS, check_template, render
+from delivery_daemon.pipeline.template import FIELDS, check_template, render
 
 
 def test_render_all_fields() -> None:

@@ -1,4 +1,4 @@
-"""The CLI's plain-text tables (``delivery_daemon.text_table``), the demo's output, and the package without ``rich``."""
+"""The CLI's plain-text tables (``delivery_daemon.cli.tables``), the demo's output, and the package without ``rich``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from delivery_daemon.demo import Row, _Progress, _table
-from delivery_daemon.text_table import Column, cell_width, render_table
+from delivery_daemon.cli.tables import Column, cell_width, render_table
+from delivery_daemon.reference.demo import Row, _Progress, _table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,13 +108,13 @@ sys.modules["pygments"] = None
 import time
 from pathlib import Path
 
-import delivery_daemon.app
+import delivery_daemon.compose
 import delivery_daemon.cli
 from sqlmodel import Session
 
 from delivery_daemon.cli import main
-from delivery_daemon.db import create_db_engine, create_schema
-from delivery_daemon.models import Attempt, Job
+from delivery_daemon.storage.engine import create_db_engine, create_schema
+from delivery_daemon.storage.models import Attempt, Job
 
 url = "sqlite:///" + str(Path(sys.argv[1]) / "daemon.db")
 engine = create_db_engine(url)

@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from delivery_daemon.marketplace import transport_retry
-from delivery_daemon.serving import RunningServer, serve
-from delivery_daemon.transport import AiohttpTransport, read_built
+from delivery_daemon.http.serving import RunningServer, serve
+from delivery_daemon.marketplaces.base import transport_retry
+from delivery_daemon.net.transport import AiohttpTransport, read_built
 
 
 def echo_app() -> Starlette:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from delivery_daemon.models import JobState
+from delivery_daemon.storage.models import JobState
 from tests.conftest import PRODUCT, Stack
 from tests.test_e2e_softstore import wait_for
 

@@ -17,15 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from delivery_daemon.app import create_app
 from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
+from delivery_daemon.compose import create_app
 from delivery_daemon.config import parse_settings
-from delivery_daemon.generator import Generated, NoOptions, OrderContext
+from delivery_daemon.generators.contract import Generated, NoOptions, OrderContext
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
-from delivery_daemon.plugins import discover
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
-from delivery_daemon.serving import serve
 
 BOUND = 3
 ORDERS = 10

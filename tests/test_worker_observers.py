@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from delivery_daemon.models import Job, JobState
-from delivery_daemon.queue import Transition
-from delivery_daemon.worker import Observers
+from delivery_daemon.pipeline.worker import Observers
+from delivery_daemon.storage.models import Job, JobState
+from delivery_daemon.storage.queue import Transition
 from tests.conftest import PRODUCT
 
 

@@ -6,7 +6,7 @@ The body is ``{"event": …, "data": <order object>}``; the event is read from `
 ``uniqid`` is the product.
 
 * ``product:dynamic`` — Sellix sends *one* request and takes the whole response body as the product: answered
-  synchronously (:class:`~delivery_daemon.marketplace.FulfilNow`) within ``sync_budget`` seconds (default 5),
+  synchronously (:class:`~delivery_daemon.marketplaces.base.FulfilNow`) within ``sync_budget`` seconds (default 5),
   ``text/plain``, one key per line. The same order asked again gets the same keys.
 * ``order:paid`` / ``order:paid:product`` — a job delivered through the store's configured channel, unless
   ``data.product_type`` is ``SERIALS`` or ``FILE``: Sellix delivered those from its own stock. A dynamic product's
@@ -16,7 +16,7 @@ The body is ``{"event": …, "data": <order object>}``; the event is read from `
 Sellix webhooks carry no event id; orders are deduplicated by (store, uniqid). A cart order naming several of
 the seller's products in one ``order:paid`` is delivered for ``data.product_id`` only (a known limit).
 The signature covers the whole body, so ``fetch_order`` reads the stored payload
-(:mod:`delivery_daemon.marketplaces.signed`).
+(:mod:`delivery_daemon.marketplaces.signed_body`).
 """
 
 from __future__ import annotations
@@ -24,11 +24,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import WebhookRejected
-from ..marketplace import AdapterContext, FulfilNow, OrderEvent, WebhookResult, load_object
-from ..order import IncomingOrder
-from ..signing import check_hex_hmac
-from .signed import DEFAULT_PRODUCT, SignedPayloadAdapter, email, identifier, order_payload, quantity
+from delivery_daemon.errors import WebhookRejected
+from delivery_daemon.marketplaces.base import AdapterContext, FulfilNow, OrderEvent, WebhookResult, load_object
+from delivery_daemon.marketplaces.signed_body import (
+    DEFAULT_PRODUCT,
+    SignedPayloadAdapter,
+    email,
+    identifier,
+    order_payload,
+    quantity,
+)
+from delivery_daemon.net.signatures import check_hex_hmac
+from delivery_daemon.order import IncomingOrder
 
 SELF_DELIVERED = ("SERIALS", "FILE")
 

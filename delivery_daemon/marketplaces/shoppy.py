@@ -9,7 +9,7 @@ Fields (the document's example shows the shape ``{"webhook_type": "100", "data":
 order id ``data.order.id`` (else ``invoice_id``, else ``order_id``), product ``data.order.product_id`` (else
 ``data.product.id`` / ``product_id``), quantity ``data.order.quantity`` (else 1), buyer ``data.order.email``.
 The signature covers the whole body, so ``fetch_order`` reads the stored payload
-(:mod:`delivery_daemon.marketplaces.signed`). Other webhook types are acknowledged and ignored.
+(:mod:`delivery_daemon.marketplaces.signed_body`). Other webhook types are acknowledged and ignored.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..marketplace import AdapterContext, OrderEvent, WebhookResult, load_object
-from ..order import IncomingOrder
-from ..signing import check_hex_hmac
-from .signed import (
+from delivery_daemon.marketplaces.base import AdapterContext, OrderEvent, WebhookResult, load_object
+from delivery_daemon.marketplaces.signed_body import (
     DEFAULT_PRODUCT,
     SignedPayloadAdapter,
     email,
@@ -30,6 +28,8 @@ from .signed import (
     order_payload,
     quantity,
 )
+from delivery_daemon.net.signatures import check_hex_hmac
+from delivery_daemon.order import IncomingOrder
 
 DEFAULT_HEADER = "X-Shoppy-Signature"
 

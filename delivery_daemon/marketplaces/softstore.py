@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import structlog
 
-from ..backoff import parse_retry_after
-from ..errors import AuthenticationFailed, ConfigError, Dead, Retry, WebhookRejected
-from ..marketplace import (
+from delivery_daemon.backoff import parse_retry_after
+from delivery_daemon.errors import AuthenticationFailed, ConfigError, Dead, Retry, WebhookRejected
+from delivery_daemon.marketplaces.base import (
     AdapterContext,
     Receipt,
     create_client,
@@ -30,9 +30,9 @@ from ..marketplace import (
     same_origin,
     transport_retry,
 )
-from ..models import Job
-from ..netguard import BlockedDestination
-from ..order import Content, IncomingOrder, MarketplaceOrder
+from delivery_daemon.net.guard import BlockedDestination
+from delivery_daemon.order import Content, IncomingOrder, MarketplaceOrder
+from delivery_daemon.storage.models import Job
 
 log = structlog.get_logger("delivery_daemon.softstore")
 
@@ -196,19 +196,19 @@ class SoftStoreAdapter:
 
     async def status(self) -> str:
         """One line on the store as the marketplace sees it (used by ``check-config``; may raise)."""
-        from .softstore_seller import store_status
+        from delivery_daemon.marketplaces.softstore_seller import store_status
 
         return await store_status(self, self.store)
 
     async def listed_count(self, product_id: str) -> int:
-        """The product's ``count`` on SoftStore (:class:`~delivery_daemon.marketplace.StockListing`)."""
-        from .softstore_seller import SellerApi, listed_count
+        """The product's ``count`` on SoftStore (:class:`~delivery_daemon.marketplaces.base.StockListing`)."""
+        from delivery_daemon.marketplaces.softstore_seller import SellerApi, listed_count
 
         return await listed_count(SellerApi(self), product_id)
 
     async def set_listed_count(self, product_id: str, count: int) -> None:
         """Set the product's ``count`` on SoftStore (no moderation) for stock sync."""
-        from .softstore_seller import SellerApi, set_listed_count
+        from delivery_daemon.marketplaces.softstore_seller import SellerApi, set_listed_count
 
         await set_listed_count(SellerApi(self), product_id, count, self.store)
 

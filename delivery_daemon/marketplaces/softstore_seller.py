@@ -6,7 +6,7 @@ what changed; ``--check`` only compares. The marketplace's validation messages (
 one line. "Points at this daemon" means the seller's ``api_url`` ends with ``/webhooks/<store name>``.
 
 ``delivery-daemon softstore sync-stock --config C [--store S]`` sets each stock product's ``count`` on SoftStore to
-the keys left in the pool now (see :mod:`delivery_daemon.stock_sync`), printing one line per product; exit 1 when
+the keys left in the pool now (see :mod:`delivery_daemon.stock.sync`), printing one line per product; exit 1 when
 a product could not be synced.
 """
 
@@ -23,11 +23,11 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from ..clock import SystemClock
-from ..config import StoreSettings, load_settings
-from ..errors import ConfigError, DeliveryDaemonError, MarketplaceError, Retry
-from ..marketplace import AdapterContext, message_of
-from .softstore import SoftStoreAdapter
+from delivery_daemon.clock import SystemClock
+from delivery_daemon.config import StoreSettings, load_settings
+from delivery_daemon.errors import ConfigError, DeliveryDaemonError, MarketplaceError, Retry
+from delivery_daemon.marketplaces.base import AdapterContext, message_of
+from delivery_daemon.marketplaces.softstore import SoftStoreAdapter
 
 log = structlog.get_logger("delivery_daemon.softstore")
 
@@ -163,7 +163,7 @@ async def _connect_command(args: argparse.Namespace) -> int:
 
 
 async def _sync_stock_command(args: argparse.Namespace) -> int:
-    from ..stock_sync import describe, sync_for_command
+    from delivery_daemon.stock.sync import describe, sync_for_command
 
     settings = load_settings(args.config)
     softstore = [store.name for store in settings.stores if store.marketplace == "softstore"]

@@ -11,18 +11,16 @@ The body the daemon expects (documented for sellers wiring their platform to it)
 
 ``order.paid`` creates the job (``product_id`` optional: the store's ``default``; ``quantity`` optional: 1);
 ``order.refunded`` and ``order.disputed`` (``data.order_id``) mark the order; any other type is ignored.
-``fetch_order`` reads the signed body stored in the job (:mod:`delivery_daemon.marketplaces.signed`).
+``fetch_order`` reads the signed body stored in the job (:mod:`delivery_daemon.marketplaces.signed_body`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..errors import ConfigError
-from ..marketplace import AdapterContext, OrderEvent, WebhookResult, load_object
-from ..order import IncomingOrder
-from ..signing import verify_standard, whsec_key
-from .signed import (
+from delivery_daemon.errors import ConfigError
+from delivery_daemon.marketplaces.base import AdapterContext, OrderEvent, WebhookResult, load_object
+from delivery_daemon.marketplaces.signed_body import (
     DEFAULT_PRODUCT,
     SignedPayloadAdapter,
     email,
@@ -31,6 +29,8 @@ from .signed import (
     order_payload,
     quantity,
 )
+from delivery_daemon.net.signatures import verify_standard, whsec_key
+from delivery_daemon.order import IncomingOrder
 
 
 class StandardWebhooksAdapter(SignedPayloadAdapter):

@@ -16,8 +16,9 @@ Events (everything else is acknowledged and ignored):
   ``payment_intent``: cancelled if not delivered yet, flagged and logged if it was.
 
 Each event's ``id`` (``evt_…``) is its dedup key: Stripe resends an event for up to three days, and a resend is
-answered as a duplicate (see :mod:`delivery_daemon.events`). ``fetch_order`` reads the signed event stored in the
-job (:mod:`delivery_daemon.marketplaces.signed`).
+answered as a duplicate (see :mod:`delivery_daemon.storage.events`). ``fetch_order`` reads the signed event stored in
+the
+job (:mod:`delivery_daemon.marketplaces.signed_body`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..marketplace import AdapterContext, OrderEvent, WebhookResult, load_object
-from ..order import IncomingOrder
-from ..signing import verify_stripe
-from .signed import (
+from delivery_daemon.marketplaces.base import AdapterContext, OrderEvent, WebhookResult, load_object
+from delivery_daemon.marketplaces.signed_body import (
     DEFAULT_PRODUCT,
     SignedPayloadAdapter,
     email,
@@ -38,6 +37,8 @@ from .signed import (
     order_payload,
     quantity,
 )
+from delivery_daemon.net.signatures import verify_stripe
+from delivery_daemon.order import IncomingOrder
 
 PAID_EVENTS = ("payment_intent.succeeded", "checkout.session.completed")
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
+from delivery_daemon.net.signatures import hex_hmac
 from delivery_daemon.reference.sender import WebhookSender
-from delivery_daemon.signing import hex_hmac
 
 
 def order(product_id: str, quantity: int | None = 1, email: str = "buyer@example.org", *,

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
+from delivery_daemon.net.signatures import Algorithm, hex_hmac
 from delivery_daemon.reference.sender import WebhookSender
-from delivery_daemon.signing import Algorithm, hex_hmac
 
 
 def order(product_id: str, quantity: int = 1, email: str = "webhook@shoppy.gg",

@@ -492,7 +492,7 @@ async def run_marketplace(
     *, host: str, port: int, api_key: str, seller_url: str | None, products: list[str]
 ) -> None:
     """Serve a reference marketplace on ``host:port`` until cancelled (for the CLI and the demo)."""
-    from delivery_daemon.serving import serve
+    from delivery_daemon.http.serving import serve
 
     market = SoftStoreMarketplace(api_key=api_key, seller_url=seller_url)
     for id_product in products:

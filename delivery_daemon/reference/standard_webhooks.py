@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from delivery_daemon.errors import WebhookRejected
+from delivery_daemon.net.signatures import standard_headers, verify_standard, whsec_key
 from delivery_daemon.reference.sender import WebhookSender
-from delivery_daemon.signing import standard_headers, verify_standard, whsec_key
 
 
 def new_secret() -> str:

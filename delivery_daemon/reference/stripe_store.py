@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
+from delivery_daemon.net.signatures import stripe_header
 from delivery_daemon.reference.sender import WebhookSender
-from delivery_daemon.signing import stripe_header
 
 
 def new_id(prefix: str) -> str:

@@ -7,6 +7,6 @@ next to ``/metrics``; it is never served on the public webhook port. See :mod:`.
 
 from __future__ import annotations
 
-from .routes import MOUNT_PATH, create_status_app, status_mount
+from delivery_daemon.status.routes import MOUNT_PATH, create_status_app, status_mount
 
 __all__ = ["MOUNT_PATH", "create_status_app", "status_mount"]

@@ -23,7 +23,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 
-from ..config import StatusSettings
+from delivery_daemon.config import StatusSettings
 
 SESSION_COOKIE = "delivery_daemon_status"
 CSRF_FIELD = "csrf_token"

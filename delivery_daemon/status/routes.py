@@ -1,12 +1,13 @@
 """The status page's routes and its app: ``create_status_app(daemon, settings)`` → a self-contained Starlette app,
-which :func:`status_mount` puts at ``/status`` on the admin app (:func:`~delivery_daemon.metrics.create_admin_app`).
+which :func:`status_mount` puts at ``/status`` on the admin app
+(:func:`~delivery_daemon.http.metrics.create_admin_app`).
 
 Server-rendered with Jinja2 from the package's ``templates/``; ``static/`` holds the one stylesheet. Pages work
 without JavaScript. Every page but ``/login`` needs a login (see :mod:`.auth`); wrong secrets are throttled (see
 :mod:`.throttle`); every POST needs a CSRF token. Each request is authenticated once, by the guard every route is
 wrapped in (:meth:`StatusPages._authenticate`), which records the outcome on the request for the CSRF check and the
 page. Actions go through the same queue transition as the CLI's ``orders retry|redeliver``
-(:func:`~delivery_daemon.queue.operator_requeue`) and then wake the worker.
+(:func:`~delivery_daemon.storage.queue.operator_requeue`) and then wake the worker.
 """
 
 from __future__ import annotations
@@ -28,16 +29,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..config import StatusSettings
-from ..models import JobState
-from ..queue import OPERATOR_RETRYABLE, QueueError
-from . import auth
-from .chart import bar_chart
-from .queries import OrderFilter, StatusQueries
-from .throttle import LoginThrottle, Throttled
+from delivery_daemon.config import StatusSettings
+from delivery_daemon.status import auth
+from delivery_daemon.status.chart import bar_chart
+from delivery_daemon.status.throttle import LoginThrottle, Throttled
+from delivery_daemon.storage.models import JobState
+from delivery_daemon.storage.overview import OrderFilter, StatusQueries
+from delivery_daemon.storage.queue import OPERATOR_RETRYABLE, QueueError
 
 if TYPE_CHECKING:
-    from ..app import Daemon
+    from delivery_daemon.compose import Daemon
 
 log = structlog.get_logger("delivery_daemon.status")
 

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from ..clock import Clock
+from delivery_daemon.clock import Clock
 
 
 @dataclass(frozen=True)

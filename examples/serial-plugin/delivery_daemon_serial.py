@@ -3,7 +3,7 @@ import secrets
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from delivery_daemon.generator import Generated, OrderContext
+from delivery_daemon.generators.contract import Generated, OrderContext
 
 
 class SerialOptions(BaseModel):

@@ -4,7 +4,7 @@ import pytest
 from delivery_daemon_serial import SerialGenerator
 
 from delivery_daemon.errors import ConfigError
-from delivery_daemon.plugins import discover
+from delivery_daemon.generators.discovery import discover
 from delivery_daemon.testing import run_generator
 
 

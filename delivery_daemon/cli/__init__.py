@@ -1,0 +1,197 @@
+"""The ``delivery-daemon`` command. This is the edge: configuration is read here, plugins are discovered here,
+and the explicit lists of marketplace types are assembled here and passed down.
+
+Exit codes: 0 success, 1 the command ran and failed (e.g. the demo saw a wrong delivery), 2 bad configuration or
+usage — always one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from delivery_daemon import __version__
+from delivery_daemon.config import Settings, load_settings
+from delivery_daemon.errors import ConfigError, DeliveryDaemonError, PluginError
+from delivery_daemon.marketplaces.base import MarketplaceType
+
+
+def default_marketplaces() -> list[MarketplaceType]:
+    """The marketplace types this build ships with."""
+    from delivery_daemon.marketplaces.sellix import Sellix
+    from delivery_daemon.marketplaces.shoppy import Shoppy
+    from delivery_daemon.marketplaces.softstore import SoftStore
+    from delivery_daemon.marketplaces.standard_webhooks import StandardWebhooks
+    from delivery_daemon.marketplaces.stripe_store import StripeStore
+
+    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), StandardWebhooks()]
+
+
+def _fail(message: str) -> int:
+    print(f"delivery-daemon: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _load(path: str) -> tuple[Settings, dict[str, Any]]:
+    from delivery_daemon.generators.discovery import discover
+
+    settings = load_settings(path)
+    return settings, dict(discover(settings.plugins.directory))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from delivery_daemon.clock import SystemClock
+    from delivery_daemon.net.guard import NetPolicy
+    from delivery_daemon.pipeline.destinations import check_destinations
+    from delivery_daemon.pipeline.stores import build_stores
+
+    settings, plugins = _load(args.config)
+    stores = build_stores(settings, default_marketplaces(), plugins, SystemClock())
+    try:
+        warnings = asyncio.run(check_destinations(stores, NetPolicy.from_settings(settings.security)))
+    except ConfigError:
+        asyncio.run(_close(stores))
+        raise
+    url = make_url(settings.database.url).render_as_string(hide_password=True)
+    print(f"configuration OK: {args.config}")
+    print(f"  database: {url} (synchronous={settings.database.synchronous})")
+    print(f"  receiver: http://{settings.server.host}:{settings.server.port}/webhooks/<store>"
+          f" (body cap {settings.server.max_body_bytes} bytes)")
+    print(f"  worker:   concurrency {settings.worker.concurrency}, retries after "
+          + ", ".join(f"{d:g}s" for d in settings.delivery.retry_schedule))
+    for store in stores.values():
+        where = f" at {store.settings.api_url}" if store.settings.api_url else ""
+        sink = store.sink.name
+        print(f"  store {store.name}: {store.settings.marketplace}{where}, delivers through {sink}")
+        for product_id, product in store.products.items():
+            print(f"    product {product_id}: generator {product.generator_name}")
+        if store.default is not None:
+            print(f"    any other product: generator {store.default.generator_name}")
+    for warning in warnings:
+        print(f"  warning: {warning}")
+    asyncio.run(_report_status(stores))
+    return 0
+
+
+async def _close(stores: dict[str, Any]) -> None:
+    for store in stores.values():
+        await store.aclose()
+
+
+async def _report_status(stores: dict[str, Any], limit_s: float = 5.0) -> None:
+    """Ask each marketplace that can report a status; never fails the check (the marketplace may be down)."""
+    for store in stores.values():
+        status = getattr(store.marketplace, "status", None)
+        if status is not None:
+            try:
+                async with asyncio.timeout(limit_s):
+                    line = await status()
+            except (DeliveryDaemonError, OSError, TimeoutError) as exc:
+                line = f"marketplace not reachable now ({type(exc).__name__}: {exc})"
+            print(f"  store {store.name} status: {line}")
+        await store.aclose()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from delivery_daemon.daemon import run_daemon
+    from delivery_daemon.logs import configure_logging
+
+    settings, plugins = _load(args.config)
+    configure_logging(args.log_format or settings.logging.format, args.log_level or settings.logging.level)
+    # SIGTERM drains and exits 0, SIGHUP reloads the stores: see runner.py.
+    return run_daemon(args.config, settings, marketplaces=default_marketplaces(), plugins=plugins)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from delivery_daemon.reference.demo import run_demo
+
+    return asyncio.run(run_demo(orders=args.orders))
+
+
+def cmd_marketplace(args: argparse.Namespace) -> int:
+    from delivery_daemon.logs import configure_logging
+    from delivery_daemon.reference.softstore import run_marketplace
+
+    configure_logging("auto", "info")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_marketplace(host=args.host, port=args.port, api_key=args.api_key,
+                                    seller_url=args.seller_url, products=args.product or ["demo-product"]))
+    return 0
+
+
+def _register_core(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="run the webhook receiver and the delivery worker")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--log-format", choices=["auto", "json", "console"])
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and summarise what would run")
+    check.add_argument("--config", required=True)
+    check.set_defaults(func=cmd_check_config)
+
+    demo = sub.add_parser("demo", help="deliver a few orders end to end against the reference marketplace")
+    demo.add_argument("--orders", type=int, default=6)
+    demo.set_defaults(func=cmd_demo)
+
+    market = sub.add_parser("marketplace", help="run the reference SoftStore marketplace on its own")
+    market.add_argument("--host", default="127.0.0.1")
+    market.add_argument("--port", type=int, default=8900)
+    market.add_argument("--seller-url", help="where webhooks are sent, e.g. http://127.0.0.1:8080/webhooks/main")
+    market.add_argument("--api-key", default="reference-api-key")
+    market.add_argument("--product", action="append", help="a product id to offer (repeatable)")
+    market.set_defaults(func=cmd_marketplace)
+
+
+def _commands(module: str, function: str = "register") -> Callable[[Any], None]:
+    """``module.function(subparsers)``, imported only when the parser is built (keeps start-up light)."""
+
+    def register(sub: Any) -> None:
+        getattr(importlib.import_module(module, __package__), function)(sub)
+
+    register.__name__ = f"register{module.replace('.', '_')}"
+    return register
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [
+    _register_core,
+    _commands("delivery_daemon.cli.plugins"),
+    _commands("delivery_daemon.marketplaces.softstore_seller"),
+    _commands("delivery_daemon.cli.orders"),
+    _commands("delivery_daemon.cli.database"),
+    _commands("delivery_daemon.cli.migrate", "register_db_migrate"),
+    _commands("delivery_daemon.reference.chaos.run"),
+]
+"""Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="delivery-daemon", description="Turn a marketplace's paid-order webhook into a delivered licence key.")
+    parser.add_argument("--version", action="version", version=f"delivery-daemon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in COMMAND_GROUPS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except (ConfigError, PluginError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

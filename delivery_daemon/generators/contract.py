@@ -1,0 +1,105 @@
+"""The generator contract: everything a plugin author imports comes from this module (``docs/plugins.md``).
+
+A generator plugin is a class with
+
+* ``name: str`` — how stores refer to it (``generator: pattern``);
+* ``Options`` — a pydantic model validating the product's ``options`` at start-up;
+* ``__init__(self, options)`` — receives the validated ``Options`` instance, once per configured product; a plugin
+  that needs the daemon's services declares ``__init__(self, options, resources)`` and receives a
+  :class:`~delivery_daemon.generators.resources.Resources` (store, product, clock, database, stock pool);
+* ``generate(self, order: OrderContext) -> Generated`` — sync or ``async``; returns exactly ``order.quantity``
+  keys (or no keys at all when it returns a ``download``), plus optional ``text`` and an optional HTTPS
+  ``download`` URL;
+* optionally ``template: str`` — the delivery text used when the product sets none (e.g. ``"{text}"``).
+
+It may raise :class:`OutOfStock` (the order waits and is delivered after a refill), :class:`Retry` (try again
+later) or :class:`Dead` (never deliver). Any other exception is treated as retryable, and the order is kept.
+A call that takes longer than the daemon's generator budget is abandoned and retried. The daemon calls
+``generate`` at most once per order unless the call failed; it stores the result before the first delivery attempt,
+so whatever ``generate`` returns is what the buyer receives, on every retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from delivery_daemon.errors import Dead, OutOfStock, Retry
+from delivery_daemon.generators.resources import Resources
+
+
+@dataclass(frozen=True)
+class OrderContext:
+    """What a generator knows about the order it fulfils."""
+
+    store: str
+    marketplace: str
+    order_id: str
+    product_id: str
+    quantity: int
+    buyer_email: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    idempotency_key: str = ""
+    """Stable for this order across retries and restarts: use it to make external side effects idempotent."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The order as JSON-ready data (without ``options``, which may hold the product's secrets)."""
+        return {"store": self.store, "marketplace": self.marketplace, "order_id": self.order_id,
+                "product_id": self.product_id, "quantity": self.quantity, "buyer_email": self.buyer_email,
+                "idempotency_key": self.idempotency_key}
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A generator's answer: ``keys`` (exactly the order's quantity), optional ``text`` and HTTPS ``download``."""
+
+    keys: tuple[str, ...]
+    text: str | None = None
+    download: str | None = None
+
+    def __init__(self, keys: tuple[str, ...] | list[str], text: str | None = None,
+                 download: str | None = None) -> None:
+        object.__setattr__(self, "keys", tuple(keys))
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "download", download)
+
+
+def parse_generated(data: object) -> Generated:
+    """A Generated from a JSON answer ``{"keys": [...], "text": ..., "download": ...}`` (for delegating plugins);
+    ValueError when it is not one."""
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ValueError('expected a JSON object with a "keys" list')
+    text, download = data.get("text"), data.get("download")
+    if not all(isinstance(key, str) for key in data["keys"]) or not isinstance(text, str | None) \
+            or not isinstance(download, str | None):
+        raise ValueError("keys, text and download must be strings")
+    return Generated(keys=data["keys"], text=text, download=download)
+
+
+class NoOptions(BaseModel):
+    """For generators that take no options."""
+
+    model_config = {"extra": "forbid"}
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """An instance configured for one product."""
+
+    def generate(self, order: OrderContext) -> Generated | Awaitable[Generated]: ...
+
+
+class GeneratorPlugin(Protocol):
+    """The class a plugin exports (through the ``delivery_daemon.generators`` entry point group)."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]]
+
+    def __call__(self, options: Any) -> Generator: ...
+
+
+__all__ = ["Dead", "Generated", "Generator", "GeneratorPlugin", "NoOptions", "OrderContext", "OutOfStock",
+           "Resources", "Retry", "parse_generated"]

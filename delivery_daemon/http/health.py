@@ -1,0 +1,36 @@
+"""``/healthz``: the process answers. ``/readyz``: the database takes a write lock and the worker is running."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from delivery_daemon.storage.queue import QueueError
+
+if TYPE_CHECKING:
+    from delivery_daemon.compose import Daemon
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    daemon: Daemon = request.app.state.daemon
+    problems: list[str] = []
+    try:
+        await daemon.queue.check_writable()
+    except QueueError:
+        problems.append("database not writable")
+    if not daemon.worker.running:
+        problems.append("worker not running")
+    if problems:
+        return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def routes() -> list[Route]:
+    return [Route("/healthz", healthz), Route("/readyz", readyz)]

@@ -1,0 +1,173 @@
+"""Step 1 of an order: ``POST /webhooks/{store}``. Check, then commit, then answer.
+
+Order of checks: unknown store (404), body over the cap (413, refused before it is read), wrong content type (415),
+then the adapter: unreadable body (400), bad signature (403), refused fields (422). None of these stores anything.
+A valid webhook is committed to the queue before the 2xx goes out; the same order again answers 200 with
+``"duplicate": true`` and creates nothing (the database's unique constraint decides).
+
+The adapter's result decides what happens (the core names no marketplace):
+
+* an :class:`~delivery_daemon.order.IncomingOrder` is queued (above);
+* an :class:`~delivery_daemon.marketplaces.base.OrderEvent` (refund, dispute) marks the order: cancelled if not
+delivered
+  yet, flagged and logged (``order.refunded`` / ``order.disputed``) if it was;
+* a :class:`~delivery_daemon.marketplaces.base.FulfilNow` is answered synchronously with the keys as ``text/plain``
+  (:mod:`delivery_daemon.pipeline.fulfil`).
+
+A result carrying an ``event_id`` already handled for the store (:mod:`delivery_daemon.storage.events`) is answered 200
+``{"status": "duplicate"}`` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING
+
+import structlog
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from delivery_daemon.errors import WebhookRejected
+from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult
+from delivery_daemon.order import IncomingOrder
+from delivery_daemon.pipeline.fulfil import fulfil_now
+from delivery_daemon.storage.events import EventLog
+from delivery_daemon.storage.queue import MarkedOrder, QueueError
+
+if TYPE_CHECKING:
+    from delivery_daemon.compose import Daemon
+    from delivery_daemon.pipeline.stores import Store
+
+log = structlog.get_logger("delivery_daemon.http.receive")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_capped(request: Request, limit: int, within: float | None = None) -> bytes:
+    """The request body, refusing (before reading it) anything that declares or streams more than ``limit``.
+
+    A body that takes longer than ``within`` seconds to arrive is refused with 408 (a slow sender must not hold
+    a connection and a buffer for as long as it likes)."""
+    if within is not None:
+        try:
+            # asyncio.timeout, not anyio.fail_after: anyio's cancel scope cost ~5 % of the receiver's CPU (profile),
+            # and the server runs on asyncio (uvicorn) anyway.
+            async with asyncio.timeout(within):
+                return await read_capped(request, limit)
+        except TimeoutError:
+            raise WebhookRejected(408, "request body not received in time") from None
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BodyTooLarge
+        except ValueError:
+            raise WebhookRejected(400, "invalid Content-Length") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+async def webhook(request: Request) -> Response:
+    daemon: Daemon = request.app.state.daemon
+    name = request.path_params["store"]
+    store = daemon.stores.get(name)
+    bound = log.bind(store=name)
+    try:
+        if store is None:
+            raise WebhookRejected(404, "unknown store")
+        wait = daemon.limiter.check(name) if daemon.limiter is not None else None
+        if wait is not None:
+            bound.warning("webhook.rate_limited", retry_after_s=round(wait, 3))
+            daemon.metrics_webhook(name, "rejected_429")
+            return JSONResponse({"error": "too many webhooks for this store; retry later"}, status_code=429,
+                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        try:
+            body = await read_capped(request, daemon.settings.server.max_body_bytes,
+                                     daemon.settings.server.body_timeout)
+        except BodyTooLarge:
+            raise WebhookRejected(413, f"body larger than {daemon.settings.server.max_body_bytes} bytes") from None
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            raise WebhookRejected(415, "Content-Type must be application/json")
+        try:
+            order: WebhookResult = store.marketplace.parse_webhook(request.headers, body)
+        except RecursionError:
+            # json.loads raises this (not ValueError) on deep nesting; hostile input, for every adapter alike.
+            raise WebhookRejected(400, "body is nested too deeply") from None
+    except WebhookRejected as exc:
+        bound.warning("webhook.rejected", status=exc.status, reason=exc.reason)
+        daemon.metrics_webhook(name, f"rejected_{exc.status}")
+        return _error(exc.status, exc.reason)
+    except ClientDisconnect:
+        return Response(status_code=400)
+    if order is None:
+        bound.info("webhook.ignored")
+        daemon.metrics_webhook(name, "ignored")
+        return JSONResponse({"status": "ignored"})
+    assert store is not None
+    events = EventLog(daemon.queue)
+    event_id = None if isinstance(order, FulfilNow) else order.event_id
+    try:
+        if event_id is not None and await events.seen(name, event_id):
+            bound.info("webhook.duplicate_event", event_id=event_id)
+            daemon.metrics_webhook(name, "duplicate")
+            return JSONResponse({"status": "duplicate", "duplicate": True})
+        response = await _handle(daemon, store, order, bound)
+        if event_id is not None and response.status_code < 300:
+            await events.record(name, event_id)
+    except QueueError as exc:
+        # Not stored, so not acknowledged: the marketplace resends on a non-2xx.
+        bound.error("webhook.store_failed", error=str(exc))
+        return _error(503, "could not store the order; try again")
+    return response
+
+
+async def _handle(daemon: Daemon, store: Store, result: IncomingOrder | OrderEvent | FulfilNow,
+                  bound: structlog.typing.FilteringBoundLogger) -> Response:
+    if isinstance(result, OrderEvent):
+        return await _mark(daemon, result, bound)
+    if isinstance(result, FulfilNow):
+        answer = await fulfil_now(daemon.queue, store, result, slots=daemon.generator_slots)
+        daemon.metrics_webhook(store.name, f"fulfil_{answer.status}")
+        if answer.status != 200:
+            return _error(answer.status, answer.reason or "not available")
+        return PlainTextResponse("\n".join(answer.keys))
+    order = result
+    enqueued = await daemon.queue.enqueue(order)
+    if enqueued.created:
+        daemon.worker.wake()
+    event = "webhook.accepted" if enqueued.created else "webhook.duplicate"
+    bound.info(event, order_id=order.order_id, job_id=enqueued.job_id, product_id=order.product_id)
+    daemon.metrics_webhook(store.name, "accepted" if enqueued.created else "duplicate")
+    return JSONResponse({"status": "accepted", "order_id": order.order_id, "duplicate": not enqueued.created})
+
+
+async def _mark(daemon: Daemon, event: OrderEvent, bound: structlog.typing.FilteringBoundLogger) -> Response:
+    reason = f"{event.kind}" + (f": {event.detail}" if event.detail else "")
+    outcome = await daemon.queue.mark(MarkedOrder(
+        store=event.store, order_id=event.order_id, marketplace=event.marketplace, product_id=event.product_id,
+        kind=event.kind, reason=reason[:500]))
+    flagged = outcome == "flagged"
+    # A refund or dispute after delivery needs the seller's attention (the keys are out): a warning, not info.
+    (bound.warning if flagged else bound.info)(f"order.{event.kind}", order_id=event.order_id, outcome=outcome,
+                                                 flagged=flagged, detail=event.detail)
+    daemon.metrics_webhook(event.store, event.kind)
+    return JSONResponse({"status": outcome, "order_id": event.order_id})
+
+
+def routes() -> list[Route]:
+    return [Route("/webhooks/{store}", webhook, methods=["POST"])]

@@ -1,0 +1,141 @@
+"""Webhook signature schemes, both ways: the adapters verify with these, the reference marketplaces and the outbound
+webhook channel sign with them. Every comparison is constant-time and every check works on the raw body bytes.
+
+* hex HMAC of the body (Sellix ``X-Sellix-Signature``, Shoppy ``X-Shoppy-Signature``);
+* Stripe ``Stripe-Signature: t=…,v1=…[,v1=…]``: hex HMAC-SHA256 of ``"{t}.{body}"``;
+* Standard Webhooks ``webhook-id`` / ``webhook-timestamp`` / ``webhook-signature: v1,<base64> …``: HMAC-SHA256 of
+  ``"{id}.{timestamp}.{body}"`` with the base64 key after ``whsec_``.
+
+Timestamped schemes are checked against the injected clock, ``tolerance`` seconds both ways (a signature from the
+future is as suspect as a stale one). A failed check raises :class:`~delivery_daemon.errors.WebhookRejected` 403
+(400 when the headers are not even readable); the reason never contains a secret or a signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Literal
+
+from delivery_daemon.errors import WebhookRejected
+
+Algorithm = Literal["sha256", "sha512"]
+WHSEC_PREFIX = "whsec_"
+
+
+
+def _same(expected: str, sent: str) -> bool:
+    """Constant-time comparison as bytes: compare_digest raises TypeError on non-ASCII str (a forged header
+    would otherwise be answered 500)."""
+    return hmac.compare_digest(expected.encode(), sent.encode())
+
+def hex_hmac(secret: bytes, body: bytes, algorithm: Algorithm = "sha512") -> str:
+    """The lowercase hex HMAC of ``body``."""
+    return hmac.new(secret, body, getattr(hashlib, algorithm)).hexdigest()
+
+
+def check_hex_hmac(secret: bytes, body: bytes, sent: str | None, algorithm: Algorithm = "sha512",
+                   header: str = "signature") -> None:
+    """Raise WebhookRejected unless ``sent`` is the hex HMAC of ``body``."""
+    if not sent:
+        raise WebhookRejected(403, f"missing {header} header")
+    if not _same(hex_hmac(secret, body, algorithm), sent.strip().lower()):
+        raise WebhookRejected(403, "invalid signature")
+
+
+def _check_time(timestamp: int, now: float, tolerance: float) -> None:
+    if abs(now - timestamp) > tolerance:
+        raise WebhookRejected(403, f"signature timestamp outside the {tolerance:g} s tolerance")
+
+
+# -- Stripe ------------------------------------------------------------------------------------------------------
+
+
+def stripe_signature(secret: str, body: bytes, timestamp: int) -> str:
+    """The ``v1`` value Stripe sends for ``body`` at ``timestamp``."""
+    return hex_hmac(secret.encode(), f"{timestamp}.".encode() + body, "sha256")
+
+
+def stripe_header(secrets: list[str], body: bytes, timestamp: int) -> str:
+    """A ``Stripe-Signature`` header with one ``v1`` per secret (as during a secret rotation)."""
+    return ",".join([f"t={timestamp}", *(f"v1={stripe_signature(s, body, timestamp)}" for s in secrets)])
+
+
+def verify_stripe(header: str | None, body: bytes, secret: str, now: float, tolerance: float) -> int:
+    """Check a ``Stripe-Signature`` header; returns its timestamp. Any one ``v1`` may match (secret rotation);
+    other schemes (``v0``) are ignored, as Stripe's own libraries do."""
+    if not header:
+        raise WebhookRejected(403, "missing Stripe-Signature header")
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t":
+            try:
+                timestamp = int(value)
+            except ValueError:
+                raise WebhookRejected(400, "unreadable Stripe-Signature timestamp") from None
+        elif key == "v1":
+            signatures.append(value.strip().lower())
+    if timestamp is None or not signatures:
+        raise WebhookRejected(403, "Stripe-Signature has no timestamp or no v1 signature")
+    expected = stripe_signature(secret, body, timestamp)
+    if not any(_same(expected, sent) for sent in signatures):
+        raise WebhookRejected(403, "invalid signature")
+    _check_time(timestamp, now, tolerance)
+    return timestamp
+
+
+# -- Standard Webhooks -------------------------------------------------------------------------------------------
+
+
+def whsec_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret; ValueError if it is not one."""
+    raw = secret.removeprefix(WHSEC_PREFIX)
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be whsec_ followed by base64") from None
+    if len(key) < 16:
+        raise ValueError("key must be at least 16 bytes")
+    return key
+
+
+def standard_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One ``v1,<base64>`` signature."""
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def standard_headers(key: bytes, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The three Standard Webhooks headers for ``body``."""
+    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": standard_signature(key, msg_id, timestamp, body)}
+
+
+def verify_standard(headers: Mapping[str, str], body: bytes, keys: list[bytes], now: float,
+                    tolerance: float) -> str:
+    """Check Standard Webhooks headers against any of ``keys``; returns the ``webhook-id``.
+
+    ``webhook-signature`` may hold several space-separated signatures (key rotation); one valid ``v1`` suffices.
+    """
+    msg_id = headers.get("webhook-id")
+    raw_timestamp = headers.get("webhook-timestamp")
+    sent = headers.get("webhook-signature")
+    if not msg_id or not raw_timestamp or not sent:
+        raise WebhookRejected(403, "missing webhook-id, webhook-timestamp or webhook-signature header")
+    if len(msg_id) > 255:
+        raise WebhookRejected(400, "webhook-id is too long")
+    try:
+        timestamp = int(raw_timestamp)
+    except ValueError:
+        raise WebhookRejected(400, "unreadable webhook-timestamp") from None
+    candidates = [part for part in sent.split() if part.startswith("v1,")]
+    expected = [standard_signature(key, msg_id, timestamp, body) for key in keys]
+    if not any(_same(e, c) for e in expected for c in candidates):
+        raise WebhookRejected(403, "invalid signature")
+    _check_time(timestamp, now, tolerance)
+    return msg_id

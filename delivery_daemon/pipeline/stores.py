@@ -1,0 +1,165 @@
+"""Composition: configured stores become running adapters, sinks and configured generators.
+
+``build_stores`` is the one place where settings meet the explicit lists of marketplace types and generator plugins.
+It validates everything a delivery will need (adapter settings, generator names and options, templates) and raises
+:class:`~delivery_daemon.errors.ConfigError` with the key path, so that ``check-config`` and ``serve`` fail at start
+rather than in the middle of a delivery.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
+
+from delivery_daemon.channels.choice import build_channel
+from delivery_daemon.clock import Clock
+from delivery_daemon.config import ProductSettings, Settings, StoreSettings, format_location
+from delivery_daemon.errors import ConfigError
+from delivery_daemon.generators.contract import Generator
+from delivery_daemon.generators.resources import ResourceHub, Resources
+from delivery_daemon.generators.threads import HungThreads
+from delivery_daemon.marketplaces.base import AdapterContext, Marketplace, MarketplaceType, Sink
+from delivery_daemon.net.guard import NetPolicy
+from delivery_daemon.pipeline.template import check_template
+
+
+@dataclass(frozen=True)
+class Product:
+    """A product ready to fulfil: its generator instance, validated options and template."""
+
+    generator_name: str
+    generator: Generator
+    options: Mapping[str, Any]
+    template: str
+    secrets: tuple[str, ...] = ()
+    """Option values declared secret (``SecretStr``), for the log redactor."""
+    listed_count: int | None = None
+    """A fixed stock count to show on the marketplace (``listed_count``), whatever the generator has."""
+    threads: HungThreads = field(default_factory=HungThreads, compare=False)
+    """The generator's calls still running past their budget (sync generators), bounded per product; shared with
+    the product's earlier builds through the daemon's :class:`~delivery_daemon.generators.resources.ResourceHub`."""
+
+
+@dataclass
+class Store:
+    settings: StoreSettings
+    marketplace: Marketplace
+    sink: Sink
+    products: dict[str, Product] = field(default_factory=dict)
+    default: Product | None = None
+    channel_secrets: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def static_secrets(self) -> list[str]:
+        """The channel's secrets and every product's secret options (the marketplace's come from ``secrets()``)."""
+        found = list(self.channel_secrets)
+        for product in [*self.products.values(), *([self.default] if self.default else [])]:
+            found.extend(product.secrets)
+        return found
+
+    def product(self, product_id: str) -> Product | None:
+        return self.products.get(product_id, self.default)
+
+    async def aclose(self) -> None:
+        """Close the marketplace's HTTP clients and the channel's, if it keeps any open."""
+        await self.marketplace.aclose()
+        close = getattr(self.sink, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _instantiate(plugin: Any, options: Any, resources: Resources) -> Any:
+    """``plugin(options)``, or ``plugin(options, resources)`` when its constructor asks for ``resources``."""
+    try:
+        wants = "resources" in inspect.signature(plugin).parameters
+    except (TypeError, ValueError):
+        wants = False
+    return plugin(options, resources=resources) if wants else plugin(options)
+
+
+def secret_values(value: Any) -> list[str]:
+    """Every ``SecretStr``/``SecretBytes`` inside validated plugin options (models, mappings and lists walked)."""
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if isinstance(value, SecretBytes):
+        return [value.get_secret_value().decode(errors="replace")]
+    if isinstance(value, BaseModel):
+        return [s for name in type(value).model_fields for s in secret_values(getattr(value, name))]
+    if isinstance(value, Mapping):
+        return [s for item in value.values() for s in secret_values(item)]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [s for item in value for s in secret_values(item)]
+    return []
+
+
+def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: str,
+                  resources: Resources | None = None) -> Product:
+    info = plugins.get(product.generator)
+    if info is None:
+        known = ", ".join(sorted(plugins)) or "none installed"
+        raise ConfigError(f"{path}.generator", f"unknown generator {product.generator!r} (known: {known})")
+    plugin = getattr(info, "plugin", info)
+    try:
+        options = plugin.Options.model_validate(product.options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = format_location(("options", *error["loc"]))
+        message = "required" if error["type"] == "missing" else str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{path}.{where}", message) from None
+    # A plugin may bring its own default text (e.g. a download product has no keys to list).
+    template = product.template
+    if "template" not in product.model_fields_set and isinstance(getattr(plugin, "template", None), str):
+        template = plugin.template
+    try:
+        check_template(template)
+    except ValueError as exc:
+        raise ConfigError(f"{path}.template", str(exc)) from None
+    if resources is None:
+        resources = Resources(store="", product_id=None, plugin=product.generator, hub=ResourceHub())
+    try:
+        generator = _instantiate(plugin, options, resources)
+    except Exception as exc:
+        raise ConfigError(f"{path}.generator", f"{product.generator} failed to start: {exc}") from None
+    return Product(product.generator, generator, options.model_dump(), template, tuple(secret_values(options)),
+                   product.listed_count, resources.hub.hung_threads(resources.store, resources.product_id))
+
+
+def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
+                 clock: Clock, transport: httpx.AsyncBaseTransport | None = None,
+                 hub: ResourceHub | None = None) -> dict[str, Store]:
+    """Adapters and products for every configured store, or a ConfigError naming the first bad key.
+
+    ``hub`` carries the services lent to plugins (see :mod:`~delivery_daemon.generators.resources`)."""
+    policy = NetPolicy.from_settings(settings.security)
+    hub = hub or ResourceHub(clock=clock, policy=policy)
+    types = {m.name: m for m in marketplaces}
+    stores: dict[str, Store] = {}
+    for index, store in enumerate(settings.stores):
+        path = f"stores[{index}]"
+        kind = types.get(store.marketplace)
+        if kind is None:
+            raise ConfigError(f"{path}.marketplace",
+                              f"unknown marketplace {store.marketplace!r} (known: {', '.join(sorted(types))})")
+        context = AdapterContext(store=store, path=path, clock=clock, delivery=settings.delivery,
+                                 transport=transport, policy=policy)
+        adapter = kind.create(context)
+        channel = build_channel(adapter, context)
+        built = Store(settings=store, marketplace=adapter, sink=channel.sink, channel_secrets=channel.secrets)
+        for product_id, product in store.products.items():
+            built.products[product_id] = build_product(
+                product, plugins, f"{path}.products.{product_id}",
+                Resources(store=store.name, product_id=product_id, plugin=product.generator, hub=hub))
+        if store.default is not None:
+            built.default = build_product(
+                store.default, plugins, f"{path}.default",
+                Resources(store=store.name, product_id=None, plugin=store.default.generator, hub=hub))
+        stores[store.name] = built
+    return stores

@@ -1,0 +1,129 @@
+"""Engine creation: SQLite tuned for durability (WAL, ``synchronous=FULL``, ``BEGIN IMMEDIATE``), or any URL
+SQLAlchemy understands. Database errors are translated at the queue boundary, not here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+
+# Imported for their side effect: each registers its tables on SQLModel.metadata.
+from delivery_daemon.storage import models, stock_pool, vault  # noqa: F401
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for another database or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def with_driver(url: str) -> str:
+    """``url`` naming the driver this package installs: ``postgresql://`` (for which SQLAlchemy would load psycopg2,
+    not a dependency) becomes ``postgresql+psycopg://``; any other URL is returned unchanged."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
+def create_db_engine(url: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> Engine:
+    """An engine for ``url`` (``postgresql://`` uses psycopg 3, see :func:`with_driver`). For a SQLite file, the
+    file is created 0600 and every transaction is IMMEDIATE."""
+    url = with_driver(url)
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # Created by us first so that the file (which holds orders and keys) is never world-readable.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    if make_url(url).get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (the documented SQLAlchemy recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # IMMEDIATE takes the write lock up front, so two writers never deadlock on a lock upgrade.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def newest_revision() -> str:
+    """The newest migration shipped (the revision no other one revises), read from the migration files' headers.
+
+    Read without importing Alembic, whose import (with Mako and, through it, Pygments' lexers) costs ~10 MB of RSS
+    for the daemon's whole life.
+    """
+    revisions: dict[str, str | None] = {}
+    for path in (Path(__file__).parent / "migrations" / "versions").glob("[0-9]*.py"):
+        header = path.read_text(encoding="utf-8")
+        revision = re.search(r'^revision: str = "([^"]+)"', header, re.M)
+        down = re.search(r'^down_revision: str \| None = (?:"([^"]+)"|None)', header, re.M)
+        assert revision is not None and down is not None, f"unexpected migration header in {path.name}"
+        revisions[revision.group(1)] = down.group(1)
+    [head] = set(revisions) - set(revisions.values())
+    return head
+
+
+def _at_newest_revision(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return False
+        current = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return current == [newest_revision()]
+
+
+def create_schema(engine: Engine) -> None:
+    """Bring the schema to the newest migration (an empty database, an older one, or a first-release one)."""
+    if _at_newest_revision(engine):  # a restart: nothing to migrate, and Alembic stays unimported
+        return
+    if engine.dialect.name == "sqlite" and _create_fresh(engine):
+        return
+    from delivery_daemon.storage.schema import upgrade
+
+    upgrade(engine)
+
+
+def _create_fresh(engine: Engine) -> bool:
+    """On a SQLite database without tables: create the models' tables and stamp the newest revision, in one
+    transaction, without importing Alembic; False (nothing done) if the database has any table.
+
+    The migrations, run from nothing, make exactly the models' schema on SQLite (tested table by table, index by
+    index, in tests/test_schema_migrations.py), so a new database needs none of them run; Alembic's import costs
+    ~8 MB for the daemon's whole life. ``BEGIN IMMEDIATE`` serialises two processes starting on one new file: the
+    second finds the tables and the stamp. PostgreSQL keeps the migrations (its NOTIFY trigger is one of them).
+    """
+    from sqlmodel import SQLModel
+
+    with engine.begin() as conn:
+        if inspect(conn).get_table_names():
+            return False
+        SQLModel.metadata.create_all(conn)
+        # Alembic's own definition of its version table, so that a later release's upgrade reads it as usual.
+        conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+                             "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))")
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:revision)"),
+                     {"revision": newest_revision()})
+    return True

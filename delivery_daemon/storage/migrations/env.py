@@ -1,0 +1,25 @@
+"""Alembic environment, run only from :mod:`delivery_daemon.storage.schema` with an open connection.
+
+The caller passes the connection (inside its transaction, holding the migration lock) through
+``config.attributes["connection"]``; there is no alembic.ini and no URL here, so nothing can migrate a database
+other than the one the daemon was configured with.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlmodel import SQLModel
+
+# Imported for their side effect: each registers its tables on SQLModel.metadata.
+from delivery_daemon.storage import models, stock_pool, vault  # noqa: F401
+
+connection = context.config.attributes.get("connection")
+if connection is None:  # pragma: no cover - a programming error, not an operator one
+    raise RuntimeError(
+        "delivery_daemon migrations run from delivery_daemon.storage.schema.upgrade(), not the alembic CLI")
+
+# render_as_batch: SQLite cannot ALTER most things; batch mode rebuilds the table, and is a no-op on PostgreSQL.
+context.configure(connection=connection, target_metadata=SQLModel.metadata, render_as_batch=True,
+                  compare_type=True)
+with context.begin_transaction():
+    context.run_migrations()
