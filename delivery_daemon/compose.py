@@ -2,7 +2,8 @@
 
 The worker (with its APScheduler) is started in the app's lifespan, in the same event loop as uvicorn, and stopped
 on shutdown after in-flight deliveries had their grace period. Everything the app needs is passed in: settings,
-the marketplace types, the generator plugins, the clock and the HTTP transport.
+the marketplace types, the generator plugins, the clock and the HTTP transport. The marketplace types this build
+ships with are listed here, once (:func:`default_marketplaces`), and passed down from the commands that run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from delivery_daemon.http.limits import RateLimiter
 from delivery_daemon.http.metrics import UNKNOWN_STORE, Metrics
 from delivery_daemon.logs import REDACTOR, Redactor, install_record_scrubber
 from delivery_daemon.marketplaces.base import MarketplaceType
+from delivery_daemon.marketplaces.sellix import Sellix
+from delivery_daemon.marketplaces.shoppy import Shoppy
+from delivery_daemon.marketplaces.softstore import SoftStore
+from delivery_daemon.marketplaces.standard_webhooks import StandardWebhooks
+from delivery_daemon.marketplaces.stripe_store import StripeStore
 from delivery_daemon.net.guard import NetPolicy
 from delivery_daemon.pipeline.stores import Store, build_stores
 from delivery_daemon.pipeline.worker import GENERATOR_BUDGET, Worker
@@ -38,6 +44,12 @@ from delivery_daemon.storage.queue import JobQueue
 from delivery_daemon.storage.rekey import seal_at_start
 from delivery_daemon.storage.retention import RetentionService
 from delivery_daemon.storage.stock_pool import StockError
+
+
+def default_marketplaces() -> list[MarketplaceType]:
+    """The marketplace types this build ships with: the explicit list the CLI (and the demo, the stock-sync
+    commands, the tests) hands to :func:`create_app` and :func:`~delivery_daemon.pipeline.stores.build_stores`."""
+    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), StandardWebhooks()]
 
 
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import standardwebhooks
 
-from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
+from delivery_daemon.compose import default_marketplaces
 from delivery_daemon.config import parse_settings
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.pipeline.stores import build_stores

@@ -26,8 +26,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 
-from delivery_daemon.cli import default_marketplaces
-from delivery_daemon.compose import create_app
+from delivery_daemon.compose import create_app, default_marketplaces
 from delivery_daemon.config import parse_settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import RunningServer, serve_in_thread
