@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from delivery_daemon.reference.chaos.run import ChaosFaults, ChaosOptions, run_chaos
+from delivery_daemon.reference.chaos.harness import ChaosFaults, ChaosOptions
+from delivery_daemon.reference.chaos.run import run_chaos
 from delivery_daemon.reference.chaos.webhooks import FLAVOURS, Attempt, ChaosSink, judge_sink
 from delivery_daemon.reference.standard_webhooks import new_secret
 

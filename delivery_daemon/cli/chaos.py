@@ -17,7 +17,8 @@ from delivery_daemon.logs import configure_logging
 def cmd_chaos(args: argparse.Namespace) -> int:
     # Imported when it runs: the reference marketplace and its servers would slow every command's start.
     from delivery_daemon.reference.chaos.database import checked_database_url
-    from delivery_daemon.reference.chaos.run import ChaosOptions, run_chaos
+    from delivery_daemon.reference.chaos.harness import ChaosOptions
+    from delivery_daemon.reference.chaos.run import run_chaos
 
     url = checked_database_url(args.database_url, args.replicas, args.marketplace)
     options = ChaosOptions(orders=args.orders, kills=args.kills, seed=args.seed, rate=args.rate,
