@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 
 from delivery_daemon.backoff import Backoff
@@ -80,8 +81,6 @@ class Daemon:
 
 def settings_secrets(settings: Settings) -> list[str]:
     """Secrets of the daemon's own sections (status page credentials, the database password), for the redactor."""
-    from sqlalchemy.engine import make_url
-
     status = settings.status
     found = [s.get_secret_value() for s in (status.password, status.token, status.session_secret) if s is not None]
     password = make_url(settings.database.url).password

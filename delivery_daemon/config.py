@@ -7,6 +7,7 @@ e.g. ``stores[0].api_key: required``. Secrets are held as :class:`pydantic.Secre
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -106,8 +107,6 @@ class SecuritySettings(_Model):
     @field_validator("allowed_networks")
     @classmethod
     def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        import ipaddress
-
         for entry in value:
             ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
         return value

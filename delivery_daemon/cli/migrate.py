@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlmodel import SQLModel
 
+from delivery_daemon.config import load_settings
 from delivery_daemon.errors import DeliveryDaemonError
 from delivery_daemon.storage.engine import create_db_engine, sqlite_path, with_driver
 from delivery_daemon.storage.models import Job
@@ -113,8 +114,6 @@ def copy_database(source_engine: Engine, target_engine: Engine) -> CopyReport:
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    from delivery_daemon.config import load_settings
-
     settings = load_settings(args.config)
     try:
         url = target_url(args.to)

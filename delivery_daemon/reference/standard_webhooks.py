@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
@@ -28,8 +29,6 @@ from delivery_daemon.reference.sender import WebhookSender
 
 def new_secret() -> str:
     """A fresh ``whsec_`` secret (24 random bytes)."""
-    import base64
-
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
