@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from delivery_daemon.errors import WebhookRejected
+from delivery_daemon.errors import BodyTooLarge, WebhookRejected
 from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.pipeline.fulfil import fulfil_now
@@ -41,10 +41,6 @@ if TYPE_CHECKING:
     from delivery_daemon.pipeline.stores import Store
 
 log = structlog.get_logger("delivery_daemon.http.receive")
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 async def read_capped(request: Request, limit: int, within: float | None = None) -> bytes:
