@@ -14,7 +14,7 @@ Uniqueness is the database's job: ``INSERT … ON CONFLICT DO NOTHING`` on (stor
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
@@ -360,18 +360,21 @@ class JobQueue:
         """Hand back every job ``owner`` still holds (graceful shutdown)."""
         return await self._run(self._release_owned, owner)
 
-    def _renew(self, conn: Connection, owner: str, lease_seconds: float) -> int:
+    def _renew(self, conn: Connection, owner: str, lease_seconds: float, job_ids: Collection[int] | None) -> int:
         now = self.clock.now()
-        result = conn.execute(
-            update(JOBS)
-            .where(and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner))
-            .values(lease_until=now + lease_seconds)
-        )
+        where = and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner)
+        if job_ids is not None:
+            where = and_(where, JOBS.c.id.in_(sorted(job_ids)))
+        result = conn.execute(update(JOBS).where(where).values(lease_until=now + lease_seconds))
         return int(result.rowcount)
 
-    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
-        """Extend every lease ``owner`` holds: a live worker keeps its jobs however long a step takes."""
-        return await self._run(self._renew, owner, lease_seconds)
+    async def renew_leases(self, owner: str, lease_seconds: float, job_ids: Collection[int] | None = None) -> int:
+        """Extend the leases ``owner`` holds on ``job_ids`` (on every job it holds when None): a live worker keeps
+        the jobs it works on however long a step takes. The worker names its jobs in flight, so that a job no task
+        works on any more (its outcome could not be saved) is not kept leased and comes back when its lease ends."""
+        if job_ids is not None and not job_ids:
+            return 0
+        return await self._run(self._renew, owner, lease_seconds, job_ids)
 
     # -- transitions of a leased job ---------------------------------------------------------------------------
 
