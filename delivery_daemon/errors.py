@@ -9,6 +9,7 @@
     ├── StepOutcome                 control flow of one job step, decided by the worker
     │   ├── Retry                   try again later (``after`` seconds, or the schedule's next delay)
     │   ├── Dead                    never try again; the reason is recorded
+    │   ├── Held                    not tried again until the operator acts (``orders retry`` / ``cancel``)
     │   └── OutOfStock              the generator has nothing to give now; the job waits for a refill
     ├── GeneratorError              a generator broke its contract (wrong count, bad download URL)
     └── MarketplaceError            a marketplace API answered something we cannot use
@@ -66,6 +67,11 @@ class Retry(StepOutcome):
 
 class Dead(StepOutcome):
     """Stop trying: the order cannot or must not be delivered."""
+
+
+class Held(StepOutcome):
+    """The order must not go out as it stands (e.g. its buyer email is not one mailbox): the job is ``held`` for
+    the operator, who fixes the cause and retries it, or cancels it."""
 
 
 class OutOfStock(StepOutcome):

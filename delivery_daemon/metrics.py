@@ -55,7 +55,7 @@ class Metrics:
         self.webhooks = Counter("delivery_daemon_webhooks_received", "Webhooks received, by store and result "
                                 "(accepted, duplicate, ignored, rejected_<status>).", ["store", "result"], registry=r)
         self.deliveries = Counter("delivery_daemon_deliveries", "Job outcomes: delivered, already (the marketplace "
-                                  "had it), retry, dead, out_of_stock.", ["store", "outcome"], registry=r)
+                                  "had it), retry, dead, out_of_stock, held.", ["store", "outcome"], registry=r)
         self.jobs = Gauge("delivery_daemon_jobs", "Jobs in the database, by state.", ["state"], registry=r)
         self.oldest = Gauge("delivery_daemon_oldest_pending_job_age_seconds", "Age of the oldest job not yet "
                             "delivered, dead or cancelled (0 when there is none).", registry=r)

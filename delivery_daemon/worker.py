@@ -27,12 +27,13 @@ from .backoff import Backoff
 from .clock import Clock
 from .config import WorkerSettings
 from .deliver import deliver
-from .errors import Dead, OutOfStock, Retry
+from .errors import Dead, Held, OutOfStock, Retry
 from .generate import generate
 from .generator import OrderContext
 from .models import Job, JobState
 from .order import Content
 from .queue import JobQueue, LeaseLost, QueueError, Transition, Verified
+from .recipient import recipient
 from .stores import Store
 from .verify import verify
 
@@ -249,10 +250,11 @@ class Worker:
             verified: Verified | None = None
             if job.quantity is None:
                 order = await verify(store.marketplace, job)
+                buyer_email = recipient(store.settings, order.buyer_email)  # Held: not one mailbox to mail to
                 elapsed = (self.clock.monotonic() - started) * 1000
                 # Stored together with the content below: one commit instead of two per order.
-                verified = Verified(order.quantity, order.buyer_email, elapsed)
-                job.quantity, job.buyer_email = order.quantity, order.buyer_email
+                verified = Verified(order.quantity, buyer_email, elapsed)
+                job.quantity, job.buyer_email = order.quantity, buyer_email
                 bound.info("order.verified", quantity=order.quantity, duration_ms=round(elapsed, 1))
             step = "generate"
             if job.content is None:
@@ -291,6 +293,10 @@ class Worker:
                                             error=exc.reason, count_attempt=True,
                                             duration_ms=self._ms(started)), bound, slot)
             bound.warning("delivery.dead", step=step, reason=exc.reason, http_status=exc.http_status)
+        except Held as exc:
+            await self._end(job, Transition(JobState.HELD, step, "held", error=exc.reason,
+                                            duration_ms=self._ms(started)), bound, slot)
+            bound.warning("order.held", step=step, reason=exc.reason)
         except OutOfStock as exc:
             await self._end(job, Transition(JobState.WAITING, step, "out_of_stock", error=exc.reason,
                                             duration_ms=self._ms(started)), bound, slot)

@@ -55,11 +55,11 @@ class StandardWebhooksAdapter(SignedPayloadAdapter):
         assert order_id is not None
         product_id = identifier(data.get("product_id"), "data.product_id", required=False)
         if kind == "order.paid":
+            buyer = email(data.get("email"))
             return IncomingOrder(
                 store=self.store, marketplace=self.marketplace, order_id=order_id,
-                product_id=product_id or DEFAULT_PRODUCT, event_id=msg_id,
-                payload=order_payload(quantity(data.get("quantity", 1), "data.quantity"), email(data.get("email")),
-                                      "paid"),
+                product_id=product_id or DEFAULT_PRODUCT, event_id=msg_id, buyer_email=buyer,
+                payload=order_payload(quantity(data.get("quantity", 1), "data.quantity"), buyer, "paid"),
             )
         if kind in ("order.refunded", "order.disputed"):
             return OrderEvent(self.store, self.marketplace, order_id,
