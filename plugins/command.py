@@ -32,9 +32,12 @@ EX_UNAVAILABLE = 69
 class CommandOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    argv: list[str] = Field(min_length=1, description="the program and its arguments (no shell)")
+    argv: list[str] = Field(min_length=1, description="the program and its arguments (no shell)",
+                            examples=[["/usr/local/bin/keygen", "--product", "pro"]],
+                            json_schema_extra={"expected": "a list: the program, then its arguments (no shell)"})
     timeout: float = Field(default=10.0, gt=0, le=300)
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables",
+                                examples=[{"KEYGEN_DB": "/var/lib/keygen/keys.db"}])
 
     @field_validator("argv")
     @classmethod
