@@ -290,11 +290,19 @@ def test_config_error_says_what_to_type(
     assert match["problem"].strip(), line
 
 
-def test_secret_values_are_not_echoed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A wrong secret is described, never repeated: the value stays out of the error line."""
+def test_secret_values_are_not_echoed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong secret, or a wrong value from ``${...}``, is described, never repeated in the error line."""
     document = edit(_set("stores.delivery.webhook.secret", "whsec_SuperSecretButWrong!!"))
     assert main(["check-config", "--config", str(write(tmp_path, document))]) == 2
     assert "SuperSecret" not in capsys.readouterr().err
+    monkeypatch.setenv("DD_TEST_PORT", "hunter2")
+    assert main(["check-config", "--config", str(write(tmp_path, edit(_set("server.port", "${DD_TEST_PORT}"))))]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err and "server.port: got text (from ${DD_TEST_PORT}); expected a whole number" in err
+    assert main(["check-config", "--config", str(write(tmp_path, edit(_set("server.port", "hunter2"))))]) == 2
+    assert "got text 'hunter2'" in capsys.readouterr().err  # typed in the file itself, it is shown
 
 
 def test_outbound_whsec_error_from_a_real_process(tmp_path: Path) -> None:
