@@ -27,12 +27,20 @@ class DeliveryDaemonError(Exception):
 
 
 class ConfigError(DeliveryDaemonError):
-    """The configuration is unusable; ``str()`` is one line naming the key path."""
+    """The configuration is unusable; ``str()`` is one line naming the key path, what is wrong and, when known,
+    what to type instead: ``<key.path>: <what is wrong>; expected <form>, e.g. <example>``."""
 
-    def __init__(self, path: str, message: str) -> None:
+    def __init__(self, path: str, message: str, expected: str | None = None, example: str | None = None) -> None:
         self.path = path
         self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+        self.expected = expected
+        self.example = example
+        line = f"{path}: {message}" if path else message
+        if expected:
+            line += f"; expected {expected}"
+        if example:
+            line += f", e.g. {example}" if expected else f"; e.g. {example}"
+        super().__init__(line)
 
 
 class PluginError(DeliveryDaemonError):

@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from ..clock import Clock
+from ..config import StoreSettings, expect
 from ..errors import ConfigError, Dead, WebhookRejected
 from ..marketplace import AdapterContext, Sink
 from ..models import Job
@@ -86,7 +87,7 @@ class SignedPayloadAdapter:
     def __init__(self, context: AdapterContext) -> None:
         secret = context.store.webhook_secret
         if secret is None or not secret.get_secret_value():
-            raise ConfigError(f"{context.path}.webhook_secret", "required")
+            raise ConfigError(f"{context.path}.webhook_secret", "required", *expect(StoreSettings, "webhook_secret"))
         self.store = context.store.name
         self.settings = context.store
         self.path = context.path

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from ..errors import ConfigError
 from ..marketplace import AdapterContext, OrderEvent, WebhookResult, load_object
 from ..order import IncomingOrder
-from ..signing import verify_standard, whsec_key
+from ..signing import WHSEC_EXAMPLE, WHSEC_FORM, verify_standard, whsec_key
 from .signed import (
     DEFAULT_PRODUCT,
     SignedPayloadAdapter,
@@ -43,7 +43,7 @@ class StandardWebhooksAdapter(SignedPayloadAdapter):
         try:
             self.key = whsec_key(self.secret)
         except ValueError as exc:
-            raise ConfigError(f"{context.path}.webhook_secret", str(exc)) from None
+            raise ConfigError(f"{context.path}.webhook_secret", str(exc), WHSEC_FORM, WHSEC_EXAMPLE) from None
         self.tolerance = context.store.signature.tolerance
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
