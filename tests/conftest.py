@@ -150,9 +150,9 @@ async def stack(make_stack: Callable[..., contextlib.AbstractAsyncContextManager
 # -- PostgreSQL (issue 8): one throw-away server per test session, one fresh database per test ---------------------
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[Any]:
-    """A PostgreSQL server on a free loopback port for the whole session; skips when the binaries are absent."""
+def postgres_server() -> contextlib.AbstractContextManager[Any]:
+    """A new PostgreSQL server on a free loopback port (``tests.pg.running_server``); skips the test when the
+    binaries are absent."""
     from tests import pg
 
     reason = pg.unavailable_reason()
@@ -160,7 +160,13 @@ def pg_server() -> Iterator[Any]:
         if os.environ.get("DELIVERY_DAEMON_REQUIRE_POSTGRES"):  # set by .ci/run: CI must not skip these silently
             pytest.fail(reason)
         pytest.skip(reason)
-    with pg.running_server() as server:
+    return pg.running_server()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A PostgreSQL server on a free loopback port for the whole session; skips when the binaries are absent."""
+    with postgres_server() as server:
         yield server
 
 

@@ -17,8 +17,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -63,6 +63,19 @@ class PgServer:
     host: str
     port: int
     user: str
+    control: Callable[[str], None] | None = field(default=None, repr=False)
+    """``pg_ctl start`` / ``stop`` of this server (set by :func:`running_server`)."""
+
+    def stop(self) -> None:
+        """Stop the server now (fast shutdown: open connections are cut), keeping its data for :meth:`start`."""
+        assert self.control is not None, "not started by running_server()"
+        self.control("stop")
+
+    def start(self) -> None:
+        """Start a stopped server again on the same port; returns once it accepts connections."""
+        assert self.control is not None, "not started by running_server()"
+        self.control("start")
+        _wait_ready(self)
 
     def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
         return f"{driver}://{self.user}@{self.host}:{self.port}/{database}"
@@ -108,9 +121,15 @@ def running_server(*, durable: bool = False) -> Iterator[PgServer]:
                    "-c max_connections=200")
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
-                        "-w", "-t", "60", "start"], check=True, capture_output=True)
-        server = PgServer(host="127.0.0.1", port=port, user=user)
+        pg_ctl = str(bindir / "pg_ctl")
+
+        def control(action: str) -> None:
+            mode = ["-o", options, "-t", "60"] if action == "start" else ["-m", "fast"]
+            subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(log), *mode, "-w", action],
+                           check=True, capture_output=True)
+
+        control("start")
+        server = PgServer(host="127.0.0.1", port=port, user=user, control=control)
         _wait_ready(server)
         yield server
     except subprocess.CalledProcessError as exc:

@@ -181,6 +181,9 @@ if mode == "keys":
         print(f"{order['idempotency_key']}-{i}")
 elif mode == "json":
     print(json.dumps({"keys": ["K"] * order["quantity"], "text": "from json"}))
+elif mode == "env":
+    import os
+    print(json.dumps({"keys": ["K"], "text": " ".join(sorted(os.environ))}))
 elif mode == "hang":
     import time; time.sleep(60)
 else:
@@ -209,6 +212,19 @@ def test_command_exit_status_maps_to_outcome(program: Path, status: int, outcome
     """Exit 69 is out of stock, 65 permanent, anything else retryable, with the program's stderr as reason."""
     with pytest.raises(outcome, match="nothing left"):
         run_generator(CommandGenerator, {"argv": [sys.executable, str(program), str(status)]})
+
+
+def test_command_child_gets_a_minimal_environment(program: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seller's program sees PATH, the locale and its configured env, never the daemon's other variables."""
+    monkeypatch.setenv("SOFTSTORE_API_KEY", "daemon-secret-api-key")
+    monkeypatch.setenv("DELIVERY_DAEMON_KEYS", "k1:daemon-encryption-key")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    options = {"argv": [sys.executable, str(program), "env"], "env": {"KEYGEN_DB": "/var/lib/keygen.db"}}
+    seen = set((run_generator(CommandGenerator, options).text or "").split())
+    assert {"PATH", "LANG", "KEYGEN_DB"} <= seen
+    assert not seen & {"SOFTSTORE_API_KEY", "DELIVERY_DAEMON_KEYS"}
+    assert seen <= {"PATH", "LANG", "LANGUAGE", "TZ", "HOME", "TMPDIR", "KEYGEN_DB"} | {
+        name for name in seen if name.startswith("LC_")}
 
 
 def test_command_timeout_kills_program(program: Path) -> None:

@@ -115,7 +115,7 @@ def test_contract_options() -> None:
     """The plugin receives its validated Options instance; unknown option keys are refused."""
     generator = build_generator(PatternGenerator, {"prefix": "Z-"})
     assert isinstance(generator, PatternGenerator) and generator.options.prefix == "Z-"
-    with pytest.raises(ConfigError, match=r"options\.colour: Extra inputs"):
+    with pytest.raises(ConfigError, match=r"options\.colour: unknown key; expected one of "):
         build_generator(PatternGenerator, {"colour": "red"})
 
 
@@ -232,7 +232,9 @@ def test_contract_option_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     config = _config(tmp_path, {"generator": "pattern", "options": {"pattern": "XXX"}})
     assert main(["check-config", "--config", config]) == 2
     assert _one_line_error(capsys) == ("delivery-daemon: error: stores[0].products.p1.options.pattern: "
-                                       "needs at least 8 'X' placeholders to be unguessable")
+                                       "needs at least 8 'X' placeholders to be unguessable; expected a pattern with "
+                                       "at least 8 X placeholders (each becomes a random character), "
+                                       "e.g. XXXXX-XXXXX-XXXXX-XXXXX-XXXXX")
 
 
 @pytest.mark.contract("Broken or missing plugins")
@@ -265,8 +267,8 @@ def test_contract_broken_or_missing_plugins_unknown_and_failing_init(tmp_path: P
                                                              "raise OSError('licence server key missing')"))
     config = _config(tmp_path, {"generator": "scripted"}, {"directory": str(plugin_dir)})
     assert main(["check-config", "--config", config]) == 2
-    assert _one_line_error(capsys).endswith(
-        "stores[0].products.p1.generator: scripted failed to start: licence server key missing")
+    assert "stores[0].products.p1.generator: scripted failed to start: licence server key missing; expected " \
+        in _one_line_error(capsys)
 
 
 # -- discovery and listing ----------------------------------------------------------------------------------------

@@ -211,3 +211,16 @@ async def test_renew_leases_keeps_a_live_workers_jobs(queue: JobQueue, clock: Ma
     assert job_mine is not None and job_other is not None
     assert (job_mine.state, job_mine.lease_owner) == ("running", "w1")
     assert job_other.state == "queued"
+
+
+async def test_renew_leases_by_id_renews_only_those_jobs_of_their_owner(queue: JobQueue, clock: ManualClock) -> None:
+    """Renewing named jobs extends only those the owner holds: not its other jobs, not another owner's job."""
+    ids = [(await queue.enqueue(order(name))).job_id for name in ("a", "b", "c")]
+    await queue.claim("w1", 5, 2)
+    await queue.claim("w2", 5, 1)
+    clock.advance(4)
+    assert await queue.renew_leases("w1", 5, job_ids=[ids[0], ids[2]]) == 1  # c is w2's
+    assert await queue.renew_leases("w1", 5, job_ids=[]) == 0
+    jobs = [await queue.get(job_id) for job_id in ids]
+    assert [(job.lease_owner, job.lease_until) for job in jobs if job is not None] == [
+        ("w1", clock.now() + 5), ("w1", clock.now() + 1), ("w2", clock.now() + 1)]

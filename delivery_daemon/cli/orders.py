@@ -212,7 +212,7 @@ def register(sub: Any) -> None:
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_guarded(cmd_show))
 
-    retry = actions.add_parser("retry", help="queue a dead, waiting or cancelled order again")
+    retry = actions.add_parser("retry", help="queue a dead, waiting, held or cancelled order again")
     _order_args(retry, optional=True)
     retry.add_argument("--all-dead", action="store_true", help="queue every dead order again")
     retry.set_defaults(func=_guarded(cmd_retry))

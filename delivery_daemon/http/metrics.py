@@ -55,7 +55,7 @@ class Metrics:
         self.webhooks = Counter("delivery_daemon_webhooks_received", "Webhooks received, by store and result "
                                 "(accepted, duplicate, ignored, rejected_<status>).", ["store", "result"], registry=r)
         self.deliveries = Counter("delivery_daemon_deliveries", "Job outcomes: delivered, already (the marketplace "
-                                  "had it), retry, dead, out_of_stock.", ["store", "outcome"], registry=r)
+                                  "had it), retry, dead, out_of_stock, held.", ["store", "outcome"], registry=r)
         self.jobs = Gauge("delivery_daemon_jobs", "Jobs in the database, by state.", ["state"], registry=r)
         self.oldest = Gauge("delivery_daemon_oldest_pending_job_age_seconds", "Age of the oldest job not yet "
                             "delivered, dead or cancelled (0 when there is none).", registry=r)
@@ -101,7 +101,8 @@ def _oldest_pending(daemon: Daemon) -> float | None:
 
 
 async def _stock(generator: Any) -> int | None:
-    """:func:`~delivery_daemon.stock.sync.stock_remaining` for the scrape; a plugin's error is logged, not raised."""
+    """:func:`~delivery_daemon.stock.sync.stock_remaining` for the scrape; a plugin's error is logged,
+    not raised."""
     try:
         return await stock_remaining(generator)
     except Exception as exc:  # a plugin's bug must not break the scrape

@@ -7,7 +7,9 @@ A valid webhook is committed to the queue before the 2xx goes out; the same orde
 
 The adapter's result decides what happens (the core names no marketplace):
 
-* an :class:`~delivery_daemon.order.IncomingOrder` is queued (above);
+* an :class:`~delivery_daemon.order.IncomingOrder` is queued (above) — or stored ``held`` (still a 2xx, logged
+  ``order.held``) when its store delivers by email and the buyer email it carries is not exactly one mailbox
+  (:mod:`delivery_daemon.recipient`);
 * an :class:`~delivery_daemon.marketplaces.base.OrderEvent` (refund, dispute) marks the order: cancelled if not
 delivered
   yet, flagged and logged (``order.refunded`` / ``order.disputed``) if it was;
@@ -21,6 +23,7 @@ A result carrying an ``event_id`` already handled for the store (:mod:`delivery_
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -29,10 +32,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from delivery_daemon.errors import BodyTooLarge, WebhookRejected
+from delivery_daemon.errors import BodyTooLarge, Held, WebhookRejected
 from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.pipeline.fulfil import fulfil_now
+from delivery_daemon.recipient import recipient
 from delivery_daemon.storage.events import EventLog
 from delivery_daemon.storage.queue import MarkedOrder, QueueError
 
@@ -143,13 +147,22 @@ async def _handle(daemon: Daemon, store: Store, result: IncomingOrder | OrderEve
             return _error(answer.status, answer.reason or "not available")
         return PlainTextResponse("\n".join(answer.keys))
     order = result
+    try:
+        recipient(store.settings, order.buyer_email)
+    except Held as exc:  # stored for the operator, answered 2xx: the marketplace must not resend it
+        order = dataclasses.replace(order, held=exc.reason)
     enqueued = await daemon.queue.enqueue(order)
     if enqueued.created:
         daemon.worker.wake()
     event = "webhook.accepted" if enqueued.created else "webhook.duplicate"
     bound.info(event, order_id=order.order_id, job_id=enqueued.job_id, product_id=order.product_id)
     daemon.metrics_webhook(store.name, "accepted" if enqueued.created else "duplicate")
-    return JSONResponse({"status": "accepted", "order_id": order.order_id, "duplicate": not enqueued.created})
+    body: dict[str, object] = {"status": "accepted", "order_id": order.order_id, "duplicate": not enqueued.created}
+    if enqueued.created and order.held is not None:
+        bound.warning("order.held", order_id=order.order_id, job_id=enqueued.job_id, step="receive",
+                      reason=order.held)
+        body["held"] = True
+    return JSONResponse(body)
 
 
 async def _mark(daemon: Daemon, event: OrderEvent, bound: structlog.typing.FilteringBoundLogger) -> Response:

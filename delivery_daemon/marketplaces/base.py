@@ -114,7 +114,8 @@ class Marketplace(Protocol):
 class StockListing(Protocol):
     """Optional for an adapter: the marketplace shows a stock count per product and the seller may set it.
 
-    Stock sync (:mod:`~delivery_daemon.stock.sync`) uses it for adapters that have it. Setting the count must not
+    Stock sync (:mod:`~delivery_daemon.stock.sync`) uses it for adapters that have it. Setting the count
+    must not
     send the product back to moderation. Both raise a
     :class:`~delivery_daemon.errors.DeliveryDaemonError` (e.g. MarketplaceError) when the marketplace says no or
     cannot be reached.

@@ -25,6 +25,7 @@ class JobState(StrEnum):
     RUNNING = "running"
     RETRY_WAIT = "retry_wait"
     WAITING = "waiting"  # the generator is out of stock; woken by a refill
+    HELD = "held"  # must not go out as it stands (last_error says why); the operator retries or cancels it
     DELIVERED = "delivered"
     DEAD = "dead"
     CANCELLED = "cancelled"

@@ -15,7 +15,7 @@ Uniqueness is the database's job: ``INSERT … ON CONFLICT DO NOTHING`` on (stor
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
@@ -94,6 +94,11 @@ _INSERT_ATTEMPT = insert(ATTEMPTS)
 _ACCEPTED = Transition(JobState.QUEUED, "receive", "accepted")
 
 
+def _received(order: IncomingOrder) -> Transition:
+    """The first recorded step of a new job: accepted, or held with the receiver's reason."""
+    return _ACCEPTED if order.held is None else Transition(JobState.HELD, "receive", "held", error=order.held)
+
+
 def _attempt_row(job_id: int, change: Transition, now: float) -> dict[str, Any]:
     return {"job_id": job_id, "at": now, "step": change.step, "outcome": change.outcome, "state": change.state.value,
             "http_status": change.http_status, "error": change.error, "duration_ms": change.duration_ms}
@@ -130,7 +135,7 @@ def read_history(conn: Connection, job_id: int) -> list[Attempt]:
 
 
 OPERATOR_RETRYABLE = (JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value,
-                      JobState.CANCELLED.value)
+                      JobState.CANCELLED.value, JobState.HELD.value)
 """States an operator's ``retry`` requeues (``redeliver`` takes only delivered jobs that still hold content)."""
 
 OperatorAction = Literal["retry", "redeliver"]
@@ -230,16 +235,17 @@ class JobQueue:
     def _job_row(self, order: IncomingOrder, now: float) -> dict[str, Any]:
         return {
             "store": order.store, "order_id": order.order_id, "marketplace": order.marketplace,
-            "product_id": order.product_id, "state": JobState.QUEUED.value,
+            "product_id": order.product_id, "state": _received(order).state.value,
             "payload": self._seal(order.store, order.order_id, "payload", order.payload_json()),
             "attempts": 0, "received": 1, "due_at": now, "created_at": now, "updated_at": now,
+            "last_error": order.held,
         }
 
     def _enqueue(self, conn: Connection, order: IncomingOrder) -> Enqueued:
         now = self.clock.now()
         inserted = conn.execute(self._insert_job, self._job_row(order, now)).scalar_one_or_none()
         if inserted is not None:
-            self._record(conn, inserted, _ACCEPTED, now)
+            self._record(conn, inserted, _received(order), now)
             return Enqueued(job_id=inserted, created=True)
         return self._duplicate(conn, order)
 
@@ -259,13 +265,15 @@ class JobQueue:
         for order in orders:
             job_id = new.pop((order.store, order.order_id), None)  # popped: the same order again is a duplicate
             results.append(Enqueued(job_id, True) if job_id is not None else self._duplicate(conn, order))
-        accepted = [_attempt_row(r.job_id, _ACCEPTED, now) for r in results if r.created]
+        accepted = [_attempt_row(r.job_id, _received(order), now)
+                    for r, order in zip(results, orders, strict=True) if r.created]
         if accepted:
             conn.execute(_INSERT_ATTEMPT, accepted)
         return results
 
     async def enqueue(self, order: IncomingOrder) -> Enqueued:
-        """Commit ``order`` as a queued job; a second call for the same (store, order_id) changes nothing else.
+        """Commit ``order`` as a queued job (``held`` when ``order.held`` says why); a second call for the same
+        (store, order_id) changes nothing else.
 
         Enqueues waiting together share one multi-row INSERT (see :meth:`GroupCommitter.run_merged`)."""
         return await self._submit(lambda conn: self._enqueue(conn, order), write=True, merge=self._enqueue_many,
@@ -361,18 +369,21 @@ class JobQueue:
         """Hand back every job ``owner`` still holds (graceful shutdown)."""
         return await self._run(self._release_owned, owner)
 
-    def _renew(self, conn: Connection, owner: str, lease_seconds: float) -> int:
+    def _renew(self, conn: Connection, owner: str, lease_seconds: float, job_ids: Collection[int] | None) -> int:
         now = self.clock.now()
-        result = conn.execute(
-            update(JOBS)
-            .where(and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner))
-            .values(lease_until=now + lease_seconds)
-        )
+        where = and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner)
+        if job_ids is not None:
+            where = and_(where, JOBS.c.id.in_(sorted(job_ids)))
+        result = conn.execute(update(JOBS).where(where).values(lease_until=now + lease_seconds))
         return int(result.rowcount)
 
-    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
-        """Extend every lease ``owner`` holds: a live worker keeps its jobs however long a step takes."""
-        return await self._run(self._renew, owner, lease_seconds)
+    async def renew_leases(self, owner: str, lease_seconds: float, job_ids: Collection[int] | None = None) -> int:
+        """Extend the leases ``owner`` holds on ``job_ids`` (on every job it holds when None): a live worker keeps
+        the jobs it works on however long a step takes. The worker names its jobs in flight, so that a job no task
+        works on any more (its outcome could not be saved) is not kept leased and comes back when its lease ends."""
+        if job_ids is not None and not job_ids:
+            return 0
+        return await self._run(self._renew, owner, lease_seconds, job_ids)
 
     # -- transitions of a leased job ---------------------------------------------------------------------------
 
