@@ -32,7 +32,7 @@ from .generate import generate
 from .generator import OrderContext
 from .models import Job, JobState
 from .order import Content
-from .queue import JobQueue, LeaseLost, QueueError, Transition, Verified
+from .queue import JobQueue, LeaseLost, OrderCancelled, QueueError, Settled, Transition, Verified
 from .stores import Store
 from .verify import verify
 
@@ -237,6 +237,8 @@ class Worker:
             if job.content is None:
                 try:
                     job.content = await self._generate(store, job, bound, verified)
+                except OrderCancelled:
+                    raise  # committed with the verification: nothing more to save
                 except Exception:
                     if verified is not None:  # keep what the marketplace confirmed: a retry does not verify again
                         await self.queue.save_verification(job, self.owner, verified.quantity,
@@ -253,8 +255,8 @@ class Worker:
             done = Transition(JobState.DELIVERED, "deliver", receipt.outcome, http_status=receipt.http_status,
                               duration_ms=duration, count_attempt=True, error=receipt.detail)
             _release(slot)
-            await self.queue.transition(job, self.owner, done)
-            self.observer.job_finished(job, done)
+            settled = await self.queue.transition(job, self.owner, done)
+            self.observer.job_finished(job, done if settled is None else self._settled(job, settled, bound))
             bound.info("delivery.succeeded", outcome=receipt.outcome, http_status=receipt.http_status,
                        duration_ms=round(duration, 1),
                        latency_ms=round((self.clock.now() - job.created_at) * 1000, 1))
@@ -262,6 +264,8 @@ class Worker:
             raise
         except LeaseLost as exc:
             bound.warning("job.lease_lost", error=str(exc))
+        except OrderCancelled as exc:
+            self.observer.job_finished(job, self._settled(job, exc.settled, bound))
         except Retry as exc:
             await self._retry(job, step, exc.reason, exc.after, exc.http_status, started, bound, slot)
         except Dead as exc:
@@ -322,8 +326,18 @@ class Worker:
                    slot: _Slot | None) -> None:
         _release(slot)
         try:
-            await self.queue.transition(job, self.owner, change)
+            settled = await self.queue.transition(job, self.owner, change)
         except LeaseLost as exc:
             bound.warning("job.lease_lost", error=str(exc))
             return
-        self.observer.job_finished(job, change)
+        self.observer.job_finished(job, change if settled is None else self._settled(job, settled, bound))
+
+    @staticmethod
+    def _settled(job: Job, settled: Settled, bound: structlog.typing.FilteringBoundLogger) -> Transition:
+        """Log how a refund or dispute that arrived during the job's lease settled it (a warning when the keys went
+        out: the seller must act); the outcome to tell the observers."""
+        flagged = settled.change.state is JobState.DELIVERED
+        job.flag = settled.kind if flagged else None
+        (bound.warning if flagged else bound.info)(f"order.{settled.kind}", outcome="flagged" if flagged else
+                                                   "cancelled", flagged=flagged)
+        return settled.change
