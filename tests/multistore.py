@@ -108,10 +108,13 @@ class Multi:
 
 @contextlib.asynccontextmanager
 async def multi_stack(tmp_path: Path, *, smtp: dict[str, Any] | None = None, mail: bool = False,
-                      sync_budget: float = 5.0, security: dict[str, Any] | None = None) -> AsyncIterator[Multi]:
+                      sync_budget: float = 5.0, security: dict[str, Any] | None = None,
+                      plugins: dict[str, Any] | None = None,
+                      stripe_products: dict[str, Any] | None = None) -> AsyncIterator[Multi]:
     """The daemon with every marketplace type; ``mail`` starts the SMTP server, ``smtp`` overrides the generic
     store's SMTP settings, ``security`` the network policy (default: loopback allowed, where the seller's sink and
-    the SMTP server run)."""
+    the SMTP server run); ``plugins`` adds generators and ``stripe_products`` gives the stripe store products of
+    its own (besides its default)."""
     logs = io.StringIO()
     configure_logging("json", "debug", stream=logs)
     clock = ManualClock()
@@ -140,7 +143,7 @@ async def multi_stack(tmp_path: Path, *, smtp: dict[str, Any] | None = None, mai
                 {"name": "shoppy", "marketplace": "shoppy", "webhook_secret": keys["shoppy"], "delivery": channel,
                  "default": PATTERN},
                 {"name": "stripe", "marketplace": "stripe", "webhook_secret": keys["stripe"], "delivery": channel,
-                 "default": PATTERN},
+                 "default": PATTERN, "products": stripe_products or {}},
                 {"name": "generic", "marketplace": "standard-webhooks", "webhook_secret": keys["generic"],
                  "delivery": {"channel": "email", "email": smtp_settings},
                  "default": {**PATTERN, "template": "Thank you! Your keys:\n{keys_lines}"}},
@@ -152,8 +155,8 @@ async def multi_stack(tmp_path: Path, *, smtp: dict[str, Any] | None = None, mai
                 "security": {"allowed_networks": ["127.0.0.0/8"]} if security is None else security,
                 "stores": stores,
             }, environ={})
-            plugins = {**dict(discover()), "hang": Hang}
-            app = create_app(settings, marketplaces=default_marketplaces(), plugins=plugins, clock=clock,
+            found = {**dict(discover()), "hang": Hang, **(plugins or {})}
+            app = create_app(settings, marketplaces=default_marketplaces(), plugins=found, clock=clock,
                              start_worker=False)
             async with serve(app) as server:
                 yield Multi(daemon=app.state.daemon, url=server.url, clock=clock, logs=logs, seller=seller,

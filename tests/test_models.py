@@ -16,7 +16,7 @@ def job_row(**changes: Any) -> dict[str, Any]:
         "id": 7, "store": "shop", "order_id": "o-7", "marketplace": "softstore", "product_id": "p1",
         "state": "running", "payload": '{"token":"t"}', "quantity": None, "buyer_email": None, "content": None,
         "attempts": 2, "received": 1, "due_at": 10.5, "lease_owner": "w1", "lease_until": 40.5, "last_error": None,
-        "created_at": 1.0, "updated_at": 2.0, "delivered_at": None,
+        "created_at": 1.0, "updated_at": 2.0, "delivered_at": None, "flag": None,
     }
     return {**row, **changes}
 

@@ -12,7 +12,7 @@ from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 from delivery_daemon.storage.models import JobState
 from delivery_daemon.storage.orders import ActionRefused, Orders
-from delivery_daemon.storage.queue import JobQueue, LeaseLost, Transition
+from delivery_daemon.storage.queue import JobQueue, LeaseLost, MarkedOrder, OrderCancelled, Settled, Transition
 
 
 def order(n: int) -> IncomingOrder:
@@ -160,6 +160,77 @@ async def test_concurrent_transitions_merge_and_fence_each_job(queues: Callable[
         else:
             assert (stored.state, stored.lease_owner, stored.attempts) == ("delivered", None, 1)
             assert history.count(("deliver", "delivered")) == 1
+
+
+def refund(n: int, kind: str = "refunded") -> MarkedOrder:
+    return MarkedOrder(store="shop", order_id=f"o{n}", marketplace="softstore", product_id="p", kind=kind,
+                       reason=kind)
+
+
+async def test_refund_of_a_leased_job_keeps_the_lease_and_its_worker_settles_it(
+        queues: Callable[[], JobQueue]) -> None:
+    """A refund or dispute from another replica never takes a held lease: the worker's merged transitions record
+    every attempt; the refunded job it delivered ends delivered and flagged, the disputed one whose attempt failed
+    cancelled, the one still generating is cancelled at its save (OrderCancelled); a queued job is cancelled at once."""
+    worker, receiver = queues(), queues()
+    for n in range(6):
+        await worker.enqueue(order(n))
+    jobs = await worker.claim("w1", 30, 5)
+    assert await receiver.mark(refund(0)) == "pending"
+    assert await receiver.mark(refund(1, "disputed")) == "pending"
+    assert await receiver.mark(refund(2)) == "pending"
+    assert await receiver.mark(refund(5)) == "cancelled"
+    assert [(j.state, j.lease_owner, j.flag) for j in [await worker.get(job.id or 0) for job in jobs[:3]]] == [
+        ("running", "w1", "refunded"), ("running", "w1", "disputed"), ("running", "w1", "refunded")]
+
+    with pytest.raises(OrderCancelled):
+        await worker.save_content(jobs[2], "w1", '{"keys": ["K"]}', 1.0)
+    done = Transition(JobState.DELIVERED, "deliver", "delivered", http_status=200, count_attempt=True)
+    failed = Transition(JobState.RETRY_WAIT, "deliver", "retry", http_status=500, error="HTTP 500", due_at=99.0,
+                        count_attempt=True)
+    changes = [done, done, done, failed]  # the three alike are consecutive, so they merge
+    fell_back = worker.committer.stats.fell_back
+    results = await asyncio.gather(*(worker.transition(job, "w1", change)
+                                     for job, change in zip([jobs[0], jobs[3], jobs[4], jobs[1]], changes,
+                                                            strict=True)))
+    assert worker.committer.stats.fell_back > fell_back  # the merged statement saw job 0's refund
+    assert [r.kind if isinstance(r, Settled) else r for r in results] == ["refunded", None, None, "disputed"]
+    expected = {0: ("delivered", "refunded", 1, ("deliver", "delivered", "delivered")),
+                1: ("cancelled", None, 1, ("deliver", "retry", "cancelled")),
+                2: ("cancelled", None, 0, ("generate", "ok", "cancelled")),
+                3: ("delivered", None, 1, ("deliver", "delivered", "delivered"))}
+    for n, (state, flag, attempts, attempt) in expected.items():
+        job_id = jobs[n].id or 0
+        stored = await worker.get(job_id)
+        assert stored is not None and (stored.state, stored.flag, stored.attempts, stored.lease_owner) == (
+            state, flag, attempts, None)
+        history = [(a.step, a.outcome, a.state) for a in await worker.history(job_id)]
+        assert attempt in history
+    assert (await worker.get(jobs[2].id or 0)).content is not None  # type: ignore[union-attr]
+    assert await receiver.mark(refund(0, "disputed")) == "flagged"
+    assert (await worker.find("shop", "o5")).state == "cancelled"  # type: ignore[union-attr]
+
+
+async def test_refund_during_a_redelivery_leaves_the_order_delivered_and_flagged(
+        queues: Callable[[], JobQueue]) -> None:
+    """A refund reaching an operator's redelivery (the keys went out with the first delivery) leaves the order
+    delivered and flagged even when that attempt fails; its attempt is recorded."""
+    queue = queues()
+    await queue.enqueue(order(1))
+    [job] = await queue.claim("w1", 30, 1)
+    assert job.id is not None
+    await queue.save_content(job, "w1", '{"keys": ["K"]}', 1.0)
+    await queue.transition(job, "w1", Transition(JobState.DELIVERED, "deliver", "delivered", count_attempt=True))
+    assert await queue.redeliver(job.id)
+    [again] = await queue.claim("w1", 30, 1)
+    assert await queue.mark(refund(1)) == "pending"
+    failed = Transition(JobState.RETRY_WAIT, "deliver", "retry", http_status=503, due_at=99.0, count_attempt=True)
+    settled = await queue.transition(again, "w1", failed)
+    assert settled is not None and (settled.kind, settled.change.state) == ("refunded", JobState.DELIVERED)
+    stored = await queue.get(job.id)
+    assert stored is not None and (stored.state, stored.flag, stored.lease_owner) == ("delivered", "refunded", None)
+    assert [(a.step, a.outcome, a.state) for a in await queue.history(job.id)][-2:] == [
+        ("deliver", "retry", "delivered"), ("event", "refunded:flagged", "delivered")]
 
 
 def _take_over(queue: JobQueue, job_id: int | None) -> None:

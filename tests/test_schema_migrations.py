@@ -47,9 +47,14 @@ from delivery_daemon.storage.stock_pool import KEYS, StockPool
 JOBS = Job.__table__  # type: ignore[attr-defined]
 
 
+LATER_JOB_COLUMNS = ("flag",)
+"""Columns of ``jobs`` that migrations after the last pre-Alembic release added (0005)."""
+
+
 def previous_release_tables(engine: Engine) -> None:
-    """Exactly what the last pre-Alembic release's ``create_all`` made: jobs, attempts, webhook_events as today,
-    and ``stock_keys`` with plaintext keys unique per (store, product_id, key) — frozen here (the model moved on)."""
+    """Exactly what the last pre-Alembic release's ``create_all`` made: jobs (without :data:`LATER_JOB_COLUMNS`),
+    attempts, webhook_events as today, and ``stock_keys`` with plaintext keys unique per (store, product_id, key) —
+    frozen here (the model moved on)."""
     legacy = MetaData()
     for name in ("jobs", "attempts", "webhook_events"):
         SQLModel.metadata.tables[name].to_metadata(legacy)
@@ -60,6 +65,14 @@ def previous_release_tables(engine: Engine) -> None:
           Column("claimed_at", Float), UniqueConstraint("store", "product_id", "key", name="uq_stock_keys_key"),
           Index("ix_stock_keys_free", "store", "product_id", "claimed_by"))
     legacy.create_all(engine)
+    drop_later_job_columns(engine)
+
+
+def drop_later_job_columns(engine: Engine) -> None:
+    """Take today's ``jobs`` back to what the pre-Alembic releases made (no :data:`LATER_JOB_COLUMNS`)."""
+    with engine.begin() as conn:
+        for column in LATER_JOB_COLUMNS:
+            conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
 
 
 def test_fresh_database_matches_the_models(db_url: str) -> None:
@@ -112,6 +125,7 @@ def test_first_release_database_is_stamped_then_upgraded(db_url: str) -> None:
     tables from the migrations."""
     engine = create_db_engine(db_url)
     SQLModel.metadata.create_all(engine, tables=[JOBS, Attempt.__table__])  # type: ignore[attr-defined]
+    drop_later_job_columns(engine)
     _seed_job(engine)
     assert adopted_revision(set(inspect(engine).get_table_names())) == BASELINE
     create_schema(engine)
@@ -238,3 +252,20 @@ def test_new_sqlite_database_is_created_as_the_migrations_would_make_it(tmp_path
     finally:
         fresh.dispose()
         migrated.dispose()
+
+
+def test_database_at_0004_gains_a_null_job_flag_keeping_its_rows(db_url: str) -> None:
+    """A database at 0004 (before jobs.flag) upgrades to head: its jobs keep their rows and get flag NULL."""
+    engine = create_db_engine(db_url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0004")
+    assert "flag" not in {column["name"] for column in inspect(engine).get_columns("jobs")}
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO jobs (store, order_id, marketplace, product_id, state, payload, attempts, "
+                          "received, due_at, created_at, updated_at, content) VALUES ('s', 'o1', 'softstore', 'p', "
+                          "'delivered', '{}', 1, 1, 1.0, 1.0, 1.0, 'KEY-1')"))
+    create_schema(engine)
+    _assert_upgraded_keeping_rows(engine)
+    with engine.connect() as conn:
+        assert conn.execute(select(JOBS.c.flag)).scalars().all() == [None]
+    engine.dispose()

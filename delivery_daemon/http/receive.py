@@ -10,9 +10,9 @@ The adapter's result decides what happens (the core names no marketplace):
 * an :class:`~delivery_daemon.order.IncomingOrder` is queued (above) — or stored ``held`` (still a 2xx, logged
   ``order.held``) when its store delivers by email and the buyer email it carries is not exactly one mailbox
   (:mod:`delivery_daemon.recipient`);
-* an :class:`~delivery_daemon.marketplaces.base.OrderEvent` (refund, dispute) marks the order: cancelled if not
-delivered
-  yet, flagged and logged (``order.refunded`` / ``order.disputed``) if it was;
+* an :class:`~delivery_daemon.marketplaces.base.OrderEvent` (refund, dispute) marks the order: cancelled if no
+  worker holds it and it is not delivered, flagged and logged (``order.refunded`` / ``order.disputed``) if it was delivered, and
+  pending if a worker holds it (the worker settles it, see :meth:`~delivery_daemon.storage.queue.JobQueue.transition`);
 * a :class:`~delivery_daemon.marketplaces.base.FulfilNow` is answered synchronously with the keys as ``text/plain``
   (:mod:`delivery_daemon.pipeline.fulfil`).
 
@@ -175,6 +175,8 @@ async def _mark(daemon: Daemon, event: OrderEvent, bound: structlog.typing.Filte
     (bound.warning if flagged else bound.info)(f"order.{event.kind}", order_id=event.order_id, outcome=outcome,
                                                  flagged=flagged, detail=event.detail)
     daemon.metrics_webhook(event.store, event.kind)
+    if flagged:
+        daemon.metrics.order_flagged(event.store, event.kind)
     return JSONResponse({"status": outcome, "order_id": event.order_id})
 
 

@@ -35,7 +35,7 @@ from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.pipeline.verify import verify
 from delivery_daemon.recipient import recipient
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import JobQueue, LeaseLost, QueueError, Transition, Verified
+from delivery_daemon.storage.queue import JobQueue, LeaseLost, OrderCancelled, QueueError, Settled, Transition, Verified
 
 log = structlog.get_logger("delivery_daemon.pipeline.worker")
 
@@ -260,6 +260,8 @@ class Worker:
             if job.content is None:
                 try:
                     job.content = await self._generate(store, job, bound, verified)
+                except OrderCancelled:
+                    raise  # committed with the verification: nothing more to save
                 except Exception:
                     if verified is not None:  # keep what the marketplace confirmed: a retry does not verify again
                         await self.queue.save_verification(job, self.owner, verified.quantity,
@@ -276,9 +278,10 @@ class Worker:
             done = Transition(JobState.DELIVERED, "deliver", receipt.outcome, http_status=receipt.http_status,
                               duration_ms=duration, count_attempt=True, error=receipt.detail)
             _release(slot)
-            if not await self._save(job, done, bound):
+            saved, settled = await self._save(job, done, bound)
+            if not saved:
                 return
-            self.observer.job_finished(job, done)
+            self.observer.job_finished(job, done if settled is None else self._settled(job, settled, bound))
             bound.info("delivery.succeeded", outcome=receipt.outcome, http_status=receipt.http_status,
                        duration_ms=round(duration, 1),
                        latency_ms=round((self.clock.now() - job.created_at) * 1000, 1))
@@ -286,6 +289,8 @@ class Worker:
             raise
         except LeaseLost as exc:
             bound.warning("job.lease_lost", error=str(exc))
+        except OrderCancelled as exc:
+            self.observer.job_finished(job, self._settled(job, exc.settled, bound))
         except Retry as exc:
             await self._retry(job, step, exc.reason, exc.after, exc.http_status, started, bound, slot)
         except Dead as exc:
@@ -350,29 +355,32 @@ class Worker:
                    slot: _Slot | None) -> None:
         _release(slot)
         try:
-            if not await self._save(job, change, bound):
+            saved, settled = await self._save(job, change, bound)
+            if not saved:
                 return
         except LeaseLost as exc:
             bound.warning("job.lease_lost", error=str(exc))
             return
-        self.observer.job_finished(job, change)
+        self.observer.job_finished(job, change if settled is None else self._settled(job, settled, bound))
 
-    async def _save(self, job: Job, change: Transition, bound: structlog.typing.FilteringBoundLogger) -> bool:
+    async def _save(self, job: Job, change: Transition,
+                    bound: structlog.typing.FilteringBoundLogger) -> tuple[bool, Settled | None]:
         """Record an attempt's outcome (:meth:`JobQueue.transition`), trying again while the database fails (e.g.
         PostgreSQL restarting, SQLite locked or full): every :data:`SAVE_RETRY_FIRST` seconds, doubling up to
         :data:`SAVE_RETRY_CAP`, for up to ``lease_seconds`` in all. The job stays in flight meanwhile, so its lease
-        is renewed. False if it gave up: the job is then no longer renewed, its lease runs out and the job is
-        attempted again (a delivery the marketplace already has is then answered 409 and recorded as delivered).
-        :class:`LeaseLost` propagates."""
+        is renewed. Returns whether it was saved, and how a refund or dispute that arrived meanwhile settled the job
+        (:meth:`JobQueue.transition`). Not saved if it gave up: the job is then no longer renewed, its lease runs out
+        and the job is attempted again (a delivery the marketplace already has is then answered 409 and recorded as
+        delivered). :class:`LeaseLost` propagates."""
         delay, waited = SAVE_RETRY_FIRST, 0.0
         while True:
             try:
-                await self.queue.transition(job, self.owner, change)
+                settled = await self.queue.transition(job, self.owner, change)
             except QueueError as exc:
                 if waited >= self.settings.lease_seconds:
                     bound.error("worker.storage_gave_up", step=change.step, state=change.state.value,
                                 error=str(exc), waited_s=round(waited, 1))
-                    return False
+                    return False, None
                 if not waited:
                     bound.warning("worker.storage_error", step=change.step, state=change.state.value, error=str(exc),
                                   retry_in_s=delay)
@@ -383,4 +391,14 @@ class Worker:
             if waited:
                 bound.info("worker.storage_recovered", step=change.step, state=change.state.value,
                            waited_s=round(waited, 1))
-            return True
+            return True, settled
+
+    @staticmethod
+    def _settled(job: Job, settled: Settled, bound: structlog.typing.FilteringBoundLogger) -> Transition:
+        """Log how a refund or dispute that arrived during the job's lease settled it (a warning when the keys went
+        out: the seller must act); the outcome to tell the observers."""
+        flagged = settled.change.state is JobState.DELIVERED
+        job.flag = settled.kind if flagged else None
+        (bound.warning if flagged else bound.info)(f"order.{settled.kind}", outcome="flagged" if flagged else
+                                                   "cancelled", flagged=flagged)
+        return settled.change
