@@ -11,8 +11,9 @@ The adapter's result decides what happens (the core names no marketplace):
   ``order.held``) when its store delivers by email and the buyer email it carries is not exactly one mailbox
   (:mod:`delivery_daemon.recipient`);
 * an :class:`~delivery_daemon.marketplaces.base.OrderEvent` (refund, dispute) marks the order: cancelled if no
-  worker holds it and it is not delivered, flagged and logged (``order.refunded`` / ``order.disputed``) if it was delivered, and
-  pending if a worker holds it (the worker settles it, see :meth:`~delivery_daemon.storage.queue.JobQueue.transition`);
+  worker holds it and it is not delivered, flagged and logged (``order.refunded`` / ``order.disputed``) if it was
+  delivered, and pending if a worker holds it (the worker settles it, see
+  :meth:`~delivery_daemon.storage.queue.JobQueue.transition`);
 * a :class:`~delivery_daemon.marketplaces.base.FulfilNow` is answered synchronously with the keys as ``text/plain``
   (:mod:`delivery_daemon.pipeline.fulfil`).
 
