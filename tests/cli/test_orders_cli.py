@@ -10,7 +10,7 @@ import pytest
 from delivery_daemon.cli import main
 from delivery_daemon.storage.models import JobState
 from delivery_daemon.storage.queue import Transition
-from tests.support.stack import PRODUCT, STORE, Stack
+from tests.support.stack import PRODUCT, STORE, Stack, accepted_text
 from tests.support.status_helpers import dead_order, delivered_order, status_page
 
 
@@ -82,7 +82,7 @@ async def test_show_hides_content_unless_revealed(stack: Stack, capsys: pytest.C
     """`orders show` lists every attempt with HTTP status; keys appear only with --reveal, the token never."""
     orders = await populate(stack)
     order_id = orders["delivered"]
-    delivered_text = stack.market.accepted(order_id).json["text"]
+    delivered_text = accepted_text(stack.market, order_id)
     key = delivered_text.splitlines()[-1]
     token = json.loads((await stack.job(order_id)).payload)["token"]
     code, out, _ = run(stack, capsys, "orders", "show", order_id)
@@ -134,7 +134,7 @@ async def test_redeliver_to_softstore_is_answered_already(stack: Stack, capsys: 
     """`orders redeliver` sends the stored content again; SoftStore answers 409 and the job records 'already'."""
     orders = await populate(stack)
     order_id = orders["delivered"]
-    first = stack.market.accepted(order_id).json["text"]
+    first = accepted_text(stack.market, order_id)
     code, out, _ = run(stack, capsys, "orders", "redeliver", order_id)
     assert code == 0 and "409" in out and "--reveal" in out
     await stack.drain()

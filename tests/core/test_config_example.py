@@ -15,7 +15,7 @@ def _leaf_keys(model: type[Settings], prefix: str = "") -> set[str]:
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and hasattr(annotation, "model_fields") and name != "stores":
-            keys |= _leaf_keys(annotation, f"{prefix}{name}.")  # type: ignore[arg-type]
+            keys |= _leaf_keys(annotation, f"{prefix}{name}.")
         elif name != "stores":
             keys.add(f"{prefix}{name}")
     return keys

@@ -56,7 +56,13 @@ def test_wrapped_renderer_scrubs_what_it_renders() -> None:
     line = render(None, "info", {"event": "e", "nested": {"keys": [SECRETS["plain"]]}})
     assert SECRETS["plain"] not in line and "[redacted]" in line
     json_renderer = structlog.processors.JSONRenderer()
-    as_bytes = redactor.wrap(lambda logger, name, event: json_renderer(logger, name, event).encode())
+
+    def bytes_renderer(logger: object, name: str, event: dict[str, object]) -> bytes:
+        line = json_renderer(logger, name, event)
+        assert isinstance(line, str)  # JSONRenderer's default serializer (json.dumps) returns str
+        return line.encode()
+
+    as_bytes = redactor.wrap(bytes_renderer)
     assert SECRETS["plain"].encode() not in as_bytes(None, "info", {"event": "e", "key": SECRETS["plain"]})
     passthrough = redactor.wrap(lambda _logger, _name, event: (event["event"],))  # not a line: left alone
     assert passthrough(None, "info", {"event": SECRETS["plain"]}) == (SECRETS["plain"],)

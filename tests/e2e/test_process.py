@@ -11,7 +11,7 @@ import secrets
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 
 from delivery_daemon.http.serving import serve
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
+from tests.support.stack import accepted_text
 
 WAIT = 60.0  # generous: other test runs share the CPUs
 
@@ -92,7 +93,7 @@ stores:
     return path
 
 
-async def reload_with(tmp_path: Path, extra_yaml: str) -> tuple[Any, dict[str, Any]]:
+async def reload_with(tmp_path: Path, extra_yaml: str) -> tuple[Any, MutableMapping[str, Any]]:
     """A Runner on a written config, reloaded after ``extra_yaml`` is appended: (the runner, the
     ``config.reloaded`` event). Needs ``DD_TEST_API_KEY`` set. The daemon is closed before returning."""
     import structlog.testing
@@ -214,6 +215,6 @@ async def test_sighup_reloads_good_config_and_refuses_bad(market: SoftStoreMarke
     finally:
         assert await daemon.stop() == 0
     assert all(o.webhook_status == 200 for o in (*during, after, late))
-    assert market.accepted(after.id_order).json["text"].startswith("B ")
-    assert market.accepted(late.id_order).json["text"].startswith("B ")
-    assert {market.accepted(o.id_order).json["text"][0] for o in during} <= {"A", "B"}
+    assert accepted_text(market, after.id_order).startswith("B ")
+    assert accepted_text(market, late.id_order).startswith("B ")
+    assert {accepted_text(market, o.id_order)[0] for o in during} <= {"A", "B"}

@@ -26,6 +26,7 @@ def proof_cells() -> list[str]:
 
 
 def test_functions(path: Path) -> set[str]:
+    """The names of the functions (tests and helpers) defined in the file at ``path``."""
     tree = ast.parse(path.read_text())
     return {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
 

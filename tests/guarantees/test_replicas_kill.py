@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 from sqlalchemy import create_engine, func, select
+from sqlmodel import col
 
 from delivery_daemon.cli import main
 from delivery_daemon.clock import SystemClock
@@ -76,8 +77,8 @@ async def kill_holding_a_lease(proc: subprocess.Popen[bytes], db_url: str) -> No
 
     async def holds() -> bool:
         with engine.connect() as conn:
-            return bool(conn.execute(select(func.count()).where(  # type: ignore[arg-type]
-                Job.state == "running", Job.lease_owner.like(f"%:{proc.pid}:%"))).scalar_one())  # type: ignore[union-attr]
+            return bool(conn.execute(select(func.count()).where(
+                col(Job.state) == "running", col(Job.lease_owner).like(f"%:{proc.pid}:%"))).scalar_one())
 
     try:
         await wait_until(holds, 30, f"replica {proc.pid} holding a lease")
@@ -157,8 +158,8 @@ async def test_three_replicas_one_killed_every_order_delivered_once(tmp_path: Pa
                 await wait_until(all_delivered, 120, "every order delivered")
             except AssertionError:
                 with engine.connect() as conn:
-                    for row in conn.execute(select(Attempt).where(Attempt.job_id.in_(  # type: ignore[attr-defined]
-                            select(Job.id).where(Job.state != "delivered")))).all():
+                    for row in conn.execute(select(Attempt).where(col(Attempt.job_id).in_(
+                            select(col(Job.id)).where(col(Job.state) != "delivered")))).all():
                         print(row)
                 raise
         finally:

@@ -87,7 +87,7 @@ class Capture:
                 caplog.handler.format(r) for r in caplog.records if not r.name.startswith(NOT_THE_DAEMON)),
             "stdout/stderr": out + err,
             "bodies the daemon sent": "\n".join(self.bodies + answered),
-            "attempt history": "\n".join(history + last_errors),
+            "attempt history": "\n".join([*history, *last_errors]),
         }
 
 
@@ -250,7 +250,7 @@ def sender_for(multi: Multi, store: str, secret: str | None = None) -> tuple[Web
         "order.paid", {"order_id": oid, "quantity": 2, "email": "eve@example.org"})
 
 
-CASES = {
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "sellix+webhook": ("sellix", {"mail": False}),
     "shoppy+webhook": ("shoppy", {"mail": False}),
     "stripe+webhook": ("stripe", {"mail": False}),
@@ -308,7 +308,9 @@ def delivered_keys(multi: Multi) -> set[str]:
     for received in multi.seller.received:
         found.update(received.body["data"]["keys"])
     for envelope in (multi.mailbox.messages if multi.mailbox else []):
-        body = message_from_bytes(envelope.content).get_payload(decode=True).decode()
+        payload = message_from_bytes(envelope.content).get_payload(decode=True)
+        assert isinstance(payload, bytes)  # a single-part message decodes to its bytes
+        body = payload.decode()
         found.update(line.strip() for line in body.splitlines()[1:] if line.strip())
     return found
 

@@ -260,7 +260,8 @@ async def test_redeliver_refuses_jobs_that_were_not_delivered(stack: Stack) -> N
     """``JobQueue.redeliver`` moves only delivered jobs; a dead one is left as it was."""
     job = await stack.job(await dead_order(stack))
     assert await stack.daemon.queue.redeliver(job.id) is False
-    assert (await stack.daemon.queue.get(job.id)).state == "dead"
+    left = await stack.daemon.queue.get(job.id)
+    assert left is not None and left.state == "dead"
 
 
 async def test_stock_page_without_a_stock_pool(stack: Stack) -> None:

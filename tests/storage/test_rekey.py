@@ -25,7 +25,7 @@ from delivery_daemon.storage.engine import create_db_engine
 from delivery_daemon.storage.queue import JobQueue
 from delivery_daemon.storage.schema import alembic_config
 from delivery_daemon.storage.stock_pool import KEYS, StockError, StockPool
-from tests.support.stack import PRODUCT, STORE, Stack, stack_settings
+from tests.support.stack import PRODUCT, STORE, Stack, accepted_text, stack_settings
 
 LEGACY_KEYS = [f"LEGACY-{i:03d}-QWZ" for i in range(40)]
 
@@ -136,7 +136,7 @@ async def test_reencrypt_moves_content_and_stock_to_the_new_key(stack: Stack, tm
         for order in placed:
             job = await queue.find(STORE, order.id_order)
             assert job is not None and job.content is not None
-            assert json.loads(job.content)["text"] == stack.market.accepted(order.id_order).json["text"]
+            assert json.loads(job.content)["text"] == accepted_text(stack.market, order.id_order)
     finally:
         queue.close()
     with engine.connect() as conn:

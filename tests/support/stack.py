@@ -55,6 +55,13 @@ class Stack:
         return await self.daemon.queue.find(STORE, order_id)
 
 
+def accepted_text(market: SoftStoreMarketplace, order_id: str) -> str:
+    """The text of the delivery the marketplace accepted for ``order_id``; fails the test when it accepted none."""
+    record = market.accepted(order_id)
+    assert record is not None, f"no delivery accepted for {order_id}"
+    return str(record.json["text"])
+
+
 def stack_settings(db_path: Path, api_base: str, api_key: str, products: dict[str, Any] | None = None,
                    **sections: Any) -> Settings:
     document: dict[str, Any] = {
