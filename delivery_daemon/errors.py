@@ -1,21 +1,41 @@
 """Every exception the daemon raises on purpose derives from :class:`DeliveryDaemonError`.
 
-::
+Each class the daemon (``delivery_daemon``) and its bundled plugins (``delivery_daemon_plugins``) define is drawn here,
+with the module that defines it (under ``delivery_daemon.`` unless it names its package) and what it means.
+Shared ones live in this module; the others next to the code whose failure they name::
 
-    DeliveryDaemonError
-    ├── ConfigError                 bad configuration; carries the key path (exit 2, one line)
-    ├── PluginError                 a generator plugin could not be found, loaded or configured
-    ├── WebhookRejected             an inbound webhook is refused; carries the HTTP status and a reason
-    ├── StepOutcome                 control flow of one job step, decided by the worker
-    │   ├── Retry                   try again later (``after`` seconds, or the schedule's next delay)
-    │   ├── Dead                    never try again; the reason is recorded
-    │   └── OutOfStock              the generator has nothing to give now; the job waits for a refill
-    ├── GeneratorError              a generator broke its contract (wrong count, bad download URL)
-    └── MarketplaceError            a marketplace API answered something we cannot use
-        └── AuthenticationFailed    the marketplace refused our API key
+    DeliveryDaemonError             errors               root: ``except DeliveryDaemonError`` catches all below
+    ├── ConfigError                 errors               bad configuration; carries the key path (exit 2, one line)
+    ├── PluginError                 errors               a generator plugin could not be found, loaded or configured
+    ├── WebhookRejected             errors               an inbound webhook is refused; carries HTTP status and reason
+    ├── BodyTooLarge                errors               a request body (webhook, status-page form) is over its cap
+    ├── StepOutcome                 errors               control flow of one job step, decided by the worker
+    │   ├── Retry                   errors               try again later (``after`` s, or the schedule's next delay)
+    │   ├── Dead                    errors               never try again; the reason is recorded
+    │   ├── Held                    errors               not tried again until the operator acts (retry / cancel)
+    │   └── OutOfStock              errors               the generator has nothing to give now; the job waits
+    ├── GeneratorError              errors               a generator broke its contract (wrong count, bad URL)
+    ├── MarketplaceError            errors               a marketplace API answered something we cannot use
+    │   └── AuthenticationFailed    errors               the marketplace refused our API key
+    ├── QueueError                  storage.queue        the database failed underneath the job queue
+    ├── LeaseLost                   storage.queue        the job's lease expired and someone else took it
+    ├── OrderNotFound               storage.orders       no order matches the operator's reference
+    ├── AmbiguousOrder              storage.orders       the reference matches orders in several stores
+    ├── ActionRefused               storage.orders       the order's state does not allow the operator's action
+    ├── StockError                  storage.stock_pool   the stock pool cannot be read or written, or an import is bad
+    ├── DecryptError                storage.cipher       a sealed value cannot be opened (key id, key or ciphertext)
+    ├── VaultError                  storage.vault        a stored secret is sealed but no configured key opens it
+    ├── RekeyError                  storage.rekey        re-sealing under the current key stopped part way
+    ├── BackupError                 storage.backup       the backup could not be made; nothing left at the target
+    ├── BlockedDestination          net.guard            an outbound request is refused before connecting
+    ├── LicenseError                generators.licence   a key file is unusable, or a licence key is bad or expired
+    └── MigrateError                cli.migrate          the database copy failed or did not verify; target unchanged
 
 Errors from httpx and SQLAlchemy are translated into these at the boundary that calls them, so nothing above the
-adapters needs to know which library failed.
+adapters needs to know which library failed. A class that must also be a builtin (e.g. ``ValueError`` for a pydantic
+validator) derives from both. ``delivery_daemon.reference`` is outside the tree: it plays other systems (the
+marketplaces, the chaos runs) for tests and the demo, and its exceptions belong to those systems.
+tests/core/test_errors.py checks that the tree, the modules and the class hierarchy agree.
 """
 
 from __future__ import annotations
@@ -26,12 +46,20 @@ class DeliveryDaemonError(Exception):
 
 
 class ConfigError(DeliveryDaemonError):
-    """The configuration is unusable; ``str()`` is one line naming the key path."""
+    """The configuration is unusable; ``str()`` is one line naming the key path, what is wrong and, when known,
+    what to type instead: ``<key.path>: <what is wrong>; expected <form>, e.g. <example>``."""
 
-    def __init__(self, path: str, message: str) -> None:
+    def __init__(self, path: str, message: str, expected: str | None = None, example: str | None = None) -> None:
         self.path = path
         self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+        self.expected = expected
+        self.example = example
+        line = f"{path}: {message}" if path else message
+        if expected:
+            line += f"; expected {expected}"
+        if example:
+            line += f", e.g. {example}" if expected else f"; e.g. {example}"
+        super().__init__(line)
 
 
 class PluginError(DeliveryDaemonError):
@@ -45,6 +73,10 @@ class WebhookRejected(DeliveryDaemonError):
         self.status = status
         self.reason = reason
         super().__init__(f"{status}: {reason}")
+
+
+class BodyTooLarge(DeliveryDaemonError):
+    """A request body is larger than the route reading it accepts; the route answers 413."""
 
 
 class StepOutcome(DeliveryDaemonError):
@@ -66,6 +98,11 @@ class Retry(StepOutcome):
 
 class Dead(StepOutcome):
     """Stop trying: the order cannot or must not be delivered."""
+
+
+class Held(StepOutcome):
+    """The order must not go out as it stands (e.g. its buyer email is not one mailbox): the job is ``held`` for
+    the operator, who fixes the cause and retries it, or cancels it."""
 
 
 class OutOfStock(StepOutcome):

@@ -23,6 +23,11 @@ class IncomingOrder:
     event_id: str | None = None
     """The marketplace's id for this delivery of the event, when it has one: resends of it are answered as
     duplicates (see :mod:`delivery_daemon.storage.events`). Not stored in the job."""
+    buyer_email: str | None = None
+    """The buyer's email as the webhook states it, when its signature covers one (the adapter keeps it in
+    ``payload`` too): checked before the 2xx when the store delivers by email (:mod:`delivery_daemon.recipient`)."""
+    held: str | None = None
+    """Set by the receiver, not by adapters: why the order is stored ``held`` instead of ``queued``."""
 
     def payload_json(self) -> str:
         return json.dumps(self.payload, separators=(",", ":"), sort_keys=True)

@@ -7,10 +7,13 @@ A valid webhook is committed to the queue before the 2xx goes out; the same orde
 
 The adapter's result decides what happens (the core names no marketplace):
 
-* an :class:`~delivery_daemon.order.IncomingOrder` is queued (above);
-* an :class:`~delivery_daemon.marketplaces.base.OrderEvent` (refund, dispute) marks the order: cancelled if not
-delivered
-  yet, flagged and logged (``order.refunded`` / ``order.disputed``) if it was;
+* an :class:`~delivery_daemon.order.IncomingOrder` is queued (above) — or stored ``held`` (still a 2xx, logged
+  ``order.held``) when its store delivers by email and the buyer email it carries is not exactly one mailbox
+  (:mod:`delivery_daemon.recipient`);
+* an :class:`~delivery_daemon.marketplaces.base.OrderEvent` (refund, dispute) marks the order: cancelled if no
+  worker holds it and it is not delivered, flagged and logged (``order.refunded`` / ``order.disputed``) if it was
+  delivered, and pending if a worker holds it (the worker settles it, see
+  :meth:`~delivery_daemon.storage.queue.JobQueue.transition`);
 * a :class:`~delivery_daemon.marketplaces.base.FulfilNow` is answered synchronously with the keys as ``text/plain``
   (:mod:`delivery_daemon.pipeline.fulfil`).
 
@@ -21,6 +24,7 @@ A result carrying an ``event_id`` already handled for the store (:mod:`delivery_
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from typing import Protocol
 
@@ -30,13 +34,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from delivery_daemon.config import Settings
-from delivery_daemon.errors import WebhookRejected
+from delivery_daemon.errors import BodyTooLarge, Held, WebhookRejected
 from delivery_daemon.http.limits import RateLimiter
+from delivery_daemon.http.metrics import Metrics
 from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.pipeline.fulfil import fulfil_now
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.pipeline.worker import Worker
+from delivery_daemon.recipient import recipient
 from delivery_daemon.storage.events import EventLog
 from delivery_daemon.storage.queue import JobQueue, MarkedOrder, QueueError
 
@@ -53,13 +59,10 @@ class ReceiverParts(Protocol):
     worker: Worker
     limiter: RateLimiter | None
     generator_slots: asyncio.Semaphore | None
+    metrics: Metrics
 
     def metrics_webhook(self, store: str, result: str) -> None:
         """Count a webhook's result for the store (``_unknown`` for a store that is not configured)."""
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 async def read_capped(request: Request, limit: int, within: float | None = None) -> bytes:
@@ -162,13 +165,22 @@ async def _handle(daemon: ReceiverParts, store: Store, result: IncomingOrder | O
             return _error(answer.status, answer.reason or "not available")
         return PlainTextResponse("\n".join(answer.keys))
     order = result
+    try:
+        recipient(store.settings, order.buyer_email)
+    except Held as exc:  # stored for the operator, answered 2xx: the marketplace must not resend it
+        order = dataclasses.replace(order, held=exc.reason)
     enqueued = await daemon.queue.enqueue(order)
     if enqueued.created:
         daemon.worker.wake()
     event = "webhook.accepted" if enqueued.created else "webhook.duplicate"
     bound.info(event, order_id=order.order_id, job_id=enqueued.job_id, product_id=order.product_id)
     daemon.metrics_webhook(store.name, "accepted" if enqueued.created else "duplicate")
-    return JSONResponse({"status": "accepted", "order_id": order.order_id, "duplicate": not enqueued.created})
+    body: dict[str, object] = {"status": "accepted", "order_id": order.order_id, "duplicate": not enqueued.created}
+    if enqueued.created and order.held is not None:
+        bound.warning("order.held", order_id=order.order_id, job_id=enqueued.job_id, step="receive",
+                      reason=order.held)
+        body["held"] = True
+    return JSONResponse(body)
 
 
 async def _mark(daemon: ReceiverParts, event: OrderEvent, bound: structlog.typing.FilteringBoundLogger) -> Response:
@@ -181,6 +193,8 @@ async def _mark(daemon: ReceiverParts, event: OrderEvent, bound: structlog.typin
     (bound.warning if flagged else bound.info)(f"order.{event.kind}", order_id=event.order_id, outcome=outcome,
                                                  flagged=flagged, detail=event.detail)
     daemon.metrics_webhook(event.store, event.kind)
+    if flagged:
+        daemon.metrics.order_flagged(event.store, event.kind)
     return JSONResponse({"status": outcome, "order_id": event.order_id})
 
 

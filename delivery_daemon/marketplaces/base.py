@@ -114,7 +114,8 @@ class Marketplace(Protocol):
 class StockListing(Protocol):
     """Optional for an adapter: the marketplace shows a stock count per product and the seller may set it.
 
-    Stock sync (:mod:`~delivery_daemon.stock.sync`) uses it for adapters that have it. Setting the count must not
+    Stock sync (:mod:`~delivery_daemon.stock.sync`) uses it for adapters that have it. Setting the count
+    must not
     send the product back to moderation. Both raise a
     :class:`~delivery_daemon.errors.DeliveryDaemonError` (e.g. MarketplaceError) when the marketplace says no or
     cannot be reached.
@@ -208,7 +209,7 @@ class ApiClient(httpx.AsyncClient):
 _AS_WRITTEN = re.compile(r"(?!.*/\.)/[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
 """What may follow the base URL for httpx to leave a URL as it is: RFC 3986's unreserved and reserved characters
 without ``%`` (httpx re-encodes a stray one), ``#`` (not sent), ``[]`` (hosts only) and any ``/.`` (httpx removes dot
-segments). A property test checks this against httpx (tests/test_marketplace.py)."""
+segments). A property test checks this against httpx (tests/marketplaces/test_marketplace.py)."""
 
 
 def _encode_json(value: Any) -> bytes:

@@ -20,6 +20,7 @@ import httpx
 import structlog
 
 from delivery_daemon.backoff import parse_retry_after
+from delivery_daemon.config import StoreSettings, expect
 from delivery_daemon.errors import AuthenticationFailed, ConfigError, Dead, Retry, WebhookRejected
 from delivery_daemon.marketplaces.base import (
     AdapterContext,
@@ -107,9 +108,9 @@ class SoftStoreAdapter:
     def __init__(self, context: AdapterContext) -> None:
         store = context.store
         if store.api_url is None:
-            raise ConfigError(f"{context.path}.api_url", "required")
+            raise ConfigError(f"{context.path}.api_url", "required", *expect(StoreSettings, "api_url"))
         if store.api_key is None or not store.api_key.get_secret_value():
-            raise ConfigError(f"{context.path}.api_key", "required")
+            raise ConfigError(f"{context.path}.api_key", "required", *expect(StoreSettings, "api_key"))
         self.store = store.name
         self.api_url = store.api_url
         self.clock = context.clock

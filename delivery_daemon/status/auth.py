@@ -24,6 +24,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 
 from delivery_daemon.config import StatusSettings
+from delivery_daemon.errors import BodyTooLarge
 
 SESSION_COOKIE = "delivery_daemon_status"
 CSRF_FIELD = "csrf_token"
@@ -34,10 +35,6 @@ _STATE_KEY = "status_auth"
 
 Via = Literal["session", "bearer"]
 """How a request is authenticated: by a logged-in session cookie, or by a right bearer token."""
-
-
-class FormTooLarge(Exception):
-    """A POST body above :data:`MAX_FORM_BYTES`."""
 
 
 def session_middleware(settings: StatusSettings) -> Middleware:
@@ -129,10 +126,12 @@ def log_out(request: Request) -> None:
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    """An ``application/x-www-form-urlencoded`` body as a dict (last value wins); raises FormTooLarge."""
+    """An ``application/x-www-form-urlencoded`` body as a dict (last value wins).
+
+    Raises :class:`~delivery_daemon.errors.BodyTooLarge` once the body passes :data:`MAX_FORM_BYTES`."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
-            raise FormTooLarge
+            raise BodyTooLarge
     return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True, max_num_fields=32))

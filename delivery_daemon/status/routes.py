@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from delivery_daemon.clock import Clock
 from delivery_daemon.config import StatusSettings
+from delivery_daemon.errors import BodyTooLarge
 from delivery_daemon.pipeline.worker import Worker
 from delivery_daemon.status import auth
 from delivery_daemon.status.chart import bar_chart
@@ -222,7 +223,7 @@ class StatusPages:
                 return self.render(request, "error.html", 401, message="Log in first.")
             try:
                 form = await auth.read_form(request)
-            except auth.FormTooLarge:
+            except BodyTooLarge:
                 return self.render(request, "error.html", 413, message="The form is too large.")
             if not auth.csrf_ok(request, form):
                 return self.render(request, "error.html", 403,
@@ -241,7 +242,7 @@ class StatusPages:
     async def login(self, request: Request) -> Response:
         try:
             form = await auth.read_form(request)
-        except auth.FormTooLarge:
+        except BodyTooLarge:
             return self.render(request, "error.html", 413, message="The form is too large.")
         target = _safe_next(form.get("next", ""), _root(request))
         refused = self._throttled(request, "form")
