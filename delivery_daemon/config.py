@@ -12,6 +12,8 @@ came from ``${...}``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import os
@@ -37,7 +39,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from delivery_daemon.errors import ConfigError
-from delivery_daemon.net.signatures import WHSEC_EXAMPLE, WHSEC_FORM, whsec_key
 
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 """Seconds between delivery attempts, modelled on the public Svix schedule (7 retries over about 28 hours)."""
@@ -259,6 +260,26 @@ class SmtpSettings(_Model):
     timeout: float = Field(default=30.0, gt=0)
     ca_file: str | None = None
     """A CA bundle to trust for the server's certificate (a private CA); the system's store when unset."""
+
+
+# The Standard Webhooks secret format: validated here, used by net.signatures' scheme (and its users).
+WHSEC_PREFIX = "whsec_"
+WHSEC_FORM = "whsec_ followed by the base64 of a random key of at least 16 bytes"
+"""What a Standard Webhooks secret looks like, for configuration errors."""
+WHSEC_EXAMPLE = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+"""A well-formed example secret (not one in use anywhere: examples are printed in errors)."""
+
+
+def whsec_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret; ValueError if it is not one."""
+    raw = secret.removeprefix(WHSEC_PREFIX)
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not whsec_ followed by base64") from None
+    if len(key) < 16:
+        raise ValueError("the key is shorter than 16 bytes")
+    return key
 
 
 class OutboundWebhookSettings(_Model):

@@ -22,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from delivery_daemon.config import whsec_key
 from delivery_daemon.errors import WebhookRejected
-from delivery_daemon.net.signatures import standard_headers, verify_standard, whsec_key
+from delivery_daemon.net.signatures import standard_headers, verify_standard
 from delivery_daemon.reference.sender import WebhookSender
 
 

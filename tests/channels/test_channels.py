@@ -97,7 +97,8 @@ def test_outbound_signature_verifies_with_the_library() -> None:
     import time
 
     from delivery_daemon.channels.webhook import message_body, message_id
-    from delivery_daemon.net.signatures import standard_headers, whsec_key
+    from delivery_daemon.config import whsec_key
+    from delivery_daemon.net.signatures import standard_headers
     from delivery_daemon.order import Content
     from delivery_daemon.reference.standard_webhooks import new_secret
     from delivery_daemon.storage.models import Job

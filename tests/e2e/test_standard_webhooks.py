@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import standardwebhooks
 
+from delivery_daemon.config import whsec_key
 from delivery_daemon.errors import WebhookRejected
-from delivery_daemon.net.signatures import standard_headers, standard_signature, verify_standard, whsec_key
+from delivery_daemon.net.signatures import standard_headers, standard_signature, verify_standard
 from delivery_daemon.reference.standard_webhooks import StandardWebhooksSender, new_secret
 from tests.support.multistore import multi_stack
 

@@ -53,8 +53,9 @@ async def test_sink_deduplicates_on_webhook_id_only() -> None:
     """A resend under the same webhook-id is a redelivery; the same order under a new webhook-id is a duplicate."""
     import httpx
 
+    from delivery_daemon.config import whsec_key
     from delivery_daemon.http.serving import serve
-    from delivery_daemon.net.signatures import standard_headers, whsec_key
+    from delivery_daemon.net.signatures import standard_headers
 
     secret = new_secret()
     sink = ChaosSink(secret, ChaosFaults(random.Random(0), 0, 0, 0))
