@@ -1,7 +1,9 @@
 """Property-based attack on ``POST /webhooks/{store}``: random bodies, headers, encodings, nesting, numbers, types.
 
 The properties: never a 5xx, always a JSON answer, and never a job unless the body carried a valid signature.
-In-process through ``httpx.ASGITransport`` for speed (plus raw malformed HTTP over a real socket at the end).
+In-process through ``httpx.ASGITransport`` for speed (plus raw malformed HTTP over a real socket at the end), and,
+over real sockets on SQLite and PostgreSQL, genuinely signed hostile bodies whose accepted orders are drained to
+delivery (the last section).
 Example counts come from the hypothesis profile: ``ci`` (default, 150 per property) or ``HYPOTHESIS_PROFILE=full``
 (2,000 per property: over 10,000 inputs in all, which the last test counts).
 """
