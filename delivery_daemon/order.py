@@ -154,9 +154,9 @@ def check_order(order: IncomingOrder) -> IncomingOrder:
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_QUANTITY:
             raise WebhookRejected(422, f"field quantity must be an integer from 1 to {MAX_QUANTITY}")
     buyer = payload.get("buyer_email")
-    if buyer is not None and not isinstance(buyer, str):
-        raise WebhookRejected(422, "field buyer_email must be a string")
     if buyer is not None:
+        if not isinstance(buyer, str):
+            raise WebhookRejected(422, "field buyer_email must be a string")
         checked_text(buyer, "buyer_email", LIMITS["buyer_email"])
     for key, value in payload.items():
         if str(key).endswith("url") and value is not None and (
