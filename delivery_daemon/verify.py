@@ -6,10 +6,9 @@ from __future__ import annotations
 from .errors import Dead
 from .marketplace import Marketplace
 from .models import Job
-from .order import MarketplaceOrder
+from .order import MAX_QUANTITY, MarketplaceOrder
 
-MAX_QUANTITY = 1000
-"""An order for more units than this is refused: it is far more likely an error than a purchase."""
+__all__ = ["MAX_QUANTITY", "verify"]
 
 
 async def verify(marketplace: Marketplace, job: Job) -> MarketplaceOrder:
