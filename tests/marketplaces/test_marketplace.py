@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from delivery_daemon.marketplaces.base import _AS_WRITTEN, ApiClient, PinnedOrigin, same_origin
 from delivery_daemon.net.guard import BlockedDestination
+from delivery_daemon.order import usable_url
 
 BASES = ["http://127.0.0.1:8000/api/v1", "https://api.example.com/api", "https://API.example.com:443/v2",
          "http://[::1]:9/a"]
@@ -52,6 +53,17 @@ def test_fast_path_agrees_with_parsing(base: str, suffix: str) -> None:
     prefix = str(httpx.URL(base).copy_with(path="/", query=None, fragment=None))
     url = prefix + suffix
     assert same_origin(url, base) == parsed_same_origin(url, base)
+
+
+@given(url=st.from_regex(r"\Ahttps?://[A-Za-z0-9.\-\[\]:@% é]{0,12}(:[0-9]{0,6})?([/?#][ -~\x7f]{0,30})?\Z"))
+def test_usable_url_fast_path_agrees_with_parsing(url: str) -> None:
+    """``usable_url`` answers as parsing with httpx does, whether or not it took its no-parse fast path."""
+    try:
+        parsed = httpx.URL(url)
+        expected = parsed.scheme in ("http", "https") and bool(parsed.host)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        expected = False
+    assert usable_url(url) == expected
 
 
 def _client(seen: list[httpx.Request], base: str = "http://127.0.0.1:8000/api/v1") -> ApiClient:
