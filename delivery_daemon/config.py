@@ -35,7 +35,7 @@ from pydantic_core import ErrorDetails, PydanticUndefined
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from delivery_daemon.errors import ConfigError
+from delivery_daemon.errors import ConfigError, DeliveryDaemonError
 from delivery_daemon.net.signatures import WHSEC_EXAMPLE, WHSEC_FORM, whsec_key
 
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
@@ -51,7 +51,7 @@ def _expect(expected: str) -> dict[str, Any]:
     return {"expected": expected}
 
 
-class Invalid(ValueError):
+class Invalid(DeliveryDaemonError, ValueError):
     """A validator's complaint that knows what it wanted. ``key`` (relative to where the validator runs) names the
     key at fault when a whole section is checked; ``expected``/``example`` override the field's own."""
 
