@@ -101,8 +101,7 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     redactor.add(*settings_secrets(settings))
     install_record_scrubber(redactor)  # third-party stdlib log records too, even when the embedder set up logging
     cipher = load_cipher(settings.security, sqlite_path(settings.database.url))  # before the database: ConfigError
-    engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
-                              busy_timeout_ms=settings.database.busy_timeout_ms)
+    engine = create_db_engine(settings.database)
     create_schema(engine)
     try:
         seal_at_start(engine, clock, cipher)  # an earlier release's plaintext stock keys; then VACUUM

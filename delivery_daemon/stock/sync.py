@@ -279,8 +279,7 @@ async def sync_once(settings: Settings, *, marketplaces: Sequence[MarketplaceTyp
     for name in stores or ():
         if name not in built:
             raise ConfigError("--store", f"no store named {name!r}")
-    engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
-                              busy_timeout_ms=settings.database.busy_timeout_ms)
+    engine = create_db_engine(settings.database)
     try:
         create_schema(engine)
         hub.engine = engine  # no cipher: a sync only counts keys, it never opens them
