@@ -12,6 +12,7 @@ Shared ones live in this module; the others next to the code whose failure they 
     ├── StepOutcome                 errors               control flow of one job step, decided by the worker
     │   ├── Retry                   errors               try again later (``after`` s, or the schedule's next delay)
     │   ├── Dead                    errors               never try again; the reason is recorded
+    │   ├── Held                    errors               not tried again until the operator acts (retry / cancel)
     │   └── OutOfStock              errors               the generator has nothing to give now; the job waits
     ├── GeneratorError              errors               a generator broke its contract (wrong count, bad URL)
     ├── MarketplaceError            errors               a marketplace API answered something we cannot use
@@ -33,8 +34,8 @@ Shared ones live in this module; the others next to the code whose failure they 
 Errors from httpx and SQLAlchemy are translated into these at the boundary that calls them, so nothing above the
 adapters needs to know which library failed. A class that must also be a builtin (e.g. ``ValueError`` for a pydantic
 validator) derives from both. ``delivery_daemon.reference`` is outside the tree: it plays other systems (the
-marketplaces, the chaos runs) for tests and the demo, and its exceptions belong to those systems. tests/test_errors.py
-checks that the tree, the modules and the class hierarchy agree.
+marketplaces, the chaos runs) for tests and the demo, and its exceptions belong to those systems.
+tests/core/test_errors.py checks that the tree, the modules and the class hierarchy agree.
 """
 
 from __future__ import annotations
@@ -45,12 +46,20 @@ class DeliveryDaemonError(Exception):
 
 
 class ConfigError(DeliveryDaemonError):
-    """The configuration is unusable; ``str()`` is one line naming the key path."""
+    """The configuration is unusable; ``str()`` is one line naming the key path, what is wrong and, when known,
+    what to type instead: ``<key.path>: <what is wrong>; expected <form>, e.g. <example>``."""
 
-    def __init__(self, path: str, message: str) -> None:
+    def __init__(self, path: str, message: str, expected: str | None = None, example: str | None = None) -> None:
         self.path = path
         self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+        self.expected = expected
+        self.example = example
+        line = f"{path}: {message}" if path else message
+        if expected:
+            line += f"; expected {expected}"
+        if example:
+            line += f", e.g. {example}" if expected else f"; e.g. {example}"
+        super().__init__(line)
 
 
 class PluginError(DeliveryDaemonError):
@@ -89,6 +98,11 @@ class Retry(StepOutcome):
 
 class Dead(StepOutcome):
     """Stop trying: the order cannot or must not be delivered."""
+
+
+class Held(StepOutcome):
+    """The order must not go out as it stands (e.g. its buyer email is not one mailbox): the job is ``held`` for
+    the operator, who fixes the cause and retries it, or cancels it."""
 
 
 class OutOfStock(StepOutcome):

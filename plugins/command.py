@@ -11,6 +11,11 @@ line, or a JSON object ``{"keys": [...], "text": ..., "download": ...}``. Its ex
 * anything else, or no answer within ``timeout`` seconds (the program is killed) — retried later.
 
 Make the program idempotent on ``idempotency_key``: a retried order must get the same keys.
+
+The program runs with a minimal environment — ``PATH``, ``LANG``, ``LANGUAGE``, ``LC_*``, ``TZ``, ``HOME`` and
+``TMPDIR``, those the daemon has — plus the configured ``env``. Nothing else of the daemon's environment (marketplace
+API keys, the encryption key, the status-page password) reaches it; pass what it needs through ``env``
+(``${VAR}`` works there as anywhere in the configuration).
 """
 
 from __future__ import annotations
@@ -28,13 +33,25 @@ from delivery_daemon.generators.contract import Dead, Generated, OrderContext, O
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
 
+PASSED_ON = ("PATH", "LANG", "LANGUAGE", "TZ", "HOME", "TMPDIR")
+"""The daemon's variables the program gets (when set), besides ``LC_*``: what a program needs to run, no secrets."""
+
+
+def child_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The program's environment: the daemon's :data:`PASSED_ON` and ``LC_*`` variables, then the configured ``env``."""
+    passed = {name: value for name, value in os.environ.items() if name in PASSED_ON or name.startswith("LC_")}
+    return {**passed, **extra}
+
 
 class CommandOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    argv: list[str] = Field(min_length=1, description="the program and its arguments (no shell)")
+    argv: list[str] = Field(min_length=1, description="the program and its arguments (no shell)",
+                            examples=[["/usr/local/bin/keygen", "--product", "pro"]],
+                            json_schema_extra={"expected": "a list: the program, then its arguments (no shell)"})
     timeout: float = Field(default=10.0, gt=0, le=300)
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables",
+                                examples=[{"KEYGEN_DB": "/var/lib/keygen/keys.db"}])
 
     @field_validator("argv")
     @classmethod
@@ -62,7 +79,7 @@ class CommandGenerator:
         program = self.options.argv[0]
         process = await asyncio.create_subprocess_exec(
             *self.options.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, **self.options.env},
+            stderr=asyncio.subprocess.PIPE, env=child_environment(self.options.env),
         )
         try:
             async with asyncio.timeout(self.options.timeout):

@@ -19,7 +19,9 @@ from delivery_daemon.generators.licence import LicenseError, LicensePayload, loa
 class SignedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    private_key_file: str = Field(description="PEM file written by `delivery-daemon keys generate`")
+    private_key_file: str = Field(description="PEM file written by `delivery-daemon keys generate`",
+                                  examples=["/etc/delivery-daemon/signing.pem"], json_schema_extra={
+                                      "expected": "the PEM private key file `delivery-daemon keys generate` wrote"})
     expires_days: int | None = Field(default=None, ge=1, le=36500)
 
     @field_validator("private_key_file")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from delivery_daemon.channels.email import EmailDelivery, check_subject
 from delivery_daemon.channels.webhook import WebhookDelivery
+from delivery_daemon.config import ChannelSettings, SmtpSettings, expect
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.marketplaces.base import AdapterContext, Marketplace, Sink
 
@@ -27,22 +28,22 @@ def build_channel(adapter: Marketplace, context: AdapterContext) -> Channel:
     if settings.channel == "marketplace":
         sink = adapter.sink()
         if sink is None:
-            raise ConfigError(f"{path}.channel", f"{context.store.marketplace} has no delivery API; "
-                                                 "set channel: email or channel: webhook")
+            raise ConfigError(f"{path}.channel", f"{context.store.marketplace} has no delivery API",
+                              "email or webhook (with its settings)", "webhook")
         return Channel(sink)
     if settings.channel == "email":
         if settings.email is None:
-            raise ConfigError(f"{path}.email", "required when channel is email")
+            raise ConfigError(f"{path}.email", "required when channel is email", *expect(ChannelSettings, "email"))
         try:
             check_subject(settings.email.subject)
         except ValueError as exc:
-            raise ConfigError(f"{path}.email.subject", str(exc)) from None
+            raise ConfigError(f"{path}.email.subject", str(exc), *expect(SmtpSettings, "subject")) from None
         email = EmailDelivery(settings.email)
         return Channel(email, email.secrets())
     if settings.webhook is None:
-        raise ConfigError(f"{path}.webhook", "required when channel is webhook")
+        raise ConfigError(f"{path}.webhook", "required when channel is webhook", *expect(ChannelSettings, "webhook"))
     try:
         webhook = WebhookDelivery(settings.webhook, context)
     except ValueError as exc:
-        raise ConfigError(f"{path}.webhook.secret", str(exc)) from None
+        raise ConfigError(f"{path}.webhook.secret", str(exc), *expect(ChannelSettings, "webhook", "secret")) from None
     return Channel(webhook, webhook.secrets())

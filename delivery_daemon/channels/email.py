@@ -5,6 +5,10 @@ include it. The ``Message-ID`` is derived from (store, order id), so a retry aft
 message to the buyer's mail system. SMTP errors become the worker's outcomes: a permanent refusal of the recipient
 or the message (5xx) is ``Dead``; a temporary one (4xx), a refused login, a timeout or a lost connection is
 ``Retry`` (the seller may fix the server or the credentials meanwhile). Reasons never include the password.
+
+The recipient is exactly one mailbox, normalised (:func:`~delivery_daemon.recipient.mailbox`); a stored address that
+is anything else (a list, a group, a header injection) is ``Held`` and nothing is sent — the last line of defence
+behind the same check at the webhook and at verification.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from delivery_daemon.config import SmtpSettings
 from delivery_daemon.errors import Dead, Retry
 from delivery_daemon.marketplaces.base import Receipt
 from delivery_daemon.order import Content
+from delivery_daemon.recipient import mailbox
 from delivery_daemon.storage.models import Job
 
 SUBJECT_FIELDS = ("order_id", "product_id")
@@ -61,10 +66,11 @@ class EmailDelivery:
         if not job.buyer_email:
             raise Dead("the order has no buyer email address to deliver to")
         s = self.settings
-        message = build_message(s, job, content, job.buyer_email)
+        to = mailbox(job.buyer_email)  # Held unless exactly one mailbox
+        message = build_message(s, job, content, to)
         try:
             await aiosmtplib.send(
-                message, hostname=s.host, port=s.port, username=s.username,
+                message, recipients=[to], hostname=s.host, port=s.port, username=s.username,
                 password=s.password.get_secret_value() if s.password else None, timeout=s.timeout,
                 use_tls=s.security == "tls", start_tls=s.security == "starttls",
                 cert_bundle=s.ca_file,

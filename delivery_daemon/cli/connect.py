@@ -16,7 +16,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 
-from delivery_daemon.config import DatabaseSettings, SecuritySettings, format_location, resolve_env
+from delivery_daemon.config import (
+    DatabaseSettings,
+    SecuritySettings,
+    Settings,
+    config_error,
+    expect,
+    resolve_env,
+)
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.storage.cipher import Cipher, load_cipher
 from delivery_daemon.storage.engine import create_db_engine, create_schema, sqlite_path
@@ -45,13 +52,11 @@ def load_section(path: str | Path, name: str, model: type[M]) -> M:
         raise ConfigError("", f"{path}: invalid YAML") from None
     section = document.get(name, {}) if isinstance(document, dict) else None
     if not isinstance(section, dict):
-        raise ConfigError(name, "must be a mapping of keys")
+        raise ConfigError(name, "must be a mapping of keys", *expect(Settings, name))
     try:
         return model.model_validate(resolve_env(section, os.environ, name))
     except ValidationError as exc:
-        error = exc.errors()[0]
-        message = "unknown key" if error["type"] == "extra_forbidden" else str(error["msg"])
-        raise ConfigError(format_location((name, *error["loc"])), message) from None
+        raise config_error(exc.errors()[0], model, name, section) from None
 
 
 def load_database_settings(path: str | Path) -> DatabaseSettings:

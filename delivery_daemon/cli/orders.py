@@ -61,6 +61,7 @@ def job_document(job: Job, *, reveal: bool = False) -> dict[str, Any]:
         "attempts": job.attempts, "webhooks_received": job.received, "last_error": job.last_error,
         "created_at": iso(job.created_at), "updated_at": iso(job.updated_at), "due_at": iso(job.due_at),
         "delivered_at": iso(job.delivered_at), "content_stored": job.content is not None,
+        "flag": job.flag,  # refunded | disputed: delivered and flagged, or (running) a refund pending
     }
     if reveal and job.content is not None:
         content = Content.from_json(job.content)  # already decrypted by cmd_show
@@ -212,7 +213,7 @@ def register(sub: Any) -> None:
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_guarded(cmd_show))
 
-    retry = actions.add_parser("retry", help="queue a dead, waiting or cancelled order again")
+    retry = actions.add_parser("retry", help="queue a dead, waiting, held or cancelled order again")
     _order_args(retry, optional=True)
     retry.add_argument("--all-dead", action="store_true", help="queue every dead order again")
     retry.set_defaults(func=_guarded(cmd_retry))

@@ -55,7 +55,8 @@ class Metrics:
         self.webhooks = Counter("delivery_daemon_webhooks_received", "Webhooks received, by store and result "
                                 "(accepted, duplicate, ignored, rejected_<status>).", ["store", "result"], registry=r)
         self.deliveries = Counter("delivery_daemon_deliveries", "Job outcomes: delivered, already (the marketplace "
-                                  "had it), retry, dead, out_of_stock.", ["store", "outcome"], registry=r)
+                                  "had it), retry, dead, out_of_stock, held, cancelled (a refund or dispute arrived "
+                                  "during the attempt, which did not deliver).", ["store", "outcome"], registry=r)
         self.jobs = Gauge("delivery_daemon_jobs", "Jobs in the database, by state.", ["state"], registry=r)
         self.oldest = Gauge("delivery_daemon_oldest_pending_job_age_seconds", "Age of the oldest job not yet "
                             "delivered, dead or cancelled (0 when there is none).", registry=r)
@@ -63,6 +64,10 @@ class Metrics:
                                  "marketplace's 200 for the delivery.", ["store"], buckets=LATENCY_BUCKETS, registry=r)
         self.stock = Gauge("delivery_daemon_stock_remaining", "Keys left, for generators that report stock.",
                            ["store", "product"], registry=r)
+        self.flagged = Counter("delivery_daemon_orders_flagged", "Orders delivered and then refunded or disputed (or "
+                               "refunded during a delivery attempt that succeeded): a buyer who got their money back "
+                               "holds the keys. By store and kind (refunded, disputed).", ["store", "kind"],
+                               registry=r)
         self.generator = Histogram("delivery_daemon_generator_duration_seconds", "Time a generator took for one "
                                    "order.", ["generator"], buckets=GENERATOR_BUCKETS, registry=r)
 
@@ -75,6 +80,12 @@ class Metrics:
         self.deliveries.labels(store=job.store, outcome=change.outcome).inc()
         if change.state is JobState.DELIVERED and change.outcome == "delivered":
             self.latency.labels(store=job.store).observe(max(0.0, self.clock.now() - job.created_at))
+        if change.state is JobState.DELIVERED and job.flag is not None:  # a refund settled by the worker
+            self.order_flagged(job.store, job.flag)
+
+    def order_flagged(self, store: str, kind: str) -> None:
+        """A delivered order was refunded or disputed (the receiver, or the worker settling a pending refund)."""
+        self.flagged.labels(store=store, kind=kind).inc()
 
     def generated(self, generator: str, seconds: float) -> None:
         self.generator.labels(generator=generator).observe(seconds)
@@ -101,7 +112,8 @@ def _oldest_pending(daemon: Daemon) -> float | None:
 
 
 async def _stock(generator: Any) -> int | None:
-    """:func:`~delivery_daemon.stock.sync.stock_remaining` for the scrape; a plugin's error is logged, not raised."""
+    """:func:`~delivery_daemon.stock.sync.stock_remaining` for the scrape; a plugin's error is logged,
+    not raised."""
     try:
         return await stock_remaining(generator)
     except Exception as exc:  # a plugin's bug must not break the scrape

@@ -1,16 +1,21 @@
 """Step 1 of an order: ``POST /webhooks/{store}``. Check, then commit, then answer.
 
 Order of checks: unknown store (404), body over the cap (413, refused before it is read), wrong content type (415),
-then the adapter: unreadable body (400), bad signature (403), refused fields (422). None of these stores anything.
+then the adapter: unreadable body (400), bad signature (403), refused fields (422), then the shared rule every
+adapter's result must pass (:func:`~delivery_daemon.marketplaces.base.normalise`: a field that cannot be stored or used
+later is a 422 naming it). None of these stores anything.
 A valid webhook is committed to the queue before the 2xx goes out; the same order again answers 200 with
 ``"duplicate": true`` and creates nothing (the database's unique constraint decides).
 
 The adapter's result decides what happens (the core names no marketplace):
 
-* an :class:`~delivery_daemon.order.IncomingOrder` is queued (above);
-* an :class:`~delivery_daemon.marketplaces.base.OrderEvent` (refund, dispute) marks the order: cancelled if not
-delivered
-  yet, flagged and logged (``order.refunded`` / ``order.disputed``) if it was;
+* an :class:`~delivery_daemon.order.IncomingOrder` is queued (above) — or stored ``held`` (still a 2xx, logged
+  ``order.held``) when its store delivers by email and the buyer email it carries is not exactly one mailbox
+  (:mod:`delivery_daemon.recipient`);
+* an :class:`~delivery_daemon.marketplaces.base.OrderEvent` (refund, dispute) marks the order: cancelled if no
+  worker holds it and it is not delivered, flagged and logged (``order.refunded`` / ``order.disputed``) if it was
+  delivered, and pending if a worker holds it (the worker settles it, see
+  :meth:`~delivery_daemon.storage.queue.JobQueue.transition`);
 * a :class:`~delivery_daemon.marketplaces.base.FulfilNow` is answered synchronously with the keys as ``text/plain``
   (:mod:`delivery_daemon.pipeline.fulfil`).
 
@@ -21,6 +26,7 @@ A result carrying an ``event_id`` already handled for the store (:mod:`delivery_
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -29,10 +35,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from delivery_daemon.errors import BodyTooLarge, WebhookRejected
-from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult
+from delivery_daemon.errors import BodyTooLarge, Held, WebhookRejected
+from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult, normalise
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.pipeline.fulfil import fulfil_now
+from delivery_daemon.recipient import recipient
 from delivery_daemon.storage.events import EventLog
 from delivery_daemon.storage.queue import MarkedOrder, QueueError
 
@@ -100,7 +107,8 @@ async def webhook(request: Request) -> Response:
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise WebhookRejected(415, "Content-Type must be application/json")
         try:
-            order: WebhookResult = store.marketplace.parse_webhook(request.headers, body)
+            # normalise: whatever the adapter, nothing is committed that cannot be stored and used later (422).
+            order: WebhookResult = normalise(store.marketplace.parse_webhook(request.headers, body))
         except RecursionError:
             # json.loads raises this (not ValueError) on deep nesting; hostile input, for every adapter alike.
             raise WebhookRejected(400, "body is nested too deeply") from None
@@ -143,13 +151,22 @@ async def _handle(daemon: Daemon, store: Store, result: IncomingOrder | OrderEve
             return _error(answer.status, answer.reason or "not available")
         return PlainTextResponse("\n".join(answer.keys))
     order = result
+    try:
+        recipient(store.settings, order.buyer_email)
+    except Held as exc:  # stored for the operator, answered 2xx: the marketplace must not resend it
+        order = dataclasses.replace(order, held=exc.reason)
     enqueued = await daemon.queue.enqueue(order)
     if enqueued.created:
         daemon.worker.wake()
     event = "webhook.accepted" if enqueued.created else "webhook.duplicate"
     bound.info(event, order_id=order.order_id, job_id=enqueued.job_id, product_id=order.product_id)
     daemon.metrics_webhook(store.name, "accepted" if enqueued.created else "duplicate")
-    return JSONResponse({"status": "accepted", "order_id": order.order_id, "duplicate": not enqueued.created})
+    body: dict[str, object] = {"status": "accepted", "order_id": order.order_id, "duplicate": not enqueued.created}
+    if enqueued.created and order.held is not None:
+        bound.warning("order.held", order_id=order.order_id, job_id=enqueued.job_id, step="receive",
+                      reason=order.held)
+        body["held"] = True
+    return JSONResponse(body)
 
 
 async def _mark(daemon: Daemon, event: OrderEvent, bound: structlog.typing.FilteringBoundLogger) -> Response:
@@ -162,6 +179,8 @@ async def _mark(daemon: Daemon, event: OrderEvent, bound: structlog.typing.Filte
     (bound.warning if flagged else bound.info)(f"order.{event.kind}", order_id=event.order_id, outcome=outcome,
                                                  flagged=flagged, detail=event.detail)
     daemon.metrics_webhook(event.store, event.kind)
+    if flagged:
+        daemon.metrics.order_flagged(event.store, event.kind)
     return JSONResponse({"status": outcome, "order_id": event.order_id})
 
 

@@ -81,11 +81,12 @@ class SellixAdapter(SignedPayloadAdapter):
                               detail=f"Sellix {event}")
         if event != "product:dynamic" and str(data.get("product_type", "")).upper() in SELF_DELIVERED:
             return None
+        buyer = email(data.get("customer_email"))
         order = IncomingOrder(
             store=self.store, marketplace=self.marketplace, order_id=order_id,
-            product_id=product_id or DEFAULT_PRODUCT,
-            payload=order_payload(cart_quantity(data, product_id), email(data.get("customer_email")),
-                                  str(data.get("status") or "PAID"), event=event),
+            product_id=product_id or DEFAULT_PRODUCT, buyer_email=buyer,
+            payload=order_payload(cart_quantity(data, product_id), buyer, str(data.get("status") or "PAID"),
+                                  event=event),
         )
         if event == "product:dynamic":
             return FulfilNow(order, self.budget)

@@ -64,10 +64,11 @@ class ShoppyAdapter(SignedPayloadAdapter):
         if kind == "200":
             return OrderEvent(self.store, self.marketplace, order_id, "disputed", product_id,
                               detail="Shoppy webhook 200 (order disputed)")
+        buyer = email(order.get("email"))
         return IncomingOrder(
             store=self.store, marketplace=self.marketplace, order_id=order_id, product_id=product_id,
-            payload=order_payload(quantity(order.get("quantity", 1), "data.order.quantity"), email(order.get("email")),
-                                  "completed"),
+            buyer_email=buyer,
+            payload=order_payload(quantity(order.get("quantity", 1), "data.order.quantity"), buyer, "completed"),
         )
 
 

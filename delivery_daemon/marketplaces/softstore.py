@@ -20,6 +20,7 @@ import httpx
 import structlog
 
 from delivery_daemon.backoff import parse_retry_after
+from delivery_daemon.config import StoreSettings, expect
 from delivery_daemon.errors import AuthenticationFailed, ConfigError, Dead, Retry, WebhookRejected
 from delivery_daemon.marketplaces.base import (
     AdapterContext,
@@ -29,6 +30,7 @@ from delivery_daemon.marketplaces.base import (
     message_of,
     same_origin,
     transport_retry,
+    url_host,
 )
 from delivery_daemon.net.guard import BlockedDestination
 from delivery_daemon.order import Content, IncomingOrder, MarketplaceOrder
@@ -106,9 +108,9 @@ class SoftStoreAdapter:
     def __init__(self, context: AdapterContext) -> None:
         store = context.store
         if store.api_url is None:
-            raise ConfigError(f"{context.path}.api_url", "required")
+            raise ConfigError(f"{context.path}.api_url", "required", *expect(StoreSettings, "api_url"))
         if store.api_key is None or not store.api_key.get_secret_value():
-            raise ConfigError(f"{context.path}.api_key", "required")
+            raise ConfigError(f"{context.path}.api_key", "required", *expect(StoreSettings, "api_key"))
         self.store = store.name
         self.api_url = store.api_url
         self.clock = context.clock
@@ -140,7 +142,7 @@ class SoftStoreAdapter:
         assert product_id is not None and delivery_url is not None
         if not same_origin(delivery_url, self.api_url):
             log.warning("security.delivery_url_refused", store=self.store, order_id=order_id,
-                        delivery_host=httpx.URL(delivery_url).host if "://" in delivery_url else None)
+                        delivery_host=url_host(delivery_url))
             raise WebhookRejected(422, "delivery_url is not on the marketplace's host")
         if status is not None and status != "paid":
             return None

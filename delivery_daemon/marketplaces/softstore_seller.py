@@ -6,7 +6,8 @@ what changed; ``--check`` only compares. The marketplace's validation messages (
 one line. "Points at this daemon" means the seller's ``api_url`` ends with ``/webhooks/<store name>``.
 
 ``delivery-daemon softstore sync-stock --config C [--store S]`` sets each stock product's ``count`` on SoftStore to
-the keys left in the pool now (see :mod:`delivery_daemon.stock.sync`), printing one line per product; exit 1 when
+the keys left in the pool now (see :mod:`delivery_daemon.stock.sync`), printing one line per product;
+exit 1 when
 a product could not be synced.
 """
 

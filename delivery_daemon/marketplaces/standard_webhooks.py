@@ -29,7 +29,7 @@ from delivery_daemon.marketplaces.signed_body import (
     order_payload,
     quantity,
 )
-from delivery_daemon.net.signatures import verify_standard, whsec_key
+from delivery_daemon.net.signatures import WHSEC_EXAMPLE, WHSEC_FORM, verify_standard, whsec_key
 from delivery_daemon.order import IncomingOrder
 
 
@@ -43,7 +43,7 @@ class StandardWebhooksAdapter(SignedPayloadAdapter):
         try:
             self.key = whsec_key(self.secret)
         except ValueError as exc:
-            raise ConfigError(f"{context.path}.webhook_secret", str(exc)) from None
+            raise ConfigError(f"{context.path}.webhook_secret", str(exc), WHSEC_FORM, WHSEC_EXAMPLE) from None
         self.tolerance = context.store.signature.tolerance
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
@@ -55,11 +55,11 @@ class StandardWebhooksAdapter(SignedPayloadAdapter):
         assert order_id is not None
         product_id = identifier(data.get("product_id"), "data.product_id", required=False)
         if kind == "order.paid":
+            buyer = email(data.get("email"))
             return IncomingOrder(
                 store=self.store, marketplace=self.marketplace, order_id=order_id,
-                product_id=product_id or DEFAULT_PRODUCT, event_id=msg_id,
-                payload=order_payload(quantity(data.get("quantity", 1), "data.quantity"), email(data.get("email")),
-                                      "paid"),
+                product_id=product_id or DEFAULT_PRODUCT, event_id=msg_id, buyer_email=buyer,
+                payload=order_payload(quantity(data.get("quantity", 1), "data.quantity"), buyer, "paid"),
             )
         if kind in ("order.refunded", "order.disputed"):
             return OrderEvent(self.store, self.marketplace, order_id,

@@ -96,7 +96,7 @@ class StripeStoreAdapter(SignedPayloadAdapter):
         reference = identifier(metadata.get("order_id"), "metadata.order_id", required=False)
         return IncomingOrder(
             store=self.store, marketplace=self.marketplace, order_id=order_id,
-            product_id=product_id or DEFAULT_PRODUCT, event_id=event_id,
+            product_id=product_id or DEFAULT_PRODUCT, event_id=event_id, buyer_email=buyer,
             payload=order_payload(count, buyer, "succeeded", reference=reference, event=kind),
         )
 

@@ -55,6 +55,9 @@ METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
 class BlockedDestination(DeliveryDaemonError):
     """An outbound request was refused before connecting; the message names the host and why, never the URL."""
 
+    address: IPAddress | None = None
+    """The refused address, when an address was the reason."""
+
 
 def classify(address: IPAddress) -> str | None:
     """Why ``address`` is refused by default (``"loopback"``, ``"private"``, ``"metadata"`` …), or None if public."""
@@ -136,7 +139,9 @@ async def checked_addresses(host: str, port: int, policy: NetPolicy) -> list[IPA
     for address in addresses:
         reason = policy.refusal(address)
         if reason is not None:
-            raise BlockedDestination(f"refused to connect to {host}: it resolves to a {reason} address ({address})")
+            blocked = BlockedDestination(f"refused to connect to {host}: it resolves to a {reason} address ({address})")
+            blocked.address = address
+            raise blocked
     return addresses
 
 

@@ -24,6 +24,10 @@ from delivery_daemon.errors import WebhookRejected
 
 Algorithm = Literal["sha256", "sha512"]
 WHSEC_PREFIX = "whsec_"
+WHSEC_FORM = "whsec_ followed by the base64 of a random key of at least 16 bytes"
+"""What a Standard Webhooks secret looks like, for configuration errors."""
+WHSEC_EXAMPLE = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+"""A well-formed example secret (not one in use anywhere: examples are printed in errors)."""
 
 
 
@@ -98,9 +102,9 @@ def whsec_key(secret: str) -> bytes:
     try:
         key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("must be whsec_ followed by base64") from None
+        raise ValueError("not whsec_ followed by base64") from None
     if len(key) < 16:
-        raise ValueError("key must be at least 16 bytes")
+        raise ValueError("the key is shorter than 16 bytes")
     return key
 
 

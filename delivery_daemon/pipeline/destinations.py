@@ -46,8 +46,10 @@ async def check_destinations(stores: Mapping[str, Store], policy: NetPolicy) -> 
     warnings: list[str] = []
     for (path, _url), outcome in zip(named, outcomes, strict=True):
         if isinstance(outcome, BlockedDestination):
-            raise ConfigError(path, f"{outcome}; allow it with security.allowed_networks "
-                                    "(or security.allow_private_networks for a LAN address)") from None
+            network = f"{outcome.address}/{outcome.address.max_prefixlen}" if outcome.address else "192.0.2.0/24"
+            raise ConfigError(path, str(outcome), "a URL the outbound policy allows: a public address, or one in "
+                              "security.allowed_networks (security.allow_private_networks: true for a LAN address)",
+                              f"security: {{allowed_networks: [{network}]}}") from None
         if isinstance(outcome, httpcore.ConnectError | OSError):
             warnings.append(f"{path}: not checked now ({outcome})")
         elif isinstance(outcome, BaseException):

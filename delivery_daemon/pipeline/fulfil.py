@@ -27,7 +27,7 @@ from delivery_daemon.pipeline.generate import generate
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.pipeline.verify import verify
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import JobQueue, LeaseLost, Transition
+from delivery_daemon.storage.queue import JobQueue, LeaseLost, OrderCancelled, Transition
 
 log = structlog.get_logger("delivery_daemon.pipeline.fulfil")
 
@@ -101,11 +101,17 @@ async def fulfil_now(queue: JobQueue, store: Store, request: FulfilNow, *,
         return await _failed(queue, job, owner, step, exc.reason, bound)
     except LeaseLost:
         return Fulfilment(503, reason="order is being processed; try again")
+    except OrderCancelled as exc:  # refunded or disputed while the keys were made: the job is cancelled
+        bound.info(f"order.{exc.settled.kind}", outcome="cancelled", flagged=False)
+        return Fulfilment(409, reason="order was cancelled (refunded or disputed)")
     except (DeliveryDaemonError, Exception) as exc:  # a broken plugin must not turn into a 500 without a record
         return await _failed(queue, job, owner, step, f"{type(exc).__name__}: {exc}"[:500], bound)
     try:
-        await queue.transition(job, owner, Transition(JobState.DELIVERED, "deliver", "answered", count_attempt=True,
-                                                      duration_ms=(queue.clock.monotonic() - started) * 1000))
+        settled = await queue.transition(job, owner, Transition(
+            JobState.DELIVERED, "deliver", "answered", count_attempt=True,
+            duration_ms=(queue.clock.monotonic() - started) * 1000))
+        if settled is not None:  # refunded after the keys were stored: they are answered, so flagged
+            bound.warning(f"order.{settled.kind}", outcome="flagged", flagged=True)
     except LeaseLost as exc:  # the keys are stored; answering them is still right
         bound.warning("job.lease_lost", error=str(exc))
     bound.info("fulfil.answered", keys=len(content.keys), quantity=confirmed.quantity)

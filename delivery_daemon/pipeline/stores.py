@@ -18,7 +18,14 @@ from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 
 from delivery_daemon.channels.choice import build_channel
 from delivery_daemon.clock import Clock
-from delivery_daemon.config import ProductSettings, Settings, StoreSettings, format_location
+from delivery_daemon.config import (
+    ProductSettings,
+    Settings,
+    StoreSettings,
+    config_error,
+    expect,
+    one_of,
+)
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.generators.contract import Generator
 from delivery_daemon.generators.resources import ResourceHub, Resources
@@ -104,16 +111,13 @@ def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: st
                   resources: Resources | None = None) -> Product:
     info = plugins.get(product.generator)
     if info is None:
-        known = ", ".join(sorted(plugins)) or "none installed"
-        raise ConfigError(f"{path}.generator", f"unknown generator {product.generator!r} (known: {known})")
+        raise ConfigError(f"{path}.generator", f"unknown generator {product.generator!r}",
+                          *one_of(product.generator, sorted(plugins), expect(ProductSettings, "generator")[1]))
     plugin = getattr(info, "plugin", info)
     try:
         options = plugin.Options.model_validate(product.options)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = format_location(("options", *error["loc"]))
-        message = "required" if error["type"] == "missing" else str(error["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{path}.{where}", message) from None
+        raise config_error(exc.errors()[0], plugin.Options, f"{path}.options", product.options) from None
     # A plugin may bring its own default text (e.g. a download product has no keys to list).
     template = product.template
     if "template" not in product.model_fields_set and isinstance(getattr(plugin, "template", None), str):
@@ -121,13 +125,15 @@ def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: st
     try:
         check_template(template)
     except ValueError as exc:
-        raise ConfigError(f"{path}.template", str(exc)) from None
+        raise ConfigError(f"{path}.template", str(exc), *expect(ProductSettings, "template")) from None
     if resources is None:
         resources = Resources(store="", product_id=None, plugin=product.generator, hub=ResourceHub())
     try:
         generator = _instantiate(plugin, options, resources)
     except Exception as exc:
-        raise ConfigError(f"{path}.generator", f"{product.generator} failed to start: {exc}") from None
+        raise ConfigError(f"{path}.generator", f"{product.generator} failed to start: {exc}",
+                          f"options {product.generator} can start with (see delivery-daemon plugins list)",
+                          f"options: {expect(plugin.Options)[1]}") from None
     return Product(product.generator, generator, options.model_dump(), template, tuple(secret_values(options)),
                    product.listed_count, resources.hub.hung_threads(resources.store, resources.product_id))
 
@@ -146,8 +152,8 @@ def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], pl
         path = f"stores[{index}]"
         kind = types.get(store.marketplace)
         if kind is None:
-            raise ConfigError(f"{path}.marketplace",
-                              f"unknown marketplace {store.marketplace!r} (known: {', '.join(sorted(types))})")
+            raise ConfigError(f"{path}.marketplace", f"unknown marketplace {store.marketplace!r}",
+                              *one_of(store.marketplace, sorted(types), expect(StoreSettings, "marketplace")[1]))
         context = AdapterContext(store=store, path=path, clock=clock, delivery=settings.delivery,
                                  transport=transport, policy=policy)
         adapter = kind.create(context)

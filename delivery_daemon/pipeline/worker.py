@@ -26,15 +26,16 @@ import structlog
 from delivery_daemon.backoff import Backoff
 from delivery_daemon.clock import Clock
 from delivery_daemon.config import WorkerSettings
-from delivery_daemon.errors import Dead, OutOfStock, Retry
+from delivery_daemon.errors import Dead, Held, OutOfStock, Retry
 from delivery_daemon.generators.contract import OrderContext
 from delivery_daemon.order import Content
 from delivery_daemon.pipeline.deliver import deliver
 from delivery_daemon.pipeline.generate import generate
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.pipeline.verify import verify
+from delivery_daemon.recipient import recipient
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import JobQueue, LeaseLost, QueueError, Transition, Verified
+from delivery_daemon.storage.queue import JobQueue, LeaseLost, OrderCancelled, QueueError, Settled, Transition, Verified
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
@@ -43,6 +44,11 @@ log = structlog.get_logger("delivery_daemon.pipeline.worker")
 
 GENERATOR_BUDGET = 30.0
 """Seconds a generator may take before the call is abandoned and the order retried."""
+
+SAVE_RETRY_FIRST = 0.1
+SAVE_RETRY_CAP = 1.0
+"""Backoff (seconds, doubling up to the cap) between tries of an outcome's save while the database fails: a job's
+outcome is saved at most about a second after the database is back."""
 
 
 class Observer(Protocol):
@@ -95,6 +101,18 @@ def _release(slot: _Slot | None) -> None:
         slot.release()
 
 
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Done callback of every task the worker creates: its exception, if any, is retrieved (asyncio never prints
+    "Task exception was never retrieved") and logged as an event."""
+    if task.cancelled() or (exc := task.exception()) is None:
+        return
+    error = f"{type(exc).__name__}: {exc}"[:500]
+    if isinstance(exc, QueueError):
+        log.error("worker.storage_error", task=task.get_name(), error=error)
+    else:
+        log.error("worker.task_failed", task=task.get_name(), error=error)
+
+
 def make_owner() -> str:
     """A lease owner id unique to this process: host, pid and a random suffix."""
     return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -113,7 +131,7 @@ class Worker:
         self.generator_budget = generator_budget
         self.observer: Observer = Observers(observers)
         self._wake = asyncio.Event()
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: dict[asyncio.Task[None], int] = {}  # task -> the id of the job it works on
         self._busy = 0  # slots held: jobs between their claim and the start of their final transition
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -146,6 +164,7 @@ class Worker:
         if released:
             log.info("lease.expired", count=released)
         self._loop_task = asyncio.create_task(self._run(), name="worker")
+        self._loop_task.add_done_callback(_retrieve)
         log.info("worker.started", owner=self.owner, concurrency=self.settings.concurrency)
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -169,7 +188,8 @@ class Worker:
         """Renew our leases, put expired ones back, and wake the loop so that due retries are picked up."""
         try:
             if self._inflight:
-                await self.queue.renew_leases(self.owner, self.settings.lease_seconds)
+                await self.queue.renew_leases(self.owner, self.settings.lease_seconds,
+                                              job_ids=set(self._inflight.values()))
             released = await self.queue.release_expired()
         except QueueError as exc:
             log.error("worker.periodic_failed", error=str(exc))
@@ -192,15 +212,17 @@ class Worker:
             for job in jobs:
                 slot = _Slot(self)
                 task = asyncio.create_task(self._process(job, slot), name=f"job-{job.id}")
-                self._inflight.add(task)
+                assert job.id is not None, "a claimed job has been stored"
+                self._inflight[task] = job.id
                 task.add_done_callback(functools.partial(self._finished, slot))
             if jobs and len(jobs) == min(free, self.settings.claim_batch):
                 continue  # there may be more due right now
             await self._wake.wait()
 
     def _finished(self, slot: _Slot, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
+        self._inflight.pop(task, None)
         slot.release()
+        _retrieve(task)
 
     async def drain(self) -> int:
         """Burst mode: process due jobs until none is left; returns how many were processed."""
@@ -232,15 +254,18 @@ class Worker:
             verified: Verified | None = None
             if job.quantity is None:
                 order = await verify(store.marketplace, job)
+                buyer_email = recipient(store.settings, order.buyer_email)  # Held: not one mailbox to mail to
                 elapsed = (self.clock.monotonic() - started) * 1000
                 # Stored together with the content below: one commit instead of two per order.
-                verified = Verified(order.quantity, order.buyer_email, elapsed)
-                job.quantity, job.buyer_email = order.quantity, order.buyer_email
+                verified = Verified(order.quantity, buyer_email, elapsed)
+                job.quantity, job.buyer_email = order.quantity, buyer_email
                 bound.info("order.verified", quantity=order.quantity, duration_ms=round(elapsed, 1))
             step = "generate"
             if job.content is None:
                 try:
                     job.content = await self._generate(store, job, bound, verified)
+                except OrderCancelled:
+                    raise  # committed with the verification: nothing more to save
                 except Exception:
                     if verified is not None:  # keep what the marketplace confirmed: a retry does not verify again
                         await self.queue.save_verification(job, self.owner, verified.quantity,
@@ -257,8 +282,10 @@ class Worker:
             done = Transition(JobState.DELIVERED, "deliver", receipt.outcome, http_status=receipt.http_status,
                               duration_ms=duration, count_attempt=True, error=receipt.detail)
             _release(slot)
-            await self.queue.transition(job, self.owner, done)
-            self.observer.job_finished(job, done)
+            saved, settled = await self._save(job, done, bound)
+            if not saved:
+                return
+            self.observer.job_finished(job, done if settled is None else self._settled(job, settled, bound))
             bound.info("delivery.succeeded", outcome=receipt.outcome, http_status=receipt.http_status,
                        duration_ms=round(duration, 1),
                        latency_ms=round((self.clock.now() - job.created_at) * 1000, 1))
@@ -266,6 +293,8 @@ class Worker:
             raise
         except LeaseLost as exc:
             bound.warning("job.lease_lost", error=str(exc))
+        except OrderCancelled as exc:
+            self.observer.job_finished(job, self._settled(job, exc.settled, bound))
         except Retry as exc:
             await self._retry(job, step, exc.reason, exc.after, exc.http_status, started, bound, slot)
         except Dead as exc:
@@ -273,6 +302,10 @@ class Worker:
                                             error=exc.reason, count_attempt=True,
                                             duration_ms=self._ms(started)), bound, slot)
             bound.warning("delivery.dead", step=step, reason=exc.reason, http_status=exc.http_status)
+        except Held as exc:
+            await self._end(job, Transition(JobState.HELD, step, "held", error=exc.reason,
+                                            duration_ms=self._ms(started)), bound, slot)
+            bound.warning("order.held", step=step, reason=exc.reason)
         except OutOfStock as exc:
             await self._end(job, Transition(JobState.WAITING, step, "out_of_stock", error=exc.reason,
                                             duration_ms=self._ms(started)), bound, slot)
@@ -326,8 +359,50 @@ class Worker:
                    slot: _Slot | None) -> None:
         _release(slot)
         try:
-            await self.queue.transition(job, self.owner, change)
+            saved, settled = await self._save(job, change, bound)
+            if not saved:
+                return
         except LeaseLost as exc:
             bound.warning("job.lease_lost", error=str(exc))
             return
-        self.observer.job_finished(job, change)
+        self.observer.job_finished(job, change if settled is None else self._settled(job, settled, bound))
+
+    async def _save(self, job: Job, change: Transition,
+                    bound: structlog.typing.FilteringBoundLogger) -> tuple[bool, Settled | None]:
+        """Record an attempt's outcome (:meth:`JobQueue.transition`), trying again while the database fails (e.g.
+        PostgreSQL restarting, SQLite locked or full): every :data:`SAVE_RETRY_FIRST` seconds, doubling up to
+        :data:`SAVE_RETRY_CAP`, for up to ``lease_seconds`` in all. The job stays in flight meanwhile, so its lease
+        is renewed. Returns whether it was saved, and how a refund or dispute that arrived meanwhile settled the job
+        (:meth:`JobQueue.transition`). Not saved if it gave up: the job is then no longer renewed, its lease runs out
+        and the job is attempted again (a delivery the marketplace already has is then answered 409 and recorded as
+        delivered). :class:`LeaseLost` propagates."""
+        delay, waited = SAVE_RETRY_FIRST, 0.0
+        while True:
+            try:
+                settled = await self.queue.transition(job, self.owner, change)
+            except QueueError as exc:
+                if waited >= self.settings.lease_seconds:
+                    bound.error("worker.storage_gave_up", step=change.step, state=change.state.value,
+                                error=str(exc), waited_s=round(waited, 1))
+                    return False, None
+                if not waited:
+                    bound.warning("worker.storage_error", step=change.step, state=change.state.value, error=str(exc),
+                                  retry_in_s=delay)
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, SAVE_RETRY_CAP)
+                continue
+            if waited:
+                bound.info("worker.storage_recovered", step=change.step, state=change.state.value,
+                           waited_s=round(waited, 1))
+            return True, settled
+
+    @staticmethod
+    def _settled(job: Job, settled: Settled, bound: structlog.typing.FilteringBoundLogger) -> Transition:
+        """Log how a refund or dispute that arrived during the job's lease settled it (a warning when the keys went
+        out: the seller must act); the outcome to tell the observers."""
+        flagged = settled.change.state is JobState.DELIVERED
+        job.flag = settled.kind if flagged else None
+        (bound.warning if flagged else bound.info)(f"order.{settled.kind}", outcome="flagged" if flagged else
+                                                   "cancelled", flagged=flagged)
+        return settled.change

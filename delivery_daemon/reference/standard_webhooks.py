@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,13 +54,17 @@ class Received:
 
 @dataclass
 class SellerSystem:
-    """The seller's endpoint for the ``webhook`` channel; ``answers`` are consumed first (then 200)."""
+    """The seller's endpoint for the ``webhook`` channel; ``answers`` are consumed first (then 200).
+
+    With ``hold`` set, each verified request awaits it before it is answered (a seller's system that is slow to
+    answer, or a test that needs something to happen while a delivery is in flight)."""
 
     secret: str
     now: Callable[[], float] = time.time
     answers: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     rejected: int = 0
+    hold: Callable[[], Awaitable[None]] | None = None
 
     @property
     def app(self) -> Starlette:
@@ -73,6 +77,8 @@ class SellerSystem:
         except WebhookRejected as exc:
             self.rejected += 1
             return JSONResponse({"error": exc.reason}, status_code=exc.status)
+        if self.hold is not None:
+            await self.hold()
         status = self.answers.pop(0) if self.answers else 200
         self.received.append(Received(msg_id, json.loads(body), status))
         return JSONResponse({"ok": status < 300}, status_code=status)

@@ -49,6 +49,11 @@ def new_key_line() -> str:
     return f"k{secrets.token_hex(4)}:{_b64(secrets.token_bytes(32))}"
 
 
+_KEY_FORM = "'<key id>:<base64url of 32 bytes>' lines, the current key first (see docs/guarantees.md)"
+_KEY_COMMAND = "python -c 'from delivery_daemon.storage.cipher import new_key_line; print(new_key_line())'"
+_KEY_EXAMPLE = f"the line {_KEY_COMMAND} prints"
+
+
 def parse_keys(text: str, where: str) -> list[tuple[str, bytes]]:
     """Key lines (newline- or comma-separated, ``#`` comments allowed) → ``[(key id, key)]``, current first."""
     keys: list[tuple[str, bytes]] = []
@@ -63,10 +68,10 @@ def parse_keys(text: str, where: str) -> list[tuple[str, bytes]]:
         except ValueError:
             key = b""
         if not kid or ":" in encoded or len(key) != 32:
-            raise ConfigError(where, "each key must be '<key id>:<base64url of 32 bytes>' (see docs/guarantees.md)")
+            raise ConfigError(where, "a key line is malformed", _KEY_FORM, _KEY_EXAMPLE)
         keys.append((kid, key))
     if not keys:
-        raise ConfigError(where, "no encryption key found")
+        raise ConfigError(where, "no encryption key found", _KEY_FORM, _KEY_EXAMPLE)
     return keys
 
 
@@ -108,10 +113,12 @@ def _read_key_file(path: Path, where: str) -> str:
     try:
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(where, f"{path} is readable by other users; run chmod 600 {path}")
+            raise ConfigError(where, f"{path} is readable by other users", "a key file only its owner can read",
+                              f"chmod 600 {path}")
         return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(where, f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(where, f"cannot read {path}: {exc.strerror or exc}", "the path of a readable key file",
+                          "/etc/delivery-daemon/encryption.keys") from None
 
 
 def create_key_file(path: Path) -> None:
@@ -130,7 +137,9 @@ def load_cipher(security: SecuritySettings, database_file: Path | None,
     env_name, key_file = security.encryption_key_env, security.encryption_key_file
     if env_name:
         if not environ.get(env_name):
-            raise ConfigError("security.encryption_key_env", f"environment variable {env_name} is not set")
+            raise ConfigError("security.encryption_key_env", f"environment variable {env_name} is not set",
+                              f"{env_name} set in the daemon's environment to {_KEY_FORM}",
+                              f'{env_name}="$({_KEY_COMMAND})"')
         return Cipher(parse_keys(environ[env_name], "security.encryption_key_env"))
     if key_file:
         return Cipher(parse_keys(_read_key_file(Path(key_file), "security.encryption_key_file"),

@@ -25,6 +25,7 @@ class JobState(StrEnum):
     RUNNING = "running"
     RETRY_WAIT = "retry_wait"
     WAITING = "waiting"  # the generator is out of stock; woken by a refill
+    HELD = "held"  # must not go out as it stands (last_error says why); the operator retries or cancels it
     DELIVERED = "delivered"
     DEAD = "dead"
     CANCELLED = "cancelled"
@@ -65,6 +66,10 @@ class Job(SQLModel, table=True):
     created_at: float
     updated_at: float
     delivered_at: float | None = None
+    # "refunded" | "disputed": the marketplace reported it while the job was leased (pending: the worker settles it,
+    # see JobQueue.transition) or after delivery (delivered and flagged: a refunded buyer holds the keys). NULL on
+    # every other job (a cancelled one says why in last_error).
+    flag: str | None = Field(default=None, max_length=16)
 
 
 class Attempt(SQLModel, table=True):
@@ -75,7 +80,7 @@ class Attempt(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="jobs.id", index=True)
     at: float
-    step: str = Field(max_length=16)  # receive | verify | generate | deliver | lease | admin
+    step: str = Field(max_length=16)  # receive | verify | generate | deliver | lease | admin | event
     outcome: str = Field(max_length=32)  # e.g. accepted, ok, retry, dead, delivered, waiting, released
     state: str = Field(max_length=16)  # the job's state after this attempt
     http_status: int | None = None

@@ -8,8 +8,9 @@ picks a requeued job up at its next poll (``worker.poll_interval``), with no sig
 
 What each action does:
 
-* ``retry`` — a dead, waiting, cancelled or retry-waiting job is queued now with a fresh retry schedule. Steps that
-  already succeeded are not repeated (stored content is sent as stored; it is never generated twice).
+* ``retry`` — a dead, waiting, cancelled, held or retry-waiting job is queued now with a fresh retry schedule. Steps
+  that already succeeded are not repeated (stored content is sent as stored; it is never generated twice). A held
+  job is checked again: it is held again unless its cause was fixed (e.g. the buyer email at the marketplace).
 * ``redeliver`` — a delivered job is queued to send its stored content again. Whether the buyer gets it depends on
   the marketplace (SoftStore answers ``409 Order already delivered``; see :data:`REDELIVERY_NOTES`).
 * ``cancel`` — a job that is not running and not delivered is never attempted again.
@@ -34,7 +35,8 @@ from delivery_daemon.storage.queue import (
     read_history,
 )
 
-CANCELLABLE = (JobState.QUEUED.value, JobState.RETRY_WAIT.value, JobState.WAITING.value, JobState.DEAD.value)
+CANCELLABLE = (JobState.QUEUED.value, JobState.RETRY_WAIT.value, JobState.WAITING.value, JobState.DEAD.value,
+               JobState.HELD.value)
 
 REDELIVERY_NOTES: dict[str, str] = {
     "softstore": (
@@ -131,7 +133,7 @@ class Orders:
     # -- actions ---------------------------------------------------------------------------------------------
 
     def retry(self, ref: str, store: str | None = None) -> Job:
-        """Queue a dead, waiting, retry-waiting or cancelled order now, with a fresh retry schedule."""
+        """Queue a dead, waiting, retry-waiting, held or cancelled order now, with a fresh retry schedule."""
         job = self.resolve(ref, store)
         if job.state not in OPERATOR_RETRYABLE:
             hint = {JobState.DELIVERED.value: "it is delivered; use 'orders redeliver' to send it again",

@@ -47,7 +47,7 @@ STOCK_KEYS = Table(
 _JOB_COLUMNS = (
     JOBS.c.id, JOBS.c.store, JOBS.c.order_id, JOBS.c.marketplace, JOBS.c.product_id, JOBS.c.state,
     JOBS.c.quantity, JOBS.c.buyer_email, JOBS.c.attempts, JOBS.c.received, JOBS.c.due_at, JOBS.c.last_error,
-    JOBS.c.created_at, JOBS.c.updated_at, JOBS.c.delivered_at,
+    JOBS.c.created_at, JOBS.c.updated_at, JOBS.c.delivered_at, JOBS.c.flag,
 )
 
 

@@ -9,18 +9,23 @@ Each transition is one atomic unit (its own savepoint) that also records an
 whose lease
 was taken over finds no row to update and gets :class:`LeaseLost`.
 
+A refund or dispute never takes a lease away (:meth:`JobQueue.mark`): on a running job it is stored as pending
+(``jobs.flag``), and the job's next leased write settles it instead of applying as asked — before anything was sent
+the job is cancelled (:class:`OrderCancelled`), after an attempt the attempt is recorded whatever the job's state
+became meanwhile, and the job ends delivered and flagged (the attempt succeeded) or cancelled (it failed).
+
 Uniqueness is the database's job: ``INSERT … ON CONFLICT DO NOTHING`` on (store, order_id).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, and_, bindparam, func, insert, select, text, union_all, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery_daemon.clock import Clock
@@ -90,8 +95,31 @@ class Verified:
     duration_ms: float
 
 
+@dataclass(frozen=True)
+class Settled:
+    """How a refund or dispute that arrived while a job was leased settled it (see :meth:`JobQueue.transition`)."""
+
+    kind: str  # "refunded" | "disputed"
+    change: Transition
+    """The job's outcome, as observers are told it: state delivered (flagged) or cancelled."""
+
+
+class OrderCancelled(DeliveryDaemonError):
+    """A refund or dispute was pending when the worker saved a step before sending: the job is cancelled (that is
+    committed) and nothing may be sent."""
+
+    def __init__(self, settled: Settled) -> None:
+        super().__init__(f"order {settled.kind} before anything was sent: cancelled")
+        self.settled = settled
+
+
 _INSERT_ATTEMPT = insert(ATTEMPTS)
 _ACCEPTED = Transition(JobState.QUEUED, "receive", "accepted")
+
+
+def _received(order: IncomingOrder) -> Transition:
+    """The first recorded step of a new job: accepted, or held with the receiver's reason."""
+    return _ACCEPTED if order.held is None else Transition(JobState.HELD, "receive", "held", error=order.held)
 
 
 def _attempt_row(job_id: int, change: Transition, now: float) -> dict[str, Any]:
@@ -130,7 +158,7 @@ def read_history(conn: Connection, job_id: int) -> list[Attempt]:
 
 
 OPERATOR_RETRYABLE = (JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value,
-                      JobState.CANCELLED.value)
+                      JobState.CANCELLED.value, JobState.HELD.value)
 """States an operator's ``retry`` requeues (``redeliver`` takes only delivered jobs that still hold content)."""
 
 OperatorAction = Literal["retry", "redeliver"]
@@ -230,16 +258,17 @@ class JobQueue:
     def _job_row(self, order: IncomingOrder, now: float) -> dict[str, Any]:
         return {
             "store": order.store, "order_id": order.order_id, "marketplace": order.marketplace,
-            "product_id": order.product_id, "state": JobState.QUEUED.value,
+            "product_id": order.product_id, "state": _received(order).state.value,
             "payload": self._seal(order.store, order.order_id, "payload", order.payload_json()),
             "attempts": 0, "received": 1, "due_at": now, "created_at": now, "updated_at": now,
+            "last_error": order.held,
         }
 
     def _enqueue(self, conn: Connection, order: IncomingOrder) -> Enqueued:
         now = self.clock.now()
         inserted = conn.execute(self._insert_job, self._job_row(order, now)).scalar_one_or_none()
         if inserted is not None:
-            self._record(conn, inserted, _ACCEPTED, now)
+            self._record(conn, inserted, _received(order), now)
             return Enqueued(job_id=inserted, created=True)
         return self._duplicate(conn, order)
 
@@ -259,13 +288,15 @@ class JobQueue:
         for order in orders:
             job_id = new.pop((order.store, order.order_id), None)  # popped: the same order again is a duplicate
             results.append(Enqueued(job_id, True) if job_id is not None else self._duplicate(conn, order))
-        accepted = [_attempt_row(r.job_id, _ACCEPTED, now) for r in results if r.created]
+        accepted = [_attempt_row(r.job_id, _received(order), now)
+                    for r, order in zip(results, orders, strict=True) if r.created]
         if accepted:
             conn.execute(_INSERT_ATTEMPT, accepted)
         return results
 
     async def enqueue(self, order: IncomingOrder) -> Enqueued:
-        """Commit ``order`` as a queued job; a second call for the same (store, order_id) changes nothing else.
+        """Commit ``order`` as a queued job (``held`` when ``order.held`` says why); a second call for the same
+        (store, order_id) changes nothing else.
 
         Enqueues waiting together share one multi-row INSERT (see :meth:`GroupCommitter.run_merged`)."""
         return await self._submit(lambda conn: self._enqueue(conn, order), write=True, merge=self._enqueue_many,
@@ -323,9 +354,23 @@ class JobQueue:
             return []
         return await self._run(self._claim, owner, lease_seconds, limit)
 
+    def _cancel_released(self, conn: Connection, where: Any, outcome: str, now: float) -> int:
+        """Cancel the jobs of ``where`` (leased jobs about to be released) that a refund or dispute is pending on
+        and that were never delivered: their worker is gone without recording an attempt, so they are not queued
+        again (a job delivered before, being redelivered, is queued again like any other)."""
+        pending = and_(where, JOBS.c.flag.is_not(None), JOBS.c.delivered_at.is_(None))
+        rows = conn.execute(select(JOBS.c.id, JOBS.c.flag).where(pending).with_for_update(skip_locked=True)).all()
+        for row in rows:
+            conn.execute(update(JOBS).where(JOBS.c.id == row.id).values(
+                state=JobState.CANCELLED.value, lease_owner=None, lease_until=None, flag=None, updated_at=now))
+            self._record(conn, row.id, Transition(JobState.CANCELLED, "lease", outcome), now)
+            self._record(conn, row.id, Transition(JobState.CANCELLED, "event", f"{row.flag}:cancelled"), now)
+        return len(rows)
+
     def _release_expired(self, conn: Connection) -> int:
         now = self.clock.now()
         expired = and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_until < now)
+        cancelled = self._cancel_released(conn, expired, "expired", now)
         # Every replica runs this periodically: SKIP LOCKED gives concurrent runs disjoint rows (no deadlock, no
         # double "expired" record) and skips a job whose owner is committing its transition right now.
         locked = select(JOBS.c.id).where(expired).with_for_update(skip_locked=True).scalar_subquery()
@@ -338,41 +383,47 @@ class JobQueue:
         ).scalars().all()
         for job_id in ids:
             self._record(conn, job_id, Transition(JobState.QUEUED, "lease", "expired"), now)
-        return len(ids)
+        return cancelled + len(ids)
 
     async def release_expired(self) -> int:
-        """Put jobs whose lease ran out (their worker died) back in the queue; returns how many."""
+        """Put jobs whose lease ran out (their worker died) back in the queue — or cancel them if a refund or dispute
+        is pending on them (:meth:`_cancel_released`); returns how many were released."""
         return await self._run(self._release_expired)
 
     def _release_owned(self, conn: Connection, owner: str) -> int:
         now = self.clock.now()
+        owned = and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner)
+        cancelled = self._cancel_released(conn, owned, "released", now)
         ids = conn.execute(
             update(JOBS)
-            .where(and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner))
+            .where(owned)
             .values(state=JobState.QUEUED.value, lease_owner=None, lease_until=None, due_at=now,
                     updated_at=now)
             .returning(JOBS.c.id)
         ).scalars().all()
         for job_id in ids:
             self._record(conn, job_id, Transition(JobState.QUEUED, "lease", "released"), now)
-        return len(ids)
+        return cancelled + len(ids)
 
     async def release_owned(self, owner: str) -> int:
-        """Hand back every job ``owner`` still holds (graceful shutdown)."""
+        """Hand back every job ``owner`` still holds (graceful shutdown; one with a pending refund is cancelled)."""
         return await self._run(self._release_owned, owner)
 
-    def _renew(self, conn: Connection, owner: str, lease_seconds: float) -> int:
+    def _renew(self, conn: Connection, owner: str, lease_seconds: float, job_ids: Collection[int] | None) -> int:
         now = self.clock.now()
-        result = conn.execute(
-            update(JOBS)
-            .where(and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner))
-            .values(lease_until=now + lease_seconds)
-        )
+        where = and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner)
+        if job_ids is not None:
+            where = and_(where, JOBS.c.id.in_(sorted(job_ids)))
+        result = conn.execute(update(JOBS).where(where).values(lease_until=now + lease_seconds))
         return int(result.rowcount)
 
-    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
-        """Extend every lease ``owner`` holds: a live worker keeps its jobs however long a step takes."""
-        return await self._run(self._renew, owner, lease_seconds)
+    async def renew_leases(self, owner: str, lease_seconds: float, job_ids: Collection[int] | None = None) -> int:
+        """Extend the leases ``owner`` holds on ``job_ids`` (on every job it holds when None): a live worker keeps
+        the jobs it works on however long a step takes. The worker names its jobs in flight, so that a job no task
+        works on any more (its outcome could not be saved) is not kept leased and comes back when its lease ends."""
+        if job_ids is not None and not job_ids:
+            return 0
+        return await self._run(self._renew, owner, lease_seconds, job_ids)
 
     # -- transitions of a leased job ---------------------------------------------------------------------------
 
@@ -381,15 +432,18 @@ class JobQueue:
         conn.execute(_INSERT_ATTEMPT, _attempt_row(job_id, change, now))
 
     def _leased_update(self, columns: tuple[str, ...], count_attempt: bool) -> Any:
-        """``UPDATE jobs SET <columns> … WHERE id = :b_id AND running AND lease_owner = :b_owner``, built once per
-        shape and executed with parameters (building it per call showed in the worker's profile)."""
+        """``UPDATE jobs SET <columns> … WHERE id = :b_id AND running AND lease_owner = :b_owner AND flag IS NULL``,
+        built once per shape and executed with parameters (building it per call showed in the worker's profile).
+
+        ``flag IS NULL``: a job a refund or dispute is pending on matches nothing, so that :meth:`_update_leased`
+        settles it (:meth:`_settle_marked`) instead."""
         key = (columns, count_attempt)
         statement = self._leased_updates.get(key)
         if statement is None:
             statement = (
                 update(JOBS)
                 .where(and_(JOBS.c.id == bindparam("b_id"), JOBS.c.state == JobState.RUNNING.value,
-                            JOBS.c.lease_owner == bindparam("b_owner")))
+                            JOBS.c.lease_owner == bindparam("b_owner"), JOBS.c.flag.is_(None)))
                 .values({column: bindparam(column) for column in columns})
             )
             if count_attempt:
@@ -398,36 +452,80 @@ class JobQueue:
         return statement
 
     def _update_leased(self, conn: Connection, job: Job, owner: str, values: dict[str, Any],
-                       changes: Sequence[Transition], count_attempt: bool = False) -> None:
+                       changes: Sequence[Transition], count_attempt: bool = False) -> Settled | None:
         now = self.clock.now()
         values = {**values, "updated_at": now}
         statement = self._leased_update(tuple(sorted(values)), count_attempt)
         result = conn.execute(statement, {**values, "b_id": job.id, "b_owner": owner})
-        if result.rowcount != 1:
-            raise LeaseLost(f"job {job.id} is no longer leased to {owner}")
         assert job.id is not None
+        if result.rowcount != 1:
+            marked = conn.execute(select(JOBS.c.flag, JOBS.c.delivered_at, JOBS.c.last_error).where(and_(
+                JOBS.c.id == job.id, JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner,
+                JOBS.c.flag.is_not(None))).with_for_update()).first()
+            if marked is None:
+                raise LeaseLost(f"job {job.id} is no longer leased to {owner}")
+            return self._settle_marked(conn, job.id, marked, values, changes, count_attempt, now)
         for change in changes:
             self._record(conn, job.id, change, now)
+        return None
+
+    def _settle_marked(self, conn: Connection, job_id: int, marked: Row[Any], values: dict[str, Any],
+                       changes: Sequence[Transition], count_attempt: bool, now: float) -> Settled | None:
+        """A leased write (``values``, recording ``changes``) to a job a refund or dispute (``marked.flag``) is
+        pending on. The write is applied, its steps are recorded, and the job's state becomes:
+
+        * a save before sending (no ``state`` in ``values``): cancelled — nothing has been sent;
+        * the outcome of a delivery attempt: delivered and flagged if it succeeded, else cancelled;
+        * for a job delivered before (an operator's redelivery): delivered and flagged whatever the attempt did,
+          and a save before sending goes ahead as asked (returns None) — the keys are out already.
+
+        Cancelling clears the flag and leaves the reason in ``last_error``; flagging keeps it there too.
+        """
+        asked = values.get("state")
+        delivered_before = marked.delivered_at is not None
+        if asked is None and delivered_before:
+            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(values))
+            for change in changes:
+                self._record(conn, job_id, change, now)
+            return None
+        state = JobState.DELIVERED if asked == JobState.DELIVERED.value or delivered_before else JobState.CANCELLED
+        settled = {**values, "state": state.value, "lease_owner": None, "lease_until": None,
+                   "last_error": marked.last_error}
+        if state is JobState.CANCELLED:
+            settled["flag"] = None
+        if count_attempt:
+            settled["attempts"] = JOBS.c.attempts + 1
+        conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(settled))
+        for change in changes:
+            self._record(conn, job_id, replace(change, state=state), now)
+        outcome = "flagged" if state is JobState.DELIVERED else "cancelled"
+        self._record(conn, job_id, Transition(state, "event", f"{marked.flag}:{outcome}", error=marked.last_error),
+                     now)
+        last = changes[-1]
+        told = replace(last, state=state) if state is JobState.DELIVERED else Transition(
+            state, last.step, "cancelled", error=marked.last_error)
+        return Settled(marked.flag, told)
 
     def _update_leased_many(self, shape: tuple[tuple[str, ...], bool], conn: Connection,
-                            items: list[_LeasedChange]) -> list[None]:
+                            items: list[_LeasedChange]) -> list[Settled | None]:
         """What ``_update_leased`` does for each item (all of one ``shape``: the same columns, the same
         ``count_attempt``), as one executemany ``UPDATE`` and one multi-row attempts ``INSERT``.
 
-        If any row was not ours any more (the summed rowcount falls short) it raises, the group committer undoes
-        the run and calls ``_update_leased`` for each item alone, which raises LeaseLost for exactly that job.
+        If any row was not ours any more or has a refund pending (the summed rowcount falls short) it raises, the
+        group committer undoes the run and calls ``_update_leased`` for each item alone, which raises LeaseLost or
+        settles the refund for exactly that job.
         """
         now = self.clock.now()
         result = conn.execute(self._leased_update(shape[0], shape[1]), [
             {**item.values, "updated_at": now, "b_id": item.job_id, "b_owner": item.owner} for item in items])
         if result.rowcount != len(items):
-            raise LeaseLost(f"{len(items) - result.rowcount} of {len(items)} jobs are no longer leased")
+            raise LeaseLost(f"{len(items) - result.rowcount} of {len(items)} jobs are no longer leased as they were")
         conn.execute(_INSERT_ATTEMPT, [
             _attempt_row(item.job_id, change, now) for item in items for change in item.changes])
         return [None] * len(items)
 
     async def _leased(self, job: Job, owner: str, values: dict[str, Any], changes: Sequence[Transition],
-                      count_attempt: bool = False) -> None:
+                      count_attempt: bool = False) -> Settled | None:
         """``_update_leased`` on the database thread; calls of one shape waiting together are merged (profile:
         a savepoint, an UPDATE and an INSERT per call were most of the worker's database time)."""
         assert job.id is not None, "a leased job has been stored"
@@ -435,14 +533,22 @@ class JobQueue:
         merge = self._leased_merges.get(shape)
         if merge is None:  # one merge callable per shape: the committer merges only calls with the same one
             merge = self._leased_merges[shape] = functools.partial(self._update_leased_many, shape)
-        await self._submit(lambda conn: self._update_leased(conn, job, owner, values, changes, count_attempt),
-                           write=True, merge=merge, item=_LeasedChange(job.id, owner, values, changes))
+        return await self._submit(lambda conn: self._update_leased(conn, job, owner, values, changes,
+                                                                   count_attempt),
+                                  write=True, merge=merge, item=_LeasedChange(job.id, owner, values, changes))
+
+    @staticmethod
+    def _before_sending(settled: Settled | None) -> None:
+        if settled is not None:
+            raise OrderCancelled(settled)
 
     async def save_verification(self, job: Job, owner: str, quantity: int, buyer_email: str | None,
                                 duration_ms: float) -> None:
-        """Store what the marketplace confirmed (the quantity comes only from here)."""
+        """Store what the marketplace confirmed (the quantity comes only from here); :class:`OrderCancelled` if a
+        refund or dispute was pending (stored too, and the job is cancelled)."""
         change = Transition(JobState.RUNNING, "verify", "ok", duration_ms=duration_ms)
-        await self._leased(job, owner, {"quantity": quantity, "buyer_email": buyer_email}, [change])
+        self._before_sending(await self._leased(job, owner, {"quantity": quantity, "buyer_email": buyer_email},
+                                                [change]))
 
     async def save_content(self, job: Job, owner: str, content: str, duration_ms: float, *,
                            verified: Verified | None = None) -> None:
@@ -450,16 +556,20 @@ class JobQueue:
 
         With ``verified``, what the marketplace confirmed is stored in the same transaction (and both steps are
         recorded): the worker's hot path saves verification and content with one commit instead of two.
+        :class:`OrderCancelled` if a refund or dispute was pending (all is stored, and the job is cancelled).
         """
         values: dict[str, Any] = {"content": self._seal(job.store, job.order_id, "content", content)}
         changes = [Transition(JobState.RUNNING, "generate", "ok", duration_ms=duration_ms)]
         if verified is not None:
             values.update(quantity=verified.quantity, buyer_email=verified.buyer_email)
             changes.insert(0, Transition(JobState.RUNNING, "verify", "ok", duration_ms=verified.duration_ms))
-        await self._leased(job, owner, values, changes)
+        self._before_sending(await self._leased(job, owner, values, changes))
 
-    async def transition(self, job: Job, owner: str, change: Transition) -> None:
-        """Move a leased job to its next state and record why, in one transaction."""
+    async def transition(self, job: Job, owner: str, change: Transition) -> Settled | None:
+        """Move a leased job to its next state and record why, in one transaction.
+
+        If a refund or dispute arrived meanwhile, ``change`` is recorded all the same and the job settles instead:
+        delivered and flagged if ``change`` delivered it, cancelled otherwise — returned as :class:`Settled`."""
         values: dict[str, Any] = {"state": change.state.value, "lease_owner": None, "lease_until": None}
         if change.due_at is not None:
             values["due_at"] = change.due_at
@@ -467,7 +577,7 @@ class JobQueue:
             values["last_error"] = change.error
         if change.state is JobState.DELIVERED:
             values["delivered_at"] = self.clock.now()
-        await self._leased(job, owner, values, [change], change.count_attempt)
+        return await self._leased(job, owner, values, [change], change.count_attempt)
 
     # -- operator and wake-up transitions ---------------------------------------------------------------------
 
@@ -514,7 +624,8 @@ class JobQueue:
     def _mark(self, conn: Connection, order: MarkedOrder) -> str:
         now = self.clock.now()
         where = and_(JOBS.c.store == order.store, JOBS.c.order_id == order.order_id)
-        row = conn.execute(select(JOBS.c.id, JOBS.c.state).where(where)).first()
+        # FOR UPDATE (PostgreSQL): a claim or a worker's write of this job waits for ours, and ours sees theirs.
+        row = conn.execute(select(JOBS.c.id, JOBS.c.state).where(where).with_for_update()).first()
         if row is None:
             # Remembered as cancelled, so that a "paid" webhook arriving after its refund delivers nothing.
             job_id = conn.execute(insert(JOBS).values(
@@ -525,11 +636,17 @@ class JobQueue:
             outcome, state = "cancelled_unseen", JobState.CANCELLED
         elif row.state == JobState.DELIVERED.value:
             job_id, outcome, state = row.id, "flagged", JobState.DELIVERED
-            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(last_error=order.reason, updated_at=now))
+            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(flag=order.kind, last_error=order.reason,
+                                                                        updated_at=now))
         elif row.state == JobState.CANCELLED.value:
             job_id, outcome, state = row.id, "already_cancelled", JobState.CANCELLED
+        elif row.state == JobState.RUNNING.value:
+            # Its worker keeps the lease (an attempt may be on the wire): its next write settles the refund
+            # (_settle_marked), so the outcome of the attempt is recorded whatever it was.
+            job_id, outcome, state = row.id, "pending", JobState.RUNNING
+            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(flag=order.kind, last_error=order.reason,
+                                                                        updated_at=now))
         else:
-            # A running job loses its lease here: its worker's next transition finds no row (LeaseLost).
             job_id, outcome, state = row.id, "cancelled", JobState.CANCELLED
             conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
                 state=JobState.CANCELLED.value, lease_owner=None, lease_until=None, last_error=order.reason,
@@ -541,8 +658,10 @@ class JobQueue:
     async def mark(self, order: MarkedOrder) -> str:
         """Apply a refund or dispute to an order in one transaction and record it in the order's history.
 
-        Returns ``cancelled`` (was not delivered yet), ``cancelled_unseen`` (unknown order, remembered cancelled),
-        ``already_cancelled``, or ``flagged`` (already delivered: ``last_error`` says why, the job stays delivered).
+        Returns ``cancelled`` (not leased and not delivered: nothing will be sent), ``cancelled_unseen`` (unknown
+        order, remembered cancelled), ``already_cancelled``, ``flagged`` (already delivered: ``flag`` and
+        ``last_error`` say why, the job stays delivered) or ``pending`` (a worker holds the job: the lease is not
+        taken, the worker settles it — see :meth:`transition`).
         """
         return await self._run(self._mark, order)
     async def redeliver(self, job_id: int) -> bool:
@@ -594,4 +713,5 @@ class JobQueue:
         await self._run(self._writable)
 
 
-__all__ = ["FINAL", "Enqueued", "JobQueue", "LeaseLost", "MarkedOrder", "QueueError", "Transition", "Verified"]
+__all__ = ["FINAL", "Enqueued", "JobQueue", "LeaseLost", "MarkedOrder", "OrderCancelled", "QueueError", "Settled",
+           "Transition", "Verified"]

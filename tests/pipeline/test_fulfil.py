@@ -1,0 +1,58 @@
+"""Synchronous fulfilment (Sellix ``product:dynamic``): a flood of requests runs a bounded number of generators."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import secrets
+from pathlib import Path
+from typing import Any
+
+from delivery_daemon.cli import default_marketplaces
+from delivery_daemon.clock import ManualClock
+from delivery_daemon.compose import create_app
+from delivery_daemon.config import parse_settings
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.http.serving import serve
+from delivery_daemon.logs import configure_logging
+from delivery_daemon.reference import sellix
+from delivery_daemon.reference.sellix import SellixSender
+from tests.pipeline.test_worker_limits import Gate, gated_generator
+
+BOUND = 2
+REQUESTS = 6
+
+
+async def test_concurrent_dynamic_requests_run_at_most_concurrency_receiver_generators(tmp_path: Path) -> None:
+    """Six simultaneous product:dynamic requests, worker.concurrency=2: two receiver-side generator calls at a
+    time, all served (the worker has its own bound: docs/configuration.md)."""
+    configure_logging("json", "error", stream=io.StringIO())
+    gate = Gate(held=True)
+
+    Counted = gated_generator(gate)
+    secret = secrets.token_hex(16)
+    settings = parse_settings({
+        "database": {"url": f"sqlite:///{tmp_path / 'd.db'}"},
+        "worker": {"concurrency": BOUND, "poll_interval": 60},
+        "stores": [{"name": "sellix", "marketplace": "sellix", "webhook_secret": secret, "sync_budget": 9.5,
+                    "default": {"generator": "counted"},
+                    "delivery": {"channel": "webhook", "webhook": {"url": "http://127.0.0.1:9/hook",
+                                                                   "secret": secrets.token_hex(16)}}}],
+    }, environ={})
+    plugins: dict[str, Any] = {**dict(discover()), "counted": Counted}
+    app = create_app(settings, marketplaces=default_marketplaces(), plugins=plugins, clock=ManualClock(),
+                     start_worker=False)
+    async with serve(app) as daemon:
+        sender = SellixSender(f"{daemon.url}/webhooks/sellix", secret)
+        orders = [sellix.order("p") for _ in range(REQUESTS)]
+        answers = [asyncio.create_task(sender.dynamic(order, wait=60)) for order in orders]
+        await gate.until(BOUND)
+        for n in range(BOUND + 1, REQUESTS + 1):  # each finished call lets exactly one more in
+            gate.let_one()
+            await gate.until(n)
+        for _ in range(BOUND):
+            gate.let_one()
+        products = await asyncio.wait_for(asyncio.gather(*answers), 60)
+    assert [p is not None and p.startswith(f"K-{o['uniqid']}-0") for p, o in zip(products, orders, strict=True)] == [
+        True] * REQUESTS
+    assert gate.peak == BOUND
