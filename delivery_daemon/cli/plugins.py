@@ -21,8 +21,7 @@ from delivery_daemon.errors import ConfigError, PluginError
 def _database(settings: Settings) -> Engine:
     from delivery_daemon.storage.engine import create_db_engine, create_schema
 
-    engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
-                              busy_timeout_ms=settings.database.busy_timeout_ms)
+    engine = create_db_engine(settings.database)
     create_schema(engine)
     return engine
 

@@ -3,8 +3,9 @@
 The steps up to stored content are :class:`~delivery_daemon.pipeline.steps.Steps`, shared with synchronous
 fulfilment; what is the worker's own is the leases, retries with backoff, slots, observers and the delivery.
 
-It wakes the moment a job is committed (:meth:`Worker.wake`), so the hot path has no polling delay; APScheduler's
-``AsyncIOScheduler`` drives the periodic work (expired leases back to the queue, due retries picked up). At most
+It wakes the moment a job is committed (:meth:`Worker.wake`), so the hot path has no polling delay; the daemon's one
+APScheduler scheduler (made by :mod:`delivery_daemon.compose`, given to :meth:`Worker.schedule`) drives the periodic
+work (expired leases back to the queue, due retries picked up). At most
 ``concurrency`` jobs are being worked on (verified, generated, delivered); a job whose outcome is known gives its slot
 back while its last commit is pending, so the claim of its successor shares that commit instead of queuing behind it.
 Every outcome is one transaction through :class:`~delivery_daemon.storage.queue.JobQueue`.
@@ -21,10 +22,9 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from delivery_daemon.backoff import Backoff
 from delivery_daemon.clock import Clock
@@ -35,6 +35,9 @@ from delivery_daemon.pipeline.steps import Steps
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.storage.models import Job, JobState
 from delivery_daemon.storage.queue import JobQueue, LeaseLost, OrderCancelled, QueueError, Settled, Transition
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
 
 log = structlog.get_logger("delivery_daemon.pipeline.worker")
 
@@ -130,7 +133,6 @@ class Worker:
         self._inflight: dict[asyncio.Task[None], int] = {}  # task -> the id of the job it works on
         self._busy = 0  # slots held: jobs between their claim and the start of their final transition
         self._loop_task: asyncio.Task[None] | None = None
-        self._scheduler: AsyncIOScheduler | None = None
         self._stopping = False
 
     @property
@@ -148,14 +150,18 @@ class Worker:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
+    def schedule(self, scheduler: BaseScheduler) -> None:
+        """Add :meth:`periodic` to ``scheduler``, every ``poll_interval`` seconds (again: replaces, not doubles).
+
+        Whoever owns the scheduler shuts it down before :meth:`stop`, so that no periodic run overlaps the stop."""
+        scheduler.add_job(self.periodic, "interval", seconds=self.settings.poll_interval, id="worker-periodic",
+                          max_instances=1, coalesce=True, replace_existing=True)
+
     async def start(self) -> None:
+        """Put expired leases back and start claiming; without :meth:`schedule` nothing runs :meth:`periodic`."""
         released = await self.queue.release_expired()
         if released:
             log.info("lease.expired", count=released)
-        self._scheduler = AsyncIOScheduler()
-        self._scheduler.add_job(self.periodic, "interval", seconds=self.settings.poll_interval,
-                                id="periodic", max_instances=1, coalesce=True)
-        self._scheduler.start()
         self._loop_task = asyncio.create_task(self._run(), name="worker")
         self._loop_task.add_done_callback(_retrieve)
         log.info("worker.started", owner=self.owner, concurrency=self.settings.concurrency)
@@ -163,8 +169,6 @@ class Worker:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, let in-flight jobs finish within ``grace`` seconds, release the rest."""
         self._stopping = True
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
         self.wake()
         if self._loop_task is not None:
             self._loop_task.cancel()
