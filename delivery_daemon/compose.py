@@ -1,7 +1,9 @@
 """``create_app(settings, marketplaces=[...], plugins={...})``: the receiver and the worker in one ASGI app.
 
-The worker (with its APScheduler) is started in the app's lifespan, in the same event loop as uvicorn, and stopped
-on shutdown after in-flight deliveries had their grace period. Everything the app needs is passed in: settings,
+The worker is started in the app's lifespan, in the same event loop as uvicorn, and stopped on shutdown after
+in-flight deliveries had their grace period. One APScheduler scheduler (``Daemon.scheduler``) runs all periodic
+work: the worker's lease sweep, the stock sync's full pass and the retention purge each add their jobs to it, and
+the lifespan starts it once and shuts it down once. Everything the app needs is passed in: settings,
 the marketplace types, the generator plugins, the clock and the HTTP transport. The marketplace types this build
 ships with are listed here, once (:func:`default_marketplaces`), and passed down from the commands that run.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
@@ -66,8 +69,17 @@ class Daemon:
     resources: ResourceHub
     metrics: Metrics
     stock_sync: StockSync
+    scheduler: AsyncIOScheduler  # the one scheduler of all periodic jobs (started by create_app's lifespan)
+    retention: RetentionService | None = None  # None without retention.days
     limiter: RateLimiter | None = None
     generator_slots: asyncio.Semaphore | None = None  # synchronous (receiver) generator calls at once
+
+    def schedule_periodic(self) -> None:
+        """Add every component's periodic jobs to :attr:`scheduler` (again: replaces them, never doubles them)."""
+        self.worker.schedule(self.scheduler)
+        self.stock_sync.schedule(self.scheduler)
+        if self.retention is not None:
+            self.retention.schedule(self.scheduler)
 
     def metrics_webhook(self, store: str, result: str) -> None:
         self.metrics.webhook(store if store in self.stores else UNKNOWN_STORE, result)
@@ -100,8 +112,7 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     redactor.add(*settings_secrets(settings))
     install_record_scrubber(redactor)  # third-party stdlib log records too, even when the embedder set up logging
     cipher = load_cipher(settings.security, sqlite_path(settings.database.url))  # before the database: ConfigError
-    engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
-                              busy_timeout_ms=settings.database.busy_timeout_ms)
+    engine = create_db_engine(settings.database)
     create_schema(engine)
     try:
         seal_at_start(engine, clock, cipher)  # an earlier release's plaintext stock keys; then VACUUM
@@ -116,8 +127,11 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     worker = Worker(queue, lambda: daemon_ref["d"].stores, settings.worker, backoff, clock,
                     generator_budget=generator_budget if generator_budget is not None else GENERATOR_BUDGET,
                     observers=[observer, stock_sync])
+    days = settings.retention.days
+    retention = RetentionService(engine, clock, days, settings.retention.interval) if days is not None else None
     daemon = Daemon(settings=settings, engine=engine, queue=queue, stores=stores, worker=worker, clock=clock,
-                    metrics=observer, stock_sync=stock_sync, resources=hub,
+                    metrics=observer, stock_sync=stock_sync, scheduler=AsyncIOScheduler(), retention=retention,
+                    resources=hub,
                     limiter=RateLimiter(settings.server.rate_limit, settings.server.store_rate_limits, clock),
                     generator_slots=asyncio.Semaphore(settings.worker.concurrency))
     daemon_ref["d"] = daemon
@@ -136,14 +150,12 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        retention = None
+        scheduler = daemon.scheduler
         if start_worker:
             await daemon.worker.start()
             await daemon.stock_sync.start()
-            if settings.retention.days is not None:
-                retention = RetentionService(daemon.engine, daemon.clock, settings.retention.days,
-                                             settings.retention.interval)
-                retention.start()
+            daemon.schedule_periodic()
+            scheduler.start()
         if listener is not None:
             await listener.start()
         try:
@@ -151,8 +163,8 @@ def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], p
         finally:
             if listener is not None:
                 await listener.stop()
-            if retention is not None:
-                retention.stop()
+            if scheduler.running:
+                scheduler.shutdown(wait=False)  # first: no periodic job starts while the worker stops
             if start_worker:
                 await daemon.stock_sync.stop()
                 await daemon.worker.stop(settings.worker.shutdown_grace)

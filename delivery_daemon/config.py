@@ -38,7 +38,7 @@ from pydantic_core import ErrorDetails, PydanticUndefined
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from delivery_daemon.errors import ConfigError
+from delivery_daemon.errors import ConfigError, DeliveryDaemonError
 
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 """Seconds between delivery attempts, modelled on the public Svix schedule (7 retries over about 28 hours)."""
@@ -53,7 +53,7 @@ def _expect(expected: str) -> dict[str, Any]:
     return {"expected": expected}
 
 
-class Invalid(ValueError):
+class Invalid(DeliveryDaemonError, ValueError):
     """A validator's complaint that knows what it wanted. ``key`` (relative to where the validator runs) names the
     key at fault when a whole section is checked; ``expected``/``example`` override the field's own."""
 

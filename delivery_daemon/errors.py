@@ -6,6 +6,7 @@ Shared ones live in this module; the others next to the code whose failure they 
 
     DeliveryDaemonError             errors               root: ``except DeliveryDaemonError`` catches all below
     ├── ConfigError                 errors               bad configuration; carries the key path (exit 2, one line)
+    ├── Invalid                     config               a config validator's complaint with the form it expected
     ├── PluginError                 errors               a generator plugin could not be found, loaded or configured
     ├── WebhookRejected             errors               an inbound webhook is refused; carries HTTP status and reason
     ├── BodyTooLarge                errors               a request body (webhook, status-page form) is over its cap
@@ -19,6 +20,7 @@ Shared ones live in this module; the others next to the code whose failure they 
     │   └── AuthenticationFailed    errors               the marketplace refused our API key
     ├── QueueError                  storage.queue        the database failed underneath the job queue
     ├── LeaseLost                   storage.queue        the job's lease expired and someone else took it
+    ├── OrderCancelled              storage.queue        a refund was pending when a step was saved: send nothing
     ├── OrderNotFound               storage.orders       no order matches the operator's reference
     ├── AmbiguousOrder              storage.orders       the reference matches orders in several stores
     ├── ActionRefused               storage.orders       the order's state does not allow the operator's action

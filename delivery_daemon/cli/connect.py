@@ -64,21 +64,27 @@ def load_database_settings(path: str | Path) -> DatabaseSettings:
     return load_section(path, "database", DatabaseSettings)
 
 
-def database_url(args: argparse.Namespace) -> str:
+def database_settings(args: argparse.Namespace) -> DatabaseSettings | str:
+    """The config's ``database`` section, or the ``--database`` URL (with the section's defaults)."""
     if args.database:
         return str(args.database)
     if not args.config:
         raise ConfigError("", f"say which database: --config FILE, ${CONFIG_ENV} or --database URL")
-    return load_database_settings(args.config).url
+    return load_database_settings(args.config)
+
+
+def database_url(args: argparse.Namespace) -> str:
+    database = database_settings(args)
+    return database if isinstance(database, str) else database.url
 
 
 def open_engine(args: argparse.Namespace) -> Engine:
     """An engine on the daemon's existing database (ConfigError if a SQLite file is missing)."""
-    url = database_url(args)
-    path = sqlite_path(url)
+    database = database_settings(args)
+    path = sqlite_path(database if isinstance(database, str) else database.url)
     if path is not None and not path.exists():
         raise ConfigError("database.url", f"{path} does not exist (is this the daemon's database?)")
-    engine = create_db_engine(url)
+    engine = create_db_engine(database)
     create_schema(engine)  # a no-op on the daemon's database; makes a fresh one usable
     return engine
 

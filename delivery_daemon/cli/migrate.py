@@ -121,7 +121,7 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
         print(f"delivery-daemon: error: {exc}", file=sys.stderr)
         return 2
     shown = make_url(url).render_as_string(hide_password=True)
-    source_engine = create_db_engine(settings.database.url)
+    source_engine = create_db_engine(settings.database)
     target_engine = create_db_engine(url)
     try:
         report = copy_database(source_engine, target_engine)

@@ -27,8 +27,7 @@ from delivery_daemon.storage.stock_pool import StockError, StockPool, read_keys
 
 
 def _database(settings: Settings) -> Engine:
-    engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
-                              busy_timeout_ms=settings.database.busy_timeout_ms)
+    engine = create_db_engine(settings.database)
     create_schema(engine)
     return engine
 

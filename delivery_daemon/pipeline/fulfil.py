@@ -12,7 +12,6 @@ the seller can act, e.g. ``retry`` it to deliver through the store's channel), a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from dataclasses import dataclass
 
@@ -20,12 +19,10 @@ import anyio
 import structlog
 
 from delivery_daemon.errors import Dead, DeliveryDaemonError, OutOfStock, Retry
-from delivery_daemon.generators.contract import OrderContext
 from delivery_daemon.marketplaces.base import FulfilNow
 from delivery_daemon.order import Content
-from delivery_daemon.pipeline.generate import generate
+from delivery_daemon.pipeline.steps import Steps
 from delivery_daemon.pipeline.stores import Store
-from delivery_daemon.pipeline.verify import verify
 from delivery_daemon.storage.models import Job, JobState
 from delivery_daemon.storage.queue import JobQueue, LeaseLost, OrderCancelled, Transition
 
@@ -79,22 +76,15 @@ async def fulfil_now(queue: JobQueue, store: Store, request: FulfilNow, *,
         return Fulfilment(503, reason="order is being processed; try again")
     step = "verify"
     started = queue.clock.monotonic()
+    steps = Steps(queue, owner, queue.clock)
     try:
         with anyio.fail_after(request.budget):
-            confirmed = await verify(store.marketplace, job)
-            await queue.save_verification(job, owner, confirmed.quantity, confirmed.buyer_email, 0.0)
+            # The keys are answered, not mailed: the buyer email is kept as the marketplace gave it. Stored before
+            # generating (unlike the worker's one commit), so that a pending refund stops it before any key is made.
+            confirmed = await steps.verify(store, job, bound, check_recipient=False)
+            await steps.save_verification(job, confirmed)
             step = "generate"
-            product = store.product(job.product_id)
-            if product is None:
-                raise Dead(f"no generator is configured for product {job.product_id}")
-            context = OrderContext(
-                store=job.store, marketplace=job.marketplace, order_id=job.order_id, product_id=job.product_id,
-                quantity=confirmed.quantity, buyer_email=confirmed.buyer_email, options=product.options,
-                idempotency_key=f"{job.store}:{job.order_id}",
-            )
-            async with slots if slots is not None else contextlib.nullcontext():
-                content = await generate(product, context, budget=request.budget)
-            await queue.save_content(job, owner, content.to_json(), (queue.clock.monotonic() - started) * 1000)
+            content = (await steps.generate(store, job, bound, budget=request.budget, slots=slots)).content
     except TimeoutError:
         return await _failed(queue, job, owner, step, f"not ready within {request.budget:g} s", bound)
     except (Retry, Dead, OutOfStock) as exc:

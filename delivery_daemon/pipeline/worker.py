@@ -1,7 +1,11 @@
 """The delivery worker: claims due jobs and takes each through verify → generate → deliver.
 
-It wakes the moment a job is committed (:meth:`Worker.wake`), so the hot path has no polling delay; APScheduler's
-``AsyncIOScheduler`` drives the periodic work (expired leases back to the queue, due retries picked up). At most
+The steps up to stored content are :class:`~delivery_daemon.pipeline.steps.Steps`, shared with synchronous
+fulfilment; what is the worker's own is the leases, retries with backoff, slots, observers and the delivery.
+
+It wakes the moment a job is committed (:meth:`Worker.wake`), so the hot path has no polling delay; the daemon's one
+APScheduler scheduler (made by :mod:`delivery_daemon.compose`, given to :meth:`Worker.schedule`) drives the periodic
+work (expired leases back to the queue, due retries picked up). At most
 ``concurrency`` jobs are being worked on (verified, generated, delivered); a job whose outcome is known gives its slot
 back while its last commit is pending, so the claim of its successor shares that commit instead of queuing behind it.
 Every outcome is one transaction through :class:`~delivery_daemon.storage.queue.JobQueue`.
@@ -18,24 +22,22 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from delivery_daemon.backoff import Backoff
 from delivery_daemon.clock import Clock
 from delivery_daemon.config import WorkerSettings
 from delivery_daemon.errors import Dead, Held, OutOfStock, Retry
-from delivery_daemon.generators.contract import OrderContext
-from delivery_daemon.order import Content
 from delivery_daemon.pipeline.deliver import deliver
-from delivery_daemon.pipeline.generate import generate
+from delivery_daemon.pipeline.steps import Steps
 from delivery_daemon.pipeline.stores import Store
-from delivery_daemon.pipeline.verify import verify
-from delivery_daemon.recipient import recipient
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import JobQueue, LeaseLost, OrderCancelled, QueueError, Settled, Transition, Verified
+from delivery_daemon.storage.queue import JobQueue, LeaseLost, OrderCancelled, QueueError, Settled, Transition
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
 
 log = structlog.get_logger("delivery_daemon.pipeline.worker")
 
@@ -131,7 +133,6 @@ class Worker:
         self._inflight: dict[asyncio.Task[None], int] = {}  # task -> the id of the job it works on
         self._busy = 0  # slots held: jobs between their claim and the start of their final transition
         self._loop_task: asyncio.Task[None] | None = None
-        self._scheduler: AsyncIOScheduler | None = None
         self._stopping = False
 
     @property
@@ -149,14 +150,18 @@ class Worker:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
+    def schedule(self, scheduler: BaseScheduler) -> None:
+        """Add :meth:`periodic` to ``scheduler``, every ``poll_interval`` seconds (again: replaces, not doubles).
+
+        Whoever owns the scheduler shuts it down before :meth:`stop`, so that no periodic run overlaps the stop."""
+        scheduler.add_job(self.periodic, "interval", seconds=self.settings.poll_interval, id="worker-periodic",
+                          max_instances=1, coalesce=True, replace_existing=True)
+
     async def start(self) -> None:
+        """Put expired leases back and start claiming; without :meth:`schedule` nothing runs :meth:`periodic`."""
         released = await self.queue.release_expired()
         if released:
             log.info("lease.expired", count=released)
-        self._scheduler = AsyncIOScheduler()
-        self._scheduler.add_job(self.periodic, "interval", seconds=self.settings.poll_interval,
-                                id="periodic", max_instances=1, coalesce=True)
-        self._scheduler.start()
         self._loop_task = asyncio.create_task(self._run(), name="worker")
         self._loop_task.add_done_callback(_retrieve)
         log.info("worker.started", owner=self.owner, concurrency=self.settings.concurrency)
@@ -164,8 +169,6 @@ class Worker:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, let in-flight jobs finish within ``grace`` seconds, release the rest."""
         self._stopping = True
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
         self.wake()
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -247,29 +250,15 @@ class Worker:
             store = self._stores().get(job.store)
             if store is None:
                 raise Retry(f"store {job.store!r} is not configured")
-            verified: Verified | None = None
-            if job.quantity is None:
-                order = await verify(store.marketplace, job)
-                buyer_email = recipient(store.settings, order.buyer_email)  # Held: not one mailbox to mail to
-                elapsed = (self.clock.monotonic() - started) * 1000
-                # Stored together with the content below: one commit instead of two per order.
-                verified = Verified(order.quantity, buyer_email, elapsed)
-                job.quantity, job.buyer_email = order.quantity, buyer_email
-                bound.info("order.verified", quantity=order.quantity, duration_ms=round(elapsed, 1))
+            steps = Steps(self.queue, self.owner, self.clock)
+            # Not stored until the content is: one commit instead of two per order (see Steps.generate).
+            verified = None if job.quantity is not None else await steps.verify(store, job, bound)
             step = "generate"
             if job.content is None:
-                try:
-                    job.content = await self._generate(store, job, bound, verified)
-                except OrderCancelled:
-                    raise  # committed with the verification: nothing more to save
-                except Exception:
-                    if verified is not None:  # keep what the marketplace confirmed: a retry does not verify again
-                        await self.queue.save_verification(job, self.owner, verified.quantity,
-                                                           verified.buyer_email, verified.duration_ms)
-                    raise
+                made = await steps.generate(store, job, bound, budget=self.generator_budget, verified=verified)
+                self.observer.generated(made.product.generator_name, made.duration_ms / 1000)
             elif verified is not None:
-                await self.queue.save_verification(job, self.owner, verified.quantity, verified.buyer_email,
-                                                   verified.duration_ms)
+                await steps.save_verification(job, verified)
             step = "deliver"
             bound.info("delivery.attempt", sink=store.sink.name)
             t0 = self.clock.monotonic()
@@ -310,27 +299,6 @@ class Worker:
             reason = f"{type(exc).__name__}: {exc}"[:500]
             bound.error("job.error", step=step, error=reason)
             await self._retry(job, step, reason, None, None, started, bound, slot)
-
-    async def _generate(self, store: Store, job: Job, bound: structlog.typing.FilteringBoundLogger,
-                        verified: Verified | None) -> str:
-        product = store.product(job.product_id)
-        if product is None:
-            raise Dead(f"no generator is configured for product {job.product_id}")
-        assert job.quantity is not None
-        context = OrderContext(
-            store=job.store, marketplace=job.marketplace, order_id=job.order_id, product_id=job.product_id,
-            quantity=job.quantity, buyer_email=job.buyer_email, options=product.options,
-            idempotency_key=f"{job.store}:{job.order_id}",
-        )
-        t0 = self.clock.monotonic()
-        content: Content = await generate(product, context, budget=self.generator_budget)
-        elapsed = (self.clock.monotonic() - t0) * 1000
-        raw = content.to_json()
-        await self.queue.save_content(job, self.owner, raw, elapsed, verified=verified)
-        self.observer.generated(product.generator_name, elapsed / 1000)
-        bound.info("content.generated", generator=product.generator_name, keys=len(content.keys),
-                   duration_ms=round(elapsed, 1))
-        return raw
 
     def _ms(self, started: float) -> float:
         return (self.clock.monotonic() - started) * 1000

@@ -9,7 +9,8 @@ When it runs:
 * after deliveries: the worker tells :class:`StockSync` (one of its observers) about every delivered order;
   :meth:`StockSync.mark` only notes the product, and one sync runs ``stock_sync.debounce`` seconds after the
   first mark — one marketplace call for a burst of orders, never a call on the delivery's path;
-* every ``stock_sync.interval`` seconds (and once at start): a full pass over every product it knows;
+* every ``stock_sync.interval`` seconds (and once at start): a full pass over every product it knows, as jobs on
+  the daemon's one APScheduler scheduler (:meth:`StockSync.schedule`);
 * after ``delivery-daemon stock import`` and on demand (``delivery-daemon softstore sync-stock``), from that
   command's own process, through :func:`sync_once` (:mod:`delivery_daemon.cli.stock`).
 
@@ -25,11 +26,10 @@ import contextlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from delivery_daemon.clock import Clock, SystemClock
 from delivery_daemon.config import Settings, StockSyncSettings
@@ -42,6 +42,9 @@ from delivery_daemon.pipeline.stores import Product, Store, build_stores
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 from delivery_daemon.storage.models import Job, JobState
 from delivery_daemon.storage.queue import Transition
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
 
 log = structlog.get_logger("delivery_daemon.stock.sync")
 
@@ -106,7 +109,6 @@ class StockSync:
         self._known: set[Key] = set()  # products seen delivered (covers ids served by a store's default product)
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
-        self._scheduler: AsyncIOScheduler | None = None
         self._started = False
 
     # -- worker observer ---------------------------------------------------------------------------------------
@@ -154,16 +156,24 @@ class StockSync:
             await asyncio.sleep(max(MIN_WAIT, wait))
             await self.flush_due()
 
+    def schedule(self, scheduler: BaseScheduler) -> None:
+        """Add the full pass to ``scheduler`` (when enabled): every ``interval`` seconds, plus once as soon as it runs.
+        The job ids are fixed, so a StockSync rebuilt on a reload replaces the old one's jobs instead of doubling
+        them."""
+        if not self.settings.enabled:
+            return
+        scheduler.add_job(self.sync_all, "interval", seconds=self.settings.interval, id="stock-sync",
+                          max_instances=1, coalesce=True, replace_existing=True)
+        # No misfire limit: added before the scheduler starts, the run must not be dropped as "missed" if the start
+        # comes more than APScheduler's default second later.
+        scheduler.add_job(self.sync_all, "date", id="stock-sync-first", misfire_grace_time=None,
+                          replace_existing=True)
+
     async def start(self) -> None:
-        """Run the debounce timer and the periodic full pass (an APScheduler interval job, plus one at start)."""
+        """Run the debounce timer (the full pass is :meth:`schedule`'s)."""
         if not self.settings.enabled:
             return
         self._started = True
-        self._scheduler = AsyncIOScheduler()
-        self._scheduler.add_job(self.sync_all, "interval", seconds=self.settings.interval, id="stock-sync",
-                                max_instances=1, coalesce=True)
-        self._scheduler.add_job(self.sync_all, "date", id="stock-sync-first")
-        self._scheduler.start()
         self._arm()
 
     async def wait_idle(self) -> None:
@@ -173,9 +183,6 @@ class StockSync:
 
     async def stop(self) -> None:
         self._started = False
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
         if self._timer is not None:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -269,8 +276,7 @@ async def sync_once(settings: Settings, *, marketplaces: Sequence[MarketplaceTyp
     for name in stores or ():
         if name not in built:
             raise ConfigError("--store", f"no store named {name!r}")
-    engine = create_db_engine(settings.database.url, synchronous=settings.database.synchronous,
-                              busy_timeout_ms=settings.database.busy_timeout_ms)
+    engine = create_db_engine(settings.database)
     try:
         create_schema(engine)
         hub.engine = engine  # no cipher: a sync only counts keys, it never opens them

@@ -1,5 +1,6 @@
 """Engine creation: SQLite tuned for durability (WAL, ``synchronous=FULL``, ``BEGIN IMMEDIATE``), or any URL
-SQLAlchemy understands. Database errors are translated at the queue boundary, not here.
+SQLAlchemy understands. :func:`create_db_engine` is the only place the package calls SQLAlchemy's
+``create_engine``. Database errors are translated at the queue boundary, not here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
+
+from delivery_daemon.config import DatabaseSettings
 
 # Imported for their side effect: each registers its tables on SQLModel.metadata.
 from delivery_daemon.storage import models, stock_pool, vault  # noqa: F401
@@ -37,10 +40,21 @@ def with_driver(url: str) -> str:
     return url
 
 
-def create_db_engine(url: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> Engine:
-    """An engine for ``url`` (``postgresql://`` uses psycopg 3, see :func:`with_driver`). For a SQLite file, the
-    file is created 0600 and every transaction is IMMEDIATE."""
-    url = with_driver(url)
+def create_db_engine(database: DatabaseSettings | str, *, synchronous: str | None = None,
+                     busy_timeout_ms: int | None = None, read_only: bool = False) -> Engine:
+    """An engine for the ``database`` section, or for a URL with that section's defaults: the one place engines are
+    made (``postgresql://`` uses psycopg 3, see :func:`with_driver`). ``synchronous`` and ``busy_timeout_ms``
+    override the section's (the benchmark measures ``synchronous=OFF``, which the config refuses).
+
+    For a SQLite file, the file is created 0600 and every transaction is IMMEDIATE. With ``read_only`` (a check that
+    reads while daemons write, e.g. a chaos run's verdict), SQLite transactions are DEFERRED, so the reader never
+    takes the write lock, and ``PRAGMA query_only`` refuses any write; other databases are opened as usual.
+    """
+    # Not validated here: a malformed URL fails in SQLAlchemy's parser, as it always did.
+    settings = DatabaseSettings.model_construct(url=database) if isinstance(database, str) else database
+    synchronous = synchronous if synchronous is not None else settings.synchronous
+    busy_timeout_ms = busy_timeout_ms if busy_timeout_ms is not None else settings.busy_timeout_ms
+    url = with_driver(settings.url)
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,17 +70,21 @@ def create_db_engine(url: str, *, synchronous: str = "FULL", busy_timeout_ms: in
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not pysqlite, decide when transactions begin (the documented SQLAlchemy recipe).
         dbapi_connection.isolation_level = None
+        if read_only:  # a reader writes nothing, the journal mode included: that is the daemon's engines' to set
+            pragmas = ["query_only=ON", f"busy_timeout={int(busy_timeout_ms)}"]
+        else:
+            pragmas = ["journal_mode=WAL", f"synchronous={synchronous}", f"busy_timeout={int(busy_timeout_ms)}",
+                       "foreign_keys=ON"]
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        for pragma in pragmas:
+            cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # IMMEDIATE takes the write lock up front, so two writers never deadlock on a lock upgrade.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # IMMEDIATE takes the write lock up front, so two writers never deadlock on a lock upgrade; a reader
+        # takes no write lock at all.
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

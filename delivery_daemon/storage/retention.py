@@ -6,20 +6,25 @@ What is purged from a delivered, dead or cancelled job last changed more than ``
 attempt ``admin/purged`` saying when. Unfinished jobs are never touched. A purge is idempotent and works in
 batches, so a large first purge does not hold the write lock for long.
 
-The running daemon purges every ``retention.interval`` seconds (an APScheduler job, :class:`RetentionService`);
+The running daemon purges every ``retention.interval`` seconds (:class:`RetentionService`'s jobs on the daemon's one
+APScheduler scheduler);
 ``delivery-daemon db purge`` does the same once, from a shell.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anyio
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine, and_, insert, or_, select, update
 
 from delivery_daemon.clock import Clock
 from delivery_daemon.storage.models import FINAL
 from delivery_daemon.storage.queue import ATTEMPTS, JOBS
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
 
 log = structlog.get_logger("delivery_daemon.storage.retention")
 
@@ -53,14 +58,13 @@ def purge(engine: Engine, clock: Clock, days: float, *, batch: int = BATCH) -> i
 
 
 class RetentionService:
-    """Runs :func:`purge` every ``interval`` seconds while the daemon runs."""
+    """Runs :func:`purge` every ``interval`` seconds on the scheduler given to :meth:`schedule`."""
 
     def __init__(self, engine: Engine, clock: Clock, days: float, interval: float) -> None:
         self.engine = engine
         self.clock = clock
         self.days = days
         self.interval = interval
-        self._scheduler: AsyncIOScheduler | None = None
 
     async def run_once(self) -> int:
         try:
@@ -72,14 +76,11 @@ class RetentionService:
             log.info("retention.purged", jobs=purged, older_than_days=self.days)
         return purged
 
-    def start(self) -> None:
-        self._scheduler = AsyncIOScheduler()
-        self._scheduler.add_job(self.run_once, "interval", seconds=self.interval, id="retention", max_instances=1,
-                                coalesce=True)
-        self._scheduler.start()
-        # The first purge runs soon after start, not one interval later (a daemon restarted daily would never purge).
-        self._scheduler.add_job(self.run_once, "date", id="retention-first")
-
-    def stop(self) -> None:
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
+    def schedule(self, scheduler: BaseScheduler) -> None:
+        """Add the purge to ``scheduler``: every ``interval`` seconds, and once as soon as it runs (a daemon restarted
+        daily would otherwise never purge). Scheduling again replaces these jobs instead of doubling them."""
+        scheduler.add_job(self.run_once, "interval", seconds=self.interval, id="retention", max_instances=1,
+                          coalesce=True, replace_existing=True)
+        # No misfire limit: added before the scheduler starts, the run must not be dropped as "missed" if the start
+        # comes more than APScheduler's default second later.
+        scheduler.add_job(self.run_once, "date", id="retention-first", misfire_grace_time=None, replace_existing=True)

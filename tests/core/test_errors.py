@@ -22,7 +22,7 @@ from delivery_daemon.errors import DeliveryDaemonError
 # and never leave them, so the daemon's tree does not cover them.
 EXCLUDED = "delivery_daemon.reference"
 # Scripts that do their work when imported: the CLI entry and alembic's environment (which needs alembic's context).
-SCRIPTS = ("delivery_daemon.__main__", "delivery_daemon.storage.migrations.env")
+SCRIPTS = ("delivery_daemon.__main__", "delivery_daemon.cli.__main__", "delivery_daemon.storage.migrations.env")
 
 
 def _modules(package: ModuleType) -> Iterator[ModuleType]:

@@ -1,4 +1,5 @@
-"""The redactor: a registered secret never reaches a rendered log line, whatever the renderer escapes."""
+"""The redactor: a registered secret never reaches a rendered log line, whatever the renderer escapes. And every
+line's timestamp: the wall clock, in UTC."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+from freezegun import freeze_time
 
 from delivery_daemon.logs import Redactor, configure_logging
 
@@ -46,6 +48,15 @@ def test_secret_nested_in_a_structure_is_redacted(rendered: io.StringIO) -> None
     """A plain secret inside a list or dict value is replaced in the rendered line."""
     structlog.get_logger("t").info("event", nested={"keys": [SECRETS["plain"]]})
     assert SECRETS["plain"] not in rendered.getvalue()
+
+
+def test_lines_are_stamped_with_the_wall_clock_in_utc(rendered: io.StringIO) -> None:
+    """structlog's TimeStamper reads the wall clock (frozen here): each line carries that instant in ISO 8601 UTC
+    ("Z"), to the microsecond. (freezegun's ``tz_offset`` cannot stand in for a host in another zone: it shifts
+    ``datetime.now(tz=UTC)`` too, so UTC is pinned by the "Z" a local stamp would lack.)"""
+    with freeze_time("2027-01-15 08:00:00.250000"):
+        structlog.get_logger("t").info("event")
+    assert "2027-01-15T08:00:00.250000Z" in rendered.getvalue()
 
 
 def test_wrapped_renderer_scrubs_what_it_renders() -> None:

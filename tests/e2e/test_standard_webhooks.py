@@ -4,17 +4,21 @@ tolerance, several signatures, webhook-id dedup, order events; and the outbound 
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+import json
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import standardwebhooks
+from freezegun import freeze_time
 
 from delivery_daemon.config import whsec_key
 from delivery_daemon.errors import WebhookRejected
 from delivery_daemon.net.signatures import standard_headers, standard_signature, verify_standard
+from delivery_daemon.order import IncomingOrder
 from delivery_daemon.reference.standard_webhooks import StandardWebhooksSender, new_secret
-from tests.support.multistore import multi_stack
+from tests.support.multistore import FROZEN_NOW, multi_stack, wall_clock_adapter
 
 BODY = b'{"type":"order.paid","data":{"order_id":"A-1"}}'
 
@@ -49,6 +53,29 @@ def test_one_of_several_signatures_suffices_and_stale_is_refused() -> None:
     for now in (100.0 + 301, 100.0 - 301):
         with pytest.raises(WebhookRejected, match="tolerance"):
             verify_standard(headers, BODY, [key], now, 300)
+
+
+@pytest.mark.parametrize(("minutes_ago", "accepted"), [(6, False), (4, True), (-4, True), (-6, False)])
+def test_the_library_and_our_adapter_agree_on_the_tolerance(minutes_ago: int, accepted: bool) -> None:
+    """On a frozen wall clock: headers stamped 6 minutes ago (or ahead) are refused, 4 minutes accepted, by
+    standardwebhooks.Webhook.verify (which reads datetime.now()) and by the daemon's adapter on its SystemClock."""
+    secret = new_secret()
+    adapter = wall_clock_adapter("standard-webhooks", secret)
+    body = json.dumps({"type": "order.paid", "data": {"order_id": "A-1"}}).encode()
+    with freeze_time(FROZEN_NOW) as frozen:
+        frozen.tick(timedelta(minutes=-minutes_ago))
+        headers = standard_headers(whsec_key(secret), "msg_1", int(time.time()), body)  # stamped "now"
+        library = standardwebhooks.Webhook(secret)
+        assert headers["webhook-signature"] == library.sign("msg_1", datetime.now(tz=UTC), body.decode())
+        frozen.move_to(FROZEN_NOW)
+        if accepted:
+            assert library.verify(body, headers)["type"] == "order.paid"
+            assert isinstance(adapter.parse_webhook(headers, body), IncomingOrder)
+        else:
+            with pytest.raises(standardwebhooks.WebhookVerificationError, match="timestamp too"):
+                library.verify(body, headers)
+            with pytest.raises(WebhookRejected, match="tolerance"):
+                adapter.parse_webhook(headers, body)
 
 
 async def test_paid_order_is_emailed_and_replays_and_forgeries_change_nothing(tmp_path: Path) -> None:

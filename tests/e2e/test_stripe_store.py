@@ -4,15 +4,19 @@ from payment_intent.succeeded / checkout.session.completed, refunds and disputes
 from __future__ import annotations
 
 import json
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import stripe
+from freezegun import freeze_time
 
 from delivery_daemon.errors import WebhookRejected
 from delivery_daemon.net.signatures import stripe_header, verify_stripe
+from delivery_daemon.order import IncomingOrder
 from delivery_daemon.reference.stripe_store import StripeStoreSender, charge_refunded, dispute, event, payment_intent
-from tests.support.multistore import multi_stack, post
+from tests.support.multistore import FROZEN_NOW, multi_stack, post, wall_clock_adapter
 
 SECRET = "whsec_test_0123456789abcdef"
 BODY = b'{"id":"evt_1","type":"payment_intent.succeeded"}'
@@ -40,6 +44,27 @@ def test_any_v1_signature_may_match_during_rotation() -> None:
     header = stripe_header(["whsec_old_secret_value", SECRET], BODY, 1_800_000_000)
     assert header.count("v1=") == 2
     verify_stripe(header, BODY, SECRET, 1_800_000_000.0, 300)
+
+
+@pytest.mark.parametrize(("minutes_ago", "accepted"), [(6, False), (4, True)])
+def test_the_stripe_library_and_our_adapter_agree_on_the_tolerance(minutes_ago: int, accepted: bool) -> None:
+    """On a frozen wall clock: a header the stripe library stamped 6 minutes ago is refused, 4 minutes ago accepted,
+    by the library's own verifier (which reads time.time()) and by the daemon's adapter on its SystemClock."""
+    adapter = wall_clock_adapter("stripe", SECRET)
+    body = json.dumps(event("payment_intent.succeeded", payment_intent("p1"))).encode()
+    with freeze_time(FROZEN_NOW) as frozen:
+        frozen.tick(timedelta(minutes=-minutes_ago))
+        header = stripe.WebhookSignature.generate_signature_header(body.decode(), SECRET)  # stamped "now"
+        assert header == stripe_header([SECRET], body, int(time.time()))  # and what our reference side signs
+        frozen.move_to(FROZEN_NOW)
+        if accepted:
+            assert stripe.WebhookSignature.verify_header(body.decode(), header, SECRET, 300)
+            assert isinstance(adapter.parse_webhook({"stripe-signature": header}, body), IncomingOrder)
+        else:
+            with pytest.raises(stripe.SignatureVerificationError, match="tolerance"):
+                stripe.WebhookSignature.verify_header(body.decode(), header, SECRET, 300)
+            with pytest.raises(WebhookRejected, match="tolerance"):
+                adapter.parse_webhook({"stripe-signature": header}, body)
 
 
 @pytest.mark.parametrize("skew", [-301, 301])

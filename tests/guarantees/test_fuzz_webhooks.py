@@ -610,8 +610,9 @@ def test_hostile_signed_bodies_are_refused_or_delivered(live: Live, data: st.Dat
         assert isinstance(response.json(), dict)
     unfinished = live.settle(before)
     assert not unfinished, f"accepted, then not delivered: {unfinished}"
-    if special in UNSTORABLE:  # in a field the order stores: never accepted
-        assert response.status_code >= 400, response.text
+    if special in UNSTORABLE:  # in a field the order stores: never accepted (an event ignored whole stores nothing)
+        ignored = response.status_code == 200 and response.json() == {"status": "ignored"}
+        assert response.status_code >= 400 or (ignored and len(live.jobs()) == len(before)), response.text
     elif data is None:
         assert response.status_code == 200 and len(live.jobs()) == len(before) + 1, response.text
     assert live.healthy()

@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import structlog
+from freezegun import freeze_time
 from pydantic import SecretStr
 
+from delivery_daemon.status.auth import SESSION_COOKIE
 from tests.support.stack import Stack
 from tests.support.status_helpers import PASSWORD, TOKEN, StatusPage, csrf_of, dead_order, delivered_order, status_page
 
@@ -158,6 +161,22 @@ async def test_wrong_bearer_tokens_beside_a_session_are_throttled(stack: Stack) 
     assert [(e["via"], e["failures"]) for e in _events(stack, "status.login_failed")] == [
         ("bearer", 1), ("bearer", 2), ("bearer", 3)]
     assert (await stack.job(dead.order_id)).state == "dead"
+
+
+async def test_a_session_cookie_is_refused_once_session_max_age_has_passed(stack: Stack) -> None:
+    """The session cookie's signature carries the time of signing (itsdangerous, read from the wall clock, frozen
+    here) and the server refuses it after ``session_max_age``: a copy of the cookie replayed by a client that
+    ignores its Max-Age logs nobody in one second after the limit, though it still did one second before."""
+    # real_asyncio: the event loop (and so the servers and the client) keeps the real monotonic clock
+    with freeze_time("2027-01-15 08:00:00", real_asyncio=True) as frozen:
+        async with status_page(stack, session_max_age=3600) as page, httpx.AsyncClient(timeout=30) as replayer:
+            assert (await page.login()).status_code == 303
+            replayed = {"Cookie": f"{SESSION_COOKIE}={page.client.cookies[SESSION_COOKIE]}"}  # no jar: no expiry
+            frozen.tick(timedelta(seconds=3599))
+            assert (await replayer.get(f"{page.url}/orders", headers=replayed)).status_code == 200
+            frozen.tick(timedelta(seconds=2))
+            refused = await replayer.get(f"{page.url}/orders", headers=replayed)
+            assert refused.status_code == 303 and refused.headers["location"].endswith("/login?next=/status/orders")
 
 
 async def test_every_action_needs_its_csrf_token(stack: Stack) -> None:

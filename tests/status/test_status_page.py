@@ -178,6 +178,19 @@ async def test_orders_filter_by_state_store_product_and_search(stack: Stack) -> 
         assert dead in html and delivered_1 in html  # an unknown state is ignored, not an error
 
 
+async def test_orders_filters_holding_a_nul_list_nothing_on_both_databases(
+        make_stack: Callable[..., contextlib.AbstractAsyncContextManager[Stack]], db_url: str) -> None:
+    """A NUL in the orders filters lists no order instead of a 500 (PostgreSQL refuses NUL as a parameter)."""
+    async with make_stack(database={"url": db_url}) as stack:
+        delivered = await delivered_order(stack)
+        async with status_page(stack) as page:
+            await page.login()
+            for params in ({"q": "a\x00b"}, {"store": "\x00"}, {"product": "p\x00"}, {"q": delivered[:6] + "\x00"}):
+                response = await page.client.get(f"{page.url}/orders", params=params)
+                assert response.status_code == 200, (params, response.status_code)
+                assert "No order matches." in response.text and delivered not in response.text
+
+
 async def test_order_detail_shows_attempts_but_never_keys_or_tokens(stack: Stack) -> None:
     """An order's page lists every attempt with its error; the stored keys and delivery token stay hidden."""
     order_id = await delivered_order(stack)

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
@@ -73,7 +74,9 @@ async def test_retention_service_runs_on_schedule(stack: Stack) -> None:
     await stack.drain()
     stack.clock.advance(8 * DAY)
     service = RetentionService(stack.daemon.engine, stack.clock, days=7, interval=3600)
-    service.start()
+    scheduler = AsyncIOScheduler()  # any scheduler will do: the daemon's own is tests/test_worker_scheduler.py's
+    service.schedule(scheduler)
+    scheduler.start()
     try:
         async with asyncio.timeout(30):
             while True:
@@ -81,7 +84,7 @@ async def test_retention_service_runs_on_schedule(stack: Stack) -> None:
                     break
                 await asyncio.sleep(0.05)
     finally:
-        service.stop()
+        scheduler.shutdown(wait=False)
 
 
 async def test_purge_and_redeliver_cli(stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

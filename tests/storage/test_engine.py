@@ -1,12 +1,20 @@
-"""Engine creation: the driver for a plain ``postgresql://`` URL, and SQLite files created private."""
+"""Engine creation: the driver for a plain ``postgresql://`` URL, SQLite files created private, the ``database``
+section's settings applied, read-only engines, and one place in the package that makes engines."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from delivery_daemon.storage.engine import create_db_engine, with_driver
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+import delivery_daemon
+from delivery_daemon.config import DatabaseSettings
+from delivery_daemon.storage.engine import create_db_engine, create_schema, with_driver
 
 
 def test_plain_postgresql_url_uses_psycopg_3() -> None:
@@ -41,3 +49,48 @@ queue.close()
 """
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["True", "False"]
+
+
+def test_the_database_section_is_applied(tmp_path: Path) -> None:
+    """An engine made from the ``database`` section uses its ``synchronous`` and ``busy_timeout_ms``; a bare URL
+    gets the section's defaults, and an explicit option wins over either."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+
+    def pragmas(*args: object, **options: object) -> tuple[int, int]:
+        engine = create_db_engine(*args, **options)  # type: ignore[arg-type]
+        try:
+            with engine.connect() as conn:
+                return (conn.exec_driver_sql("PRAGMA synchronous").scalar_one(),
+                        conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
+        finally:
+            engine.dispose()
+
+    assert pragmas(DatabaseSettings(url=url, synchronous="NORMAL", busy_timeout_ms=1234)) == (1, 1234)
+    assert pragmas(url) == (2, 10_000)  # FULL
+    assert pragmas(DatabaseSettings(url=url, synchronous="NORMAL"), synchronous="OFF") == (0, 10_000)
+
+
+def test_a_read_only_engine_neither_writes_nor_waits_for_the_writer(tmp_path: Path) -> None:
+    """A checker's engine (``read_only``) reads while a writer holds the write lock, and refuses to write."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    writer = create_db_engine(url)
+    create_schema(writer)
+    reader = create_db_engine(url, read_only=True, busy_timeout_ms=0)
+    try:
+        with writer.begin() as holding:  # BEGIN IMMEDIATE: the write lock is held until the block ends
+            holding.execute(text("DELETE FROM jobs"))
+            with reader.connect() as conn:
+                assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 0
+        with reader.connect() as conn, pytest.raises(OperationalError, match="readonly"):
+            conn.execute(text("DELETE FROM jobs"))
+    finally:
+        reader.dispose()
+        writer.dispose()
+
+
+def test_engines_are_made_in_one_place() -> None:
+    """Only storage/engine.py calls SQLAlchemy's ``create_engine``: every engine gets the same tuning."""
+    package = Path(delivery_daemon.__file__).parent
+    callers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                     if re.search(r"\bcreate_engine\(", path.read_text(encoding="utf-8")))
+    assert callers == ["storage/engine.py"]

@@ -176,3 +176,22 @@ def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str, aut
 async def post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
     async with httpx.AsyncClient(timeout=30) as client:
         return await client.post(url, content=body, headers={"Content-Type": "application/json", **headers})
+
+
+FROZEN_NOW = "2027-01-15 08:00:00"
+"""A wall-clock instant for freezegun (1_800_000_000, ManualClock's start)."""
+
+
+def wall_clock_adapter(marketplace: str, secret: str) -> Any:
+    """The adapter of a ``marketplace`` store as ``serve`` builds it: on the :class:`SystemClock`, so that its
+    signature tolerance follows the wall clock (frozen by a test with freezegun, like the third-party verifiers')."""
+    from delivery_daemon.clock import SystemClock
+    from delivery_daemon.marketplaces.base import AdapterContext
+
+    settings = parse_settings({"stores": [{"name": "s", "marketplace": marketplace, "webhook_secret": secret,
+                                           "delivery": {"channel": "webhook", "webhook": {
+                                               "url": "http://127.0.0.1:9/x", "secret": new_secret()}},
+                                           "default": PATTERN}]}, environ={})
+    [kind] = [kind for kind in default_marketplaces() if kind.name == marketplace]
+    return kind.create(AdapterContext(store=settings.stores[0], path="stores[0]", clock=SystemClock(),
+                                      delivery=settings.delivery))

@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery_daemon.errors import ConfigError
-from delivery_daemon.storage.engine import sqlite_path, with_driver
+from delivery_daemon.storage.engine import create_db_engine, sqlite_path, with_driver
 from delivery_daemon.storage.models import FINAL
 from delivery_daemon.storage.schema import current_revision, head_revision
 
@@ -60,7 +60,7 @@ def database_url(database: Path | str) -> str:
 def check_database(database: Path | str) -> DatabaseReport:
     """Run every check on ``database`` (a SQLite file or a SQLAlchemy URL); errors become problems, not raises."""
     url = database_url(database)
-    engine = create_engine(url)
+    engine = create_db_engine(url, read_only=True)
     report = DatabaseReport(backend=engine.dialect.name)
     try:
         at, head = current_revision(engine), head_revision()
@@ -86,7 +86,7 @@ def check_database(database: Path | str) -> DatabaseReport:
 
 def unfinished_jobs(database: Path | str) -> int:
     """Jobs not yet in a final state (read-only; a database error counts as unsettled)."""
-    engine = create_engine(database_url(database))
+    engine = create_db_engine(database_url(database), read_only=True)  # polled while the daemons write
     try:
         with engine.connect() as conn:
             return sum(int(n) for state, n in conn.execute(text(STATES)).all() if state not in FINAL)
@@ -143,7 +143,7 @@ def checked_database_url(url: str | None, replicas: int, marketplace: str) -> st
         raise ConfigError("--database-url", "must be a postgresql:// or postgresql+psycopg:// URL "
                                             "(without it the run uses a SQLite file in the work dir)")
     url = database_url(url)
-    engine = create_engine(url)
+    engine = create_db_engine(url, read_only=True)
     try:
         empty = current_revision(engine) is None  # no schema yet: the first daemon creates it
     except SQLAlchemyError as exc:
