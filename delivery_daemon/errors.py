@@ -17,8 +17,8 @@ Shared ones live in this module; the others next to the code whose failure they 
     ├── GeneratorError              errors               a generator broke its contract (wrong count, bad URL)
     ├── MarketplaceError            errors               a marketplace API answered something we cannot use
     │   └── AuthenticationFailed    errors               the marketplace refused our API key
-    ├── QueueError                  storage.queue        the database failed underneath the job queue
-    ├── LeaseLost                   storage.queue        the job's lease expired and someone else took it
+    ├── QueueError                  storage.jobs         the database failed underneath the job queue
+    ├── LeaseLost                   storage.jobs         the job's lease expired and someone else took it
     ├── OrderNotFound               storage.orders       no order matches the operator's reference
     ├── AmbiguousOrder              storage.orders       the reference matches orders in several stores
     ├── ActionRefused               storage.orders       the order's state does not allow the operator's action

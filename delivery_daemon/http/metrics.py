@@ -28,8 +28,8 @@ from starlette.routing import BaseRoute, Route
 from delivery_daemon.clock import Clock
 from delivery_daemon.http import health
 from delivery_daemon.stock.sync import stock_remaining
+from delivery_daemon.storage.jobs import JOBS, QueueError, Transition
 from delivery_daemon.storage.models import FINAL, Job, JobState
-from delivery_daemon.storage.queue import JOBS, QueueError, Transition
 
 if TYPE_CHECKING:
     from delivery_daemon.compose import Daemon

@@ -26,8 +26,9 @@ from delivery_daemon.order import Content
 from delivery_daemon.pipeline.generate import generate
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.pipeline.verify import verify
+from delivery_daemon.storage.jobs import LeaseLost, OrderCancelled, Transition
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import JobQueue, LeaseLost, OrderCancelled, Transition
+from delivery_daemon.storage.queue import JobQueue
 
 log = structlog.get_logger("delivery_daemon.pipeline.fulfil")
 

@@ -34,8 +34,9 @@ from delivery_daemon.pipeline.generate import generate
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.pipeline.verify import verify
 from delivery_daemon.recipient import recipient
+from delivery_daemon.storage.jobs import LeaseLost, OrderCancelled, QueueError, Settled, Transition, Verified
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import JobQueue, LeaseLost, OrderCancelled, QueueError, Settled, Transition, Verified
+from delivery_daemon.storage.queue import JobQueue
 
 log = structlog.get_logger("delivery_daemon.pipeline.worker")
 

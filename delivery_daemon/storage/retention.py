@@ -18,8 +18,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine, and_, insert, or_, select, update
 
 from delivery_daemon.clock import Clock
+from delivery_daemon.storage.jobs import ATTEMPTS, JOBS
 from delivery_daemon.storage.models import FINAL
-from delivery_daemon.storage.queue import ATTEMPTS, JOBS
 
 log = structlog.get_logger("delivery_daemon.storage.retention")
 
