@@ -29,7 +29,7 @@ Shared ones live in this module; the others next to the code whose failure they 
     ├── BackupError                 storage.backup       the backup could not be made; nothing left at the target
     ├── BlockedDestination          net.guard            an outbound request is refused before connecting
     ├── LicenseError                generators.licence   a key file is unusable, or a licence key is bad or expired
-    └── MigrateError                cli.migrate          the database copy failed or did not verify; target unchanged
+    └── MigrateError                storage.transfer     the database copy failed or did not verify; target unchanged
 
 Errors from httpx and SQLAlchemy are translated into these at the boundary that calls them, so nothing above the
 adapters needs to know which library failed. A class that must also be a builtin (e.g. ``ValueError`` for a pydantic
