@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from delivery_daemon.errors import WebhookRejected
-from delivery_daemon.storage.models import Job, WebhookEvent
+from delivery_daemon.storage.models import Job, WebhookEvent, column_lengths
 
 MAX_QUANTITY = 1000
 """An order for more units than this is refused: it is far more likely an error than a purchase."""
@@ -73,11 +73,9 @@ class Content:
         return cls(text=data["text"], download=data.get("download"), keys=tuple(data.get("keys", ())))
 
 
-_JOBS = Job.__table__  # type: ignore[attr-defined]
-LIMITS: dict[str, int] = {name: _JOBS.c[name].type.length
-                          for name in ("store", "marketplace", "order_id", "product_id", "buyer_email")}
+LIMITS: dict[str, int] = {**column_lengths(Job, "store", "marketplace", "order_id", "product_id", "buyer_email"),
+                          **column_lengths(WebhookEvent, "event_id")}
 """The longest value each of these order fields may hold: its column's length (PostgreSQL enforces it)."""
-LIMITS["event_id"] = WebhookEvent.__table__.c.event_id.type.length  # type: ignore[attr-defined]
 MAX_URL = 2048
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from delivery_daemon.clock import SystemClock
 from delivery_daemon.config import Settings, load_settings
@@ -98,18 +98,14 @@ def _sync_listed_count(settings: Settings, store: str, product: str) -> None:
 
 
 def cmd_stock_status(args: argparse.Namespace) -> int:
-    from delivery_daemon.storage.models import Job, JobState
+    from delivery_daemon.storage.reads import waiting_per_product
     from delivery_daemon.storage.stock_pool import StockPool
 
     settings = load_settings(args.config)
     engine = _database(settings)
     try:
         levels = StockPool(engine, SystemClock()).levels(args.store)
-        jobs = Job.__table__  # type: ignore[attr-defined]
-        with engine.connect() as conn:
-            waiting = {(s, p): int(n) for s, p, n in conn.execute(
-                select(jobs.c.store, jobs.c.product_id, func.count()).where(jobs.c.state == JobState.WAITING.value)
-                .group_by(jobs.c.store, jobs.c.product_id)).all()}
+        waiting = waiting_per_product(engine)
     finally:
         engine.dispose()
     if not levels and not waiting:

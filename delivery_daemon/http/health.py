@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from delivery_daemon.storage.queue import QueueError
+from delivery_daemon.storage.jobs import QueueError
 
 if TYPE_CHECKING:
     from delivery_daemon.compose import Daemon

@@ -41,7 +41,7 @@ from delivery_daemon.order import IncomingOrder
 from delivery_daemon.pipeline.fulfil import fulfil_now
 from delivery_daemon.recipient import recipient
 from delivery_daemon.storage.events import EventLog
-from delivery_daemon.storage.queue import MarkedOrder, QueueError
+from delivery_daemon.storage.jobs import MarkedOrder, QueueError
 
 if TYPE_CHECKING:
     from delivery_daemon.compose import Daemon

@@ -23,8 +23,9 @@ from delivery_daemon.marketplaces.base import FulfilNow
 from delivery_daemon.order import Content
 from delivery_daemon.pipeline.steps import Steps
 from delivery_daemon.pipeline.stores import Store
+from delivery_daemon.storage.jobs import LeaseLost, OrderCancelled, Transition
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import JobQueue, LeaseLost, OrderCancelled, Transition
+from delivery_daemon.storage.queue import JobQueue
 
 log = structlog.get_logger("delivery_daemon.pipeline.fulfil")
 

@@ -37,8 +37,8 @@ from delivery_daemon.config import Settings, StockSyncSettings
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.marketplaces.base import MarketplaceType, StockListing
 from delivery_daemon.pipeline.stores import Product, Store
+from delivery_daemon.storage.jobs import Transition
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import Transition
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler

@@ -123,3 +123,9 @@ def from_row(model: type[TableModel], values: Mapping[str, Any]) -> TableModel:
     instance.__dict__.update(values)
     object.__setattr__(instance, "__pydantic_fields_set__", set(values))
     return instance
+
+
+def column_lengths(model: type[SQLModel], *names: str) -> dict[str, int]:
+    """The declared length of each of the table ``model``'s text columns ``names`` (the most a value may hold)."""
+    columns = model.__table__.columns  # type: ignore[attr-defined]
+    return {name: int(columns[name].type.length) for name in names}
