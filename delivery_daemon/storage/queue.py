@@ -604,11 +604,12 @@ class JobQueue:
         return await self._run(operator_requeue, job_id, "retry", self.clock.now())
 
     def _claim_order(self, conn: Connection, store: str, order_id: str, owner: str, lease_seconds: float,
-                     from_states: Sequence[str]) -> Job | None:
+                     from_states: Sequence[str], without_content: bool = False) -> Job | None:
         now = self.clock.now()
+        where = and_(JOBS.c.store == store, JOBS.c.order_id == order_id, JOBS.c.state.in_(from_states))
         row = conn.execute(
             update(JOBS)
-            .where(and_(JOBS.c.store == store, JOBS.c.order_id == order_id, JOBS.c.state.in_(from_states)))
+            .where(and_(where, JOBS.c.content.is_(None)) if without_content else where)
             .values(state=JobState.RUNNING.value, lease_owner=owner, lease_until=now + lease_seconds,
                     updated_at=now)
             .returning(*JOBS.c)
@@ -620,6 +621,19 @@ class JobQueue:
         """Lease one named order to ``owner`` if it is in one of ``from_states``; None if it is not (e.g. a worker
         holds it, or it is final)."""
         return await self._run(self._claim_order, store, order_id, owner, lease_seconds, from_states)
+
+    def _enqueue_leased(self, conn: Connection, order: IncomingOrder, owner: str, lease_seconds: float,
+                        from_states: Sequence[str]) -> Job | None:
+        self._enqueue(conn, order)
+        return self._claim_order(conn, order.store, order.order_id, owner, lease_seconds, from_states,
+                                 without_content=True)
+
+    async def enqueue_leased(self, order: IncomingOrder, owner: str, lease_seconds: float,
+                             from_states: Sequence[str]) -> Job | None:
+        """Commit ``order`` as :meth:`enqueue` does and, in the same transaction, lease it to ``owner`` if it is in
+        one of ``from_states`` and has no content yet; None if not. A worker never sees the new job unleased: a
+        synchronous answer (Sellix dynamic products) must not race a worker delivering it through the channel."""
+        return await self._run(self._enqueue_leased, order, owner, lease_seconds, from_states)
 
     def _mark(self, conn: Connection, order: MarkedOrder) -> str:
         now = self.clock.now()
