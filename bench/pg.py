@@ -1,6 +1,6 @@
 """Ingest and drain on PostgreSQL with 1 and 3 daemon replicas sharing one database (issue 8's benchmark rows).
 
-The server is a throw-away one from ``tests/pg.py`` (initdb in a temporary directory, loopback port) with its
+The server is a throw-away one from ``tests/support/pg.py`` (initdb in a temporary directory, loopback port) with its
 durable defaults (``fsync=on``, synchronous commit): the realistic figure. Every replica count and phase gets
 a fresh database.
 
@@ -80,7 +80,7 @@ def _drain(bench: Bench, url: str, replicas: int, jobs: int) -> dict[str, Any]:
 def pg(bench: Bench, *, replicas: tuple[int, ...] = (1, 3), jobs: int = 3000, duration: float = 10.0,
        connections: int = 32) -> dict[str, Any]:
     """Ingest and drain figures per replica count, or ``{"skipped": reason}`` without PostgreSQL."""
-    from tests import pg as pg_server
+    from tests.support import pg as pg_server
 
     reason = pg_server.unavailable_reason()
     if reason is not None:

@@ -34,8 +34,8 @@ Shared ones live in this module; the others next to the code whose failure they 
 Errors from httpx and SQLAlchemy are translated into these at the boundary that calls them, so nothing above the
 adapters needs to know which library failed. A class that must also be a builtin (e.g. ``ValueError`` for a pydantic
 validator) derives from both. ``delivery_daemon.reference`` is outside the tree: it plays other systems (the
-marketplaces, the chaos runs) for tests and the demo, and its exceptions belong to those systems. tests/test_errors.py
-checks that the tree, the modules and the class hierarchy agree.
+marketplaces, the chaos runs) for tests and the demo, and its exceptions belong to those systems.
+tests/core/test_errors.py checks that the tree, the modules and the class hierarchy agree.
 """
 
 from __future__ import annotations

@@ -14,11 +14,9 @@ import io
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import structlog
 from hypothesis import HealthCheck
@@ -26,77 +24,21 @@ from hypothesis import settings as hypothesis_settings
 
 from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.compose import Daemon, create_app
-from delivery_daemon.config import Settings, parse_settings
+from delivery_daemon.compose import create_app
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
+from tests.support.pg import postgres_server
+from tests.support.stack import PRODUCT, STORE, Stack, stack_settings
 
 # Property tests: a quick "ci" profile by default; HYPOTHESIS_PROFILE=full for 2,000 examples per property (over
-# 10,000 webhooks in all across tests/test_fuzz_webhooks.py's properties, counted by its last test).
+# 10,000 webhooks in all across tests/guarantees/test_fuzz_webhooks.py's properties, counted by its last test).
 hypothesis_settings.register_profile("ci", max_examples=150, deadline=None,
                                      suppress_health_check=[HealthCheck.too_slow])
 hypothesis_settings.register_profile("full", max_examples=2_000, deadline=None,
                                      suppress_health_check=[HealthCheck.too_slow])
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-STORE = "shop"
-PRODUCT = "prod-1"
-
-
-@dataclass
-class Stack:
-    """The reference marketplace and the daemon, both serving on loopback."""
-
-    market: SoftStoreMarketplace
-    daemon: Daemon
-    url: str
-    settings: Settings
-    clock: ManualClock
-    api_key: str
-    logs: io.StringIO
-    client: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
-
-    @property
-    def webhook_url(self) -> str:
-        return f"{self.url}/webhooks/{STORE}"
-
-    async def drain(self) -> int:
-        return await self.daemon.worker.drain()
-
-    async def advance_and_drain(self, seconds: float) -> int:
-        self.clock.advance(seconds)
-        return await self.drain()
-
-    async def post(self, body: bytes | dict[str, Any], *, content_type: str = "application/json",
-                   store: str = STORE, headers: dict[str, str] | None = None) -> httpx.Response:
-        import json
-
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return await self.client.post(f"{self.url}/webhooks/{store}", content=raw,
-                                      headers={"Content-Type": content_type, **(headers or {})})
-
-    async def job(self, order_id: str) -> Any:
-        return await self.daemon.queue.find(STORE, order_id)
-
-
-def stack_settings(db_path: Path, api_base: str, api_key: str, products: dict[str, Any] | None = None,
-                   **sections: Any) -> Settings:
-    document: dict[str, Any] = {
-        "database": {"url": f"sqlite:///{db_path}"},
-        "delivery": {"retry_schedule": [5, 300, 1800], "timeout": 5, "jitter": False},
-        "worker": {"poll_interval": 60, "lease_seconds": 30},
-        "stores": [{
-            "name": STORE, "marketplace": "softstore", "api_url": api_base, "api_key": api_key,
-            "products": {PRODUCT: {"generator": "pattern", "template": "Keys for {order_id}:\n{keys_lines}"}},
-            "default": {"generator": "pattern", "options": {"pattern": "XXXX-XXXX-XXXX"}},
-        }],
-    }
-    document["stores"][0]["products"].update(products or {})  # extra products for the store under test
-    for key, value in sections.items():
-        document[key] = {**document.get(key, {}), **value} if isinstance(value, dict) else value
-    return parse_settings(document, environ={})
 
 
 @pytest.fixture(autouse=True)
@@ -148,19 +90,6 @@ async def stack(make_stack: Callable[..., contextlib.AbstractAsyncContextManager
 
 
 # -- PostgreSQL (issue 8): one throw-away server per test session, one fresh database per test ---------------------
-
-
-def postgres_server() -> contextlib.AbstractContextManager[Any]:
-    """A new PostgreSQL server on a free loopback port (``tests.pg.running_server``); skips the test when the
-    binaries are absent."""
-    from tests import pg
-
-    reason = pg.unavailable_reason()
-    if reason is not None:
-        if os.environ.get("DELIVERY_DAEMON_REQUIRE_POSTGRES"):  # set by .ci/run: CI must not skip these silently
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return pg.running_server()
 
 
 @pytest.fixture(scope="session")

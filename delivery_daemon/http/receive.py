@@ -1,7 +1,9 @@
 """Step 1 of an order: ``POST /webhooks/{store}``. Check, then commit, then answer.
 
 Order of checks: unknown store (404), body over the cap (413, refused before it is read), wrong content type (415),
-then the adapter: unreadable body (400), bad signature (403), refused fields (422). None of these stores anything.
+then the adapter: unreadable body (400), bad signature (403), refused fields (422), then the shared rule every
+adapter's result must pass (:func:`~delivery_daemon.marketplaces.base.normalise`: a field that cannot be stored or used
+later is a 422 naming it). None of these stores anything.
 A valid webhook is committed to the queue before the 2xx goes out; the same order again answers 200 with
 ``"duplicate": true`` and creates nothing (the database's unique constraint decides).
 
@@ -34,7 +36,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from delivery_daemon.errors import BodyTooLarge, Held, WebhookRejected
-from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult
+from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult, normalise
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.pipeline.fulfil import fulfil_now
 from delivery_daemon.recipient import recipient
@@ -105,7 +107,8 @@ async def webhook(request: Request) -> Response:
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise WebhookRejected(415, "Content-Type must be application/json")
         try:
-            order: WebhookResult = store.marketplace.parse_webhook(request.headers, body)
+            # normalise: whatever the adapter, nothing is committed that cannot be stored and used later (422).
+            order: WebhookResult = normalise(store.marketplace.parse_webhook(request.headers, body))
         except RecursionError:
             # json.loads raises this (not ValueError) on deep nesting; hostile input, for every adapter alike.
             raise WebhookRejected(400, "body is nested too deeply") from None

@@ -7,6 +7,7 @@ raises :class:`~delivery_daemon.errors.ConfigError` (with the key path it was gi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -21,7 +22,7 @@ from delivery_daemon.config import DeliverySettings, StoreSettings
 from delivery_daemon.errors import Retry, WebhookRejected
 from delivery_daemon.net.guard import BlockedDestination, NetPolicy
 from delivery_daemon.net.transport import AiohttpTransport, read_built, read_response
-from delivery_daemon.order import Content, IncomingOrder, MarketplaceOrder
+from delivery_daemon.order import LIMITS, Content, IncomingOrder, MarketplaceOrder, check_order, checked_text, unusable
 from delivery_daemon.storage.models import Job
 
 
@@ -68,6 +69,30 @@ class FulfilNow:
 WebhookResult: TypeAlias = IncomingOrder | OrderEvent | FulfilNow | None
 """What :meth:`Marketplace.parse_webhook` returns: an order to queue, an event about an order, a synchronous
 fulfilment request, or None when the webhook is valid but asks nothing of the daemon."""
+
+
+def normalise(result: WebhookResult) -> WebhookResult:
+    """``result`` once everything in it that will be stored or used later passes :func:`~delivery_daemon.order.
+    check_order` (orders) or the same text rule (events), else WebhookRejected 422 naming the field. Applied by the
+    receiver to every adapter's result before anything is committed.
+
+    An event's ``detail`` is free text the adapter composed for the order's history: characters that cannot be
+    stored are escaped in it rather than refusing the refund or dispute it describes.
+    """
+    if isinstance(result, IncomingOrder):
+        return check_order(result)
+    if isinstance(result, FulfilNow):
+        check_order(result.order)
+        return result
+    if isinstance(result, OrderEvent):
+        for name in ("store", "marketplace", "order_id", "product_id"):
+            checked_text(getattr(result, name), name, LIMITS[name])
+        if result.event_id is not None:
+            checked_text(result.event_id, "event_id", LIMITS["event_id"])
+        if result.detail is not None and unusable(result.detail) is not None:
+            detail = result.detail.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+            return dataclasses.replace(result, detail=detail)
+    return result
 
 
 @dataclass(frozen=True)
@@ -209,7 +234,7 @@ class ApiClient(httpx.AsyncClient):
 _AS_WRITTEN = re.compile(r"(?!.*/\.)/[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
 """What may follow the base URL for httpx to leave a URL as it is: RFC 3986's unreserved and reserved characters
 without ``%`` (httpx re-encodes a stray one), ``#`` (not sent), ``[]`` (hosts only) and any ``/.`` (httpx removes dot
-segments). A property test checks this against httpx (tests/test_marketplace.py)."""
+segments). A property test checks this against httpx (tests/marketplaces/test_marketplace.py)."""
 
 
 def _encode_json(value: Any) -> bytes:
@@ -257,6 +282,17 @@ def _origin_prefix(base: str) -> str | None:
     url = httpx.URL(base)
     prefix = f"{url.scheme}://{url.netloc.decode('ascii')}/"
     return prefix if _origin(prefix) == parsed else None
+
+
+def url_host(url: str) -> str | None:
+    """The host of ``url`` for a log line, or None when it has none or does not parse (never raises)."""
+    if "://" not in url:
+        return None
+    try:
+        host = httpx.URL(url).host
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    return host if unusable(host) is None else None
 
 
 _PLAIN = re.compile(r"[!-~]*")

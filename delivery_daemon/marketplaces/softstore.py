@@ -30,6 +30,7 @@ from delivery_daemon.marketplaces.base import (
     message_of,
     same_origin,
     transport_retry,
+    url_host,
 )
 from delivery_daemon.net.guard import BlockedDestination
 from delivery_daemon.order import Content, IncomingOrder, MarketplaceOrder
@@ -141,7 +142,7 @@ class SoftStoreAdapter:
         assert product_id is not None and delivery_url is not None
         if not same_origin(delivery_url, self.api_url):
             log.warning("security.delivery_url_refused", store=self.store, order_id=order_id,
-                        delivery_host=httpx.URL(delivery_url).host if "://" in delivery_url else None)
+                        delivery_host=url_host(delivery_url))
             raise WebhookRejected(422, "delivery_url is not on the marketplace's host")
         if status is not None and status != "paid":
             return None

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from delivery_daemon.errors import Dead
 from delivery_daemon.marketplaces.base import Marketplace
-from delivery_daemon.order import MarketplaceOrder
+from delivery_daemon.order import MAX_QUANTITY, MarketplaceOrder
 from delivery_daemon.storage.models import Job
 
-MAX_QUANTITY = 1000
-"""An order for more units than this is refused: it is far more likely an error than a purchase."""
+__all__ = ["MAX_QUANTITY", "verify"]
 
 
 async def verify(marketplace: Marketplace, job: Job) -> MarketplaceOrder:

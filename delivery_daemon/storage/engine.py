@@ -111,7 +111,7 @@ def _create_fresh(engine: Engine) -> bool:
     transaction, without importing Alembic; False (nothing done) if the database has any table.
 
     The migrations, run from nothing, make exactly the models' schema on SQLite (tested table by table, index by
-    index, in tests/test_schema_migrations.py), so a new database needs none of them run; Alembic's import costs
+    index, in tests/storage/test_schema_migrations.py), so a new database needs none of them run; Alembic's import costs
     ~8 MB for the daemon's whole life. ``BEGIN IMMEDIATE`` serialises two processes starting on one new file: the
     second finds the tables and the stamp. PostgreSQL keeps the migrations (its NOTIFY trigger is one of them).
     """

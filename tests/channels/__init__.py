@@ -1,0 +1,1 @@
+"""Tests of ``delivery_daemon.channels``: email and the outbound webhook."""

@@ -1,0 +1,1 @@
+"""Tests of ``delivery_daemon.cli``: the operator's commands and their tables."""

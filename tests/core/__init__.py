@@ -1,0 +1,1 @@
+"""Tests of the core modules: configuration, logs, retry timing."""

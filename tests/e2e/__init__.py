@@ -1,0 +1,1 @@
+"""End to end: the daemon and the reference marketplaces as real servers (or processes) on loopback."""

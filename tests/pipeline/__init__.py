@@ -1,0 +1,1 @@
+"""Tests of ``delivery_daemon.pipeline``: the worker and its steps."""

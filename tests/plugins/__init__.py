@@ -1,0 +1,1 @@
+"""Tests of the shipped generators in ``plugins/`` (``delivery_daemon_plugins``)."""

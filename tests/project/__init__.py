@@ -1,0 +1,1 @@
+"""The project's files outside the package: deployment files, the benchmark, the checkout itself."""

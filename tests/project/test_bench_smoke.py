@@ -1,0 +1,43 @@
+"""The benchmark runs end to end in smoke mode and produces its table and JSON (figures are not checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    """``python -m bench --smoke --no-wrk`` exits 0, prints every section and writes every scenario's figures."""
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--no-wrk", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for heading in ("ingest (python", "end-to-end at", "drain of", "growth (ms", "targets"):
+        assert heading in done.stdout
+    results = json.loads(out.read_text())
+    assert {"ingest", "e2e", "drain", "growth", "targets"} <= results.keys()
+    for server in ("baseline", "daemon", "unstored"):
+        figures = results["ingest"][server]
+        assert figures["errors"] == 0 and figures["requests"] > 0, server
+        assert figures["event_loop_us_per_request"] > 0, server
+    # The daemon's database thread does the storing; the unstored variant has nothing for it to do.
+    assert results["ingest"]["daemon"]["other_threads_us_per_request"] > 0
+    assert results["e2e"]["n"] == results["e2e"]["orders"]
+    assert results["drain"]["jobs"] == 200
+    assert results["drain"]["event_loop_ms_per_order"] > 0 and results["drain"]["other_threads_ms_per_order"] > 0
+
+
+def test_client_bench_prints_each_way_and_writes_json(tmp_path: Path) -> None:
+    """``python -m bench.client`` (tiny) measures aiohttp, ``call`` and ``call_request`` and writes their ratios."""
+    out = tmp_path / "client.json"
+    done = subprocess.run([sys.executable, "-m", "bench.client", "--requests", "64", "--rounds", "1", "--out",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for way in ("aiohttp", "call", "call_request"):
+        assert way in done.stdout and results["median_us"][way] > 0
+    assert results["ratio_to_aiohttp"]["aiohttp"] == 1.0

@@ -1,0 +1,1 @@
+"""Tests of ``delivery_daemon.reference``: the reference marketplaces against their documents."""

@@ -1,0 +1,1 @@
+"""Tests of ``delivery_daemon.status``: the status page over HTTP and in a browser."""

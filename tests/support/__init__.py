@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (servers, stacks, status page sessions); no tests here."""

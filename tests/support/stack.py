@@ -1,0 +1,80 @@
+"""The daemon wired to the reference SoftStore marketplace, as the ``stack`` fixtures of tests/conftest.py serve it:
+the store and product names, the settings they use and :class:`Stack`, what a test gets to drive them."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from delivery_daemon.clock import ManualClock
+from delivery_daemon.compose import Daemon
+from delivery_daemon.config import Settings, parse_settings
+from delivery_daemon.reference.softstore import SoftStoreMarketplace
+
+STORE = "shop"
+PRODUCT = "prod-1"
+
+
+@dataclass
+class Stack:
+    """The reference marketplace and the daemon, both serving on loopback."""
+
+    market: SoftStoreMarketplace
+    daemon: Daemon
+    url: str
+    settings: Settings
+    clock: ManualClock
+    api_key: str
+    logs: io.StringIO
+    client: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.url}/webhooks/{STORE}"
+
+    async def drain(self) -> int:
+        return await self.daemon.worker.drain()
+
+    async def advance_and_drain(self, seconds: float) -> int:
+        self.clock.advance(seconds)
+        return await self.drain()
+
+    async def post(self, body: bytes | dict[str, Any], *, content_type: str = "application/json",
+                   store: str = STORE, headers: dict[str, str] | None = None) -> httpx.Response:
+        import json
+
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return await self.client.post(f"{self.url}/webhooks/{store}", content=raw,
+                                      headers={"Content-Type": content_type, **(headers or {})})
+
+    async def job(self, order_id: str) -> Any:
+        return await self.daemon.queue.find(STORE, order_id)
+
+
+def accepted_text(market: SoftStoreMarketplace, order_id: str) -> str:
+    """The text of the delivery the marketplace accepted for ``order_id``; fails the test when it accepted none."""
+    record = market.accepted(order_id)
+    assert record is not None, f"no delivery accepted for {order_id}"
+    return str(record.json["text"])
+
+
+def stack_settings(db_path: Path, api_base: str, api_key: str, products: dict[str, Any] | None = None,
+                   **sections: Any) -> Settings:
+    document: dict[str, Any] = {
+        "database": {"url": f"sqlite:///{db_path}"},
+        "delivery": {"retry_schedule": [5, 300, 1800], "timeout": 5, "jitter": False},
+        "worker": {"poll_interval": 60, "lease_seconds": 30},
+        "stores": [{
+            "name": STORE, "marketplace": "softstore", "api_url": api_base, "api_key": api_key,
+            "products": {PRODUCT: {"generator": "pattern", "template": "Keys for {order_id}:\n{keys_lines}"}},
+            "default": {"generator": "pattern", "options": {"pattern": "XXXX-XXXX-XXXX"}},
+        }],
+    }
+    document["stores"][0]["products"].update(products or {})  # extra products for the store under test
+    for key, value in sections.items():
+        document[key] = {**document.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_settings(document, environ={})
