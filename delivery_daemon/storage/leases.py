@@ -73,11 +73,12 @@ class Leases:
         )
 
     def claim_order(self, conn: Connection, store: str, order_id: str, owner: str, lease_seconds: float,
-                    from_states: Sequence[str]) -> Job | None:
+                    from_states: Sequence[str], without_content: bool = False) -> Job | None:
         now = self.clock.now()
+        where = and_(JOBS.c.store == store, JOBS.c.order_id == order_id, JOBS.c.state.in_(from_states))
         row = conn.execute(
             update(JOBS)
-            .where(and_(JOBS.c.store == store, JOBS.c.order_id == order_id, JOBS.c.state.in_(from_states)))
+            .where(and_(where, JOBS.c.content.is_(None)) if without_content else where)
             .values(state=JobState.RUNNING.value, lease_owner=owner, lease_until=now + lease_seconds,
                     updated_at=now)
             .returning(*JOBS.c)

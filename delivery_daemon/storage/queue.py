@@ -205,6 +205,19 @@ class JobQueue:
         holds it, or it is final)."""
         return await self._run(self._leases.claim_order, store, order_id, owner, lease_seconds, from_states)
 
+    def _enqueue_leased(self, conn: Connection, order: IncomingOrder, owner: str, lease_seconds: float,
+                        from_states: Sequence[str]) -> Job | None:
+        self._enqueuer.one(conn, order)
+        return self._leases.claim_order(conn, order.store, order.order_id, owner, lease_seconds, from_states,
+                                        without_content=True)
+
+    async def enqueue_leased(self, order: IncomingOrder, owner: str, lease_seconds: float,
+                             from_states: Sequence[str]) -> Job | None:
+        """Commit ``order`` as :meth:`enqueue` does and, in the same transaction, lease it to ``owner`` if it is in
+        one of ``from_states`` and has no content yet; None if not. A worker never sees the new job unleased: a
+        synchronous answer (Sellix dynamic products) must not race a worker delivering it through the channel."""
+        return await self._run(self._enqueue_leased, order, owner, lease_seconds, from_states)
+
     async def mark(self, order: MarkedOrder) -> str:
         """Apply a refund or dispute to an order in one transaction and record it in the order's history.
 
