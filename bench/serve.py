@@ -53,7 +53,8 @@ def unstored_app(spec: dict[str, Any]) -> Starlette:
     import itertools
 
     from delivery_daemon.order import IncomingOrder
-    from delivery_daemon.storage.queue import Enqueued, JobQueue
+    from delivery_daemon.storage.jobs import Enqueued
+    from delivery_daemon.storage.queue import JobQueue
 
     ids = itertools.count(1)
 

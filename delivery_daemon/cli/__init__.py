@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from delivery_daemon import __version__
 from delivery_daemon.cli import chaos, database, migrate, orders, plugins, softstore
+from delivery_daemon.cli.demo_all import MARKETPLACES, run_all_demos, run_marketplace_demo
 from delivery_daemon.clock import SystemClock
 from delivery_daemon.config import Settings, load_settings
 from delivery_daemon.errors import ConfigError, DeliveryDaemonError, PluginError
@@ -105,6 +106,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from delivery_daemon.cli.demo import run_demo
 
+    if args.all:
+        return asyncio.run(run_all_demos(orders=args.orders))
+    if args.marketplace:
+        return asyncio.run(run_marketplace_demo(args.marketplace, orders=args.orders))
     return asyncio.run(run_demo(orders=args.orders))
 
 
@@ -131,6 +136,10 @@ def _register_core(sub: Any) -> None:
 
     demo = sub.add_parser("demo", help="deliver a few orders end to end against the reference marketplace")
     demo.add_argument("--orders", type=int, default=6)
+    which = demo.add_mutually_exclusive_group()
+    which.add_argument("--marketplace", choices=MARKETPLACES,
+                       help="that marketplace's reference side and delivery channel (default: softstore)")
+    which.add_argument("--all", action="store_true", help="every marketplace's demo in turn")
     demo.set_defaults(func=cmd_demo)
 
     market = sub.add_parser("marketplace", help="run the reference SoftStore marketplace on its own")

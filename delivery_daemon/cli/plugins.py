@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from delivery_daemon.cli.connect import read_cipher
 from delivery_daemon.clock import SystemClock
@@ -20,8 +20,8 @@ from delivery_daemon.errors import ConfigError, DeliveryDaemonError, PluginError
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.generators.licence import LicenseError, generate_keypair, load_public_key, verify
 from delivery_daemon.storage.engine import create_db_engine, create_schema, sqlite_path
-from delivery_daemon.storage.models import Job, JobState
 from delivery_daemon.storage.queue import JobQueue
+from delivery_daemon.storage.reads import waiting_per_product
 from delivery_daemon.storage.rekey import seal_at_start
 from delivery_daemon.storage.stock_pool import StockError, StockPool, read_keys
 
@@ -100,11 +100,7 @@ def cmd_stock_status(args: argparse.Namespace) -> int:
     engine = _database(settings)
     try:
         levels = StockPool(engine, SystemClock()).levels(args.store)
-        jobs = Job.__table__  # type: ignore[attr-defined]
-        with engine.connect() as conn:
-            waiting = {(s, p): int(n) for s, p, n in conn.execute(
-                select(jobs.c.store, jobs.c.product_id, func.count()).where(jobs.c.state == JobState.WAITING.value)
-                .group_by(jobs.c.store, jobs.c.product_id)).all()}
+        waiting = waiting_per_product(engine)
     finally:
         engine.dispose()
     if not levels and not waiting:

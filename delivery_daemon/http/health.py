@@ -9,7 +9,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from delivery_daemon.pipeline.worker import Worker
-from delivery_daemon.storage.queue import JobQueue, QueueError
+from delivery_daemon.storage.jobs import QueueError
+from delivery_daemon.storage.queue import JobQueue
 
 
 class ReadinessParts(Protocol):

@@ -19,7 +19,7 @@ import anyio
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,8 +30,9 @@ from delivery_daemon.config import Settings
 from delivery_daemon.http import health
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.stock.sync import stock_remaining
-from delivery_daemon.storage.models import FINAL, Job, JobState
-from delivery_daemon.storage.queue import JOBS, QueueError, Transition
+from delivery_daemon.storage.jobs import QueueError, Transition
+from delivery_daemon.storage.models import Job, JobState
+from delivery_daemon.storage.reads import oldest_unfinished
 
 log = structlog.get_logger("delivery_daemon.http.metrics")
 
@@ -105,19 +106,13 @@ class Metrics:
         """Read the gauges' current values from the database and the generators."""
         for state, count in (await daemon.queue.counts()).items():
             self.jobs.labels(state=state).set(count)
-        oldest = await anyio.to_thread.run_sync(_oldest_pending, daemon)
+        oldest = await anyio.to_thread.run_sync(oldest_unfinished, daemon.engine)
         self.oldest.set(max(0.0, self.clock.now() - oldest) if oldest is not None else 0.0)
         for store in daemon.stores.values():
             for product_id, product in store.products.items():
                 remaining = await _stock(product.generator)
                 if remaining is not None:
                     self.stock.labels(store=store.name, product=product_id).set(remaining)
-
-
-def _oldest_pending(daemon: MetricsParts) -> float | None:
-    with daemon.engine.connect() as conn:
-        value = conn.execute(select(func.min(JOBS.c.created_at)).where(JOBS.c.state.not_in(FINAL))).scalar()
-    return float(value) if value is not None else None
 
 
 async def _stock(generator: Any) -> int | None:

@@ -46,7 +46,8 @@ from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.pipeline.worker import Worker
 from delivery_daemon.recipient import recipient
 from delivery_daemon.storage.events import EventLog
-from delivery_daemon.storage.queue import JobQueue, MarkedOrder, QueueError
+from delivery_daemon.storage.jobs import MarkedOrder, QueueError
+from delivery_daemon.storage.queue import JobQueue
 
 log = structlog.get_logger("delivery_daemon.http.receive")
 

@@ -7,7 +7,7 @@ without JavaScript. Every page but ``/login`` needs a login (see :mod:`.auth`); 
 :mod:`.throttle`); every POST needs a CSRF token. Each request is authenticated once, by the guard every route is
 wrapped in (:meth:`StatusPages._authenticate`), which records the outcome on the request for the CSRF check and the
 page. Actions go through the same queue transition as the CLI's ``orders retry|redeliver``
-(:func:`~delivery_daemon.storage.queue.operator_requeue`) and then wake the worker.
+(:func:`~delivery_daemon.storage.transitions.operator_requeue`) and then wake the worker.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ from delivery_daemon.pipeline.worker import Worker
 from delivery_daemon.status import auth
 from delivery_daemon.status.chart import bar_chart
 from delivery_daemon.status.throttle import LoginThrottle, Throttled
+from delivery_daemon.storage.jobs import QueueError
 from delivery_daemon.storage.models import JobState
 from delivery_daemon.storage.overview import OrderFilter, StatusQueries
-from delivery_daemon.storage.queue import OPERATOR_RETRYABLE, JobQueue, QueueError
+from delivery_daemon.storage.queue import JobQueue
+from delivery_daemon.storage.transitions import OPERATOR_RETRYABLE
 
 log = structlog.get_logger("delivery_daemon.status")
 

@@ -40,8 +40,8 @@ from delivery_daemon.marketplaces.base import MarketplaceType, StockListing
 from delivery_daemon.net.guard import NetPolicy
 from delivery_daemon.pipeline.stores import Product, Store, build_stores
 from delivery_daemon.storage.engine import create_db_engine, create_schema
+from delivery_daemon.storage.jobs import Transition
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import Transition
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler

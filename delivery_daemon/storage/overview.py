@@ -3,7 +3,7 @@
 Every query is SQLAlchemy Core on the ``jobs``/``attempts`` tables (plus ``stock_keys`` when it exists) and stays
 portable between SQLite and PostgreSQL: no date functions, times are epoch seconds compared with bound values.
 :class:`StatusQueries` runs them off the event loop and translates SQLAlchemy errors into
-:class:`~delivery_daemon.storage.queue.QueueError`. Nothing here reads ``jobs.content`` or ``jobs.payload``: they
+:class:`~delivery_daemon.storage.jobs.QueueError`. Nothing here reads ``jobs.content`` or ``jobs.payload``: they
 hold the
 generated keys and the marketplace's delivery token, which the page never shows.
 """
@@ -20,8 +20,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery_daemon.clock import Clock
+from delivery_daemon.storage.jobs import ATTEMPTS, JOBS, QueueError
 from delivery_daemon.storage.models import FINAL, JobState
-from delivery_daemon.storage.queue import ATTEMPTS, JOBS, QueueError
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from delivery_daemon.errors import ConfigError
 from delivery_daemon.http.serving import serve
 from delivery_daemon.order import Content
 from delivery_daemon.status import create_status_app
-from delivery_daemon.storage.queue import MarkedOrder
+from delivery_daemon.storage.jobs import MarkedOrder
 from delivery_daemon.storage.stock_pool import StockPool
 from tests.support.stack import PRODUCT, STORE, Stack
 from tests.support.status_helpers import PASSWORD, TOKEN, csrf_of, dead_order, delivered_order, status_page
