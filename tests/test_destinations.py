@@ -82,6 +82,37 @@ def test_serve_refuses_to_start_with_a_refused_url(tmp_path: Path) -> None:
     assert "daemon.started" not in result.stdout
 
 
+LAN_HINT = ("expected a public address, or one listed in security.allowed_networks (off by default so that a URL or "
+            "DNS name in the configuration cannot reach the daemon's own host or network unless you list it; "
+            "docs/marketplaces.md#lan-receivers), e.g. security: {allowed_networks: [192.168.1.20/32]}")
+
+
+def test_check_config_tells_a_lan_receiver_which_switch_to_set(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """An outbound webhook to the seller's own network: one line naming the key, the address, the switch
+    (security.allowed_networks with the exact network) and why it is off; with the network listed it passes."""
+    lan = write_config(tmp_path, webhook_url="http://192.168.1.20:8000/o")
+    assert main(["check-config", "--config", str(lan)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == ("delivery-daemon: error: stores[0].delivery.webhook.url: refused to connect to 192.168.1.20: it "
+                    f"resolves to a private address (192.168.1.20); {LAN_HINT}")
+    listed = write_config(tmp_path, webhook_url="http://192.168.1.20:8000/o",
+                          security={"allowed_networks": ["192.168.1.20/32"]})
+    assert main(["check-config", "--config", str(listed)]) == 0  # a literal address: nothing resolved or contacted
+
+
+def test_serve_tells_a_lan_receiver_which_switch_to_set(tmp_path: Path) -> None:
+    """``serve`` refuses to start with the same line check-config prints, before listening."""
+    path = write_config(tmp_path, webhook_url="http://192.168.1.20:8000/o")
+    result = subprocess.run([sys.executable, "-m", "delivery_daemon", "serve", "--config", str(path),
+                             "--log-format", "json"], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("delivery-daemon: error: stores[0].delivery.webhook.url: refused to connect to 192.168.1.20")
+    assert line.endswith(LAN_HINT) and "daemon.started" not in result.stdout
+
+
 async def test_reload_keeps_the_running_stores_when_a_url_is_refused(tmp_path: Path) -> None:
     """SIGHUP with a refused URL in the new file is refused as a whole: the old stores keep running."""
     from delivery_daemon.cli import default_marketplaces
