@@ -172,6 +172,7 @@ def _commands(module: str, function: str = "register") -> Callable[[Any], None]:
 
 COMMAND_GROUPS: list[Callable[[Any], None]] = [
     _register_core,
+    _commands("delivery_daemon.cli.init"),
     _commands("delivery_daemon.cli.plugins"),
     _commands("delivery_daemon.marketplaces.softstore_seller"),
     _commands("delivery_daemon.cli.orders"),
