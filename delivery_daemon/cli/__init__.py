@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from delivery_daemon import __version__
-from delivery_daemon.cli import chaos, database, migrate, orders, plugins, softstore
+from delivery_daemon.cli import chaos, database, init, migrate, orders, plugins, softstore
 from delivery_daemon.cli.demo_all import MARKETPLACES, run_all_demos, run_marketplace_demo
 from delivery_daemon.clock import SystemClock
 from delivery_daemon.config import Settings, load_settings
@@ -153,6 +153,7 @@ def _register_core(sub: Any) -> None:
 
 COMMAND_GROUPS: list[Callable[[Any], None]] = [
     _register_core,
+    init.register,
     plugins.register,
     softstore.register,
     orders.register,
