@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from delivery_daemon.config import load_settings
 from delivery_daemon.storage.engine import create_db_engine, sqlite_path, with_driver
 from delivery_daemon.storage.transfer import MigrateError, copy_database
 
@@ -33,8 +34,6 @@ def target_url(raw: str) -> str:
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    from delivery_daemon.config import load_settings
-
     settings = load_settings(args.config)
     try:
         url = target_url(args.to)

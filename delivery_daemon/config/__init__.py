@@ -32,16 +32,21 @@ from delivery_daemon.config.sections import (
 )
 from delivery_daemon.config.settings import Settings, load_settings, parse_settings, resolve_env
 from delivery_daemon.config.stores import (
+    WHSEC_EXAMPLE,
+    WHSEC_FORM,
     ChannelSettings,
     OutboundWebhookSettings,
     ProductSettings,
     SignatureSettings,
     SmtpSettings,
     StoreSettings,
+    whsec_key,
 )
 
 __all__ = [
     "DEFAULT_RETRY_SCHEDULE",
+    "WHSEC_EXAMPLE",
+    "WHSEC_FORM",
     "AdminSettings",
     "ChannelSettings",
     "DatabaseSettings",
@@ -69,4 +74,5 @@ __all__ = [
     "one_of",
     "parse_settings",
     "resolve_env",
+    "whsec_key",
 ]

@@ -3,6 +3,8 @@ where its orders are delivered (the marketplace, the buyer's email or the seller
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Any, Literal
 
@@ -10,9 +12,27 @@ from pydantic import Field, SecretStr, field_validator
 
 from delivery_daemon.config.formatter import expected_extra
 from delivery_daemon.config.sections import Model
-from delivery_daemon.net.signatures import WHSEC_EXAMPLE, WHSEC_FORM, whsec_key
 
 _HTTP_URL = "an http(s) URL"
+
+# The Standard Webhooks secret format: validated here, used by net.signatures' scheme (and its users).
+WHSEC_PREFIX = "whsec_"
+WHSEC_FORM = "whsec_ followed by the base64 of a random key of at least 16 bytes"
+"""What a Standard Webhooks secret looks like, for configuration errors."""
+WHSEC_EXAMPLE = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+"""A well-formed example secret (not one in use anywhere: examples are printed in errors)."""
+
+
+def whsec_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret; ValueError if it is not one."""
+    raw = secret.removeprefix(WHSEC_PREFIX)
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not whsec_ followed by base64") from None
+    if len(key) < 16:
+        raise ValueError("the key is shorter than 16 bytes")
+    return key
 
 
 class ProductSettings(Model):

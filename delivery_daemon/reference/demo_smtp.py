@@ -22,7 +22,7 @@ SUBJECT = "Order {order_id}"  # the demo store's subject: the sink reads the ord
 def smtp_available() -> bool:
     """Whether aiosmtpd can be imported (``pip install aiosmtpd``)."""
     try:
-        import aiosmtpd.smtp  # noqa: F401
+        import aiosmtpd.smtp  # noqa: F401  (optional: the test extra installs it)
     except ImportError:
         return False
     return True
@@ -61,7 +61,7 @@ class SmtpSink:
 @contextlib.asynccontextmanager
 async def smtp_sink() -> AsyncIterator[tuple[SmtpSink, int]]:
     """An SMTP server on 127.0.0.1 (a free port), in this event loop; yields the sink and its port."""
-    from aiosmtpd.smtp import SMTP
+    from aiosmtpd.smtp import SMTP  # optional, see smtp_available()
 
     sink = SmtpSink()
     loop = asyncio.get_running_loop()

@@ -117,7 +117,7 @@ def test_serve_tells_a_lan_receiver_which_switch_to_set(tmp_path: Path) -> None:
 
 async def test_reload_keeps_the_running_stores_when_a_url_is_refused(tmp_path: Path) -> None:
     """SIGHUP with a refused URL in the new file is refused as a whole: the old stores keep running."""
-    from delivery_daemon.cli import default_marketplaces
+    from delivery_daemon.compose import default_marketplaces
     from delivery_daemon.config import load_settings
     from delivery_daemon.daemon import Runner
     from delivery_daemon.generators.discovery import discover

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery_daemon.errors import ConfigError
@@ -125,8 +126,6 @@ def describe(database: Path | str) -> str:
     """The database for a log line: a SQLite path, or a PostgreSQL URL without its password."""
     if isinstance(database, Path) or sqlite_path(database_url(database)) is not None:
         return str(database)
-    from sqlalchemy.engine import make_url
-
     return make_url(database_url(database)).render_as_string(hide_password=True)
 
 

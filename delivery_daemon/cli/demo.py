@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.cli.tables import Column, render_table
-from delivery_daemon.compose import create_app
+from delivery_daemon.compose import create_app, default_marketplaces
 from delivery_daemon.config import parse_settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
