@@ -29,8 +29,9 @@ def default_marketplaces() -> list[MarketplaceType]:
     from delivery_daemon.marketplaces.softstore import SoftStore
     from delivery_daemon.marketplaces.standard_webhooks import StandardWebhooks
     from delivery_daemon.marketplaces.stripe_store import StripeStore
+    from delivery_daemon.marketplaces.virtual_stores import VirtualStores
 
-    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), StandardWebhooks()]
+    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), VirtualStores(), StandardWebhooks()]
 
 
 def _fail(message: str) -> int:

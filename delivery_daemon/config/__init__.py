@@ -37,6 +37,7 @@ from delivery_daemon.config.stores import (
     ProductSettings,
     SignatureSettings,
     SmtpSettings,
+    StaffSettings,
     StoreSettings,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "Settings",
     "SignatureSettings",
     "SmtpSettings",
+    "StaffSettings",
     "StatusSettings",
     "StockSyncSettings",
     "StoreSettings",
