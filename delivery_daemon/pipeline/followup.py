@@ -5,7 +5,7 @@ It runs once the job is stored ``delivered`` — the buyer's delivery is never s
 row of the order's history, step :data:`STEP`: ``ok``, ``retry`` (tried again later on its own, on the delivery
 retry schedule) or ``dead`` (given up, or refused by the marketplace). The worker runs it right after the delivery;
 :meth:`FollowUps.sweep`, from the worker's periodic run, retries what failed and runs what a crash interrupted.
-Log events: ``fulfil.marked``, ``fulfil.retry_scheduled``, ``fulfil.dead``.
+Log events: ``after_delivery.done``, ``after_delivery.retry_scheduled``, ``after_delivery.dead``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class FollowUps:
         try:
             detail = await adapter.after_delivery(job, Content.from_json(job.content))
             change = Transition(JobState.DELIVERED, STEP, "ok", error=detail, duration_ms=self._ms(started))
-            bound.info("fulfil.marked", detail=detail)
+            bound.info("after_delivery.done", detail=detail)
         except Dead as exc:
             change = self._dead(exc.reason, exc.http_status, started, bound)
         except Exception as exc:  # Retry, a transport failure or a bug: tried again, never resent
@@ -67,7 +67,8 @@ class FollowUps:
             else:
                 change = Transition(JobState.DELIVERED, STEP, "retry", http_status=status, error=reason,
                                     duration_ms=self._ms(started))
-                bound.warning("fulfil.retry_scheduled", reason=reason, http_status=status, retry_in_s=round(delay, 3))
+                bound.warning("after_delivery.retry_scheduled", reason=reason, http_status=status,
+                              retry_in_s=round(delay, 3))
         try:
             await self.queue.note(job, change)
         except QueueError as exc:  # not recorded: the sweep finds the step unfinished and runs it again
@@ -75,7 +76,7 @@ class FollowUps:
 
     def _dead(self, reason: str, http_status: int | None, started: float,
               bound: structlog.typing.FilteringBoundLogger) -> Transition:
-        bound.error("fulfil.dead", reason=reason, http_status=http_status)
+        bound.error("after_delivery.dead", reason=reason, http_status=http_status)
         return Transition(JobState.DELIVERED, STEP, "dead", http_status=http_status, error=reason,
                           duration_ms=self._ms(started))
 

@@ -168,7 +168,7 @@ async def test_401_mid_run_and_failing_fulfil_retry_without_a_second_delivery(tm
         assert s.shop.logins == 2 and len(s.seller.accepted()) == 2
         job = await s.job(second.payment_intent_id)
         assert job.state == "delivered" and second.fulfilments == []
-        assert "fulfil.retry_scheduled" in s.events()
+        assert "after_delivery.retry_scheduled" in s.events()
         assert await s.daemon.worker.follow_ups.sweep() == 0  # not due yet (5 s)
         s.clock.advance(6)
         assert await s.daemon.worker.follow_ups.sweep() == 1 and second.fulfilments == []  # 500: again
