@@ -39,6 +39,7 @@ from delivery_daemon.config.stores import (
     ProductSettings,
     SignatureSettings,
     SmtpSettings,
+    StaffSettings,
     StoreSettings,
     whsec_key,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "Settings",
     "SignatureSettings",
     "SmtpSettings",
+    "StaffSettings",
     "StatusSettings",
     "StockSyncSettings",
     "StoreSettings",
