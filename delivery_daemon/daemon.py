@@ -5,8 +5,7 @@
   Exit status 0. A second SIGINT skips the waiting.
 * **SIGHUP** — re-read the configuration file and rebuild the stores (marketplace accounts, products, generators,
   templates) with :func:`~delivery_daemon.pipeline.stores.build_stores`, then swap them in one assignment: a request
-  or job
-  sees either the old stores or the new ones, never a mix, and nothing is dropped. A bad file is refused with a
+  or job sees either the old stores or the new ones, never a mix, and nothing is dropped. A bad file is refused with a
   ``config.reload_failed`` log line and the old configuration keeps running. Other sections (database, server,
   worker, delivery, logging, admin, retention, plugins, status, stock_sync) need a restart; a reload that changes
   them says so in its log line.

@@ -6,8 +6,7 @@ the database and SQLite never sees two writers from this process. That thread co
 transaction, each in its own savepoint, and each caller is answered only after the commit that holds its work.
 Each transition is one atomic unit (its own savepoint) that also records an
 :class:`~delivery_daemon.storage.models.Attempt`. Transitions of a running job are fenced by its lease: a worker
-whose lease
-was taken over finds no row to update and gets :class:`~delivery_daemon.storage.jobs.LeaseLost`.
+whose lease was taken over finds no row to update and gets :class:`~delivery_daemon.storage.jobs.LeaseLost`.
 
 A refund or dispute never takes a lease away (:meth:`JobQueue.mark`): on a running job it is stored as pending
 (``jobs.flag``), and the job's next leased write settles it instead of applying as asked — before anything was sent
