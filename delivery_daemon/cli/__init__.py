@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from delivery_daemon import __version__
@@ -38,11 +38,13 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _load(path: str) -> tuple[Settings, dict[str, Any]]:
+def _load(path: str) -> tuple[Settings, Mapping[str, Any]]:
+    """The settings and the plugins (imported only when a product names them: a broken plugin no product uses
+    does not stop the start)."""
     from delivery_daemon.generators.discovery import discover
 
     settings = load_settings(path)
-    return settings, dict(discover(settings.plugins.directory))
+    return settings, discover(settings.plugins.directory)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -27,16 +27,23 @@ def _database(settings: Settings) -> Engine:
 
 
 def cmd_plugins_list(args: argparse.Namespace) -> int:
-    from delivery_daemon.generators.discovery import discover
+    """Every plugin, each imported now; a broken one is listed as ``BROKEN`` with its error and makes the exit
+    status 1 (it stops ``serve`` only if a product uses it)."""
+    from delivery_daemon.generators.discovery import BrokenPlugin, discover
 
     directory = args.plugins_dir
     if directory is None and args.config:
         directory = load_settings(args.config).plugins.directory
-    for info in sorted(discover(directory).values(), key=lambda i: i.name):
+    broken = 0
+    for info in discover(directory).listing():
+        if isinstance(info, BrokenPlugin):
+            broken += 1
+            print(f"{info.name}  {info.version}  ({info.source})  BROKEN\n    {info.error}")
+            continue
         print(f"{info.name}  {info.version}  ({info.source})")
         for option, kind, default in info.options():
             print(f"    {option}: {kind} = {default}")
-    return 0
+    return 1 if broken else 0
 
 
 def cmd_stock_import(args: argparse.Namespace) -> int:

@@ -1,0 +1,133 @@
+"""Plugins load lazily: an entry point is imported only when a product names it, and a broken plugin that no product
+uses neither stops ``check-config`` nor ``serve`` (a real process); ``plugins list`` shows it broken."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from delivery_daemon.cli import main
+from delivery_daemon.errors import PluginError
+from delivery_daemon.generators.discovery import BrokenPlugin, discover
+
+BROKEN_FILE = "import keylib_that_is_not_installed\n"
+
+
+@pytest.fixture
+def broken_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An installed distribution whose ``probe`` entry point's module fails to import, on sys.path (and
+    PYTHONPATH, for child processes)."""
+    site = tmp_path / "site"
+    dist = site / "lazy_probe-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lazy-probe\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[delivery_daemon.generators]\nprobe = lazy_probe_mod:Probe\n")
+    (site / "lazy_probe_mod.py").write_text("raise RuntimeError('probe imported')\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    importlib.invalidate_caches()
+    return site
+
+
+def _config(tmp_path: Path, generator: str, directory: Path | None = None) -> Path:
+    document: dict[str, Any] = {
+        "database": {"url": f"sqlite:///{tmp_path / 'lazy.db'}"}, "server": {"host": "127.0.0.1", "port": 0},
+        "stores": [{"name": "main", "marketplace": "softstore", "api_url": "https://api.example.com/api/v1",
+                    "api_key": "k" * 20, "products": {"p1": {"generator": generator}}}]}
+    if directory is not None:
+        document["plugins"] = {"directory": str(directory)}
+    path = tmp_path / f"config-{generator}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_entry_points_are_imported_only_when_named(broken_entry_point: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Discovery lists the entry point without importing it; a product naming it is the first import, and the
+    failure is one line at that product's key path."""
+    plugins = discover()
+    assert "probe" in plugins and "lazy_probe_mod" not in sys.modules
+    assert main(["check-config", "--config", str(_config(tmp_path, "pattern"))]) == 0
+    assert "lazy_probe_mod" not in sys.modules
+    capsys.readouterr()
+    assert main(["check-config", "--config", str(_config(tmp_path, "probe"))]) == 2
+    assert capsys.readouterr().err == (
+        "delivery-daemon: error: stores[0].products.p1.generator: generator plugin 'probe' (lazy_probe_mod:Probe) "
+        "failed to load: RuntimeError: probe imported\n")
+    with pytest.raises(PluginError, match="probe imported"):
+        plugins["probe"]
+    with pytest.raises(PluginError, match="probe imported"):  # the failure is remembered, not retried
+        plugins["probe"]
+    listed = {entry.name: entry for entry in plugins.listing()}
+    assert isinstance(listed["probe"], BrokenPlugin) and listed["probe"].version == "1.0"
+    assert listed["probe"].source == "entry point lazy_probe_mod:Probe (lazy-probe)"
+    assert not isinstance(listed["pattern"], BrokenPlugin)
+
+
+def test_plugins_list_shows_a_broken_entry_point(broken_entry_point: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins", "list"]) == 1
+    out = capsys.readouterr().out
+    assert ("probe  1.0  (entry point lazy_probe_mod:Probe (lazy-probe))  BROKEN\n"
+            "    generator plugin 'probe' (lazy_probe_mod:Probe) failed to load: RuntimeError: probe imported\n") in out
+    assert "\npattern  0.1.0  (entry point delivery_daemon_plugins.pattern:PatternGenerator" in out
+
+
+def test_unknown_generator_names_the_plugin_files_that_did_not_load(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A product naming a generator no plugin has, while a plugin file failed to load, is told about that file
+    (the generator may be in it, under another name than the file's)."""
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    (directory / "keylib.py").write_text(BROKEN_FILE)
+    assert main(["check-config", "--config", str(_config(tmp_path, "serial", directory))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("delivery-daemon: error: stores[0].products.p1.generator: unknown generator 'serial' "
+                          f"(plugin file {directory / 'keylib.py'} failed to load: ModuleNotFoundError: "), err
+
+
+def _serve(config: Path, *, expect_start: bool) -> tuple[int, list[dict[str, Any]], str]:
+    """``delivery-daemon serve`` as a process: stopped with SIGTERM once started; (exit status, log events,
+    stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "delivery_daemon", "serve", "--config", str(config),
+                             "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events: list[dict[str, Any]] = []
+    try:
+        assert proc.stdout is not None
+        if expect_start:
+            for line in proc.stdout:
+                events.append(json.loads(line))
+                if events[-1]["event"] == "daemon.started":
+                    proc.send_signal(signal.SIGTERM)
+                    break
+        out, err = proc.communicate(timeout=60)
+        events += [json.loads(line) for line in out.splitlines() if line.strip()]
+        return proc.returncode, events, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_starts_with_an_unused_broken_plugin_and_refuses_a_used_one(tmp_path: Path) -> None:
+    """A real ``serve``: a broken single-file plugin no product uses is ignored (the daemon starts, stops with 0);
+    once a product names it, the start stops with exit 2 and one line saying which product and why."""
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    (directory / "keylib.py").write_text(BROKEN_FILE)
+    code, events, err = _serve(_config(tmp_path, "pattern", directory), expect_start=True)
+    assert code == 0, err
+    assert any(e["event"] == "daemon.started" for e in events) and events[-1]["event"] == "daemon.stopped"
+    code, events, err = _serve(_config(tmp_path, "keylib", directory), expect_start=False)
+    assert code == 2 and not any(e["event"] == "daemon.started" for e in events)
+    assert err == (f"delivery-daemon: error: stores[0].products.p1.generator: plugin file {directory / 'keylib.py'} "
+                   "failed to load: ModuleNotFoundError: No module named 'keylib_that_is_not_installed'\n")
