@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from delivery_daemon import __version__
-from delivery_daemon.config import Settings, load_settings
+from delivery_daemon.config import ReadableSecret, Settings, load_settings
 from delivery_daemon.errors import ConfigError, DeliveryDaemonError, PluginError
 from delivery_daemon.marketplaces.base import MarketplaceType
 from delivery_daemon.reference.demo_all import MARKETPLACES
@@ -38,13 +38,14 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _load(path: str) -> tuple[Settings, Mapping[str, Any]]:
-    """The settings and the plugins (imported only when a product names them: a broken plugin no product uses
-    does not stop the start)."""
+def _load(path: str) -> tuple[Settings, Mapping[str, Any], list[ReadableSecret]]:
+    """The settings, the plugins (imported only when a product names them: a broken plugin no product uses does
+    not stop the start) and the secret files other users may read (warned about, not refused)."""
     from delivery_daemon.generators.discovery import discover
 
-    settings = load_settings(path)
-    return settings, discover(settings.plugins.directory)
+    warnings: list[ReadableSecret] = []
+    settings = load_settings(path, warnings=warnings)
+    return settings, discover(settings.plugins.directory), warnings
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -55,7 +56,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from delivery_daemon.pipeline.destinations import check_destinations
     from delivery_daemon.pipeline.stores import build_stores
 
-    settings, plugins = _load(args.config)
+    settings, plugins, readable = _load(args.config)
     stores = build_stores(settings, default_marketplaces(), plugins, SystemClock())
     try:
         warnings = asyncio.run(check_destinations(stores, NetPolicy.from_settings(settings.security)))
@@ -77,7 +78,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"    product {product_id}: generator {product.generator_name}")
         if store.default is not None:
             print(f"    any other product: generator {store.default.generator_name}")
-    for warning in warnings:
+    for warning in [*warnings, *readable]:
         print(f"  warning: {warning}")
     asyncio.run(_report_status(stores))
     return 0
@@ -106,10 +107,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from delivery_daemon.daemon import run_daemon
     from delivery_daemon.logs import configure_logging
 
-    settings, plugins = _load(args.config)
+    settings, plugins, readable = _load(args.config)
     configure_logging(args.log_format or settings.logging.format, args.log_level or settings.logging.level)
-    # SIGTERM drains and exits 0, SIGHUP reloads the stores: see runner.py.
-    return run_daemon(args.config, settings, marketplaces=default_marketplaces(), plugins=plugins)
+    # SIGTERM drains and exits 0, SIGHUP reloads the stores: see daemon.py.
+    return run_daemon(args.config, settings, marketplaces=default_marketplaces(), plugins=plugins,
+                      readable_secrets=readable)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

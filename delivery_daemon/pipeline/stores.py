@@ -113,7 +113,8 @@ def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: st
     try:
         info = plugins.get(product.generator)  # imports the plugin now, if it is a lazily loaded entry point
     except PluginError as exc:  # a broken plugin stops the start only when a product uses it
-        raise ConfigError(f"{path}.generator", str(exc)) from None
+        raise ConfigError(f"{path}.generator", str(exc), "a plugin that loads (delivery-daemon plugins list shows "
+                          "why it does not), or another generator") from None
     if info is None:
         message = f"unknown generator {product.generator!r}"
         if isinstance(plugins, Plugins) and plugins.broken_files:  # the name may be in a file that did not load

@@ -4,10 +4,7 @@ uses neither stops ``check-config`` nor ``serve`` (a real process); ``plugins li
 from __future__ import annotations
 
 import importlib
-import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,8 +15,10 @@ import yaml
 from delivery_daemon.cli import main
 from delivery_daemon.errors import PluginError
 from delivery_daemon.generators.discovery import BrokenPlugin, discover
+from tests.support.serve_process import serve_once
 
 BROKEN_FILE = "import keylib_that_is_not_installed\n"
+LOADS = "a plugin that loads (delivery-daemon plugins list shows why it does not), or another generator"
 
 
 @pytest.fixture
@@ -62,7 +61,7 @@ def test_entry_points_are_imported_only_when_named(broken_entry_point: Path, tmp
     assert main(["check-config", "--config", str(_config(tmp_path, "probe"))]) == 2
     assert capsys.readouterr().err == (
         "delivery-daemon: error: stores[0].products.p1.generator: generator plugin 'probe' (lazy_probe_mod:Probe) "
-        "failed to load: RuntimeError: probe imported\n")
+        f"failed to load: RuntimeError: probe imported; expected {LOADS}\n")
     with pytest.raises(PluginError, match="probe imported"):
         plugins["probe"]
     with pytest.raises(PluginError, match="probe imported"):  # the failure is remembered, not retried
@@ -95,39 +94,17 @@ def test_unknown_generator_names_the_plugin_files_that_did_not_load(tmp_path: Pa
                           f"(plugin file {directory / 'keylib.py'} failed to load: ModuleNotFoundError: "), err
 
 
-def _serve(config: Path, *, expect_start: bool) -> tuple[int, list[dict[str, Any]], str]:
-    """``delivery-daemon serve`` as a process: stopped with SIGTERM once started; (exit status, log events,
-    stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "delivery_daemon", "serve", "--config", str(config),
-                             "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    events: list[dict[str, Any]] = []
-    try:
-        assert proc.stdout is not None
-        if expect_start:
-            for line in proc.stdout:
-                events.append(json.loads(line))
-                if events[-1]["event"] == "daemon.started":
-                    proc.send_signal(signal.SIGTERM)
-                    break
-        out, err = proc.communicate(timeout=60)
-        events += [json.loads(line) for line in out.splitlines() if line.strip()]
-        return proc.returncode, events, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def test_serve_starts_with_an_unused_broken_plugin_and_refuses_a_used_one(tmp_path: Path) -> None:
     """A real ``serve``: a broken single-file plugin no product uses is ignored (the daemon starts, stops with 0);
     once a product names it, the start stops with exit 2 and one line saying which product and why."""
     directory = tmp_path / "plugins"
     directory.mkdir()
     (directory / "keylib.py").write_text(BROKEN_FILE)
-    code, events, err = _serve(_config(tmp_path, "pattern", directory), expect_start=True)
+    code, events, err = serve_once(_config(tmp_path, "pattern", directory), expect_start=True)
     assert code == 0, err
     assert any(e["event"] == "daemon.started" for e in events) and events[-1]["event"] == "daemon.stopped"
-    code, events, err = _serve(_config(tmp_path, "keylib", directory), expect_start=False)
+    code, events, err = serve_once(_config(tmp_path, "keylib", directory), expect_start=False)
     assert code == 2 and not any(e["event"] == "daemon.started" for e in events)
     assert err == (f"delivery-daemon: error: stores[0].products.p1.generator: plugin file {directory / 'keylib.py'} "
-                   "failed to load: ModuleNotFoundError: No module named 'keylib_that_is_not_installed'\n")
+                   "failed to load: ModuleNotFoundError: No module named 'keylib_that_is_not_installed'; expected "
+                   f"{LOADS}\n")
