@@ -64,10 +64,14 @@ def _status_mount(daemon: Daemon, settings: Settings) -> Any:
     return status_mount(daemon, settings.status)
 
 
-def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float, header_timeout: float) -> _Server:
+def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float, header_timeout: float,
+            trusted_proxies: Sequence[str] = ()) -> _Server:
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise (or FORWARDED_ALLOW_IPS says): only
+    # server.trusted_proxies are believed here, and with none the headers are not read at all.
     return _Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False,
                                   timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
-                                  http=header_deadline_protocol(header_timeout)))
+                                  http=header_deadline_protocol(header_timeout),
+                                  proxy_headers=bool(trusted_proxies), forwarded_allow_ips=list(trusted_proxies)))
 
 
 class Runner:
@@ -101,7 +105,8 @@ class Runner:
             extra = [_status_mount(self.daemon, settings)] if settings.status.enabled else []
             listeners.append((create_admin_app(self.daemon, extra), "off", settings.admin.host, settings.admin.port))
         sockets = [bind_socket(host, port) for _, _, host, port in listeners]
-        self._servers = [_server(app, lifespan=lifespan, grace=grace, header_timeout=settings.server.header_timeout)
+        self._servers = [_server(app, lifespan=lifespan, grace=grace, header_timeout=settings.server.header_timeout,
+                                 trusted_proxies=settings.server.trusted_proxies)
                          for app, lifespan, _, _ in listeners]
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
