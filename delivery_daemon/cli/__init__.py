@@ -78,10 +78,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"    product {product_id}: generator {product.generator_name}")
         if store.default is not None:
             print(f"    any other product: generator {store.default.generator_name}")
-    for warning in [*warnings, *readable]:
+    for warning in [*warnings, *readable, *_unused_broken(plugins)]:
         print(f"  warning: {warning}")
     asyncio.run(_report_status(stores))
     return 0
+
+
+def _unused_broken(plugins: Mapping[str, Any]) -> list[str]:
+    """Broken plugins no product uses (they do not stop the start; ``check-config`` imports them all to say so)."""
+    from delivery_daemon.generators.discovery import BrokenPlugin, Plugins
+
+    if not isinstance(plugins, Plugins):
+        return []
+    return [f"unused plugin {entry.name!r} is broken: {entry.error}" for entry in plugins.listing()
+            if isinstance(entry, BrokenPlugin)]
 
 
 async def _close(stores: dict[str, Any]) -> None:

@@ -262,7 +262,7 @@ def test_contract_broken_or_missing_plugins(tmp_path: Path, capsys: pytest.Captu
         assert re.search(expected, line)
     assert main(["check-config", "--config", _config(tmp_path, {"generator": "pattern"},
                                                        {"directory": str(directory)})]) == 0
-    capsys.readouterr()
+    assert re.search(rf"\n  warning: unused plugin '{generator}' is broken: .*{expected}", capsys.readouterr().out)
     assert main(["plugins", "list", "--plugins-dir", str(directory)]) == 1
     listed = capsys.readouterr().out
     assert re.search(rf"(?m)^{generator}  \S+  \(file .*broken\.py\)  BROKEN\n    .*{expected}", listed), listed

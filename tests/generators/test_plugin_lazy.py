@@ -3,18 +3,21 @@ uses neither stops ``check-config`` nor ``serve`` (a real process); ``plugins li
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from delivery_daemon.cli import main
+from delivery_daemon.cli import default_marketplaces, main
+from delivery_daemon.clock import ManualClock
+from delivery_daemon.config import load_settings
 from delivery_daemon.errors import PluginError
 from delivery_daemon.generators.discovery import BrokenPlugin, discover
+from delivery_daemon.pipeline.stores import build_stores
 from tests.support.serve_process import serve_once
 
 BROKEN_FILE = "import keylib_that_is_not_installed\n"
@@ -30,7 +33,9 @@ def broken_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lazy-probe\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[delivery_daemon.generators]\nprobe = lazy_probe_mod:Probe\n")
-    (site / "lazy_probe_mod.py").write_text("raise RuntimeError('probe imported')\n")
+    # Each import attempt leaves a line in imports.log, then fails.
+    (site / "lazy_probe_mod.py").write_text(f"open({str(site / 'imports.log')!r}, 'a').write('import\\n')\n"
+                                            "raise RuntimeError('probe imported')\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     importlib.invalidate_caches()
@@ -51,13 +56,18 @@ def _config(tmp_path: Path, generator: str, directory: Path | None = None) -> Pa
 
 def test_entry_points_are_imported_only_when_named(broken_entry_point: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """Discovery lists the entry point without importing it; a product naming it is the first import, and the
-    failure is one line at that product's key path."""
+    """Discovery lists the entry point without importing it, and building the stores as ``serve`` does imports only
+    the generators products name; a product naming it is the first import, and the failure is one line at that
+    product's key path. ``check-config`` imports every plugin, to warn about a broken one nobody uses."""
+    imports = broken_entry_point / "imports.log"
     plugins = discover()
-    assert "probe" in plugins and "lazy_probe_mod" not in sys.modules
+    assert "probe" in plugins and not imports.exists()
+    settings = load_settings(_config(tmp_path, "pattern"))
+    asyncio.run(_close(build_stores(settings, default_marketplaces(), plugins, ManualClock())))
+    assert not imports.exists()
     assert main(["check-config", "--config", str(_config(tmp_path, "pattern"))]) == 0
-    assert "lazy_probe_mod" not in sys.modules
-    capsys.readouterr()
+    assert "  warning: unused plugin 'probe' is broken: generator plugin 'probe' (lazy_probe_mod:Probe) failed to " \
+        "load: RuntimeError: probe imported\n" in capsys.readouterr().out
     assert main(["check-config", "--config", str(_config(tmp_path, "probe"))]) == 2
     assert capsys.readouterr().err == (
         "delivery-daemon: error: stores[0].products.p1.generator: generator plugin 'probe' (lazy_probe_mod:Probe) "
@@ -108,3 +118,8 @@ def test_serve_starts_with_an_unused_broken_plugin_and_refuses_a_used_one(tmp_pa
     assert err == (f"delivery-daemon: error: stores[0].products.p1.generator: plugin file {directory / 'keylib.py'} "
                    "failed to load: ModuleNotFoundError: No module named 'keylib_that_is_not_installed'; expected "
                    f"{LOADS}\n")
+
+
+async def _close(stores: dict[str, Any]) -> None:
+    for store in stores.values():
+        await store.aclose()
