@@ -45,7 +45,12 @@ def _load(path: str) -> tuple[Settings, Mapping[str, Any], list[ReadableSecret]]
 
     warnings: list[ReadableSecret] = []
     settings = load_settings(path, warnings=warnings)
-    return settings, discover(settings.plugins.directory), warnings
+    try:
+        plugins = discover(settings.plugins.directory)
+    except PluginError as exc:  # only a missing directory fails discovery: name the key that points at it
+        raise ConfigError("plugins.directory", str(exc), "an existing directory of single-file plugins (*.py), or "
+                          "no plugins.directory") from None
+    return settings, plugins, warnings
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

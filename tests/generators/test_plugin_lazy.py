@@ -123,3 +123,11 @@ def test_serve_starts_with_an_unused_broken_plugin_and_refuses_a_used_one(tmp_pa
 async def _close(stores: dict[str, Any]) -> None:
     for store in stores.values():
         await store.aclose()
+
+
+def test_a_missing_plugins_directory_names_its_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The one discovery failure left (the configured directory is missing) stops the start at its key."""
+    assert main(["check-config", "--config", str(_config(tmp_path, "pattern", tmp_path / "missing"))]) == 2
+    assert capsys.readouterr().err == (
+        f"delivery-daemon: error: plugins.directory: plugins directory {tmp_path / 'missing'} does not exist; "
+        "expected an existing directory of single-file plugins (*.py), or no plugins.directory\n")
