@@ -51,8 +51,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from delivery_daemon.net.guard import NetPolicy
     from delivery_daemon.pipeline.destinations import check_destinations
     from delivery_daemon.pipeline.stores import build_stores
+    from delivery_daemon.storage.engine import check_driver
 
     settings, plugins = _load(args.config)
+    check_driver(settings.database.url)
     stores = build_stores(settings, default_marketplaces(), plugins, SystemClock())
     try:
         warnings = asyncio.run(check_destinations(stores, NetPolicy.from_settings(settings.security)))
