@@ -65,7 +65,9 @@ def _status_mount(daemon: Daemon, settings: Settings) -> Any:
 
 
 def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float, header_timeout: float) -> _Server:
-    return _Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False,
+    # log_config=None: uvicorn's records go to the root logger, which logs.configure_logging renders as the daemon's
+    # own lines (uvicorn's default config would print them as plain text on stderr).
+    return _Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False, log_config=None,
                                   timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
                                   http=header_deadline_protocol(header_timeout)))
 

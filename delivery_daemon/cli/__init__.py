@@ -103,10 +103,13 @@ async def _report_status(stores: dict[str, Any], limit_s: float = 5.0) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from delivery_daemon.daemon import run_daemon
+    from delivery_daemon.generators.discovery import discover
     from delivery_daemon.logs import configure_logging
 
-    settings, plugins = _load(args.config)
+    settings = load_settings(args.config)
+    # Before the plugins are imported: what they log (or warn) on import is a line of the same stream.
     configure_logging(args.log_format or settings.logging.format, args.log_level or settings.logging.level)
+    plugins = dict(discover(settings.plugins.directory))
     # SIGTERM drains and exits 0, SIGHUP reloads the stores: see runner.py.
     return run_daemon(args.config, settings, marketplaces=default_marketplaces(), plugins=plugins)
 
