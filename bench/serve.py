@@ -36,8 +36,7 @@ def baseline_app() -> Starlette:
 
 
 def daemon_app(spec: dict[str, Any]) -> Starlette:
-    from delivery_daemon.cli import default_marketplaces
-    from delivery_daemon.compose import create_app
+    from delivery_daemon.compose import create_app, default_marketplaces
     from delivery_daemon.config import parse_settings
     from delivery_daemon.generators.discovery import discover
     from delivery_daemon.logs import configure_logging
@@ -54,7 +53,8 @@ def unstored_app(spec: dict[str, Any]) -> Starlette:
     import itertools
 
     from delivery_daemon.order import IncomingOrder
-    from delivery_daemon.storage.queue import Enqueued, JobQueue
+    from delivery_daemon.storage.jobs import Enqueued
+    from delivery_daemon.storage.queue import JobQueue
 
     ids = itertools.count(1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
 
 MAX_RETRY_AFTER = 24 * 3600.0
 """A ``Retry-After`` longer than a day is capped: the marketplace is not allowed to park an order forever."""
@@ -43,8 +44,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
-    from email.utils import parsedate_to_datetime
-
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -4,7 +4,8 @@ The worker is started in the app's lifespan, in the same event loop as uvicorn, 
 in-flight deliveries had their grace period. One APScheduler scheduler (``Daemon.scheduler``) runs all periodic
 work: the worker's lease sweep, the stock sync's full pass and the retention purge each add their jobs to it, and
 the lifespan starts it once and shuts it down once. Everything the app needs is passed in: settings,
-the marketplace types, the generator plugins, the clock and the HTTP transport.
+the marketplace types, the generator plugins, the clock and the HTTP transport. The marketplace types this build
+ships with are listed here, once (:func:`default_marketplaces`), and passed down from the commands that run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 
 from delivery_daemon.backoff import Backoff
@@ -30,6 +32,11 @@ from delivery_daemon.http.limits import RateLimiter
 from delivery_daemon.http.metrics import UNKNOWN_STORE, Metrics
 from delivery_daemon.logs import REDACTOR, Redactor, install_record_scrubber
 from delivery_daemon.marketplaces.base import MarketplaceType
+from delivery_daemon.marketplaces.sellix import Sellix
+from delivery_daemon.marketplaces.shoppy import Shoppy
+from delivery_daemon.marketplaces.softstore import SoftStore
+from delivery_daemon.marketplaces.standard_webhooks import StandardWebhooks
+from delivery_daemon.marketplaces.stripe_store import StripeStore
 from delivery_daemon.net.guard import NetPolicy
 from delivery_daemon.pipeline.stores import Store, build_stores
 from delivery_daemon.pipeline.worker import GENERATOR_BUDGET, Worker
@@ -41,6 +48,12 @@ from delivery_daemon.storage.queue import JobQueue
 from delivery_daemon.storage.rekey import seal_at_start
 from delivery_daemon.storage.retention import RetentionService
 from delivery_daemon.storage.stock_pool import StockError
+
+
+def default_marketplaces() -> list[MarketplaceType]:
+    """The marketplace types this build ships with: the explicit list the CLI (and the demo, the stock-sync
+    commands, the tests) hands to :func:`create_app` and :func:`~delivery_daemon.pipeline.stores.build_stores`."""
+    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), StandardWebhooks()]
 
 
 @dataclass
@@ -80,8 +93,6 @@ class Daemon:
 
 def settings_secrets(settings: Settings) -> list[str]:
     """Secrets of the daemon's own sections (status page credentials, the database password), for the redactor."""
-    from sqlalchemy.engine import make_url
-
     status = settings.status
     found = [s.get_secret_value() for s in (status.password, status.token, status.session_secret) if s is not None]
     password = make_url(settings.database.url).password

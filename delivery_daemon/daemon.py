@@ -134,7 +134,7 @@ class Runner:
         log.info("daemon.started", version=__version__, pid=os.getpid(), webhooks=f"{urls[0]}/webhooks/<store>",
                  metrics=f"{urls[-1]}/metrics", stores=sorted(self.daemon.stores), heap_frozen=frozen)
         if self.settings.status.enabled and len(urls) > 1:
-            from delivery_daemon.status import MOUNT_PATH
+            from delivery_daemon.status import MOUNT_PATH  # loaded already: the page is enabled (see _status_mount)
 
             log.info("status.serving", url=f"{urls[-1]}{MOUNT_PATH}/")
 

@@ -6,7 +6,7 @@ Shared ones live in this module; the others next to the code whose failure they 
 
     DeliveryDaemonError             errors               root: ``except DeliveryDaemonError`` catches all below
     ├── ConfigError                 errors               bad configuration; carries the key path (exit 2, one line)
-    ├── Invalid                     config               a config validator's complaint with the form it expected
+    ├── Invalid                     config.formatter     a config validator's complaint with the form it expected
     ├── PluginError                 errors               a generator plugin could not be found, loaded or configured
     ├── WebhookRejected             errors               an inbound webhook is refused; carries HTTP status and reason
     ├── BodyTooLarge                errors               a request body (webhook, status-page form) is over its cap
@@ -18,9 +18,9 @@ Shared ones live in this module; the others next to the code whose failure they 
     ├── GeneratorError              errors               a generator broke its contract (wrong count, bad URL)
     ├── MarketplaceError            errors               a marketplace API answered something we cannot use
     │   └── AuthenticationFailed    errors               the marketplace refused our API key
-    ├── QueueError                  storage.queue        the database failed underneath the job queue
-    ├── LeaseLost                   storage.queue        the job's lease expired and someone else took it
-    ├── OrderCancelled              storage.queue        a refund was pending when a step was saved: send nothing
+    ├── QueueError                  storage.jobs         the database failed underneath the job queue
+    ├── LeaseLost                   storage.jobs         the job's lease expired and someone else took it
+    ├── OrderCancelled              storage.jobs         a refund was pending when a step was saved: send nothing
     ├── OrderNotFound               storage.orders       no order matches the operator's reference
     ├── AmbiguousOrder              storage.orders       the reference matches orders in several stores
     ├── ActionRefused               storage.orders       the order's state does not allow the operator's action
@@ -31,7 +31,7 @@ Shared ones live in this module; the others next to the code whose failure they 
     ├── BackupError                 storage.backup       the backup could not be made; nothing left at the target
     ├── BlockedDestination          net.guard            an outbound request is refused before connecting
     ├── LicenseError                generators.licence   a key file is unusable, or a licence key is bad or expired
-    └── MigrateError                cli.migrate          the database copy failed or did not verify; target unchanged
+    └── MigrateError                storage.transfer     the database copy failed or did not verify; target unchanged
 
 Errors from httpx and SQLAlchemy are translated into these at the boundary that calls them, so nothing above the
 adapters needs to know which library failed. A class that must also be a builtin (e.g. ``ValueError`` for a pydantic

@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 
 from delivery_daemon.errors import WebhookRejected
-from delivery_daemon.storage.models import Job, WebhookEvent
 
 MAX_QUANTITY = 1000
 """An order for more units than this is refused: it is far more likely an error than a purchase."""
@@ -73,11 +72,10 @@ class Content:
         return cls(text=data["text"], download=data.get("download"), keys=tuple(data.get("keys", ())))
 
 
-_JOBS = Job.__table__  # type: ignore[attr-defined]
-LIMITS: dict[str, int] = {name: _JOBS.c[name].type.length
-                          for name in ("store", "marketplace", "order_id", "product_id", "buyer_email")}
-"""The longest value each of these order fields may hold: its column's length (PostgreSQL enforces it)."""
-LIMITS["event_id"] = WebhookEvent.__table__.c.event_id.type.length  # type: ignore[attr-defined]
+LIMITS: dict[str, int] = {"store": 64, "marketplace": 32, "order_id": 128, "product_id": 128, "buyer_email": 320,
+                          "event_id": 255}
+"""The longest value each of these order fields may hold; the database's columns are this long
+(:mod:`delivery_daemon.storage.models` sizes them from here, and PostgreSQL enforces it)."""
 MAX_URL = 2048
 
 

@@ -32,6 +32,7 @@ from delivery_daemon.generators.resources import ResourceHub, Resources
 from delivery_daemon.net.guard import NetPolicy
 from delivery_daemon.pipeline.generate import call_generator
 from delivery_daemon.pipeline.stores import build_product
+from delivery_daemon.storage.engine import create_db_engine, create_schema
 
 
 def fake_order(**fields: Any) -> OrderContext:
@@ -45,8 +46,6 @@ def fake_order(**fields: Any) -> OrderContext:
 
 def plugin_database(path: str | Path) -> Engine:
     """A fresh SQLite database at ``path`` with the daemon's schema (for plugins that use ``resources.engine``)."""
-    from delivery_daemon.storage.engine import create_db_engine, create_schema
-
     engine = create_db_engine(f"sqlite:///{path}")
     create_schema(engine)
     return engine

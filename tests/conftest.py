@@ -22,9 +22,8 @@ import structlog
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.compose import create_app
+from delivery_daemon.compose import create_app, default_marketplaces
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging

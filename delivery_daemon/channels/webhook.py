@@ -28,11 +28,11 @@ import structlog
 
 from delivery_daemon.backoff import parse_retry_after
 from delivery_daemon.clock import Clock
-from delivery_daemon.config import OutboundWebhookSettings
+from delivery_daemon.config import OutboundWebhookSettings, whsec_key
 from delivery_daemon.errors import Dead, Retry
 from delivery_daemon.marketplaces.base import AdapterContext, Receipt, transport_retry
 from delivery_daemon.net.guard import BlockedDestination, guarded_client
-from delivery_daemon.net.signatures import standard_headers, whsec_key
+from delivery_daemon.net.signatures import standard_headers
 from delivery_daemon.order import Content
 from delivery_daemon.storage.models import Job
 

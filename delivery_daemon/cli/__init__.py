@@ -1,8 +1,11 @@
 """The ``delivery-daemon`` command. This is the edge: configuration is read here, plugins are discovered here,
-and the explicit lists of marketplace types are assembled here and passed down.
+and the explicit list of marketplace types (:func:`~delivery_daemon.compose.default_marketplaces`) is passed down.
 
 Exit codes: 0 success, 1 the command ran and failed (e.g. the demo saw a wrong delivery), 2 bad configuration or
 usage — always one line on stderr, never a traceback.
+
+Every invocation builds the whole parser (``--help`` and ``--version`` too), so each command imports what it runs —
+the daemon, the stores, the reference marketplaces — in its own body, not here.
 """
 
 from __future__ import annotations
@@ -10,26 +13,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from delivery_daemon import __version__
+from delivery_daemon.cli import chaos, database, init, migrate, orders, plugins, softstore
+from delivery_daemon.cli.demo_all import MARKETPLACES, run_all_demos, run_marketplace_demo
+from delivery_daemon.clock import SystemClock
 from delivery_daemon.config import Settings, load_settings
 from delivery_daemon.errors import ConfigError, DeliveryDaemonError, PluginError
-from delivery_daemon.marketplaces.base import MarketplaceType
-
-
-def default_marketplaces() -> list[MarketplaceType]:
-    """The marketplace types this build ships with."""
-    from delivery_daemon.marketplaces.sellix import Sellix
-    from delivery_daemon.marketplaces.shoppy import Shoppy
-    from delivery_daemon.marketplaces.softstore import SoftStore
-    from delivery_daemon.marketplaces.standard_webhooks import StandardWebhooks
-    from delivery_daemon.marketplaces.stripe_store import StripeStore
-
-    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), StandardWebhooks()]
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.logs import configure_logging
+from delivery_daemon.net.guard import NetPolicy
 
 
 def _fail(message: str) -> int:
@@ -38,17 +36,13 @@ def _fail(message: str) -> int:
 
 
 def _load(path: str) -> tuple[Settings, dict[str, Any]]:
-    from delivery_daemon.generators.discovery import discover
-
     settings = load_settings(path)
     return settings, dict(discover(settings.plugins.directory))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from sqlalchemy.engine import make_url
-
-    from delivery_daemon.clock import SystemClock
-    from delivery_daemon.net.guard import NetPolicy
+    # Imported when it runs (see the module docstring), as in the other commands below.
+    from delivery_daemon.compose import default_marketplaces
     from delivery_daemon.pipeline.destinations import check_destinations
     from delivery_daemon.pipeline.stores import build_stores
     from delivery_daemon.storage.engine import check_driver
@@ -102,26 +96,28 @@ async def _report_status(stores: dict[str, Any], limit_s: float = 5.0) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from delivery_daemon.compose import default_marketplaces
     from delivery_daemon.daemon import run_daemon
-    from delivery_daemon.generators.discovery import discover
-    from delivery_daemon.logs import configure_logging
 
     settings = load_settings(args.config)
     # Before the plugins are imported: what they log (or warn) on import is a line of the same stream.
     configure_logging(args.log_format or settings.logging.format, args.log_level or settings.logging.level)
     plugins = dict(discover(settings.plugins.directory))
-    # SIGTERM drains and exits 0, SIGHUP reloads the stores: see runner.py.
+    # SIGTERM drains and exits 0, SIGHUP reloads the stores: see daemon.py.
     return run_daemon(args.config, settings, marketplaces=default_marketplaces(), plugins=plugins)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from delivery_daemon.reference.demo import run_demo
+    from delivery_daemon.cli.demo import run_demo
 
+    if args.all:
+        return asyncio.run(run_all_demos(orders=args.orders))
+    if args.marketplace:
+        return asyncio.run(run_marketplace_demo(args.marketplace, orders=args.orders))
     return asyncio.run(run_demo(orders=args.orders))
 
 
 def cmd_marketplace(args: argparse.Namespace) -> int:
-    from delivery_daemon.logs import configure_logging
     from delivery_daemon.reference.softstore import run_marketplace
 
     configure_logging("auto", "info")
@@ -144,6 +140,10 @@ def _register_core(sub: Any) -> None:
 
     demo = sub.add_parser("demo", help="deliver a few orders end to end against the reference marketplace")
     demo.add_argument("--orders", type=int, default=6)
+    which = demo.add_mutually_exclusive_group()
+    which.add_argument("--marketplace", choices=MARKETPLACES,
+                       help="that marketplace's reference side and delivery channel (default: softstore)")
+    which.add_argument("--all", action="store_true", help="every marketplace's demo in turn")
     demo.set_defaults(func=cmd_demo)
 
     market = sub.add_parser("marketplace", help="run the reference SoftStore marketplace on its own")
@@ -155,24 +155,15 @@ def _register_core(sub: Any) -> None:
     market.set_defaults(func=cmd_marketplace)
 
 
-def _commands(module: str, function: str = "register") -> Callable[[Any], None]:
-    """``module.function(subparsers)``, imported only when the parser is built (keeps start-up light)."""
-
-    def register(sub: Any) -> None:
-        getattr(importlib.import_module(module, __package__), function)(sub)
-
-    register.__name__ = f"register{module.replace('.', '_')}"
-    return register
-
-
 COMMAND_GROUPS: list[Callable[[Any], None]] = [
     _register_core,
-    _commands("delivery_daemon.cli.plugins"),
-    _commands("delivery_daemon.marketplaces.softstore_seller"),
-    _commands("delivery_daemon.cli.orders"),
-    _commands("delivery_daemon.cli.database"),
-    _commands("delivery_daemon.cli.migrate", "register_db_migrate"),
-    _commands("delivery_daemon.reference.chaos.run"),
+    init.register,
+    plugins.register,
+    softstore.register,
+    orders.register,
+    database.register,
+    migrate.register_db_migrate,
+    chaos.register,
 ]
 """Each entry adds its sub-commands to the parser; a feature's commands live in its own module."""
 

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from delivery_daemon.cli.connect import (
     add_database_options,
     database_url,
@@ -19,6 +21,7 @@ from delivery_daemon.clock import SystemClock
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.storage.backup import BackupError, backup
 from delivery_daemon.storage.engine import sqlite_path
+from delivery_daemon.storage.rekey import RekeyError, compact, reencrypt
 from delivery_daemon.storage.retention import purge
 
 
@@ -42,8 +45,6 @@ def _retention_days(args: argparse.Namespace) -> float:
     if args.days is not None:
         return float(args.days)
     if args.config:
-        import yaml
-
         document: Any = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
         load_database_settings(args.config)  # same errors as the other commands for a broken file
         days = (document.get("retention") or {}).get("days") if isinstance(document, dict) else None
@@ -61,8 +62,6 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_reencrypt(args: argparse.Namespace) -> int:
-    from delivery_daemon.storage.rekey import RekeyError, compact, reencrypt
-
     if args.batch < 1:
         raise ConfigError("--batch", "must be at least 1")
     cipher = open_cipher(args)

@@ -11,24 +11,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
+from delivery_daemon.cli.connect import read_cipher
 from delivery_daemon.clock import SystemClock
 from delivery_daemon.config import Settings, load_settings
-from delivery_daemon.errors import ConfigError, PluginError
+from delivery_daemon.errors import ConfigError, DeliveryDaemonError, PluginError
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.generators.licence import LicenseError, generate_keypair, load_public_key, verify
+from delivery_daemon.storage.engine import create_db_engine, create_schema, sqlite_path
+from delivery_daemon.storage.queue import JobQueue
+from delivery_daemon.storage.reads import waiting_per_product
+from delivery_daemon.storage.rekey import seal_at_start
+from delivery_daemon.storage.stock_pool import StockError, StockPool, read_keys
 
 
 def _database(settings: Settings) -> Engine:
-    from delivery_daemon.storage.engine import create_db_engine, create_schema
-
     engine = create_db_engine(settings.database)
     create_schema(engine)
     return engine
 
 
 def cmd_plugins_list(args: argparse.Namespace) -> int:
-    from delivery_daemon.generators.discovery import discover
-
     directory = args.plugins_dir
     if directory is None and args.config:
         directory = load_settings(args.config).plugins.directory
@@ -40,12 +44,6 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
 
 
 def cmd_stock_import(args: argparse.Namespace) -> int:
-    from delivery_daemon.cli.connect import read_cipher
-    from delivery_daemon.storage.engine import sqlite_path
-    from delivery_daemon.storage.queue import JobQueue
-    from delivery_daemon.storage.rekey import seal_at_start
-    from delivery_daemon.storage.stock_pool import StockError, StockPool, read_keys
-
     settings = load_settings(args.config)
     if settings.store(args.store) is None:
         raise ConfigError("--store", f"no store named {args.store!r} in {args.config}")
@@ -85,8 +83,8 @@ def cmd_stock_import(args: argparse.Namespace) -> int:
 def _sync_listed_count(settings: Settings, store: str, product: str) -> None:
     """Set the product's listed count on the marketplace now (best effort: the import has succeeded whatever
     happens here, and the running daemon's periodic pass retries within ``stock_sync.interval``)."""
-    from delivery_daemon.errors import DeliveryDaemonError
-    from delivery_daemon.stock.sync import describe, sync_for_command
+    # Imported when it runs: the stores' machinery and every marketplace type would slow every command's start.
+    from delivery_daemon.cli.stock import describe, sync_for_command
 
     try:
         results = asyncio.run(sync_for_command(settings, stores=[store], product=product, log_level="error"))
@@ -98,18 +96,11 @@ def _sync_listed_count(settings: Settings, store: str, product: str) -> None:
 
 
 def cmd_stock_status(args: argparse.Namespace) -> int:
-    from delivery_daemon.storage.models import Job, JobState
-    from delivery_daemon.storage.stock_pool import StockPool
-
     settings = load_settings(args.config)
     engine = _database(settings)
     try:
         levels = StockPool(engine, SystemClock()).levels(args.store)
-        jobs = Job.__table__  # type: ignore[attr-defined]
-        with engine.connect() as conn:
-            waiting = {(s, p): int(n) for s, p, n in conn.execute(
-                select(jobs.c.store, jobs.c.product_id, func.count()).where(jobs.c.state == JobState.WAITING.value)
-                .group_by(jobs.c.store, jobs.c.product_id)).all()}
+        waiting = waiting_per_product(engine)
     finally:
         engine.dispose()
     if not levels and not waiting:
@@ -124,8 +115,6 @@ def cmd_stock_status(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from delivery_daemon.generators.licence import LicenseError, generate_keypair
-
     try:
         generate_keypair(Path(args.private_key), Path(args.public_key))
     except LicenseError as exc:
@@ -137,8 +126,6 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_license_verify(args: argparse.Namespace) -> int:
-    from delivery_daemon.generators.licence import LicenseError, load_public_key, verify
-
     try:
         public = load_public_key(args.public_key)
     except LicenseError as exc:

@@ -11,7 +11,6 @@ The database is opened after the configuration has been validated (``check-confi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy import Engine
@@ -21,9 +20,7 @@ from delivery_daemon.errors import PluginError
 from delivery_daemon.generators.threads import HungThreads
 from delivery_daemon.net.guard import NetPolicy
 from delivery_daemon.storage.cipher import Cipher
-
-if TYPE_CHECKING:
-    from delivery_daemon.storage.stock_pool import StockPool
+from delivery_daemon.storage.stock_pool import StockPool
 
 
 @dataclass
@@ -79,6 +76,4 @@ class Resources:
     @property
     def stock(self) -> StockPool:
         """The pre-made key pool (``delivery-daemon stock import``) in the daemon's database."""
-        from delivery_daemon.storage.stock_pool import StockPool
-
         return StockPool(self.engine, self.clock, self.hub.cipher)

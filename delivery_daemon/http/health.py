@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from delivery_daemon.storage.queue import QueueError
+from delivery_daemon.pipeline.worker import Worker
+from delivery_daemon.storage.jobs import QueueError
+from delivery_daemon.storage.queue import JobQueue
 
-if TYPE_CHECKING:
-    from delivery_daemon.compose import Daemon
+
+class ReadinessParts(Protocol):
+    """What ``/readyz`` reads of the running daemon (``app.state.daemon``, a
+    :class:`~delivery_daemon.compose.Daemon`)."""
+
+    queue: JobQueue
+    worker: Worker
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -19,7 +26,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    daemon: Daemon = request.app.state.daemon
+    daemon: ReadinessParts = request.app.state.daemon
     problems: list[str] = []
     try:
         await daemon.queue.check_writable()

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
-from sqlalchemy import func, select
+from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,13 +27,13 @@ from starlette.routing import BaseRoute, Route
 
 from delivery_daemon import __version__
 from delivery_daemon.clock import Clock
+from delivery_daemon.config import Settings
 from delivery_daemon.http import health
+from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.stock.sync import stock_remaining
-from delivery_daemon.storage.models import FINAL, Job, JobState
-from delivery_daemon.storage.queue import JOBS, QueueError, Transition
-
-if TYPE_CHECKING:
-    from delivery_daemon.compose import Daemon
+from delivery_daemon.storage.jobs import QueueError, Transition
+from delivery_daemon.storage.models import Job, JobState
+from delivery_daemon.storage.reads import oldest_unfinished
 
 log = structlog.get_logger("delivery_daemon.http.metrics")
 
@@ -44,6 +44,16 @@ GENERATOR_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
 
 UNKNOWN_STORE = "_unknown"
 """The ``store`` label for webhooks to a store that is not configured (bounded label values, whatever is posted)."""
+
+
+class MetricsParts(health.ReadinessParts, Protocol):
+    """What a scrape and the admin app read of the running daemon (``app.state.daemon``, a
+    :class:`~delivery_daemon.compose.Daemon`)."""
+
+    settings: Settings
+    engine: Engine
+    stores: dict[str, Store]
+    metrics: Metrics
 
 
 class Metrics:
@@ -101,23 +111,17 @@ class Metrics:
 
     # -- scrape ----------------------------------------------------------------------------------------------
 
-    async def refresh(self, daemon: Daemon) -> None:
+    async def refresh(self, daemon: MetricsParts) -> None:
         """Read the gauges' current values from the database and the generators."""
         for state, count in (await daemon.queue.counts()).items():
             self.jobs.labels(state=state).set(count)
-        oldest = await anyio.to_thread.run_sync(_oldest_pending, daemon)
+        oldest = await anyio.to_thread.run_sync(oldest_unfinished, daemon.engine)
         self.oldest.set(max(0.0, self.clock.now() - oldest) if oldest is not None else 0.0)
         for store in daemon.stores.values():
             for product_id, product in store.products.items():
                 remaining = await _stock(product.generator)
                 if remaining is not None:
                     self.stock.labels(store=store.name, product=product_id).set(remaining)
-
-
-def _oldest_pending(daemon: Daemon) -> float | None:
-    with daemon.engine.connect() as conn:
-        value = conn.execute(select(func.min(JOBS.c.created_at)).where(JOBS.c.state.not_in(FINAL))).scalar()
-    return float(value) if value is not None else None
 
 
 async def _stock(generator: Any) -> int | None:
@@ -130,7 +134,7 @@ async def _stock(generator: Any) -> int | None:
         return None
 
 
-def _authorised(request: Request, daemon: Daemon) -> bool:
+def _authorised(request: Request, daemon: MetricsParts) -> bool:
     token = daemon.settings.admin.token
     if token is None:
         return True
@@ -139,7 +143,7 @@ def _authorised(request: Request, daemon: Daemon) -> bool:
 
 
 async def metrics(request: Request) -> Response:
-    daemon: Daemon = request.app.state.daemon
+    daemon: MetricsParts = request.app.state.daemon
     if not _authorised(request, daemon):
         return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
                             headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
@@ -155,7 +159,7 @@ def routes() -> list[Route]:
     return [Route("/metrics", metrics)]
 
 
-def create_admin_app(daemon: Daemon, extra: Sequence[BaseRoute] = ()) -> Starlette:
+def create_admin_app(daemon: MetricsParts, extra: Sequence[BaseRoute] = ()) -> Starlette:
     """``/metrics``, ``/healthz`` and ``/readyz`` for the admin address (``admin.port``), plus ``extra`` routes
     (the status page's mount when ``status.enabled``); no webhooks here."""
     app = Starlette(routes=[*routes(), *health.routes(), *extra])

@@ -28,26 +28,44 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from delivery_daemon.config import Settings
 from delivery_daemon.errors import BodyTooLarge, Held, WebhookRejected
+from delivery_daemon.http.limits import RateLimiter
+from delivery_daemon.http.metrics import Metrics
 from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult, normalise
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.pipeline.fulfil import fulfil_now
+from delivery_daemon.pipeline.stores import Store
+from delivery_daemon.pipeline.worker import Worker
 from delivery_daemon.recipient import recipient
 from delivery_daemon.storage.events import EventLog
-from delivery_daemon.storage.queue import MarkedOrder, QueueError
-
-if TYPE_CHECKING:
-    from delivery_daemon.compose import Daemon
-    from delivery_daemon.pipeline.stores import Store
+from delivery_daemon.storage.jobs import MarkedOrder, QueueError
+from delivery_daemon.storage.queue import JobQueue
 
 log = structlog.get_logger("delivery_daemon.http.receive")
+
+
+class ReceiverParts(Protocol):
+    """What the webhook route reads of the running daemon (``app.state.daemon``, a
+    :class:`~delivery_daemon.compose.Daemon`)."""
+
+    settings: Settings
+    stores: dict[str, Store]
+    queue: JobQueue
+    worker: Worker
+    limiter: RateLimiter | None
+    generator_slots: asyncio.Semaphore | None
+    metrics: Metrics
+
+    def metrics_webhook(self, store: str, result: str) -> None:
+        """Count a webhook's result for the store (``_unknown`` for a store that is not configured)."""
 
 
 async def read_capped(request: Request, limit: int, within: float | None = None) -> bytes:
@@ -85,7 +103,7 @@ def _error(status: int, reason: str) -> JSONResponse:
 
 
 async def webhook(request: Request) -> Response:
-    daemon: Daemon = request.app.state.daemon
+    daemon: ReceiverParts = request.app.state.daemon
     name = request.path_params["store"]
     store = daemon.stores.get(name)
     bound = log.bind(store=name)
@@ -140,7 +158,7 @@ async def webhook(request: Request) -> Response:
     return response
 
 
-async def _handle(daemon: Daemon, store: Store, result: IncomingOrder | OrderEvent | FulfilNow,
+async def _handle(daemon: ReceiverParts, store: Store, result: IncomingOrder | OrderEvent | FulfilNow,
                   bound: structlog.typing.FilteringBoundLogger) -> Response:
     if isinstance(result, OrderEvent):
         return await _mark(daemon, result, bound)
@@ -169,7 +187,7 @@ async def _handle(daemon: Daemon, store: Store, result: IncomingOrder | OrderEve
     return JSONResponse(body)
 
 
-async def _mark(daemon: Daemon, event: OrderEvent, bound: structlog.typing.FilteringBoundLogger) -> Response:
+async def _mark(daemon: ReceiverParts, event: OrderEvent, bound: structlog.typing.FilteringBoundLogger) -> Response:
     reason = f"{event.kind}" + (f": {event.detail}" if event.detail else "")
     outcome = await daemon.queue.mark(MarkedOrder(
         store=event.store, order_id=event.order_id, marketplace=event.marketplace, product_id=event.product_id,

@@ -32,6 +32,7 @@ from delivery_daemon.marketplaces.base import (
     transport_retry,
     url_host,
 )
+from delivery_daemon.marketplaces.softstore_seller import SellerApi, listed_count, set_listed_count, store_status
 from delivery_daemon.net.guard import BlockedDestination
 from delivery_daemon.order import Content, IncomingOrder, MarketplaceOrder
 from delivery_daemon.storage.models import Job
@@ -196,23 +197,21 @@ class SoftStoreAdapter:
     def sink(self) -> SoftStoreDelivery:
         return self._sink
 
+    def seller(self) -> SellerApi:
+        """The store's seller endpoints (its profile, a product's listed count), with this adapter's JWT."""
+        return SellerApi(self._authorised)
+
     async def status(self) -> str:
         """One line on the store as the marketplace sees it (used by ``check-config``; may raise)."""
-        from delivery_daemon.marketplaces.softstore_seller import store_status
-
-        return await store_status(self, self.store)
+        return await store_status(self.seller(), self.store)
 
     async def listed_count(self, product_id: str) -> int:
         """The product's ``count`` on SoftStore (:class:`~delivery_daemon.marketplaces.base.StockListing`)."""
-        from delivery_daemon.marketplaces.softstore_seller import SellerApi, listed_count
-
-        return await listed_count(SellerApi(self), product_id)
+        return await listed_count(self.seller(), product_id)
 
     async def set_listed_count(self, product_id: str, count: int) -> None:
         """Set the product's ``count`` on SoftStore (no moderation) for stock sync."""
-        from delivery_daemon.marketplaces.softstore_seller import SellerApi, set_listed_count
-
-        await set_listed_count(SellerApi(self), product_id, count, self.store)
+        await set_listed_count(self.seller(), product_id, count, self.store)
 
     def secrets(self) -> list[str]:
         return [s for s in (self._api_key, self._signing_key, self.tokens.current, *self.recent_tokens) if s]

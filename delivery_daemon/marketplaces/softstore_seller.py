@@ -1,47 +1,43 @@
-"""SoftStore seller tooling: connect the webhook in one command, and report a store's status.
+"""SoftStore's seller endpoints: the seller's profile (its webhook target, ``api_url``) and a product's listed
+``count``, through the adapter's authenticated requests. The commands are in :mod:`delivery_daemon.cli.softstore`.
 
-``delivery-daemon softstore connect --config C --store S --public-url URL`` sets the seller's ``api_url`` (where
-SoftStore sends paid-order webhooks) through ``POST /seller/profile``, reads it back with ``GET /seller`` and reports
-what changed; ``--check`` only compares. The marketplace's validation messages ("Invalid API URL", …) are shown as
-one line. "Points at this daemon" means the seller's ``api_url`` ends with ``/webhooks/<store name>``.
-
-``delivery-daemon softstore sync-stock --config C [--store S]`` sets each stock product's ``count`` on SoftStore to
-the keys left in the pool now (see :mod:`delivery_daemon.stock.sync`), printing one line per product;
-exit 1 when
-a product could not be synced.
+:func:`connect` sets the seller's ``api_url`` (where SoftStore sends paid-order webhooks) through
+``POST /seller/profile`` and reads it back with ``GET /seller``; with ``check`` it only compares. "Points at this
+daemon" means the seller's ``api_url`` ends with ``/webhooks/<store name>``. A failed or unreadable answer is a
+:class:`~delivery_daemon.errors.MarketplaceError` carrying the marketplace's message ("Invalid API URL", …).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
 import structlog
 
-from delivery_daemon.clock import SystemClock
-from delivery_daemon.config import StoreSettings, load_settings
-from delivery_daemon.errors import ConfigError, DeliveryDaemonError, MarketplaceError, Retry
-from delivery_daemon.marketplaces.base import AdapterContext, message_of
-from delivery_daemon.marketplaces.softstore import SoftStoreAdapter
+from delivery_daemon.errors import MarketplaceError, Retry
+from delivery_daemon.marketplaces.base import message_of
 
 log = structlog.get_logger("delivery_daemon.softstore")
 
 
-class SellerApi:
-    """The seller endpoints of SoftStore's API, through an adapter's authenticated client."""
+class Authorised(Protocol):
+    """An authenticated request to the store's API (the adapter's: Bearer JWT, refreshed once after a 401);
+    a transport failure raises :class:`~delivery_daemon.errors.Retry`."""
 
-    def __init__(self, adapter: SoftStoreAdapter) -> None:
-        self.adapter = adapter
+    async def __call__(self, method: str, url: str, **kwargs: Any) -> httpx.Response: ...
+
+
+class SellerApi:
+    """The seller endpoints of SoftStore's API, through an adapter's authenticated requests."""
+
+    def __init__(self, request: Authorised) -> None:
+        self._request = request
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response = await self.adapter._authorised(method, path, **kwargs)
+            response = await self._request(method, path, **kwargs)
         except Retry as exc:
             raise MarketplaceError(f"SoftStore is unreachable: {exc.reason}") from None
         if response.status_code != 200:
@@ -112,86 +108,10 @@ async def connect(api: SellerApi, public_url: str, *, check: bool) -> Connection
     return Connection(before, after)
 
 
-async def store_status(adapter: SoftStoreAdapter, store: str) -> str:
+async def store_status(api: SellerApi, store: str) -> str:
     """One line about the store as SoftStore sees it (for ``check-config``)."""
-    seller = await SellerApi(adapter).seller()
+    seller = await api.seller()
     api_url = seller.get("api_url") or "(not set)"
     where = "points at this daemon" if points_here(seller.get("api_url"), store) else "does NOT point at this daemon"
     return (f"SoftStore seller {seller.get('name')!r}, moderation status {seller.get('status_moderation')}, "
             f"api_url {api_url} ({where})")
-
-
-def _softstore_index(stores: Sequence[StoreSettings], name: str) -> int:
-    """Where the SoftStore store ``name`` is in the configuration, or a ConfigError."""
-    for index, store in enumerate(stores):
-        if store.name == name:
-            if store.marketplace != "softstore":
-                raise ConfigError(f"stores[{index}].marketplace", f"store {name!r} is not a SoftStore store")
-            return index
-    raise ConfigError("stores", f"no store named {name!r}")
-
-
-def _adapter(config: str, store_name: str, transport: httpx.AsyncBaseTransport | None = None) -> SoftStoreAdapter:
-    settings = load_settings(config)
-    index = _softstore_index(settings.stores, store_name)
-    return SoftStoreAdapter(AdapterContext(store=settings.stores[index], path=f"stores[{index}]", clock=SystemClock(),
-                                           delivery=settings.delivery, transport=transport))
-
-
-async def _connect_command(args: argparse.Namespace) -> int:
-    adapter = _adapter(args.config, args.store)
-    try:
-        result = await connect(SellerApi(adapter), args.public_url, check=args.check)
-    except DeliveryDaemonError as exc:
-        print(f"delivery-daemon: softstore connect failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await adapter.aclose()
-    if args.check:
-        if result.before == args.public_url:
-            print(f"{args.store}: api_url is {result.before} (matches)")
-            return 0
-        print(f"{args.store}: api_url is {result.before or '(not set)'}, expected {args.public_url}")
-        return 1
-    if not result.changed:
-        print(f"{args.store}: api_url already {result.after} (unchanged)")
-        return 0
-    if result.after != args.public_url:
-        print(f"{args.store}: SoftStore kept api_url {result.after!r} after the update", file=sys.stderr)
-        return 1
-    print(f"{args.store}: api_url {result.before or '(not set)'} -> {result.after}")
-    return 0
-
-
-async def _sync_stock_command(args: argparse.Namespace) -> int:
-    from delivery_daemon.stock.sync import describe, sync_for_command
-
-    settings = load_settings(args.config)
-    softstore = [store.name for store in settings.stores if store.marketplace == "softstore"]
-    if args.store is not None:
-        _softstore_index(settings.stores, args.store)
-        softstore = [args.store]
-    elif args.product is not None:
-        raise ConfigError("--product", "needs --store")
-    results = await sync_for_command(settings, stores=softstore, product=args.product, log_level="warning")
-    if not results:
-        print("no stock products to sync (a product needs the stock generator or a listed_count)")
-    for result in results:
-        print(describe(result))
-    return 1 if any(result.outcome == "failed" for result in results) else 0
-
-
-def register(sub: Any) -> None:
-    group = sub.add_parser("softstore", help="SoftStore seller tooling").add_subparsers(dest="softstore_command",
-                                                                                         required=True)
-    conn = group.add_parser("connect", help="point the seller's webhook (api_url) at this daemon")
-    conn.add_argument("--config", required=True)
-    conn.add_argument("--store", required=True)
-    conn.add_argument("--public-url", required=True, help="e.g. https://seller.example/webhooks/main")
-    conn.add_argument("--check", action="store_true", help="only compare; exit 1 when it differs")
-    conn.set_defaults(func=lambda args: asyncio.run(_connect_command(args)))
-    sync = group.add_parser("sync-stock", help="set each stock product's count on SoftStore to the keys left")
-    sync.add_argument("--config", required=True)
-    sync.add_argument("--store", help="only this store (default: every SoftStore store)")
-    sync.add_argument("--product", help="only this product id (with --store; e.g. one served by the default)")
-    sync.set_defaults(func=lambda args: asyncio.run(_sync_stock_command(args)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from delivery_daemon.config import WHSEC_EXAMPLE, WHSEC_FORM, whsec_key
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.marketplaces.base import AdapterContext, OrderEvent, WebhookResult, load_object
 from delivery_daemon.marketplaces.signed_body import (
@@ -29,7 +30,7 @@ from delivery_daemon.marketplaces.signed_body import (
     order_payload,
     quantity,
 )
-from delivery_daemon.net.signatures import WHSEC_EXAMPLE, WHSEC_FORM, verify_standard, whsec_key
+from delivery_daemon.net.signatures import verify_standard
 from delivery_daemon.order import IncomingOrder
 
 

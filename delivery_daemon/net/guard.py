@@ -52,11 +52,45 @@ METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
 """Cloud metadata endpoints: refused even when private networks are allowed, unless listed explicitly."""
 
 
+LAN_DOCS = "docs/marketplaces.md#lan-receivers"
+OFF_BY_DEFAULT = ("off by default so that a URL or DNS name in the configuration cannot reach the daemon's own host or "
+                  "network unless you list it")
+"""Why refused addresses are refused unless listed (an SSRF guard); said in every refusal, with :data:`LAN_DOCS`."""
+
+
 class BlockedDestination(DeliveryDaemonError):
-    """An outbound request was refused before connecting; the message names the host and why, never the URL."""
+    """An outbound request was refused before connecting; the message names the host and why, never the URL, and
+    for a refused address the switch that opens it (``security.allowed_networks``) and why it is off by default."""
 
     address: IPAddress | None = None
     """The refused address, when an address was the reason."""
+    what: str = ""
+    """The refusal without the advice (the start-up check words the advice as what it expected)."""
+
+
+def suggested_network(address: IPAddress) -> str:
+    """The network to list in ``security.allowed_networks`` to open exactly ``address`` (IPv4 for a mapped one)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return f"{address}/{address.max_prefixlen}"
+
+
+def metadata_note(address: IPAddress | None) -> str:
+    """What to add when ``address`` is a cloud metadata endpoint (the broad switch does not open those)."""
+    if address is None or classify(address) != "metadata":
+        return ""
+    return "; security.allow_private_networks never opens a cloud metadata address"
+
+
+def refused(host: str, address: IPAddress, reason: str) -> BlockedDestination:
+    """The refusal of ``host`` at ``address``: what, which switch opens it, why it is off, where the docs say more."""
+    what = f"refused to connect to {host}: it resolves to a {reason} address ({address})"
+    blocked = BlockedDestination(
+        f"{what}; to deliver to a receiver on your own network, list it in security.allowed_networks "
+        f"(e.g. {suggested_network(address)}): it is {OFF_BY_DEFAULT}{metadata_note(address)} ({LAN_DOCS})")
+    blocked.address = address
+    blocked.what = what
+    return blocked
 
 
 def classify(address: IPAddress) -> str | None:
@@ -139,9 +173,7 @@ async def checked_addresses(host: str, port: int, policy: NetPolicy) -> list[IPA
     for address in addresses:
         reason = policy.refusal(address)
         if reason is not None:
-            blocked = BlockedDestination(f"refused to connect to {host}: it resolves to a {reason} address ({address})")
-            blocked.address = address
-            raise blocked
+            raise refused(host, address, reason)
     return addresses
 
 
@@ -227,6 +259,7 @@ def guarded_client(policy: NetPolicy, *, timeout: float = 10.0, headers: dict[st
                              headers={"User-Agent": "delivery-daemon", **(headers or {})})
 
 
-__all__: Sequence[str] = ["METADATA_ADDRESSES", "BlockedDestination", "GuardedBackend", "GuardedTransport",
-                          "NetPolicy", "Resolver", "check_url",
-                          "checked_addresses", "classify", "guarded_client", "guarded_transport", "parse_networks"]
+__all__: Sequence[str] = ["LAN_DOCS", "METADATA_ADDRESSES", "OFF_BY_DEFAULT", "BlockedDestination", "GuardedBackend",
+                          "GuardedTransport", "NetPolicy", "Resolver", "check_url", "checked_addresses", "classify",
+                          "guarded_client", "guarded_transport", "metadata_note", "parse_networks", "refused",
+                          "suggested_network"]

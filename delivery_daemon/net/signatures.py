@@ -4,7 +4,7 @@ webhook channel sign with them. Every comparison is constant-time and every chec
 * hex HMAC of the body (Sellix ``X-Sellix-Signature``, Shoppy ``X-Shoppy-Signature``);
 * Stripe ``Stripe-Signature: t=…,v1=…[,v1=…]``: hex HMAC-SHA256 of ``"{t}.{body}"``;
 * Standard Webhooks ``webhook-id`` / ``webhook-timestamp`` / ``webhook-signature: v1,<base64> …``: HMAC-SHA256 of
-  ``"{id}.{timestamp}.{body}"`` with the base64 key after ``whsec_``.
+  ``"{id}.{timestamp}.{body}"`` with the base64 key after ``whsec_`` (:func:`~delivery_daemon.config.whsec_key`).
 
 Timestamped schemes are checked against the injected clock, ``tolerance`` seconds both ways (a signature from the
 future is as suspect as a stale one). A failed check raises :class:`~delivery_daemon.errors.WebhookRejected` 403
@@ -14,7 +14,6 @@ future is as suspect as a stale one). A failed check raises :class:`~delivery_da
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -23,11 +22,6 @@ from typing import Literal
 from delivery_daemon.errors import WebhookRejected
 
 Algorithm = Literal["sha256", "sha512"]
-WHSEC_PREFIX = "whsec_"
-WHSEC_FORM = "whsec_ followed by the base64 of a random key of at least 16 bytes"
-"""What a Standard Webhooks secret looks like, for configuration errors."""
-WHSEC_EXAMPLE = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-"""A well-formed example secret (not one in use anywhere: examples are printed in errors)."""
 
 
 
@@ -94,18 +88,6 @@ def verify_stripe(header: str | None, body: bytes, secret: str, now: float, tole
 
 
 # -- Standard Webhooks -------------------------------------------------------------------------------------------
-
-
-def whsec_key(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_<base64>`` secret; ValueError if it is not one."""
-    raw = secret.removeprefix(WHSEC_PREFIX)
-    try:
-        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not whsec_ followed by base64") from None
-    if len(key) < 16:
-        raise ValueError("the key is shorter than 16 bytes")
-    return key
 
 
 def standard_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:

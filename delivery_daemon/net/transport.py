@@ -46,7 +46,7 @@ CHUNK = 64 * 1024
 def translate(request: httpx.Request | None) -> Iterator[None]:
     """Re-raise aiohttp's (and asyncio's) transport failures as the httpx exception that means the same
     (carrying ``request`` when there is one: :meth:`AiohttpTransport.send_read` builds none)."""
-    import aiohttp
+    import aiohttp  # here and below: on the first request, not at start (an idle daemon does not hold ~12 MB)
 
     try:
         yield

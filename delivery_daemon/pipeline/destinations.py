@@ -16,7 +16,15 @@ from typing import Any
 import httpcore
 
 from delivery_daemon.errors import ConfigError
-from delivery_daemon.net.guard import BlockedDestination, NetPolicy, check_url
+from delivery_daemon.net.guard import (
+    LAN_DOCS,
+    OFF_BY_DEFAULT,
+    BlockedDestination,
+    NetPolicy,
+    check_url,
+    metadata_note,
+    suggested_network,
+)
 from delivery_daemon.pipeline.stores import Store
 
 
@@ -46,10 +54,10 @@ async def check_destinations(stores: Mapping[str, Store], policy: NetPolicy) -> 
     warnings: list[str] = []
     for (path, _url), outcome in zip(named, outcomes, strict=True):
         if isinstance(outcome, BlockedDestination):
-            network = f"{outcome.address}/{outcome.address.max_prefixlen}" if outcome.address else "192.0.2.0/24"
-            raise ConfigError(path, str(outcome), "a URL the outbound policy allows: a public address, or one in "
-                              "security.allowed_networks (security.allow_private_networks: true for a LAN address)",
-                              f"security: {{allowed_networks: [{network}]}}") from None
+            network = suggested_network(outcome.address) if outcome.address else "192.0.2.0/24"
+            raise ConfigError(path, outcome.what or str(outcome), "a public address, or one listed in "
+                              f"security.allowed_networks ({OFF_BY_DEFAULT}{metadata_note(outcome.address)}; "
+                              f"{LAN_DOCS})", f"security: {{allowed_networks: [{network}]}}") from None
         if isinstance(outcome, httpcore.ConnectError | OSError):
             warnings.append(f"{path}: not checked now ({outcome})")
         elif isinstance(outcome, BaseException):

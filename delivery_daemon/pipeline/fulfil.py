@@ -23,8 +23,9 @@ from delivery_daemon.marketplaces.base import FulfilNow
 from delivery_daemon.order import Content
 from delivery_daemon.pipeline.steps import Steps
 from delivery_daemon.pipeline.stores import Store
+from delivery_daemon.storage.jobs import LeaseLost, OrderCancelled, Transition
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import JobQueue, LeaseLost, OrderCancelled, Transition
+from delivery_daemon.storage.queue import JobQueue
 
 log = structlog.get_logger("delivery_daemon.pipeline.fulfil")
 
@@ -56,18 +57,15 @@ async def fulfil_now(queue: JobQueue, store: Store, request: FulfilNow, *,
     unbounded generator calls); waiting for a slot counts against the budget."""
     order = request.order
     bound = log.bind(store=order.store, order_id=order.order_id, product_id=order.product_id)
-    await queue.enqueue(order)
-    keys = _stored_keys(await queue.find(order.store, order.order_id))
-    if keys is not None:
-        bound.info("fulfil.repeated", keys=len(keys))
-        return Fulfilment(200, keys, repeated=True)
     owner = f"receiver:{os.getpid()}"
-    job = await queue.claim_order(order.store, order.order_id, owner, lease_seconds=max(60.0, request.budget * 4),
-                                  from_states=CLAIMABLE)
+    # Committed already leased: a worker woken by a queued job would deliver it through the channel as well.
+    job = await queue.enqueue_leased(order, owner, lease_seconds=max(60.0, request.budget * 4),
+                                     from_states=CLAIMABLE)
     if job is None:
         current = await queue.find(order.store, order.order_id)
         keys = _stored_keys(current)
-        if keys is not None:  # a worker finished it meanwhile
+        if keys is not None:  # asked again, or a worker made them (an order:paid came first)
+            bound.info("fulfil.repeated", keys=len(keys))
             return Fulfilment(200, keys, repeated=True)
         state = current.state if current is not None else "missing"
         bound.warning("fulfil.unavailable", state=state)

@@ -25,8 +25,9 @@ from delivery_daemon.pipeline.generate import generate
 from delivery_daemon.pipeline.stores import Product, Store
 from delivery_daemon.pipeline.verify import verify
 from delivery_daemon.recipient import recipient
+from delivery_daemon.storage.jobs import OrderCancelled, Verified
 from delivery_daemon.storage.models import Job
-from delivery_daemon.storage.queue import JobQueue, OrderCancelled, Verified
+from delivery_daemon.storage.queue import JobQueue
 
 Logger = structlog.typing.FilteringBoundLogger
 

@@ -33,8 +33,9 @@ from delivery_daemon.errors import Dead, Held, OutOfStock, Retry
 from delivery_daemon.pipeline.deliver import deliver
 from delivery_daemon.pipeline.steps import Steps
 from delivery_daemon.pipeline.stores import Store
+from delivery_daemon.storage.jobs import LeaseLost, OrderCancelled, QueueError, Settled, Transition
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import JobQueue, LeaseLost, OrderCancelled, QueueError, Settled, Transition
+from delivery_daemon.storage.queue import JobQueue
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler

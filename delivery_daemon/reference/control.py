@@ -15,18 +15,44 @@ Errors answer ``{"status": "error", "message": ...}`` with 400 (bad input) or 40
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-if TYPE_CHECKING:
-    from delivery_daemon.reference.softstore import SoftStoreMarketplace
+from delivery_daemon.reference.faults import Faults
+from delivery_daemon.reference.records import DeliveryRecord, OrderRecord, PlacedOrder, ProductRecord, WebhookRecord
 
 PREFIX = "/_reference"
+
+
+class Market(Protocol):
+    """What the control API drives: the reference marketplace
+    (:class:`~delivery_daemon.reference.softstore.SoftStoreMarketplace`, which mounts these routes)."""
+
+    products: dict[str, ProductRecord]
+    orders: dict[str, OrderRecord]
+    webhooks: list[WebhookRecord]
+    faults: Faults
+
+    def add_product(self, id_product: str, *, name: str = ..., price: int = ..., count: int = ...) -> None: ...
+
+    async def place_order(self, id_product: str, count: int = ..., *, status: str = ..., send_webhook: bool = ...,
+                          email: str = ...) -> PlacedOrder: ...
+
+    async def send_webhook(self, id_order: str, *, overrides: dict[str, Any] | None = ..., url: str | None = ...,
+                           omit: Sequence[str] = ...) -> httpx.Response: ...
+
+    def set_order_status(self, id_order: str, status: str) -> None: ...
+
+    def accepted(self, id_order: str) -> DeliveryRecord | None: ...
+
+    def deliveries(self, id_order: str) -> list[DeliveryRecord]: ...
+
+    def summary(self) -> dict[str, Any]: ...
 
 
 class _BadInput(ValueError):
@@ -57,7 +83,7 @@ def _int(data: dict[str, Any], key: str, default: int | None = None) -> int:
     return value
 
 
-def control_routes(market: SoftStoreMarketplace) -> list[BaseRoute]:
+def control_routes(market: Market) -> list[BaseRoute]:
     """The ``/_reference`` routes driving ``market``."""
 
     Endpoint = Callable[[Request], Awaitable[Response]]

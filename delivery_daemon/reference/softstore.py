@@ -53,6 +53,7 @@ import httpx
 import structlog
 from starlette.applications import Starlette
 
+from delivery_daemon.http.serving import serve
 from delivery_daemon.reference.control import control_routes
 from delivery_daemon.reference.drop import ConnectionDroppedError, DroppableApp
 from delivery_daemon.reference.faults import Faults
@@ -258,8 +259,6 @@ async def run_marketplace(
     *, host: str, port: int, api_key: str, seller_url: str | None, products: list[str]
 ) -> None:
     """Serve a reference marketplace on ``host:port`` until cancelled (for the CLI and the demo)."""
-    from delivery_daemon.http.serving import serve
-
     market = SoftStoreMarketplace(api_key=api_key, seller_url=seller_url)
     for id_product in products:
         market.add_product(id_product)

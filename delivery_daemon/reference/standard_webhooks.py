@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
@@ -21,15 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from delivery_daemon.config import whsec_key
 from delivery_daemon.errors import WebhookRejected
-from delivery_daemon.net.signatures import standard_headers, verify_standard, whsec_key
+from delivery_daemon.net.signatures import standard_headers, verify_standard
 from delivery_daemon.reference.sender import WebhookSender
 
 
 def new_secret() -> str:
     """A fresh ``whsec_`` secret (24 random bytes)."""
-    import base64
-
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 

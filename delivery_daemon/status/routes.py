@@ -7,7 +7,7 @@ without JavaScript. Every page but ``/login`` needs a login (see :mod:`.auth`); 
 :mod:`.throttle`); every POST needs a CSRF token. Each request is authenticated once, by the guard every route is
 wrapped in (:meth:`StatusPages._authenticate`), which records the outcome on the request for the CSRF check and the
 page. Actions go through the same queue transition as the CLI's ``orders retry|redeliver``
-(:func:`~delivery_daemon.storage.queue.operator_requeue`) and then wake the worker.
+(:func:`~delivery_daemon.storage.transitions.operator_requeue`) and then wake the worker.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import jinja2
 import structlog
+from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -29,19 +30,29 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from delivery_daemon.clock import Clock
 from delivery_daemon.config import StatusSettings
 from delivery_daemon.errors import BodyTooLarge
+from delivery_daemon.pipeline.worker import Worker
 from delivery_daemon.status import auth
 from delivery_daemon.status.chart import bar_chart
 from delivery_daemon.status.throttle import LoginThrottle, Throttled
+from delivery_daemon.storage.jobs import QueueError
 from delivery_daemon.storage.models import JobState
 from delivery_daemon.storage.overview import OrderFilter, StatusQueries
-from delivery_daemon.storage.queue import OPERATOR_RETRYABLE, QueueError
-
-if TYPE_CHECKING:
-    from delivery_daemon.compose import Daemon
+from delivery_daemon.storage.queue import JobQueue
+from delivery_daemon.storage.transitions import OPERATOR_RETRYABLE
 
 log = structlog.get_logger("delivery_daemon.status")
+
+
+class StatusParts(Protocol):
+    """What the page reads of the running daemon and acts on (a :class:`~delivery_daemon.compose.Daemon`)."""
+
+    engine: Engine
+    clock: Clock
+    queue: JobQueue
+    worker: Worker
 
 HERE = Path(__file__).parent
 MOUNT_PATH = "/status"
@@ -108,7 +119,7 @@ def _safe_next(target: str, root: str) -> str:
 class StatusPages:
     """The endpoints, bound to one daemon and the ``status`` settings."""
 
-    def __init__(self, daemon: Daemon, settings: StatusSettings) -> None:
+    def __init__(self, daemon: StatusParts, settings: StatusSettings) -> None:
         self.daemon = daemon
         self.settings = settings
         self.queries = StatusQueries(daemon.engine, daemon.clock, low_stock=settings.low_stock)
@@ -327,12 +338,12 @@ def _routes(pages: StatusPages) -> list[BaseRoute]:
     ]
 
 
-def status_mount(daemon: Daemon, settings: StatusSettings) -> Mount:
+def status_mount(daemon: StatusParts, settings: StatusSettings) -> Mount:
     """The status page at :data:`MOUNT_PATH`, for the admin app's routes."""
     return Mount(MOUNT_PATH, app=create_status_app(daemon, settings))
 
 
-def create_status_app(daemon: Daemon, settings: StatusSettings) -> Starlette:
+def create_status_app(daemon: StatusParts, settings: StatusSettings) -> Starlette:
     """The status page as its own ASGI app (sessions, security headers and database-error page included)."""
     pages = StatusPages(daemon, settings)
     app = Starlette(

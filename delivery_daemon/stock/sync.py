@@ -12,7 +12,7 @@ When it runs:
 * every ``stock_sync.interval`` seconds (and once at start): a full pass over every product it knows, as jobs on
   the daemon's one APScheduler scheduler (:meth:`StockSync.schedule`);
 * after ``delivery-daemon stock import`` and on demand (``delivery-daemon softstore sync-stock``), from that
-  command's own process, through :func:`sync_once`.
+  command's own process, through :func:`sync_once` (:mod:`delivery_daemon.cli.stock`).
 
 Each sync reads the listed count first and updates it only when it differs. A failure (marketplace down, refused
 update, database error) is logged as ``stock_sync.failed`` and retried with a doubling delay (from ``debounce``,
@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,10 +34,14 @@ import structlog
 from delivery_daemon.clock import Clock, SystemClock
 from delivery_daemon.config import Settings, StockSyncSettings
 from delivery_daemon.errors import ConfigError
+from delivery_daemon.generators.resources import ResourceHub
+from delivery_daemon.logs import REDACTOR
 from delivery_daemon.marketplaces.base import MarketplaceType, StockListing
-from delivery_daemon.pipeline.stores import Product, Store
+from delivery_daemon.net.guard import NetPolicy
+from delivery_daemon.pipeline.stores import Product, Store, build_stores
+from delivery_daemon.storage.engine import create_db_engine, create_schema
+from delivery_daemon.storage.jobs import Transition
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import Transition
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
@@ -265,12 +268,6 @@ async def sync_once(settings: Settings, *, marketplaces: Sequence[MarketplaceTyp
                     transport: httpx.AsyncBaseTransport | None = None) -> list[SyncResult]:
     """One sync from a command's own process (``stock import``, ``softstore sync-stock``): every product of
     ``stores`` (all by default), or only ``product`` of the single store given."""
-    from delivery_daemon.generators.resources import ResourceHub
-    from delivery_daemon.logs import REDACTOR
-    from delivery_daemon.net.guard import NetPolicy
-    from delivery_daemon.pipeline.stores import build_stores
-    from delivery_daemon.storage.engine import create_db_engine, create_schema
-
     clock = clock or SystemClock()
     hub = ResourceHub(clock=clock, policy=NetPolicy.from_settings(settings.security))
     built = build_stores(settings, marketplaces, plugins, clock, transport, hub=hub)
@@ -294,28 +291,4 @@ async def sync_once(settings: Settings, *, marketplaces: Sequence[MarketplaceTyp
         engine.dispose()
 
 
-async def sync_for_command(settings: Settings, *, stores: Sequence[str], product: str | None,
-                           log_level: str) -> list[SyncResult]:
-    """:func:`sync_once` as a command runs it: the shipped marketplaces, the configured plugins, and logging to
-    stderr at ``log_level`` unless an embedding application configured it (stdout is the command's output)."""
-    from delivery_daemon.cli import default_marketplaces
-    from delivery_daemon.generators.discovery import discover
-    from delivery_daemon.logs import configure_logging
-
-    if not structlog.is_configured():
-        configure_logging(settings.logging.format, log_level, stream=sys.stderr)
-    return await sync_once(settings, marketplaces=default_marketplaces(),
-                           plugins=dict(discover(settings.plugins.directory)), stores=stores, product=product)
-
-
-def describe(result: SyncResult) -> str:
-    """One line for a command's output."""
-    where = f"{result.store}/{result.product_id}"
-    if result.outcome == "failed":
-        return f"{where}: sync failed: {result.error}"
-    if result.outcome == "unchanged":
-        return f"{where}: listed count {result.count} (unchanged)"
-    return f"{where}: listed count {result.before} -> {result.count}"
-
-
-__all__ = ["StockSync", "SyncResult", "describe", "sync_for_command", "sync_once"]
+__all__ = ["StockSync", "SyncResult", "sync_once"]

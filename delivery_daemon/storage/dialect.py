@@ -14,9 +14,9 @@ from sqlalchemy import Table
 def insert(dialect: str, table: Table) -> Any:
     """``table``'s ``INSERT`` for ``dialect`` (``"postgresql"`` or ``"sqlite"``), with ``on_conflict_do_nothing``."""
     if dialect == "postgresql":
-        from sqlalchemy.dialects import postgresql
+        from sqlalchemy.dialects import postgresql  # only on PostgreSQL (~2 MB, see above)
 
         return postgresql.insert(table)
-    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.dialects import sqlite  # likewise SQLite's, only on SQLite
 
     return sqlite.insert(table)

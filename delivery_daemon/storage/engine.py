@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlmodel import SQLModel
 
 from delivery_daemon.config import DatabaseSettings
 from delivery_daemon.errors import ConfigError
@@ -134,7 +135,7 @@ def create_schema(engine: Engine) -> None:
         return
     if engine.dialect.name == "sqlite" and _create_fresh(engine):
         return
-    from delivery_daemon.storage.schema import upgrade
+    from delivery_daemon.storage.schema import upgrade  # Alembic (~8 MB) only when there is something to migrate
 
     upgrade(engine)
 
@@ -148,8 +149,6 @@ def _create_fresh(engine: Engine) -> bool:
     ~8 MB for the daemon's whole life. ``BEGIN IMMEDIATE`` serialises two processes starting on one new file: the
     second finds the tables and the stamp. PostgreSQL keeps the migrations (its NOTIFY trigger is one of them).
     """
-    from sqlmodel import SQLModel
-
     with engine.begin() as conn:
         if inspect(conn).get_table_names():
             return False

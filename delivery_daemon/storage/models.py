@@ -15,6 +15,8 @@ from sqlalchemy import Index, Text, UniqueConstraint
 from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, SQLModel
 
+from delivery_daemon.order import LIMITS
+
 TableModel = TypeVar("TableModel", bound=SQLModel)
 
 
@@ -46,15 +48,15 @@ class Job(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    store: str = Field(max_length=64)
-    order_id: str = Field(max_length=128)
-    marketplace: str = Field(max_length=32)
-    product_id: str = Field(max_length=128)
+    store: str = Field(max_length=LIMITS["store"])
+    order_id: str = Field(max_length=LIMITS["order_id"])
+    marketplace: str = Field(max_length=LIMITS["marketplace"])
+    product_id: str = Field(max_length=LIMITS["product_id"])
     state: str = Field(default=JobState.QUEUED.value, max_length=16)
     # The marketplace-specific data the adapter needs later (e.g. SoftStore's delivery_url and token), as JSON.
     payload: str = Field(sa_type=Text)
     quantity: int | None = None
-    buyer_email: str | None = Field(default=None, max_length=320)
+    buyer_email: str | None = Field(default=None, max_length=LIMITS["buyer_email"])
     # Stored once, before the first delivery attempt; every retry sends exactly these bytes.
     content: str | None = Field(default=None, sa_type=Text)
     attempts: int = 0
@@ -98,8 +100,8 @@ class WebhookEvent(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("store", "event_id", name="uq_webhook_events_store_event"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    store: str = Field(max_length=64)
-    event_id: str = Field(max_length=255)
+    store: str = Field(max_length=LIMITS["store"])
+    event_id: str = Field(max_length=LIMITS["event_id"])
     received_at: float = Field(index=True)
 
 

@@ -25,15 +25,10 @@ from sqlalchemy.engine import Connection
 
 from delivery_daemon.clock import Clock
 from delivery_daemon.errors import DeliveryDaemonError
+from delivery_daemon.storage.jobs import ATTEMPTS, JOBS
 from delivery_daemon.storage.models import Attempt, Job, JobState
-from delivery_daemon.storage.queue import (
-    ATTEMPTS,
-    JOBS,
-    OPERATOR_RETRYABLE,
-    OperatorAction,
-    operator_requeue,
-    read_history,
-)
+from delivery_daemon.storage.reads import read_history
+from delivery_daemon.storage.transitions import OPERATOR_RETRYABLE, OperatorAction, operator_requeue
 
 CANCELLABLE = (JobState.QUEUED.value, JobState.RETRY_WAIT.value, JobState.WAITING.value, JobState.DEAD.value,
                JobState.HELD.value)
@@ -184,7 +179,7 @@ class Orders:
     # -- helpers ---------------------------------------------------------------------------------------------
 
     def _move(self, job: Job, action: OperatorAction) -> Job:
-        # The same transition as the status page's buttons (JobQueue.retry/redeliver): queue.operator_requeue.
+        # The same transition as the status page's buttons (JobQueue.retry/redeliver): transitions.operator_requeue.
         assert job.id is not None
         with self.engine.begin() as conn:
             if not operator_requeue(conn, job.id, action, self.clock.now()):

@@ -3,7 +3,7 @@
 Every query is SQLAlchemy Core on the ``jobs``/``attempts`` tables (plus ``stock_keys`` when it exists) and stays
 portable between SQLite and PostgreSQL: no date functions, times are epoch seconds compared with bound values.
 :class:`StatusQueries` runs them off the event loop and translates SQLAlchemy errors into
-:class:`~delivery_daemon.storage.queue.QueueError`. Nothing here reads ``jobs.content`` or ``jobs.payload``: they
+:class:`~delivery_daemon.storage.jobs.QueueError`. Nothing here reads ``jobs.content`` or ``jobs.payload``: they
 hold the
 generated keys and the marketplace's delivery token, which the page never shows.
 """
@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import Column, Engine, MetaData, String, Table, and_, case, func, inspect, or_, select, true
+from sqlalchemy import Column, Engine, MetaData, String, Table, and_, case, false, func, inspect, or_, select, true
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery_daemon.clock import Clock
+from delivery_daemon.storage.jobs import ATTEMPTS, JOBS, QueueError
 from delivery_daemon.storage.models import FINAL, JobState
-from delivery_daemon.storage.queue import ATTEMPTS, JOBS, QueueError
 
 T = TypeVar("T")
 
@@ -133,7 +133,11 @@ def _overview(conn: Connection, now: float) -> Overview:
     )
 
 
-def _orders(conn: Connection, wanted: OrderFilter) -> OrdersPage:
+def _conditions(wanted: OrderFilter) -> list[Any]:
+    """The filter as SQL conditions. Text holding NUL matches nothing: no stored text holds it (the receiver refuses
+    it before the commit), and PostgreSQL refuses it even as a parameter."""
+    if any("\x00" in text for text in (wanted.store, wanted.product, wanted.search)):
+        return [false()]
     conditions: list[Any] = []
     if wanted.state:
         conditions.append(JOBS.c.state == wanted.state)
@@ -144,6 +148,11 @@ def _orders(conn: Connection, wanted: OrderFilter) -> OrdersPage:
     if wanted.search:
         conditions.append(or_(JOBS.c.order_id.contains(wanted.search, autoescape=True),
                               JOBS.c.buyer_email.contains(wanted.search, autoescape=True)))
+    return conditions
+
+
+def _orders(conn: Connection, wanted: OrderFilter) -> OrdersPage:
+    conditions = _conditions(wanted)
     where = and_(true(), *conditions)
     total = int(conn.execute(select(func.count()).select_from(JOBS).where(where)).scalar_one())
     pages = max(1, -(-total // PAGE_SIZE))

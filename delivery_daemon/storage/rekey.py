@@ -27,8 +27,8 @@ from delivery_daemon.clock import Clock
 from delivery_daemon.errors import DeliveryDaemonError
 from delivery_daemon.storage.batches import rewrite_in_batches
 from delivery_daemon.storage.cipher import PREFIX, Cipher
+from delivery_daemon.storage.jobs import SEALED
 from delivery_daemon.storage.models import Job
-from delivery_daemon.storage.queue import SEALED
 from delivery_daemon.storage.retention import EMPTY_PAYLOAD
 from delivery_daemon.storage.stock_pool import SEAL_BATCH, StockPool
 from delivery_daemon.storage.vault import reseal_all

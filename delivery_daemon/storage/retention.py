@@ -20,8 +20,8 @@ import structlog
 from sqlalchemy import Engine, and_, insert, or_, select, update
 
 from delivery_daemon.clock import Clock
+from delivery_daemon.storage.jobs import ATTEMPTS, JOBS
 from delivery_daemon.storage.models import FINAL
-from delivery_daemon.storage.queue import ATTEMPTS, JOBS
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import standardwebhooks
 
-from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
+from delivery_daemon.compose import default_marketplaces
 from delivery_daemon.config import parse_settings
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.pipeline.stores import build_stores
@@ -97,7 +97,8 @@ def test_outbound_signature_verifies_with_the_library() -> None:
     import time
 
     from delivery_daemon.channels.webhook import message_body, message_id
-    from delivery_daemon.net.signatures import standard_headers, whsec_key
+    from delivery_daemon.config import whsec_key
+    from delivery_daemon.net.signatures import standard_headers
     from delivery_daemon.order import Content
     from delivery_daemon.reference.standard_webhooks import new_secret
     from delivery_daemon.storage.models import Job

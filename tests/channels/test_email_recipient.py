@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from delivery_daemon.cli import default_marketplaces, main
+from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.compose import create_app
+from delivery_daemon.compose import create_app, default_marketplaces
 from delivery_daemon.config import ChannelSettings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve

@@ -13,8 +13,9 @@ from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.engine import create_db_engine, create_schema
+from delivery_daemon.storage.jobs import Transition
 from delivery_daemon.storage.models import Attempt, Job, JobState
-from delivery_daemon.storage.queue import JobQueue, Transition
+from delivery_daemon.storage.queue import JobQueue
 
 pytestmark = pytest.mark.postgres
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from delivery_daemon.cli import main
+from delivery_daemon.storage.jobs import Transition
 from delivery_daemon.storage.models import JobState
-from delivery_daemon.storage.queue import Transition
 from tests.support.stack import PRODUCT, STORE, Stack, accepted_text
 from tests.support.status_helpers import dead_order, delivered_order, status_page
 
@@ -177,7 +177,7 @@ async def test_config_without_secrets_is_enough(stack: Stack, capsys: pytest.Cap
 
 
 async def test_cli_and_status_page_retry_and_redeliver_alike(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
-    """`orders retry|redeliver` and the status page's buttons make the same transition (queue.operator_requeue)."""
+    """`orders retry|redeliver` and the status page's buttons make the same transition (operator_requeue)."""
     pairs: dict[str, list[str]] = {"dead": [], "cancelled": [], "delivered": []}
     for _ in range(2):
         pairs["dead"].append(await dead_order(stack))

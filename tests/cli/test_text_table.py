@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from delivery_daemon.cli.demo import Row, _Progress, _table
 from delivery_daemon.cli.tables import Column, cell_width, render_table
-from delivery_daemon.reference.demo import Row, _Progress, _table
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from delivery_daemon.cli import default_marketplaces, main
+from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
+from delivery_daemon.compose import default_marketplaces
 from delivery_daemon.config import load_settings, parse_settings
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.generators.discovery import discover

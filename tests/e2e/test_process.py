@@ -98,7 +98,7 @@ async def reload_with(tmp_path: Path, extra_yaml: str) -> tuple[Any, MutableMapp
     ``config.reloaded`` event). Needs ``DD_TEST_API_KEY`` set. The daemon is closed before returning."""
     import structlog.testing
 
-    from delivery_daemon.cli import default_marketplaces
+    from delivery_daemon.compose import default_marketplaces
     from delivery_daemon.config import load_settings
     from delivery_daemon.daemon import Runner
     from delivery_daemon.generators.discovery import discover

@@ -3,9 +3,11 @@ through the channel, 200 (dispute) is recorded and logged."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from delivery_daemon.marketplaces.shoppy import ShoppyAdapter
+from delivery_daemon.net.signatures import hex_hmac
 from delivery_daemon.reference.shoppy import ShoppySender, order
 from tests.support.multistore import multi_stack
 
@@ -63,3 +65,71 @@ def test_signature_header_and_algorithm_are_configurable() -> None:
 
     result = adapter.parse_webhook({"X-Sig": hex_hmac(b"k3y-secret", body, "sha256")}, body)
     assert result is not None and getattr(result, "order_id", None) == "o1"
+
+
+DOCUMENTED_PAID_ORDER = rb"""{
+    "status": true,
+    "webhook_type": "100",
+    "data": {
+        "order": {
+            "email": "webhook@shoppy.gg",
+            "ip_address": "123.456.789.111",
+            "country_code": "NL",
+            "user_agent": "Mozilla\/5.0 (Macintosh; Intel Mac OS X 10_12_2)"
+        },
+        "product": {
+            "product_id": 7,
+            "hashed_id": "596260a7da9fb",
+            "created_at": "2017-07-09 18:58:15",
+            "updated_at": "2017-11-16 06:13:21",
+            "deleted_at": null,
+            "seller_id": 1,
+            "title": "Nulled VIP 3 months",
+            "description": "* A new userbar to make you stand out.\r\n* Bypass the requirements to unlock hidden content.\t\r\n* Access to VIP exclusive forums.\t\r\n* Storage for 5,000 messages.\t\r\n* Access to auth key (free BoL scripts, Soapbox, ...)\t\r\n* Able to rate other members with +2\/-1 likes.\t\r\n* Able to close your own threads.\t\r\n* Bypass auth requirements (auth access)\t\r\n* Able to change your username",
+            "type": 2,
+            "email_message": "Thank you for your support",
+            "price": 10,
+            "stock_warning": 0,
+            "minimum_quantity": 1,
+            "maximum_quantity": 1,
+            "unlisted": 0,
+            "webhook_url": "http://vlan.shoppy.gg/ipn",
+            "custom_fields": "a:1:{i:0;a:4:{s:4:\"name\";s:3:\"UID\";s:4:\"type\";s:1:\"2\";s:8:\"required\";s:4:\"true\";s:8:\"iterator\";s:1:\"0\";}}",
+            "gateways": "a:2:{i:0;s:7:\"Bitcoin\";i:1;s:8:\"Ethereum\";}",
+            "required_confirmations": 1,
+            "attachment_id": null,
+            "attach_email_text": 0
+        }
+    }
+}"""  # noqa: E501
+"""The Shoppy document's "example webhook notification on a paid order event", byte for byte: it has no order id."""
+
+
+async def test_the_documented_paid_order_without_an_id_is_delivered_once(tmp_path: Path) -> None:
+    """The document's example (no order id) is accepted under an id derived from the signed order; resending it,
+    even re-serialised, is a duplicate and the buyer gets one delivery; another buyer's order is another order."""
+    async with multi_stack(tmp_path) as multi:
+        sender = multi.shoppy()
+        signed = {"X-Shoppy-Signature": hex_hmac(multi.secrets["shoppy"].encode(), DOCUMENTED_PAID_ORDER, "sha512")}
+        first = await sender.post(DOCUMENTED_PAID_ORDER, signed)
+        assert first.status_code == 200, first.text
+        answer = first.json()
+        assert answer["duplicate"] is False and answer["order_id"].startswith("body-")
+        resent = await sender.post(DOCUMENTED_PAID_ORDER, signed)
+        assert resent.status_code == 200 and resent.json() == {**answer, "duplicate": True}
+        compact = sender.encode(json.loads(DOCUMENTED_PAID_ORDER))  # the same webhook, serialised another way
+        assert compact != DOCUMENTED_PAID_ORDER
+        again = await sender.post(compact, {"X-Shoppy-Signature": hex_hmac(multi.secrets["shoppy"].encode(), compact,
+                                                                           "sha512")})
+        assert again.json() == {**answer, "duplicate": True}
+        await multi.drain()
+        [delivery] = multi.seller.accepted()
+        data = delivery.body["data"]
+        assert data["order_id"] == answer["order_id"] and data["product_id"] == "7"
+        assert data["buyer_email"] == "webhook@shoppy.gg" and len(data["keys"]) == 1
+        other = json.loads(DOCUMENTED_PAID_ORDER)
+        other["data"]["order"]["email"] = "second-buyer@example.org"
+        assert (await sender.send(100, other["data"]["order"], other["data"]["product"])).json()["order_id"] != (
+            answer["order_id"])
+        job = await multi.job("shoppy", answer["order_id"])
+        assert job.state == "delivered" and json.loads(job.payload)["derived_id"] is True

@@ -13,8 +13,9 @@ import pytest
 import standardwebhooks
 from freezegun import freeze_time
 
+from delivery_daemon.config import whsec_key
 from delivery_daemon.errors import WebhookRejected
-from delivery_daemon.net.signatures import standard_headers, standard_signature, verify_standard, whsec_key
+from delivery_daemon.net.signatures import standard_headers, standard_signature, verify_standard
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.reference.standard_webhooks import StandardWebhooksSender, new_secret
 from tests.support.multistore import FROZEN_NOW, multi_stack, wall_clock_adapter
@@ -107,8 +108,8 @@ async def test_refund_event_cancels_an_undelivered_order(tmp_path: Path) -> None
 
 async def test_bad_secret_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
     """A webhook_secret that is not whsec_<base64> fails at start with its key path."""
-    from delivery_daemon.cli import default_marketplaces
     from delivery_daemon.clock import ManualClock
+    from delivery_daemon.compose import default_marketplaces
     from delivery_daemon.config import parse_settings
     from delivery_daemon.errors import ConfigError
     from delivery_daemon.pipeline.stores import build_stores

@@ -62,8 +62,8 @@ async def test_a_call_within_budget_is_never_counted() -> None:
 def test_rebuilt_products_share_their_count() -> None:
     """Stores rebuilt on the same hub (a SIGHUP reload) keep each product's count: threads left hung by the old
     build still count against the new one."""
-    from delivery_daemon.cli import default_marketplaces
     from delivery_daemon.clock import ManualClock
+    from delivery_daemon.compose import default_marketplaces
     from delivery_daemon.config import parse_settings
     from delivery_daemon.generators.discovery import discover
     from delivery_daemon.generators.resources import ResourceHub

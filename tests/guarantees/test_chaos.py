@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from delivery_daemon.cli import main
-from delivery_daemon.reference.chaos.run import ChaosOptions, run_chaos
+from delivery_daemon.reference.chaos.harness import ChaosOptions
+from delivery_daemon.reference.chaos.run import run_chaos
 from delivery_daemon.reference.chaos.verdict import judge
 from delivery_daemon.reference.records import DeliveryRecord
 from delivery_daemon.reference.softstore import SoftStoreMarketplace

@@ -8,7 +8,8 @@ import pytest
 
 from delivery_daemon.cli import main
 from delivery_daemon.order import IncomingOrder
-from delivery_daemon.reference.chaos.run import ChaosOptions, run_chaos
+from delivery_daemon.reference.chaos.harness import ChaosOptions
+from delivery_daemon.reference.chaos.run import run_chaos
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 
 pytestmark = pytest.mark.postgres

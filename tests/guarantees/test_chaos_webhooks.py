@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from delivery_daemon.reference.chaos.run import ChaosFaults, ChaosOptions, run_chaos
+from delivery_daemon.reference.chaos.harness import ChaosFaults, ChaosOptions
+from delivery_daemon.reference.chaos.run import run_chaos
 from delivery_daemon.reference.chaos.webhooks import FLAVOURS, Attempt, ChaosSink, judge_sink
 from delivery_daemon.reference.standard_webhooks import new_secret
 
@@ -52,8 +53,9 @@ async def test_sink_deduplicates_on_webhook_id_only() -> None:
     """A resend under the same webhook-id is a redelivery; the same order under a new webhook-id is a duplicate."""
     import httpx
 
+    from delivery_daemon.config import whsec_key
     from delivery_daemon.http.serving import serve
-    from delivery_daemon.net.signatures import standard_headers, whsec_key
+    from delivery_daemon.net.signatures import standard_headers
 
     secret = new_secret()
     sink = ChaosSink(secret, ChaosFaults(random.Random(0), 0, 0, 0))

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from delivery_daemon.order import IncomingOrder
+from delivery_daemon.storage.jobs import QueueError
 from delivery_daemon.storage.models import JobState
-from delivery_daemon.storage.queue import QueueError
 from tests.e2e.test_e2e_softstore import wait_for
 from tests.support.pg import postgres_server
 from tests.support.stack import PRODUCT, STORE, Stack

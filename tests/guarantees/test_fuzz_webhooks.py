@@ -32,9 +32,8 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 from structlog.testing import capture_logs
 
-from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.compose import Daemon, create_app
+from delivery_daemon.compose import Daemon, create_app, default_marketplaces
 from delivery_daemon.config import parse_settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import RunningServer, serve, serve_in_thread

@@ -380,9 +380,8 @@ def test_delivery_url_with_a_short_last_segment_is_registered_whole(stack: Stack
 async def test_secret_plugin_options_are_registered_with_the_redactor(tmp_path: Path) -> None:
     """A generator option declared SecretStr (the http generator's token) is one of the store's secrets, and the
     daemon hands it to the log redactor."""
-    from delivery_daemon.cli import default_marketplaces
     from delivery_daemon.clock import ManualClock
-    from delivery_daemon.compose import build_daemon
+    from delivery_daemon.compose import build_daemon, default_marketplaces
     from delivery_daemon.config import parse_settings
     from delivery_daemon.generators.discovery import discover
     from delivery_daemon.logs import REDACTOR

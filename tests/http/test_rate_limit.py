@@ -12,9 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.compose import create_app
+from delivery_daemon.compose import create_app, default_marketplaces
 from delivery_daemon.config import RateLimitSettings, parse_settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.limits import RateLimiter

@@ -280,3 +280,26 @@ async def test_marketplace_client_only_reaches_the_stores_origin(recorder: tuple
             await client.post(f"http://localhost:{running.port}/api/orders/delivery/tok")
     assert rec.hits == ["/api/orders/info/1"]
 
+
+
+@pytest.mark.parametrize(("url", "network"), [
+    ("http://192.168.1.20:8000/orders", "192.168.1.20/32"), ("http://[::ffff:10.0.0.5]/hook", "10.0.0.5/32"),
+    ("http://keys.internal/hook", "10.0.0.5/32"), ("http://[fd12::1]/hook", "fd12::1/128"),
+])
+async def test_a_refused_lan_receiver_says_which_switch_opens_it_and_why_it_is_off(url: str, network: str) -> None:
+    """A receiver on the seller's own network is refused with the switch to set (security.allowed_networks and the
+    exact network to list), why it is off by default and where the docs explain it — in the Dead reason itself."""
+    with pytest.raises(Dead) as refused:
+        await webhook_sink(url, NetPolicy(resolver=fake_dns), Counting().transport).send(JOB, CONTENT)
+    reason = refused.value.reason
+    assert f"list it in security.allowed_networks (e.g. {network})" in reason
+    assert "off by default so that a URL or DNS name in the configuration cannot reach" in reason
+    assert "docs/marketplaces.md#lan-receivers" in reason
+
+
+async def test_a_refused_metadata_address_says_allow_private_networks_does_not_open_it() -> None:
+    """The cloud metadata address's refusal says that security.allow_private_networks never opens it."""
+    with pytest.raises(BlockedDestination) as refused:
+        await check_url("http://169.254.169.254/latest", NetPolicy(allow_private=True))
+    assert "security.allow_private_networks never opens a cloud metadata address" in str(refused.value)
+    assert "security.allowed_networks (e.g. 169.254.169.254/32)" in str(refused.value)

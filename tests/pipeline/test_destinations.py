@@ -69,22 +69,55 @@ def test_check_config_warns_on_a_name_that_does_not_resolve(tmp_path: Path,
     assert "warning: stores[0].delivery.webhook.url: not checked now" in capsys.readouterr().out
 
 
-def test_serve_refuses_to_start_with_a_refused_url(tmp_path: Path) -> None:
-    """``serve`` with a webhook URL on a metadata address exits 2 with one line naming the key, before listening."""
-    path = write_config(tmp_path, webhook_url="http://169.254.169.254/latest")
+def serve_refusal(path: Path) -> str:
+    """Run ``serve`` on ``path`` as a real process; assert it exits 2 before listening, with one stderr line and no
+    traceback, and return that line."""
     result = subprocess.run([sys.executable, "-m", "delivery_daemon", "serve", "--config", str(path),
                              "--log-format", "json"], capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "stores[0].delivery.webhook.url: refused" in lines[0] and "metadata" in lines[0]
+    assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert "daemon.started" not in result.stdout
+    return lines[0]
+
+
+def test_serve_refuses_to_start_with_a_refused_url(tmp_path: Path) -> None:
+    """``serve`` with a webhook URL on a metadata address exits 2 with one line naming the key, before listening."""
+    line = serve_refusal(write_config(tmp_path, webhook_url="http://169.254.169.254/latest"))
+    assert "stores[0].delivery.webhook.url: refused" in line and "metadata" in line
+
+
+LAN_HINT = ("expected a public address, or one listed in security.allowed_networks (off by default so that a URL or "
+            "DNS name in the configuration cannot reach the daemon's own host or network unless you list it; "
+            "docs/marketplaces.md#lan-receivers), e.g. security: {allowed_networks: [192.168.1.20/32]}")
+
+
+def test_check_config_tells_a_lan_receiver_which_switch_to_set(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """An outbound webhook to the seller's own network: one line naming the key, the address, the switch
+    (security.allowed_networks with the exact network) and why it is off; with the network listed it passes."""
+    lan = write_config(tmp_path, webhook_url="http://192.168.1.20:8000/o")
+    assert main(["check-config", "--config", str(lan)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == ("delivery-daemon: error: stores[0].delivery.webhook.url: refused to connect to 192.168.1.20: it "
+                    f"resolves to a private address (192.168.1.20); {LAN_HINT}")
+    listed = write_config(tmp_path, webhook_url="http://192.168.1.20:8000/o",
+                          security={"allowed_networks": ["192.168.1.20/32"]})
+    assert main(["check-config", "--config", str(listed)]) == 0  # a literal address: nothing resolved or contacted
+
+
+def test_serve_tells_a_lan_receiver_which_switch_to_set(tmp_path: Path) -> None:
+    """``serve`` refuses to start with the same line check-config prints, before listening."""
+    line = serve_refusal(write_config(tmp_path, webhook_url="http://192.168.1.20:8000/o"))
+    assert line.startswith("delivery-daemon: error: stores[0].delivery.webhook.url: refused to connect to 192.168.1.20")
+    assert line.endswith(LAN_HINT)
 
 
 async def test_reload_keeps_the_running_stores_when_a_url_is_refused(tmp_path: Path) -> None:
     """SIGHUP with a refused URL in the new file is refused as a whole: the old stores keep running."""
-    from delivery_daemon.cli import default_marketplaces
+    from delivery_daemon.compose import default_marketplaces
     from delivery_daemon.config import load_settings
     from delivery_daemon.daemon import Runner
     from delivery_daemon.generators.discovery import discover

@@ -17,9 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.compose import create_app
+from delivery_daemon.compose import create_app, default_marketplaces
 from delivery_daemon.config import parse_settings
 from delivery_daemon.generators.contract import Generated, NoOptions, OrderContext
 from delivery_daemon.generators.discovery import discover

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from delivery_daemon.pipeline.worker import Observers
+from delivery_daemon.storage.jobs import Transition
 from delivery_daemon.storage.models import Job, JobState
-from delivery_daemon.storage.queue import Transition
 from tests.support.stack import PRODUCT
 
 

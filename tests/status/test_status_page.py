@@ -18,7 +18,7 @@ from delivery_daemon.errors import ConfigError
 from delivery_daemon.http.serving import serve
 from delivery_daemon.order import Content
 from delivery_daemon.status import create_status_app
-from delivery_daemon.storage.queue import MarkedOrder
+from delivery_daemon.storage.jobs import MarkedOrder
 from delivery_daemon.storage.stock_pool import StockPool
 from tests.support.stack import PRODUCT, STORE, Stack
 from tests.support.status_helpers import PASSWORD, TOKEN, csrf_of, dead_order, delivered_order, status_page
@@ -176,6 +176,19 @@ async def test_orders_filter_by_state_store_product_and_search(stack: Stack) -> 
         assert "No order matches." in await listed(q="%")
         html = await listed(state="not-a-state")
         assert dead in html and delivered_1 in html  # an unknown state is ignored, not an error
+
+
+async def test_orders_filters_holding_a_nul_list_nothing_on_both_databases(
+        make_stack: Callable[..., contextlib.AbstractAsyncContextManager[Stack]], db_url: str) -> None:
+    """A NUL in the orders filters lists no order instead of a 500 (PostgreSQL refuses NUL as a parameter)."""
+    async with make_stack(database={"url": db_url}) as stack:
+        delivered = await delivered_order(stack)
+        async with status_page(stack) as page:
+            await page.login()
+            for params in ({"q": "a\x00b"}, {"store": "\x00"}, {"product": "p\x00"}, {"q": delivered[:6] + "\x00"}):
+                response = await page.client.get(f"{page.url}/orders", params=params)
+                assert response.status_code == 200, (params, response.status_code)
+                assert "No order matches." in response.text and delivered not in response.text
 
 
 async def test_order_detail_shows_attempts_but_never_keys_or_tokens(stack: Stack) -> None:

@@ -110,7 +110,7 @@ async def test_replicas_purging_at_once_purge_each_order_once(db_url: str) -> No
     from sqlalchemy import func, select, text
 
     from delivery_daemon.storage.engine import create_schema
-    from delivery_daemon.storage.queue import ATTEMPTS
+    from delivery_daemon.storage.jobs import ATTEMPTS
 
     engine = create_db_engine(db_url)
     create_schema(engine)

@@ -17,9 +17,8 @@ import psycopg
 import pytest
 from starlette.applications import Starlette
 
-from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.clock import SystemClock
-from delivery_daemon.compose import Daemon, create_app
+from delivery_daemon.compose import Daemon, create_app, default_marketplaces
 from delivery_daemon.config import Settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve

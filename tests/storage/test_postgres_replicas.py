@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from delivery_daemon.cli import default_marketplaces
-from delivery_daemon.compose import create_app
+from delivery_daemon.compose import create_app, default_marketplaces
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
 from delivery_daemon.order import Content

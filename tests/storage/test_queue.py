@@ -13,8 +13,9 @@ from sqlalchemy import Engine
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.engine import create_db_engine, create_schema
+from delivery_daemon.storage.jobs import LeaseLost, Transition, Verified
 from delivery_daemon.storage.models import JobState
-from delivery_daemon.storage.queue import JobQueue, LeaseLost, Transition, Verified
+from delivery_daemon.storage.queue import JobQueue
 
 
 @pytest.fixture
@@ -161,7 +162,7 @@ async def test_duplicate_enqueue_concurrently_from_many_queues(engine: Engine, c
             barrier.wait(timeout=30)
             # The synchronous body in a transaction of its own, so the threads truly race.
             with q.engine.begin() as conn:
-                return q._enqueue(conn, order("same")).created
+                return q._enqueuer.one(conn, order("same")).created
 
         results = await asyncio.gather(*(asyncio.to_thread(enqueue_at_once, q) for q in queues))
         assert sorted(results) == [False] * 5 + [True]

@@ -10,9 +10,10 @@ import pytest
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.engine import create_db_engine, create_schema
+from delivery_daemon.storage.jobs import LeaseLost, MarkedOrder, OrderCancelled, Settled, Transition
 from delivery_daemon.storage.models import JobState
 from delivery_daemon.storage.orders import ActionRefused, Orders
-from delivery_daemon.storage.queue import JobQueue, LeaseLost, MarkedOrder, OrderCancelled, Settled, Transition
+from delivery_daemon.storage.queue import JobQueue
 
 
 def order(n: int) -> IncomingOrder:
@@ -237,7 +238,7 @@ async def test_refund_during_a_redelivery_leaves_the_order_delivered_and_flagged
 def _take_over(queue: JobQueue, job_id: int | None) -> None:
     from sqlalchemy import update
 
-    from delivery_daemon.storage.queue import JOBS
+    from delivery_daemon.storage.jobs import JOBS
 
     with queue.engine.begin() as conn:
         conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(lease_owner="w2"))

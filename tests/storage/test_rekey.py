@@ -15,9 +15,9 @@ import yaml
 from alembic import command
 from sqlalchemy import select, text
 
-from delivery_daemon.cli import default_marketplaces, main
+from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.compose import Daemon, build_daemon
+from delivery_daemon.compose import Daemon, build_daemon, default_marketplaces
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.storage.cipher import Cipher, new_key_line, parse_keys

@@ -6,8 +6,9 @@ SQLite's ``PRAGMA integrity_check``; on PostgreSQL the ``amcheck`` extension's `
 index of the daemon's tables when the extension can be created (it ships with PostgreSQL but creating it needs a
 superuser; without it ``integrity`` says ``ok (amcheck unavailable)`` and the logical checks still run).
 
-:func:`check_database` reads only; a chaos run calls it once before it starts (through
-:func:`checked_database_url`: the database must be empty) and once after every daemon has stopped.
+:func:`check_database` reads only (its SQL is :mod:`delivery_daemon.storage.integrity`'s); a chaos run calls it
+once before it starts (through :func:`checked_database_url`: the database must be empty) and once after every daemon
+has stopped.
 """
 
 from __future__ import annotations
@@ -17,26 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Connection, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.storage.engine import create_db_engine, sqlite_path, with_driver
+from delivery_daemon.storage.integrity import consistency_problems, integrity, job_states
 from delivery_daemon.storage.models import FINAL
 from delivery_daemon.storage.schema import current_revision, head_revision
-
-DUPLICATE_JOBS = "SELECT count(*) FROM (SELECT 1 FROM jobs GROUP BY store, order_id HAVING count(*) > 1) AS d"
-ORPHAN_ATTEMPTS = "SELECT count(*) FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)"
-# Keys are sealed at rest (random nonce): their HMAC is what repeats when a key is in the pool twice.
-DUPLICATE_STOCK = ("SELECT count(*) FROM (SELECT 1 FROM stock_keys WHERE key_hash IS NOT NULL "
-                   "GROUP BY store, product_id, key_hash HAVING count(*) > 1) AS d")
-STATES = "SELECT state, count(*) FROM jobs GROUP BY state"
-BTREE_INDEXES = """
-    SELECT c.oid::regclass::text FROM pg_index i
-    JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
-    JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace
-    WHERE a.amname = 'btree' AND n.nspname = current_schema() AND c.relpersistence = 'p'
-    ORDER BY 1"""
 
 
 @dataclass
@@ -66,14 +55,9 @@ def check_database(database: Path | str) -> DatabaseReport:
         if at != head:
             report.problems.append(f"schema at revision {at}, not at this build's head {head}")
         with engine.connect() as conn:
-            report.states = {str(state): int(count) for state, count in conn.execute(text(STATES)).all()}
-            for what, sql in (("jobs share a (store, order id)", DUPLICATE_JOBS),
-                              ("attempts belong to no job", ORPHAN_ATTEMPTS),
-                              ("stock keys are in the pool twice", DUPLICATE_STOCK)):
-                count = int(conn.execute(text(sql)).scalar_one())
-                if count:
-                    report.problems.append(f"{count} {what}")
-            report.integrity = _integrity(conn) if report.backend == "postgresql" else _sqlite_integrity(conn)
+            report.states = job_states(conn)
+            report.problems += consistency_problems(conn)
+            report.integrity = integrity(conn)
     except SQLAlchemyError as exc:
         report.problems.append(f"database check failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     finally:
@@ -88,7 +72,7 @@ def unfinished_jobs(database: Path | str) -> int:
     engine = create_db_engine(database_url(database), read_only=True)  # polled while the daemons write
     try:
         with engine.connect() as conn:
-            return sum(int(n) for state, n in conn.execute(text(STATES)).all() if state not in FINAL)
+            return sum(n for state, n in job_states(conn).items() if state not in FINAL)
     except SQLAlchemyError:
         return -1
     finally:
@@ -102,28 +86,6 @@ async def wait_settled(database: Path | str, deadline: float) -> None:
         if await asyncio.to_thread(unfinished_jobs, database) == 0:
             return
         await asyncio.sleep(0.1)
-
-
-def _sqlite_integrity(conn: Connection) -> str:
-    return str(conn.execute(text("PRAGMA integrity_check")).scalar_one())
-
-
-def _integrity(conn: Connection) -> str:
-    """``ok`` when ``bt_index_check`` passes on every index; ``ok (amcheck unavailable)`` when it cannot run."""
-    try:
-        with conn.begin_nested():
-            conn.execute(text("CREATE EXTENSION IF NOT EXISTS amcheck"))
-    except SQLAlchemyError:
-        return "ok (amcheck unavailable)"
-    indexes = conn.execute(text(BTREE_INDEXES)).scalars().all()
-    broken: list[str] = []
-    for index in indexes:
-        try:
-            with conn.begin_nested():
-                conn.execute(text("SELECT bt_index_check(CAST(:index AS regclass), true)"), {"index": index})
-        except SQLAlchemyError as exc:
-            broken.append(f"{index}: {str(getattr(exc, 'orig', None) or exc).splitlines()[0][:120]}")
-    return f"ok (amcheck: {len(indexes)} indexes)" if not broken else "; ".join(broken)
 
 
 def checked_database_url(url: str | None, replicas: int, marketplace: str) -> str | None:
@@ -164,8 +126,6 @@ def describe(database: Path | str) -> str:
     """The database for a log line: a SQLite path, or a PostgreSQL URL without its password."""
     if isinstance(database, Path) or sqlite_path(database_url(database)) is not None:
         return str(database)
-    from sqlalchemy.engine import make_url
-
     return make_url(database_url(database)).render_as_string(hide_password=True)
 
 

@@ -40,11 +40,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from delivery_daemon.config import whsec_key
 from delivery_daemon.errors import WebhookRejected
 from delivery_daemon.http.serving import bind_socket, serve
-from delivery_daemon.net.signatures import hex_hmac, standard_headers, stripe_header, verify_standard, whsec_key
+from delivery_daemon.net.signatures import hex_hmac, standard_headers, stripe_header, verify_standard
 from delivery_daemon.reference.chaos.database import wait_settled
-from delivery_daemon.reference.chaos.run import (
+from delivery_daemon.reference.chaos.harness import (
     PRODUCT,
     STORE,
     Announcer,

@@ -3,6 +3,9 @@
 Starts the reference SoftStore marketplace and the daemon on free loopback ports with a temporary database, places
 orders of mixed quantities (one delivery is made to fail once, to show a retry), shows progress, prints a table and
 returns 0 only if every order was delivered exactly once with the right number of keys.
+
+The progress, the table and the verdict (:class:`Row`, :func:`follow`, :func:`report`) are shared with the other
+marketplaces' demos (``demo_webhooks``).
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from delivery_daemon.cli import default_marketplaces
 from delivery_daemon.cli.tables import Column, render_table
-from delivery_daemon.compose import create_app
+from delivery_daemon.compose import create_app, default_marketplaces
 from delivery_daemon.config import parse_settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
@@ -42,6 +45,7 @@ class Row:
     keys: int = 0
     accepted: int = 0
     latency_ms: float | None = None
+    channel: str = ""  # how it reached the buyer; shown as a column when set (the SoftStore demo leaves it out)
 
     @property
     def ok(self) -> bool:
@@ -60,11 +64,12 @@ def _colour(text: str, code: str, stream: TextIO) -> str:
     return f"\x1b[{code}m{text}\x1b[0m"
 
 
-def _say(stream: TextIO, text: str) -> None:
+def say(stream: TextIO, text: str) -> None:
     print(text, file=stream, flush=True)
 
 
-async def run_demo(orders: int = 6, stream: TextIO | None = None, deadline_s: float = 60.0) -> int:
+async def run_demo(orders: int = 6, stream: TextIO | None = None, deadline_s: float = 60.0,
+                   title: str = "delivery-daemon demo") -> int:
     """Run the demo, writing to ``stream`` (default: stdout); 0 if every order was delivered exactly once."""
     stream = stream or sys.stdout
     configure_logging("console", "error", stream=sys.stderr)  # the table is the output; errors still show
@@ -88,16 +93,21 @@ async def run_demo(orders: int = 6, stream: TextIO | None = None, deadline_s: fl
             app = create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()))
             async with serve(app) as daemon_server:
                 market.seller_url = f"{daemon_server.url}/webhooks/demo"
-                _say(stream, f"reference marketplace at {market_server.url}, daemon at {daemon_server.url}")
+                say(stream, f"reference marketplace at {market_server.url}, daemon at {daemon_server.url}")
                 market.faults.fail_next_deliveries(1, status=503)  # one retry, to show the machinery
                 rows = await _place(market, orders)
-                await _follow(market, rows, stream, deadline_s)
-    _say(stream, _table(rows))
+                await follow(rows, lambda row: _refresh(market, row), stream, deadline_s)
+    return report(rows, stream, title)
+
+
+def report(rows: list[Row], stream: TextIO, title: str = "delivery-daemon demo") -> int:
+    """Print the table and the verdict; 0 only if every order was delivered exactly once with all its keys."""
+    say(stream, _table(rows, title))
     bad = [row for row in rows if not row.ok]
     if bad:
-        _say(stream, _colour(f"{len(bad)} of {len(rows)} orders were not delivered exactly once", "31", stream))
+        say(stream, _colour(f"{len(bad)} of {len(rows)} orders were not delivered exactly once", "31", stream))
         return 1
-    _say(stream, _colour(f"all {len(rows)} orders delivered exactly once", "32", stream))
+    say(stream, _colour(f"all {len(rows)} orders delivered exactly once", "32", stream))
     return 0
 
 
@@ -144,7 +154,7 @@ class _Progress:
             self.stream.flush()
             self.shown = text
         else:
-            _say(self.stream, text)
+            say(self.stream, text)
 
     def close(self) -> None:
         if self.terminal and self.shown:
@@ -152,13 +162,15 @@ class _Progress:
             self.stream.flush()
 
 
-async def _follow(market: SoftStoreMarketplace, rows: list[Row], stream: TextIO, deadline_s: float) -> None:
+async def follow(rows: list[Row], refresh: Callable[[Row], None], stream: TextIO, deadline_s: float) -> None:
+    """Show progress until every row has a delivery (``refresh`` updates one row from what the buyer's side saw) or
+    the deadline passes, then look once more after a short wait, so a late duplicate shows."""
     progress = _Progress(stream, len(rows))
     deadline = time.monotonic() + deadline_s
     try:
         while time.monotonic() < deadline:
             for row in rows:
-                _refresh(market, row)
+                refresh(row)
             done = sum(1 for row in rows if row.accepted)
             progress.update(done)
             if done == len(rows):
@@ -168,15 +180,18 @@ async def _follow(market: SoftStoreMarketplace, rows: list[Row], stream: TextIO,
         progress.close()
     await asyncio.sleep(0.3)  # a late duplicate delivery would show up in this window
     for row in rows:
-        _refresh(market, row)
+        refresh(row)
 
 
-def _table(rows: list[Row]) -> str:
-    """The demo's result table; order ids are abbreviated (the demo's marketplace is gone when it is printed)."""
-    columns = [Column(name, "right" if name in ("quantity", "keys", "latency") else "left")
-               for name in ("order", "product", "quantity", "keys", "latency", "result")]
+def _table(rows: list[Row], title: str = "delivery-daemon demo") -> str:
+    """The demo's result table; long order ids are abbreviated (the demo's marketplace is gone when it is printed),
+    ids of up to 13 characters are shown whole; a ``channel`` column when the rows name their channel."""
+    channel = any(row.channel for row in rows)
+    names = ("order", "product", "quantity", *(("channel",) if channel else ()), "keys", "latency", "result")
+    columns = [Column(name, "right" if name in ("quantity", "keys", "latency") else "left") for name in names]
     return render_table(columns, [
-        (row.order_id[:12] + "…", row.product, row.quantity, row.keys,
+        (row.order_id if len(row.order_id) <= 13 else row.order_id[:12] + "…", row.product, row.quantity,
+         *((row.channel,) if channel else ()), row.keys,
          f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-",
          "delivered once" if row.ok else f"accepted {row.accepted}x")
-        for row in rows], title="delivery-daemon demo")
+        for row in rows], title=title)

@@ -1,0 +1,238 @@
+"""``delivery-daemon demo --marketplace NAME`` for the marketplaces that only *send* signed webhooks: Sellix, Shoppy,
+Stripe-based stores and Standard Webhooks platforms.
+
+Everything runs in this process on 127.0.0.1: the daemon (free port, temporary database), the seller's endpoint for
+the ``webhook`` channel (the reference :class:`~delivery_daemon.reference.standard_webhooks.SellerSystem`) and, for
+the email variant, a local SMTP server (:mod:`delivery_daemon.reference.demo_smtp`). The marketplace's reference
+sender signs each paid-order webhook as the marketplace does; the first delivery is refused once (503, or SMTP 451)
+to show a retry. Sellix's last order is a *dynamic product*: its keys come back in the answer to the webhook itself.
+
+The verdict is the SoftStore demo's (:func:`~delivery_daemon.cli.demo.report`): 0 only if each order reached
+the buyer's side exactly once with all its keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from delivery_daemon.cli.demo import PRODUCTS, TEMPLATE, Row, follow, report, say
+from delivery_daemon.compose import create_app, default_marketplaces
+from delivery_daemon.config import parse_settings
+from delivery_daemon.generators.discovery import discover
+from delivery_daemon.http.serving import serve
+from delivery_daemon.logs import configure_logging
+from delivery_daemon.reference import sellix, shoppy, stripe_store
+from delivery_daemon.reference.demo_smtp import SUBJECT, SmtpSink, smtp_available, smtp_sink
+from delivery_daemon.reference.standard_webhooks import SellerSystem, StandardWebhooksSender, new_secret
+
+Place = Callable[[str, str, int], Awaitable[httpx.Response]]  # (order id, product, quantity) -> the daemon's answer
+
+
+@dataclass(frozen=True)
+class Market:
+    """How one marketplace's demo store is keyed and how its reference side places a paid order."""
+
+    title: str
+    new_secret: Callable[[], str]
+    new_order_id: Callable[[], str]  # short enough (13 characters) to be shown whole in the table
+    sender: Callable[[str, str], Place]  # (the store's webhook URL, its secret) -> place
+    channel: str = "webhook"  # "email": through the SMTP sink when aiosmtpd is installed
+    dynamic_last: bool = False  # the last order is a dynamic product, answered in the webhook's response (Sellix)
+
+
+def _sellix(url: str, secret: str) -> Place:
+    sender = sellix.SellixSender(url, secret)
+    return lambda oid, product, qty: sender.send("order:paid", sellix.order(product, qty, uniqid=oid))
+
+
+def _shoppy(url: str, secret: str) -> Place:
+    sender = shoppy.ShoppySender(url, secret)
+    return lambda oid, product, qty: sender.send(100, shoppy.order(product, qty, order_id=oid))
+
+
+def _stripe(url: str, secret: str) -> Place:
+    sender = stripe_store.StripeStoreSender(url, secret)
+    return lambda oid, product, qty: sender.send(
+        stripe_store.event("payment_intent.succeeded", stripe_store.payment_intent(product, qty, pi_id=oid))
+    )
+
+
+def _standard(url: str, secret: str) -> Place:
+    sender = StandardWebhooksSender(url, secret)
+    return lambda oid, product, qty: sender.send(
+        "order.paid", {"order_id": oid, "product_id": product, "quantity": qty, "email": "buyer@example.org"}
+    )
+
+
+MARKETS: dict[str, Market] = {
+    "sellix": Market(
+        "Sellix", lambda: secrets.token_hex(24), lambda: f"sellix-{secrets.token_hex(3)}", _sellix, dynamic_last=True
+    ),
+    "shoppy": Market("Shoppy", lambda: secrets.token_hex(24), lambda: secrets.token_hex(6), _shoppy),
+    "stripe": Market(
+        "Stripe-based store", lambda: f"whsec_{secrets.token_hex(24)}", lambda: f"pi_{secrets.token_hex(5)}", _stripe
+    ),
+    "standard-webhooks": Market(
+        "Standard Webhooks platform", new_secret, lambda: f"A-{secrets.token_hex(5)}", _standard, channel="email"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery the buyer's side accepted: a webhook, a mail, or a dynamic product's answer."""
+
+    order_id: str
+    keys: int
+    at: float
+
+
+class Buyer:
+    """What reached the buyer's side, from the seller's endpoint, the SMTP sink and the dynamic answers."""
+
+    def __init__(self, seller: SellerSystem, mailbox: SmtpSink | None) -> None:
+        self.seller, self.mailbox = seller, mailbox
+        self.answers: list[Delivery] = []
+        self._seen_at: list[float] = []  # SellerSystem keeps no time: a webhook's is when the demo first saw it
+
+    def deliveries(self, order_id: str) -> list[Delivery]:
+        accepted = self.seller.accepted()
+        now = time.time()
+        self._seen_at.extend(now for _ in range(len(accepted) - len(self._seen_at)))
+        found = [
+            Delivery(str(r.body["data"]["order_id"]), len(r.body["data"]["keys"]), at)
+            for r, at in zip(accepted, self._seen_at, strict=True)
+        ]
+        found += [Delivery(m.order_id, m.keys, m.at) for m in self.mailbox.mails] if self.mailbox else []
+        return [d for d in [*self.answers, *found] if d.order_id == order_id]
+
+    def refresh(self, row: Row) -> None:
+        found = self.deliveries(row.order_id)
+        row.accepted = len(found)
+        if found:
+            row.keys = found[0].keys
+            row.latency_ms = (found[0].at - row.placed_at) * 1000
+
+
+async def run_webhook_demo(
+    marketplace: str, orders: int = 6, stream: TextIO | None = None, deadline_s: float = 60.0
+) -> int:
+    """Run the demo of ``marketplace`` (a key of :data:`MARKETS`); 0 if every order was delivered exactly once."""
+    stream = stream or sys.stdout
+    configure_logging("console", "error", stream=sys.stderr)  # the table is the output; errors still show
+    market = MARKETS[marketplace]
+    channel = market.channel
+    if channel == "email" and not smtp_available():
+        say(stream, "aiosmtpd is not installed (pip install aiosmtpd): delivering by webhook instead of email")
+        channel = "webhook"
+    seller = SellerSystem(new_secret(), answers=[503])  # one retry, to show the machinery
+    secret = market.new_secret()
+    with tempfile.TemporaryDirectory(prefix="delivery-daemon-demo-") as tmp:
+        async with serve(seller.app) as seller_server, _mailbox(channel == "email") as (mailbox, smtp_port):
+            delivery: dict[str, Any] = {
+                "channel": "webhook",
+                "webhook": {"url": f"{seller_server.url}/hooks/orders", "secret": seller.secret},
+            }
+            where = f"the seller's endpoint at {seller_server.url}/hooks/orders"
+            if mailbox is not None:
+                delivery = {
+                    "channel": "email",
+                    "email": {
+                        "host": "127.0.0.1",
+                        "port": smtp_port,
+                        "security": "none",
+                        "sender": "shop@example.org",
+                        "subject": SUBJECT,
+                    },
+                }
+                where = f"the buyer's mailbox (SMTP on 127.0.0.1:{smtp_port})"
+            app = create_app(
+                _settings(Path(tmp), marketplace, secret, delivery),
+                marketplaces=default_marketplaces(),
+                plugins=dict(discover()),
+            )
+            async with serve(app) as daemon_server:
+                say(
+                    stream,
+                    f"{marketplace}: the reference {market.title} sends signed webhooks to the daemon at "
+                    f"{daemon_server.url}; it delivers by {channel} to {where}",
+                )
+                if market.dynamic_last:
+                    say(stream, "the last order is a dynamic product: its keys come back in the webhook's answer")
+                buyer = Buyer(seller, mailbox)
+                place = market.sender(f"{daemon_server.url}/webhooks/demo", secret)
+                rows = await _place(market, place, orders, channel, stream)
+                if market.dynamic_last and rows:
+                    await _dynamic(f"{daemon_server.url}/webhooks/demo", secret, rows[-1], buyer)
+                await follow(rows, buyer.refresh, stream, deadline_s)
+    return report(rows, stream, title=f"delivery-daemon demo: {marketplace}")
+
+
+@contextlib.asynccontextmanager
+async def _mailbox(wanted: bool) -> AsyncIterator[tuple[SmtpSink | None, int]]:
+    if not wanted:
+        yield None, 0
+        return
+    async with smtp_sink() as (sink, port):
+        yield sink, port
+
+
+def _settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any]) -> Any:
+    return parse_settings(
+        {
+            "database": {"url": f"sqlite:///{tmp / 'demo.db'}"},
+            "delivery": {"retry_schedule": [0.3, 1, 2, 5], "timeout": 5},
+            "worker": {"poll_interval": 0.2},
+            "security": {"allowed_networks": ["127.0.0.1/32"]},  # the seller's endpoint is on loopback
+            "stores": [
+                {
+                    "name": "demo",
+                    "marketplace": marketplace,
+                    "webhook_secret": secret,
+                    "delivery": delivery,
+                    "products": {
+                        pid: {"generator": "pattern", "options": options, "template": TEMPLATE}
+                        for pid, options in PRODUCTS.items()
+                    },
+                }
+            ],
+        },
+        environ={},
+    )
+
+
+async def _place(market: Market, place: Place, orders: int, channel: str, stream: TextIO) -> list[Row]:
+    """Send each order's paid webhook once (Sellix's last one is left to :func:`_dynamic`); an order the daemon did
+    not acknowledge is said, and stays undelivered in the table."""
+    products = list(PRODUCTS)
+    rows = []
+    for index in range(orders):
+        product, quantity = products[index % len(products)], 1 + index % 3
+        row = Row(market.new_order_id(), product, quantity, time.time(), channel=channel)
+        rows.append(row)
+        if market.dynamic_last and index == orders - 1:
+            continue
+        answer = await place(row.order_id, product, quantity)
+        if not answer.is_success:
+            say(stream, f"the daemon answered {answer.status_code} to order {row.order_id}: {answer.text[:200]}")
+    return rows
+
+
+async def _dynamic(url: str, secret: str, row: Row, buyer: Buyer) -> None:
+    """Sellix's product:dynamic: one request, and the whole body of a 2xx answer is what the buyer gets."""
+    row.channel, row.placed_at = "answer", time.time()
+    product = await sellix.SellixSender(url, secret).dynamic(
+        sellix.order(row.product, row.quantity, uniqid=row.order_id)
+    )
+    if product is not None:
+        buyer.answers.append(Delivery(row.order_id, len([k for k in product.split("\n") if k]), time.time()))

@@ -1,0 +1,106 @@
+"""``delivery-daemon softstore connect|sync-stock``: SoftStore seller tooling.
+
+``delivery-daemon softstore connect --config C --store S --public-url URL`` sets the seller's ``api_url`` (where
+SoftStore sends paid-order webhooks) through ``POST /seller/profile``, reads it back with ``GET /seller`` and reports
+what changed; ``--check`` only compares. The marketplace's validation messages ("Invalid API URL", …) are shown as
+one line. "Points at this daemon" means the seller's ``api_url`` ends with ``/webhooks/<store name>``
+(:mod:`delivery_daemon.marketplaces.softstore_seller`).
+
+``delivery-daemon softstore sync-stock --config C [--store S]`` sets each stock product's ``count`` on SoftStore to
+the keys left in the pool now (see :mod:`delivery_daemon.stock.sync`), printing one line per product; exit 1 when
+a product could not be synced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from delivery_daemon.clock import SystemClock
+from delivery_daemon.config import StoreSettings, load_settings
+from delivery_daemon.errors import ConfigError, DeliveryDaemonError
+from delivery_daemon.marketplaces.base import AdapterContext
+from delivery_daemon.marketplaces.softstore import SoftStoreAdapter
+from delivery_daemon.marketplaces.softstore_seller import connect
+
+
+def _softstore_index(stores: Sequence[StoreSettings], name: str) -> int:
+    """Where the SoftStore store ``name`` is in the configuration, or a ConfigError."""
+    for index, store in enumerate(stores):
+        if store.name == name:
+            if store.marketplace != "softstore":
+                raise ConfigError(f"stores[{index}].marketplace", f"store {name!r} is not a SoftStore store")
+            return index
+    raise ConfigError("stores", f"no store named {name!r}")
+
+
+def _adapter(config: str, store_name: str, transport: httpx.AsyncBaseTransport | None = None) -> SoftStoreAdapter:
+    settings = load_settings(config)
+    index = _softstore_index(settings.stores, store_name)
+    return SoftStoreAdapter(AdapterContext(store=settings.stores[index], path=f"stores[{index}]", clock=SystemClock(),
+                                           delivery=settings.delivery, transport=transport))
+
+
+async def _connect_command(args: argparse.Namespace) -> int:
+    adapter = _adapter(args.config, args.store)
+    try:
+        result = await connect(adapter.seller(), args.public_url, check=args.check)
+    except DeliveryDaemonError as exc:
+        print(f"delivery-daemon: softstore connect failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await adapter.aclose()
+    if args.check:
+        if result.before == args.public_url:
+            print(f"{args.store}: api_url is {result.before} (matches)")
+            return 0
+        print(f"{args.store}: api_url is {result.before or '(not set)'}, expected {args.public_url}")
+        return 1
+    if not result.changed:
+        print(f"{args.store}: api_url already {result.after} (unchanged)")
+        return 0
+    if result.after != args.public_url:
+        print(f"{args.store}: SoftStore kept api_url {result.after!r} after the update", file=sys.stderr)
+        return 1
+    print(f"{args.store}: api_url {result.before or '(not set)'} -> {result.after}")
+    return 0
+
+
+async def _sync_stock_command(args: argparse.Namespace) -> int:
+    # Imported when it runs: the stores' machinery and every marketplace type would slow every command's start.
+    from delivery_daemon.cli.stock import describe, sync_for_command
+
+    settings = load_settings(args.config)
+    softstore = [store.name for store in settings.stores if store.marketplace == "softstore"]
+    if args.store is not None:
+        _softstore_index(settings.stores, args.store)
+        softstore = [args.store]
+    elif args.product is not None:
+        raise ConfigError("--product", "needs --store")
+    results = await sync_for_command(settings, stores=softstore, product=args.product, log_level="warning")
+    if not results:
+        print("no stock products to sync (a product needs the stock generator or a listed_count)")
+    for result in results:
+        print(describe(result))
+    return 1 if any(result.outcome == "failed" for result in results) else 0
+
+
+def register(sub: Any) -> None:
+    group = sub.add_parser("softstore", help="SoftStore seller tooling").add_subparsers(dest="softstore_command",
+                                                                                         required=True)
+    conn = group.add_parser("connect", help="point the seller's webhook (api_url) at this daemon")
+    conn.add_argument("--config", required=True)
+    conn.add_argument("--store", required=True)
+    conn.add_argument("--public-url", required=True, help="e.g. https://seller.example/webhooks/main")
+    conn.add_argument("--check", action="store_true", help="only compare; exit 1 when it differs")
+    conn.set_defaults(func=lambda args: asyncio.run(_connect_command(args)))
+    sync = group.add_parser("sync-stock", help="set each stock product's count on SoftStore to the keys left")
+    sync.add_argument("--config", required=True)
+    sync.add_argument("--store", help="only this store (default: every SoftStore store)")
+    sync.add_argument("--product", help="only this product id (with --store; e.g. one served by the default)")
+    sync.set_defaults(func=lambda args: asyncio.run(_sync_stock_command(args)))

@@ -1,0 +1,93 @@
+"""The SQL of :meth:`JobQueue.enqueue <delivery_daemon.storage.queue.JobQueue.enqueue>`: a paid order becomes a job.
+
+Uniqueness is the database's job: ``INSERT … ON CONFLICT DO NOTHING`` on (store, order_id); a second webhook for an
+order only counts itself in ``jobs.received``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, bindparam, update
+from sqlalchemy.engine import Connection
+
+from delivery_daemon.clock import Clock
+from delivery_daemon.order import IncomingOrder
+from delivery_daemon.storage import dialect
+from delivery_daemon.storage.cipher import Cipher
+from delivery_daemon.storage.jobs import INSERT_ATTEMPT, JOBS, Enqueued, Transition, attempt_row, record, seal
+from delivery_daemon.storage.models import JobState
+
+_ACCEPTED = Transition(JobState.QUEUED, "receive", "accepted")
+
+
+def received(order: IncomingOrder) -> Transition:
+    """The first recorded step of a new job: accepted, or held with the receiver's reason."""
+    return _ACCEPTED if order.held is None else Transition(JobState.HELD, "receive", "held", error=order.held)
+
+
+class Enqueue:
+    """Enqueue statements for one database (``dialect_name``), run on the queue's database thread."""
+
+    def __init__(self, dialect_name: str, clock: Clock, cipher: Cipher | None) -> None:
+        self.clock = clock
+        self.cipher = cipher
+        self._dialect = dialect_name
+        # Built once and executed with parameters: rebuilding them with .values(**row) for every order cost more
+        # CPU on the database thread than the SQL itself (py-spy: statement construction and cache-key generation).
+        self._insert_job = (
+            self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"]).returning(JOBS.c.id)
+        )
+        self._insert_jobs_keyed = (
+            self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"])
+            .returning(JOBS.c.id, JOBS.c.store, JOBS.c.order_id)
+        )
+        self._count_duplicate = (
+            update(JOBS)
+            .where(and_(JOBS.c.store == bindparam("b_store"), JOBS.c.order_id == bindparam("b_order_id")))
+            .values(received=JOBS.c.received + 1)
+            .returning(JOBS.c.id)
+        )
+
+    def _insert_ignore(self) -> Any:
+        return dialect.insert(self._dialect, JOBS)
+
+    def _job_row(self, order: IncomingOrder, now: float) -> dict[str, Any]:
+        return {
+            "store": order.store, "order_id": order.order_id, "marketplace": order.marketplace,
+            "product_id": order.product_id, "state": received(order).state.value,
+            "payload": seal(self.cipher, order.store, order.order_id, "payload", order.payload_json()),
+            "attempts": 0, "received": 1, "due_at": now, "created_at": now, "updated_at": now,
+            "last_error": order.held,
+        }
+
+    def one(self, conn: Connection, order: IncomingOrder) -> Enqueued:
+        """Insert ``order``'s job, or count a duplicate."""
+        now = self.clock.now()
+        inserted = conn.execute(self._insert_job, self._job_row(order, now)).scalar_one_or_none()
+        if inserted is not None:
+            record(conn, inserted, received(order), now)
+            return Enqueued(job_id=inserted, created=True)
+        return self._duplicate(conn, order)
+
+    def _duplicate(self, conn: Connection, order: IncomingOrder) -> Enqueued:
+        job_id = conn.execute(self._count_duplicate,
+                              {"b_store": order.store, "b_order_id": order.order_id}).scalar_one()
+        return Enqueued(job_id=job_id, created=False)
+
+    def many(self, conn: Connection, orders: list[IncomingOrder]) -> list[Enqueued]:
+        """What :meth:`one` does for each order, in order, with one multi-row ``INSERT … ON CONFLICT DO NOTHING
+        RETURNING`` for the jobs and one for their attempts (profile: per-row INSERTs and savepoints were most of
+        the database thread's CPU under a webhook burst)."""
+        now = self.clock.now()
+        rows = conn.execute(self._insert_jobs_keyed, [self._job_row(order, now) for order in orders]).all()
+        new = {(row.store, row.order_id): row.id for row in rows}
+        results: list[Enqueued] = []
+        for order in orders:
+            job_id = new.pop((order.store, order.order_id), None)  # popped: the same order again is a duplicate
+            results.append(Enqueued(job_id, True) if job_id is not None else self._duplicate(conn, order))
+        accepted = [attempt_row(r.job_id, received(order), now)
+                    for r, order in zip(results, orders, strict=True) if r.created]
+        if accepted:
+            conn.execute(INSERT_ATTEMPT, accepted)
+        return results
