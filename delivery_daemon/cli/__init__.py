@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from delivery_daemon import __version__
 from delivery_daemon.cli import chaos, database, init, migrate, orders, plugins, softstore
 from delivery_daemon.cli.demo_all import MARKETPLACES, run_all_demos, run_marketplace_demo
+from delivery_daemon.cli.options import add_config_option, missing_config
 from delivery_daemon.clock import SystemClock
 from delivery_daemon.config import Settings, load_settings
 from delivery_daemon.errors import ConfigError, DeliveryDaemonError, PluginError
@@ -129,13 +130,13 @@ def cmd_marketplace(args: argparse.Namespace) -> int:
 
 def _register_core(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the webhook receiver and the delivery worker")
-    serve.add_argument("--config", required=True)
+    add_config_option(serve)
     serve.add_argument("--log-format", choices=["auto", "json", "console"])
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a configuration file and summarise what would run")
-    check.add_argument("--config", required=True)
+    add_config_option(check)
     check.set_defaults(func=cmd_check_config)
 
     demo = sub.add_parser("demo", help="deliver a few orders end to end against the reference marketplace")
@@ -180,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = missing_config(args)
+    if problem is not None:
+        return _fail(problem)
     try:
         result: int = args.func(args)
         return result
