@@ -12,10 +12,13 @@
 FROM python:3.12-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# EXTRAS: the optional dependencies to install; "postgres" (psycopg) lets the image use a postgresql:// database.
+# `--build-arg EXTRAS=` builds without it (SQLite only). constraints.txt pins every package to the tested release.
+ARG EXTRAS=postgres
+COPY pyproject.toml README.md constraints.txt ./
 COPY delivery_daemon ./delivery_daemon
 COPY plugins ./plugins
-RUN python -m venv /opt/delivery-daemon && /opt/delivery-daemon/bin/pip install .
+RUN python -m venv /opt/delivery-daemon && /opt/delivery-daemon/bin/pip install -c constraints.txt ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.12-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/delivery-daemon --shell /usr/sbin/nologin \

@@ -67,7 +67,9 @@ def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float, heade
             trusted_proxies: Sequence[str] = ()) -> _Server:
     # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise (or FORWARDED_ALLOW_IPS says): only
     # server.trusted_proxies are believed here, and with none the headers are not read at all.
-    return _Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False,
+    # log_config=None: uvicorn's records go to the root logger, which logs.configure_logging renders as the daemon's
+    # own lines (uvicorn's default config would print them as plain text on stderr).
+    return _Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False, log_config=None,
                                   timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
                                   http=header_deadline_protocol(header_timeout),
                                   proxy_headers=bool(trusted_proxies), forwarded_allow_ips=list(trusted_proxies)))

@@ -1,5 +1,11 @@
 """structlog set-up: one event per line, JSON when stdout is not a terminal, readable when it is.
 
+One stream: :func:`configure_logging` also routes every stdlib log record (uvicorn's, SQLAlchemy's, httpx's, a
+plugin's) and every Python warning (through the ``py.warnings`` logger) to the same stream, rendered by the same
+renderer (structlog's ``ProcessorFormatter``) with the same keys — ``timestamp``, ``level``, ``event``, ``logger`` —
+and scrubbed by the same redactor. All of the process's logging configuration is done here: the servers are started
+with uvicorn's own ``log_config`` switched off, so uvicorn's records reach the root logger like any library's.
+
 A redaction processor replaces every registered secret (API keys, webhook secrets, JWTs, SMTP passwords, secret
 plugin options) wherever it would appear in an event. Delivery tokens and generated keys are never passed to a log
 call in the first place; the redactor is the second line of defence for the secrets the daemon holds in memory.
@@ -152,7 +158,7 @@ def scrub_record(record: logging.LogRecord, redactor: Redactor) -> logging.LogRe
     except (TypeError, ValueError):  # a broken %-format in a third-party call: keep the template only
         message = str(record.msg)
     clean = redactor.scrub_text(message)
-    if record.name.split(".")[0] in URL_LOGGERS:
+    if (record.name or "").split(".")[0] in URL_LOGGERS:  # logging.makeLogRecord() creates one with no name first
         clean = _URL_PATH.sub(lambda m: f"{m.group('origin')}/{REDACTED}", clean)
     if clean != message:
         record.msg, record.args = clean, None
@@ -180,9 +186,61 @@ def install_record_scrubber(redactor: Redactor = REDACTOR) -> None:
     logging.setLogRecordFactory(factory)
 
 
+_WRITE_LOCK = threading.Lock()
+"""Held for each line written to the log stream, by structlog's events and stdlib records alike: lines from two
+threads (the event loop, the database thread) never interleave."""
+
+
+class LineLogger:
+    """structlog's output: each event is one ``write`` of the line and its newline, then a flush, under the lock the
+    stdlib handler shares. ``name`` is what ``structlog.get_logger(name)`` was given: the line's ``logger`` key."""
+
+    def __init__(self, stream: TextIO, name: str = "") -> None:
+        self.stream = stream
+        self.name = name
+
+    def msg(self, message: str) -> None:
+        with _WRITE_LOCK:
+            self.stream.write(message + "\n")
+            self.stream.flush()
+
+    log = debug = info = warn = warning = error = err = critical = exception = fatal = failure = msg
+
+
+class LineLoggerFactory:
+    """Makes a :class:`LineLogger` on ``stream`` for each ``structlog.get_logger(name)``."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, *args: Any) -> LineLogger:
+        return LineLogger(self.stream, str(args[0]) if args else "")
+
+
+class LineHandler(logging.StreamHandler[TextIO]):
+    """The root logger's handler that :func:`configure_logging` installs (and replaces when called again)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with _WRITE_LOCK:
+            super().emit(record)
+
+
+def _record_exception(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A stdlib record's traceback as the ``exception`` key, as a structlog event has it: :func:`scrub_record` has
+    already formatted (and scrubbed) it into ``exc_text``."""
+    record = event.get("_record")
+    if record is not None and record.exc_text and "exception" not in event:
+        event["exception"] = record.exc_text
+    return event
+
+
 def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None,
                       redactor: Redactor = REDACTOR) -> None:
-    """Configure structlog (and route stdlib logging through the same level)."""
+    """Configure structlog, and route stdlib logging and Python warnings to the same ``stream`` (default stdout), as
+    the same lines: JSON for ``fmt="json"`` (``"auto"``: when the stream is not a terminal), else readable.
+
+    structlog events are dropped below ``level``; stdlib records below ``level`` or WARNING, whichever is higher
+    (libraries' INFO lines — httpx's carry request URLs — stay off)."""
     stream = stream or sys.stdout
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
@@ -190,21 +248,35 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     numeric = getattr(logging, level.upper(), logging.INFO)
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.stdlib.add_logger_name,
+            stamp,
             structlog.processors.format_exc_info,  # before the redactor, so a traceback's text is scrubbed too
             redactor,
             redactor.wrap(renderer),  # and the whole line once more: a secret nested in a list or dict value
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=LineLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     install_record_scrubber(redactor)
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    handler = LineHandler(stream)
+    handler.setLevel(max(numeric, logging.WARNING))
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                           structlog.stdlib.add_logger_name, stamp, _record_exception,
+                           structlog.processors.format_exc_info],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redactor, redactor.wrap(renderer)],
+    ))
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if isinstance(h, LineHandler)]:
+        root.removeHandler(previous)
+    root.addHandler(handler)
+    logging.captureWarnings(True)  # warnings.warn() becomes a record of the py.warnings logger
     # httpx logs every request URL at INFO, and SoftStore's delivery URL carries the order's token: pinned, so
     # that nothing (a root logger at DEBUG, an embedding app) can turn those lines on.
     for name in QUIET_LOGGERS:

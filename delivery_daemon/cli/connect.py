@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 
+from delivery_daemon.cli.options import CONFIG_ENV, add_config_option
 from delivery_daemon.config import (
     DatabaseSettings,
     SecuritySettings,
@@ -28,14 +29,12 @@ from delivery_daemon.errors import ConfigError
 from delivery_daemon.storage.cipher import Cipher, load_cipher
 from delivery_daemon.storage.engine import create_db_engine, create_schema, sqlite_path
 
-CONFIG_ENV = "DELIVERY_DAEMON_CONFIG"
 M = TypeVar("M", bound=BaseModel)
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
     """``--config`` (default ``$DELIVERY_DAEMON_CONFIG``) and ``--database URL``."""
-    parser.add_argument("--config", default=os.environ.get(CONFIG_ENV),
-                        help=f"the daemon's configuration file (default: ${CONFIG_ENV})")
+    add_config_option(parser, required=False)
     parser.add_argument("--database", help="a database URL, instead of the one in --config")
 
 

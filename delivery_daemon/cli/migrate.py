@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from delivery_daemon.cli.options import add_config_option
 from delivery_daemon.config import load_settings
 from delivery_daemon.storage.engine import create_db_engine, sqlite_path, with_driver
 from delivery_daemon.storage.transfer import MigrateError, copy_database
@@ -89,6 +90,6 @@ def register_db_migrate(sub: Any) -> None:
     db = sub.choices.get("db") or sub.add_parser("db", help="database maintenance")
     migrate = _subparsers(db).add_parser(
         "migrate", help="copy the configured SQLite database into an empty PostgreSQL database and verify it")
-    migrate.add_argument("--config", required=True)
+    add_config_option(migrate)
     migrate.add_argument("--to", required=True, metavar="URL", help="postgresql://user:password@host:port/dbname")
     migrate.set_defaults(func=cmd_db_migrate)

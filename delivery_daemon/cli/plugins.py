@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from delivery_daemon.cli.connect import read_cipher
+from delivery_daemon.cli.options import add_config_option
 from delivery_daemon.clock import SystemClock
 from delivery_daemon.config import Settings, load_settings
 from delivery_daemon.errors import ConfigError, DeliveryDaemonError, PluginError
@@ -154,14 +155,14 @@ def register(sub: Any) -> None:
     plugins = sub.add_parser("plugins", help="generator plugins").add_subparsers(dest="plugins_command",
                                                                                  required=True)
     listing = plugins.add_parser("list", help="each plugin's name, version, origin and options")
-    listing.add_argument("--config", help="read plugins.directory from this configuration")
+    add_config_option(listing, required=False, help_text="read plugins.directory from this configuration")
     listing.add_argument("--plugins-dir", help="also load single-file plugins from this directory")
     listing.set_defaults(func=cmd_plugins_list)
 
     stock = sub.add_parser("stock", help="pre-made keys for the stock generator").add_subparsers(
         dest="stock_command", required=True)
     importing = stock.add_parser("import", help="add keys from a text (one per line) or CSV file")
-    importing.add_argument("--config", required=True)
+    add_config_option(importing)
     importing.add_argument("--store", required=True)
     importing.add_argument("--product", required=True)
     importing.add_argument("--no-sync", action="store_true",
@@ -169,7 +170,7 @@ def register(sub: Any) -> None:
     importing.add_argument("file")
     importing.set_defaults(func=cmd_stock_import)
     status = stock.add_parser("status", help="keys remaining and issued, and orders waiting, per product")
-    status.add_argument("--config", required=True)
+    add_config_option(status)
     status.add_argument("--store")
     status.set_defaults(func=cmd_stock_status)
 

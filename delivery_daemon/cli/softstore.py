@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from delivery_daemon.cli.options import add_config_option
 from delivery_daemon.clock import SystemClock
 from delivery_daemon.config import StoreSettings, load_settings
 from delivery_daemon.errors import ConfigError, DeliveryDaemonError
@@ -137,20 +138,20 @@ def register(sub: Any) -> None:
     group = sub.add_parser("softstore", help="SoftStore seller tooling").add_subparsers(dest="softstore_command",
                                                                                          required=True)
     conn = group.add_parser("connect", help="point the seller's webhook (api_url) at this daemon")
-    conn.add_argument("--config", required=True)
+    add_config_option(conn)
     conn.add_argument("--store", required=True)
     conn.add_argument("--public-url", required=True, help="e.g. https://seller.example/webhooks/main")
     conn.add_argument("--check", action="store_true", help="only compare; exit 1 when it differs")
     conn.set_defaults(func=lambda args: asyncio.run(_connect_command(args)))
     test = group.add_parser("test-webhook", help="send a signed test webhook (an unpaid order: nothing is stored)")
-    test.add_argument("--config", required=True)
+    add_config_option(test)
     test.add_argument("--store", required=True)
     test.add_argument("--public-url", help="the store's webhook URL as SoftStore calls it, e.g. "
                       "https://seller.example/webhooks/main (default: the local server address)")
     test.add_argument("--timeout", type=float, default=15.0)
     test.set_defaults(func=lambda args: asyncio.run(_test_webhook_command(args)))
     sync = group.add_parser("sync-stock", help="set each stock product's count on SoftStore to the keys left")
-    sync.add_argument("--config", required=True)
+    add_config_option(sync)
     sync.add_argument("--store", help="only this store (default: every SoftStore store)")
     sync.add_argument("--product", help="only this product id (with --store; e.g. one served by the default)")
     sync.set_defaults(func=lambda args: asyncio.run(_sync_stock_command(args)))

@@ -8,8 +8,13 @@ a JSON reason (if the client had started a request) and closed. The body has its
 (``server.body_timeout``, enforced by the receiver).
 
 The deadline is a mixin over uvicorn's parser: httptools when it is installed (uvicorn's own choice with
-``http="auto"``; the ``fast`` extra), h11 otherwise, so that installing httptools speeds up
-``delivery-daemon serve`` as it does plain uvicorn.
+``http="auto"``; a default dependency), h11 otherwise (an install without it still serves, on uvicorn's pure-Python
+parser).
+
+The mixin relies on uvicorn's protocol classes, which are not public API (``cycle``, ``loop``, ``transport``,
+``on_response_complete``): pyproject.toml keeps uvicorn below 1.0, constraints.txt pins the exact release the image
+and CI install, and tests/http/test_protocol.py runs the deadline over both parsers, so a release that moves them
+fails there before it is deployed.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # httptools is optional (the "fast" extra)
+except ImportError:  # an install without httptools (a default dependency, but uvicorn works without it)
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 _REASON = b'{"error":"request headers not received in time"}'

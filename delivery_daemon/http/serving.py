@@ -57,7 +57,9 @@ class RunningServer:
 
 
 def _config(app: ASGIApp, **options: object) -> uvicorn.Config:
-    defaults: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
+    # log_config=None: uvicorn leaves logging alone (its own config sends plain text to stderr); its records reach the
+    # root logger, where configure_logging (when called) renders them like every other line.
+    defaults: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on", "log_config": None}
     defaults.update(options)
     return uvicorn.Config(app, **defaults)  # type: ignore[arg-type]
 

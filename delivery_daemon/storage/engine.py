@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 from delivery_daemon.config import DatabaseSettings
+from delivery_daemon.errors import ConfigError
 
 # Imported for their side effect: each registers its tables on SQLModel.metadata.
 from delivery_daemon.storage import models, stock_pool, vault  # noqa: F401
@@ -40,6 +41,19 @@ def with_driver(url: str) -> str:
     return url
 
 
+def check_driver(url: str) -> None:
+    """ConfigError, one line naming what to install, if the driver for ``url`` (after :func:`with_driver`) is not
+    installed: psycopg is the ``postgres`` extra, not a default dependency. Imports the driver when it is there."""
+    try:
+        make_url(with_driver(url)).get_dialect().import_dbapi()
+    except ModuleNotFoundError as exc:
+        module = (exc.name or str(exc)).split(".")[0]
+        if module == "psycopg":
+            raise ConfigError("database.url", "PostgreSQL needs the psycopg driver: "
+                              "pip install 'delivery-daemon[postgres]'") from None
+        raise ConfigError("database.url", f"the database driver ({module}) is not installed") from None
+
+
 def create_db_engine(database: DatabaseSettings | str, *, synchronous: str | None = None,
                      busy_timeout_ms: int | None = None, read_only: bool = False) -> Engine:
     """An engine for the ``database`` section, or for a URL with that section's defaults: the one place engines are
@@ -62,6 +76,7 @@ def create_db_engine(database: DatabaseSettings | str, *, synchronous: str | Non
             # Created by us first so that the file (which holds orders and keys) is never world-readable.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     if make_url(url).get_backend_name() != "sqlite":
+        check_driver(url)
         return create_engine(url, pool_pre_ping=True)
 
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000})

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
+import logging
 import sys
 import threading
 from collections.abc import Iterator
@@ -77,6 +79,34 @@ def test_wrapped_renderer_scrubs_what_it_renders() -> None:
     assert SECRETS["plain"].encode() not in as_bytes(None, "info", {"event": "e", "key": SECRETS["plain"]})
     passthrough = redactor.wrap(lambda _logger, _name, event: (event["event"],))  # not a line: left alone
     assert passthrough(None, "info", {"event": SECRETS["plain"]}) == (SECRETS["plain"],)
+
+
+def test_stdlib_records_are_lines_of_the_same_stream() -> None:
+    """A library's stdlib record is a JSON line on the same stream as the daemon's events, with the same keys, its
+    traceback in ``exception``, the secret redacted; library records below WARNING stay off at ``info``."""
+    stream = io.StringIO()
+    redactor = Redactor()
+    redactor.add(SECRETS["plain"])
+    configure_logging("json", "info", stream=stream, redactor=redactor)
+    library = logging.getLogger("some.library")
+    try:
+        structlog.get_logger("delivery_daemon.t").info("ours", detail=SECRETS["plain"])
+        library.info("below warning, with %s", SECRETS["plain"])
+        try:
+            raise ValueError(f"refused {SECRETS['plain']}")
+        except ValueError:
+            library.exception("call failed with %s", SECRETS["plain"])
+    finally:
+        structlog.reset_defaults()
+    text = stream.getvalue()
+    ours, theirs = (json.loads(line) for line in text.splitlines())
+    assert SECRETS["plain"] not in text
+    assert ours.keys() >= {"timestamp", "level", "event", "logger"} and ours["logger"] == "delivery_daemon.t"
+    assert theirs.keys() >= {"timestamp", "level", "event", "logger"}
+    assert (theirs["event"], theirs["level"], theirs["logger"]) == ("call failed with [redacted]", "error",
+                                                                   "some.library")
+    assert "ValueError: refused [redacted]" in theirs["exception"]
+    assert theirs["timestamp"].endswith("Z")
 
 
 def test_source_secrets_are_redacted_as_they_change() -> None:

@@ -121,3 +121,24 @@ async def test_stock_gauge_reports_the_stock_plugin(make_stack: object) -> None:
         await stack.drain()
         assert value(await scrape(stack.client, stack.url), "delivery_daemon_stock_remaining", store=STORE,
                      product="serials") == 1
+
+
+async def test_no_created_series_and_process_and_build_info(stack: Stack) -> None:
+    """The scrape has no ``*_created`` series (counters and histograms included), the ``process_*`` metrics of the
+    daemon's process, and ``delivery_daemon_build_info{version=...} 1``."""
+    import time
+
+    from delivery_daemon import __version__
+
+    await stack.market.place_order(PRODUCT, 1)
+    await stack.drain()  # a counter and a histogram child exist: each would have its own _created
+    response = await stack.client.get(f"{stack.url}/metrics")
+    assert "_created" not in response.text
+    samples = await scrape(stack.client, stack.url)
+    assert value(samples, "delivery_daemon_deliveries_total", store=STORE, outcome="delivered") == 1
+    assert value(samples, "delivery_daemon_build_info", version=__version__) == 1
+    assert [name for name, _ in samples if name == "delivery_daemon_build_info"] == ["delivery_daemon_build_info"]
+    assert value(samples, "process_resident_memory_bytes") > 1_000_000
+    assert value(samples, "process_cpu_seconds_total") > 0
+    assert value(samples, "process_open_fds") > 0
+    assert 0 < value(samples, "process_start_time_seconds") <= time.time()

@@ -41,3 +41,17 @@ def test_client_bench_prints_each_way_and_writes_json(tmp_path: Path) -> None:
     for way in ("aiohttp", "call", "call_request"):
         assert way in done.stdout and results["median_us"][way] > 0
     assert results["ratio_to_aiohttp"]["aiohttp"] == 1.0
+
+
+def test_startup_bench_times_version_and_help(tmp_path: Path) -> None:
+    """``python -m bench.startup`` (2 runs) times ``--version``, ``--help`` and the interpreter alone, in fresh
+    processes, and writes the medians and the target verdicts (the figures themselves are not checked here)."""
+    out = tmp_path / "startup.json"
+    done = subprocess.run([sys.executable, "-m", "bench.startup", "--runs", "2", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for case in ("python -c pass", "--version", "--help", "serve --help"):
+        assert case in done.stdout and len(results["seconds"][case]) == 2 and results["median_s"][case] > 0
+    assert results["target_s"] == 0.3 and set(results["met"]) == {"--version", "--help"}
+    assert results["heaviest_imports_ms"] and "slowest imports of --help" in done.stdout

@@ -112,9 +112,14 @@ def test_image_entry_command_runs_from_clean_install(tmp_path: Path) -> None:
                 shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 shutil.copy2(ROOT / source, target)
+    # As the build stage's RUN does: the default EXTRAS, every package at the release constraints.txt pins.
+    [install] = [c.value[0] for c in commands if c.cmd == "RUN" and "pip install" in c.value[0]]
+    assert '-c constraints.txt ".${EXTRAS:+[$EXTRAS]}"' in install
+    [extras] = [c.value[0].split("=", 1)[1] for c in commands if c.cmd == "ARG" and c.value[0].startswith("EXTRAS=")]
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
-    subprocess.run([env_dir / "bin" / "pip", "install", "-q", str(context)], check=True, timeout=600)
+    subprocess.run([env_dir / "bin" / "pip", "install", "-q", "-c", str(context / "constraints.txt"),
+                    f"{context}[{extras}]" if extras else str(context)], check=True, timeout=600)
     config = tmp_path / "config.yaml"
     config.write_text(f"database: {{url: 'sqlite:///{tmp_path / 'data' / 'd.db'}'}}\n"
                       "server: {host: 127.0.0.1, port: 0}\n")

@@ -37,7 +37,7 @@ def _unavailable(reason: str) -> None:
 try:
     import playwright.async_api as playwright_api
 except ImportError:
-    _unavailable("the playwright package is not installed (pip install playwright; never `playwright install`)")
+    _unavailable("the playwright package is not installed (pip install -e '.[browser]'; never `playwright install`)")
 if not os.access(CHROMIUM, os.X_OK):
     _unavailable(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
 

@@ -94,3 +94,39 @@ def test_engines_are_made_in_one_place() -> None:
     callers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
                      if re.search(r"\bcreate_engine\(", path.read_text(encoding="utf-8")))
     assert callers == ["storage/engine.py"]
+
+
+MISSING_DRIVER = "database.url: PostgreSQL needs the psycopg driver: pip install 'delivery-daemon[postgres]'"
+
+
+def test_postgresql_without_its_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """psycopg is the ``postgres`` extra: without it a ``postgresql://`` URL is one line naming the extra, exit 2, from
+    the engine factory, ``check-config`` and an operator command alike."""
+    from delivery_daemon.cli import main
+    from delivery_daemon.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # what `import psycopg` does where it is not installed
+    url = "postgresql://delivery@127.0.0.1:9/shop"
+    with pytest.raises(ConfigError) as raised:
+        create_db_engine(url)
+    assert str(raised.value) == MISSING_DRIVER
+    config = tmp_path / "c.yaml"
+    config.write_text(f"database: {{url: '{url}'}}\n")
+    for argv in (["check-config", "--config", str(config)], ["orders", "list", "--database", url]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert err == f"delivery-daemon: error: {MISSING_DRIVER}\n" and out == "", argv
+
+
+def test_serve_without_the_driver_exits_2(tmp_path: Path) -> None:
+    """``serve`` on PostgreSQL where psycopg is not installed: exit 2 and the same one line, no traceback."""
+    config = tmp_path / "c.yaml"
+    config.write_text("database: {url: 'postgresql://delivery@127.0.0.1:9/shop'}\n")
+    probe = ("import sys; sys.modules['psycopg'] = None\n"
+             "from delivery_daemon.cli import main\n"
+             f"sys.exit(main(['serve', '--config', {str(config)!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"delivery-daemon: error: {MISSING_DRIVER}\n"
