@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -57,9 +58,9 @@ class RunningServer:
 
 
 def _config(app: ASGIApp, **options: object) -> uvicorn.Config:
-    defaults: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
+    defaults: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
     defaults.update(options)
-    return uvicorn.Config(app, **defaults)  # type: ignore[arg-type]
+    return uvicorn.Config(app, **defaults)
 
 
 @contextlib.asynccontextmanager

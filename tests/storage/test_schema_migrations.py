@@ -177,9 +177,9 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     engines = [create_db_engine(pg_url) for _ in range(4)]
     errors: list[BaseException] = []
 
-    def start(engine: object) -> None:
+    def start(engine: Engine) -> None:
         try:
-            create_schema(engine)  # type: ignore[arg-type]
+            create_schema(engine)
         except BaseException as exc:
             errors.append(exc)
 
