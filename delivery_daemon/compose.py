@@ -37,6 +37,7 @@ from delivery_daemon.marketplaces.shoppy import Shoppy
 from delivery_daemon.marketplaces.softstore import SoftStore
 from delivery_daemon.marketplaces.standard_webhooks import StandardWebhooks
 from delivery_daemon.marketplaces.stripe_store import StripeStore
+from delivery_daemon.marketplaces.virtual_stores import VirtualStores
 from delivery_daemon.net.guard import NetPolicy
 from delivery_daemon.pipeline.stores import Store, build_stores
 from delivery_daemon.pipeline.worker import GENERATOR_BUDGET, Worker
@@ -53,7 +54,7 @@ from delivery_daemon.storage.stock_pool import StockError
 def default_marketplaces() -> list[MarketplaceType]:
     """The marketplace types this build ships with: the explicit list the CLI (and the demo, the stock-sync
     commands, the tests) hands to :func:`create_app` and :func:`~delivery_daemon.pipeline.stores.build_stores`."""
-    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), StandardWebhooks()]
+    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), VirtualStores(), StandardWebhooks()]
 
 
 @dataclass

@@ -5,8 +5,7 @@
   Exit status 0. A second SIGINT skips the waiting.
 * **SIGHUP** — re-read the configuration file and rebuild the stores (marketplace accounts, products, generators,
   templates) with :func:`~delivery_daemon.pipeline.stores.build_stores`, then swap them in one assignment: a request
-  or job
-  sees either the old stores or the new ones, never a mix, and nothing is dropped. A bad file is refused with a
+  or job sees either the old stores or the new ones, never a mix, and nothing is dropped. A bad file is refused with a
   ``config.reload_failed`` log line and the old configuration keeps running. Other sections (database, server,
   worker, delivery, logging, admin, retention, plugins, status, stock_sync) need a restart; a reload that changes
   them says so in its log line.
@@ -31,7 +30,7 @@ from starlette.types import ASGIApp
 
 from delivery_daemon import __version__
 from delivery_daemon.compose import Daemon, create_app
-from delivery_daemon.config import Settings, load_settings
+from delivery_daemon.config import ReadableSecret, Settings, load_settings
 from delivery_daemon.http.metrics import create_admin_app
 from delivery_daemon.http.protocol import header_deadline_protocol
 from delivery_daemon.http.serving import bind_socket, settle_heap
@@ -64,19 +63,24 @@ def _status_mount(daemon: Daemon, settings: Settings) -> Any:
     return status_mount(daemon, settings.status)
 
 
-def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float, header_timeout: float) -> _Server:
+def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float, header_timeout: float,
+            trusted_proxies: Sequence[str] = ()) -> _Server:
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise (or FORWARDED_ALLOW_IPS says): only
+    # server.trusted_proxies are believed here, and with none the headers are not read at all.
     return _Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False,
                                   timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
-                                  http=header_deadline_protocol(header_timeout)))
+                                  http=header_deadline_protocol(header_timeout),
+                                  proxy_headers=bool(trusted_proxies), forwarded_allow_ips=list(trusted_proxies)))
 
 
 class Runner:
     """Runs the daemon until a stop signal; ``reload()`` applies a changed configuration file."""
 
     def __init__(self, config_path: str | Path, settings: Settings, *, marketplaces: Sequence[MarketplaceType],
-                 plugins: Mapping[str, Any]) -> None:
+                 plugins: Mapping[str, Any], readable_secrets: Sequence[ReadableSecret] = ()) -> None:
         self.config_path = Path(config_path)
         self.settings = settings
+        self.readable_secrets = readable_secrets  # found while loading, logged once logging is set up
         self.marketplaces = marketplaces
         self.plugins = plugins
         self.app = create_app(settings, marketplaces=marketplaces, plugins=plugins)
@@ -88,6 +92,7 @@ class Runner:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if the daemon could not start."""
         settings = self.settings
+        _log_readable(self.readable_secrets)
         # A refused URL in config stops the start here (ConfigError, exit 2) rather than killing every order later.
         for warning in await check_destinations(self.daemon.stores, NetPolicy.from_settings(settings.security)):
             log.warning("config.destination_unchecked", detail=warning)
@@ -99,7 +104,8 @@ class Runner:
             extra = [_status_mount(self.daemon, settings)] if settings.status.enabled else []
             listeners.append((create_admin_app(self.daemon, extra), "off", settings.admin.host, settings.admin.port))
         sockets = [bind_socket(host, port) for _, _, host, port in listeners]
-        self._servers = [_server(app, lifespan=lifespan, grace=grace, header_timeout=settings.server.header_timeout)
+        self._servers = [_server(app, lifespan=lifespan, grace=grace, header_timeout=settings.server.header_timeout,
+                                 trusted_proxies=settings.server.trusted_proxies)
                          for app, lifespan, _, _ in listeners]
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -154,8 +160,9 @@ class Runner:
         """Re-read the configuration file and swap in new stores; False (old ones kept) if it is bad."""
         log.info("config.reload_requested", path=str(self.config_path))
         stores: dict[str, Store] = {}
+        readable: list[ReadableSecret] = []
         try:
-            new = load_settings(self.config_path)
+            new = load_settings(self.config_path, warnings=readable)
             stores = build_stores(new, self.marketplaces, self.plugins, self.daemon.clock,
                                   hub=self.daemon.resources)
             await check_destinations(stores, NetPolicy.from_settings(new.security))
@@ -164,6 +171,7 @@ class Runner:
                       error_type=type(exc).__name__)
             await _close_when_done(stores, frozenset())  # stores built before a refused check hold HTTP clients
             return False
+        _log_readable(readable)
         for store in stores.values():
             REDACTOR.add_source(store.marketplace.secrets)
             REDACTOR.add(*store.static_secrets())
@@ -188,13 +196,19 @@ async def _close_when_done(stores: Mapping[str, Store], in_flight: frozenset[asy
             await store.aclose()
 
 
+def _log_readable(readable: Sequence[ReadableSecret]) -> None:
+    for secret in readable:
+        log.warning("config.secret_file_readable", key=secret.key, file=secret.file, mode=f"{secret.mode:04o}")
+
+
 def _host(sock: Any) -> str:
     host = str(sock.getsockname()[0])
     return f"[{host}]" if ":" in host else host
 
 
 def run_daemon(config_path: str, settings: Settings, *, marketplaces: Sequence[MarketplaceType],
-               plugins: Mapping[str, Any]) -> int:
+               plugins: Mapping[str, Any], readable_secrets: Sequence[ReadableSecret] = ()) -> int:
     """``delivery-daemon serve``: build, serve, and return the exit status."""
-    runner = Runner(config_path, settings, marketplaces=marketplaces, plugins=plugins)
+    runner = Runner(config_path, settings, marketplaces=marketplaces, plugins=plugins,
+                    readable_secrets=readable_secrets)
     return asyncio.run(runner.run())

@@ -21,9 +21,9 @@ Shared ones live in this module; the others next to the code whose failure they 
     ├── QueueError                  storage.jobs         the database failed underneath the job queue
     ├── LeaseLost                   storage.jobs         the job's lease expired and someone else took it
     ├── OrderCancelled              storage.jobs         a refund was pending when a step was saved: send nothing
-    ├── OrderNotFound               storage.orders       no order matches the operator's reference
-    ├── AmbiguousOrder              storage.orders       the reference matches orders in several stores
-    ├── ActionRefused               storage.orders       the order's state does not allow the operator's action
+    ├── OrderNotFound               storage.operator     no order matches the operator's reference
+    ├── AmbiguousOrder              storage.operator     the reference matches orders in several stores
+    ├── ActionRefused               storage.operator     the order's state does not allow the operator's action
     ├── StockError                  storage.stock_pool   the stock pool cannot be read or written, or an import is bad
     ├── DecryptError                storage.cipher       a sealed value cannot be opened (key id, key or ciphertext)
     ├── VaultError                  storage.vault        a stored secret is sealed but no configured key opens it

@@ -43,8 +43,21 @@ class IncomingOrder:
 
 
 @dataclass(frozen=True)
+class OrderItem:
+    """One line of a cart that is a configured digital product: its generator runs for ``quantity`` units."""
+
+    product_id: str
+    quantity: int
+
+
+@dataclass(frozen=True)
 class MarketplaceOrder:
-    """What the marketplace's own API says about an order (the only source the quantity is taken from)."""
+    """What the marketplace's own API says about an order (the only source the quantity is taken from).
+
+    ``items`` is empty for the usual one-product order (``quantity`` units of ``product_id``). An adapter whose
+    marketplace sells carts (Virtual Stores) lists the cart's digital lines there instead: each runs its own
+    product's generator and the buyer gets one delivery with all their keys; ``quantity`` is then the sum of the
+    items' quantities."""
 
     order_id: str
     product_id: str
@@ -52,6 +65,7 @@ class MarketplaceOrder:
     status: str
     quantity: int
     buyer_email: str | None = None
+    items: tuple[OrderItem, ...] = ()
 
 
 @dataclass(frozen=True)

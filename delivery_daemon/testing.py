@@ -11,8 +11,7 @@
 :func:`run_generator` does what the daemon does: validates the options with the plugin's ``Options`` model (a bad
 option raises :class:`~delivery_daemon.errors.ConfigError` with the key path the seller would see), constructs the
 plugin (with :class:`~delivery_daemon.generators.resources.Resources` if it asks for them), calls ``generate`` under
-the time
-budget (sync generators in a thread) and checks the result (key count, HTTPS download). Outcomes the generator
+the time budget (sync generators in a thread) and checks the result (key count, HTTPS download). Outcomes the generator
 raises (OutOfStock, Retry, Dead) propagate so a test can assert them with ``pytest.raises``.
 """
 

@@ -2,8 +2,7 @@
 
 Each of the order's ``quantity`` keys carries the product, order, seat index, issued-at time and optional expiry
 (format: :mod:`delivery_daemon.generators.licence`). Create the key pair with ``delivery-daemon keys generate``;
-check a key
-with ``delivery-daemon license verify KEY --public-key FILE``.
+check a key with ``delivery-daemon license verify KEY --public-key FILE``.
 """
 
 from __future__ import annotations

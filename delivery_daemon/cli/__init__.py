@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -23,9 +23,9 @@ from delivery_daemon import __version__
 from delivery_daemon.cli import chaos, database, init, migrate, orders, plugins, softstore
 from delivery_daemon.cli.demo_all import MARKETPLACES, run_all_demos, run_marketplace_demo
 from delivery_daemon.clock import SystemClock
-from delivery_daemon.config import Settings, load_settings
+from delivery_daemon.config import ReadableSecret, Settings, load_settings
 from delivery_daemon.errors import ConfigError, DeliveryDaemonError, PluginError
-from delivery_daemon.generators.discovery import discover
+from delivery_daemon.generators.discovery import BrokenPlugin, Plugins, discover
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.net.guard import NetPolicy
 
@@ -35,9 +35,17 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _load(path: str) -> tuple[Settings, dict[str, Any]]:
-    settings = load_settings(path)
-    return settings, dict(discover(settings.plugins.directory))
+def _load(path: str) -> tuple[Settings, Mapping[str, Any], list[ReadableSecret]]:
+    """The settings, the plugins (imported only when a product names them: a broken plugin no product uses does
+    not stop the start) and the secret files other users may read (warned about, not refused)."""
+    warnings: list[ReadableSecret] = []
+    settings = load_settings(path, warnings=warnings)
+    try:
+        plugins = discover(settings.plugins.directory)
+    except PluginError as exc:  # only a missing directory fails discovery: name the key that points at it
+        raise ConfigError("plugins.directory", str(exc), "an existing directory of single-file plugins (*.py), or "
+                          "no plugins.directory") from None
+    return settings, plugins, warnings
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -46,7 +54,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from delivery_daemon.pipeline.destinations import check_destinations
     from delivery_daemon.pipeline.stores import build_stores
 
-    settings, plugins = _load(args.config)
+    settings, plugins, readable = _load(args.config)
     stores = build_stores(settings, default_marketplaces(), plugins, SystemClock())
     try:
         warnings = asyncio.run(check_destinations(stores, NetPolicy.from_settings(settings.security)))
@@ -68,10 +76,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"    product {product_id}: generator {product.generator_name}")
         if store.default is not None:
             print(f"    any other product: generator {store.default.generator_name}")
-    for warning in warnings:
+    for warning in [*warnings, *readable, *_unused_broken(plugins)]:
         print(f"  warning: {warning}")
     asyncio.run(_report_status(stores))
     return 0
+
+
+def _unused_broken(plugins: Mapping[str, Any]) -> list[str]:
+    """Broken plugins no product uses (they do not stop the start; ``check-config`` imports them all to say so)."""
+
+    if not isinstance(plugins, Plugins):
+        return []
+    return [f"unused plugin {entry.name!r} is broken: {entry.error}" for entry in plugins.listing()
+            if isinstance(entry, BrokenPlugin)]
 
 
 async def _close(stores: dict[str, Any]) -> None:
@@ -97,10 +114,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from delivery_daemon.compose import default_marketplaces
     from delivery_daemon.daemon import run_daemon
 
-    settings, plugins = _load(args.config)
+    settings, plugins, readable = _load(args.config)
     configure_logging(args.log_format or settings.logging.format, args.log_level or settings.logging.level)
     # SIGTERM drains and exits 0, SIGHUP reloads the stores: see daemon.py.
-    return run_daemon(args.config, settings, marketplaces=default_marketplaces(), plugins=plugins)
+    return run_daemon(args.config, settings, marketplaces=default_marketplaces(), plugins=plugins,
+                      readable_secrets=readable)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

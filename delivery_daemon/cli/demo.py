@@ -90,7 +90,7 @@ async def run_demo(orders: int = 6, stream: TextIO | None = None, deadline_s: fl
                                  for pid, options in PRODUCTS.items()},
                 }],
             }, environ={})
-            app = create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()))
+            app = create_app(settings, marketplaces=default_marketplaces(), plugins=discover())
             async with serve(app) as daemon_server:
                 market.seller_url = f"{daemon_server.url}/webhooks/demo"
                 say(stream, f"reference marketplace at {market_server.url}, daemon at {daemon_server.url}")

@@ -159,7 +159,7 @@ async def run_webhook_demo(
             app = create_app(
                 _settings(Path(tmp), marketplace, secret, delivery),
                 marketplaces=default_marketplaces(),
-                plugins=dict(discover()),
+                plugins=discover(),
             )
             async with serve(app) as daemon_server:
                 say(

@@ -61,6 +61,10 @@ MARKETPLACES = {m.name: m for m in (
                 "Stripe Dashboard > Developers > Webhooks > Add endpoint {url} with the events\n"
                 "     payment_intent.succeeded, checkout.session.completed, charge.refunded, charge.dispute.created",
                 "email"),
+    Marketplace("virtual-stores", "virtual-stores",
+                "Stripe Dashboard > Developers > Webhooks > Add endpoint {url} with the events\n"
+                "     payment_intent.succeeded, checkout.session.completed, charge.refunded, charge.dispute.created;\n"
+                "     then set api_url and staff.email in {config} (a staff account of your shop)", "email"),
     Marketplace("standard-webhooks", "standard-webhooks",
                 "your platform's webhook settings: endpoint {url} for its paid, refunded and disputed orders\n"
                 "     (sent as order.paid, order.refunded, order.disputed)", "email"),
@@ -72,6 +76,7 @@ SECRET_HINTS = {
     "SHOPPY_WEBHOOK_SECRET": "Shoppy dashboard, Settings: the webhook secret",
     "STRIPE_WEBHOOK_SECRET": "Stripe Dashboard > Developers > Webhooks > your endpoint: Signing secret (whsec_...)",
     "STANDARD_WEBHOOKS_SECRET": "your platform's signing secret for this endpoint (whsec_...)",
+    "VIRTUAL_STORES_PASSWORD": "the password of the staff account staff.email of your Virtual Stores shop",
     "SMTP_PASSWORD": "the password of delivery.email.username on your SMTP server",
     "DELIVERY_WEBHOOK_SECRET": "generated: give the same value to your own system, which checks the signatures",
 }

@@ -20,7 +20,7 @@ from delivery_daemon.cli.tables import Column, render_table
 from delivery_daemon.clock import SystemClock
 from delivery_daemon.order import Content
 from delivery_daemon.storage.models import Attempt, Job, JobState
-from delivery_daemon.storage.orders import (
+from delivery_daemon.storage.operator import (
     ActionRefused,
     AmbiguousOrder,
     OrderFilter,

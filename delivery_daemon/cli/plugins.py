@@ -17,7 +17,7 @@ from delivery_daemon.cli.connect import read_cipher
 from delivery_daemon.clock import SystemClock
 from delivery_daemon.config import Settings, load_settings
 from delivery_daemon.errors import ConfigError, DeliveryDaemonError, PluginError
-from delivery_daemon.generators.discovery import discover
+from delivery_daemon.generators.discovery import BrokenPlugin, discover
 from delivery_daemon.generators.licence import LicenseError, generate_keypair, load_public_key, verify
 from delivery_daemon.storage.engine import create_db_engine, create_schema, sqlite_path
 from delivery_daemon.storage.queue import JobQueue
@@ -33,14 +33,21 @@ def _database(settings: Settings) -> Engine:
 
 
 def cmd_plugins_list(args: argparse.Namespace) -> int:
+    """Every plugin, each imported now; a broken one is listed as ``BROKEN`` with its error and makes the exit
+    status 1 (it stops ``serve`` only if a product uses it)."""
     directory = args.plugins_dir
     if directory is None and args.config:
         directory = load_settings(args.config).plugins.directory
-    for info in sorted(discover(directory).values(), key=lambda i: i.name):
+    broken = 0
+    for info in discover(directory).listing():
+        if isinstance(info, BrokenPlugin):
+            broken += 1
+            print(f"{info.name}  {info.version}  ({info.source})  BROKEN\n    {info.error}")
+            continue
         print(f"{info.name}  {info.version}  ({info.source})")
         for option, kind, default in info.options():
             print(f"    {option}: {kind} = {default}")
-    return 0
+    return 1 if broken else 0
 
 
 def cmd_stock_import(args: argparse.Namespace) -> int:

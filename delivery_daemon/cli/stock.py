@@ -26,7 +26,7 @@ async def sync_for_command(settings: Settings, *, stores: Sequence[str], product
     if not structlog.is_configured():
         configure_logging(settings.logging.format, log_level, stream=sys.stderr)
     return await sync_once(settings, marketplaces=default_marketplaces(),
-                           plugins=dict(discover(settings.plugins.directory)), stores=stores, product=product)
+                           plugins=discover(settings.plugins.directory), stores=stores, product=product)
 
 
 def describe(result: SyncResult) -> str:

@@ -1,6 +1,7 @@
 """Configuration: read once, at the edge, from YAML; everything else gets plain values passed in.
 
-``load_settings(path)`` resolves ``${ENV_VAR}`` references, validates the document and returns :class:`Settings`.
+``load_settings(path)`` resolves ``${ENV_VAR}`` references (and secrets from files: ``${file:/path}``,
+``${credential:NAME}``, ``ENV_VAR_FILE``), validates the document and returns :class:`Settings`.
 Any problem becomes a :class:`~delivery_daemon.errors.ConfigError` whose message is one line naming the key path,
 what is wrong and what to type instead, e.g. ``stores[0].api_key: required; expected a secret, best given as
 ${ENV_VAR}, e.g. ${SOFTSTORE_API_KEY}``. One formatter (:func:`config_error`) makes that line for every pydantic
@@ -10,11 +11,13 @@ error, here and for plugin options: the expected form comes from the field's typ
 came from ``${...}``.
 
 The package's modules: :mod:`.sections` (the daemon-wide sections), :mod:`.stores` (a store's), :mod:`.settings`
-(the whole document, ``${VAR}`` interpolation and loading) and :mod:`.formatter` (the error line). Import from
+(the whole document, ``${VAR}`` interpolation and loading), :mod:`.secret_files` (secrets read from files) and
+:mod:`.formatter` (the error line). Import from
 ``delivery_daemon.config``: the names below are its API.
 """
 
 from delivery_daemon.config.formatter import Invalid, config_error, expect, format_location, one_of
+from delivery_daemon.config.secret_files import ReadableSecret
 from delivery_daemon.config.sections import (
     DEFAULT_RETRY_SCHEDULE,
     AdminSettings,
@@ -39,6 +42,7 @@ from delivery_daemon.config.stores import (
     ProductSettings,
     SignatureSettings,
     SmtpSettings,
+    StaffSettings,
     StoreSettings,
     whsec_key,
 )
@@ -57,12 +61,14 @@ __all__ = [
     "PluginSettings",
     "ProductSettings",
     "RateLimitSettings",
+    "ReadableSecret",
     "RetentionSettings",
     "SecuritySettings",
     "ServerSettings",
     "Settings",
     "SignatureSettings",
     "SmtpSettings",
+    "StaffSettings",
     "StatusSettings",
     "StockSyncSettings",
     "StoreSettings",

@@ -51,6 +51,20 @@ class ServerSettings(Model):
     header_timeout: float = Field(default=10.0, gt=0)  # ... or its request headers: 408 and the connection closed
     rate_limit: RateLimitSettings | None = None  # per store (each its own bucket); None: unlimited
     store_rate_limits: dict[str, RateLimitSettings] = Field(default_factory=dict)
+    # Reverse proxies whose X-Forwarded-For/-Proto are believed, on both servers (webhooks, admin/status page).
+    # Empty: no one's; the client is the TCP peer (else anything on loopback could pick its address, e.g. to dodge
+    # the status page's per-client login throttle).
+    trusted_proxies: tuple[str, ...] = Field(default=(), examples=[["127.0.0.1"]], json_schema_extra=expected_extra(
+        "a list of IP addresses or networks in CIDR notation"))
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        # Normalised ("10.0.0.1" -> "10.0.0.1/32"): uvicorn takes networks, and an entry it cannot parse it would
+        # silently compare as text.
+        return tuple(str(ipaddress.ip_network(entry, strict=False)) for entry in value)
 
 
 class WorkerSettings(Model):

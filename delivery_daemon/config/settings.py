@@ -1,10 +1,12 @@
-"""The whole configuration (:class:`Settings`) and how it is read: ``${VAR}`` interpolation, validation, and the
+"""The whole configuration (:class:`Settings`) and how it is read: interpolation (``${VAR}``, ``${file:/path}``,
+``${credential:NAME}``, and ``VAR_FILE`` for an unset ``${VAR}``; see :mod:`.secret_files`), validation, and the
 YAML file."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import yaml
 from pydantic import ValidationError, model_validator
 
 from delivery_daemon.config.formatter import ENV_START, Invalid, config_error
+from delivery_daemon.config.secret_files import ReadableSecret, credential_file, read_secret
 from delivery_daemon.config.sections import (
     AdminSettings,
     DatabaseSettings,
@@ -29,7 +32,9 @@ from delivery_daemon.config.sections import (
 from delivery_daemon.config.stores import StoreSettings
 from delivery_daemon.errors import ConfigError
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_REF = re.compile(r"\$\{(?:(file|credential):([^}]+)|([A-Za-z_][A-Za-z0-9_]*))\}")
+"""``${NAME}``, or ``${file:/path}`` / ``${credential:NAME}`` (group 1 the source, group 2 its argument)."""
+_FORMS = "${NAME} (NAME of letters, digits and _, not starting with a digit), ${file:/path} or ${credential:NAME}"
 
 
 class Settings(Model):
@@ -68,46 +73,57 @@ class Settings(Model):
         return next((store for store in self.stores if store.name == name), None)
 
 
-def resolve_env(value: Any, environ: dict[str, str] | os._Environ[str], path: str = "") -> Any:
-    """Replace ``${NAME}`` in every string of a parsed document; a missing variable is a ConfigError."""
+def resolve_env(value: Any, environ: Mapping[str, str], path: str = "",
+                warnings: list[ReadableSecret] | None = None) -> Any:
+    """Replace every reference in every string of a parsed document: ``${NAME}`` by the environment variable
+    (else, when only ``NAME_FILE`` is set, by that file), ``${file:/path}`` by the file, ``${credential:NAME}`` by
+    ``$CREDENTIALS_DIRECTORY/NAME``. Anything missing or unreadable is a ConfigError naming the key path (and the
+    file); secret files other users may read are appended to ``warnings``."""
     if isinstance(value, dict):
-        return {k: resolve_env(v, environ, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: resolve_env(v, environ, f"{path}.{k}" if path else str(k), warnings) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve_env(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [resolve_env(v, environ, f"{path}[{i}]", warnings) for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in environ:
-                raise ConfigError(path, f"environment variable {name} is not set",
-                                  f"{name} set in the daemon's environment (systemd EnvironmentFile=, "
-                                  "docker --env-file)", f"{name}=<value>")
-            return environ[name]
+            source, argument, name = match.groups()
+            if source == "file":
+                return read_secret(path, argument, match.group(0), environ, warnings)
+            if source == "credential":
+                return read_secret(path, credential_file(path, argument, environ), match.group(0), environ, warnings)
+            if name in environ:
+                return environ[name]
+            if environ.get(f"{name}_FILE"):  # the Docker secrets convention (NAME itself wins when both are set)
+                return read_secret(path, environ[f"{name}_FILE"], f"{name}_FILE", environ, warnings)
+            raise ConfigError(path, f"environment variable {name} is not set",
+                              f"{name} set in the daemon's environment (systemd EnvironmentFile=, "
+                              f"docker --env-file) or {name}_FILE naming a file that holds it", f"{name}=<value>")
 
         if ENV_START in _ENV_REF.sub("", value):
-            raise ConfigError(path, "malformed environment reference",
-                              "${NAME} with NAME made of letters, digits and _ (not starting with a digit)",
-                              "${SOFTSTORE_API_KEY}")
+            raise ConfigError(path, "malformed reference", _FORMS, "${SOFTSTORE_API_KEY}")
         return _ENV_REF.sub(substitute, value)
     return value
 
 
-def parse_settings(document: Any, environ: dict[str, str] | os._Environ[str] | None = None) -> Settings:
-    """Validate an already-parsed document (a dict) into Settings."""
+def parse_settings(document: Any, environ: Mapping[str, str] | None = None,
+                   warnings: list[ReadableSecret] | None = None) -> Settings:
+    """Validate an already-parsed document (a dict) into Settings; see :func:`resolve_env` for ``warnings``."""
     if document is None:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError("", "the configuration must be a mapping of keys", "top-level keys such as database, "
                           "server and stores", "stores: [{name: main, marketplace: softstore, ...}]")
-    resolved = resolve_env(document, os.environ if environ is None else environ)
+    resolved = resolve_env(document, os.environ if environ is None else environ, warnings=warnings)
     try:
         return Settings.model_validate(resolved)
     except ValidationError as exc:
         raise config_error(exc.errors()[0], Settings, document=document) from None
 
 
-def load_settings(path: str | Path, environ: dict[str, str] | os._Environ[str] | None = None) -> Settings:
-    """Read, resolve and validate a YAML configuration file."""
+def load_settings(path: str | Path, environ: Mapping[str, str] | None = None,
+                  warnings: list[ReadableSecret] | None = None) -> Settings:
+    """Read, resolve and validate a YAML configuration file; secret files other users may read are appended to
+    ``warnings`` (for the caller to report once logging is set up)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -119,4 +135,4 @@ def load_settings(path: str | Path, environ: dict[str, str] | os._Environ[str] |
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError("", f"{path}: {problem}{where}") from None
-    return parse_settings(document, environ)
+    return parse_settings(document, environ, warnings)

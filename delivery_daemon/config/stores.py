@@ -109,13 +109,23 @@ class ChannelSettings(Model):
     webhook: OutboundWebhookSettings | None = None
 
 
+class StaffSettings(Model):
+    """A staff account of the store's own shop API (Virtual Stores: ``POST /api/auth/login``), used to read orders
+    and mark them fulfilled. Give it the Staff role only: nothing else is needed."""
+
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", examples=["delivery@example.com"],
+                       json_schema_extra=expected_extra("the staff account's email address"))
+    password: SecretStr = Field(examples=["${VIRTUAL_STORES_PASSWORD}"], json_schema_extra=expected_extra(
+        "the staff account's password, best given as ${ENV_VAR}"))
+
+
 class StoreSettings(Model):
     """One marketplace account. ``name`` is its webhook path: ``POST /webhooks/{name}``."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", examples=["main"], json_schema_extra=expected_extra(
         "letters, digits, _ . - (at most 64, starting with a letter or digit)"))
     marketplace: str = Field(examples=["softstore"], json_schema_extra=expected_extra(
-        "a marketplace adapter: softstore, sellix, shoppy, stripe or standard-webhooks"))
+        "a marketplace adapter: softstore, sellix, shoppy, stripe, virtual-stores or standard-webhooks"))
     api_url: str | None = Field(default=None, examples=["https://api.softstore.app/api/v1"],
                                 json_schema_extra=expected_extra(_HTTP_URL))
     api_key: SecretStr | None = Field(default=None, examples=["${SOFTSTORE_API_KEY}"])
@@ -124,6 +134,8 @@ class StoreSettings(Model):
         "the marketplace's webhook signing secret, best given as ${ENV_VAR}"))
     default: ProductSettings | None = None
     products: dict[str, ProductSettings] = Field(default_factory=dict)
+    staff: StaffSettings | None = None
+    """The shop's staff login (``virtual-stores``: orders are read from the shop and marked fulfilled there)."""
     signature: SignatureSettings = SignatureSettings()
     delivery: ChannelSettings = ChannelSettings()
     sync_budget: float = Field(default=5.0, gt=0, le=9.5)

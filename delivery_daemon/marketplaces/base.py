@@ -155,6 +155,19 @@ class StockListing(Protocol):
         ...
 
 
+@runtime_checkable
+class AfterDelivery(Protocol):
+    """Optional for an adapter: something to tell the marketplace once the buyer has the goods (Virtual Stores marks
+    the shop's order fulfilled).
+
+    Run by :mod:`~delivery_daemon.pipeline.followup` after the job is stored ``delivered``, recorded in the order's
+    history as step ``fulfil``, and retried on its own (never resending the goods) while it raises Retry."""
+
+    async def after_delivery(self, job: Job, content: Content) -> str:
+        """Tell the marketplace; a line for the order's history. Raises Retry (try later) or Dead (give up)."""
+        ...
+
+
 class MarketplaceType(Protocol):
     name: str
 

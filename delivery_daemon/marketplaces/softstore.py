@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,6 +48,13 @@ def signature(api_key: str, order_id: str) -> str:
     """SoftStore's documented webhook signature."""
     inner = hashlib.sha1(api_key.encode()).hexdigest()  # noqa: S324  (the marketplace's scheme, not our choice)
     return hashlib.sha1((inner + order_id).encode()).hexdigest()  # noqa: S324 (the marketplace's scheme)
+
+def signed_test_webhook(api_key: str, api_url: str) -> dict[str, str]:
+    """A webhook body signed as SoftStore signs it, for an order whose ``payment_status`` is not ``paid`` (the
+    daemon verifies it, then ignores it); ``delivery_url`` is on the API origin, as the daemon requires."""
+    order_id = f"delivery-daemon-test-{secrets.token_hex(4)}"
+    return {"id_order": order_id, "id_product": "delivery-daemon-test", "signature": signature(api_key, order_id),
+            "delivery_url": f"{api_url.rstrip('/')}/orders/delivery/test", "payment_status": "test"}
 
 
 def _text_field(data: dict[str, Any], name: str, *, required: bool = True, max_len: int = 2048) -> str | None:

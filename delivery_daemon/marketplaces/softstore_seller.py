@@ -115,3 +115,4 @@ async def store_status(api: SellerApi, store: str) -> str:
     where = "points at this daemon" if points_here(seller.get("api_url"), store) else "does NOT point at this daemon"
     return (f"SoftStore seller {seller.get('name')!r}, moderation status {seller.get('status_moderation')}, "
             f"api_url {api_url} ({where})")
+

@@ -17,8 +17,7 @@ Events (everything else is acknowledged and ignored):
 
 Each event's ``id`` (``evt_…``) is its dedup key: Stripe resends an event for up to three days, and a resend is
 answered as a duplicate (see :mod:`delivery_daemon.storage.events`). ``fetch_order`` reads the signed event stored in
-the
-job (:mod:`delivery_daemon.marketplaces.signed_body`).
+the job (:mod:`delivery_daemon.marketplaces.signed_body`).
 """
 
 from __future__ import annotations

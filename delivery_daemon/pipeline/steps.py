@@ -20,8 +20,9 @@ import structlog
 from delivery_daemon.clock import Clock
 from delivery_daemon.errors import Dead
 from delivery_daemon.generators.contract import OrderContext
-from delivery_daemon.order import Content
+from delivery_daemon.order import Content, OrderItem
 from delivery_daemon.pipeline.generate import generate
+from delivery_daemon.pipeline.items import generate_items
 from delivery_daemon.pipeline.stores import Product, Store
 from delivery_daemon.pipeline.verify import verify
 from delivery_daemon.recipient import recipient
@@ -30,6 +31,14 @@ from delivery_daemon.storage.models import Job
 from delivery_daemon.storage.queue import JobQueue
 
 Logger = structlog.typing.FilteringBoundLogger
+
+
+@dataclass(frozen=True)
+class Confirmed(Verified):
+    """What the marketplace confirmed, with the cart's digital items when it lists them (``MarketplaceOrder.items``;
+    empty for a one-product order). The items are not stored: see :meth:`Steps.generate`."""
+
+    items: tuple[OrderItem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ class Steps:
         started = self.clock.monotonic()
         order = await verify(store.marketplace, job)
         buyer_email = recipient(store.settings, order.buyer_email) if check_recipient else order.buyer_email
-        verified = Verified(order.quantity, buyer_email, self._ms(started))
+        verified = Confirmed(order.quantity, buyer_email, self._ms(started), order.items)
         job.quantity, job.buyer_email = verified.quantity, verified.buyer_email
         bound.info("order.verified", quantity=order.quantity, duration_ms=round(verified.duration_ms, 1))
         return verified
@@ -89,12 +98,22 @@ class Steps:
 
         ``verified`` not stored yet is stored with the content, one commit instead of two; if generating or storing
         fails it is stored alone, so that a retry does not verify again (unless the failure is OrderCancelled: that
-        committed it already)."""
+        committed it already).
+
+        A cart (``verified`` lists items) runs every item's generator (:mod:`.items`). The items are not stored with
+        the verification, so a cart whose verification was stored but whose content was not (a generator failed) is
+        read again from the marketplace for them; what was verified and stored stays as it is."""
         try:
-            product, context = order_context(store, job)
+            items = verified.items if isinstance(verified, Confirmed) else ()
+            if not items and getattr(store.marketplace, "itemised", False):
+                items = (await verify(store.marketplace, job)).items
             started = self.clock.monotonic()
             async with slots if slots is not None else contextlib.nullcontext():
-                content = await generate(product, context, budget=budget)
+                if items:
+                    product, content = await generate_items(store, job, items, budget=budget)
+                else:
+                    product, context = order_context(store, job)
+                    content = await generate(product, context, budget=budget)
             elapsed = self._ms(started)
             raw = content.to_json()
             await self.queue.save_content(job, self.owner, raw, elapsed, verified=verified)

@@ -26,8 +26,9 @@ from delivery_daemon.config import (
     expect,
     one_of,
 )
-from delivery_daemon.errors import ConfigError
+from delivery_daemon.errors import ConfigError, PluginError
 from delivery_daemon.generators.contract import Generator
+from delivery_daemon.generators.discovery import Plugins
 from delivery_daemon.generators.resources import ResourceHub, Resources
 from delivery_daemon.generators.threads import HungThreads
 from delivery_daemon.marketplaces.base import AdapterContext, Marketplace, MarketplaceType, Sink
@@ -109,9 +110,16 @@ def secret_values(value: Any) -> list[str]:
 
 def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: str,
                   resources: Resources | None = None) -> Product:
-    info = plugins.get(product.generator)
+    try:
+        info = plugins.get(product.generator)  # imports the plugin now, if it is a lazily loaded entry point
+    except PluginError as exc:  # a broken plugin stops the start only when a product uses it
+        raise ConfigError(f"{path}.generator", str(exc), "a plugin that loads (delivery-daemon plugins list shows "
+                          "why it does not), or another generator") from None
     if info is None:
-        raise ConfigError(f"{path}.generator", f"unknown generator {product.generator!r}",
+        message = f"unknown generator {product.generator!r}"
+        if isinstance(plugins, Plugins) and plugins.broken_files:  # the name may be in a file that did not load
+            message += " (" + "; ".join(broken.error for broken in plugins.broken_files) + ")"
+        raise ConfigError(f"{path}.generator", message,
                           *one_of(product.generator, sorted(plugins), expect(ProductSettings, "generator")[1]))
     plugin = getattr(info, "plugin", info)
     try:

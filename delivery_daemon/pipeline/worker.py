@@ -31,6 +31,7 @@ from delivery_daemon.clock import Clock
 from delivery_daemon.config import WorkerSettings
 from delivery_daemon.errors import Dead, Held, OutOfStock, Retry
 from delivery_daemon.pipeline.deliver import deliver
+from delivery_daemon.pipeline.followup import FollowUps
 from delivery_daemon.pipeline.steps import Steps
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.storage.jobs import LeaseLost, OrderCancelled, QueueError, Settled, Transition
@@ -130,6 +131,7 @@ class Worker:
         self.owner = owner or make_owner()
         self.generator_budget = generator_budget
         self.observer: Observer = Observers(observers)
+        self.follow_ups = FollowUps(queue, stores, backoff, clock, grace=settings.lease_seconds)
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], int] = {}  # task -> the id of the job it works on
         self._busy = 0  # slots held: jobs between their claim and the start of their final transition
@@ -191,6 +193,7 @@ class Worker:
                 await self.queue.renew_leases(self.owner, self.settings.lease_seconds,
                                               job_ids=set(self._inflight.values()))
             released = await self.queue.release_expired()
+            await self.follow_ups.sweep(frozenset(self._inflight.values()))
         except QueueError as exc:
             log.error("worker.periodic_failed", error=str(exc))
             return
@@ -275,6 +278,7 @@ class Worker:
             bound.info("delivery.succeeded", outcome=receipt.outcome, http_status=receipt.http_status,
                        duration_ms=round(duration, 1),
                        latency_ms=round((self.clock.now() - job.created_at) * 1000, 1))
+            await self.follow_ups.run(store, job)  # after the commit: the buyer's delivery is never sent again
         except asyncio.CancelledError:
             raise
         except LeaseLost as exc:

@@ -2,8 +2,10 @@
 
 Within ``window`` seconds a client address may fail ``per_client`` times and all clients together ``overall``
 times; past either limit every login attempt (right or wrong) is answered 429 until the oldest counted failure
-ages out, so a guesser learns nothing more. The global limit matters behind a reverse proxy, where every client
-has the proxy's address, and against guessing spread over many addresses. A successful login clears its client's
+ages out, so a guesser learns nothing more. The client is the TCP peer, or the forwarded address when the peer is
+one of ``server.trusted_proxies`` (uvicorn decides, before this code runs). The global limit matters behind a
+reverse proxy not listed there, where every client has the proxy's address, and against guessing spread over many
+addresses. A successful login clears its client's
 failures (not the global ones).
 
 State is in memory, per process: a restart forgets it, and replicas count apart. Memory stays bounded because a

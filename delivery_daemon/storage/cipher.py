@@ -8,7 +8,8 @@ decrypt. Values without the ``enc1:`` prefix are read as plaintext (rows written
 Keys are lines ``<key id>:<base64url 32 bytes>``; the first line is the current key (used to encrypt), the others
 are old keys (only used to decrypt). Rotation: put a new first line, restart; old rows stay readable as long as their
 key is listed. Where keys come from (:func:`load_cipher`): ``security.encryption_key_env`` (an environment variable
-holding the lines), else ``security.encryption_key_file``, else a key file generated 0600 next to a SQLite database
+holding the lines; when it is unset, ``<that name>_FILE`` may name a key file, the Docker secrets convention), else
+``security.encryption_key_file``, else a key file generated 0600 next to a SQLite database
 on first start (``<database>.key``, logged as ``security.key_generated``).
 """
 
@@ -136,10 +137,14 @@ def load_cipher(security: SecuritySettings, database_file: Path | None,
     environ = os.environ if environ is None else environ
     env_name, key_file = security.encryption_key_env, security.encryption_key_file
     if env_name:
+        if not environ.get(env_name) and environ.get(f"{env_name}_FILE"):
+            # A key file under another name: the same rule as security.encryption_key_file (owner-only).
+            return Cipher(parse_keys(_read_key_file(Path(environ[f"{env_name}_FILE"]), "security.encryption_key_env"),
+                                     "security.encryption_key_env"))
         if not environ.get(env_name):
             raise ConfigError("security.encryption_key_env", f"environment variable {env_name} is not set",
-                              f"{env_name} set in the daemon's environment to {_KEY_FORM}",
-                              f'{env_name}="$({_KEY_COMMAND})"')
+                              f"{env_name} set in the daemon's environment to {_KEY_FORM} (or {env_name}_FILE "
+                              "naming a key file)", f'{env_name}="$({_KEY_COMMAND})"')
         return Cipher(parse_keys(environ[env_name], "security.encryption_key_env"))
     if key_file:
         return Cipher(parse_keys(_read_key_file(Path(key_file), "security.encryption_key_file"),

@@ -4,8 +4,7 @@ Every query is SQLAlchemy Core on the ``jobs``/``attempts`` tables (plus ``stock
 portable between SQLite and PostgreSQL: no date functions, times are epoch seconds compared with bound values.
 :class:`StatusQueries` runs them off the event loop and translates SQLAlchemy errors into
 :class:`~delivery_daemon.storage.jobs.QueueError`. Nothing here reads ``jobs.content`` or ``jobs.payload``: they
-hold the
-generated keys and the marketplace's delivery token, which the page never shows.
+hold the generated keys and the marketplace's delivery token, which the page never shows.
 """
 
 from __future__ import annotations

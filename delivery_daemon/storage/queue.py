@@ -6,8 +6,7 @@ the database and SQLite never sees two writers from this process. That thread co
 transaction, each in its own savepoint, and each caller is answered only after the commit that holds its work.
 Each transition is one atomic unit (its own savepoint) that also records an
 :class:`~delivery_daemon.storage.models.Attempt`. Transitions of a running job are fenced by its lease: a worker
-whose lease
-was taken over finds no row to update and gets :class:`~delivery_daemon.storage.jobs.LeaseLost`.
+whose lease was taken over finds no row to update and gets :class:`~delivery_daemon.storage.jobs.LeaseLost`.
 
 A refund or dispute never takes a lease away (:meth:`JobQueue.mark`): on a running job it is stored as pending
 (``jobs.flag``), and the job's next leased write settles it instead of applying as asked — before anything was sent
@@ -34,6 +33,7 @@ from delivery_daemon.clock import Clock
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.cipher import Cipher
 from delivery_daemon.storage.enqueue import Enqueue
+from delivery_daemon.storage.followups import Pending, note, pending
 from delivery_daemon.storage.group_commit import DEFAULT_MAX_BATCH, GroupCommitter, Merge
 from delivery_daemon.storage.jobs import (
     Enqueued,
@@ -187,6 +187,17 @@ class JobQueue:
         if change.state is JobState.DELIVERED:
             values["delivered_at"] = self.clock.now()
         return await self._leased(job, owner, values, [change], change.count_attempt)
+
+    async def note(self, job: Job, change: Transition) -> None:
+        """Record the outcome of a step run after delivery (:mod:`~delivery_daemon.storage.followups`); the job is
+        not changed and needs no lease."""
+        assert job.id is not None, "a delivered job has been stored"
+        await self._run(note, job.id, change, self.clock.now())
+
+    async def follow_ups(self, stores: Collection[str], step: str, limit: int = 100) -> list[Pending]:
+        """Delivered jobs of ``stores`` whose after-delivery ``step`` has not finished (see
+        :func:`~delivery_daemon.storage.followups.pending`)."""
+        return await self._read(pending, stores, step, limit, self.cipher)
 
     # -- operator and wake-up transitions ---------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ from sqlmodel import SQLModel
 
 from delivery_daemon.errors import DeliveryDaemonError
 from delivery_daemon.storage.jobs import JOBS
-from delivery_daemon.storage.schema import upgrade
 
 BATCH = 1000
 
@@ -70,6 +69,10 @@ def _reset_sequences(target: Connection, tables: list[Table]) -> None:
 
 def copy_database(source_engine: Engine, target_engine: Engine) -> CopyReport:
     """Copy every table from ``source_engine`` into the empty ``target_engine`` and verify it (see module doc)."""
+    # Alembic (~8 MB, ~0.3 s, and SQLAlchemy's PostgreSQL dialect) only when a copy runs: the CLI imports this module
+    # to build its parser, and a SQLite daemon must not carry it (tests/storage/test_engine.py).
+    from delivery_daemon.storage.schema import upgrade
+
     tables = _tables()
     try:
         upgrade(source_engine)

@@ -2,10 +2,9 @@
 
 The only one today is ``stock_hash_key``, the HMAC key behind ``stock_keys.key_hash`` (see
 :mod:`delivery_daemon.storage.stock_pool`). It is random per database rather than derived from the encryption key so
-that a key
-rotation leaves every ``key_hash`` (and with it the import de-duplication) unchanged; it is sealed with the cipher
-like every other secret so that a copied database without the key file cannot test guessed keys against the hashes.
-With no cipher (a PostgreSQL database with no key configured, where nothing is encrypted) it is stored as is.
+that a key rotation leaves every ``key_hash`` (and with it the import de-duplication) unchanged; it is sealed with the
+cipher like every other secret so that a copied database without the key file cannot test guessed keys against the
+hashes. With no cipher (a PostgreSQL database with no key configured, where nothing is encrypted) it is stored as is.
 
 Creation is race-safe: every process that finds no row inserts its own candidate with ``ON CONFLICT DO NOTHING``
 and then reads the row back, so all of them use whichever candidate was committed first.

@@ -32,7 +32,7 @@ from delivery_daemon.order import IncomingOrder
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 from delivery_daemon.storage.models import JobState
-from delivery_daemon.storage.orders import Orders
+from delivery_daemon.storage.operator import Orders
 from delivery_daemon.storage.queue import JobQueue
 from tests.support.multistore import Mailbox, free_port, multi_stack
 from tests.support.stack import PRODUCT, STORE, Stack, stack_settings

@@ -19,7 +19,8 @@ VARIANTS = [("softstore", None, "softstore.yaml"), ("sellix", None, "sellix-emai
             ("shoppy", "webhook", "shoppy-webhook.yaml"), ("stripe", "email", "stripe-email.yaml"),
             ("stripe", "webhook", "stripe-webhook.yaml"),
             ("standard-webhooks", "email", "standard-webhooks-email.yaml"),
-            ("standard-webhooks", "webhook", "standard-webhooks-webhook.yaml")]
+            ("standard-webhooks", "webhook", "standard-webhooks-webhook.yaml"),
+            ("virtual-stores", "email", "virtual-stores-email.yaml")]
 
 
 def init(tmp_path: Path, marketplace: str, channel: str | None = None, store: str | None = None) -> int:

@@ -49,12 +49,13 @@ EXAMPLES = ROOT / "examples" / "config"
 DUMMY_SECRETS = {
     "SOFTSTORE_API_KEY": "k" * 40, "SELLIX_WEBHOOK_SECRET": "sellix-secret", "SHOPPY_WEBHOOK_SECRET": "shoppy-secret",
     "STRIPE_WEBHOOK_SECRET": "whsec_stripe-endpoint-secret", "SMTP_PASSWORD": "smtp-password",
+    "VIRTUAL_STORES_PASSWORD": "staff-password",
     "STANDARD_WEBHOOKS_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "DELIVERY_WEBHOOK_SECRET": "whsec_c2VsbGVyLXN5c3RlbS1zaWduaW5nLWtleQ==",
 }
 """A value of the right form for every ${VAR} an example reads (the whsec_ ones must decode)."""
 SHIPPED = ["sellix-email", "sellix-webhook", "shoppy-email", "shoppy-webhook", "softstore", "standard-webhooks-email",
-           "standard-webhooks-webhook", "stripe-email", "stripe-webhook"]
+           "standard-webhooks-webhook", "stripe-email", "stripe-webhook", "virtual-stores-email"]
 
 
 def example_paths() -> list[Path]:
@@ -62,7 +63,8 @@ def example_paths() -> list[Path]:
 
 
 def test_there_is_an_example_for_every_marketplace_and_channel() -> None:
-    """softstore through its own API; sellix, shoppy, stripe and standard-webhooks by email and by webhook."""
+    """softstore through its own API; sellix, shoppy, stripe and standard-webhooks by email and by webhook;
+    virtual-stores by email."""
     assert [path.stem for path in example_paths()] == SHIPPED
 
 

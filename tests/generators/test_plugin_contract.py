@@ -102,12 +102,13 @@ def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 
 @pytest.mark.contract("name")
 def test_contract_name(tmp_path: Path) -> None:
-    """A class whose name differs from its registration, or two plugins with one name, fail discovery clearly."""
+    """A class whose name differs from its registration, or two plugins with one name, fail clearly when used."""
     with pytest.raises(PluginError, match="class attribute name is 'pattern', expected 'other'"):
         check_plugin(PatternGenerator, "other", "test")
     (tmp_path / "dup.py").write_text(SCRIPTED.replace('name = "scripted"', 'name = "pattern"'))
-    with pytest.raises(PluginError, match="'pattern' is provided twice"):
-        discover(tmp_path)
+    found = discover(tmp_path)
+    with pytest.raises(PluginError, match=r"'pattern' is provided twice: by entry point .* and by file .*dup\.py"):
+        found["pattern"]
 
 
 @pytest.mark.contract("Options")
@@ -238,23 +239,34 @@ def test_contract_option_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 @pytest.mark.contract("Broken or missing plugins")
-@pytest.mark.parametrize(("source", "expected"), [
-    ("raise ImportError('no module named keylib')",
+@pytest.mark.parametrize(("source", "generator", "expected"), [
+    ("raise ImportError('no module named keylib')", "broken",
      r"plugin file .*broken\.py failed to load: ImportError: no module named keylib"),
-    ("class B:\n    name = 'b'\n    Options = dict\n    def generate(self, o): pass\nGENERATORS = [B]",
+    ("class B:\n    name = 'b'\n    Options = dict\n    def generate(self, o): pass\nGENERATORS = [B]", "b",
      r"generator plugin 'b' \(file .*\): Options must be a pydantic BaseModel subclass"),
-    ("x = 1", r"must define GENERATORS"),
+    ("x = 1", "broken", r"must define GENERATORS"),
 ])
 def test_contract_broken_or_missing_plugins(tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str,
-                                            expected: str) -> None:
-    """A plugin that fails to import or breaks the contract stops check-config and serve with one line."""
+                                            generator: str, expected: str) -> None:
+    """A plugin that fails to import or breaks the contract stops check-config and serve with one line naming the
+    product that uses it (a file that cannot be read is known by its file name); unused, it stops nothing
+    (tests/generators/test_plugin_lazy.py)."""
     directory = tmp_path / "plugins"
     directory.mkdir()
     (directory / "broken.py").write_text(source)
-    config = _config(tmp_path, {"generator": "pattern"}, {"directory": str(directory)})
+    config = _config(tmp_path, {"generator": generator}, {"directory": str(directory)})
     for command in (["check-config", "--config", config], ["serve", "--config", config]):
         assert main(command) == 2
-        assert re.search(expected, _one_line_error(capsys))
+        line = _one_line_error(capsys)
+        assert line.startswith("delivery-daemon: error: stores[0].products.p1.generator: "), line
+        assert re.search(expected, line)
+    assert main(["check-config", "--config", _config(tmp_path, {"generator": "pattern"},
+                                                       {"directory": str(directory)})]) == 0
+    assert re.search(rf"\n  warning: unused plugin '{generator}' is broken: .*{expected}", capsys.readouterr().out)
+    assert main(["plugins", "list", "--plugins-dir", str(directory)]) == 1
+    listed = capsys.readouterr().out
+    assert re.search(rf"(?m)^{generator}  \S+  \(file .*broken\.py\)  BROKEN\n    .*{expected}", listed), listed
+    assert "pattern  0.1.0  (entry point" in listed  # the others are still listed
 
 
 @pytest.mark.contract("Broken or missing plugins")

@@ -1,4 +1,5 @@
-"""`delivery-daemon softstore connect` and the store status in `check-config`, against the reference marketplace."""
+"""`delivery-daemon softstore connect` and the store status in `check-config`, against the reference marketplace;
+`softstore test-webhook` against a daemon on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import pytest
 import yaml
 
 from delivery_daemon.cli import main
+from delivery_daemon.compose import create_app, default_marketplaces
+from delivery_daemon.config import load_settings
+from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve_in_thread
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
 
@@ -118,3 +122,67 @@ async def test_connect_then_orders_reach_the_daemon(make_stack: Any, tmp_path: P
         assert placed.webhook_status == 200
         await stack.drain()
         assert stack.market.accepted(placed.id_order) is not None
+
+
+# -- softstore test-webhook: a signed, unpaid test order against a daemon on 127.0.0.1 ----------------------------
+
+
+@pytest.fixture
+def local_daemon(config: Path) -> Iterator[str]:
+    """The daemon's receiver for ``config``, serving on 127.0.0.1 (no worker: nothing should reach it anyway)."""
+
+    app = create_app(load_settings(config), marketplaces=default_marketplaces(), plugins=discover(),
+                     start_worker=False)
+    with serve_in_thread(app) as server:
+        yield server.url
+
+
+def _jobs(config: Path) -> int:
+    import sqlite3
+
+    database = yaml.safe_load(config.read_text())["database"]["url"].removeprefix("sqlite:///")
+    with sqlite3.connect(database) as conn:
+        return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+
+def _other_key(config: Path, tmp_path: Path, **store: Any) -> Path:
+    document = yaml.safe_load(config.read_text())
+    document["stores"][0].update(store)
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_test_webhook_reaches_the_daemon_and_stores_nothing(config: Path, local_daemon: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The signed test order is verified and ignored (200 "ignored"): exit 0, one OK line, no job."""
+    url = f"{local_daemon}/webhooks/main"
+    assert main(["softstore", "test-webhook", "--config", str(config), "--store", "main", "--public-url", url]) == 0
+    out = capsys.readouterr().out  # the daemon's own log lines (same process) are in it too
+    assert f"\n{url}: OK — reached the daemon, signature verified for store main, nothing stored\n" in out
+    assert "webhook.ignored" in out
+    assert _jobs(config) == 0
+
+
+@pytest.mark.parametrize(("store", "path", "reason"), [
+    ({"api_key": "another-seller-key-0123"}, "main", "403 {\"error\":\"invalid signature\"} — the signature was "
+                                                     "refused: the daemon there has another api_key for this store"),
+    ({}, "shop", "404"),
+    ({"api_url": "https://api.other.example/api/v1"}, "main", "422"),
+])
+def test_test_webhook_says_why_it_failed(config: Path, local_daemon: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str], store: dict[str, str], path: str,
+                                         reason: str) -> None:
+    """Another key, another store name or another api_url than the daemon's: exit 1 and the reason in one line."""
+    url = f"{local_daemon}/webhooks/{path}"
+    other = _other_key(config, tmp_path, **store)
+    assert main(["softstore", "test-webhook", "--config", str(other), "--store", "main", "--public-url", url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{url}: {reason}") and err.count("\n") == 1, err
+
+
+def test_test_webhook_reports_an_unreachable_url(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = "http://127.0.0.1:9/webhooks/main"
+    assert main(["softstore", "test-webhook", "--config", str(config), "--store", "main", "--public-url", url,
+                 "--timeout", "5"]) == 1
+    assert capsys.readouterr().err.startswith(f"{url}: not reached: ConnectError")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,8 +26,9 @@ UNIT = ROOT / "systemd" / "delivery-daemon.service"
 DOCKERFILE = ROOT / "Dockerfile"
 
 
-def test_systemd_unit_verifies(tmp_path: Path) -> None:
-    """`systemd-analyze verify` accepts the unit with no warning (ExecStart pointed at this checkout's script)."""
+def _analyzable_unit(tmp_path: Path) -> tuple[str, Path]:
+    """systemd-analyze and a copy of the unit with ExecStart pointed at this checkout's script and the commented
+    ``LoadCredential=`` example switched on (so both forms are checked)."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (apt-get install -y systemd)")
@@ -34,11 +36,37 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert script.exists(), "install the package first (pip install -e .)"
     text = UNIT.read_text()
     assert "ExecStart=/opt/delivery-daemon/bin/delivery-daemon serve" in text
+    assert "\n#LoadCredential=softstore-api-key:/etc/delivery-daemon/credentials/softstore-api-key\n" in text
     unit = tmp_path / "delivery-daemon.service"
-    unit.write_text(text.replace("/opt/delivery-daemon/bin/delivery-daemon", str(script)))
+    unit.write_text(text.replace("/opt/delivery-daemon/bin/delivery-daemon", str(script))
+                    .replace("\n#LoadCredential=", "\nLoadCredential="))
+    return analyze, unit
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    """`systemd-analyze verify` accepts the unit with no warning (ExecStart pointed at this checkout's script)."""
+    analyze, unit = _analyzable_unit(tmp_path)
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=120, check=False)
     problems = [line for line in (result.stdout + result.stderr).splitlines() if "delivery-daemon.service" in line]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+def test_systemd_unit_security_exposure(tmp_path: Path) -> None:
+    """`systemd-analyze security` rates the unit 1.2 ("OK") or better, credentials included."""
+    analyze, unit = _analyzable_unit(tmp_path)
+    result = subprocess.run([analyze, "security", "--offline=true", str(unit)], capture_output=True, text=True,
+                            timeout=120, check=False)
+    if "--offline" in result.stderr:
+        pytest.skip("this systemd-analyze has no --offline (systemd < 250)")
+    found = re.search(r"Overall exposure level for delivery-daemon\.service: (\d+\.\d+)", result.stdout)
+    assert found is not None, result.stdout + result.stderr
+    assert float(found.group(1)) <= 1.2, result.stdout
+
+
+def test_systemd_unit_leaves_a_config_error_stopped() -> None:
+    """Exit 2 (a configuration error, one line in the journal) is not restarted: restarting cannot fix it."""
+    lines = UNIT.read_text().splitlines()
+    assert "RestartPreventExitStatus=2" in lines and "Restart=on-failure" in lines
 
 
 def test_systemd_unit_hardening() -> None:

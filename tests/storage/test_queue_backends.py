@@ -12,7 +12,7 @@ from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 from delivery_daemon.storage.jobs import LeaseLost, MarkedOrder, OrderCancelled, Settled, Transition
 from delivery_daemon.storage.models import JobState
-from delivery_daemon.storage.orders import ActionRefused, Orders
+from delivery_daemon.storage.operator import ActionRefused, Orders
 from delivery_daemon.storage.queue import JobQueue
 
 

@@ -2,10 +2,9 @@
 
 The trigger runs inside the writer's transaction and PostgreSQL delivers the NOTIFY at commit (never for a rolled
 back insert), so idle replicas listening with :mod:`delivery_daemon.storage.notify` wake as soon as a webhook
-committed on
-any replica — whatever code path committed it (single insert, group commit, requeue, expired lease). Identical
-notifications within one transaction are folded into one by the server. SQLite has a single process per database
-and wakes its worker in-process, so there is nothing to do there.
+committed on any replica — whatever code path committed it (single insert, group commit, requeue, expired lease).
+Identical notifications within one transaction are folded into one by the server. SQLite has a single process per
+database and wakes its worker in-process, so there is nothing to do there.
 
 Revision ID: 0002
 Revises: 0001

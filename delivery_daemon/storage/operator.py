@@ -2,8 +2,7 @@
 
 Every action is one transaction that moves a job only if it is still in a state the action allows (the ``WHERE``
 names the states), and records an :class:`~delivery_daemon.storage.models.Attempt` with step ``admin`` — so an action
-can
-never race the worker into a double delivery: a running job holds a lease and is refused here. A running daemon
+can never race the worker into a double delivery: a running job holds a lease and is refused here. A running daemon
 picks a requeued job up at its next poll (``worker.poll_interval``), with no signal needed.
 
 What each action does:
