@@ -36,13 +36,13 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     try:
-        import uvloop  # noqa: F401
+        import uvloop  # noqa: F401 (imported only to see whether it is installed)
 
         market_loop = "uvloop"
     except ImportError:
         market_loop = "asyncio"
     try:
-        import httptools  # noqa: F401
+        import httptools  # noqa: F401 (imported only to see whether it is installed)
 
         parser = "httptools"
     except ImportError:

@@ -91,7 +91,7 @@ async def _test_webhook_command(args: argparse.Namespace) -> int:
     if store.api_key is None or store.api_url is None:
         raise ConfigError(f"stores[{index}]", "needs api_url and api_key to sign a test webhook")
     # A wildcard listen address is reached on loopback (not a bind: S104 is about listening).
-    host = settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    host = settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104 (compares with the wildcard; binds nothing)
     url = args.public_url or f"http://{host}:{settings.server.port}/webhooks/{store.name}"
     body = signed_test_webhook(store.api_key.get_secret_value(), store.api_url)
     try:

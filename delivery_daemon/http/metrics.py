@@ -64,7 +64,7 @@ class Metrics:
         # No <name>_created series: a second series per counter and histogram child, holding its creation time,
         # which Prometheus ignores (the counter's reset is seen in its value) and storage pays for. The switch is
         # process-wide in prometheus_client and read at each scrape.
-        disable_created_metrics()  # type: ignore[no-untyped-call]
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
         self.registry = CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, start time

@@ -27,7 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # an install without httptools (a default dependency, but uvicorn works without it)
-    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+    HttpToolsProtocol = None  # type: ignore[assignment,misc]  # None without httptools; header_deadline_protocol checks
 
 _REASON = b'{"error":"request headers not received in time"}'
 TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
@@ -51,25 +51,25 @@ class HeaderDeadline:
         self._started = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:
-        super().connection_made(transport)  # type: ignore[misc]
+        super().connection_made(transport)  # type: ignore[misc]  # a mixin: the uvicorn protocol after it in the MRO has it
         self._arm()
 
     def data_received(self, data: bytes) -> None:
         self._started = True
-        super().data_received(data)  # type: ignore[misc]
+        super().data_received(data)  # type: ignore[misc]  # a mixin: the uvicorn protocol after it in the MRO has it
 
     def on_response_complete(self) -> None:
         # Armed before the base class runs, which may start a pipelined request at once. h11 then makes a new
         # cycle (which _expired ignores); httptools made the pipelined request's cycle when its headers arrived,
         # so that cycle is the one watched: a cycle being answered has its headers, so the deadline is off.
         self._arm()
-        super().on_response_complete()  # type: ignore[misc]
+        super().on_response_complete()  # type: ignore[misc]  # a mixin: the uvicorn protocol after it in the MRO has it
         if self.cycle is not None and not self.cycle.response_complete:
             self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        super().connection_lost(exc)  # type: ignore[misc]
+        super().connection_lost(exc)  # type: ignore[misc]  # a mixin: the uvicorn protocol after it in the MRO has it
 
     def _arm(self) -> None:
         self._disarm()

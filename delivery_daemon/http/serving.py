@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -59,9 +60,9 @@ class RunningServer:
 def _config(app: ASGIApp, **options: object) -> uvicorn.Config:
     # log_config=None: uvicorn leaves logging alone (its own config sends plain text to stderr); its records reach the
     # root logger, where configure_logging (when called) renders them like every other line.
-    defaults: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on", "log_config": None}
+    defaults: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on", "log_config": None}
     defaults.update(options)
-    return uvicorn.Config(app, **defaults)  # type: ignore[arg-type]
+    return uvicorn.Config(app, **defaults)
 
 
 @contextlib.asynccontextmanager

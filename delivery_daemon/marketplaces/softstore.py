@@ -47,7 +47,7 @@ _TOKEN_MARGIN = 30.0  # refresh a JWT this many seconds before SoftStore says it
 def signature(api_key: str, order_id: str) -> str:
     """SoftStore's documented webhook signature."""
     inner = hashlib.sha1(api_key.encode()).hexdigest()  # noqa: S324  (the marketplace's scheme, not our choice)
-    return hashlib.sha1((inner + order_id).encode()).hexdigest()  # noqa: S324
+    return hashlib.sha1((inner + order_id).encode()).hexdigest()  # noqa: S324 (the marketplace's scheme)
 
 def signed_test_webhook(api_key: str, api_url: str) -> dict[str, str]:
     """A webhook body signed as SoftStore signs it, for an order whose ``payment_status`` is not ``paid`` (the
@@ -124,7 +124,7 @@ class SoftStoreAdapter:
         self.api_url = store.api_url
         self.clock = context.clock
         self._api_key = store.api_key.get_secret_value()
-        self._signing_key = hashlib.sha1(self._api_key.encode()).hexdigest()  # noqa: S324
+        self._signing_key = hashlib.sha1(self._api_key.encode()).hexdigest()  # noqa: S324 (the marketplace's scheme)
         self._client = create_client(context, base_url=self.api_url)
         self.tokens = TokenCache(self._client, self._api_key, context.clock)
         self._sink = SoftStoreDelivery(self)
@@ -144,7 +144,7 @@ class SoftStoreAdapter:
         delivery_url = _text_field(data, "delivery_url")
         token = _text_field(data, "token", required=False, max_len=512)
         status = _text_field(data, "payment_status", required=False, max_len=32)
-        expected = hashlib.sha1((self._signing_key + order_id).encode()).hexdigest()  # noqa: S324
+        expected = hashlib.sha1((self._signing_key + order_id).encode()).hexdigest()  # noqa: S324 (the marketplace's scheme)
         # Compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError, i.e. a 500).
         if not hmac.compare_digest(expected.encode(), (sent_signature or "").lower().encode()):
             raise WebhookRejected(403, "invalid signature")

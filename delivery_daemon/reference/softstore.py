@@ -75,8 +75,8 @@ log = structlog.get_logger("delivery_daemon.reference")
 
 def documented_signature(api_key: str, id_order: str) -> str:
     """``sha1(sha1(api_key) + id_order)`` with lowercase hex digests, as the document specifies."""
-    inner = hashlib.sha1(api_key.encode()).hexdigest()  # noqa: S324 - the documented scheme
-    return hashlib.sha1((inner + id_order).encode()).hexdigest()  # noqa: S324
+    inner = hashlib.sha1(api_key.encode()).hexdigest()  # noqa: S324 (SoftStore's documented scheme)
+    return hashlib.sha1((inner + id_order).encode()).hexdigest()  # noqa: S324 (SoftStore's documented scheme)
 
 
 class _NonClosingTransport(httpx.AsyncBaseTransport):

@@ -18,7 +18,7 @@ from delivery_daemon.config import DatabaseSettings
 from delivery_daemon.errors import ConfigError
 
 # Imported for their side effect: each registers its tables on SQLModel.metadata.
-from delivery_daemon.storage import models, stock_pool, vault  # noqa: F401
+from delivery_daemon.storage import models, stock_pool, vault  # noqa: F401 (imported to register their tables)
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 from sqlalchemy import and_, delete, select
 
 from delivery_daemon.storage import dialect
-from delivery_daemon.storage.models import WebhookEvent
+from delivery_daemon.storage.models import WebhookEvent, table_of
 from delivery_daemon.storage.queue import JobQueue
 
 RETENTION = 7 * 86_400.0
 """Seconds an event id is remembered: more than Stripe's 3 days of retries, with margin for a daemon outage."""
 
-EVENTS = WebhookEvent.__table__  # type: ignore[attr-defined]
+EVENTS = table_of(WebhookEvent)
 
 
 class EventLog:

@@ -17,13 +17,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from delivery_daemon.errors import DeliveryDaemonError
 from delivery_daemon.storage.cipher import Cipher
-from delivery_daemon.storage.models import Attempt, Job, JobState, from_row
+from delivery_daemon.storage.models import Attempt, Job, JobState, from_row, table_of
 
 SEALED = ("payload", "content")
 """Columns encrypted at rest when the queue has a cipher: the delivery token lives in one, the keys in the other."""
 
-JOBS = Job.__table__  # type: ignore[attr-defined]
-ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
+JOBS = table_of(Job)
+ATTEMPTS = table_of(Attempt)
 
 
 class QueueError(DeliveryDaemonError):

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import Index, Text, UniqueConstraint
+from sqlalchemy import Index, Table, Text, UniqueConstraint
 from sqlalchemy.orm import configure_mappers
+from sqlalchemy.orm.attributes import manager_of_class
 from sqlmodel import Field, SQLModel
 
 from delivery_daemon.order import LIMITS
@@ -105,6 +106,12 @@ class WebhookEvent(SQLModel, table=True):
     received_at: float = Field(index=True)
 
 
+def table_of(model: type[SQLModel]) -> Table:
+    """The table of ``model`` (a ``table=True`` model), for SQLAlchemy Core statements on it."""
+    table: Table = model.__table__  # type: ignore[attr-defined]  # SQLModel sets it, undeclared, on table models
+    return table
+
+
 def from_row(model: type[TableModel], values: Mapping[str, Any]) -> TableModel:
     """An instance of the table ``model`` holding one of its rows, built the way SQLAlchemy's ORM loads rows:
     without ``__init__`` and without validation, since the values come from the database (the source of truth, with
@@ -114,14 +121,15 @@ def from_row(model: type[TableModel], values: Mapping[str, Any]) -> TableModel:
     that fails only when the missing attribute is read). Profile: ``Job.model_validate`` of a claimed row was 76 µs,
     ~3-4 % of the backlog drain's CPU; this is ~5 µs.
     """
-    table = model.__table__  # type: ignore[attr-defined]
+    table = table_of(model)
     columns = table.columns.keys()
     if values.keys() ^ columns:
         raise ValueError(f"a {model.__name__} row needs every column of {table.name} and no other: missing "
                          f"{sorted(set(columns) - values.keys())}, unknown {sorted(values.keys() - set(columns))}")
-    if not model.__mapper__.configured:  # type: ignore[attr-defined]
+    manager = manager_of_class(model)
+    if not manager.mapper.configured:
         configure_mappers()  # SQLAlchemy's set-up on first use: an unconfigured class's attributes cannot be set
-    instance: TableModel = model._sa_class_manager.new_instance()  # type: ignore[attr-defined]
+    instance = manager.new_instance()
     instance.__dict__.update(values)
     object.__setattr__(instance, "__pydantic_fields_set__", set(values))
     return instance

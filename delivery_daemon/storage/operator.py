@@ -18,8 +18,9 @@ What each action does:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, and_, insert, or_, select, update
+from sqlalchemy import Engine, Row, and_, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from delivery_daemon.clock import Clock
@@ -68,8 +69,8 @@ class OrderFilter:
     limit: int = 50
 
 
-def _job(row: object) -> Job:
-    return Job.model_validate(dict(row._mapping))  # type: ignore[attr-defined]
+def _job(row: Row[Any]) -> Job:
+    return Job.model_validate(dict(row._mapping))
 
 
 class Orders:

@@ -28,14 +28,14 @@ from delivery_daemon.errors import DeliveryDaemonError
 from delivery_daemon.storage.batches import rewrite_in_batches
 from delivery_daemon.storage.cipher import PREFIX, Cipher
 from delivery_daemon.storage.jobs import SEALED
-from delivery_daemon.storage.models import Job
+from delivery_daemon.storage.models import Job, table_of
 from delivery_daemon.storage.retention import EMPTY_PAYLOAD
 from delivery_daemon.storage.stock_pool import SEAL_BATCH, StockPool
 from delivery_daemon.storage.vault import reseal_all
 
 log = structlog.get_logger("delivery_daemon.storage.rekey")
 
-JOBS = Job.__table__  # type: ignore[attr-defined]
+JOBS = table_of(Job)
 SECRET_TABLES = ("jobs", "stock_keys", "daemon_secrets")
 
 

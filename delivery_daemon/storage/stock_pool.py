@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, Engine, Index, Text, UniqueConstraint, and_, case, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql import ColumnElement
 from sqlmodel import Field, SQLModel
 
 from delivery_daemon.clock import Clock
@@ -36,6 +37,7 @@ from delivery_daemon.errors import DeliveryDaemonError, OutOfStock, Retry
 from delivery_daemon.storage import dialect
 from delivery_daemon.storage.batches import rewrite_in_batches
 from delivery_daemon.storage.cipher import PREFIX, Cipher, DecryptError
+from delivery_daemon.storage.models import table_of
 from delivery_daemon.storage.vault import STOCK_HASH_KEY, VaultError, secret
 
 log = structlog.get_logger("delivery_daemon.storage.stock_pool")
@@ -65,7 +67,7 @@ class StockKey(SQLModel, table=True):
     claimed_at: float | None = None
 
 
-KEYS = StockKey.__table__  # type: ignore[attr-defined]
+KEYS = table_of(StockKey)
 
 
 class StockError(DeliveryDaemonError):
@@ -125,7 +127,7 @@ class StockPool:
         self.clock = clock
         self.cipher = cipher
 
-    def _insert_ignore(self) -> object:
+    def _insert_ignore(self) -> Any:
         return dialect.insert(self.engine.dialect.name, KEYS).on_conflict_do_nothing().returning(KEYS.c.id)
 
     def _hash_key(self, conn: Connection) -> bytes:
@@ -154,7 +156,7 @@ class StockPool:
                     digest = hmac.new(hash_key, key.encode(), hashlib.sha256).hexdigest()
                     result = conn.execute(statement, {
                         "store": store, "product_id": product_id, "key": self._seal(store, product_id, key, digest),
-                        "key_hash": digest, "imported_at": now})  # type: ignore[call-overload]
+                        "key_hash": digest, "imported_at": now})
                     # Count the returned ids: psycopg reports rowcount -1 for a skipped ON CONFLICT row.
                     added += len(result.all())
         except VaultError as exc:
@@ -220,7 +222,7 @@ class StockPool:
         Always: rows without ``key_hash`` (an earlier release's plaintext) and, with a cipher, plaintext keys.
         With ``rotate``: also keys sealed under an older key, re-sealed under the current one (key rotation).
         Logs ``stock.sealed`` with the count (never the keys)."""
-        needs = [KEYS.c.key_hash.is_(None)]
+        needs: list[ColumnElement[bool]] = [KEYS.c.key_hash.is_(None)]
         if self.cipher is not None:
             sealed_as = f"{PREFIX}:{self.cipher.current}:" if rotate else f"{PREFIX}:"
             needs.append(~KEYS.c.key.startswith(sealed_as, autoescape=True))  # a key id may contain "_"

@@ -126,7 +126,7 @@ class Transitions:
             record(conn, job.id, change, now)
         return None
 
-    def _settle_marked(self, conn: Connection, job_id: int, marked: Row[Any], values: dict[str, Any],
+    def _settle_marked(self, conn: Connection, job_id: int, marked: Row[Any, Any, Any], values: dict[str, Any],
                        changes: Sequence[Transition], count_attempt: bool, now: float) -> Settled | None:
         """A leased write (``values``, recording ``changes``) to a job a refund or dispute (``marked.flag``) is
         pending on. The write is applied, its steps are recorded, and the job's state becomes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from typing import Any
 
 from sqlalchemy import Connection, Text, select, update
 from sqlmodel import Field, SQLModel
@@ -21,6 +22,7 @@ from sqlmodel import Field, SQLModel
 from delivery_daemon.errors import DeliveryDaemonError
 from delivery_daemon.storage import dialect
 from delivery_daemon.storage.cipher import PREFIX, Cipher, DecryptError
+from delivery_daemon.storage.models import table_of
 
 STOCK_HASH_KEY = "stock_hash_key"
 
@@ -35,7 +37,7 @@ class DaemonSecret(SQLModel, table=True):
     created_at: float
 
 
-SECRETS = DaemonSecret.__table__  # type: ignore[attr-defined]
+SECRETS = table_of(DaemonSecret)
 
 
 class VaultError(DeliveryDaemonError):
@@ -47,7 +49,7 @@ def context(name: str) -> str:
     return f"daemon_secrets/{name}"
 
 
-def _insert_ignore(conn: Connection) -> object:
+def _insert_ignore(conn: Connection) -> Any:
     return dialect.insert(conn.dialect.name, SECRETS).on_conflict_do_nothing()
 
 
@@ -70,7 +72,7 @@ def secret(conn: Connection, name: str, cipher: Cipher | None, now: float) -> by
     stored = conn.execute(select(SECRETS.c.value).where(SECRETS.c.name == name)).scalar_one_or_none()
     if stored is None:
         sealed = candidate if cipher is None else cipher.seal(candidate, context(name))
-        conn.execute(_insert_ignore(conn), {"name": name, "value": sealed, "created_at": now})  # type: ignore[call-overload]
+        conn.execute(_insert_ignore(conn), {"name": name, "value": sealed, "created_at": now})
         stored = conn.execute(select(SECRETS.c.value).where(SECRETS.c.name == name)).scalar_one()
     raw = _open(stored, name, cipher)
     if cipher is not None and not stored.startswith(PREFIX + ":"):

@@ -8,13 +8,14 @@ import pytest
 import yaml
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from sqlmodel import SQLModel
 
 from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 from delivery_daemon.storage.jobs import Transition
-from delivery_daemon.storage.models import Attempt, Job, JobState
+from delivery_daemon.storage.models import Attempt, Job, JobState, table_of
 from delivery_daemon.storage.queue import JobQueue
 
 pytestmark = pytest.mark.postgres
@@ -46,10 +47,11 @@ def write_config(tmp_path: Path, db_url: str) -> Path:
     return config
 
 
-def rows(url: str, table: type) -> list[dict[str, object]]:
+def rows(url: str, model: type[SQLModel]) -> list[dict[str, object]]:
+    table = table_of(model)
     engine = create_db_engine(url)
     with engine.connect() as conn:
-        result = [dict(r._mapping) for r in conn.execute(select(table.__table__).order_by(table.id))]  # type: ignore[attr-defined]
+        result = [dict(r._mapping) for r in conn.execute(select(table).order_by(table.c.id))]
     engine.dispose()
     return result
 

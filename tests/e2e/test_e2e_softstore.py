@@ -189,12 +189,12 @@ async def test_expired_jwt_is_refreshed(stack: Stack) -> None:
     """When the marketplace stops honouring the cached JWT, the daemon gets a new one and delivers."""
     first = await place(stack)
     await stack.drain()
-    stale = stack.daemon.stores["shop"].marketplace.tokens.current  # type: ignore[attr-defined]
+    stale = stack.daemon.stores["shop"].marketplace.tokens.current  # type: ignore[attr-defined]  # SoftStore's adapter has tokens
     stack.market.faults.expire_tokens()
     second = await place(stack)
     assert await stack.drain() == 1
     assert stack.market.accepted(first) is not None and stack.market.accepted(second) is not None
-    assert stack.daemon.stores["shop"].marketplace.tokens.current != stale  # type: ignore[attr-defined]
+    assert stack.daemon.stores["shop"].marketplace.tokens.current != stale  # type: ignore[attr-defined]  # SoftStore's adapter has tokens
     assert (await stack.job(second)).state == "delivered"
     assert "marketplace.token_refreshed" in stack.logs.getvalue()
 

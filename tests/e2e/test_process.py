@@ -29,6 +29,7 @@ class DaemonProcess:
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
+        self.url = ""  # the webhook server's base URL, set by start_daemon once it is listening
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
         self._new = asyncio.Event()
@@ -68,7 +69,7 @@ async def start_daemon(config: Path) -> DaemonProcess:
         "--log-level", "info", stdout=asyncio.subprocess.PIPE, env={**os.environ, "DD_TEST_API_KEY": API_KEY})
     daemon = DaemonProcess(proc)
     started = await daemon.wait_for("daemon.started")
-    daemon.url = started["webhooks"].removesuffix("/webhooks/<store>")  # type: ignore[attr-defined]
+    daemon.url = started["webhooks"].removesuffix("/webhooks/<store>")
     return daemon
 
 
@@ -160,7 +161,7 @@ async def test_sigterm_lets_inflight_delivery_finish(market: SoftStoreMarketplac
     """SIGTERM while a delivery is in flight: it completes within the grace period, the process exits 0."""
     db = tmp_path / "d.db"
     daemon = await start_daemon(write_config(tmp_path / "c.yaml", market.api_base, db=db, grace=30))
-    market.seller_url = f"{daemon.url}/webhooks/shop"  # type: ignore[attr-defined]
+    market.seller_url = f"{daemon.url}/webhooks/shop"
     market.faults.slow_next_deliveries(1, 1.5)
     order = await market.place_order("prod-1", 1)
     await wait_delivery_posted(market, order.id_order)
@@ -177,7 +178,7 @@ async def test_sigterm_past_grace_releases_job_for_next_start(market: SoftStoreM
     db = tmp_path / "d.db"
     config = write_config(tmp_path / "c.yaml", market.api_base, db=db, grace=0.3)
     daemon = await start_daemon(config)
-    market.seller_url = f"{daemon.url}/webhooks/shop"  # type: ignore[attr-defined]
+    market.seller_url = f"{daemon.url}/webhooks/shop"
     market.faults.slow_next_deliveries(1, 8)
     order = await market.place_order("prod-1", 1)
     await wait_delivery_posted(market, order.id_order)
@@ -199,7 +200,7 @@ async def test_sighup_reloads_good_config_and_refuses_bad(market: SoftStoreMarke
     db = tmp_path / "d.db"
     config = write_config(tmp_path / "c.yaml", market.api_base, db=db, template="A {keys_lines}")
     daemon = await start_daemon(config)
-    market.seller_url = f"{daemon.url}/webhooks/shop"  # type: ignore[attr-defined]
+    market.seller_url = f"{daemon.url}/webhooks/shop"
     try:
         write_config(config, market.api_base, db=db, template="B {keys_lines}")
         daemon.proc.send_signal(signal.SIGHUP)

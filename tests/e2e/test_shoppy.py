@@ -101,7 +101,7 @@ DOCUMENTED_PAID_ORDER = rb"""{
             "attach_email_text": 0
         }
     }
-}"""  # noqa: E501
+}"""  # noqa: E501 (Shoppy's documented payload, verbatim)
 """The Shoppy document's "example webhook notification on a paid order event", byte for byte: it has no order id."""
 
 

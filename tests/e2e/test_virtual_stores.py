@@ -192,6 +192,6 @@ async def test_a_refund_shows_in_the_shops_order(tmp_path: Path) -> None:
         response = await s.sender.send(s.shop.refund_event(order))
         assert response.json()["status"] == "flagged"
         adapter = s.daemon.stores["shop"].marketplace
-        await adapter.notes_sent()  # type: ignore[attr-defined]
+        await adapter.notes_sent()  # type: ignore[attr-defined]  # the virtual store adapter has it
         assert order.status == "refunded" and order.timeline[-1]["event"] == "status.refunded"
         assert "flagged" in order.timeline[-1]["note"]

@@ -26,7 +26,7 @@ async def test_copied_database_reveals_no_key_or_token(stack: Stack) -> None:
     """After deliveries, neither the database file nor its WAL contains a generated key or a delivery token."""
     placed = [await stack.market.place_order(PRODUCT, 2) for _ in range(3)]
     await stack.drain()
-    texts = [stack.market.accepted(p.id_order).json["text"] for p in placed]  # type: ignore[union-attr]
+    texts = [stack.market.accepted(p.id_order).json["text"] for p in placed]  # type: ignore[union-attr]  # all were delivered
     keys = [line for text in texts for line in text.splitlines()[1:]]
     assert len(keys) == 6
     db = Path(stack.settings.database.url.removeprefix("sqlite:///"))

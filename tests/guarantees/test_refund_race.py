@@ -227,7 +227,7 @@ async def test_flagged_order_shows_in_orders_show_on_the_status_page_and_in_metr
         assert any(line.split()[:2] == ["flag", "refunded"] for line in table.splitlines())
         assert main(["orders", "list", *database, "--json"]) == 0
         assert [row["flag"] for row in json.loads(capsys.readouterr().out)] == ["refunded"]
-        async with status_page(multi) as page:  # type: ignore[arg-type]  # uses only .daemon
+        async with status_page(multi) as page:  # type: ignore[arg-type]  # a Multi: status_page uses only .daemon
             assert (await page.login()).status_code == 303  # to the page it came from
             order = await page.client.get(f"{page.url}/orders/{job.id}")
             assert 'id="order-flag"' in order.text and "refunded after delivery" in order.text

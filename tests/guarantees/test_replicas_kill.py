@@ -150,7 +150,7 @@ async def test_three_replicas_one_killed_every_order_delivered_once(tmp_path: Pa
                     return False
                 with engine.connect() as conn:
                     open_jobs = conn.execute(
-                        select(func.count()).where(Job.state != "delivered")  # type: ignore[arg-type]
+                        select(func.count()).where(col(Job.state) != "delivered")
                     ).scalar_one()
                 return open_jobs == 0
 
@@ -169,12 +169,12 @@ async def test_three_replicas_one_killed_every_order_delivered_once(tmp_path: Pa
         assert [d.status for d in market.deliveries(order_id)].count(200) == 1, order_id
     assert market.summary()["duplicates"] == 0
     with engine.connect() as conn:
-        jobs = conn.execute(select(Job.state, func.count()).group_by(Job.state)).all()  # type: ignore[call-overload]
+        jobs = conn.execute(select(col(Job.state), func.count()).group_by(Job.state)).all()
         delivered_records = conn.execute(
-            select(Attempt.job_id, func.count())  # type: ignore[call-overload]
-            .where(Attempt.state == "delivered").group_by(Attempt.job_id)
+            select(col(Attempt.job_id), func.count())
+            .where(col(Attempt.state) == "delivered").group_by(col(Attempt.job_id))
         ).all()
-        expired = conn.execute(select(func.count()).where(Attempt.outcome == "expired")).scalar_one()  # type: ignore[arg-type]
+        expired = conn.execute(select(func.count()).where(col(Attempt.outcome) == "expired")).scalar_one()
     engine.dispose()
     assert dict(jobs) == {"delivered": ORDERS}
     assert len(delivered_records) == ORDERS and {count for _, count in delivered_records} == {1}
@@ -241,7 +241,7 @@ async def test_stock_pool_across_replicas_with_a_kill_and_an_import_mid_run(tmp_
                 if not all(market.accepted(order_id) is not None for order_id in placed):
                     return False
                 with engine.connect() as conn:
-                    return conn.execute(select(func.count()).where(Job.state != "delivered")).scalar_one() == 0  # type: ignore[arg-type]
+                    return conn.execute(select(func.count()).where(col(Job.state) != "delivered")).scalar_one() == 0
 
             await wait_until(all_delivered, 120, "every order delivered")
         finally:
@@ -257,13 +257,13 @@ async def test_stock_pool_across_replicas_with_a_kill_and_an_import_mid_run(tmp_
     assert set(owner) <= set(first) | set(second)
     levels = StockPool(engine, SystemClock()).levels("shop")
     with engine.connect() as conn:
-        held: dict[str, int] = dict(conn.execute(select(StockKey.claimed_by, func.count())  # type: ignore[call-overload]
-                                 .where(StockKey.claimed_by.is_not(None))  # type: ignore[union-attr]
+        held: dict[str | None, int] = dict(conn.execute(select(col(StockKey.claimed_by), func.count())
+                                 .where(col(StockKey.claimed_by).is_not(None))
                                  .group_by(StockKey.claimed_by)).all())
         jobs: dict[str, int] = dict(conn.execute(
-            select(Job.state, func.count()).group_by(Job.state)).all())  # type: ignore[call-overload]
-        waited = conn.execute(select(func.count()).where(Attempt.outcome == "out_of_stock")).scalar_one()  # type: ignore[arg-type]
-        expired = conn.execute(select(func.count()).where(Attempt.outcome == "expired")).scalar_one()  # type: ignore[arg-type]
+            select(col(Job.state), func.count()).group_by(Job.state)).all())
+        waited = conn.execute(select(func.count()).where(col(Attempt.outcome) == "out_of_stock")).scalar_one()
+        expired = conn.execute(select(func.count()).where(col(Attempt.outcome) == "expired")).scalar_one()
     engine.dispose()
     assert [(lv.product_id, lv.issued, lv.available) for lv in levels] == [("p1", 90, 110 - 90)]
     assert held == {f"shop:{order_id}": quantity for order_id, quantity in zip(placed, quantities, strict=True)}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -75,7 +75,7 @@ class Capture:
         return response
 
     def haystacks(self, structlog_text: str, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
-                  engine: Engine, senders: list[WebhookSender] = ()) -> dict[str, str]:  # type: ignore[assignment]
+                  engine: Engine, senders: Sequence[WebhookSender] = ()) -> dict[str, str]:
         with engine.connect() as conn:
             history = conn.execute(text("SELECT coalesce(error, '') FROM attempts")).scalars().all()
             last_errors = conn.execute(text("SELECT coalesce(last_error, '') FROM jobs")).scalars().all()

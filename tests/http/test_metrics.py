@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from delivery_daemon.generators.contract import Generated, OrderContext
 from delivery_daemon.http.metrics import create_admin_app
 from delivery_daemon.http.serving import serve
-from tests.support.stack import PRODUCT, STORE, Stack
+from tests.support.stack import PRODUCT, STORE, Stack, StackFactory
 
 
 async def scrape(client: httpx.AsyncClient, url: str, **headers: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
@@ -86,9 +86,9 @@ async def test_stock_gauge_follows_generator(stack: Stack) -> None:
                  product=PRODUCT) == 3
 
 
-async def test_metrics_token(make_stack: object) -> None:
+async def test_metrics_token(make_stack: StackFactory) -> None:
     """With admin.token set, /metrics answers 401 without the bearer token and 200 with it."""
-    async with make_stack(admin={"token": "metrics-token-123"}) as stack:  # type: ignore[operator]
+    async with make_stack(admin={"token": "metrics-token-123"}) as stack:
         response = await stack.client.get(f"{stack.url}/metrics")
         assert response.status_code == 401 and "metrics-token-123" not in response.text
         wrong = await stack.client.get(f"{stack.url}/metrics", headers={"Authorization": "Bearer nope"})
@@ -96,9 +96,9 @@ async def test_metrics_token(make_stack: object) -> None:
         await scrape(stack.client, stack.url, Authorization="Bearer metrics-token-123")
 
 
-async def test_admin_address_is_separate(make_stack: object) -> None:
+async def test_admin_address_is_separate(make_stack: StackFactory) -> None:
     """With admin.port set, /metrics is served by the admin app only, not on the public webhook port."""
-    async with make_stack(admin={"port": 0}) as stack:  # type: ignore[operator]
+    async with make_stack(admin={"port": 0}) as stack:
         assert (await stack.client.get(f"{stack.url}/metrics")).status_code == 404
         async with serve(create_admin_app(stack.daemon), lifespan="off") as admin:
             samples = await scrape(stack.client, admin.url)
@@ -108,11 +108,11 @@ async def test_admin_address_is_separate(make_stack: object) -> None:
 
 
 @pytest.mark.contract("stock_remaining")
-async def test_stock_gauge_reports_the_stock_plugin(make_stack: object) -> None:
+async def test_stock_gauge_reports_the_stock_plugin(make_stack: StackFactory) -> None:
     """The ``stock`` generator reports the keys left in the pool, so the gauge is there for stock products."""
     from delivery_daemon.storage.stock_pool import StockPool
 
-    async with make_stack(products={"serials": {"generator": "stock"}}) as stack:  # type: ignore[operator]
+    async with make_stack(products={"serials": {"generator": "stock"}}) as stack:
         stack.market.add_product("serials")
         StockPool(stack.daemon.engine, stack.clock).import_keys(STORE, "serials", ["A", "B", "C"])
         assert value(await scrape(stack.client, stack.url), "delivery_daemon_stock_remaining", store=STORE,

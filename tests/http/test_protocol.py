@@ -14,7 +14,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from delivery_daemon.daemon import _server
-from delivery_daemon.http.protocol import header_deadline_protocol
+from delivery_daemon.http.protocol import HeaderDeadline, header_deadline_protocol
 from delivery_daemon.http.serving import serve
 
 DEADLINE = 0.4
@@ -115,5 +115,5 @@ def test_the_daemon_serves_with_the_configured_header_deadline() -> None:
     """The runner's servers use this protocol with server.header_timeout, over httptools when it is installed."""
     server = _server(APP, lifespan="off", grace=1, header_timeout=2.5)
     protocol = server.config.http
-    assert isinstance(protocol, type) and protocol.header_timeout == 2.5  # type: ignore[attr-defined]
+    assert isinstance(protocol, type) and issubclass(protocol, HeaderDeadline) and protocol.header_timeout == 2.5
     assert issubclass(protocol, HttpToolsProtocol)  # installed (test extra): the faster parser, as uvicorn picks

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import io
 import secrets
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,9 +19,7 @@ from delivery_daemon.http.limits import RateLimiter
 from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
-from tests.support.stack import PRODUCT, Stack
-
-StackFactory = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]
+from tests.support.stack import PRODUCT, Stack, StackFactory
 
 
 async def test_flood_gets_429_with_retry_after_and_stores_nothing(make_stack: StackFactory) -> None:

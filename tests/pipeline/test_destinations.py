@@ -159,7 +159,7 @@ async def test_a_refused_reload_closes_the_stores_it_built(tmp_path: Path) -> No
                 self.closed.append(adapter)
                 await close()
 
-            adapter.aclose = aclose  # type: ignore[method-assign]
+            adapter.aclose = aclose  # type: ignore[method-assign]  # wrapped to record which adapters close
             self.built.append(adapter)
             return adapter
 

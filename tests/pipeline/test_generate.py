@@ -42,7 +42,7 @@ def test_check_result_accepts_contract() -> None:
     (Generated(["A"]), "1 keys for quantity 2"),
     (Generated(["A", "B", "C"]), "3 keys for quantity 2"),
     (Generated(["A", ""]), "empty or non-string key"),
-    (Generated(["A", 5]), "empty or non-string key"),  # type: ignore[list-item]
+    (Generated(["A", 5]), "empty or non-string key"),  # type: ignore[list-item]  # a non-string key is the case under test
     (Generated(["A", "B"], download="http://cdn.example/x"), "not HTTPS"),
     (Generated(["A", "B"], download="ftp://cdn.example/x"), "not HTTPS"),
     (["A", "B"], "expected Generated"),

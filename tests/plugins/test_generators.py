@@ -280,7 +280,7 @@ async def test_http_status_maps_to_outcome(key_server: tuple[str, list[dict[str,
     with pytest.raises(outcome) as raised:
         await arun_generator(HttpGenerator, {"url": f"{url}/keys/{status}"}, policy=LOCAL)
     if outcome is Retry:
-        assert raised.value.after == 7  # type: ignore[attr-defined]
+        assert isinstance(raised.value, Retry) and raised.value.after == 7
 
 
 async def test_http_unreachable_is_retry_without_url() -> None:

@@ -52,7 +52,7 @@ async def test_serve_mounts_the_status_page_on_the_admin_address(tmp_path: Path)
             assert anonymous.headers["location"] == "/status/login?next=/status/"
             assert (await client.get(f"{url}login")).status_code == 200
             assert (await client.get(url.removesuffix("/"))).headers["location"].endswith("/status/")
-            assert (await client.get(f"{daemon.url}/status/login")).status_code == 404  # type: ignore[attr-defined]
+            assert (await client.get(f"{daemon.url}/status/login")).status_code == 404
     finally:
         assert await daemon.stop() == 0
 

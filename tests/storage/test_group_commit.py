@@ -16,10 +16,10 @@ from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 from delivery_daemon.storage.group_commit import GroupCommitter
 from delivery_daemon.storage.jobs import QueueError
-from delivery_daemon.storage.models import Job
+from delivery_daemon.storage.models import Job, table_of
 from delivery_daemon.storage.queue import JobQueue
 
-JOBS = Job.__table__  # type: ignore[attr-defined]
+JOBS = table_of(Job)
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ async def test_expired_lease_is_released_once_and_fences_the_old_owner(queues: C
     dead, *sweepers = [queues() for _ in range(3)]
     await dead.enqueue(order(1))
     [job] = await dead.claim("dead-replica", 30, 1)
-    dead.clock.advance(31)  # type: ignore[attr-defined]
+    dead.clock.advance(31)  # type: ignore[attr-defined]  # the fixture's queues share a ManualClock
     released = await asyncio.gather(*(s.release_expired() for s in sweepers))
     assert sum(released) == 1
     history = await sweepers[0].history(job.id or 0)
@@ -208,9 +208,9 @@ async def test_refund_of_a_leased_job_keeps_the_lease_and_its_worker_settles_it(
             state, flag, attempts, None)
         history = [(a.step, a.outcome, a.state) for a in await worker.history(job_id)]
         assert attempt in history
-    assert (await worker.get(jobs[2].id or 0)).content is not None  # type: ignore[union-attr]
+    assert (await worker.get(jobs[2].id or 0)).content is not None  # type: ignore[union-attr]  # a missing job fails the test too
     assert await receiver.mark(refund(0, "disputed")) == "flagged"
-    assert (await worker.find("shop", "o5")).state == "cancelled"  # type: ignore[union-attr]
+    assert (await worker.find("shop", "o5")).state == "cancelled"  # type: ignore[union-attr]  # a missing job fails the test too
 
 
 async def test_refund_during_a_redelivery_leaves_the_order_delivered_and_flagged(

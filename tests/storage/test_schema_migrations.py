@@ -32,7 +32,7 @@ from sqlmodel import SQLModel
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.storage.cipher import Cipher, new_key_line, parse_keys
 from delivery_daemon.storage.engine import create_db_engine, create_schema, newest_revision
-from delivery_daemon.storage.models import Attempt, Job
+from delivery_daemon.storage.models import Attempt, Job, table_of
 from delivery_daemon.storage.schema import (
     BASELINE,
     RELEASE_SCHEMAS,
@@ -44,7 +44,7 @@ from delivery_daemon.storage.schema import (
 )
 from delivery_daemon.storage.stock_pool import KEYS, StockPool
 
-JOBS = Job.__table__  # type: ignore[attr-defined]
+JOBS = table_of(Job)
 
 
 LATER_JOB_COLUMNS = ("flag",)
@@ -124,7 +124,7 @@ def test_first_release_database_is_stamped_then_upgraded(db_url: str) -> None:
     """A database made by the first release (jobs and attempts only) is stamped at 0001 and gains the later
     tables from the migrations."""
     engine = create_db_engine(db_url)
-    SQLModel.metadata.create_all(engine, tables=[JOBS, Attempt.__table__])  # type: ignore[attr-defined]
+    SQLModel.metadata.create_all(engine, tables=[JOBS, table_of(Attempt)])
     drop_later_job_columns(engine)
     _seed_job(engine)
     assert adopted_revision(set(inspect(engine).get_table_names())) == BASELINE
@@ -177,9 +177,9 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     engines = [create_db_engine(pg_url) for _ in range(4)]
     errors: list[BaseException] = []
 
-    def start(engine: object) -> None:
+    def start(engine: Engine) -> None:
         try:
-            create_schema(engine)  # type: ignore[arg-type]
+            create_schema(engine)
         except BaseException as exc:
             errors.append(exc)
 

@@ -3,7 +3,9 @@ the store and product names, the settings they use and :class:`Stack`, what a te
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,10 @@ class Stack:
 
     async def job(self, order_id: str) -> Any:
         return await self.daemon.queue.find(STORE, order_id)
+
+
+StackFactory = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]
+"""The ``make_stack`` fixture: ``async with make_stack(**sections) as stack``."""
 
 
 def accepted_text(market: SoftStoreMarketplace, order_id: str) -> str:

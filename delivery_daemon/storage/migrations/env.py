@@ -11,7 +11,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 # Imported for their side effect: each registers its tables on SQLModel.metadata.
-from delivery_daemon.storage import models, stock_pool, vault  # noqa: F401
+from delivery_daemon.storage import models, stock_pool, vault  # noqa: F401 (imported to register their tables)
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - a programming error, not an operator one
