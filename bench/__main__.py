@@ -48,18 +48,29 @@ def machine() -> dict[str, Any]:
     except ImportError:
         parser = "h11"
     loop = f"asyncio (daemon, baseline); {market_loop} (marketplace)"
-    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(), "system": platform.platform(),
-            "loadavg_at_start": os.getloadavg(), "event_loop": loop, "http_parser": parser}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "system": platform.platform(),
+        "loadavg_at_start": os.getloadavg(),
+        "event_loop": loop,
+        "http_parser": parser,
+    }
 
 
 def run(smoke: bool, only: tuple[str, ...], workdir: Path, use_wrk: bool) -> dict[str, Any]:
-    results: dict[str, Any] = {"smoke": smoke, "machine": machine(), "started": time.time(),
-                               "load_tool": "wrk" if use_wrk else "python"}
+    results: dict[str, Any] = {
+        "smoke": smoke,
+        "machine": machine(),
+        "started": time.time(),
+        "load_tool": "wrk" if use_wrk else "python",
+    }
     api_key = secrets.token_hex(20)
     with start_server("market", {"api_key": api_key, "product": "bench-key"}, workdir) as market:
         bench = Bench(workdir=workdir, smoke=smoke, use_wrk=use_wrk, api_key=api_key, market=market)
         if "ingest" in only:
-            results["ingest"] = (ingest(bench, duration=2.0, rounds=1) if smoke else ingest(bench))
+            results["ingest"] = ingest(bench, duration=2.0, rounds=1) if smoke else ingest(bench)
         if "e2e" in only:
             results["e2e"] = end_to_end(bench, seconds=2.0) if smoke else end_to_end(bench)
         if "drain" in only:

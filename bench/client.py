@@ -65,6 +65,7 @@ async def _measure(way: str, base: str, requests: int, concurrency: int) -> floa
         import aiohttp
 
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False) as session:
+
             async def bare() -> None:
                 async with session.get(base + PATH, headers=headers) as response:
                     json.loads(await response.read())
@@ -73,8 +74,10 @@ async def _measure(way: str, base: str, requests: int, concurrency: int) -> floa
     transport: httpx.AsyncBaseTransport = AiohttpTransport()
     if way == "call_request":
         transport = RequestOnly(AiohttpTransport())
-    async with ApiClient(transport=PinnedOrigin(transport, base), base_url=base, timeout=15,
-                         headers={"User-Agent": "delivery-daemon"}) as client:
+    async with ApiClient(
+        transport=PinnedOrigin(transport, base), base_url=base, timeout=15, headers={"User-Agent": "delivery-daemon"}
+    ) as client:
+
         async def call() -> None:
             (await client.call("GET", PATH, headers={"Authorization": "Bearer bench"})).json()
 
@@ -89,8 +92,14 @@ def client_cpu(workdir: Path, *, requests: int = 8000, concurrency: int = 32, ro
             for way in WAYS if round_ % 2 == 0 else tuple(reversed(WAYS)):
                 samples[way].append(asyncio.run(_measure(way, market.url, requests, concurrency)))
     medians = {way: statistics.median(values) for way, values in samples.items()}
-    return {"requests": requests, "concurrency": concurrency, "rounds": rounds, "us_per_request": samples,
-            "median_us": medians, "ratio_to_aiohttp": {way: medians[way] / medians["aiohttp"] for way in WAYS}}
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "us_per_request": samples,
+        "median_us": medians,
+        "ratio_to_aiohttp": {way: medians[way] / medians["aiohttp"] for way in WAYS},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"client CPU per request, {args.concurrency} in flight, median of {args.rounds} rounds")
     for way in WAYS:
         rounds = ", ".join(f"{v:.0f}" for v in result["us_per_request"][way])
-        print(f"  {way:<13}{result['median_us'][way]:>8.0f} µs   x{result['ratio_to_aiohttp'][way]:.2f} of aiohttp"
-              f"   (rounds: {rounds})")
+        print(
+            f"  {way:<13}{result['median_us'][way]:>8.0f} µs   x{result['ratio_to_aiohttp'][way]:.2f} of aiohttp"
+            f"   (rounds: {rounds})"
+        )
     print(f"results written to {args.out}")
     return 0
 

@@ -39,8 +39,11 @@ def _drain_once(bench: Bench, root: Path, name: str, jobs: int) -> float:
 def compare(other: Path, workdir: Path, *, rounds: int, seconds: float, jobs: int, use_wrk: bool) -> dict[str, Any]:
     roots = {"this": ROOT, "other": other}
     api_key = secrets.token_hex(20)
-    out: dict[str, Any] = {"other": str(other), "ingest_rps": {"this": [], "other": []},
-                           "drain_per_s": {"this": [], "other": []}}
+    out: dict[str, Any] = {
+        "other": str(other),
+        "ingest_rps": {"this": [], "other": []},
+        "drain_per_s": {"this": [], "other": []},
+    }
     with start_server("market", {"api_key": api_key, "product": "bench-key"}, workdir) as market:
         bench = Bench(workdir=workdir, smoke=False, use_wrk=use_wrk, api_key=api_key, market=market)
         for round_ in range(rounds):
@@ -51,8 +54,13 @@ def compare(other: Path, workdir: Path, *, rounds: int, seconds: float, jobs: in
                 spec = bench.daemon_spec(f"cmp-ingest-{name}-{round_}", start_worker=False)
                 with start_server("daemon", spec, workdir, root=root) as daemon:
                     url = f"{daemon.url}/webhooks/{STORE}"
-                    run_load(url, _signed_bodies(bench, 500, workdir / "w.jsonl"), connections=8, duration=1.0,
-                             use_wrk=use_wrk)
+                    run_load(
+                        url,
+                        _signed_bodies(bench, 500, workdir / "w.jsonl"),
+                        connections=8,
+                        duration=1.0,
+                        use_wrk=use_wrk,
+                    )
                     bodies = _signed_bodies(bench, int(seconds * 3000) + 1000, workdir / f"cmp-{name}.jsonl")
                     result = run_load(url, bodies, connections=32, duration=seconds, use_wrk=use_wrk)
                 out["ingest_rps"][name].append(result["rps"])
@@ -73,13 +81,21 @@ def main() -> None:
     parser.add_argument("--out", default="bench-compare.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="delivery-daemon-compare-") as tmp:
-        result = compare(Path(args.other).resolve(), Path(tmp), rounds=args.rounds, seconds=args.seconds,
-                         jobs=args.jobs, use_wrk=wrk_available())
+        result = compare(
+            Path(args.other).resolve(),
+            Path(tmp),
+            rounds=args.rounds,
+            seconds=args.seconds,
+            jobs=args.jobs,
+            use_wrk=wrk_available(),
+        )
     Path(args.out).write_text(json.dumps(result, indent=2))
     for key in ("ingest_rps", "drain_per_s"):
         r = result[key]
-        print(f"{key}: this {r['median_this']:.0f}, other {r['median_other']:.0f}, ratio {r['ratio']:.2f} "
-              f"(rounds this {[round(v) for v in r['this']]}, other {[round(v) for v in r['other']]})")
+        print(
+            f"{key}: this {r['median_this']:.0f}, other {r['median_other']:.0f}, ratio {r['ratio']:.2f} "
+            f"(rounds this {[round(v) for v in r['this']]}, other {[round(v) for v in r['other']]})"
+        )
 
 
 if __name__ == "__main__":

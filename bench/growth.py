@@ -26,8 +26,9 @@ from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 from delivery_daemon.storage.queue import JobQueue
 
-PAYLOAD = json.dumps({"delivery_url": "https://softstore.example/api/v1/orders/delivery/" + "a" * 64,
-                      "token": "b" * 64})
+PAYLOAD = json.dumps(
+    {"delivery_url": "https://softstore.example/api/v1/orders/delivery/" + "a" * 64, "token": "b" * 64}
+)
 CONTENT = json.dumps({"text": "Thank you for your order:\nABCDE-FGHIJ-KLMNO-PQRST", "keys": ["ABCDE-FGHIJ"]})
 
 
@@ -65,12 +66,19 @@ async def _measure(url: str, synchronous: str, ops: int, tag: str) -> dict[str, 
     engine = create_db_engine(url, synchronous=synchronous)
     queue = JobQueue(engine, SystemClock())
     try:
-        orders = [IncomingOrder(store="bench", marketplace="softstore", order_id=f"{tag}-{i}",
-                                product_id="bench-key", payload={"delivery_url": "https://x/d", "token": "t"})
-                  for i in range(ops)]
+        orders = [
+            IncomingOrder(
+                store="bench",
+                marketplace="softstore",
+                order_id=f"{tag}-{i}",
+                product_id="bench-key",
+                payload={"delivery_url": "https://x/d", "token": "t"},
+            )
+            for i in range(ops)
+        ]
         started, cpu = time.perf_counter(), time.process_time()
         for low in range(0, ops, 32):
-            await asyncio.gather(*(queue.enqueue(order) for order in orders[low:low + 32]))
+            await asyncio.gather(*(queue.enqueue(order) for order in orders[low : low + 32]))
         enqueue_s, enqueue_cpu = time.perf_counter() - started, time.process_time() - cpu
         claimed = 0
         started, cpu = time.perf_counter(), time.process_time()
@@ -84,8 +92,12 @@ async def _measure(url: str, synchronous: str, ops: int, tag: str) -> dict[str, 
         queue.close()
         engine.dispose()
     _forget(url, tag)
-    return {"enqueue_ms": enqueue_s / ops * 1000, "claim_ms": claim_s / max(1, claimed) * 1000,
-            "enqueue_cpu_ms": enqueue_cpu / ops * 1000, "claim_cpu_ms": claim_cpu / max(1, claimed) * 1000}
+    return {
+        "enqueue_ms": enqueue_s / ops * 1000,
+        "claim_ms": claim_s / max(1, claimed) * 1000,
+        "enqueue_cpu_ms": enqueue_cpu / ops * 1000,
+        "claim_cpu_ms": claim_cpu / max(1, claimed) * 1000,
+    }
 
 
 def _forget(url: str, tag: str) -> None:
@@ -100,8 +112,9 @@ def _forget(url: str, tag: str) -> None:
         conn.close()
 
 
-def growth(workdir: Path, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000), ops: int = 3_200,
-           repeats: int = 24) -> dict[str, Any]:
+def growth(
+    workdir: Path, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000), ops: int = 3_200, repeats: int = 24
+) -> dict[str, Any]:
     """Per-operation enqueue and claim cost at each database size, and the ratio to the smallest size.
 
     One database per size, all filled first; then every repeat measures each size in turn. Measuring one size
@@ -119,14 +132,16 @@ def growth(workdir: Path, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000), 
         fills[size] = time.perf_counter() - fill_started
     os.sync()
     samples: dict[tuple[int, str], list[dict[str, float]]] = {
-        (size, synchronous): [] for size in sizes for synchronous in ("FULL", "OFF")}
+        (size, synchronous): [] for size in sizes for synchronous in ("FULL", "OFF")
+    }
     cells = list(samples)
     for r in range(repeats):
         # Each repeat starts one cell later, so that no size is always measured at the same point of a repeat
         # (right after the previous scenario's processes, or after the biggest database's pages were read).
-        for size, synchronous in cells[r % len(cells):] + cells[:r % len(cells)]:
+        for size, synchronous in cells[r % len(cells) :] + cells[: r % len(cells)]:
             samples[size, synchronous].append(
-                asyncio.run(_measure(urls[size], synchronous, ops, f"{size}-{synchronous}-{r}")))
+                asyncio.run(_measure(urls[size], synchronous, ops, f"{size}-{synchronous}-{r}"))
+            )
     figures = [f"{key}_{synchronous.lower()}" for synchronous in ("FULL", "OFF") for key in ("enqueue_ms", "claim_ms")]
     rows: list[dict[str, Any]] = []
     for size in sizes:

@@ -62,18 +62,45 @@ def run_load(url: str, bodies: Path, *, connections: int, duration: float, use_w
         script = bodies.with_suffix(".lua")
         script.write_text(LUA)
         threads = 1  # one wrk thread keeps up with a Python server and leaves the other core to it
-        command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
-                   "--latency", "-s", str(script), url, "--", str(bodies), str(threads)]
+        command = [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+            "--",
+            str(bodies),
+            str(threads),
+        ]
         out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
         line = next(line for line in out.splitlines() if line.startswith("WRKJSON "))
         data = json.loads(line.removeprefix("WRKJSON "))
         seconds = data["duration_us"] / 1e6
-        return {"requests": data["requests"], "seconds": seconds, "rps": data["requests"] / seconds,
-                "p50_ms": data["p50_us"] / 1000, "p99_ms": data["p99_us"] / 1000, "errors": data["errors"],
-                "non2xx": data["non2xx"], "tool": "wrk"}
+        return {
+            "requests": data["requests"],
+            "seconds": seconds,
+            "rps": data["requests"] / seconds,
+            "p50_ms": data["p50_us"] / 1000,
+            "p99_ms": data["p99_us"] / 1000,
+            "errors": data["errors"],
+            "non2xx": data["non2xx"],
+            "tool": "wrk",
+        }
     command = [sys.executable, "-m", "bench.loadgen", url, str(bodies), str(connections), str(duration)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 60,
-                         cwd=Path(__file__).resolve().parent.parent).stdout
+    out = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration + 60,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 
@@ -87,16 +114,27 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
 
 
-async def _connection(host: str, port: int, path: str, bodies: list[bytes], start: int, step: int, deadline: float,
-                      latencies: list[float], counts: dict[str, int]) -> None:
+async def _connection(
+    host: str,
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    start: int,
+    step: int,
+    deadline: float,
+    latencies: list[float],
+    counts: dict[str, int],
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     index = start
     try:
         while time.perf_counter() < deadline:
             body = bodies[index % len(bodies)]
             index += step
-            request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            request = (
+                f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
             t0 = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -120,16 +158,34 @@ async def generate(url: str, bodies: list[bytes], connections: int, duration: fl
     counts = {"ok": 0, "non2xx": 0, "errors": 0}
     started = time.perf_counter()
     deadline = started + duration
-    await asyncio.gather(*(
-        _connection(parts.hostname or "127.0.0.1", parts.port or 80, parts.path, bodies, i, connections, deadline,
-                    latencies, counts)
-        for i in range(connections)
-    ))
+    await asyncio.gather(
+        *(
+            _connection(
+                parts.hostname or "127.0.0.1",
+                parts.port or 80,
+                parts.path,
+                bodies,
+                i,
+                connections,
+                deadline,
+                latencies,
+                counts,
+            )
+            for i in range(connections)
+        )
+    )
     seconds = time.perf_counter() - started
     latencies.sort()
-    return {"requests": len(latencies), "seconds": seconds, "rps": len(latencies) / seconds,
-            "p50_ms": _percentile(latencies, 0.5) * 1000, "p99_ms": _percentile(latencies, 0.99) * 1000,
-            "errors": counts["errors"], "non2xx": counts["non2xx"], "tool": "python"}
+    return {
+        "requests": len(latencies),
+        "seconds": seconds,
+        "rps": len(latencies) / seconds,
+        "p50_ms": _percentile(latencies, 0.5) * 1000,
+        "p99_ms": _percentile(latencies, 0.99) * 1000,
+        "errors": counts["errors"],
+        "non2xx": counts["non2xx"],
+        "tool": "python",
+    }
 
 
 if __name__ == "__main__":

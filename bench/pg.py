@@ -32,9 +32,14 @@ from .scenarios import STORE, Bench, _post_all, _signed_bodies, _wait_delivered
 def _replicas(bench: Bench, name: str, url: str, count: int, *, start_worker: bool) -> Iterator[list[ServerProcess]]:
     """``count`` daemons on database ``url``, started concurrently (each start takes seconds on a busy machine)."""
     with contextlib.ExitStack() as stack:
-        managers = [start_server("daemon", bench.daemon_spec(f"{name}-{i}", start_worker=start_worker,
-                                                             database={"url": url}), bench.workdir)
-                    for i in range(count)]
+        managers = [
+            start_server(
+                "daemon",
+                bench.daemon_spec(f"{name}-{i}", start_worker=start_worker, database={"url": url}),
+                bench.workdir,
+            )
+            for i in range(count)
+        ]
         with ThreadPoolExecutor(count) as pool:
             servers = list(pool.map(lambda manager: manager.__enter__(), managers))
         for manager in managers:
@@ -50,12 +55,26 @@ def _ingest(bench: Bench, url: str, replicas: int, connections: int, duration: f
         warm = _signed_bodies(bench, 500, bench.workdir / f"pg-warm-{replicas}.jsonl")
         run_load(f"{servers[0].url}/webhooks/{STORE}", warm, connections=8, duration=1.0, use_wrk=bench.use_wrk)
         with ThreadPoolExecutor(replicas) as pool:
-            runs = list(pool.map(
-                lambda i: run_load(f"{servers[i].url}/webhooks/{STORE}", bodies[i], connections=split[i],
-                                   duration=duration, use_wrk=bench.use_wrk), range(replicas)))
-    return {"rps": sum(r["rps"] for r in runs), "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-            "p99_ms": max(r["p99_ms"] for r in runs), "requests": sum(r["requests"] for r in runs),
-            "errors": sum(r["errors"] + r["non2xx"] for r in runs), "runs": runs}
+            runs = list(
+                pool.map(
+                    lambda i: run_load(
+                        f"{servers[i].url}/webhooks/{STORE}",
+                        bodies[i],
+                        connections=split[i],
+                        duration=duration,
+                        use_wrk=bench.use_wrk,
+                    ),
+                    range(replicas),
+                )
+            )
+    return {
+        "rps": sum(r["rps"] for r in runs),
+        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+        "p99_ms": max(r["p99_ms"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+        "errors": sum(r["errors"] + r["non2xx"] for r in runs),
+        "runs": runs,
+    }
 
 
 def _drain(bench: Bench, url: str, replicas: int, jobs: int) -> dict[str, Any]:
@@ -73,26 +92,39 @@ def _drain(bench: Bench, url: str, replicas: int, jobs: int) -> dict[str, Any]:
     first, last = min(accepted.values()), max(accepted.values())
     # The first delivery is at most a moment after the first replica was ready: use the earlier of the two.
     start = min(ready, first)
-    return {"jobs": jobs, "drain_s": last - start, "deliveries_per_s": jobs / (last - start),
-            "rss_peak_kb": max(m["VmHWM"] for m in memory)}
+    return {
+        "jobs": jobs,
+        "drain_s": last - start,
+        "deliveries_per_s": jobs / (last - start),
+        "rss_peak_kb": max(m["VmHWM"] for m in memory),
+    }
 
 
-def pg(bench: Bench, *, replicas: tuple[int, ...] = (1, 3), jobs: int = 3000, duration: float = 10.0,
-       connections: int = 32) -> dict[str, Any]:
+def pg(
+    bench: Bench, *, replicas: tuple[int, ...] = (1, 3), jobs: int = 3000, duration: float = 10.0, connections: int = 32
+) -> dict[str, Any]:
     """Ingest and drain figures per replica count, or ``{"skipped": reason}`` without PostgreSQL."""
     from tests.support import pg as pg_server
 
     reason = pg_server.unavailable_reason()
     if reason is not None:
         return {"skipped": reason}
-    out: dict[str, Any] = {"durable": True, "connections": connections, "duration_s": duration, "jobs": jobs,
-                           "rows": []}
+    out: dict[str, Any] = {
+        "durable": True,
+        "connections": connections,
+        "duration_s": duration,
+        "jobs": jobs,
+        "rows": [],
+    }
     with pg_server.running_server(durable=True) as server:
         for count in replicas:
             # One database per phase: the ingest's webhooks are orders the marketplace never placed, and a drain on
             # the same database would first work through (and fail) every one of them.
             ingest_url, drain_url = server.create_database(f"ingest{count}"), server.create_database(f"drain{count}")
-            row = {"replicas": count, "ingest": _ingest(bench, ingest_url, count, connections, duration),
-                   "drain": _drain(bench, drain_url, count, jobs)}
+            row = {
+                "replicas": count,
+                "ingest": _ingest(bench, ingest_url, count, connections, duration),
+                "drain": _drain(bench, drain_url, count, jobs),
+            }
             out["rows"].append(row)
     return out

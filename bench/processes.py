@@ -60,14 +60,27 @@ class ServerProcess:
 
 def profile_command(pid: int, seconds: float, out: Path) -> list[str]:
     """A py-spy command that samples ``pid`` for ``seconds`` and writes ``out`` (``.txt``: raw stacks)."""
-    return [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration",
-            str(max(1, round(seconds))), "--rate", "250", "--nonblocking",
-            "-f", "raw" if out.suffix == ".txt" else "flamegraph", "-o", str(out)]
+    return [
+        str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(1, round(seconds))),
+        "--rate",
+        "250",
+        "--nonblocking",
+        "-f",
+        "raw" if out.suffix == ".txt" else "flamegraph",
+        "-o",
+        str(out),
+    ]
 
 
 @contextlib.contextmanager
-def start_server(kind: str, spec: dict[str, Any], workdir: Path, *,
-                 timeout: float = 60.0, root: Path = ROOT) -> Iterator[ServerProcess]:
+def start_server(
+    kind: str, spec: dict[str, Any], workdir: Path, *, timeout: float = 60.0, root: Path = ROOT
+) -> Iterator[ServerProcess]:
     """Run ``python -m bench.serve KIND`` with ``spec``; stopped (SIGTERM, then SIGKILL) when the block ends.
 
     ``root``: the checkout whose code runs (``bench.compare`` runs another one's daemon next to this one's).

@@ -46,38 +46,54 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def render_table(results: dict[str, Any]) -> str:
     lines = []
     m = results["machine"]
-    lines.append(f"machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, event loop {m['event_loop']}, parser "
-                 f"{m['http_parser']}, load average at start {m['loadavg_at_start'][0]:.1f}"
-                 + ("   [SMOKE: sizes too small for the figures to mean anything]" if results["smoke"] else ""))
+    lines.append(
+        f"machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, event loop {m['event_loop']}, parser "
+        f"{m['http_parser']}, load average at start {m['loadavg_at_start'][0]:.1f}"
+        + ("   [SMOKE: sizes too small for the figures to mean anything]" if results["smoke"] else "")
+    )
     if "ingest" in results:
         ing = results["ingest"]
-        lines.append(f"\ningest ({ing['tool']}, {ing['connections']} connections, {ing['rounds']} x "
-                     f"{ing['duration_s']:g} s each, medians)")
-        lines.append(f"  {'server':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}"
-                     f"{'CPU µs/request: loop':>22}{'other threads':>15}")
+        lines.append(
+            f"\ningest ({ing['tool']}, {ing['connections']} connections, {ing['rounds']} x "
+            f"{ing['duration_s']:g} s each, medians)"
+        )
+        lines.append(
+            f"  {'server':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}"
+            f"{'CPU µs/request: loop':>22}{'other threads':>15}"
+        )
         for name in ("baseline", "daemon", "unstored"):
             r = ing[name]
-            lines.append(f"  {name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}"
-                         f"{r['event_loop_us_per_request']:>22.0f}{r['other_threads_us_per_request']:>15.0f}")
-        lines.append(f"  ratio daemon/baseline: {ing['ratio']:.2f}   (unstored/baseline: {ing['unstored_ratio']:.2f};"
-                     " unstored = the daemon's receiver storing nothing, bench only)")
+            lines.append(
+                f"  {name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}"
+                f"{r['event_loop_us_per_request']:>22.0f}{r['other_threads_us_per_request']:>15.0f}"
+            )
+        lines.append(
+            f"  ratio daemon/baseline: {ing['ratio']:.2f}   (unstored/baseline: {ing['unstored_ratio']:.2f};"
+            " unstored = the daemon's receiver storing nothing, bench only)"
+        )
     if "e2e" in results:
         e = results["e2e"]
-        lines.append(f"\nend-to-end at {e['rate']:g} orders/s, {e['n']} orders: p50 {e['p50_ms']:.1f} ms, "
-                     f"p99 {e['p99_ms']:.1f} ms, max {e['max_ms']:.1f} ms")
+        lines.append(
+            f"\nend-to-end at {e['rate']:g} orders/s, {e['n']} orders: p50 {e['p50_ms']:.1f} ms, "
+            f"p99 {e['p99_ms']:.1f} ms, max {e['max_ms']:.1f} ms"
+        )
     if "drain" in results:
         d = results["drain"]
-        lines.append(f"\ndrain of {d['jobs']} jobs: {d['deliveries_per_s']:.0f} deliveries/s "
-                     f"({d['drain_s']:.1f} s; backlog taken in at {d['jobs'] / d['queue_fill_s']:.0f}/s); daemon CPU "
-                     f"per order {d['event_loop_ms_per_order']:.2f} ms on its event loop + "
-                     f"{d['other_threads_ms_per_order']:.2f} ms on its other threads")
+        lines.append(
+            f"\ndrain of {d['jobs']} jobs: {d['deliveries_per_s']:.0f} deliveries/s "
+            f"({d['drain_s']:.1f} s; backlog taken in at {d['jobs'] / d['queue_fill_s']:.0f}/s); daemon CPU "
+            f"per order {d['event_loop_ms_per_order']:.2f} ms on its event loop + "
+            f"{d['other_threads_ms_per_order']:.2f} ms on its other threads"
+        )
     if "growth" in results:
         g = results["growth"]
         lines.append(f"\ngrowth (ms per operation, median of {g['repeats']}; ratio to the first row)")
         lines.append(f"  {'rows':>9}{'enqueue FULL':>15}{'claim FULL':>14}{'enqueue OFF':>15}{'claim OFF':>14}")
         for row in g["rows"]:
-            cells = [f"{row[k]:.3f} ({row[k + '_ratio']:.2f})" for k in
-                     ("enqueue_ms_full", "claim_ms_full", "enqueue_ms_off", "claim_ms_off")]
+            cells = [
+                f"{row[k]:.3f} ({row[k + '_ratio']:.2f})"
+                for k in ("enqueue_ms_full", "claim_ms_full", "enqueue_ms_off", "claim_ms_off")
+            ]
             lines.append(f"  {row['rows']:>9}{cells[0]:>15}{cells[1]:>14}{cells[2]:>15}{cells[3]:>14}")
     if "pg" in results:
         lines.extend(_pg_lines(results["pg"]))
@@ -91,11 +107,15 @@ def render_table(results: dict[str, Any]) -> str:
 def _pg_lines(pg: dict[str, Any]) -> list[str]:
     if "skipped" in pg:
         return [f"\npostgresql: skipped ({pg['skipped']})"]
-    lines = [f"\npostgresql (fsync on; ingest {pg['connections']} connections split over the replicas, "
-             f"{pg['duration_s']:g} s; drain of {pg['jobs']} jobs)",
-             f"  {'replicas':>8}{'ingest req/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'drain /s':>10}"]
+    lines = [
+        f"\npostgresql (fsync on; ingest {pg['connections']} connections split over the replicas, "
+        f"{pg['duration_s']:g} s; drain of {pg['jobs']} jobs)",
+        f"  {'replicas':>8}{'ingest req/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'drain /s':>10}",
+    ]
     for row in pg["rows"]:
         ing, dr = row["ingest"], row["drain"]
-        lines.append(f"  {row['replicas']:>8}{ing['rps']:>14.0f}{ing['p50_ms']:>9.2f}{ing['p99_ms']:>9.2f}"
-                     f"{ing['errors']:>8}{dr['deliveries_per_s']:>10.0f}")
+        lines.append(
+            f"  {row['replicas']:>8}{ing['rps']:>14.0f}{ing['p50_ms']:>9.2f}{ing['p99_ms']:>9.2f}"
+            f"{ing['errors']:>8}{dr['deliveries_per_s']:>10.0f}"
+        )
     return lines

@@ -45,11 +45,21 @@ class Bench:
         """Default (durable) settings, one SoftStore store, the shipped ``pattern`` generator."""
         settings: dict[str, Any] = {
             "database": {"url": f"sqlite:///{self.workdir / (name + '.db')}"},
-            "stores": [{
-                "name": STORE, "marketplace": "softstore", "api_url": self.api_base, "api_key": self.api_key,
-                "products": {PRODUCT: {"generator": "pattern", "options": {"pattern": "XXXXX-XXXXX-XXXXX-XXXXX"},
-                                       "template": "Thank you for order {order_id}:\n{keys_lines}"}},
-            }],
+            "stores": [
+                {
+                    "name": STORE,
+                    "marketplace": "softstore",
+                    "api_url": self.api_base,
+                    "api_key": self.api_key,
+                    "products": {
+                        PRODUCT: {
+                            "generator": "pattern",
+                            "options": {"pattern": "XXXXX-XXXXX-XXXXX-XXXXX"},
+                            "template": "Thank you for order {order_id}:\n{keys_lines}",
+                        }
+                    },
+                }
+            ],
         }
         for key, value in sections.items():
             settings[key] = {**settings.get(key, {}), **value}
@@ -95,11 +105,19 @@ def _signed_bodies(bench: Bench, count: int, path: Path) -> Path:
     lines = []
     for _ in range(count):
         order_id = secrets.token_hex(12)
-        lines.append(json.dumps({
-            "id_order": order_id, "id_product": PRODUCT, "payment_status": "paid",
-            "signature": documented_signature(bench.api_key, order_id),
-            "delivery_url": f"{bench.api_base}/orders/delivery/{secrets.token_hex(16)}", "token": "t",
-        }, separators=(",", ":")))
+        lines.append(
+            json.dumps(
+                {
+                    "id_order": order_id,
+                    "id_product": PRODUCT,
+                    "payment_status": "paid",
+                    "signature": documented_signature(bench.api_key, order_id),
+                    "delivery_url": f"{bench.api_base}/orders/delivery/{secrets.token_hex(16)}",
+                    "token": "t",
+                },
+                separators=(",", ":"),
+            )
+        )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -121,9 +139,13 @@ def ingest(bench: Bench, *, connections: int = 32, duration: float = 10.0, round
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in INGEST_SERVERS}
     with contextlib.ExitStack() as stack:
         servers = {
-            name: stack.enter_context(start_server(
-                name, {} if name == "baseline" else bench.daemon_spec(f"ingest-{name}", start_worker=False),
-                bench.workdir))
+            name: stack.enter_context(
+                start_server(
+                    name,
+                    {} if name == "baseline" else bench.daemon_spec(f"ingest-{name}", start_worker=False),
+                    bench.workdir,
+                )
+            )
             for name in INGEST_SERVERS
         }
         urls = {name: f"{server.url}/webhooks/{STORE}" for name, server in servers.items()}
@@ -139,8 +161,12 @@ def ingest(bench: Bench, *, connections: int = 32, duration: float = 10.0, round
                 for thread, seconds in after.items():
                     run[f"{thread}_us_per_request"] = (seconds - before[thread]) / max(1, run["requests"]) * 1e6
                 results[name].append(run)
-    summary: dict[str, Any] = {"connections": connections, "duration_s": duration, "rounds": rounds,
-                               "tool": results["daemon"][0]["tool"]}
+    summary: dict[str, Any] = {
+        "connections": connections,
+        "duration_s": duration,
+        "rounds": rounds,
+        "tool": results["daemon"][0]["tool"],
+    }
     for name, runs in results.items():
         summary[name] = {
             "rps": statistics.median(r["rps"] for r in runs),
@@ -206,8 +232,14 @@ def end_to_end(bench: Bench, *, rate: float = 50.0, seconds: float = 20.0, warmu
         after = daemon.status()
     accepted = bench.accepted(list(sent))
     latencies = [(accepted[i] - t) * 1000 for i, t in sent.items() if i in accepted]
-    return {"rate": rate, "orders": count, "warmup_orders": warmup, **percentiles(latencies),
-            "rss_idle_kb": idle["VmRSS"], "rss_after_kb": after["VmRSS"]}
+    return {
+        "rate": rate,
+        "orders": count,
+        "warmup_orders": warmup,
+        **percentiles(latencies),
+        "rss_idle_kb": idle["VmRSS"],
+        "rss_after_kb": after["VmRSS"],
+    }
 
 
 # -- backlog drain ------------------------------------------------------------------------------------------------
@@ -253,8 +285,13 @@ def drain(bench: Bench, *, jobs: int = 10_000) -> dict[str, Any]:
     if len(accepted) != jobs:
         raise RuntimeError(f"{jobs - len(accepted)} backlog orders were not delivered")
     last = max(accepted.values())
-    return {"jobs": jobs, "queue_fill_s": queued_s, "drain_s": last - ready,
-            "deliveries_per_s": jobs / (last - ready), "observed_done_s": done - ready,
-            "rss_end_kb": memory["VmRSS"], "rss_peak_kb": memory["VmHWM"],
-            **{f"{thread}_ms_per_order": (cpu_after[thread] - cpu_before[thread]) / jobs * 1e3 for thread in cpu_after}}
-
+    return {
+        "jobs": jobs,
+        "queue_fill_s": queued_s,
+        "drain_s": last - ready,
+        "deliveries_per_s": jobs / (last - ready),
+        "observed_done_s": done - ready,
+        "rss_end_kb": memory["VmRSS"],
+        "rss_peak_kb": memory["VmHWM"],
+        **{f"{thread}_ms_per_order": (cpu_after[thread] - cpu_before[thread]) / jobs * 1e3 for thread in cpu_after},
+    }

@@ -44,8 +44,12 @@ def daemon_app(spec: dict[str, Any]) -> Starlette:
     settings = parse_settings(spec["settings"], environ={})
     log_stream = open(spec.get("log_file", "/dev/null"), "a")  # noqa: SIM115  (lives as long as the process)
     configure_logging("json", settings.logging.level, stream=log_stream)
-    return create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()),
-                      start_worker=spec.get("start_worker", True))
+    return create_app(
+        settings,
+        marketplaces=default_marketplaces(),
+        plugins=dict(discover()),
+        start_worker=spec.get("start_worker", True),
+    )
 
 
 def unstored_app(spec: dict[str, Any]) -> Starlette:
@@ -91,8 +95,11 @@ def market_app(spec: dict[str, Any]) -> tuple[Starlette, Any]:
     async def delivered(request: Request) -> Response:
         return JSONResponse({"accepted": len(market._accepted)})
 
-    routes = [Route("/_bench/orders", orders, methods=["POST"]), Route("/_bench/accepted", accepted, methods=["POST"]),
-              Route("/_bench/delivered", delivered, methods=["GET"])]
+    routes = [
+        Route("/_bench/orders", orders, methods=["POST"]),
+        Route("/_bench/accepted", accepted, methods=["POST"]),
+        Route("/_bench/delivered", delivered, methods=["GET"]),
+    ]
     market.app.router.routes[:0] = routes
     return market.app, market
 

@@ -33,15 +33,18 @@ def daemon_command() -> list[str]:
 
 def cases() -> dict[str, list[str]]:
     daemon = daemon_command()
-    return {"python -c pass": [sys.executable, "-c", "pass"], "--version": [*daemon, "--version"],
-            "--help": [*daemon, "--help"], "serve --help": [*daemon, "serve", "--help"]}
+    return {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "--version": [*daemon, "--version"],
+        "--help": [*daemon, "--help"],
+        "serve --help": [*daemon, "serve", "--help"],
+    }
 
 
 def time_once(argv: list[str]) -> float:
     """Wall-clock seconds from spawn to exit (stdout discarded; a failure raises with its stderr)."""
     start = time.perf_counter()
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120,
-                          check=False)
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120, check=False)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
@@ -52,8 +55,14 @@ def heaviest_imports(argv: list[str], top: int = 6) -> list[tuple[str, float]]:
     """The packages (top-level names, ours left out) whose import took longest (cumulative ms) in one run of
     ``argv`` under ``-X importtime``: what a slow start-up spends its time on."""
     args = argv[1:] if argv[0] == sys.executable else ["-m", "delivery_daemon", *argv[1:]]
-    done = subprocess.run([sys.executable, "-X", "importtime", *args], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     found: list[tuple[str, float]] = []
     for line in done.stderr.splitlines():
         parts = line.removeprefix("import time:").split("|")  # "self [us] | cumulative | imported package"
@@ -73,10 +82,16 @@ def measure(runs: int) -> dict[str, Any]:
         for name in order:
             samples[name].append(time_once(commands[name]))
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    return {"runs": runs, "command": " ".join(daemon_command()), "target_s": TARGET_S, "seconds": samples,
-            "median_s": medians, "min_s": {name: min(values) for name, values in samples.items()},
-            "met": {name: medians[name] <= TARGET_S for name in TARGETED},
-            "heaviest_imports_ms": heaviest_imports(commands["--help"])}
+    return {
+        "runs": runs,
+        "command": " ".join(daemon_command()),
+        "target_s": TARGET_S,
+        "seconds": samples,
+        "median_s": medians,
+        "min_s": {name: min(values) for name, values in samples.items()},
+        "met": {name: medians[name] <= TARGET_S for name in TARGETED},
+        "heaviest_imports_ms": heaviest_imports(commands["--help"]),
+    }
 
 
 def render(result: dict[str, Any]) -> str:
@@ -84,8 +99,9 @@ def render(result: dict[str, Any]) -> str:
     for name, median in result["median_s"].items():
         verdict = ("  met" if result["met"][name] else "  MISSED") if name in TARGETED else ""
         lines.append(f"  {name:<16}{median * 1000:>7.0f} ms   min {result['min_s'][name] * 1000:.0f} ms{verdict}")
-    lines.append("  slowest imports of --help: " + ", ".join(
-        f"{name} {ms:.0f} ms" for name, ms in result["heaviest_imports_ms"]))
+    lines.append(
+        "  slowest imports of --help: " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in result["heaviest_imports_ms"])
+    )
     return "\n".join(lines)
 
 

@@ -100,9 +100,16 @@ def settings_secrets(settings: Settings) -> list[str]:
     return [*found, *([str(password)] if password else [])]
 
 
-def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
-                 clock: Clock | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 redactor: Redactor = REDACTOR, generator_budget: float | None = None) -> Daemon:
+def build_daemon(
+    settings: Settings,
+    *,
+    marketplaces: Sequence[MarketplaceType],
+    plugins: Mapping[str, Any],
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    redactor: Redactor = REDACTOR,
+    generator_budget: float | None = None,
+) -> Daemon:
     """Everything but the HTTP layer; raises ConfigError before touching the database if the config is bad."""
     clock = clock or SystemClock()
     hub = ResourceHub(clock=clock, policy=NetPolicy.from_settings(settings.security))
@@ -125,26 +132,50 @@ def build_daemon(settings: Settings, *, marketplaces: Sequence[MarketplaceType],
     daemon_ref: dict[str, Daemon] = {}
     observer = Metrics(clock)
     stock_sync = StockSync(lambda: daemon_ref["d"].stores, settings.stock_sync, clock)
-    worker = Worker(queue, lambda: daemon_ref["d"].stores, settings.worker, backoff, clock,
-                    generator_budget=generator_budget if generator_budget is not None else GENERATOR_BUDGET,
-                    observers=[observer, stock_sync])
+    worker = Worker(
+        queue,
+        lambda: daemon_ref["d"].stores,
+        settings.worker,
+        backoff,
+        clock,
+        generator_budget=generator_budget if generator_budget is not None else GENERATOR_BUDGET,
+        observers=[observer, stock_sync],
+    )
     days = settings.retention.days
     retention = RetentionService(engine, clock, days, settings.retention.interval) if days is not None else None
-    daemon = Daemon(settings=settings, engine=engine, queue=queue, stores=stores, worker=worker, clock=clock,
-                    metrics=observer, stock_sync=stock_sync, scheduler=AsyncIOScheduler(), retention=retention,
-                    resources=hub,
-                    limiter=RateLimiter(settings.server.rate_limit, settings.server.store_rate_limits, clock),
-                    generator_slots=asyncio.Semaphore(settings.worker.concurrency))
+    daemon = Daemon(
+        settings=settings,
+        engine=engine,
+        queue=queue,
+        stores=stores,
+        worker=worker,
+        clock=clock,
+        metrics=observer,
+        stock_sync=stock_sync,
+        scheduler=AsyncIOScheduler(),
+        retention=retention,
+        resources=hub,
+        limiter=RateLimiter(settings.server.rate_limit, settings.server.store_rate_limits, clock),
+        generator_slots=asyncio.Semaphore(settings.worker.concurrency),
+    )
     daemon_ref["d"] = daemon
     return daemon
 
 
-def create_app(settings: Settings, *, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
-               clock: Clock | None = None, transport: httpx.AsyncBaseTransport | None = None,
-               start_worker: bool = True, **options: Any) -> Starlette:
+def create_app(
+    settings: Settings,
+    *,
+    marketplaces: Sequence[MarketplaceType],
+    plugins: Mapping[str, Any],
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    start_worker: bool = True,
+    **options: Any,
+) -> Starlette:
     """The daemon as an ASGI app. With ``start_worker=False`` only the receiver runs (tests use ``drain()``)."""
-    daemon = build_daemon(settings, marketplaces=marketplaces, plugins=plugins, clock=clock, transport=transport,
-                          **options)
+    daemon = build_daemon(
+        settings, marketplaces=marketplaces, plugins=plugins, clock=clock, transport=transport, **options
+    )
 
     # On PostgreSQL other replicas commit jobs too: their NOTIFY wakes this worker (None on SQLite).
     listener = notify.listener_for(settings.database.url, daemon.worker.wake) if start_worker else None

@@ -42,8 +42,18 @@ from delivery_daemon.pipeline.stores import Store, build_stores
 
 log = structlog.get_logger("delivery_daemon.daemon")
 
-RESTART_SECTIONS = ("database", "server", "worker", "delivery", "logging", "admin", "retention", "plugins", "status",
-                    "stock_sync")
+RESTART_SECTIONS = (
+    "database",
+    "server",
+    "worker",
+    "delivery",
+    "logging",
+    "admin",
+    "retention",
+    "plugins",
+    "status",
+    "stock_sync",
+)
 """Settings a reload does not apply (they shape sockets, the database and the worker)."""
 
 
@@ -63,23 +73,46 @@ def _status_mount(daemon: Daemon, settings: Settings) -> Any:
     return status_mount(daemon, settings.status)
 
 
-def _server(app: ASGIApp, *, lifespan: Literal["on", "off"], grace: float, header_timeout: float,
-            trusted_proxies: Sequence[str] = ()) -> _Server:
+def _server(
+    app: ASGIApp,
+    *,
+    lifespan: Literal["on", "off"],
+    grace: float,
+    header_timeout: float,
+    trusted_proxies: Sequence[str] = (),
+) -> _Server:
     # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise (or FORWARDED_ALLOW_IPS says): only
     # server.trusted_proxies are believed here, and with none the headers are not read at all.
     # log_config=None: uvicorn's records go to the root logger, which logs.configure_logging renders as the daemon's
     # own lines (uvicorn's default config would print them as plain text on stderr).
-    return _Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False, log_config=None,
-                                  timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
-                                  http=header_deadline_protocol(header_timeout),
-                                  proxy_headers=bool(trusted_proxies), forwarded_allow_ips=list(trusted_proxies)))
+    return _Server(
+        uvicorn.Config(
+            app,
+            lifespan=lifespan,
+            log_level="warning",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=max(1, round(grace)),
+            server_header=False,
+            http=header_deadline_protocol(header_timeout),
+            proxy_headers=bool(trusted_proxies),
+            forwarded_allow_ips=list(trusted_proxies),
+        )
+    )
 
 
 class Runner:
     """Runs the daemon until a stop signal; ``reload()`` applies a changed configuration file."""
 
-    def __init__(self, config_path: str | Path, settings: Settings, *, marketplaces: Sequence[MarketplaceType],
-                 plugins: Mapping[str, Any], readable_secrets: Sequence[ReadableSecret] = ()) -> None:
+    def __init__(
+        self,
+        config_path: str | Path,
+        settings: Settings,
+        *,
+        marketplaces: Sequence[MarketplaceType],
+        plugins: Mapping[str, Any],
+        readable_secrets: Sequence[ReadableSecret] = (),
+    ) -> None:
         self.config_path = Path(config_path)
         self.settings = settings
         self.readable_secrets = readable_secrets  # found while loading, logged once logging is set up
@@ -100,21 +133,31 @@ class Runner:
             log.warning("config.destination_unchecked", detail=warning)
         grace = settings.worker.shutdown_grace
         listeners: list[tuple[ASGIApp, Literal["on", "off"], str, int]] = [
-            (self.app, "on", settings.server.host, settings.server.port)]
+            (self.app, "on", settings.server.host, settings.server.port)
+        ]
         if settings.admin.port is not None:
             # The status page lives on the admin address only (config refuses status.enabled without admin.port).
             extra = [_status_mount(self.daemon, settings)] if settings.status.enabled else []
             listeners.append((create_admin_app(self.daemon, extra), "off", settings.admin.host, settings.admin.port))
         sockets = [bind_socket(host, port) for _, _, host, port in listeners]
-        self._servers = [_server(app, lifespan=lifespan, grace=grace, header_timeout=settings.server.header_timeout,
-                                 trusted_proxies=settings.server.trusted_proxies)
-                         for app, lifespan, _, _ in listeners]
+        self._servers = [
+            _server(
+                app,
+                lifespan=lifespan,
+                grace=grace,
+                header_timeout=settings.server.header_timeout,
+                trusted_proxies=settings.server.trusted_proxies,
+            )
+            for app, lifespan, _, _ in listeners
+        ]
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._spawn_reload)
-        tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in zip(self._servers, sockets,
-                                                                                          strict=True)]
+        tasks = [
+            asyncio.create_task(server.serve(sockets=[sock]))
+            for server, sock in zip(self._servers, sockets, strict=True)
+        ]
         try:
             await self._announce(sockets)
             await asyncio.gather(*tasks)
@@ -137,8 +180,15 @@ class Runner:
         urls = [f"http://{_host(sock)}:{sock.getsockname()[1]}" for sock in sockets]
         self._settled = True
         frozen = settle_heap()
-        log.info("daemon.started", version=__version__, pid=os.getpid(), webhooks=f"{urls[0]}/webhooks/<store>",
-                 metrics=f"{urls[-1]}/metrics", stores=sorted(self.daemon.stores), heap_frozen=frozen)
+        log.info(
+            "daemon.started",
+            version=__version__,
+            pid=os.getpid(),
+            webhooks=f"{urls[0]}/webhooks/<store>",
+            metrics=f"{urls[-1]}/metrics",
+            stores=sorted(self.daemon.stores),
+            heap_frozen=frozen,
+        )
         if self.settings.status.enabled and len(urls) > 1:
             from delivery_daemon.status import MOUNT_PATH  # loaded already: the page is enabled (see _status_mount)
 
@@ -147,8 +197,12 @@ class Runner:
     def stop(self, signum: int = signal.SIGTERM) -> None:
         """Begin a graceful shutdown (a second SIGINT forces it)."""
         forced = signum == signal.SIGINT and any(server.should_exit for server in self._servers)
-        log.info("daemon.stopping", signal=signal.Signals(signum).name, grace_s=self.settings.worker.shutdown_grace,
-                 forced=forced)
+        log.info(
+            "daemon.stopping",
+            signal=signal.Signals(signum).name,
+            grace_s=self.settings.worker.shutdown_grace,
+            forced=forced,
+        )
         for server in self._servers:
             server.should_exit = True
             server.force_exit = server.force_exit or forced
@@ -165,12 +219,10 @@ class Runner:
         readable: list[ReadableSecret] = []
         try:
             new = load_settings(self.config_path, warnings=readable)
-            stores = build_stores(new, self.marketplaces, self.plugins, self.daemon.clock,
-                                  hub=self.daemon.resources)
+            stores = build_stores(new, self.marketplaces, self.plugins, self.daemon.clock, hub=self.daemon.resources)
             await check_destinations(stores, NetPolicy.from_settings(new.security))
         except Exception as exc:  # any failure to build means "keep what runs"; ConfigError is the usual one
-            log.error("config.reload_failed", path=str(self.config_path), error=str(exc),
-                      error_type=type(exc).__name__)
+            log.error("config.reload_failed", path=str(self.config_path), error=str(exc), error_type=type(exc).__name__)
             await _close_when_done(stores, frozenset())  # stores built before a refused check hold HTTP clients
             return False
         _log_readable(readable)
@@ -208,9 +260,16 @@ def _host(sock: Any) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def run_daemon(config_path: str, settings: Settings, *, marketplaces: Sequence[MarketplaceType],
-               plugins: Mapping[str, Any], readable_secrets: Sequence[ReadableSecret] = ()) -> int:
+def run_daemon(
+    config_path: str,
+    settings: Settings,
+    *,
+    marketplaces: Sequence[MarketplaceType],
+    plugins: Mapping[str, Any],
+    readable_secrets: Sequence[ReadableSecret] = (),
+) -> int:
     """``delivery-daemon serve``: build, serve, and return the exit status."""
-    runner = Runner(config_path, settings, marketplaces=marketplaces, plugins=plugins,
-                    readable_secrets=readable_secrets)
+    runner = Runner(
+        config_path, settings, marketplaces=marketplaces, plugins=plugins, readable_secrets=readable_secrets
+    )
     return asyncio.run(runner.run())

@@ -96,8 +96,9 @@ class Redactor:
             return  # rebuilt whole by _all
         at = bisect.bisect(current, -len(secret), key=lambda s: -len(s))
         updated = [*current[:at], secret, *current[at:]]
-        escaped = self._escaped if _VERBATIM.fullmatch(secret) else [s for s in updated if s in self._escaped
-                                                                      or s == secret]
+        escaped = (
+            self._escaped if _VERBATIM.fullmatch(secret) else [s for s in updated if s in self._escaped or s == secret]
+        )
         if forgotten is not None and forgotten not in self._secrets:
             updated = [s for s in updated if s != forgotten]
             escaped = [s for s in escaped if s != forgotten]
@@ -119,7 +120,8 @@ class Redactor:
         A line of bytes (a bytes renderer) is scrubbed as UTF-8; anything else is not a line and is returned as is."""
         if isinstance(line, bytes):
             return self.rendered(_logger, _name, line.decode("utf-8", "surrogateescape")).encode(
-                "utf-8", "surrogateescape")
+                "utf-8", "surrogateescape"
+            )
         if not isinstance(line, str):
             return line
         return self.scrub(line, self._sorted if self._sorted is not None else self._all())
@@ -234,8 +236,9 @@ def _record_exception(_logger: Any, _name: str, event: MutableMapping[str, Any])
     return event
 
 
-def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None,
-                      redactor: Redactor = REDACTOR) -> None:
+def configure_logging(
+    fmt: str = "auto", level: str = "info", stream: TextIO | None = None, redactor: Redactor = REDACTOR
+) -> None:
     """Configure structlog, and route stdlib logging and Python warnings to the same ``stream`` (default stdout), as
     the same lines: JSON for ``fmt="json"`` (``"auto"``: when the stream is not a terminal), else readable.
 
@@ -266,12 +269,19 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     install_record_scrubber(redactor)
     handler = LineHandler(stream)
     handler.setLevel(max(numeric, logging.WARNING))
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
-                           structlog.stdlib.add_logger_name, stamp, _record_exception,
-                           structlog.processors.format_exc_info],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redactor, redactor.wrap(renderer)],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.stdlib.add_logger_name,
+                stamp,
+                _record_exception,
+                structlog.processors.format_exc_info,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redactor, redactor.wrap(renderer)],
+        )
+    )
     root = logging.getLogger()
     for previous in [h for h in root.handlers if isinstance(h, LineHandler)]:
         root.removeHandler(previous)

@@ -33,16 +33,16 @@ MOVED = {
 class _Aliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds the old paths of :data:`MOVED` and loads each as the module at its new path."""
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None,
-                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in MOVED:
             return None
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         new = MOVED[spec.name]
-        warnings.warn(f"{spec.name} moved to {new}; the old path goes away in 0.3", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(f"{spec.name} moved to {new}; the old path goes away in 0.3", DeprecationWarning, stacklevel=2)
         return importlib.import_module(new)  # its attributes are kept: the import system only fills missing ones
 
     def exec_module(self, module: ModuleType) -> None:

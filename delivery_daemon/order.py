@@ -77,8 +77,9 @@ class Content:
     keys: tuple[str, ...]
 
     def to_json(self) -> str:
-        return json.dumps({"text": self.text, "download": self.download, "keys": list(self.keys)},
-                          separators=(",", ":"))
+        return json.dumps(
+            {"text": self.text, "download": self.download, "keys": list(self.keys)}, separators=(",", ":")
+        )
 
     @classmethod
     def from_json(cls, raw: str) -> Content:
@@ -86,8 +87,14 @@ class Content:
         return cls(text=data["text"], download=data.get("download"), keys=tuple(data.get("keys", ())))
 
 
-LIMITS: dict[str, int] = {"store": 64, "marketplace": 32, "order_id": 128, "product_id": 128, "buyer_email": 320,
-                          "event_id": 255}
+LIMITS: dict[str, int] = {
+    "store": 64,
+    "marketplace": 32,
+    "order_id": 128,
+    "product_id": 128,
+    "buyer_email": 320,
+    "event_id": 255,
+}
 """The longest value each of these order fields may hold; the database's columns are this long
 (:mod:`delivery_daemon.storage.models` sizes them from here, and PostgreSQL enforces it)."""
 MAX_URL = 2048
@@ -178,7 +185,10 @@ def check_order(order: IncomingOrder) -> IncomingOrder:
     if order.buyer_email is not None:  # the adapter's copy, checked for one mailbox before the 2xx (recipient.py)
         checked_text(order.buyer_email, "buyer_email", LIMITS["buyer_email"])
     for key, value in payload.items():
-        if str(key).endswith("url") and value is not None and (
-                not isinstance(value, str) or len(value) > MAX_URL or not usable_url(value)):
+        if (
+            str(key).endswith("url")
+            and value is not None
+            and (not isinstance(value, str) or len(value) > MAX_URL or not usable_url(value))
+        ):
             raise WebhookRejected(422, f"field {key} must be an absolute http(s) URL")
     return order

@@ -36,8 +36,14 @@ from delivery_daemon.storage.engine import create_db_engine, create_schema
 
 def fake_order(**fields: Any) -> OrderContext:
     """An OrderContext with plausible values; pass any field to override it."""
-    values: dict[str, Any] = {"store": "test-store", "marketplace": "softstore", "order_id": "order-1",
-                              "product_id": "product-1", "quantity": 1, "buyer_email": "buyer@example.com"}
+    values: dict[str, Any] = {
+        "store": "test-store",
+        "marketplace": "softstore",
+        "order_id": "order-1",
+        "product_id": "product-1",
+        "quantity": 1,
+        "buyer_email": "buyer@example.com",
+    }
     values.update(fields)
     values.setdefault("idempotency_key", f"{values['store']}:{values['order_id']}")
     return OrderContext(**values)
@@ -50,9 +56,16 @@ def plugin_database(path: str | Path) -> Engine:
     return engine
 
 
-def build_generator(plugin: Any, options: Mapping[str, Any] | None = None, *, engine: Engine | None = None,
-                    clock: Clock | None = None, store: str = "test-store",
-                    product_id: str = "product-1", policy: NetPolicy | None = None) -> Generator:
+def build_generator(
+    plugin: Any,
+    options: Mapping[str, Any] | None = None,
+    *,
+    engine: Engine | None = None,
+    clock: Clock | None = None,
+    store: str = "test-store",
+    product_id: str = "product-1",
+    policy: NetPolicy | None = None,
+) -> Generator:
     """The plugin configured as the daemon would (options validated, Resources passed when asked for).
 
     ``policy`` is the network policy lent as ``resources.policy``; the default is the daemon's (no private
@@ -60,28 +73,52 @@ def build_generator(plugin: Any, options: Mapping[str, Any] | None = None, *, en
     name = getattr(plugin, "name", "plugin")
     hub = ResourceHub(clock=clock or ManualClock(), engine=engine, policy=policy or NetPolicy())
     resources = Resources(store=store, product_id=product_id, plugin=name, hub=hub)
-    product = build_product(ProductSettings(generator=name, options=dict(options or {})), {name: plugin},
-                            f"stores[0].products.{product_id}", resources)
+    product = build_product(
+        ProductSettings(generator=name, options=dict(options or {})),
+        {name: plugin},
+        f"stores[0].products.{product_id}",
+        resources,
+    )
     return product.generator
 
-async def arun_generator(plugin: Any, options: Mapping[str, Any] | None = None, *, quantity: int = 1,
-                         order: OrderContext | None = None, budget: float = 10.0, engine: Engine | None = None,
-                         clock: Clock | None = None, policy: NetPolicy | None = None) -> Generated:
+
+async def arun_generator(
+    plugin: Any,
+    options: Mapping[str, Any] | None = None,
+    *,
+    quantity: int = 1,
+    order: OrderContext | None = None,
+    budget: float = 10.0,
+    engine: Engine | None = None,
+    clock: Clock | None = None,
+    policy: NetPolicy | None = None,
+) -> Generated:
     """Async form of :func:`run_generator` (for tests already running in an event loop)."""
     order = order or fake_order(quantity=quantity)
-    generator = build_generator(plugin, options, engine=engine, clock=clock, store=order.store,
-                                product_id=order.product_id, policy=policy)
+    generator = build_generator(
+        plugin, options, engine=engine, clock=clock, store=order.store, product_id=order.product_id, policy=policy
+    )
     return await call_generator(generator, order, budget=budget, name=getattr(plugin, "name", "plugin"))
 
-def run_generator(plugin: Any, options: Mapping[str, Any] | None = None, *, quantity: int = 1,
-                  order: OrderContext | None = None, budget: float = 10.0, engine: Engine | None = None,
-                  clock: Clock | None = None, policy: NetPolicy | None = None) -> Generated:
+
+def run_generator(
+    plugin: Any,
+    options: Mapping[str, Any] | None = None,
+    *,
+    quantity: int = 1,
+    order: OrderContext | None = None,
+    budget: float = 10.0,
+    engine: Engine | None = None,
+    clock: Clock | None = None,
+    policy: NetPolicy | None = None,
+) -> Generated:
     """Configure ``plugin`` with ``options``, run it once against ``order`` (default: a fake order of
     ``quantity``) and return its checked result. Raises ConfigError, GeneratorError or the generator's outcome."""
 
     async def main() -> Generated:
-        return await arun_generator(plugin, options, quantity=quantity, order=order, budget=budget, engine=engine,
-                                    clock=clock, policy=policy)
+        return await arun_generator(
+            plugin, options, quantity=quantity, order=order, budget=budget, engine=engine, clock=clock, policy=policy
+        )
 
     return anyio.run(main)
 

@@ -46,12 +46,18 @@ def child_environment(extra: dict[str, str]) -> dict[str, str]:
 class CommandOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    argv: list[str] = Field(min_length=1, description="the program and its arguments (no shell)",
-                            examples=[["/usr/local/bin/keygen", "--product", "pro"]],
-                            json_schema_extra={"expected": "a list: the program, then its arguments (no shell)"})
+    argv: list[str] = Field(
+        min_length=1,
+        description="the program and its arguments (no shell)",
+        examples=[["/usr/local/bin/keygen", "--product", "pro"]],
+        json_schema_extra={"expected": "a list: the program, then its arguments (no shell)"},
+    )
     timeout: float = Field(default=10.0, gt=0, le=300)
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables",
-                                examples=[{"KEYGEN_DB": "/var/lib/keygen/keys.db"}])
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra environment variables",
+        examples=[{"KEYGEN_DB": "/var/lib/keygen/keys.db"}],
+    )
 
     @field_validator("argv")
     @classmethod
@@ -78,8 +84,11 @@ class CommandGenerator:
     async def generate(self, order: OrderContext) -> Generated:
         program = self.options.argv[0]
         process = await asyncio.create_subprocess_exec(
-            *self.options.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=child_environment(self.options.env),
+            *self.options.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=child_environment(self.options.env),
         )
         try:
             async with asyncio.timeout(self.options.timeout):

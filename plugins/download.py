@@ -49,19 +49,32 @@ class DownloadOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Field order matters: each validator sees the fields declared above it.
-    url: str | None = Field(default=None, description="a static HTTPS link (no signing)",
-                            examples=["https://files.example.com/setup.zip"],
-                            json_schema_extra={"expected": "an https:// URL"})
-    base_url: str | None = Field(default=None, validate_default=True,
-                                 description="HTTPS folder of signed links, e.g. https://files.example.com/dl",
-                                 examples=["https://files.example.com/dl"],
-                                 json_schema_extra={"expected": "an https:// URL of a folder"})
-    file: str | None = Field(default=None, validate_default=True, pattern=r"^[A-Za-z0-9._-]+$",
-                             examples=["setup-2.1.zip"],
-                             json_schema_extra={"expected": "a file name: letters, digits, . _ -"})
-    secret: SecretStr | None = Field(default=None, validate_default=True, examples=["${DOWNLOAD_LINK_SECRET}"],
-                                     json_schema_extra={"expected": "a secret of at least 16 characters, best "
-                                                                    "given as ${ENV_VAR}"})
+    url: str | None = Field(
+        default=None,
+        description="a static HTTPS link (no signing)",
+        examples=["https://files.example.com/setup.zip"],
+        json_schema_extra={"expected": "an https:// URL"},
+    )
+    base_url: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="HTTPS folder of signed links, e.g. https://files.example.com/dl",
+        examples=["https://files.example.com/dl"],
+        json_schema_extra={"expected": "an https:// URL of a folder"},
+    )
+    file: str | None = Field(
+        default=None,
+        validate_default=True,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        examples=["setup-2.1.zip"],
+        json_schema_extra={"expected": "a file name: letters, digits, . _ -"},
+    )
+    secret: SecretStr | None = Field(
+        default=None,
+        validate_default=True,
+        examples=["${DOWNLOAD_LINK_SECRET}"],
+        json_schema_extra={"expected": "a secret of at least 16 characters, best given as ${ENV_VAR}"},
+    )
     ttl_seconds: int = Field(default=7 * 86400, ge=60)
 
     @field_validator("url")

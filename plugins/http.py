@@ -31,8 +31,11 @@ from delivery_daemon.net.guard import BlockedDestination, guarded_client
 class HttpOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(description="the key server endpoint, e.g. http://10.0.0.5:9000/keys",
-                     examples=["http://10.0.0.5:9000/keys"], json_schema_extra={"expected": "an http(s) URL"})
+    url: str = Field(
+        description="the key server endpoint, e.g. http://10.0.0.5:9000/keys",
+        examples=["http://10.0.0.5:9000/keys"],
+        json_schema_extra={"expected": "an http(s) URL"},
+    )
     token: SecretStr | None = Field(default=None, examples=["${KEY_SERVER_TOKEN}"])
     timeout: float = Field(default=10.0, gt=0, le=300)
 

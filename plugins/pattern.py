@@ -65,11 +65,18 @@ class PatternOptions(BaseModel):
     # Field order matters: each validator sees the fields declared above it.
     groups: int | None = Field(default=None, ge=1, le=32, description="instead of pattern: number of groups")
     group_length: int = Field(default=5, ge=1, le=64)
-    pattern: str = Field(default="XXXXX-XXXXX-XXXXX-XXXXX-XXXXX", min_length=1, max_length=256, json_schema_extra={
-        "expected": f"a pattern with at least {MIN_SYMBOLS} X placeholders (each becomes a random character)"})
+    pattern: str = Field(
+        default="XXXXX-XXXXX-XXXXX-XXXXX-XXXXX",
+        min_length=1,
+        max_length=256,
+        json_schema_extra={
+            "expected": f"a pattern with at least {MIN_SYMBOLS} X placeholders (each becomes a random character)"
+        },
+    )
     separator: str = Field(default="-", max_length=4)
-    charset: str = Field(default=UNAMBIGUOUS, min_length=2,
-                         json_schema_extra={"expected": "at least 2 characters, none repeated"})
+    charset: str = Field(
+        default=UNAMBIGUOUS, min_length=2, json_schema_extra={"expected": "at least 2 characters, none repeated"}
+    )
     prefix: str = Field(default="", max_length=64)
     check: Literal["none", "luhn"] = "none"
 

@@ -18,9 +18,11 @@ from delivery_daemon.generators.licence import LicenseError, LicensePayload, loa
 class SignedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    private_key_file: str = Field(description="PEM file written by `delivery-daemon keys generate`",
-                                  examples=["/etc/delivery-daemon/signing.pem"], json_schema_extra={
-                                      "expected": "the PEM private key file `delivery-daemon keys generate` wrote"})
+    private_key_file: str = Field(
+        description="PEM file written by `delivery-daemon keys generate`",
+        examples=["/etc/delivery-daemon/signing.pem"],
+        json_schema_extra={"expected": "the PEM private key file `delivery-daemon keys generate` wrote"},
+    )
     expires_days: int | None = Field(default=None, ge=1, le=36500)
 
     @field_validator("private_key_file")
@@ -48,8 +50,19 @@ class SignedGenerator:
     def generate(self, order: OrderContext) -> Generated:
         issued = int(self.clock.now())
         expires = issued + self.expires_days * 86400 if self.expires_days else None
-        return Generated(keys=[
-            sign(LicensePayload(product=order.product_id, order=order.order_id, index=seat, quantity=order.quantity,
-                                issued_at=issued, expires_at=expires), self.private)
-            for seat in range(1, order.quantity + 1)
-        ])
+        return Generated(
+            keys=[
+                sign(
+                    LicensePayload(
+                        product=order.product_id,
+                        order=order.order_id,
+                        index=seat,
+                        quantity=order.quantity,
+                        issued_at=issued,
+                        expires_at=expires,
+                    ),
+                    self.private,
+                )
+                for seat in range(1, order.quantity + 1)
+            ]
+        )

@@ -35,9 +35,13 @@ class StockGenerator:
 
     def generate(self, order: OrderContext) -> Generated:
         # Sync on purpose: the daemon runs sync generators in a thread, and the pool's SQL is blocking.
-        keys = self.resources.stock.claim(order.store, order.product_id,
-                                          order.idempotency_key, order.quantity,
-                                          low_threshold=self.options.low_stock_threshold)
+        keys = self.resources.stock.claim(
+            order.store,
+            order.product_id,
+            order.idempotency_key,
+            order.quantity,
+            low_threshold=self.options.low_stock_threshold,
+        )
         return Generated(keys=keys)
 
     def stock_remaining(self, product_id: str | None = None) -> int | None:

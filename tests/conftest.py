@@ -33,10 +33,12 @@ from tests.support.stack import PRODUCT, STORE, Stack, stack_settings
 
 # Property tests: a quick "ci" profile by default; HYPOTHESIS_PROFILE=full for 2,000 examples per property (over
 # 10,000 webhooks in all across tests/guarantees/test_fuzz_webhooks.py's properties, counted by its last test).
-hypothesis_settings.register_profile("ci", max_examples=150, deadline=None,
-                                     suppress_health_check=[HealthCheck.too_slow])
-hypothesis_settings.register_profile("full", max_examples=2_000, deadline=None,
-                                     suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.register_profile(
+    "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.register_profile(
+    "full", max_examples=2_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
@@ -54,8 +56,13 @@ def make_stack(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextM
     """``async with make_stack(start_worker=False, products=None, daemon_options=None, **settings_sections)``."""
 
     @contextlib.asynccontextmanager
-    async def factory(*, start_worker: bool = False, products: dict[str, Any] | None = None,
-                      daemon_options: dict[str, Any] | None = None, **sections: Any) -> AsyncIterator[Stack]:
+    async def factory(
+        *,
+        start_worker: bool = False,
+        products: dict[str, Any] | None = None,
+        daemon_options: dict[str, Any] | None = None,
+        **sections: Any,
+    ) -> AsyncIterator[Stack]:
         logs = io.StringIO()
         configure_logging("json", "debug", stream=logs)
         api_key = secrets.token_hex(20)
@@ -65,15 +72,26 @@ def make_stack(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextM
         clock = ManualClock()
         async with serve(market.app) as market_server:
             market.bind(market_server.url)
-            settings = stack_settings(tmp_path / "daemon.db", market.api_base, api_key, products=products,
-                                      **sections)
-            app = create_app(settings, marketplaces=default_marketplaces(),
-                             plugins=dict(discover(settings.plugins.directory)), clock=clock,
-                             start_worker=start_worker, **(daemon_options or {}))
+            settings = stack_settings(tmp_path / "daemon.db", market.api_base, api_key, products=products, **sections)
+            app = create_app(
+                settings,
+                marketplaces=default_marketplaces(),
+                plugins=dict(discover(settings.plugins.directory)),
+                clock=clock,
+                start_worker=start_worker,
+                **(daemon_options or {}),
+            )
             async with serve(app) as daemon_server:
                 market.seller_url = f"{daemon_server.url}/webhooks/{STORE}"
-                stack = Stack(market=market, daemon=app.state.daemon, url=daemon_server.url, settings=settings,
-                              clock=clock, api_key=api_key, logs=logs)
+                stack = Stack(
+                    market=market,
+                    daemon=app.state.daemon,
+                    url=daemon_server.url,
+                    settings=settings,
+                    clock=clock,
+                    api_key=api_key,
+                    logs=logs,
+                )
                 try:
                     yield stack
                 finally:

@@ -28,8 +28,12 @@ def build_channel(adapter: Marketplace, context: AdapterContext) -> Channel:
     if settings.channel == "marketplace":
         sink = adapter.sink()
         if sink is None:
-            raise ConfigError(f"{path}.channel", f"{context.store.marketplace} has no delivery API",
-                              "email or webhook (with its settings)", "webhook")
+            raise ConfigError(
+                f"{path}.channel",
+                f"{context.store.marketplace} has no delivery API",
+                "email or webhook (with its settings)",
+                "webhook",
+            )
         return Channel(sink)
     if settings.channel == "email":
         if settings.email is None:

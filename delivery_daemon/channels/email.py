@@ -70,9 +70,15 @@ class EmailDelivery:
         message = build_message(s, job, content, to)
         try:
             await aiosmtplib.send(
-                message, recipients=[to], hostname=s.host, port=s.port, username=s.username,
-                password=s.password.get_secret_value() if s.password else None, timeout=s.timeout,
-                use_tls=s.security == "tls", start_tls=s.security == "starttls",
+                message,
+                recipients=[to],
+                hostname=s.host,
+                port=s.port,
+                username=s.username,
+                password=s.password.get_secret_value() if s.password else None,
+                timeout=s.timeout,
+                use_tls=s.security == "tls",
+                start_tls=s.security == "starttls",
                 cert_bundle=s.ca_file,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:

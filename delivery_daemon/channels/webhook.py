@@ -45,12 +45,25 @@ def message_id(job: Job) -> str:
 
 
 def message_body(job: Job, content: Content) -> bytes:
-    return json.dumps({
-        "type": "order.delivered", "timestamp": int(job.created_at),
-        "data": {"store": job.store, "marketplace": job.marketplace, "order_id": job.order_id,
-                 "product_id": job.product_id, "quantity": job.quantity, "buyer_email": job.buyer_email,
-                 "keys": list(content.keys), "text": content.text, "download": content.download},
-    }, separators=(",", ":"), sort_keys=True).encode()
+    return json.dumps(
+        {
+            "type": "order.delivered",
+            "timestamp": int(job.created_at),
+            "data": {
+                "store": job.store,
+                "marketplace": job.marketplace,
+                "order_id": job.order_id,
+                "product_id": job.product_id,
+                "quantity": job.quantity,
+                "buyer_email": job.buyer_email,
+                "keys": list(content.keys),
+                "text": content.text,
+                "download": content.download,
+            },
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode()
 
 
 class WebhookDelivery:
@@ -78,8 +91,9 @@ class WebhookDelivery:
         """The channel's one keep-alive client, guarded by the store's network policy (an injected test transport
         included), made on first use."""
         if self._http is None or self._http.is_closed:
-            self._http = guarded_client(self._context.policy, timeout=self._context.delivery.timeout,
-                                        transport=self._context.transport)
+            self._http = guarded_client(
+                self._context.policy, timeout=self._context.delivery.timeout, transport=self._context.transport
+            )
         return self._http
 
     async def aclose(self) -> None:
@@ -89,15 +103,22 @@ class WebhookDelivery:
 
     async def send(self, job: Job, content: Content) -> Receipt:
         body = message_body(job, content)
-        headers = {"Content-Type": "application/json",
-                   **standard_headers(self._key, message_id(job), int(self._clock.now()), body)}
+        headers = {
+            "Content-Type": "application/json",
+            **standard_headers(self._key, message_id(job), int(self._clock.now()), body),
+        }
         # One client for every attempt: a flash sale delivers hundreds of orders a second to the same endpoint, and
         # a client per attempt paid a TLS context and a TCP handshake each time.
         try:
             response = await self._client().post(self.url, content=body, headers=headers)
         except BlockedDestination as exc:  # refused before connecting: retrying cannot help, config must change
-            log.warning("security.destination_refused", store=job.store, order_id=job.order_id,
-                        channel=self.name, reason=str(exc))
+            log.warning(
+                "security.destination_refused",
+                store=job.store,
+                order_id=job.order_id,
+                channel=self.name,
+                reason=str(exc),
+            )
             raise Dead(f"the seller's endpoint was not contacted: {exc}") from None
         except httpx.HTTPError as exc:
             raise transport_retry(exc) from None

@@ -49,8 +49,11 @@ def _plugins(settings: Settings) -> Mapping[str, Any]:
     try:
         return discover(settings.plugins.directory)
     except PluginError as exc:  # only a missing directory fails discovery: name the key that points at it
-        raise ConfigError("plugins.directory", str(exc), "an existing directory of single-file plugins (*.py), or "
-                          "no plugins.directory") from None
+        raise ConfigError(
+            "plugins.directory",
+            str(exc),
+            "an existing directory of single-file plugins (*.py), or no plugins.directory",
+        ) from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -78,10 +81,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     url = make_url(settings.database.url).render_as_string(hide_password=True)
     print(f"configuration OK: {args.config}")
     print(f"  database: {url} (synchronous={settings.database.synchronous})")
-    print(f"  receiver: http://{settings.server.host}:{settings.server.port}/webhooks/<store>"
-          f" (body cap {settings.server.max_body_bytes} bytes)")
-    print(f"  worker:   concurrency {settings.worker.concurrency}, retries after "
-          + ", ".join(f"{d:g}s" for d in settings.delivery.retry_schedule))
+    print(
+        f"  receiver: http://{settings.server.host}:{settings.server.port}/webhooks/<store>"
+        f" (body cap {settings.server.max_body_bytes} bytes)"
+    )
+    print(
+        f"  worker:   concurrency {settings.worker.concurrency}, retries after "
+        + ", ".join(f"{d:g}s" for d in settings.delivery.retry_schedule)
+    )
     for store in stores.values():
         where = f" at {store.settings.api_url}" if store.settings.api_url else ""
         sink = store.sink.name
@@ -102,8 +109,11 @@ def _unused_broken(plugins: Mapping[str, Any]) -> list[str]:
 
     if not isinstance(plugins, Plugins):
         return []
-    return [f"unused plugin {entry.name!r} is broken: {entry.error}" for entry in plugins.listing()
-            if isinstance(entry, BrokenPlugin)]
+    return [
+        f"unused plugin {entry.name!r} is broken: {entry.error}"
+        for entry in plugins.listing()
+        if isinstance(entry, BrokenPlugin)
+    ]
 
 
 async def _close(stores: dict[str, Any]) -> None:
@@ -137,8 +147,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format or settings.logging.format, args.log_level or settings.logging.level)
     plugins = _plugins(settings)
     # SIGTERM drains and exits 0, SIGHUP reloads the stores: see daemon.py.
-    return run_daemon(args.config, settings, marketplaces=default_marketplaces(), plugins=plugins,
-                      readable_secrets=readable)
+    return run_daemon(
+        args.config, settings, marketplaces=default_marketplaces(), plugins=plugins, readable_secrets=readable
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -161,15 +172,24 @@ def cmd_marketplace(args: argparse.Namespace) -> int:
 
     configure_logging("auto", "info")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_marketplace(host=args.host, port=args.port, api_key=args.api_key,
-                                    seller_url=args.seller_url, products=args.product or ["demo-product"]))
+        asyncio.run(
+            run_marketplace(
+                host=args.host,
+                port=args.port,
+                api_key=args.api_key,
+                seller_url=args.seller_url,
+                products=args.product or ["demo-product"],
+            )
+        )
     return 0
 
 
-CORE = {"serve": "run the webhook receiver and the delivery worker",
-        "check-config": "validate a configuration file and summarise what would run",
-        "demo": "deliver a few orders end to end against the reference marketplace",
-        "marketplace": "run the reference SoftStore marketplace on its own"}
+CORE = {
+    "serve": "run the webhook receiver and the delivery worker",
+    "check-config": "validate a configuration file and summarise what would run",
+    "demo": "deliver a few orders end to end against the reference marketplace",
+    "marketplace": "run the reference SoftStore marketplace on its own",
+}
 
 
 def _register_core(sub: Any) -> None:
@@ -186,8 +206,11 @@ def _register_core(sub: Any) -> None:
     demo = sub.add_parser("demo", help=CORE["demo"])
     demo.add_argument("--orders", type=int, default=6)
     which = demo.add_mutually_exclusive_group()
-    which.add_argument("--marketplace", choices=MARKETPLACES,
-                       help="that marketplace's reference side and delivery channel (default: softstore)")
+    which.add_argument(
+        "--marketplace",
+        choices=MARKETPLACES,
+        help="that marketplace's reference side and delivery channel (default: softstore)",
+    )
     which.add_argument("--all", action="store_true", help="every marketplace's demo in turn")
     demo.set_defaults(func=cmd_demo)
 
@@ -216,18 +239,30 @@ class CommandGroup(NamedTuple):  # not a dataclass: importing dataclasses (and i
 DB = "back up the database, purge old order data, migrate to PostgreSQL"
 COMMAND_GROUPS: list[CommandGroup] = [
     CommandGroup(__name__, "_register_core", CORE),
-    CommandGroup("delivery_daemon.cli.init", "register",
-                 {"init": "write a first config.yaml and secrets file for a marketplace"}),
-    CommandGroup("delivery_daemon.cli.plugins", "register",
-                 {"plugins": "generator plugins", "stock": "pre-made keys for the stock generator",
-                  "keys": "signing keys for the signed generator", "license": "signed licence keys"}),
+    CommandGroup(
+        "delivery_daemon.cli.init", "register", {"init": "write a first config.yaml and secrets file for a marketplace"}
+    ),
+    CommandGroup(
+        "delivery_daemon.cli.plugins",
+        "register",
+        {
+            "plugins": "generator plugins",
+            "stock": "pre-made keys for the stock generator",
+            "keys": "signing keys for the signed generator",
+            "license": "signed licence keys",
+        },
+    ),
     CommandGroup("delivery_daemon.cli.softstore", "register", {"softstore": "SoftStore seller tooling"}),
-    CommandGroup("delivery_daemon.cli.orders", "register",
-                 {"orders": "list, inspect, retry, redeliver or cancel orders"}),
+    CommandGroup(
+        "delivery_daemon.cli.orders", "register", {"orders": "list, inspect, retry, redeliver or cancel orders"}
+    ),
     CommandGroup("delivery_daemon.cli.database", "register", {"db": DB}),
     CommandGroup("delivery_daemon.cli.migrate", "register_db_migrate", {"db": DB}),  # adds `db migrate`
-    CommandGroup("delivery_daemon.cli.chaos", "register",
-                 {"chaos": "SIGKILL the daemon under marketplace faults and check nothing is lost"}),
+    CommandGroup(
+        "delivery_daemon.cli.chaos",
+        "register",
+        {"chaos": "SIGKILL the daemon under marketplace faults and check nothing is lost"},
+    ),
 ]
 """Every command, in ``--help``'s order; a feature's commands live in its own module. The help lines repeat what
 each module registers, so that listing the commands imports none of them (tests/cli/test_cli_startup.py checks that
@@ -238,7 +273,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; or, given the ``command`` a run names (``""`` for none, as in ``--help``), one where only
     that command's group is registered in full and every other command is its name and help line alone."""
     parser = argparse.ArgumentParser(
-        prog="delivery-daemon", description="Turn a marketplace's paid-order webhook into a delivered licence key.")
+        prog="delivery-daemon", description="Turn a marketplace's paid-order webhook into a delivered licence key."
+    )
     parser.add_argument("--version", action="version", version=f"delivery-daemon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:

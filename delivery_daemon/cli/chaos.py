@@ -21,9 +21,17 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     from delivery_daemon.reference.chaos.run import run_chaos
 
     url = checked_database_url(args.database_url, args.replicas, args.marketplace)
-    options = ChaosOptions(orders=args.orders, kills=args.kills, seed=args.seed, rate=args.rate,
-                           timeout=args.timeout, workdir=Path(args.workdir) if args.workdir else None,
-                           database_url=url, replicas=args.replicas, marketplace=args.marketplace)
+    options = ChaosOptions(
+        orders=args.orders,
+        kills=args.kills,
+        seed=args.seed,
+        rate=args.rate,
+        timeout=args.timeout,
+        workdir=Path(args.workdir) if args.workdir else None,
+        database_url=url,
+        replicas=args.replicas,
+        marketplace=args.marketplace,
+    )
     # Only the summary on the terminal: the in-process marketplace's thousands of info lines would slow the run.
     configure_logging("console", "error", stream=sys.stderr)
     verdict = asyncio.run(run_chaos(options))
@@ -38,11 +46,21 @@ def register(sub: Any) -> None:
     chaos.add_argument("--rate", type=float, default=100.0, help="orders placed per second")
     chaos.add_argument("--timeout", type=float, default=900.0)
     chaos.add_argument("--workdir", help="keep the database (SQLite) and the daemons' logs here")
-    chaos.add_argument("--database-url", help="an empty PostgreSQL database to run against "
-                                              "(postgresql+psycopg://user:password@host/db); default: SQLite")
-    chaos.add_argument("--replicas", type=int, default=1,
-                       help="daemon processes sharing the database, webhooks spread across them (needs PostgreSQL)")
-    chaos.add_argument("--marketplace", default="softstore",
-                       choices=("softstore", "sellix", "shoppy", "stripe", "standard-webhooks"),
-                       help="whose webhooks; the webhook-only ones deliver to a failing seller endpoint")
+    chaos.add_argument(
+        "--database-url",
+        help="an empty PostgreSQL database to run against "
+        "(postgresql+psycopg://user:password@host/db); default: SQLite",
+    )
+    chaos.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="daemon processes sharing the database, webhooks spread across them (needs PostgreSQL)",
+    )
+    chaos.add_argument(
+        "--marketplace",
+        default="softstore",
+        choices=("softstore", "sellix", "shoppy", "stripe", "standard-webhooks"),
+        help="whose webhooks; the webhook-only ones deliver to a failing seller endpoint",
+    )
     chaos.set_defaults(func=cmd_chaos)

@@ -28,8 +28,9 @@ from delivery_daemon.storage.retention import purge
 def cmd_backup(args: argparse.Namespace) -> int:
     source = sqlite_path(database_url(args))
     if source is None:
-        raise ConfigError("database.url", "db backup copies SQLite databases; use your database's own tool "
-                                          "(e.g. pg_dump) for others")
+        raise ConfigError(
+            "database.url", "db backup copies SQLite databases; use your database's own tool (e.g. pg_dump) for others"
+        )
     if not source.exists():
         raise ConfigError("database.url", f"{source} does not exist (is this the daemon's database?)")
     try:
@@ -56,8 +57,11 @@ def _retention_days(args: argparse.Namespace) -> float:
 def cmd_purge(args: argparse.Namespace) -> int:
     days = _retention_days(args)
     purged = purge(open_engine(args), SystemClock(), days)
-    print(f"purged payload and content of {purged} finished order(s) older than {days:g} days"
-          if purged else f"nothing to purge (no finished order older than {days:g} days still has data)")
+    print(
+        f"purged payload and content of {purged} finished order(s) older than {days:g} days"
+        if purged
+        else f"nothing to purge (no finished order older than {days:g} days still has data)"
+    )
     return 0
 
 
@@ -66,8 +70,10 @@ def cmd_reencrypt(args: argparse.Namespace) -> int:
         raise ConfigError("--batch", "must be at least 1")
     cipher = open_cipher(args)
     if cipher is None:
-        raise ConfigError("security.encryption_key_file", "no encryption key configured or found beside the "
-                                                          "database: there is nothing to re-encrypt with")
+        raise ConfigError(
+            "security.encryption_key_file",
+            "no encryption key configured or found beside the database: there is nothing to re-encrypt with",
+        )
     engine = open_engine(args)
     try:
         report = reencrypt(engine, SystemClock(), cipher, batch=args.batch)
@@ -77,8 +83,10 @@ def cmd_reencrypt(args: argparse.Namespace) -> int:
         return 1
     finally:
         engine.dispose()
-    print(f"re-encrypted under key {cipher.current}: {report.jobs} order(s), {report.stock_keys} stock key(s), "
-          f"{report.secrets} daemon secret(s)")
+    print(
+        f"re-encrypted under key {cipher.current}: {report.jobs} order(s), {report.stock_keys} stock key(s), "
+        f"{report.secrets} daemon secret(s)"
+    )
     if compacted is not None:
         print("database compacted" if compacted else "compaction failed (see the log); run it again when idle")
     return 0
@@ -102,7 +110,10 @@ def register(sub: Any) -> None:
 
     rekey = actions.add_parser("reencrypt", help="re-seal stored content and stock keys under the current key")
     rekey.add_argument("--batch", type=int, default=500, help="rows per transaction (default 500)")
-    rekey.add_argument("--compact", action="store_true",
-                       help="then rewrite the database (SQLite VACUUM, PostgreSQL VACUUM FULL) so old pages go")
+    rekey.add_argument(
+        "--compact",
+        action="store_true",
+        help="then rewrite the database (SQLite VACUUM, PostgreSQL VACUUM FULL) so old pages go",
+    )
     add_database_options(rekey)
     rekey.set_defaults(func=cmd_reencrypt)

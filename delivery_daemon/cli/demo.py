@@ -68,8 +68,9 @@ def say(stream: TextIO, text: str) -> None:
     print(text, file=stream, flush=True)
 
 
-async def run_demo(orders: int = 6, stream: TextIO | None = None, deadline_s: float = 60.0,
-                   title: str = "delivery-daemon demo") -> int:
+async def run_demo(
+    orders: int = 6, stream: TextIO | None = None, deadline_s: float = 60.0, title: str = "delivery-daemon demo"
+) -> int:
     """Run the demo, writing to ``stream`` (default: stdout); 0 if every order was delivered exactly once."""
     stream = stream or sys.stdout
     configure_logging("console", "error", stream=sys.stderr)  # the table is the output; errors still show
@@ -80,16 +81,26 @@ async def run_demo(orders: int = 6, stream: TextIO | None = None, deadline_s: fl
     with tempfile.TemporaryDirectory(prefix="delivery-daemon-demo-") as tmp:
         async with serve(market.app) as market_server:
             market.bind(market_server.url)
-            settings = parse_settings({
-                "database": {"url": f"sqlite:///{Path(tmp) / 'demo.db'}"},
-                "delivery": {"retry_schedule": [0.3, 1, 2, 5], "timeout": 5},
-                "worker": {"poll_interval": 0.2},
-                "stores": [{
-                    "name": "demo", "marketplace": "softstore", "api_url": market.api_base, "api_key": api_key,
-                    "products": {pid: {"generator": "pattern", "options": options, "template": TEMPLATE}
-                                 for pid, options in PRODUCTS.items()},
-                }],
-            }, environ={})
+            settings = parse_settings(
+                {
+                    "database": {"url": f"sqlite:///{Path(tmp) / 'demo.db'}"},
+                    "delivery": {"retry_schedule": [0.3, 1, 2, 5], "timeout": 5},
+                    "worker": {"poll_interval": 0.2},
+                    "stores": [
+                        {
+                            "name": "demo",
+                            "marketplace": "softstore",
+                            "api_url": market.api_base,
+                            "api_key": api_key,
+                            "products": {
+                                pid: {"generator": "pattern", "options": options, "template": TEMPLATE}
+                                for pid, options in PRODUCTS.items()
+                            },
+                        }
+                    ],
+                },
+                environ={},
+            )
             app = create_app(settings, marketplaces=default_marketplaces(), plugins=discover())
             async with serve(app) as daemon_server:
                 market.seller_url = f"{daemon_server.url}/webhooks/demo"
@@ -134,7 +145,7 @@ def _refresh(market: SoftStoreMarketplace, row: Row) -> None:
 
 
 class _Progress:
-    """"delivering 3/6 after 0.8 s": on a terminal one line rewritten in place and erased at the end; elsewhere
+    """ "delivering 3/6 after 0.8 s": on a terminal one line rewritten in place and erased at the end; elsewhere
     (a pipe, a log file) a line each time the count of delivered orders changes."""
 
     def __init__(self, stream: TextIO, total: int) -> None:
@@ -189,9 +200,19 @@ def _table(rows: list[Row], title: str = "delivery-daemon demo") -> str:
     channel = any(row.channel for row in rows)
     names = ("order", "product", "quantity", *(("channel",) if channel else ()), "keys", "latency", "result")
     columns = [Column(name, "right" if name in ("quantity", "keys", "latency") else "left") for name in names]
-    return render_table(columns, [
-        (row.order_id if len(row.order_id) <= 13 else row.order_id[:12] + "…", row.product, row.quantity,
-         *((row.channel,) if channel else ()), row.keys,
-         f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-",
-         "delivered once" if row.ok else f"accepted {row.accepted}x")
-        for row in rows], title=title)
+    return render_table(
+        columns,
+        [
+            (
+                row.order_id if len(row.order_id) <= 13 else row.order_id[:12] + "…",
+                row.product,
+                row.quantity,
+                *((row.channel,) if channel else ()),
+                row.keys,
+                f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-",
+                "delivered once" if row.ok else f"accepted {row.accepted}x",
+            )
+            for row in rows
+        ],
+        title=title,
+    )

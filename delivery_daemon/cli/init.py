@@ -47,28 +47,54 @@ class Marketplace:
     default_channel: str
 
 
-MARKETPLACES = {m.name: m for m in (
-    Marketplace("softstore", "softstore",
-                "point your SoftStore profile's api_url at {url}:\n"
-                "       delivery-daemon softstore connect --config {config} --store {store} --public-url {url}\n"
-                "     (it sets api_url through SoftStore's POST /seller/profile and reads it back)", "marketplace"),
-    Marketplace("sellix", "sellix",
-                "Sellix dashboard, Settings > Webhooks: add an endpoint {url} for order:paid and order:disputed;\n"
-                "     for a dynamic product, set the product's dynamic webhook to the same URL", "email"),
-    Marketplace("shoppy", "shoppy",
-                "Shoppy dashboard: add {url} to each product's webhook URLs (the product's webhook_urls)", "email"),
-    Marketplace("stripe", "stripe-based-stores",
-                "Stripe Dashboard > Developers > Webhooks > Add endpoint {url} with the events\n"
-                "     payment_intent.succeeded, checkout.session.completed, charge.refunded, charge.dispute.created",
-                "email"),
-    Marketplace("virtual-stores", "virtual-stores",
-                "Stripe Dashboard > Developers > Webhooks > Add endpoint {url} with the events\n"
-                "     payment_intent.succeeded, checkout.session.completed, charge.refunded, charge.dispute.created;\n"
-                "     then set api_url and staff.email in {config} (a staff account of your shop)", "email"),
-    Marketplace("standard-webhooks", "standard-webhooks",
-                "your platform's webhook settings: endpoint {url} for its paid, refunded and disputed orders\n"
-                "     (sent as order.paid, order.refunded, order.disputed)", "email"),
-)}
+MARKETPLACES = {
+    m.name: m
+    for m in (
+        Marketplace(
+            "softstore",
+            "softstore",
+            "point your SoftStore profile's api_url at {url}:\n"
+            "       delivery-daemon softstore connect --config {config} --store {store} --public-url {url}\n"
+            "     (it sets api_url through SoftStore's POST /seller/profile and reads it back)",
+            "marketplace",
+        ),
+        Marketplace(
+            "sellix",
+            "sellix",
+            "Sellix dashboard, Settings > Webhooks: add an endpoint {url} for order:paid and order:disputed;\n"
+            "     for a dynamic product, set the product's dynamic webhook to the same URL",
+            "email",
+        ),
+        Marketplace(
+            "shoppy",
+            "shoppy",
+            "Shoppy dashboard: add {url} to each product's webhook URLs (the product's webhook_urls)",
+            "email",
+        ),
+        Marketplace(
+            "stripe",
+            "stripe-based-stores",
+            "Stripe Dashboard > Developers > Webhooks > Add endpoint {url} with the events\n"
+            "     payment_intent.succeeded, checkout.session.completed, charge.refunded, charge.dispute.created",
+            "email",
+        ),
+        Marketplace(
+            "virtual-stores",
+            "virtual-stores",
+            "Stripe Dashboard > Developers > Webhooks > Add endpoint {url} with the events\n"
+            "     payment_intent.succeeded, checkout.session.completed, charge.refunded, charge.dispute.created;\n"
+            "     then set api_url and staff.email in {config} (a staff account of your shop)",
+            "email",
+        ),
+        Marketplace(
+            "standard-webhooks",
+            "standard-webhooks",
+            "your platform's webhook settings: endpoint {url} for its paid, refunded and disputed orders\n"
+            "     (sent as order.paid, order.refunded, order.disputed)",
+            "email",
+        ),
+    )
+}
 
 SECRET_HINTS = {
     "SOFTSTORE_API_KEY": "your SoftStore seller API key (it also signs SoftStore's webhooks)",
@@ -97,8 +123,9 @@ def channels(marketplace: str) -> list[str]:
 def rename_store(text: str, default: str, store: str) -> str:
     """The template with its store (named ``default``) called ``store``: the ``- name:`` line, its webhook path and
     ``--store`` in the comments. Nothing else in a template spells the default name after one of those."""
-    return re.sub(rf"(/webhooks/|--store |^\s*- name: ){re.escape(default)}(?![\w.-])", rf"\g<1>{store}", text,
-                  flags=re.M)
+    return re.sub(
+        rf"(/webhooks/|--store |^\s*- name: ){re.escape(default)}(?![\w.-])", rf"\g<1>{store}", text, flags=re.M
+    )
 
 
 def env_names(text: str) -> list[str]:
@@ -119,9 +146,11 @@ def env_names(text: str) -> list[str]:
 
 def env_file(names: list[str]) -> str:
     """The secrets file: a comment with each variable's origin, then ``NAME=value`` (systemd and docker read it)."""
-    lines = ["# Secrets for delivery-daemon, read as ${NAME} in config.yaml. Keep this file mode 0600.",
-             "# Load it: systemd EnvironmentFile= (e.g. /etc/delivery-daemon/secrets.env), docker --env-file, or",
-             "# in a shell: set -a; . ./delivery-daemon.env; set +a"]
+    lines = [
+        "# Secrets for delivery-daemon, read as ${NAME} in config.yaml. Keep this file mode 0600.",
+        "# Load it: systemd EnvironmentFile= (e.g. /etc/delivery-daemon/secrets.env), docker --env-file, or",
+        "# in a shell: set -a; . ./delivery-daemon.env; set +a",
+    ]
     for name in names:
         value = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode() if name in GENERATED else PLACEHOLDER
         lines += ["", f"# {SECRET_HINTS.get(name, 'the value config.yaml expects here')}", f"{name}={value}"]
@@ -129,8 +158,9 @@ def env_file(names: list[str]) -> str:
 
 
 def _store_name(store: str) -> str:
-    pattern = next(item.pattern for item in StoreSettings.model_fields["name"].metadata
-                   if getattr(item, "pattern", None))
+    pattern = next(
+        item.pattern for item in StoreSettings.model_fields["name"].metadata if getattr(item, "pattern", None)
+    )
     if not re.match(pattern, store):
         raise ConfigError("--store", f"{store[:64]!r} cannot be a store name", *expect(StoreSettings, "name"))
     return store
@@ -146,10 +176,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     marketplace = MARKETPLACES[args.marketplace]
     channel = args.channel or marketplace.default_channel
     if channel not in channels(marketplace.name):
-        problem = (f"{marketplace.name} has no delivery API of its own" if channel == "marketplace"
-                   else f"there is no {channel} template for {marketplace.name}")
-        raise ConfigError("--channel", problem,
-                          "one of " + ", ".join(channels(marketplace.name)), marketplace.default_channel)
+        problem = (
+            f"{marketplace.name} has no delivery API of its own"
+            if channel == "marketplace"
+            else f"there is no {channel} template for {marketplace.name}"
+        )
+        raise ConfigError(
+            "--channel", problem, "one of " + ", ".join(channels(marketplace.name)), marketplace.default_channel
+        )
     store = _store_name(args.store or marketplace.name)
     folder = Path(args.dir)
     config, env = folder / CONFIG_NAME, folder / ENV_NAME
@@ -163,15 +197,16 @@ def cmd_init(args: argparse.Namespace) -> int:
         _write_new(config, text, 0o644)
         _write_new(env, env_file(names), 0o600)
     except FileExistsError as exc:  # made by someone else since the check above
-        raise ConfigError("", f"{exc.filename} already exists; init never overwrites (move it away or use --dir)"
-                          ) from None
+        raise ConfigError(
+            "", f"{exc.filename} already exists; init never overwrites (move it away or use --dir)"
+        ) from None
     url = f"https://<your host>/webhooks/{store}"
     print(f"wrote {config} ({marketplace.name}, delivering by {channel}) and {env} (mode 0600)")
     print("next:")
     print(f"  1. fill in the secrets in {env}:")
     for name in names:
         print(f"       {name:<26} {SECRET_HINTS.get(name, '')}")
-    print(f"     and the values marked \"yours\" in {config} (product ids, SMTP server, your system's URL)")
+    print(f'     and the values marked "yours" in {config} (product ids, SMTP server, your system\'s URL)')
     print(f"  2. check it: set -a; . {env}; set +a; delivery-daemon check-config --config {config}")
     print("  3. " + marketplace.webhook_step.format(url=url, store=store, config=config))
     print(f"more: docs/marketplaces.md#{marketplace.docs}")
@@ -181,8 +216,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     init = sub.add_parser("init", help="write a first config.yaml and secrets file for a marketplace")
     init.add_argument("--marketplace", required=True, choices=list(MARKETPLACES))
-    init.add_argument("--channel", choices=["marketplace", "email", "webhook"],
-                      help="how keys reach the buyer (default: the marketplace's API for softstore, else email)")
+    init.add_argument(
+        "--channel",
+        choices=["marketplace", "email", "webhook"],
+        help="how keys reach the buyer (default: the marketplace's API for softstore, else email)",
+    )
     init.add_argument("--store", help="the store's name, the last part of its webhook URL (default: the marketplace)")
     init.add_argument("--dir", default=".", help="where to write config.yaml and delivery-daemon.env (default: .)")
     init.set_defaults(func=cmd_init)

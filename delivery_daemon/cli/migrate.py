@@ -89,7 +89,8 @@ def register_db_migrate(sub: Any) -> None:
     """Add ``db migrate`` under the ``db`` command, creating ``db`` only if another feature has not already."""
     db = sub.choices.get("db") or sub.add_parser("db", help="database maintenance")
     migrate = _subparsers(db).add_parser(
-        "migrate", help="copy the configured SQLite database into an empty PostgreSQL database and verify it")
+        "migrate", help="copy the configured SQLite database into an empty PostgreSQL database and verify it"
+    )
     add_config_option(migrate)
     migrate.add_argument("--to", required=True, metavar="URL", help="postgresql://user:password@host:port/dbname")
     migrate.set_defaults(func=cmd_db_migrate)

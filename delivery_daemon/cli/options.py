@@ -13,13 +13,18 @@ import os
 CONFIG_ENV = "DELIVERY_DAEMON_CONFIG"
 
 
-def add_config_option(parser: argparse.ArgumentParser, *, required: bool = True,
-                      help_text: str = "the daemon's configuration file") -> None:
+def add_config_option(
+    parser: argparse.ArgumentParser, *, required: bool = True, help_text: str = "the daemon's configuration file"
+) -> None:
     """Add ``--config FILE`` to ``parser``, defaulting to ``$DELIVERY_DAEMON_CONFIG``. With ``required``, a run
     given neither is refused by :func:`missing_config` (one line naming both, exit 2) rather than by argparse,
     whose message would not mention the variable."""
-    parser.add_argument("--config", metavar="FILE", default=os.environ.get(CONFIG_ENV) or None,
-                        help=f"{help_text} (default: ${CONFIG_ENV})")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=os.environ.get(CONFIG_ENV) or None,
+        help=f"{help_text} (default: ${CONFIG_ENV})",
+    )
     if required:
         parser.set_defaults(config_required=True)
 

@@ -56,11 +56,22 @@ def iso(epoch: float | None) -> str | None:
 def job_document(job: Job, *, reveal: bool = False) -> dict[str, Any]:
     """A job as JSON for scripts: never the payload; the content only when ``reveal``."""
     document: dict[str, Any] = {
-        "job": job.id, "store": job.store, "order_id": job.order_id, "marketplace": job.marketplace,
-        "product_id": job.product_id, "state": job.state, "quantity": job.quantity, "buyer_email": job.buyer_email,
-        "attempts": job.attempts, "webhooks_received": job.received, "last_error": job.last_error,
-        "created_at": iso(job.created_at), "updated_at": iso(job.updated_at), "due_at": iso(job.due_at),
-        "delivered_at": iso(job.delivered_at), "content_stored": job.content is not None,
+        "job": job.id,
+        "store": job.store,
+        "order_id": job.order_id,
+        "marketplace": job.marketplace,
+        "product_id": job.product_id,
+        "state": job.state,
+        "quantity": job.quantity,
+        "buyer_email": job.buyer_email,
+        "attempts": job.attempts,
+        "webhooks_received": job.received,
+        "last_error": job.last_error,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "due_at": iso(job.due_at),
+        "delivered_at": iso(job.delivered_at),
+        "content_stored": job.content is not None,
         "flag": job.flag,  # refunded | disputed: delivered and flagged, or (running) a refund pending
     }
     if reveal and job.content is not None:
@@ -70,8 +81,15 @@ def job_document(job: Job, *, reveal: bool = False) -> dict[str, Any]:
 
 
 def attempt_document(attempt: Attempt) -> dict[str, Any]:
-    return {"at": iso(attempt.at), "step": attempt.step, "outcome": attempt.outcome, "state": attempt.state,
-            "http_status": attempt.http_status, "error": attempt.error, "duration_ms": attempt.duration_ms}
+    return {
+        "at": iso(attempt.at),
+        "step": attempt.step,
+        "outcome": attempt.outcome,
+        "state": attempt.state,
+        "http_status": attempt.http_status,
+        "error": attempt.error,
+        "duration_ms": attempt.duration_ms,
+    }
 
 
 def _orders(args: argparse.Namespace) -> Orders:
@@ -89,8 +107,9 @@ def _print_json(data: object) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     orders = _orders(args)
     since = parse_since(args.since, orders.clock.now()) if args.since else None
-    jobs = orders.search(OrderFilter(state=args.state, store=args.store, product=args.product, since=since,
-                                   limit=args.limit))
+    jobs = orders.search(
+        OrderFilter(state=args.state, store=args.store, product=args.product, since=since, limit=args.limit)
+    )
     if args.json:
         _print_json([job_document(job) for job in jobs])
         return 0
@@ -98,10 +117,24 @@ def cmd_list(args: argparse.Namespace) -> int:
         _say("no orders match")
         return 0
     # Nothing is cut but the error, so an order id can be grepped from a terminal and a pipe alike.
-    columns = [Column(name, "right" if name in ("job", "qty", "tries") else "left")
-               for name in ("job", "store", "order", "product", "qty", "state", "tries", "created", "last error")]
-    rows = [(job.id, job.store, job.order_id, job.product_id, job.quantity or "-", job.state, job.attempts,
-             iso(job.created_at), (job.last_error or "")[:60]) for job in jobs]
+    columns = [
+        Column(name, "right" if name in ("job", "qty", "tries") else "left")
+        for name in ("job", "store", "order", "product", "qty", "state", "tries", "created", "last error")
+    ]
+    rows = [
+        (
+            job.id,
+            job.store,
+            job.order_id,
+            job.product_id,
+            job.quantity or "-",
+            job.state,
+            job.attempts,
+            iso(job.created_at),
+            (job.last_error or "")[:60],
+        )
+        for job in jobs
+    ]
     print(render_table(columns, rows, title=f"orders (newest first, at most {args.limit})"))
     return 0
 
@@ -119,9 +152,18 @@ def cmd_show(args: argparse.Namespace) -> int:
         _print_json({**job_document(job, reveal=args.reveal), "history": [attempt_document(a) for a in history]})
         return 0
     print(render_table(("key", "value"), job_document(job).items(), show_header=False))
-    history_rows = [(iso(attempt.at), attempt.step, attempt.outcome, attempt.state, attempt.http_status or "",
-                     f"{attempt.duration_ms:.0f}" if attempt.duration_ms is not None else "", attempt.error)
-                    for attempt in history]
+    history_rows = [
+        (
+            iso(attempt.at),
+            attempt.step,
+            attempt.outcome,
+            attempt.state,
+            attempt.http_status or "",
+            f"{attempt.duration_ms:.0f}" if attempt.duration_ms is not None else "",
+            attempt.error,
+        )
+        for attempt in history
+    ]
     print()
     print(render_table(("time", "step", "outcome", "state", "http", "ms", "error"), history_rows, title="history"))
     if job.content is None:
@@ -186,8 +228,9 @@ def _guarded(command: Any) -> Any:
 
 
 def _order_args(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
-    parser.add_argument("ref", metavar="ID", nargs="?" if optional else None,
-                        help="the marketplace's order id, or #N for job N")
+    parser.add_argument(
+        "ref", metavar="ID", nargs="?" if optional else None, help="the marketplace's order id, or #N for job N"
+    )
     parser.add_argument("--store", help="the store, when the same order id exists in several")
     add_database_options(parser)
 

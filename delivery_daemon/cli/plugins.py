@@ -81,8 +81,10 @@ def cmd_stock_import(args: argparse.Namespace) -> int:
         return 1
     finally:
         engine.dispose()
-    print(f"imported {result.added} keys for {args.store}/{args.product}, skipped {result.duplicates} duplicates;"
-          f" {len(woken)} waiting orders requeued")
+    print(
+        f"imported {result.added} keys for {args.store}/{args.product}, skipped {result.duplicates} duplicates;"
+        f" {len(woken)} waiting orders requeued"
+    )
     if settings.stock_sync.enabled and not args.no_sync:
         _sync_listed_count(settings, args.store, args.product)
     return 0
@@ -144,29 +146,40 @@ def cmd_license_verify(args: argparse.Namespace) -> int:
     except LicenseError as exc:
         print(f"invalid: {exc}")
         return 1
-    print("valid: " + json.dumps({"product": payload.product, "order": payload.order, "seat": payload.index,
-                                  "quantity": payload.quantity, "issued_at": payload.issued_at,
-                                  "expires_at": payload.expires_at}))
+    print(
+        "valid: "
+        + json.dumps(
+            {
+                "product": payload.product,
+                "order": payload.order,
+                "seat": payload.index,
+                "quantity": payload.quantity,
+                "issued_at": payload.issued_at,
+                "expires_at": payload.expires_at,
+            }
+        )
+    )
     return 0
 
 
 def register(sub: Any) -> None:
     """Add the plugin-related command groups to the ``delivery-daemon`` parser."""
-    plugins = sub.add_parser("plugins", help="generator plugins").add_subparsers(dest="plugins_command",
-                                                                                 required=True)
+    plugins = sub.add_parser("plugins", help="generator plugins").add_subparsers(dest="plugins_command", required=True)
     listing = plugins.add_parser("list", help="each plugin's name, version, origin and options")
     add_config_option(listing, required=False, help_text="read plugins.directory from this configuration")
     listing.add_argument("--plugins-dir", help="also load single-file plugins from this directory")
     listing.set_defaults(func=cmd_plugins_list)
 
     stock = sub.add_parser("stock", help="pre-made keys for the stock generator").add_subparsers(
-        dest="stock_command", required=True)
+        dest="stock_command", required=True
+    )
     importing = stock.add_parser("import", help="add keys from a text (one per line) or CSV file")
     add_config_option(importing)
     importing.add_argument("--store", required=True)
     importing.add_argument("--product", required=True)
-    importing.add_argument("--no-sync", action="store_true",
-                           help="do not set the product's listed count on the marketplace now")
+    importing.add_argument(
+        "--no-sync", action="store_true", help="do not set the product's listed count on the marketplace now"
+    )
     importing.add_argument("file")
     importing.set_defaults(func=cmd_stock_import)
     status = stock.add_parser("status", help="keys remaining and issued, and orders waiting, per product")
@@ -175,14 +188,16 @@ def register(sub: Any) -> None:
     status.set_defaults(func=cmd_stock_status)
 
     keys = sub.add_parser("keys", help="signing keys for the signed generator").add_subparsers(
-        dest="keys_command", required=True)
+        dest="keys_command", required=True
+    )
     generate = keys.add_parser("generate", help="create an Ed25519 key pair (private key file 0600)")
     generate.add_argument("--private-key", default="license-private.pem")
     generate.add_argument("--public-key", default="license-public.pem")
     generate.set_defaults(func=cmd_keys_generate)
 
-    license_ = sub.add_parser("license", help="signed licence keys").add_subparsers(dest="license_command",
-                                                                                   required=True)
+    license_ = sub.add_parser("license", help="signed licence keys").add_subparsers(
+        dest="license_command", required=True
+    )
     check = license_.add_parser("verify", help="check one licence key offline")
     check.add_argument("key")
     check.add_argument("--public-key", required=True)

@@ -48,8 +48,15 @@ def _softstore_index(stores: Sequence[StoreSettings], name: str) -> int:
 def _adapter(config: str, store_name: str, transport: httpx.AsyncBaseTransport | None = None) -> SoftStoreAdapter:
     settings = load_settings(config)
     index = _softstore_index(settings.stores, store_name)
-    return SoftStoreAdapter(AdapterContext(store=settings.stores[index], path=f"stores[{index}]", clock=SystemClock(),
-                                           delivery=settings.delivery, transport=transport))
+    return SoftStoreAdapter(
+        AdapterContext(
+            store=settings.stores[index],
+            path=f"stores[{index}]",
+            clock=SystemClock(),
+            delivery=settings.delivery,
+            transport=transport,
+        )
+    )
 
 
 async def _connect_command(args: argparse.Namespace) -> int:
@@ -135,8 +142,9 @@ async def _sync_stock_command(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    group = sub.add_parser("softstore", help="SoftStore seller tooling").add_subparsers(dest="softstore_command",
-                                                                                         required=True)
+    group = sub.add_parser("softstore", help="SoftStore seller tooling").add_subparsers(
+        dest="softstore_command", required=True
+    )
     conn = group.add_parser("connect", help="point the seller's webhook (api_url) at this daemon")
     add_config_option(conn)
     conn.add_argument("--store", required=True)
@@ -146,8 +154,11 @@ def register(sub: Any) -> None:
     test = group.add_parser("test-webhook", help="send a signed test webhook (an unpaid order: nothing is stored)")
     add_config_option(test)
     test.add_argument("--store", required=True)
-    test.add_argument("--public-url", help="the store's webhook URL as SoftStore calls it, e.g. "
-                      "https://seller.example/webhooks/main (default: the local server address)")
+    test.add_argument(
+        "--public-url",
+        help="the store's webhook URL as SoftStore calls it, e.g. "
+        "https://seller.example/webhooks/main (default: the local server address)",
+    )
     test.add_argument("--timeout", type=float, default=15.0)
     test.set_defaults(func=lambda args: asyncio.run(_test_webhook_command(args)))
     sync = group.add_parser("sync-stock", help="set each stock product's count on SoftStore to the keys left")

@@ -18,15 +18,21 @@ from delivery_daemon.logs import configure_logging
 from delivery_daemon.stock.sync import SyncResult, sync_once
 
 
-async def sync_for_command(settings: Settings, *, stores: Sequence[str], product: str | None,
-                           log_level: str) -> list[SyncResult]:
+async def sync_for_command(
+    settings: Settings, *, stores: Sequence[str], product: str | None, log_level: str
+) -> list[SyncResult]:
     """:func:`~delivery_daemon.stock.sync.sync_once` as a command runs it: the shipped marketplaces, the configured
     plugins, and logging to stderr at ``log_level`` unless an embedding application configured it (stdout is the
     command's output)."""
     if not structlog.is_configured():
         configure_logging(settings.logging.format, log_level, stream=sys.stderr)
-    return await sync_once(settings, marketplaces=default_marketplaces(),
-                           plugins=discover(settings.plugins.directory), stores=stores, product=product)
+    return await sync_once(
+        settings,
+        marketplaces=default_marketplaces(),
+        plugins=discover(settings.plugins.directory),
+        stores=stores,
+        product=product,
+    )
 
 
 def describe(result: SyncResult) -> str:

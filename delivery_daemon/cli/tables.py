@@ -38,8 +38,9 @@ class Column:
 def _visible(line: str) -> str:
     if line.isprintable():
         return line
-    return "".join(" " if char == "\t" else f"\\x{ord(char):02x}" if unicodedata.category(char) == "Cc" else char
-                   for char in line)
+    return "".join(
+        " " if char == "\t" else f"\\x{ord(char):02x}" if unicodedata.category(char) == "Cc" else char for char in line
+    )
 
 
 def _lines(cell: object) -> list[str]:
@@ -51,8 +52,9 @@ def cell_width(text: str) -> int:
     """How many terminal cells ``text`` (one line) takes: wide characters two, combining marks none."""
     if text.isascii():
         return len(text)
-    return sum(0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1
-               for char in text)
+    return sum(
+        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text
+    )
 
 
 def _pad(text: str, width: int, justify: str) -> str:
@@ -60,8 +62,14 @@ def _pad(text: str, width: int, justify: str) -> str:
     return fill + text if justify == "right" else text + fill
 
 
-def render_table(columns: Sequence[Column | str], rows: Iterable[Sequence[object]], *, title: str | None = None,
-                 show_header: bool = True, gap: int = 2) -> str:
+def render_table(
+    columns: Sequence[Column | str],
+    rows: Iterable[Sequence[object]],
+    *,
+    title: str | None = None,
+    show_header: bool = True,
+    gap: int = 2,
+) -> str:
     """The table as text (see the module's contract); a plain ``str`` column is a left-justified header."""
     cols = [column if isinstance(column, Column) else Column(column) for column in columns]
     cells: list[list[list[str]]] = []
@@ -69,14 +77,19 @@ def render_table(columns: Sequence[Column | str], rows: Iterable[Sequence[object
         if len(row) != len(cols):
             raise ValueError(f"a row has {len(row)} cells for {len(cols)} columns: {row!r}")
         cells.append([_lines(cell) for cell in row])
-    widths = [max([cell_width(column.header) if show_header else 0]
-                  + [cell_width(line) for row_cells in cells for line in row_cells[index]])
-              for index, column in enumerate(cols)]
+    widths = [
+        max(
+            [cell_width(column.header) if show_header else 0]
+            + [cell_width(line) for row_cells in cells for line in row_cells[index]]
+        )
+        for index, column in enumerate(cols)
+    ]
     separator = " " * gap
 
     def line(texts: Sequence[str]) -> str:
-        return separator.join(_pad(text, width, column.justify)
-                              for text, width, column in zip(texts, widths, cols, strict=True)).rstrip()
+        return separator.join(
+            _pad(text, width, column.justify) for text, width, column in zip(texts, widths, cols, strict=True)
+        ).rstrip()
 
     out: list[str] = [] if title is None else [title]
     if show_header:

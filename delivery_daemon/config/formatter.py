@@ -62,8 +62,10 @@ def _unwrap(annotation: Any) -> Any:
         origin = get_origin(annotation)
         if origin is Annotated:
             annotation = get_args(annotation)[0]
-        elif origin in (Union, types.UnionType) and len(members := [
-                a for a in get_args(annotation) if a is not type(None)]) == 1:
+        elif (
+            origin in (Union, types.UnionType)
+            and len(members := [a for a in get_args(annotation) if a is not type(None)]) == 1
+        ):
             annotation = members[0]
         else:
             return annotation
@@ -154,8 +156,11 @@ def _form_of(annotation: Any, field: FieldInfo | None = None) -> str:
         return "text" + (f" of at most {limits['max_length']} characters" if "max_length" in limits else "")
     if _is_model(annotation):
         required = [name for name, info in annotation.model_fields.items() if info.is_required()]
-        return "a mapping" + (f" with {' and '.join(required)} set" if required else
-                              f" with any of the keys {', '.join(annotation.model_fields)}")
+        return "a mapping" + (
+            f" with {' and '.join(required)} set"
+            if required
+            else f" with any of the keys {', '.join(annotation.model_fields)}"
+        )
     if origin is dict:
         return "a mapping of names to " + _form_of(get_args(annotation)[1])
     if origin in (list, tuple, set, frozenset):
@@ -187,8 +192,11 @@ def _example_of(annotation: Any, field: FieldInfo | None = None, key: str = "") 
     if _is_model(annotation):
         fields = annotation.model_fields
         shown = [name for name, info in fields.items() if info.is_required()] or list(fields)[:2]
-        return "{" + ", ".join(f"{name}: {_example_of(fields[name].annotation, fields[name], name)}"
-                               for name in shown) + "}"
+        return (
+            "{"
+            + ", ".join(f"{name}: {_example_of(fields[name].annotation, fields[name], name)}" for name in shown)
+            + "}"
+        )
     if origin is dict:
         return "{name: " + _example_of(get_args(annotation)[1]) + "}"
     if origin in (list, tuple, set, frozenset):
@@ -244,8 +252,7 @@ def _got(value: Any, echo: bool) -> str:
     return type(value).__name__
 
 
-def config_error(error: ErrorDetails, model: type[BaseModel], prefix: str = "",
-                 document: Any = None) -> ConfigError:
+def config_error(error: ErrorDetails, model: type[BaseModel], prefix: str = "", document: Any = None) -> ConfigError:
     """One pydantic error about ``model`` as ``<key.path>: <what is wrong>; expected <form>, e.g. <example>``.
 
     ``prefix`` is the key path of the document ``model`` validated (e.g. ``stores[0].default.options``);
@@ -265,15 +272,17 @@ def config_error(error: ErrorDetails, model: type[BaseModel], prefix: str = "",
         return ConfigError(path, "unknown key", *one_of(key, list(parent.model_fields)))
     expected, example = _expected(annotation, field), _example_of(annotation, field, key)
     if isinstance(cause, Invalid):
-        return ConfigError(_join(path, cause.key), cause.problem, cause.expected or expected,
-                           cause.example or example)
+        return ConfigError(_join(path, cause.key), cause.problem, cause.expected or expected, cause.example or example)
     problems = {
         "missing": "required",
         "literal_error": f"{shown} is not one of the choices",
-        "greater_than": f"{shown} is too small", "greater_than_equal": f"{shown} is too small",
-        "less_than": f"{shown} is too large", "less_than_equal": f"{shown} is too large",
+        "greater_than": f"{shown} is too small",
+        "greater_than_equal": f"{shown} is too small",
+        "less_than": f"{shown} is too large",
+        "less_than_equal": f"{shown} is too large",
         "string_pattern_mismatch": "not in the expected form",
-        "string_too_short": "too short", "string_too_long": "too long",
+        "string_too_short": "too short",
+        "string_too_long": "too long",
     }
     if kind in problems:
         problem = problems[kind]

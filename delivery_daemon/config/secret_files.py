@@ -35,19 +35,26 @@ class ReadableSecret:
     mode: int
 
     def __str__(self) -> str:
-        return (f"{self.key}: secret file {self.file} is readable by other users (mode {self.mode:04o}); "
-                f"chmod 0600 (or 0640 with the daemon's group) {self.file}")
+        return (
+            f"{self.key}: secret file {self.file} is readable by other users (mode {self.mode:04o}); "
+            f"chmod 0600 (or 0640 with the daemon's group) {self.file}"
+        )
 
 
-def read_secret(key: str, file: str, origin: str, environ: Mapping[str, str],
-                warnings: list[ReadableSecret] | None) -> str:
+def read_secret(
+    key: str, file: str, origin: str, environ: Mapping[str, str], warnings: list[ReadableSecret] | None
+) -> str:
     """The text of ``file`` for the configuration key ``key``; ``origin`` is how the configuration named it (for
     the error line), e.g. ``${file:/run/secrets/api_key}`` or ``SOFTSTORE_API_KEY_FILE``."""
     expected = "a readable file holding only the secret (a trailing newline is ignored)"
     path = Path(file)
     if not path.is_absolute():
-        raise ConfigError(key, f"secret file {file} (from {origin}) is not an absolute path", "an absolute path",
-                          "/run/secrets/softstore_api_key")
+        raise ConfigError(
+            key,
+            f"secret file {file} (from {origin}) is not an absolute path",
+            "an absolute path",
+            "/run/secrets/softstore_api_key",
+        )
     try:
         # Checked before opening: opening a FIFO would wait for a writer, and a device may never end.
         if not stat.S_ISREG(os.stat(path).st_mode):
@@ -56,8 +63,9 @@ def read_secret(key: str, file: str, origin: str, environ: Mapping[str, str],
             info = os.fstat(handle.fileno())
             data = handle.read(MAX_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(key, f"cannot read secret file {file} (from {origin}): {exc.strerror or exc}",
-                          expected) from None
+        raise ConfigError(
+            key, f"cannot read secret file {file} (from {origin}): {exc.strerror or exc}", expected
+        ) from None
     if len(data) > MAX_BYTES:
         raise ConfigError(key, f"secret file {file} (from {origin}) is larger than {MAX_BYTES} bytes", expected)
     try:
@@ -73,12 +81,16 @@ def credential_file(key: str, name: str, environ: Mapping[str, str]) -> str:
     """The path of systemd credential ``name`` (``LoadCredential=name:/path`` in the unit)."""
     directory = environ.get(CREDENTIALS_ENV)
     if not directory:
-        raise ConfigError(key, f"${{credential:{name}}}: {CREDENTIALS_ENV} is not set (systemd sets it for a unit "
-                          "with LoadCredential= or SetCredential=)",
-                          f"LoadCredential={name}:/etc/delivery-daemon/credentials/{name} in the unit")
+        raise ConfigError(
+            key,
+            f"${{credential:{name}}}: {CREDENTIALS_ENV} is not set (systemd sets it for a unit "
+            "with LoadCredential= or SetCredential=)",
+            f"LoadCredential={name}:/etc/delivery-daemon/credentials/{name} in the unit",
+        )
     if "/" in name or name in (".", ".."):
-        raise ConfigError(key, f"${{credential:{name}}}: not a credential name", "a name without /",
-                          "${credential:softstore-api-key}")
+        raise ConfigError(
+            key, f"${{credential:{name}}}: not a credential name", "a name without /", "${credential:softstore-api-key}"
+        )
     return str(Path(directory) / name)
 
 

@@ -15,6 +15,7 @@ from delivery_daemon.config.formatter import Invalid, expected_extra
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 """Seconds between delivery attempts, modelled on the public Svix schedule (7 retries over about 28 hours)."""
 
+
 class Model(BaseModel):
     """Base of every section: an unknown key is an error, and settings never change once read."""
 
@@ -22,8 +23,10 @@ class Model(BaseModel):
 
 
 class DatabaseSettings(Model):
-    url: str = Field(default="sqlite:///delivery-daemon.db", json_schema_extra=expected_extra(
-        "a database URL: sqlite:///FILE or postgresql://USER:PASSWORD@HOST/DATABASE"))
+    url: str = Field(
+        default="sqlite:///delivery-daemon.db",
+        json_schema_extra=expected_extra("a database URL: sqlite:///FILE or postgresql://USER:PASSWORD@HOST/DATABASE"),
+    )
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     busy_timeout_ms: int = Field(default=10_000, ge=0)
 
@@ -54,8 +57,11 @@ class ServerSettings(Model):
     # Reverse proxies whose X-Forwarded-For/-Proto are believed, on both servers (webhooks, admin/status page).
     # Empty: no one's; the client is the TCP peer (else anything on loopback could pick its address, e.g. to dodge
     # the status page's per-client login throttle).
-    trusted_proxies: tuple[str, ...] = Field(default=(), examples=[["127.0.0.1"]], json_schema_extra=expected_extra(
-        "a list of IP addresses or networks in CIDR notation"))
+    trusted_proxies: tuple[str, ...] = Field(
+        default=(),
+        examples=[["127.0.0.1"]],
+        json_schema_extra=expected_extra("a list of IP addresses or networks in CIDR notation"),
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -77,8 +83,10 @@ class WorkerSettings(Model):
 
 class DeliverySettings(Model):
     timeout: float = Field(default=15.0, gt=0)
-    retry_schedule: tuple[float, ...] = Field(default=DEFAULT_RETRY_SCHEDULE, json_schema_extra=expected_extra(
-        "a list of waits in seconds, each zero or more"))
+    retry_schedule: tuple[float, ...] = Field(
+        default=DEFAULT_RETRY_SCHEDULE,
+        json_schema_extra=expected_extra("a list of waits in seconds, each zero or more"),
+    )
     jitter: bool = True
 
     @field_validator("retry_schedule")
@@ -103,6 +111,8 @@ class RetentionSettings(Model):
 
     days: float | None = Field(default=None, gt=0)
     interval: float = Field(default=3600.0, gt=0)
+
+
 class SecuritySettings(Model):
     """Encryption at rest and the outbound network policy (see delivery_daemon.storage.cipher and .netguard)."""
 
@@ -110,7 +120,8 @@ class SecuritySettings(Model):
     encryption_key_file: str | None = None  # else a 0600 file of key lines; else <database>.key is generated
     allow_private_networks: bool = False  # configured URLs may reach loopback/private/link-local (never metadata)
     allowed_networks: tuple[str, ...] = Field(  # CIDRs configured URLs may reach whatever they are
-        default=(), examples=[["127.0.0.0/8"]], json_schema_extra=expected_extra("a list of networks in CIDR notation"))
+        default=(), examples=[["127.0.0.0/8"]], json_schema_extra=expected_extra("a list of networks in CIDR notation")
+    )
 
     @field_validator("allowed_networks")
     @classmethod
@@ -129,6 +140,8 @@ class PluginSettings(Model):
     """Where single-file generator plugins live (installed packages are found through entry points)."""
 
     directory: str | None = None
+
+
 class StatusSettings(Model):
     """The status page (off by default): served at ``/status/`` on the admin address, behind a password and/or token.
 
@@ -155,19 +168,28 @@ class StatusSettings(Model):
         if isinstance(data, dict):
             for key in ("host", "port"):
                 if key in data:
-                    raise Invalid("no longer supported: the status page is served at /status/ on the admin address, "
-                                  f"so set admin.{key} instead", f"admin.{key}", "admin: {host: 127.0.0.1, port: 9100}",
-                                  key=key)
+                    raise Invalid(
+                        "no longer supported: the status page is served at /status/ on the admin address, "
+                        f"so set admin.{key} instead",
+                        f"admin.{key}",
+                        "admin: {host: 127.0.0.1, port: 9100}",
+                        key=key,
+                    )
         return data
 
     @model_validator(mode="after")
     def _secret_when_enabled(self) -> StatusSettings:
-        if self.enabled and not (self.password and self.password.get_secret_value()) and not (
-            self.token and self.token.get_secret_value()
+        if (
+            self.enabled
+            and not (self.password and self.password.get_secret_value())
+            and not (self.token and self.token.get_secret_value())
         ):
-            raise Invalid("required when the status page is enabled (or set status.token)",
-                          "a password for the login form, best given as ${ENV_VAR}", "${STATUS_PASSWORD}",
-                          key="password")
+            raise Invalid(
+                "required when the status page is enabled (or set status.token)",
+                "a password for the login form, best given as ${ENV_VAR}",
+                "${STATUS_PASSWORD}",
+                key="password",
+            )
         return self
 
 

@@ -54,9 +54,13 @@ class Settings(Model):
     @model_validator(mode="after")
     def _status_needs_admin_address(self) -> Settings:
         if self.status.enabled and self.admin.port is None:
-            raise Invalid("required when status.enabled is true (the status page is served on the admin address, "
-                          "never on the public webhook port)", "a port other than server.port", "9100",
-                          key="admin.port")
+            raise Invalid(
+                "required when status.enabled is true (the status page is served on the admin address, "
+                "never on the public webhook port)",
+                "a port other than server.port",
+                "9100",
+                key="admin.port",
+            )
         return self
 
     @model_validator(mode="after")
@@ -64,8 +68,12 @@ class Settings(Model):
         seen: set[str] = set()
         for index, store in enumerate(self.stores):
             if store.name in seen:
-                raise Invalid(f"duplicate store name {store.name!r}", "a name not used by another store",
-                              f"{store.name}-2", key=f"stores[{index}].name")
+                raise Invalid(
+                    f"duplicate store name {store.name!r}",
+                    "a name not used by another store",
+                    f"{store.name}-2",
+                    key=f"stores[{index}].name",
+                )
             seen.add(store.name)
         return self
 
@@ -73,8 +81,9 @@ class Settings(Model):
         return next((store for store in self.stores if store.name == name), None)
 
 
-def resolve_env(value: Any, environ: Mapping[str, str], path: str = "",
-                warnings: list[ReadableSecret] | None = None) -> Any:
+def resolve_env(
+    value: Any, environ: Mapping[str, str], path: str = "", warnings: list[ReadableSecret] | None = None
+) -> Any:
     """Replace every reference in every string of a parsed document: ``${NAME}`` by the environment variable
     (else, when only ``NAME_FILE`` is set, by that file), ``${file:/path}`` by the file, ``${credential:NAME}`` by
     ``$CREDENTIALS_DIRECTORY/NAME``. Anything missing or unreadable is a ConfigError naming the key path (and the
@@ -95,9 +104,13 @@ def resolve_env(value: Any, environ: Mapping[str, str], path: str = "",
                 return environ[name]
             if environ.get(f"{name}_FILE"):  # the Docker secrets convention (NAME itself wins when both are set)
                 return read_secret(path, environ[f"{name}_FILE"], f"{name}_FILE", environ, warnings)
-            raise ConfigError(path, f"environment variable {name} is not set",
-                              f"{name} set in the daemon's environment (systemd EnvironmentFile=, "
-                              f"docker --env-file) or {name}_FILE naming a file that holds it", f"{name}=<value>")
+            raise ConfigError(
+                path,
+                f"environment variable {name} is not set",
+                f"{name} set in the daemon's environment (systemd EnvironmentFile=, "
+                f"docker --env-file) or {name}_FILE naming a file that holds it",
+                f"{name}=<value>",
+            )
 
         if ENV_START in _ENV_REF.sub("", value):
             raise ConfigError(path, "malformed reference", _FORMS, "${SOFTSTORE_API_KEY}")
@@ -105,14 +118,19 @@ def resolve_env(value: Any, environ: Mapping[str, str], path: str = "",
     return value
 
 
-def parse_settings(document: Any, environ: Mapping[str, str] | None = None,
-                   warnings: list[ReadableSecret] | None = None) -> Settings:
+def parse_settings(
+    document: Any, environ: Mapping[str, str] | None = None, warnings: list[ReadableSecret] | None = None
+) -> Settings:
     """Validate an already-parsed document (a dict) into Settings; see :func:`resolve_env` for ``warnings``."""
     if document is None:
         document = {}
     if not isinstance(document, dict):
-        raise ConfigError("", "the configuration must be a mapping of keys", "top-level keys such as database, "
-                          "server and stores", "stores: [{name: main, marketplace: softstore, ...}]")
+        raise ConfigError(
+            "",
+            "the configuration must be a mapping of keys",
+            "top-level keys such as database, server and stores",
+            "stores: [{name: main, marketplace: softstore, ...}]",
+        )
     resolved = resolve_env(document, os.environ if environ is None else environ, warnings=warnings)
     try:
         return Settings.model_validate(resolved)
@@ -120,8 +138,9 @@ def parse_settings(document: Any, environ: Mapping[str, str] | None = None,
         raise config_error(exc.errors()[0], Settings, document=document) from None
 
 
-def load_settings(path: str | Path, environ: Mapping[str, str] | None = None,
-                  warnings: list[ReadableSecret] | None = None) -> Settings:
+def load_settings(
+    path: str | Path, environ: Mapping[str, str] | None = None, warnings: list[ReadableSecret] | None = None
+) -> Settings:
     """Read, resolve and validate a YAML configuration file; secret files other users may read are appended to
     ``warnings`` (for the caller to report once logging is set up)."""
     try:

@@ -42,11 +42,19 @@ class ProductSettings(Model):
     (stock sync leaves such products alone unless it is set); for a ``stock`` product it replaces the pool's count.
     """
 
-    generator: str = Field(examples=["pattern"], json_schema_extra=expected_extra(
-        "the name of a generator plugin (shipped: pattern, stock, signed, download, command, http)"))
+    generator: str = Field(
+        examples=["pattern"],
+        json_schema_extra=expected_extra(
+            "the name of a generator plugin (shipped: pattern, stock, signed, download, command, http)"
+        ),
+    )
     options: dict[str, Any] = Field(default_factory=dict)
-    template: str = Field(default="{keys_lines}", json_schema_extra=expected_extra(
-        "text with the fields {keys}, {keys_lines}, {order_id}, {product_id}, {quantity}, {download}, {text}"))
+    template: str = Field(
+        default="{keys_lines}",
+        json_schema_extra=expected_extra(
+            "text with the fields {keys}, {keys_lines}, {order_id}, {product_id}, {quantity}, {download}, {text}"
+        ),
+    )
     listed_count: int | None = Field(default=None, ge=0)
 
 
@@ -56,8 +64,12 @@ class SignatureSettings(Model):
     Each adapter documents its defaults; a field left unset keeps them.
     """
 
-    header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{1,64}$", examples=["X-Shoppy-Signature"],
-                               json_schema_extra=expected_extra("an HTTP header name: letters, digits and -"))
+    header: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        examples=["X-Shoppy-Signature"],
+        json_schema_extra=expected_extra("an HTTP header name: letters, digits and -"),
+    )
     algorithm: Literal["sha256", "sha512"] | None = None
     tolerance: float = Field(default=300.0, gt=0, le=86_400)
     """Seconds a timestamped signature may be old (or ahead of our clock)."""
@@ -71,10 +83,15 @@ class SmtpSettings(Model):
     security: Literal["starttls", "tls", "none"] = "starttls"
     username: str | None = Field(default=None, examples=["keys@example.com"])
     password: SecretStr | None = Field(default=None, examples=["${SMTP_PASSWORD}"])
-    sender: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", examples=["keys@example.com"],
-                        json_schema_extra=expected_extra("an email address"))
-    subject: str = Field(default="Your order {order_id}", json_schema_extra=expected_extra(
-        "text that may use {order_id} and {product_id}"))
+    sender: str = Field(
+        pattern=r"^[^@\s]+@[^@\s]+$",
+        examples=["keys@example.com"],
+        json_schema_extra=expected_extra("an email address"),
+    )
+    subject: str = Field(
+        default="Your order {order_id}",
+        json_schema_extra=expected_extra("text that may use {order_id} and {product_id}"),
+    )
     timeout: float = Field(default=30.0, gt=0)
     ca_file: str | None = None
     """A CA bundle to trust for the server's certificate (a private CA); the system's store when unset."""
@@ -83,8 +100,9 @@ class SmtpSettings(Model):
 class OutboundWebhookSettings(Model):
     """The seller's own system, for the ``webhook`` delivery channel (signed with Standard Webhooks headers)."""
 
-    url: str = Field(examples=["https://seller.example.com/hooks/delivery"],
-                     json_schema_extra=expected_extra(_HTTP_URL))
+    url: str = Field(
+        examples=["https://seller.example.com/hooks/delivery"], json_schema_extra=expected_extra(_HTTP_URL)
+    )
     secret: SecretStr = Field(examples=[WHSEC_EXAMPLE], json_schema_extra=expected_extra(WHSEC_FORM))
 
     @field_validator("url")
@@ -113,25 +131,40 @@ class StaffSettings(Model):
     """A staff account of the store's own shop API (Virtual Stores: ``POST /api/auth/login``), used to read orders
     and mark them fulfilled. Give it the Staff role only: nothing else is needed."""
 
-    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", examples=["delivery@example.com"],
-                       json_schema_extra=expected_extra("the staff account's email address"))
-    password: SecretStr = Field(examples=["${VIRTUAL_STORES_PASSWORD}"], json_schema_extra=expected_extra(
-        "the staff account's password, best given as ${ENV_VAR}"))
+    email: str = Field(
+        pattern=r"^[^@\s]+@[^@\s]+$",
+        examples=["delivery@example.com"],
+        json_schema_extra=expected_extra("the staff account's email address"),
+    )
+    password: SecretStr = Field(
+        examples=["${VIRTUAL_STORES_PASSWORD}"],
+        json_schema_extra=expected_extra("the staff account's password, best given as ${ENV_VAR}"),
+    )
 
 
 class StoreSettings(Model):
     """One marketplace account. ``name`` is its webhook path: ``POST /webhooks/{name}``."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", examples=["main"], json_schema_extra=expected_extra(
-        "letters, digits, _ . - (at most 64, starting with a letter or digit)"))
-    marketplace: str = Field(examples=["softstore"], json_schema_extra=expected_extra(
-        "a marketplace adapter: softstore, sellix, shoppy, stripe, virtual-stores or standard-webhooks"))
-    api_url: str | None = Field(default=None, examples=["https://api.softstore.app/api/v1"],
-                                json_schema_extra=expected_extra(_HTTP_URL))
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        examples=["main"],
+        json_schema_extra=expected_extra("letters, digits, _ . - (at most 64, starting with a letter or digit)"),
+    )
+    marketplace: str = Field(
+        examples=["softstore"],
+        json_schema_extra=expected_extra(
+            "a marketplace adapter: softstore, sellix, shoppy, stripe, virtual-stores or standard-webhooks"
+        ),
+    )
+    api_url: str | None = Field(
+        default=None, examples=["https://api.softstore.app/api/v1"], json_schema_extra=expected_extra(_HTTP_URL)
+    )
     api_key: SecretStr | None = Field(default=None, examples=["${SOFTSTORE_API_KEY}"])
-    webhook_secret: SecretStr | None = Field(default=None, examples=["${WEBHOOK_SECRET}"],
-                                             json_schema_extra=expected_extra(
-        "the marketplace's webhook signing secret, best given as ${ENV_VAR}"))
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        examples=["${WEBHOOK_SECRET}"],
+        json_schema_extra=expected_extra("the marketplace's webhook signing secret, best given as ${ENV_VAR}"),
+    )
     default: ProductSettings | None = None
     products: dict[str, ProductSettings] = Field(default_factory=dict)
     staff: StaffSettings | None = None

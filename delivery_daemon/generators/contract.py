@@ -47,9 +47,15 @@ class OrderContext:
 
     def to_dict(self) -> dict[str, Any]:
         """The order as JSON-ready data (without ``options``, which may hold the product's secrets)."""
-        return {"store": self.store, "marketplace": self.marketplace, "order_id": self.order_id,
-                "product_id": self.product_id, "quantity": self.quantity, "buyer_email": self.buyer_email,
-                "idempotency_key": self.idempotency_key}
+        return {
+            "store": self.store,
+            "marketplace": self.marketplace,
+            "order_id": self.order_id,
+            "product_id": self.product_id,
+            "quantity": self.quantity,
+            "buyer_email": self.buyer_email,
+            "idempotency_key": self.idempotency_key,
+        }
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,7 @@ class Generated:
     text: str | None = None
     download: str | None = None
 
-    def __init__(self, keys: tuple[str, ...] | list[str], text: str | None = None,
-                 download: str | None = None) -> None:
+    def __init__(self, keys: tuple[str, ...] | list[str], text: str | None = None, download: str | None = None) -> None:
         object.__setattr__(self, "keys", tuple(keys))
         object.__setattr__(self, "text", text)
         object.__setattr__(self, "download", download)
@@ -73,8 +78,11 @@ def parse_generated(data: object) -> Generated:
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError('expected a JSON object with a "keys" list')
     text, download = data.get("text"), data.get("download")
-    if not all(isinstance(key, str) for key in data["keys"]) or not isinstance(text, str | None) \
-            or not isinstance(download, str | None):
+    if (
+        not all(isinstance(key, str) for key in data["keys"])
+        or not isinstance(text, str | None)
+        or not isinstance(download, str | None)
+    ):
         raise ValueError("keys, text and download must be strings")
     return Generated(keys=data["keys"], text=text, download=download)
 
@@ -101,5 +109,15 @@ class GeneratorPlugin(Protocol):
     def __call__(self, options: Any) -> Generator: ...
 
 
-__all__ = ["Dead", "Generated", "Generator", "GeneratorPlugin", "NoOptions", "OrderContext", "OutOfStock",
-           "Resources", "Retry", "parse_generated"]
+__all__ = [
+    "Dead",
+    "Generated",
+    "Generator",
+    "GeneratorPlugin",
+    "NoOptions",
+    "OrderContext",
+    "OutOfStock",
+    "Resources",
+    "Retry",
+    "parse_generated",
+]

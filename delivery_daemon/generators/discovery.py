@@ -83,8 +83,9 @@ def _load_entry_point(ep: EntryPoint) -> PluginInfo:
     try:
         plugin = ep.load()
     except Exception as exc:  # a plugin's import error must not become a traceback
-        raise PluginError(f"generator plugin {ep.name!r} ({ep.value}) failed to load: "
-                          f"{type(exc).__name__}: {exc}") from None
+        raise PluginError(
+            f"generator plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
+        ) from None
     source, version = _entry_point_source(ep)
     check_plugin(plugin, ep.name, source)
     return PluginInfo(name=ep.name, source=source, version=version, plugin=plugin)
@@ -112,8 +113,12 @@ class Plugins(Mapping[str, PluginInfo]):
             return True
         self._pending.pop(name, None)
         self._loaded.pop(name, None)
-        self._broken[name] = BrokenPlugin(name, self._sources[name], version, f"generator plugin {name!r} is "
-                                          f"provided twice: by {self._sources[name]} and by {source}")
+        self._broken[name] = BrokenPlugin(
+            name,
+            self._sources[name],
+            version,
+            f"generator plugin {name!r} is provided twice: by {self._sources[name]} and by {source}",
+        )
         return False
 
     def add_entry_point(self, ep: EntryPoint) -> None:
@@ -190,14 +195,18 @@ def _from_directory(directory: Path, plugins: Plugins) -> None:
         version = str(getattr(module, "__version__", "-"))
         classes = getattr(module, "GENERATORS", None)
         if not isinstance(classes, list | tuple) or not classes:
-            unreadable.append(BrokenPlugin(path.stem, source, version,
-                                           f"plugin file {path} must define GENERATORS = [YourGenerator, ...]"))
+            unreadable.append(
+                BrokenPlugin(
+                    path.stem, source, version, f"plugin file {path} must define GENERATORS = [YourGenerator, ...]"
+                )
+            )
             continue
         for plugin in classes:
             name = getattr(plugin, "name", None)
             if not isinstance(name, str) or not name:
-                unreadable.append(BrokenPlugin(path.stem, source, version,
-                                               f"plugin file {path}: {plugin!r} has no name"))
+                unreadable.append(
+                    BrokenPlugin(path.stem, source, version, f"plugin file {path}: {plugin!r} has no name")
+                )
                 continue
             plugins.add_class(plugin, name, source, version)
     # After every readable file: a file name stands in for the unknown names only where no plugin has it.

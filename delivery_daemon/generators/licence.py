@@ -48,8 +48,9 @@ def generate_keypair(private_path: Path, public_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     try:
         fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -58,8 +59,9 @@ def generate_keypair(private_path: Path, public_path: Path) -> None:
         raise LicenseError(f"cannot create {private_path}: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
-    public_path.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    public_path.write_bytes(
+        private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
@@ -102,8 +104,13 @@ class LicensePayload:
     expires_at: int | None = None
 
     def to_json(self) -> bytes:
-        data: dict[str, Any] = {"p": self.product, "o": self.order, "i": self.index, "n": self.quantity,
-                                "iat": self.issued_at}
+        data: dict[str, Any] = {
+            "p": self.product,
+            "o": self.order,
+            "i": self.index,
+            "n": self.quantity,
+            "iat": self.issued_at,
+        }
         if self.expires_at is not None:
             data["exp"] = self.expires_at
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
@@ -125,13 +132,17 @@ def verify(key: str, public: Ed25519PublicKey, *, now: float) -> LicensePayload:
     try:
         public.verify(_b64decode(signature), signed.encode("ascii"))
     except (InvalidSignature, ValueError, UnicodeEncodeError):
-        raise LicenseError("invalid signature: the key was not issued with this public key, or was altered") \
-            from None
+        raise LicenseError("invalid signature: the key was not issued with this public key, or was altered") from None
     try:
         data = json.loads(_b64decode(signed.removeprefix(PREFIX)))
-        payload = LicensePayload(product=str(data["p"]), order=str(data["o"]), index=int(data["i"]),
-                                 quantity=int(data["n"]), issued_at=int(data["iat"]),
-                                 expires_at=int(data["exp"]) if data.get("exp") is not None else None)
+        payload = LicensePayload(
+            product=str(data["p"]),
+            order=str(data["o"]),
+            index=int(data["i"]),
+            quantity=int(data["n"]),
+            issued_at=int(data["iat"]),
+            expires_at=int(data["exp"]) if data.get("exp") is not None else None,
+        )
     except (ValueError, KeyError, TypeError):
         raise LicenseError("signed payload is not in the documented format") from None
     if payload.expires_at is not None and payload.expires_at <= now:
@@ -139,5 +150,13 @@ def verify(key: str, public: Ed25519PublicKey, *, now: float) -> LicensePayload:
     return payload
 
 
-__all__ = ["PREFIX", "LicenseError", "LicensePayload", "generate_keypair", "load_private_key", "load_public_key",
-           "sign", "verify"]
+__all__ = [
+    "PREFIX",
+    "LicenseError",
+    "LicensePayload",
+    "generate_keypair",
+    "load_private_key",
+    "load_public_key",
+    "sign",
+    "verify",
+]

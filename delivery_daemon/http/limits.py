@@ -36,8 +36,9 @@ class TokenBucket:
 class RateLimiter:
     """One bucket per store, created on first use."""
 
-    def __init__(self, default: RateLimitSettings | None, per_store: Mapping[str, RateLimitSettings],
-                 clock: Clock) -> None:
+    def __init__(
+        self, default: RateLimitSettings | None, per_store: Mapping[str, RateLimitSettings], clock: Clock
+    ) -> None:
         self.default = default
         self.per_store = dict(per_store)
         self.clock = clock

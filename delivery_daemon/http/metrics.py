@@ -68,27 +68,58 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, start time
-        build = Gauge("delivery_daemon_build_info", "Always 1; the running release in the version label.", ["version"],
-                      registry=r)
+        build = Gauge(
+            "delivery_daemon_build_info", "Always 1; the running release in the version label.", ["version"], registry=r
+        )
         build.labels(version=__version__).set(1)
-        self.webhooks = Counter("delivery_daemon_webhooks_received", "Webhooks received, by store and result "
-                                "(accepted, duplicate, ignored, rejected_<status>).", ["store", "result"], registry=r)
-        self.deliveries = Counter("delivery_daemon_deliveries", "Job outcomes: delivered, already (the marketplace "
-                                  "had it), retry, dead, out_of_stock, held, cancelled (a refund or dispute arrived "
-                                  "during the attempt, which did not deliver).", ["store", "outcome"], registry=r)
+        self.webhooks = Counter(
+            "delivery_daemon_webhooks_received",
+            "Webhooks received, by store and result (accepted, duplicate, ignored, rejected_<status>).",
+            ["store", "result"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "delivery_daemon_deliveries",
+            "Job outcomes: delivered, already (the marketplace "
+            "had it), retry, dead, out_of_stock, held, cancelled (a refund or dispute arrived "
+            "during the attempt, which did not deliver).",
+            ["store", "outcome"],
+            registry=r,
+        )
         self.jobs = Gauge("delivery_daemon_jobs", "Jobs in the database, by state.", ["state"], registry=r)
-        self.oldest = Gauge("delivery_daemon_oldest_pending_job_age_seconds", "Age of the oldest job not yet "
-                            "delivered, dead or cancelled (0 when there is none).", registry=r)
-        self.latency = Histogram("delivery_daemon_delivery_latency_seconds", "From the webhook's arrival to the "
-                                 "marketplace's 200 for the delivery.", ["store"], buckets=LATENCY_BUCKETS, registry=r)
-        self.stock = Gauge("delivery_daemon_stock_remaining", "Keys left, for generators that report stock.",
-                           ["store", "product"], registry=r)
-        self.flagged = Counter("delivery_daemon_orders_flagged", "Orders delivered and then refunded or disputed (or "
-                               "refunded during a delivery attempt that succeeded): a buyer who got their money back "
-                               "holds the keys. By store and kind (refunded, disputed).", ["store", "kind"],
-                               registry=r)
-        self.generator = Histogram("delivery_daemon_generator_duration_seconds", "Time a generator took for one "
-                                   "order.", ["generator"], buckets=GENERATOR_BUCKETS, registry=r)
+        self.oldest = Gauge(
+            "delivery_daemon_oldest_pending_job_age_seconds",
+            "Age of the oldest job not yet delivered, dead or cancelled (0 when there is none).",
+            registry=r,
+        )
+        self.latency = Histogram(
+            "delivery_daemon_delivery_latency_seconds",
+            "From the webhook's arrival to the marketplace's 200 for the delivery.",
+            ["store"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stock = Gauge(
+            "delivery_daemon_stock_remaining",
+            "Keys left, for generators that report stock.",
+            ["store", "product"],
+            registry=r,
+        )
+        self.flagged = Counter(
+            "delivery_daemon_orders_flagged",
+            "Orders delivered and then refunded or disputed (or "
+            "refunded during a delivery attempt that succeeded): a buyer who got their money back "
+            "holds the keys. By store and kind (refunded, disputed).",
+            ["store", "kind"],
+            registry=r,
+        )
+        self.generator = Histogram(
+            "delivery_daemon_generator_duration_seconds",
+            "Time a generator took for one order.",
+            ["generator"],
+            buckets=GENERATOR_BUCKETS,
+            registry=r,
+        )
 
     # -- events ----------------------------------------------------------------------------------------------
 
@@ -145,8 +176,11 @@ def _authorised(request: Request, daemon: MetricsParts) -> bool:
 async def metrics(request: Request) -> Response:
     daemon: MetricsParts = request.app.state.daemon
     if not _authorised(request, daemon):
-        return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
-                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        return JSONResponse(
+            {"error": "a valid bearer token is required"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     try:
         await daemon.metrics.refresh(daemon)
     except QueueError as exc:

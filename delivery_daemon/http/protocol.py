@@ -30,8 +30,10 @@ except ImportError:  # an install without httptools (a default dependency, but u
     HttpToolsProtocol = None  # type: ignore[assignment,misc]  # None without httptools; header_deadline_protocol checks
 
 _REASON = b'{"error":"request headers not received in time"}'
-TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                    b"content-length: " + str(len(_REASON)).encode() + b"\r\nconnection: close\r\n\r\n" + _REASON)
+TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"content-length: " + str(len(_REASON)).encode() + b"\r\nconnection: close\r\n\r\n" + _REASON
+)
 
 
 class HeaderDeadline:

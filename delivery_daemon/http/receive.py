@@ -114,11 +114,15 @@ async def webhook(request: Request) -> Response:
         if wait is not None:
             bound.warning("webhook.rate_limited", retry_after_s=round(wait, 3))
             daemon.metrics_webhook(name, "rejected_429")
-            return JSONResponse({"error": "too many webhooks for this store; retry later"}, status_code=429,
-                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            return JSONResponse(
+                {"error": "too many webhooks for this store; retry later"},
+                status_code=429,
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         try:
-            body = await read_capped(request, daemon.settings.server.max_body_bytes,
-                                     daemon.settings.server.body_timeout)
+            body = await read_capped(
+                request, daemon.settings.server.max_body_bytes, daemon.settings.server.body_timeout
+            )
         except BodyTooLarge:
             raise WebhookRejected(413, f"body larger than {daemon.settings.server.max_body_bytes} bytes") from None
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -158,8 +162,12 @@ async def webhook(request: Request) -> Response:
     return response
 
 
-async def _handle(daemon: ReceiverParts, store: Store, result: IncomingOrder | OrderEvent | FulfilNow,
-                  bound: structlog.typing.FilteringBoundLogger) -> Response:
+async def _handle(
+    daemon: ReceiverParts,
+    store: Store,
+    result: IncomingOrder | OrderEvent | FulfilNow,
+    bound: structlog.typing.FilteringBoundLogger,
+) -> Response:
     if isinstance(result, OrderEvent):
         return await _mark(daemon, result, bound)
     if isinstance(result, FulfilNow):
@@ -181,21 +189,28 @@ async def _handle(daemon: ReceiverParts, store: Store, result: IncomingOrder | O
     daemon.metrics_webhook(store.name, "accepted" if enqueued.created else "duplicate")
     body: dict[str, object] = {"status": "accepted", "order_id": order.order_id, "duplicate": not enqueued.created}
     if enqueued.created and order.held is not None:
-        bound.warning("order.held", order_id=order.order_id, job_id=enqueued.job_id, step="receive",
-                      reason=order.held)
+        bound.warning("order.held", order_id=order.order_id, job_id=enqueued.job_id, step="receive", reason=order.held)
         body["held"] = True
     return JSONResponse(body)
 
 
 async def _mark(daemon: ReceiverParts, event: OrderEvent, bound: structlog.typing.FilteringBoundLogger) -> Response:
     reason = f"{event.kind}" + (f": {event.detail}" if event.detail else "")
-    outcome = await daemon.queue.mark(MarkedOrder(
-        store=event.store, order_id=event.order_id, marketplace=event.marketplace, product_id=event.product_id,
-        kind=event.kind, reason=reason[:500]))
+    outcome = await daemon.queue.mark(
+        MarkedOrder(
+            store=event.store,
+            order_id=event.order_id,
+            marketplace=event.marketplace,
+            product_id=event.product_id,
+            kind=event.kind,
+            reason=reason[:500],
+        )
+    )
     flagged = outcome == "flagged"
     # A refund or dispute after delivery needs the seller's attention (the keys are out): a warning, not info.
-    (bound.warning if flagged else bound.info)(f"order.{event.kind}", order_id=event.order_id, outcome=outcome,
-                                                 flagged=flagged, detail=event.detail)
+    (bound.warning if flagged else bound.info)(
+        f"order.{event.kind}", order_id=event.order_id, outcome=outcome, flagged=flagged, detail=event.detail
+    )
     daemon.metrics_webhook(event.store, event.kind)
     if flagged:
         daemon.metrics.order_flagged(event.store, event.kind)

@@ -66,9 +66,9 @@ def _config(app: ASGIApp, **options: object) -> uvicorn.Config:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, **options: object) -> AsyncIterator[
-    RunningServer
-]:
+async def serve(
+    app: ASGIApp, host: str = "127.0.0.1", port: int = 0, **options: object
+) -> AsyncIterator[RunningServer]:
     """Serve ``app`` in the current event loop for the duration of the block."""
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
@@ -89,9 +89,7 @@ async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, **options:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, **options: object) -> Iterator[
-    RunningServer
-]:
+def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, **options: object) -> Iterator[RunningServer]:
     """Serve ``app`` from a background thread with its own event loop (for synchronous callers and tests)."""
     ready = threading.Event()
     stop: asyncio.Event | None = None

@@ -191,8 +191,14 @@ class PinnedOrigin(httpx.AsyncBaseTransport):
             raise BlockedDestination(f"refused to connect to {request.url.host}: not the store's API host")
         return await self.inner.handle_async_request(request)
 
-    async def send_read(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
-                        timeouts: Mapping[str, float | None]) -> httpx.Response:
+    async def send_read(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Mapping[str, float | None],
+    ) -> httpx.Response:
         """The inner transport's :func:`~delivery_daemon.net.transport.read_response` for a URL written as httpx would
         (see :meth:`ApiClient.call`) that starts with the origin's ``scheme://authority/``; any other URL goes
         through :meth:`handle_async_request`, which parses it and refuses it if it is not on the origin."""
@@ -214,17 +220,24 @@ class ApiClient(httpx.AsyncClient):
     The client's base URL, default headers and timeout apply as they do for :meth:`request`.
     """
 
-    def __init__(self, *, transport: httpx.AsyncBaseTransport, base_url: str, timeout: float,
-                 headers: Mapping[str, str]) -> None:
-        super().__init__(base_url=base_url, transport=transport, follow_redirects=False,
-                         timeout=httpx.Timeout(timeout), headers=dict(headers))
+    def __init__(
+        self, *, transport: httpx.AsyncBaseTransport, base_url: str, timeout: float, headers: Mapping[str, str]
+    ) -> None:
+        super().__init__(
+            base_url=base_url,
+            transport=transport,
+            follow_redirects=False,
+            timeout=httpx.Timeout(timeout),
+            headers=dict(headers),
+        )
         self._direct = transport
         self._prefix = str(self.base_url).rstrip("/")
         self._defaults = dict(headers)
         self._call_timeout = httpx.Timeout(timeout).as_dict()
 
-    async def call(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
-                   json: Any = None) -> httpx.Response:
+    async def call(
+        self, method: str, url: str, *, headers: Mapping[str, str] | None = None, json: Any = None
+    ) -> httpx.Response:
         """``method url`` (absolute, or a path under the base URL) with the body read; httpx's errors as for
         :meth:`request` (:class:`httpx.HTTPError`), and whatever the transport raises (e.g. BlockedDestination).
 
@@ -240,8 +253,7 @@ class ApiClient(httpx.AsyncClient):
             body = _encode_json(json)
             sent["Content-Type"] = "application/json"
         as_written = target.startswith(self._prefix) and bool(_AS_WRITTEN.fullmatch(target, len(self._prefix)))
-        return await read_response(self._direct, method, target, sent, body, self._call_timeout,
-                                   as_written=as_written)
+        return await read_response(self._direct, method, target, sent, body, self._call_timeout, as_written=as_written)
 
 
 _AS_WRITTEN = re.compile(r"(?!.*/\.)/[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
@@ -261,8 +273,10 @@ def create_client(context: AdapterContext, base_url: str = "") -> ApiClient:
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
     transport = context.transport or AiohttpTransport(limits)
     return ApiClient(
-        base_url=base_url, transport=PinnedOrigin(transport, base_url) if base_url else transport,
-        timeout=context.delivery.timeout, headers={"User-Agent": "delivery-daemon"},
+        base_url=base_url,
+        transport=PinnedOrigin(transport, base_url) if base_url else transport,
+        timeout=context.delivery.timeout,
+        headers={"User-Agent": "delivery-daemon"},
     )
 
 

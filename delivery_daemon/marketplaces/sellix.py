@@ -63,30 +63,39 @@ class SellixAdapter(SignedPayloadAdapter):
         self.budget = context.store.sync_budget
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
-        check_hex_hmac(self.secret.encode(), body, headers.get("x-sellix-signature"), "sha512",
-                       "X-Sellix-Signature")
+        check_hex_hmac(self.secret.encode(), body, headers.get("x-sellix-signature"), "sha512", "X-Sellix-Signature")
         message = load_object(body)
         event = headers.get("x-sellix-event") or message.get("event")
         data = message.get("data")
         if not isinstance(data, dict):
             raise WebhookRejected(422, "field data must be an object")
-        if event not in ("product:dynamic", "order:paid", "order:paid:product", "order:disputed",
-                         "order:disputed:product"):
+        if event not in (
+            "product:dynamic",
+            "order:paid",
+            "order:paid:product",
+            "order:disputed",
+            "order:disputed:product",
+        ):
             return None
         order_id = identifier(data.get("uniqid"), "data.uniqid")
         assert order_id is not None
         product_id = identifier(data.get("product_id"), "data.product_id", required=False)
         if event.startswith("order:disputed"):
-            return OrderEvent(self.store, self.marketplace, order_id, "disputed", product_id or "",
-                              detail=f"Sellix {event}")
+            return OrderEvent(
+                self.store, self.marketplace, order_id, "disputed", product_id or "", detail=f"Sellix {event}"
+            )
         if event != "product:dynamic" and str(data.get("product_type", "")).upper() in SELF_DELIVERED:
             return None
         buyer = email(data.get("customer_email"))
         order = IncomingOrder(
-            store=self.store, marketplace=self.marketplace, order_id=order_id,
-            product_id=product_id or DEFAULT_PRODUCT, buyer_email=buyer,
-            payload=order_payload(cart_quantity(data, product_id), buyer, str(data.get("status") or "PAID"),
-                                  event=event),
+            store=self.store,
+            marketplace=self.marketplace,
+            order_id=order_id,
+            product_id=product_id or DEFAULT_PRODUCT,
+            buyer_email=buyer,
+            payload=order_payload(
+                cart_quantity(data, product_id), buyer, str(data.get("status") or "PAID"), event=event
+            ),
         )
         if event == "product:dynamic":
             return FulfilNow(order, self.budget)

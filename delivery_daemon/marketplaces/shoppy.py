@@ -73,21 +73,40 @@ class ShoppyAdapter(SignedPayloadAdapter):
         data = mapping(message, "data")
         order = mapping(data, "order")
         product = optional_mapping(data, "product")
-        product_id = identifier(_first(order, "product_id") or _first(product, "id", "product_id"),
-                                "data.order.product_id", required=False) or DEFAULT_PRODUCT
+        product_id = (
+            identifier(
+                _first(order, "product_id") or _first(product, "id", "product_id"),
+                "data.order.product_id",
+                required=False,
+            )
+            or DEFAULT_PRODUCT
+        )
         order_id = identifier(_first(order, "id", "invoice_id", "order_id"), "data.order.id", required=False)
         derived = order_id is None
         if order_id is None:
             order_id = derived_order_id(order, product_id)
         if kind == "200":
-            return OrderEvent(self.store, self.marketplace, order_id, "disputed", product_id,
-                              detail="Shoppy webhook 200 (order disputed)")
+            return OrderEvent(
+                self.store,
+                self.marketplace,
+                order_id,
+                "disputed",
+                product_id,
+                detail="Shoppy webhook 200 (order disputed)",
+            )
         buyer = email(order.get("email"))
         return IncomingOrder(
-            store=self.store, marketplace=self.marketplace, order_id=order_id, product_id=product_id,
+            store=self.store,
+            marketplace=self.marketplace,
+            order_id=order_id,
+            product_id=product_id,
             buyer_email=buyer,
-            payload=order_payload(quantity(order.get("quantity", 1), "data.order.quantity"), buyer, "completed",
-                                  **({"derived_id": True} if derived else {})),
+            payload=order_payload(
+                quantity(order.get("quantity", 1), "data.order.quantity"),
+                buyer,
+                "completed",
+                **({"derived_id": True} if derived else {}),
+            ),
         )
 
 

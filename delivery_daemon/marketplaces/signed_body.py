@@ -73,8 +73,9 @@ def email(value: Any) -> str | None:
     return None
 
 
-def order_payload(count: int, buyer_email: str | None, status: str, *, paid: bool = True,
-                  **extra: Any) -> dict[str, Any]:
+def order_payload(
+    count: int, buyer_email: str | None, status: str, *, paid: bool = True, **extra: Any
+) -> dict[str, Any]:
     """The job payload :meth:`SignedPayloadAdapter.fetch_order` reads back."""
     return {"quantity": count, "buyer_email": buyer_email, "status": status, "paid": paid, **extra}
 
@@ -102,8 +103,12 @@ class SignedPayloadAdapter:
         except (ValueError, KeyError, TypeError):
             raise Dead("the stored webhook payload has no quantity") from None
         return MarketplaceOrder(
-            order_id=job.order_id, product_id=job.product_id, paid=bool(data.get("paid")),
-            status=str(data.get("status") or ""), quantity=count, buyer_email=data.get("buyer_email"),
+            order_id=job.order_id,
+            product_id=job.product_id,
+            paid=bool(data.get("paid")),
+            status=str(data.get("status") or ""),
+            quantity=count,
+            buyer_email=data.get("buyer_email"),
         )
 
     def sink(self) -> Sink | None:

@@ -49,12 +49,18 @@ def signature(api_key: str, order_id: str) -> str:
     inner = hashlib.sha1(api_key.encode()).hexdigest()  # noqa: S324  (the marketplace's scheme, not our choice)
     return hashlib.sha1((inner + order_id).encode()).hexdigest()  # noqa: S324 (the marketplace's scheme)
 
+
 def signed_test_webhook(api_key: str, api_url: str) -> dict[str, str]:
     """A webhook body signed as SoftStore signs it, for an order whose ``payment_status`` is not ``paid`` (the
     daemon verifies it, then ignores it); ``delivery_url`` is on the API origin, as the daemon requires."""
     order_id = f"delivery-daemon-test-{secrets.token_hex(4)}"
-    return {"id_order": order_id, "id_product": "delivery-daemon-test", "signature": signature(api_key, order_id),
-            "delivery_url": f"{api_url.rstrip('/')}/orders/delivery/test", "payment_status": "test"}
+    return {
+        "id_order": order_id,
+        "id_product": "delivery-daemon-test",
+        "signature": signature(api_key, order_id),
+        "delivery_url": f"{api_url.rstrip('/')}/orders/delivery/test",
+        "payment_status": "test",
+    }
 
 
 def _text_field(data: dict[str, Any], name: str, *, required: bool = True, max_len: int = 2048) -> str | None:
@@ -150,13 +156,20 @@ class SoftStoreAdapter:
             raise WebhookRejected(403, "invalid signature")
         assert product_id is not None and delivery_url is not None
         if not same_origin(delivery_url, self.api_url):
-            log.warning("security.delivery_url_refused", store=self.store, order_id=order_id,
-                        delivery_host=url_host(delivery_url))
+            log.warning(
+                "security.delivery_url_refused",
+                store=self.store,
+                order_id=order_id,
+                delivery_host=url_host(delivery_url),
+            )
             raise WebhookRejected(422, "delivery_url is not on the marketplace's host")
         if status is not None and status != "paid":
             return None
         return IncomingOrder(
-            store=self.store, marketplace="softstore", order_id=order_id, product_id=product_id,
+            store=self.store,
+            marketplace="softstore",
+            order_id=order_id,
+            product_id=product_id,
             payload={"delivery_url": delivery_url, "token": token},
         )
 
@@ -167,8 +180,7 @@ class SoftStoreAdapter:
         token = await self.tokens.get()
         for attempt in (1, 2):
             try:
-                response = await self._client.call(method, url, headers={"Authorization": f"Bearer {token}"},
-                                                   **kwargs)
+                response = await self._client.call(method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs)
             except httpx.HTTPError as exc:
                 raise transport_retry(exc) from None
             except BlockedDestination as exc:  # the client is pinned to api_url's origin: config must change
@@ -196,7 +208,11 @@ class SoftStoreAdapter:
             raise Retry("order info unreadable", http_status=200) from None
         email = data.get("email")
         return MarketplaceOrder(
-            order_id=job.order_id, product_id=product_id, paid=status == "paid", status=status, quantity=count,
+            order_id=job.order_id,
+            product_id=product_id,
+            paid=status == "paid",
+            status=status,
+            quantity=count,
             buyer_email=email if isinstance(email, str) else None,
         )
 

@@ -113,6 +113,7 @@ async def store_status(api: SellerApi, store: str) -> str:
     seller = await api.seller()
     api_url = seller.get("api_url") or "(not set)"
     where = "points at this daemon" if points_here(seller.get("api_url"), store) else "does NOT point at this daemon"
-    return (f"SoftStore seller {seller.get('name')!r}, moderation status {seller.get('status_moderation')}, "
-            f"api_url {api_url} ({where})")
-
+    return (
+        f"SoftStore seller {seller.get('name')!r}, moderation status {seller.get('status_moderation')}, "
+        f"api_url {api_url} ({where})"
+    )

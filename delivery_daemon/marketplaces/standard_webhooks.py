@@ -58,14 +58,23 @@ class StandardWebhooksAdapter(SignedPayloadAdapter):
         if kind == "order.paid":
             buyer = email(data.get("email"))
             return IncomingOrder(
-                store=self.store, marketplace=self.marketplace, order_id=order_id,
-                product_id=product_id or DEFAULT_PRODUCT, event_id=msg_id, buyer_email=buyer,
+                store=self.store,
+                marketplace=self.marketplace,
+                order_id=order_id,
+                product_id=product_id or DEFAULT_PRODUCT,
+                event_id=msg_id,
+                buyer_email=buyer,
                 payload=order_payload(quantity(data.get("quantity", 1), "data.quantity"), buyer, "paid"),
             )
         if kind in ("order.refunded", "order.disputed"):
-            return OrderEvent(self.store, self.marketplace, order_id,
-                              "refunded" if kind == "order.refunded" else "disputed", product_id or "",
-                              event_id=msg_id)
+            return OrderEvent(
+                self.store,
+                self.marketplace,
+                order_id,
+                "refunded" if kind == "order.refunded" else "disputed",
+                product_id or "",
+                event_id=msg_id,
+            )
         return None
 
 

@@ -60,20 +60,35 @@ class StripeStoreAdapter(SignedPayloadAdapter):
         if kind in PAID_EVENTS:
             return self._order(kind, obj, event_id)
         if kind in ("charge.refunded", "charge.dispute.created"):
-            order_id = identifier(obj.get("payment_intent") or obj.get("charge") or obj.get("id"),
-                                  "data.object.payment_intent")
+            order_id = identifier(
+                obj.get("payment_intent") or obj.get("charge") or obj.get("id"), "data.object.payment_intent"
+            )
             assert order_id is not None
             metadata = optional_mapping(obj, "metadata")
             product_id = identifier(metadata.get("product_id"), "metadata.product_id", required=False)
             if kind == "charge.refunded":
-                detail = (f"refunded {obj.get('amount_refunded')} of {obj.get('amount')} {obj.get('currency', '')}"
-                          .strip())
-                return OrderEvent(self.store, self.marketplace, order_id, "refunded", product_id or "",
-                                  detail=detail, event_id=event_id)
+                detail = (
+                    f"refunded {obj.get('amount_refunded')} of {obj.get('amount')} {obj.get('currency', '')}".strip()
+                )
+                return OrderEvent(
+                    self.store,
+                    self.marketplace,
+                    order_id,
+                    "refunded",
+                    product_id or "",
+                    detail=detail,
+                    event_id=event_id,
+                )
             reason = obj.get("reason")
-            return OrderEvent(self.store, self.marketplace, order_id, "disputed", product_id or "",
-                              detail=f"dispute reason: {reason}" if isinstance(reason, str) else None,
-                              event_id=event_id)
+            return OrderEvent(
+                self.store,
+                self.marketplace,
+                order_id,
+                "disputed",
+                product_id or "",
+                detail=f"dispute reason: {reason}" if isinstance(reason, str) else None,
+                event_id=event_id,
+            )
         return None
 
     def _order(self, kind: str, obj: dict[str, Any], event_id: str | None) -> IncomingOrder | None:
@@ -94,8 +109,12 @@ class StripeStoreAdapter(SignedPayloadAdapter):
         count = quantity(metadata.get("quantity", 1), "metadata.quantity")
         reference = identifier(metadata.get("order_id"), "metadata.order_id", required=False)
         return IncomingOrder(
-            store=self.store, marketplace=self.marketplace, order_id=order_id,
-            product_id=product_id or DEFAULT_PRODUCT, event_id=event_id, buyer_email=buyer,
+            store=self.store,
+            marketplace=self.marketplace,
+            order_id=order_id,
+            product_id=product_id or DEFAULT_PRODUCT,
+            event_id=event_id,
+            buyer_email=buyer,
             payload=order_payload(count, buyer, "succeeded", reference=reference, event=kind),
         )
 

@@ -45,8 +45,9 @@ CART = "cart"
 """The product id of every Virtual Stores job: what was bought is the shop order's items."""
 PAID = frozenset({"paid", "succeeded", "completed"})
 NOT_YET = frozenset({"pending", "unpaid", "processing", "awaiting_payment", "requires_payment"})
-ZERO_DECIMAL = frozenset({"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
-                          "xaf", "xof", "xpf"})
+ZERO_DECIMAL = frozenset(
+    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+)
 """Stripe's zero-decimal currencies: their amounts are whole units, not hundredths."""
 NOTE_DELAYS = (1.0, 5.0, 30.0)
 
@@ -81,13 +82,17 @@ class VirtualStoresAdapter(StripeStoreAdapter):
         if store.api_url is None:
             raise ConfigError(f"{context.path}.api_url", "required", *expect(StoreSettings, "api_url"))
         if store.staff is None:
-            raise ConfigError(f"{context.path}.staff", "required (the shop's staff login: email and password)",
-                              *expect(StoreSettings, "staff"))
+            raise ConfigError(
+                f"{context.path}.staff",
+                "required (the shop's staff login: email and password)",
+                *expect(StoreSettings, "staff"),
+            )
         self.api_url = store.api_url
         self.digital = frozenset(store.products)
         self._client = create_client(context, base_url=self.api_url)
-        self.session = StaffSession(self._client, store.staff.email, store.staff.password.get_secret_value(),
-                                    context.clock, self.store)
+        self.session = StaffSession(
+            self._client, store.staff.email, store.staff.password.get_secret_value(), context.clock, self.store
+        )
         self.api = ShopApi(self._client, self.session)
         self._notes: set[asyncio.Task[None]] = set()
 
@@ -100,8 +105,12 @@ class VirtualStoresAdapter(StripeStoreAdapter):
             obj = event["data"]["object"]
             metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
             full = obj.get("amount_refunded") == obj.get("amount")
-            self._schedule_note(result.order_id, metadata.get("order_id"), "refunded" if full else
-                                "partially_refunded", result.detail or "refunded")
+            self._schedule_note(
+                result.order_id,
+                metadata.get("order_id"),
+                "refunded" if full else "partially_refunded",
+                result.detail or "refunded",
+            )
         return result
 
     def _order(self, kind: str, obj: dict[str, Any], event_id: str | None) -> IncomingOrder | None:
@@ -113,9 +122,15 @@ class VirtualStoresAdapter(StripeStoreAdapter):
         payload["amount"] = amount if isinstance(amount, int) and not isinstance(amount, bool) else None
         currency = obj.get("currency")
         payload["currency"] = currency.lower() if isinstance(currency, str) else None
-        return IncomingOrder(store=order.store, marketplace=order.marketplace, order_id=order.order_id,
-                             product_id=CART, payload=payload, event_id=order.event_id,
-                             buyer_email=order.buyer_email)
+        return IncomingOrder(
+            store=order.store,
+            marketplace=order.marketplace,
+            order_id=order.order_id,
+            product_id=CART,
+            payload=payload,
+            event_id=order.event_id,
+            buyer_email=order.buyer_email,
+        )
 
     # -- verify ----------------------------------------------------------------------------------------------
 
@@ -123,8 +138,9 @@ class VirtualStoresAdapter(StripeStoreAdapter):
         reference = stored.get("reference")
         order = await (self.api.order(str(reference)) if reference else self.api.order_by_payment(job.order_id))
         if order is None:
-            raise Held(f"the shop has no order {reference}" if reference else
-                       f"the shop has no order paid with {job.order_id}")
+            raise Held(
+                f"the shop has no order {reference}" if reference else f"the shop has no order paid with {job.order_id}"
+            )
         return order
 
     async def fetch_order(self, job: Job) -> MarketplaceOrder:
@@ -142,12 +158,16 @@ class VirtualStoresAdapter(StripeStoreAdapter):
             raise Dead(f"shop order {shop_id} payment status is {status or 'missing'}")
         currency = str(order.get("currency") or "").lower()
         if stored.get("currency") is not None and currency != stored["currency"]:
-            raise Held(f"currency mismatch: Stripe charged {stored['currency']}, shop order {shop_id} is in "
-                       f"{currency or 'no currency'}")
+            raise Held(
+                f"currency mismatch: Stripe charged {stored['currency']}, shop order {shop_id} is in "
+                f"{currency or 'no currency'}"
+            )
         total = minor_units(order.get("total", order.get("total_amount")), currency)
         if stored.get("amount") is not None and total != stored["amount"]:
-            raise Held(f"amount mismatch: Stripe charged {stored['amount']}, shop order {shop_id} totals {total} "
-                       f"(in {currency} minor units)")
+            raise Held(
+                f"amount mismatch: Stripe charged {stored['amount']}, shop order {shop_id} totals {total} "
+                f"(in {currency} minor units)"
+            )
         items = self.items(order)
         if not items:
             raise Dead(f"shop order {shop_id} has no digital product configured for this store")
@@ -156,15 +176,20 @@ class VirtualStoresAdapter(StripeStoreAdapter):
             customer = order.get("customer")
             buyer = customer.get("email") if isinstance(customer, dict) else None
         return MarketplaceOrder(
-            order_id=job.order_id, product_id=job.product_id, paid=True, status=status,
+            order_id=job.order_id,
+            product_id=job.product_id,
+            paid=True,
+            status=status,
             quantity=sum(item.quantity for item in items),
-            buyer_email=buyer if isinstance(buyer, str) else stored.get("buyer_email"), items=items,
+            buyer_email=buyer if isinstance(buyer, str) else stored.get("buyer_email"),
+            items=items,
         )
 
     def items(self, order: dict[str, Any]) -> tuple[OrderItem, ...]:
         """The order's lines that are configured products, one per product (lines of one product added up)."""
-        lines: list[Any] = next((order[k] for k in ("items", "order_items", "line_items")
-                                 if isinstance(order.get(k), list)), [])
+        lines: list[Any] = next(
+            (order[k] for k in ("items", "order_items", "line_items") if isinstance(order.get(k), list)), []
+        )
         counts: dict[str, int] = {}
         for line in lines:
             if not isinstance(line, dict):
@@ -209,8 +234,9 @@ class VirtualStoresAdapter(StripeStoreAdapter):
         note = f"delivery-daemon: {detail}; undelivered keys are cancelled, delivered ones are flagged"
         for delay in (*NOTE_DELAYS, None):
             try:
-                shop_id = str(reference) if reference else str((await self.api.order_by_payment(payment) or {})
-                                                               .get("id", ""))
+                shop_id = (
+                    str(reference) if reference else str((await self.api.order_by_payment(payment) or {}).get("id", ""))
+                )
                 if not shop_id:
                     raise Dead("no shop order for the payment")
                 await self.api.note_status(shop_id, status, note)
@@ -218,8 +244,7 @@ class VirtualStoresAdapter(StripeStoreAdapter):
                 return
             except Exception as exc:  # logged; the refund itself is stored already
                 if delay is None or isinstance(exc, Dead):
-                    log.warning("shop.refund_note_failed", store=self.store, order_id=payment,
-                                error=str(exc)[:300])
+                    log.warning("shop.refund_note_failed", store=self.store, order_id=payment, error=str(exc)[:300])
                     return
                 await asyncio.sleep(delay)
 

@@ -94,8 +94,7 @@ class StaffSession:
                 refreshed = await self._exchange("/api/auth/refresh", None, bearer=self._refresh or self._access)
                 if refreshed:
                     self.refreshes += 1
-                    log.info("marketplace.token_refreshed", store=self._store,
-                             reason="401" if stale else "expiring")
+                    log.info("marketplace.token_refreshed", store=self._store, reason="401" if stale else "expiring")
                     assert self._access is not None
                     return self._access
             if not await self._exchange("/api/auth/login", {"email": self._email, "password": self._password}):
@@ -149,8 +148,7 @@ class ShopApi:
         token = await self.session.token()
         for attempt in (1, 2):
             try:
-                response = await self.client.call(method, path, headers={"Authorization": f"Bearer {token}"},
-                                                  json=body)
+                response = await self.client.call(method, path, headers={"Authorization": f"Bearer {token}"}, json=body)
             except httpx.HTTPError as exc:
                 raise transport_retry(exc) from None
             except BlockedDestination as exc:  # pinned to api_url's origin: the config must change
@@ -163,10 +161,14 @@ class ShopApi:
     @staticmethod
     def failed(response: httpx.Response, what: str) -> Retry:
         """A non-2xx answer as a Retry (with the shop's ``Retry-After`` when it sent one)."""
-        after = parse_retry_after(response.headers.get("retry-after"), 0.0) if response.status_code in (
-            429, 503) else None
-        return Retry(f"{what} answered {response.status_code}: {message_of(response)}"[:300], after=after,
-                     http_status=response.status_code)
+        after = (
+            parse_retry_after(response.headers.get("retry-after"), 0.0) if response.status_code in (429, 503) else None
+        )
+        return Retry(
+            f"{what} answered {response.status_code}: {message_of(response)}"[:300],
+            after=after,
+            http_status=response.status_code,
+        )
 
     async def order(self, order_id: str) -> dict[str, Any] | None:
         """The order, or None when the shop has none by that id (404)."""
@@ -186,9 +188,18 @@ class ShopApi:
         if response.status_code != 200:
             raise self.failed(response, "order search")
         data = _body(response)
-        rows = data if isinstance(data, list) else next(
-            (data[k] for k in ("items", "orders", "results", "data") if isinstance(data, dict)
-             and isinstance(data.get(k), list)), [])
+        rows = (
+            data
+            if isinstance(data, list)
+            else next(
+                (
+                    data[k]
+                    for k in ("items", "orders", "results", "data")
+                    if isinstance(data, dict) and isinstance(data.get(k), list)
+                ),
+                [],
+            )
+        )
         for row in rows:
             if isinstance(row, dict) and payment_intent_of(row) == payment_intent:
                 return row
@@ -203,8 +214,9 @@ class ShopApi:
         if response.status_code in (200, 201, 204, 409):
             return response.status_code
         if response.status_code in (400, 404, 422):
-            raise Dead(f"fulfil refused {response.status_code}: {message_of(response)}"[:300],
-                       http_status=response.status_code)
+            raise Dead(
+                f"fulfil refused {response.status_code}: {message_of(response)}"[:300], http_status=response.status_code
+            )
         raise self.failed(response, "fulfil")
 
     async def note_status(self, order_id: str, status: str, note: str) -> None:

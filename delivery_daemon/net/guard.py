@@ -42,19 +42,24 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 """``(host, port) -> addresses``: the system's DNS (:func:`resolve`) unless a test hands in its own."""
 
-METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254",  # AWS, GCP, Azure, DigitalOcean, OpenStack
-    "169.254.170.2",  # AWS ECS task metadata
-    "fd00:ec2::254",  # AWS IPv6
-    "100.100.100.200",  # Alibaba Cloud
-    "192.0.0.192",  # Oracle Cloud
-))
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, DigitalOcean, OpenStack
+        "169.254.170.2",  # AWS ECS task metadata
+        "fd00:ec2::254",  # AWS IPv6
+        "100.100.100.200",  # Alibaba Cloud
+        "192.0.0.192",  # Oracle Cloud
+    )
+)
 """Cloud metadata endpoints: refused even when private networks are allowed, unless listed explicitly."""
 
 
 LAN_DOCS = "docs/marketplaces.md#lan-receivers"
-OFF_BY_DEFAULT = ("off by default so that a URL or DNS name in the configuration cannot reach the daemon's own host or "
-                  "network unless you list it")
+OFF_BY_DEFAULT = (
+    "off by default so that a URL or DNS name in the configuration cannot reach the daemon's own host or "
+    "network unless you list it"
+)
 """Why refused addresses are refused unless listed (an SSRF guard); said in every refusal, with :data:`LAN_DOCS`."""
 
 
@@ -87,7 +92,8 @@ def refused(host: str, address: IPAddress, reason: str) -> BlockedDestination:
     what = f"refused to connect to {host}: it resolves to a {reason} address ({address})"
     blocked = BlockedDestination(
         f"{what}; to deliver to a receiver on your own network, list it in security.allowed_networks "
-        f"(e.g. {suggested_network(address)}): it is {OFF_BY_DEFAULT}{metadata_note(address)} ({LAN_DOCS})")
+        f"(e.g. {suggested_network(address)}): it is {OFF_BY_DEFAULT}{metadata_note(address)} ({LAN_DOCS})"
+    )
     blocked.address = address
     blocked.what = what
     return blocked
@@ -125,8 +131,9 @@ class NetPolicy:
     @classmethod
     def from_settings(cls, settings: SecuritySettings) -> NetPolicy:
         """From ``security.allow_private_networks`` and ``security.allowed_networks``."""
-        return cls(allow_private=settings.allow_private_networks,
-                   allowed_networks=parse_networks(settings.allowed_networks))
+        return cls(
+            allow_private=settings.allow_private_networks, allowed_networks=parse_networks(settings.allowed_networks)
+        )
 
     def refusal(self, address: IPAddress) -> str | None:
         """None if ``address`` may be contacted, else the reason it may not."""
@@ -193,22 +200,32 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self.policy = policy
         self.inner = inner or httpcore.AnyIOBackend()
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109 (httpcore's backend API)
-                          local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's backend API)
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         addresses = await checked_addresses(host, port, self.policy)
         error: Exception | None = None
         for address in addresses:
             try:  # the checked address itself, so the name cannot be re-resolved elsewhere; TLS still uses `host`
-                return await self.inner.connect_tcp(str(address), port, timeout=timeout, local_address=local_address,
-                                                    socket_options=socket_options)
+                return await self.inner.connect_tcp(
+                    str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         assert error is not None
         raise error
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109 (httpcore's backend API)
-                                  socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's backend API)
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         raise BlockedDestination("unix sockets are not allowed for configured URLs")
 
     async def sleep(self, seconds: float) -> None:
@@ -241,25 +258,50 @@ def guarded_transport(policy: NetPolicy, *, limits: httpx.Limits | None = None) 
     transport = httpx.AsyncHTTPTransport(limits=limits)
     # httpx does not take a network backend; the pool is rebuilt with the same settings and ours (pinned httpx<1).
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
         network_backend=GuardedBackend(policy),
     )
     return transport
 
 
-def guarded_client(policy: NetPolicy, *, timeout: float = 10.0, headers: dict[str, str] | None = None,
-                   limits: httpx.Limits | None = None,
-                   transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+def guarded_client(
+    policy: NetPolicy,
+    *,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+    limits: httpx.Limits | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
     """An AsyncClient for configured URLs: guarded connections, redirects never followed. An injected
     ``transport`` (tests) is wrapped in :class:`GuardedTransport`, so the policy applies to it as well."""
     guarded = guarded_transport(policy, limits=limits) if transport is None else GuardedTransport(transport, policy)
-    return httpx.AsyncClient(transport=guarded, follow_redirects=False,
-                             timeout=httpx.Timeout(timeout),
-                             headers={"User-Agent": "delivery-daemon", **(headers or {})})
+    return httpx.AsyncClient(
+        transport=guarded,
+        follow_redirects=False,
+        timeout=httpx.Timeout(timeout),
+        headers={"User-Agent": "delivery-daemon", **(headers or {})},
+    )
 
 
-__all__: Sequence[str] = ["LAN_DOCS", "METADATA_ADDRESSES", "OFF_BY_DEFAULT", "BlockedDestination", "GuardedBackend",
-                          "GuardedTransport", "NetPolicy", "Resolver", "check_url", "checked_addresses", "classify",
-                          "guarded_client", "guarded_transport", "metadata_note", "parse_networks", "refused",
-                          "suggested_network"]
+__all__: Sequence[str] = [
+    "LAN_DOCS",
+    "METADATA_ADDRESSES",
+    "OFF_BY_DEFAULT",
+    "BlockedDestination",
+    "GuardedBackend",
+    "GuardedTransport",
+    "NetPolicy",
+    "Resolver",
+    "check_url",
+    "checked_addresses",
+    "classify",
+    "guarded_client",
+    "guarded_transport",
+    "metadata_note",
+    "parse_networks",
+    "refused",
+    "suggested_network",
+]

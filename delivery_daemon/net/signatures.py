@@ -24,19 +24,20 @@ from delivery_daemon.errors import WebhookRejected
 Algorithm = Literal["sha256", "sha512"]
 
 
-
 def _same(expected: str, sent: str) -> bool:
     """Constant-time comparison as bytes: compare_digest raises TypeError on non-ASCII str (a forged header
     would otherwise be answered 500)."""
     return hmac.compare_digest(expected.encode(), sent.encode())
+
 
 def hex_hmac(secret: bytes, body: bytes, algorithm: Algorithm = "sha512") -> str:
     """The lowercase hex HMAC of ``body``."""
     return hmac.new(secret, body, getattr(hashlib, algorithm)).hexdigest()
 
 
-def check_hex_hmac(secret: bytes, body: bytes, sent: str | None, algorithm: Algorithm = "sha512",
-                   header: str = "signature") -> None:
+def check_hex_hmac(
+    secret: bytes, body: bytes, sent: str | None, algorithm: Algorithm = "sha512", header: str = "signature"
+) -> None:
     """Raise WebhookRejected unless ``sent`` is the hex HMAC of ``body``."""
     if not sent:
         raise WebhookRejected(403, f"missing {header} header")
@@ -98,12 +99,14 @@ def standard_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> 
 
 def standard_headers(key: bytes, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """The three Standard Webhooks headers for ``body``."""
-    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": standard_signature(key, msg_id, timestamp, body)}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": standard_signature(key, msg_id, timestamp, body),
+    }
 
 
-def verify_standard(headers: Mapping[str, str], body: bytes, keys: list[bytes], now: float,
-                    tolerance: float) -> str:
+def verify_standard(headers: Mapping[str, str], body: bytes, keys: list[bytes], now: float, tolerance: float) -> str:
     """Check Standard Webhooks headers against any of ``keys``; returns the ``webhook-id``.
 
     ``webhook-signature`` may hold several space-separated signatures (key rotation); one valid ``v1`` suffices.

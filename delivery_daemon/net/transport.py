@@ -55,8 +55,9 @@ def translate(request: httpx.Request | None) -> Iterator[None]:
     except (aiohttp.ServerTimeoutError, TimeoutError):
         raise httpx.ReadTimeout("timed out waiting for the answer", request=request) from None
     except aiohttp.ClientConnectorError as exc:  # DNS failure, refused, unreachable
-        raise httpx.ConnectError(f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}",
-                                 request=request) from None
+        raise httpx.ConnectError(
+            f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}", request=request
+        ) from None
     except aiohttp.ServerDisconnectedError:
         raise httpx.RemoteProtocolError("server disconnected without a complete answer", request=request) from None
     except aiohttp.ClientResponseError as exc:  # an answer that is not HTTP/1.1
@@ -96,15 +97,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         import aiohttp
 
         connector = aiohttp.TCPConnector(
-            limit=self.limits.max_connections or 0, ssl=httpx.create_ssl_context(),
+            limit=self.limits.max_connections or 0,
+            ssl=httpx.create_ssl_context(),
             keepalive_timeout=self.limits.keepalive_expiry if self.limits.keepalive_expiry is not None else 5.0,
         )
         # Cookies are not kept: an adapter's calls are independent (httpx's client has its own jar if wanted).
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-                                     auto_decompress=False)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
 
-    async def _request(self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes | None,
-                       timeouts: Mapping[str, float | None]) -> aiohttp.ClientResponse:
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | None,
+        timeouts: Mapping[str, float | None],
+    ) -> aiohttp.ClientResponse:
         """Send; ``url`` is absolute and percent-encoded already (sent as it is), ``timeouts`` as httpx's."""
         import aiohttp
         import yarl
@@ -112,23 +119,44 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is None:
             self._session = self._open()
         return await self._session.request(
-            method, yarl.URL(url, encoded=True), headers=list(headers), data=body or None, allow_redirects=False,
-            compress=False, skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.get("pool"),
-                                          sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")),
+            method,
+            yarl.URL(url, encoded=True),
+            headers=list(headers),
+            data=body or None,
+            allow_redirects=False,
+            compress=False,
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=timeouts.get("pool"),
+                sock_connect=timeouts.get("connect"),
+                sock_read=timeouts.get("read"),
+            ),
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout: dict[str, Any] = request.extensions.get("timeout", {})
         body = await request.aread()  # the bytes httpx built (JSON, form); read already for all but streams
         with translate(request):
-            response = await self._request(request.method, str(request.url), request.headers.multi_items(), body,
-                                           timeout)
-        return httpx.Response(response.status, headers=list(response.raw_headers),
-                              stream=_Body(response, request), request=request, extensions=_extensions(response))
+            response = await self._request(
+                request.method, str(request.url), request.headers.multi_items(), body, timeout
+            )
+        return httpx.Response(
+            response.status,
+            headers=list(response.raw_headers),
+            stream=_Body(response, request),
+            request=request,
+            extensions=_extensions(response),
+        )
 
-    async def send_read(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
-                        timeouts: Mapping[str, float | None]) -> httpx.Response:
+    async def send_read(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Mapping[str, float | None],
+    ) -> httpx.Response:
         """What :meth:`handle_async_request` answers for the ``httpx.Request`` these would make, body read, without
         making one (~100 µs of CPU less per request: docs/performance.md, item 29).
 
@@ -143,8 +171,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             finally:
                 response.release()
         # stream=, not content=: httpx then adds no Content-Length of its own. read() decodes it as for a stream.
-        answer = httpx.Response(response.status, headers=list(response.raw_headers), stream=httpx.ByteStream(content),
-                                extensions=_extensions(response))
+        answer = httpx.Response(
+            response.status,
+            headers=list(response.raw_headers),
+            stream=httpx.ByteStream(content),
+            extensions=_extensions(response),
+        )
         answer.read()
         return answer
 
@@ -164,16 +196,29 @@ def _extensions(response: aiohttp.ClientResponse) -> dict[str, Any]:
 class ReadingTransport(Protocol):
     """A transport that can send a request given as plain values, body read (see :meth:`AiohttpTransport.send_read`)."""
 
-    async def send_read(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
-                        timeouts: Mapping[str, float | None]) -> httpx.Response: ...
+    async def send_read(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Mapping[str, float | None],
+    ) -> httpx.Response: ...
 
 
-async def read_built(transport: httpx.AsyncBaseTransport, method: str, url: str, headers: Mapping[str, str],
-                     body: bytes | None, timeouts: Mapping[str, float | None]) -> httpx.Response:
+async def read_built(
+    transport: httpx.AsyncBaseTransport,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    timeouts: Mapping[str, float | None],
+) -> httpx.Response:
     """``method url`` as an ``httpx.Request`` through ``transport``, the answer's body read and the stream closed.
     The response's ``request`` is whatever the transport set (callers of :func:`read_response` must not use it)."""
-    request = httpx.Request(method, url, headers=headers, content=body,
-                            extensions={"timeout": dict(timeouts)})  # a dict of its own: transports may add to it
+    request = httpx.Request(
+        method, url, headers=headers, content=body, extensions={"timeout": dict(timeouts)}
+    )  # a dict of its own: transports may add to it
     response = await transport.handle_async_request(request)
     try:
         await response.aread()
@@ -182,9 +227,16 @@ async def read_built(transport: httpx.AsyncBaseTransport, method: str, url: str,
     return response
 
 
-async def read_response(transport: httpx.AsyncBaseTransport, method: str, url: str, headers: Mapping[str, str],
-                        body: bytes | None, timeouts: Mapping[str, float | None], *,
-                        as_written: bool) -> httpx.Response:
+async def read_response(
+    transport: httpx.AsyncBaseTransport,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    timeouts: Mapping[str, float | None],
+    *,
+    as_written: bool,
+) -> httpx.Response:
     """``method url`` through ``transport``, the answer's body read: by the transport's own ``send_read`` when it
     has one and ``as_written`` (the caller knows ``url`` is already what httpx would make of it), else through an
     ``httpx.Request`` (:func:`read_built`). Both send the same bytes and answer alike."""

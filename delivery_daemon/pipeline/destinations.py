@@ -55,9 +55,14 @@ async def check_destinations(stores: Mapping[str, Store], policy: NetPolicy) -> 
     for (path, _url), outcome in zip(named, outcomes, strict=True):
         if isinstance(outcome, BlockedDestination):
             network = suggested_network(outcome.address) if outcome.address else "192.0.2.0/24"
-            raise ConfigError(path, outcome.what or str(outcome), "a public address, or one listed in "
-                              f"security.allowed_networks ({OFF_BY_DEFAULT}{metadata_note(outcome.address)}; "
-                              f"{LAN_DOCS})", f"security: {{allowed_networks: [{network}]}}") from None
+            raise ConfigError(
+                path,
+                outcome.what or str(outcome),
+                "a public address, or one listed in "
+                f"security.allowed_networks ({OFF_BY_DEFAULT}{metadata_note(outcome.address)}; "
+                f"{LAN_DOCS})",
+                f"security: {{allowed_networks: [{network}]}}",
+            ) from None
         if isinstance(outcome, httpcore.ConnectError | OSError):
             warnings.append(f"{path}: not checked now ({outcome})")
         elif isinstance(outcome, BaseException):

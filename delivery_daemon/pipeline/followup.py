@@ -32,8 +32,15 @@ STEP = "fulfil"
 class FollowUps:
     """Runs and retries the after-delivery step of the stores whose adapter has one."""
 
-    def __init__(self, queue: JobQueue, stores: Callable[[], Mapping[str, Store]], backoff: Backoff, clock: Clock,
-                 *, grace: float = 60.0) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        stores: Callable[[], Mapping[str, Store]],
+        backoff: Backoff,
+        clock: Clock,
+        *,
+        grace: float = 60.0,
+    ) -> None:
         self.queue = queue
         self._stores = stores
         self.backoff = backoff
@@ -42,8 +49,7 @@ class FollowUps:
         """Seconds after a delivery during which its first try is the worker's, not the sweep's."""
 
     def _stores_with_step(self) -> dict[str, Store]:
-        return {name: store for name, store in self._stores().items()
-                if isinstance(store.marketplace, AfterDelivery)}
+        return {name: store for name, store in self._stores().items() if isinstance(store.marketplace, AfterDelivery)}
 
     async def run(self, store: Store, job: Job, tries: int = 0) -> None:
         """Run the step for a delivered ``job`` and record its outcome (``tries`` earlier ones). Never raises."""
@@ -65,20 +71,24 @@ class FollowUps:
             if delay is None:
                 change = self._dead(f"gave up after {tries + 1} tries: {reason}", status, started, bound)
             else:
-                change = Transition(JobState.DELIVERED, STEP, "retry", http_status=status, error=reason,
-                                    duration_ms=self._ms(started))
-                bound.warning("after_delivery.retry_scheduled", reason=reason, http_status=status,
-                              retry_in_s=round(delay, 3))
+                change = Transition(
+                    JobState.DELIVERED, STEP, "retry", http_status=status, error=reason, duration_ms=self._ms(started)
+                )
+                bound.warning(
+                    "after_delivery.retry_scheduled", reason=reason, http_status=status, retry_in_s=round(delay, 3)
+                )
         try:
             await self.queue.note(job, change)
         except QueueError as exc:  # not recorded: the sweep finds the step unfinished and runs it again
             bound.error("worker.storage_error", step=STEP, error=str(exc))
 
-    def _dead(self, reason: str, http_status: int | None, started: float,
-              bound: structlog.typing.FilteringBoundLogger) -> Transition:
+    def _dead(
+        self, reason: str, http_status: int | None, started: float, bound: structlog.typing.FilteringBoundLogger
+    ) -> Transition:
         bound.error("after_delivery.dead", reason=reason, http_status=http_status)
-        return Transition(JobState.DELIVERED, STEP, "dead", http_status=http_status, error=reason,
-                          duration_ms=self._ms(started))
+        return Transition(
+            JobState.DELIVERED, STEP, "dead", http_status=http_status, error=reason, duration_ms=self._ms(started)
+        )
 
     def _ms(self, started: float) -> float:
         return (self.clock.monotonic() - started) * 1000

@@ -49,8 +49,9 @@ def _stored_keys(job: Job | None) -> tuple[str, ...] | None:
     return Content.from_json(job.content).keys
 
 
-async def fulfil_now(queue: JobQueue, store: Store, request: FulfilNow, *,
-                     slots: asyncio.Semaphore | None = None) -> Fulfilment:
+async def fulfil_now(
+    queue: JobQueue, store: Store, request: FulfilNow, *, slots: asyncio.Semaphore | None = None
+) -> Fulfilment:
     """Produce (or repeat) the keys for ``request.order`` within ``request.budget`` seconds.
 
     ``slots`` bounds the generator calls made this way at once (a flood of synchronous requests must not start
@@ -59,8 +60,7 @@ async def fulfil_now(queue: JobQueue, store: Store, request: FulfilNow, *,
     bound = log.bind(store=order.store, order_id=order.order_id, product_id=order.product_id)
     owner = f"receiver:{os.getpid()}"
     # Committed already leased: a worker woken by a queued job would deliver it through the channel as well.
-    job = await queue.enqueue_leased(order, owner, lease_seconds=max(60.0, request.budget * 4),
-                                     from_states=CLAIMABLE)
+    job = await queue.enqueue_leased(order, owner, lease_seconds=max(60.0, request.budget * 4), from_states=CLAIMABLE)
     if job is None:
         current = await queue.find(order.store, order.order_id)
         keys = _stored_keys(current)
@@ -95,9 +95,17 @@ async def fulfil_now(queue: JobQueue, store: Store, request: FulfilNow, *,
     except (DeliveryDaemonError, Exception) as exc:  # a broken plugin must not turn into a 500 without a record
         return await _failed(queue, job, owner, step, f"{type(exc).__name__}: {exc}"[:500], bound)
     try:
-        settled = await queue.transition(job, owner, Transition(
-            JobState.DELIVERED, "deliver", "answered", count_attempt=True,
-            duration_ms=(queue.clock.monotonic() - started) * 1000))
+        settled = await queue.transition(
+            job,
+            owner,
+            Transition(
+                JobState.DELIVERED,
+                "deliver",
+                "answered",
+                count_attempt=True,
+                duration_ms=(queue.clock.monotonic() - started) * 1000,
+            ),
+        )
         if settled is not None:  # refunded after the keys were stored: they are answered, so flagged
             bound.warning(f"order.{settled.kind}", outcome="flagged", flagged=True)
     except LeaseLost as exc:  # the keys are stored; answering them is still right
@@ -106,8 +114,9 @@ async def fulfil_now(queue: JobQueue, store: Store, request: FulfilNow, *,
     return Fulfilment(200, content.keys)
 
 
-async def _failed(queue: JobQueue, job: Job, owner: str, step: str, reason: str,
-                  bound: structlog.typing.FilteringBoundLogger) -> Fulfilment:
+async def _failed(
+    queue: JobQueue, job: Job, owner: str, step: str, reason: str, bound: structlog.typing.FilteringBoundLogger
+) -> Fulfilment:
     bound.error("fulfil.failed", step=step, reason=reason)
     try:
         await queue.transition(job, owner, Transition(JobState.DEAD, step, "dead", error=reason, count_attempt=True))

@@ -35,8 +35,9 @@ def check_result(result: object, quantity: int) -> Generated:
     return result
 
 
-async def call_generator(generator: Generator, context: OrderContext, *, budget: float, name: str,
-                         threads: HungThreads | None = None) -> Generated:
+async def call_generator(
+    generator: Generator, context: OrderContext, *, budget: float, name: str, threads: HungThreads | None = None
+) -> Generated:
     """Run ``generator.generate`` (sync ones in a thread) within ``budget`` seconds and check its result.
 
     Raises what the generator raised (OutOfStock, Retry, Dead, anything else), Retry when the budget ran out or
@@ -62,7 +63,15 @@ async def call_generator(generator: Generator, context: OrderContext, *, budget:
 
 async def generate(product: Product, context: OrderContext, *, budget: float) -> Content:
     """Call the generator within ``budget`` seconds and render the product's template around its keys."""
-    checked = await call_generator(product.generator, context, budget=budget, name=product.generator_name,
-                                   threads=product.threads)
-    return render(product.template, keys=checked.keys, order_id=context.order_id, product_id=context.product_id,
-                  quantity=context.quantity, download=checked.download, text=checked.text)
+    checked = await call_generator(
+        product.generator, context, budget=budget, name=product.generator_name, threads=product.threads
+    )
+    return render(
+        product.template,
+        keys=checked.keys,
+        order_id=context.order_id,
+        product_id=context.product_id,
+        quantity=context.quantity,
+        download=checked.download,
+        text=checked.text,
+    )

@@ -25,15 +25,21 @@ def item_context(store: Store, job: Job, item: OrderItem) -> tuple[Product, Orde
     if product is None:
         raise Dead(f"no generator is configured for product {item.product_id}")
     return product, OrderContext(
-        store=job.store, marketplace=job.marketplace, order_id=job.order_id, product_id=item.product_id,
-        quantity=item.quantity, buyer_email=job.buyer_email, options=product.options,
+        store=job.store,
+        marketplace=job.marketplace,
+        order_id=job.order_id,
+        product_id=item.product_id,
+        quantity=item.quantity,
+        buyer_email=job.buyer_email,
+        options=product.options,
         # Stable per item across retries, and distinct between the items of one order.
         idempotency_key=f"{job.store}:{job.order_id}:{item.product_id}",
     )
 
 
-async def generate_items(store: Store, job: Job, items: Sequence[OrderItem], *,
-                         budget: float) -> tuple[Product, Content]:
+async def generate_items(
+    store: Store, job: Job, items: Sequence[OrderItem], *, budget: float
+) -> tuple[Product, Content]:
     """Every item's content, merged; the first item's product (named in the log line and the metrics). Raises what
     a generator raises (nothing is stored unless every item succeeds)."""
     made: list[Content] = []
@@ -49,6 +55,8 @@ async def generate_items(store: Store, job: Job, items: Sequence[OrderItem], *,
 
 def merge(contents: Sequence[Content]) -> Content:
     """One delivery holding every item's content (see the module docstring)."""
-    return Content(text="\n\n".join(c.text for c in contents if c.text),
-                   download=next((c.download for c in contents if c.download), None),
-                   keys=tuple(key for c in contents for key in c.keys))
+    return Content(
+        text="\n\n".join(c.text for c in contents if c.text),
+        download=next((c.download for c in contents if c.download), None),
+        keys=tuple(key for c in contents for key in c.keys),
+    )

@@ -57,8 +57,13 @@ def order_context(store: Store, job: Job) -> tuple[Product, OrderContext]:
         raise Dead(f"no generator is configured for product {job.product_id}")
     assert job.quantity is not None, "an order is verified before it is generated"
     return product, OrderContext(
-        store=job.store, marketplace=job.marketplace, order_id=job.order_id, product_id=job.product_id,
-        quantity=job.quantity, buyer_email=job.buyer_email, options=product.options,
+        store=job.store,
+        marketplace=job.marketplace,
+        order_id=job.order_id,
+        product_id=job.product_id,
+        quantity=job.quantity,
+        buyer_email=job.buyer_email,
+        options=product.options,
         idempotency_key=f"{job.store}:{job.order_id}",
     )
 
@@ -88,11 +93,20 @@ class Steps:
 
     async def save_verification(self, job: Job, verified: Verified) -> None:
         """Store what the marketplace confirmed; OrderCancelled if a refund or dispute was pending."""
-        await self.queue.save_verification(job, self.owner, verified.quantity, verified.buyer_email,
-                                           verified.duration_ms)
+        await self.queue.save_verification(
+            job, self.owner, verified.quantity, verified.buyer_email, verified.duration_ms
+        )
 
-    async def generate(self, store: Store, job: Job, bound: Logger, *, budget: float, verified: Verified | None = None,
-                       slots: asyncio.Semaphore | None = None) -> Made:
+    async def generate(
+        self,
+        store: Store,
+        job: Job,
+        bound: Logger,
+        *,
+        budget: float,
+        verified: Verified | None = None,
+        slots: asyncio.Semaphore | None = None,
+    ) -> Made:
         """Resolve the product, call its generator within ``budget`` seconds (holding one of ``slots`` meanwhile, if
         given: the wait counts) and store the content on ``job``; it is never generated again for this job.
 
@@ -124,6 +138,7 @@ class Steps:
                 await self.save_verification(job, verified)
             raise
         job.content = raw
-        bound.info("content.generated", generator=product.generator_name, keys=len(content.keys),
-                   duration_ms=round(elapsed, 1))
+        bound.info(
+            "content.generated", generator=product.generator_name, keys=len(content.keys), duration_ms=round(elapsed, 1)
+        )
         return Made(product, content, elapsed)

@@ -108,19 +108,26 @@ def secret_values(value: Any) -> list[str]:
     return []
 
 
-def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: str,
-                  resources: Resources | None = None) -> Product:
+def build_product(
+    product: ProductSettings, plugins: Mapping[str, Any], path: str, resources: Resources | None = None
+) -> Product:
     try:
         info = plugins.get(product.generator)  # imports the plugin now, if it is a lazily loaded entry point
     except PluginError as exc:  # a broken plugin stops the start only when a product uses it
-        raise ConfigError(f"{path}.generator", str(exc), "a plugin that loads (delivery-daemon plugins list shows "
-                          "why it does not), or another generator") from None
+        raise ConfigError(
+            f"{path}.generator",
+            str(exc),
+            "a plugin that loads (delivery-daemon plugins list shows why it does not), or another generator",
+        ) from None
     if info is None:
         message = f"unknown generator {product.generator!r}"
         if isinstance(plugins, Plugins) and plugins.broken_files:  # the name may be in a file that did not load
             message += " (" + "; ".join(broken.error for broken in plugins.broken_files) + ")"
-        raise ConfigError(f"{path}.generator", message,
-                          *one_of(product.generator, sorted(plugins), expect(ProductSettings, "generator")[1]))
+        raise ConfigError(
+            f"{path}.generator",
+            message,
+            *one_of(product.generator, sorted(plugins), expect(ProductSettings, "generator")[1]),
+        )
     plugin = getattr(info, "plugin", info)
     try:
         options = plugin.Options.model_validate(product.options)
@@ -139,16 +146,31 @@ def build_product(product: ProductSettings, plugins: Mapping[str, Any], path: st
     try:
         generator = _instantiate(plugin, options, resources)
     except Exception as exc:
-        raise ConfigError(f"{path}.generator", f"{product.generator} failed to start: {exc}",
-                          f"options {product.generator} can start with (see delivery-daemon plugins list)",
-                          f"options: {expect(plugin.Options)[1]}") from None
-    return Product(product.generator, generator, options.model_dump(), template, tuple(secret_values(options)),
-                   product.listed_count, resources.hub.hung_threads(resources.store, resources.product_id))
+        raise ConfigError(
+            f"{path}.generator",
+            f"{product.generator} failed to start: {exc}",
+            f"options {product.generator} can start with (see delivery-daemon plugins list)",
+            f"options: {expect(plugin.Options)[1]}",
+        ) from None
+    return Product(
+        product.generator,
+        generator,
+        options.model_dump(),
+        template,
+        tuple(secret_values(options)),
+        product.listed_count,
+        resources.hub.hung_threads(resources.store, resources.product_id),
+    )
 
 
-def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
-                 clock: Clock, transport: httpx.AsyncBaseTransport | None = None,
-                 hub: ResourceHub | None = None) -> dict[str, Store]:
+def build_stores(
+    settings: Settings,
+    marketplaces: Sequence[MarketplaceType],
+    plugins: Mapping[str, Any],
+    clock: Clock,
+    transport: httpx.AsyncBaseTransport | None = None,
+    hub: ResourceHub | None = None,
+) -> dict[str, Store]:
     """Adapters and products for every configured store, or a ConfigError naming the first bad key.
 
     ``hub`` carries the services lent to plugins (see :mod:`~delivery_daemon.generators.resources`)."""
@@ -160,20 +182,30 @@ def build_stores(settings: Settings, marketplaces: Sequence[MarketplaceType], pl
         path = f"stores[{index}]"
         kind = types.get(store.marketplace)
         if kind is None:
-            raise ConfigError(f"{path}.marketplace", f"unknown marketplace {store.marketplace!r}",
-                              *one_of(store.marketplace, sorted(types), expect(StoreSettings, "marketplace")[1]))
-        context = AdapterContext(store=store, path=path, clock=clock, delivery=settings.delivery,
-                                 transport=transport, policy=policy)
+            raise ConfigError(
+                f"{path}.marketplace",
+                f"unknown marketplace {store.marketplace!r}",
+                *one_of(store.marketplace, sorted(types), expect(StoreSettings, "marketplace")[1]),
+            )
+        context = AdapterContext(
+            store=store, path=path, clock=clock, delivery=settings.delivery, transport=transport, policy=policy
+        )
         adapter = kind.create(context)
         channel = build_channel(adapter, context)
         built = Store(settings=store, marketplace=adapter, sink=channel.sink, channel_secrets=channel.secrets)
         for product_id, product in store.products.items():
             built.products[product_id] = build_product(
-                product, plugins, f"{path}.products.{product_id}",
-                Resources(store=store.name, product_id=product_id, plugin=product.generator, hub=hub))
+                product,
+                plugins,
+                f"{path}.products.{product_id}",
+                Resources(store=store.name, product_id=product_id, plugin=product.generator, hub=hub),
+            )
         if store.default is not None:
             built.default = build_product(
-                store.default, plugins, f"{path}.default",
-                Resources(store=store.name, product_id=None, plugin=store.default.generator, hub=hub))
+                store.default,
+                plugins,
+                f"{path}.default",
+                Resources(store=store.name, product_id=None, plugin=store.default.generator, hub=hub),
+            )
         stores[store.name] = built
     return stores

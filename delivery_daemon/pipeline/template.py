@@ -29,11 +29,24 @@ def check_template(template: str) -> None:
             raise ValueError(f"field {{{name}}} takes no format spec or conversion")
 
 
-def render(template: str, *, keys: tuple[str, ...], order_id: str, product_id: str, quantity: int,
-           download: str | None, text: str | None) -> Content:
+def render(
+    template: str,
+    *,
+    keys: tuple[str, ...],
+    order_id: str,
+    product_id: str,
+    quantity: int,
+    download: str | None,
+    text: str | None,
+) -> Content:
     """The delivered content: the template filled in, with the keys kept beside it for the record."""
     rendered = template.format(
-        keys=", ".join(keys), keys_lines="\n".join(keys), order_id=order_id, product_id=product_id,
-        quantity=quantity, download=download or "", text=text or "",
+        keys=", ".join(keys),
+        keys_lines="\n".join(keys),
+        order_id=order_id,
+        product_id=product_id,
+        quantity=quantity,
+        download=download or "",
+        text=text or "",
     )
     return Content(text=rendered, download=download, keys=keys)

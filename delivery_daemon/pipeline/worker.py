@@ -120,9 +120,18 @@ def make_owner() -> str:
 
 
 class Worker:
-    def __init__(self, queue: JobQueue, stores: Callable[[], Mapping[str, Store]], settings: WorkerSettings,
-                 backoff: Backoff, clock: Clock, *, owner: str | None = None,
-                 generator_budget: float = GENERATOR_BUDGET, observers: Sequence[Observer] = ()) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        stores: Callable[[], Mapping[str, Store]],
+        settings: WorkerSettings,
+        backoff: Backoff,
+        clock: Clock,
+        *,
+        owner: str | None = None,
+        generator_budget: float = GENERATOR_BUDGET,
+        observers: Sequence[Observer] = (),
+    ) -> None:
         self.queue = queue
         self._stores = stores
         self.settings = settings
@@ -157,8 +166,15 @@ class Worker:
         """Add :meth:`periodic` to ``scheduler``, every ``poll_interval`` seconds (again: replaces, not doubles).
 
         Whoever owns the scheduler shuts it down before :meth:`stop`, so that no periodic run overlaps the stop."""
-        scheduler.add_job(self.periodic, "interval", seconds=self.settings.poll_interval, id="worker-periodic",
-                          max_instances=1, coalesce=True, replace_existing=True)
+        scheduler.add_job(
+            self.periodic,
+            "interval",
+            seconds=self.settings.poll_interval,
+            id="worker-periodic",
+            max_instances=1,
+            coalesce=True,
+            replace_existing=True,
+        )
 
     async def start(self) -> None:
         """Put expired leases back and start claiming; without :meth:`schedule` nothing runs :meth:`periodic`."""
@@ -190,8 +206,9 @@ class Worker:
         """Renew our leases, put expired ones back, and wake the loop so that due retries are picked up."""
         try:
             if self._inflight:
-                await self.queue.renew_leases(self.owner, self.settings.lease_seconds,
-                                              job_ids=set(self._inflight.values()))
+                await self.queue.renew_leases(
+                    self.owner, self.settings.lease_seconds, job_ids=set(self._inflight.values())
+                )
             released = await self.queue.release_expired()
             await self.follow_ups.sweep(frozenset(self._inflight.values()))
         except QueueError as exc:
@@ -208,8 +225,9 @@ class Worker:
             jobs: list[Job] = []
             if free > 0:
                 try:
-                    jobs = await self.queue.claim(self.owner, self.settings.lease_seconds,
-                                                  min(free, self.settings.claim_batch))
+                    jobs = await self.queue.claim(
+                        self.owner, self.settings.lease_seconds, min(free, self.settings.claim_batch)
+                    )
                 except QueueError as exc:
                     log.error("worker.claim_failed", error=str(exc))
             for job in jobs:
@@ -268,16 +286,27 @@ class Worker:
             t0 = self.clock.monotonic()
             receipt = await deliver(store.sink, job)
             duration = (self.clock.monotonic() - t0) * 1000
-            done = Transition(JobState.DELIVERED, "deliver", receipt.outcome, http_status=receipt.http_status,
-                              duration_ms=duration, count_attempt=True, error=receipt.detail)
+            done = Transition(
+                JobState.DELIVERED,
+                "deliver",
+                receipt.outcome,
+                http_status=receipt.http_status,
+                duration_ms=duration,
+                count_attempt=True,
+                error=receipt.detail,
+            )
             _release(slot)
             saved, settled = await self._save(job, done, bound)
             if not saved:
                 return
             self.observer.job_finished(job, done if settled is None else self._settled(job, settled, bound))
-            bound.info("delivery.succeeded", outcome=receipt.outcome, http_status=receipt.http_status,
-                       duration_ms=round(duration, 1),
-                       latency_ms=round((self.clock.now() - job.created_at) * 1000, 1))
+            bound.info(
+                "delivery.succeeded",
+                outcome=receipt.outcome,
+                http_status=receipt.http_status,
+                duration_ms=round(duration, 1),
+                latency_ms=round((self.clock.now() - job.created_at) * 1000, 1),
+            )
             await self.follow_ups.run(store, job)  # after the commit: the buyer's delivery is never sent again
         except asyncio.CancelledError:
             raise
@@ -288,17 +317,36 @@ class Worker:
         except Retry as exc:
             await self._retry(job, step, exc.reason, exc.after, exc.http_status, started, bound, slot)
         except Dead as exc:
-            await self._end(job, Transition(JobState.DEAD, step, "dead", http_status=exc.http_status,
-                                            error=exc.reason, count_attempt=True,
-                                            duration_ms=self._ms(started)), bound, slot)
+            await self._end(
+                job,
+                Transition(
+                    JobState.DEAD,
+                    step,
+                    "dead",
+                    http_status=exc.http_status,
+                    error=exc.reason,
+                    count_attempt=True,
+                    duration_ms=self._ms(started),
+                ),
+                bound,
+                slot,
+            )
             bound.warning("delivery.dead", step=step, reason=exc.reason, http_status=exc.http_status)
         except Held as exc:
-            await self._end(job, Transition(JobState.HELD, step, "held", error=exc.reason,
-                                            duration_ms=self._ms(started)), bound, slot)
+            await self._end(
+                job,
+                Transition(JobState.HELD, step, "held", error=exc.reason, duration_ms=self._ms(started)),
+                bound,
+                slot,
+            )
             bound.warning("order.held", step=step, reason=exc.reason)
         except OutOfStock as exc:
-            await self._end(job, Transition(JobState.WAITING, step, "out_of_stock", error=exc.reason,
-                                            duration_ms=self._ms(started)), bound, slot)
+            await self._end(
+                job,
+                Transition(JobState.WAITING, step, "out_of_stock", error=exc.reason, duration_ms=self._ms(started)),
+                bound,
+                slot,
+            )
             bound.warning("stock.waiting", product_id=job.product_id, reason=exc.reason)
         except Exception as exc:  # a bug or a broken plugin must not lose the order
             reason = f"{type(exc).__name__}: {exc}"[:500]
@@ -308,24 +356,58 @@ class Worker:
     def _ms(self, started: float) -> float:
         return (self.clock.monotonic() - started) * 1000
 
-    async def _retry(self, job: Job, step: str, reason: str, after: float | None, http_status: int | None,
-                     started: float, bound: structlog.typing.FilteringBoundLogger, slot: _Slot | None) -> None:
+    async def _retry(
+        self,
+        job: Job,
+        step: str,
+        reason: str,
+        after: float | None,
+        http_status: int | None,
+        started: float,
+        bound: structlog.typing.FilteringBoundLogger,
+        slot: _Slot | None,
+    ) -> None:
         retry = job.attempts + 1
         delay = self.backoff.delay(retry, after)
         if delay is None:
-            await self._end(job, Transition(JobState.DEAD, step, "dead", http_status=http_status,
-                                            error=f"gave up after {retry} attempts: {reason}",
-                                            count_attempt=True, duration_ms=self._ms(started)), bound, slot)
+            await self._end(
+                job,
+                Transition(
+                    JobState.DEAD,
+                    step,
+                    "dead",
+                    http_status=http_status,
+                    error=f"gave up after {retry} attempts: {reason}",
+                    count_attempt=True,
+                    duration_ms=self._ms(started),
+                ),
+                bound,
+                slot,
+            )
             bound.warning("delivery.dead", step=step, reason=reason, http_status=http_status, attempts=retry)
             return
-        await self._end(job, Transition(JobState.RETRY_WAIT, step, "retry", http_status=http_status, error=reason,
-                                        due_at=self.clock.now() + delay, count_attempt=True,
-                                        duration_ms=self._ms(started)), bound, slot)
-        bound.info("delivery.retry_scheduled", step=step, reason=reason, http_status=http_status,
-                   retry_in_s=round(delay, 3))
+        await self._end(
+            job,
+            Transition(
+                JobState.RETRY_WAIT,
+                step,
+                "retry",
+                http_status=http_status,
+                error=reason,
+                due_at=self.clock.now() + delay,
+                count_attempt=True,
+                duration_ms=self._ms(started),
+            ),
+            bound,
+            slot,
+        )
+        bound.info(
+            "delivery.retry_scheduled", step=step, reason=reason, http_status=http_status, retry_in_s=round(delay, 3)
+        )
 
-    async def _end(self, job: Job, change: Transition, bound: structlog.typing.FilteringBoundLogger,
-                   slot: _Slot | None) -> None:
+    async def _end(
+        self, job: Job, change: Transition, bound: structlog.typing.FilteringBoundLogger, slot: _Slot | None
+    ) -> None:
         _release(slot)
         try:
             saved, settled = await self._save(job, change, bound)
@@ -336,8 +418,9 @@ class Worker:
             return
         self.observer.job_finished(job, change if settled is None else self._settled(job, settled, bound))
 
-    async def _save(self, job: Job, change: Transition,
-                    bound: structlog.typing.FilteringBoundLogger) -> tuple[bool, Settled | None]:
+    async def _save(
+        self, job: Job, change: Transition, bound: structlog.typing.FilteringBoundLogger
+    ) -> tuple[bool, Settled | None]:
         """Record an attempt's outcome (:meth:`JobQueue.transition`), trying again while the database fails (e.g.
         PostgreSQL restarting, SQLite locked or full): every :data:`SAVE_RETRY_FIRST` seconds, doubling up to
         :data:`SAVE_RETRY_CAP`, for up to ``lease_seconds`` in all. The job stays in flight meanwhile, so its lease
@@ -351,19 +434,30 @@ class Worker:
                 settled = await self.queue.transition(job, self.owner, change)
             except QueueError as exc:
                 if waited >= self.settings.lease_seconds:
-                    bound.error("worker.storage_gave_up", step=change.step, state=change.state.value,
-                                error=str(exc), waited_s=round(waited, 1))
+                    bound.error(
+                        "worker.storage_gave_up",
+                        step=change.step,
+                        state=change.state.value,
+                        error=str(exc),
+                        waited_s=round(waited, 1),
+                    )
                     return False, None
                 if not waited:
-                    bound.warning("worker.storage_error", step=change.step, state=change.state.value, error=str(exc),
-                                  retry_in_s=delay)
+                    bound.warning(
+                        "worker.storage_error",
+                        step=change.step,
+                        state=change.state.value,
+                        error=str(exc),
+                        retry_in_s=delay,
+                    )
                 await asyncio.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, SAVE_RETRY_CAP)
                 continue
             if waited:
-                bound.info("worker.storage_recovered", step=change.step, state=change.state.value,
-                           waited_s=round(waited, 1))
+                bound.info(
+                    "worker.storage_recovered", step=change.step, state=change.state.value, waited_s=round(waited, 1)
+                )
             return True, settled
 
     @staticmethod
@@ -372,6 +466,7 @@ class Worker:
         out: the seller must act); the outcome to tell the observers."""
         flagged = settled.change.state is JobState.DELIVERED
         job.flag = settled.kind if flagged else None
-        (bound.warning if flagged else bound.info)(f"order.{settled.kind}", outcome="flagged" if flagged else
-                                                   "cancelled", flagged=flagged)
+        (bound.warning if flagged else bound.info)(
+            f"order.{settled.kind}", outcome="flagged" if flagged else "cancelled", flagged=flagged
+        )
         return settled.change

@@ -40,11 +40,13 @@ class Market(Protocol):
 
     def add_product(self, id_product: str, *, name: str = ..., price: int = ..., count: int = ...) -> None: ...
 
-    async def place_order(self, id_product: str, count: int = ..., *, status: str = ..., send_webhook: bool = ...,
-                          email: str = ...) -> PlacedOrder: ...
+    async def place_order(
+        self, id_product: str, count: int = ..., *, status: str = ..., send_webhook: bool = ..., email: str = ...
+    ) -> PlacedOrder: ...
 
-    async def send_webhook(self, id_order: str, *, overrides: dict[str, Any] | None = ..., url: str | None = ...,
-                           omit: Sequence[str] = ...) -> httpx.Response: ...
+    async def send_webhook(
+        self, id_order: str, *, overrides: dict[str, Any] | None = ..., url: str | None = ..., omit: Sequence[str] = ...
+    ) -> httpx.Response: ...
 
     def set_order_status(self, id_order: str, status: str) -> None: ...
 
@@ -117,7 +119,9 @@ def control_routes(market: Market) -> list[BaseRoute]:
         if not isinstance(id_product, str) or id_product not in market.products:
             raise KeyError(f"unknown product {id_product!r}")
         placed = await market.place_order(
-            id_product, _int(data, "count", 1), status=str(data.get("status", "paid")),
+            id_product,
+            _int(data, "count", 1),
+            status=str(data.get("status", "paid")),
             send_webhook=bool(data.get("send_webhook", True)),
             email=str(data.get("email", "buyer@example.com")),
         )
@@ -134,9 +138,7 @@ def control_routes(market: Market) -> list[BaseRoute]:
         if not isinstance(overrides, dict) or not isinstance(omit, list) or not isinstance(url, str | None):
             raise _BadInput("'overrides' must be an object, 'omit' a list, 'url' a string")
         try:
-            response = await market.send_webhook(
-                id_order, overrides=overrides, omit=[str(k) for k in omit], url=url
-            )
+            response = await market.send_webhook(id_order, overrides=overrides, omit=[str(k) for k in omit], url=url)
         except httpx.HTTPError as exc:
             return JSONResponse({"webhook_status": None, "error": type(exc).__name__}, status_code=502)
         except RuntimeError as exc:
@@ -157,21 +159,32 @@ def control_routes(market: Market) -> list[BaseRoute]:
         if record is None:
             raise KeyError(f"unknown order {id_order!r}")
         accepted = market.accepted(id_order)
-        return JSONResponse({
-            "order": record.to_json(),
-            "deliveries": [delivery.to_json() for delivery in market.deliveries(id_order)],
-            "accepted": None if accepted is None else accepted.to_json(),
-            "webhooks": [
-                {"status": hook.status, "at": hook.at, "error": hook.error}
-                for hook in market.webhooks if hook.id_order == id_order
-            ],
-        })
+        return JSONResponse(
+            {
+                "order": record.to_json(),
+                "deliveries": [delivery.to_json() for delivery in market.deliveries(id_order)],
+                "accepted": None if accepted is None else accepted.to_json(),
+                "webhooks": [
+                    {"status": hook.status, "at": hook.at, "error": hook.error}
+                    for hook in market.webhooks
+                    if hook.id_order == id_order
+                ],
+            }
+        )
 
     async def faults(request: Request) -> Response:
         data = await _json_object(request)
         known = {
-            "fail_next_deliveries", "drop_next_deliveries", "slow_next_deliveries", "fail_next_order_info",
-            "fail_next_product_updates", "expire_tokens", "down", "clear", "status", "seconds",
+            "fail_next_deliveries",
+            "drop_next_deliveries",
+            "slow_next_deliveries",
+            "fail_next_order_info",
+            "fail_next_product_updates",
+            "expire_tokens",
+            "down",
+            "clear",
+            "status",
+            "seconds",
         }
         unknown = sorted(set(data) - known)
         if unknown:

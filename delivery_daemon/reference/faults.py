@@ -18,7 +18,12 @@ from typing import Any, Literal
 
 DeliveryFaultKind = Literal["fail", "drop", "slow"]
 INJECTED_KEYS = (
-    "delivery_fail", "delivery_drop", "delivery_slow", "order_info_fail", "product_update_fail", "tokens_expired",
+    "delivery_fail",
+    "delivery_drop",
+    "delivery_slow",
+    "order_info_fail",
+    "product_update_fail",
+    "tokens_expired",
     "down",
 )
 

@@ -208,7 +208,14 @@ def validate_profile(body: object) -> dict[str, str]:
 
 PRODUCT_PLAIN_FIELDS = ("price", "discount", "count", "api_key", "api_url")
 PRODUCT_MODERATED_FIELDS = (
-    "name", "meta_title", "meta_description", "tags", "text_page", "uuid", "features", "id_categories",
+    "name",
+    "meta_title",
+    "meta_description",
+    "tags",
+    "text_page",
+    "uuid",
+    "features",
+    "id_categories",
 )
 
 
@@ -231,12 +238,13 @@ def validate_product_update(body: object, *, taken_uuids: set[str]) -> tuple[dic
     if "api_url" in body:
         checks["api_url"] = (valid_url(body["api_url"]), "Invalid API URL")
     if "id_categories" in body:
-        checks["id_categories"] = (_is_int(body["id_categories"]) and body["id_categories"] > 0,
-                                   "Invalid category id")
+        checks["id_categories"] = (_is_int(body["id_categories"]) and body["id_categories"] > 0, "Invalid category id")
     if "name" in body:
         name = body["name"]
-        checks["name"] = (isinstance(name, str) and 3 <= len(name.strip()) <= 255,
-                          "Name must be between 3 and 255 characters")
+        checks["name"] = (
+            isinstance(name, str) and 3 <= len(name.strip()) <= 255,
+            "Name must be between 3 and 255 characters",
+        )
     if "text_page" in body:
         text = body["text_page"]
         ok = isinstance(text, str) and len(text.strip()) >= 10

@@ -16,14 +16,27 @@ from delivery_daemon.net.signatures import hex_hmac
 from delivery_daemon.reference.sender import WebhookSender
 
 
-def order(product_id: str, quantity: int | None = 1, email: str = "buyer@example.org", *,
-          uniqid: str | None = None, product_type: str = "SERVICE",
-          cart: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def order(
+    product_id: str,
+    quantity: int | None = 1,
+    email: str = "buyer@example.org",
+    *,
+    uniqid: str | None = None,
+    product_type: str = "SERVICE",
+    cart: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """A Sellix order object with the fields the document shows."""
     data: dict[str, Any] = {
-        "id": 0, "uniqid": uniqid or f"sellix-{secrets.token_hex(5)}", "total": 1.0, "currency": "USD",
-        "customer_email": email, "product_id": product_id, "product_type": product_type, "gateway": "PAYPAL",
-        "status": "COMPLETED", "created_at": 1587656376,
+        "id": 0,
+        "uniqid": uniqid or f"sellix-{secrets.token_hex(5)}",
+        "total": 1.0,
+        "currency": "USD",
+        "customer_email": email,
+        "product_id": product_id,
+        "product_type": product_type,
+        "gateway": "PAYPAL",
+        "status": "COMPLETED",
+        "created_at": 1587656376,
     }
     if quantity is not None:
         data["quantity"] = quantity

@@ -40,6 +40,7 @@ class WebhookSender:
         all_headers = {"Content-Type": "application/json", **headers}
         async with httpx.AsyncClient(timeout=wait) as client:
             response = await client.post(self.url, content=body, headers=all_headers)
-        self.sent.append(Sent(all_headers, body, response.status_code, response.text,
-                              response.headers.get("content-type", "")))
+        self.sent.append(
+            Sent(all_headers, body, response.status_code, response.text, response.headers.get("content-type", ""))
+        )
         return response

@@ -143,8 +143,12 @@ class SoftStoreMarketplace(SellerApi):
     def add_product(self, id_product: str, *, name: str = "", price: int = 100, count: int = 100) -> None:
         """Create (or replace) a product of the seller."""
         self.products[id_product] = ProductRecord(
-            id=id_product, name=name or f"Reference product {id_product}", price=price, count=count,
-            created_at=self.clock(), uuid=f"ext-{id_product}",
+            id=id_product,
+            name=name or f"Reference product {id_product}",
+            price=price,
+            count=count,
+            created_at=self.clock(),
+            uuid=f"ext-{id_product}",
         )
 
     def set_order_status(self, id_order: str, status: str) -> None:
@@ -154,7 +158,12 @@ class SoftStoreMarketplace(SellerApi):
 
     # -- orders and webhooks ---------------------------------------------------
     async def place_order(
-        self, id_product: str, count: int = 1, *, status: str = "paid", send_webhook: bool = True,
+        self,
+        id_product: str,
+        count: int = 1,
+        *,
+        status: str = "paid",
+        send_webhook: bool = True,
         email: str = "buyer@example.com",
     ) -> PlacedOrder:
         """Create an order for ``id_product`` and (by default) POST its webhook to ``seller_url``."""
@@ -166,9 +175,15 @@ class SoftStoreMarketplace(SellerApi):
         if count < 1:
             raise ValueError("count must be >= 1")
         order = OrderRecord(
-            id_order=secrets.token_hex(16), id_product=id_product, count=count, status=status,
-            token=secrets.token_hex(32), email=email, internal_id=self._next_order_number,
-            guest_id=secrets.token_hex(16), amount=product.price * count * (100 - product.discount) // 100,
+            id_order=secrets.token_hex(16),
+            id_product=id_product,
+            count=count,
+            status=status,
+            token=secrets.token_hex(32),
+            email=email,
+            internal_id=self._next_order_number,
+            guest_id=secrets.token_hex(16),
+            amount=product.price * count * (100 - product.discount) // 100,
             created_at=self.clock(),
         )
         self._next_order_number += 1
@@ -184,8 +199,13 @@ class SoftStoreMarketplace(SellerApi):
             except httpx.HTTPError:
                 webhook_status = None
         return PlacedOrder(
-            id_order=order.id_order, id_product=id_product, count=count, token=order.token,
-            delivery_url=payload["delivery_url"], payload=payload, webhook_status=webhook_status,
+            id_order=order.id_order,
+            id_product=id_product,
+            count=count,
+            token=order.token,
+            delivery_url=payload["delivery_url"],
+            payload=payload,
+            webhook_status=webhook_status,
         )
 
     def webhook_payload(self, id_order: str) -> dict[str, Any]:
@@ -201,7 +221,11 @@ class SoftStoreMarketplace(SellerApi):
         }
 
     async def send_webhook(
-        self, id_order: str, *, overrides: dict[str, Any] | None = None, url: str | None = None,
+        self,
+        id_order: str,
+        *,
+        overrides: dict[str, Any] | None = None,
+        url: str | None = None,
         omit: Sequence[str] = (),
     ) -> httpx.Response:
         """POST the order's webhook to ``url`` or ``seller_url``.
@@ -255,9 +279,7 @@ class SoftStoreMarketplace(SellerApi):
         }
 
 
-async def run_marketplace(
-    *, host: str, port: int, api_key: str, seller_url: str | None, products: list[str]
-) -> None:
+async def run_marketplace(*, host: str, port: int, api_key: str, seller_url: str | None, products: list[str]) -> None:
     """Serve a reference marketplace on ``host:port`` until cancelled (for the CLI and the demo)."""
     market = SoftStoreMarketplace(api_key=api_key, seller_url=seller_url)
     for id_product in products:
@@ -265,6 +287,11 @@ async def run_marketplace(
     async with serve(market.app, host, port) as running:
         shown = f"[{host}]" if ":" in host else host
         market.bind(f"http://{shown}:{running.port}")
-        log.info("reference.started", url=market.base_url, api_base=market.api_base, products=len(products),
-                 webhooks=bool(seller_url))
+        log.info(
+            "reference.started",
+            url=market.base_url,
+            api_base=market.api_base,
+            products=len(products),
+            webhooks=bool(seller_url),
+        )
         await asyncio.Event().wait()

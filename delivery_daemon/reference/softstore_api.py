@@ -91,8 +91,13 @@ class SellerApi:
             Route(API_PREFIX + path, self._api(handler, auth=auth), methods=[method])
             for path, handler, method, auth in api
         ]
-        routes.append(Route(API_PREFIX + "/{rest:path}", self._api(self._not_found, auth=False),
-                            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
+        routes.append(
+            Route(
+                API_PREFIX + "/{rest:path}",
+                self._api(self._not_found, auth=False),
+                methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            )
+        )
         return routes
 
     def _api(self, handler: Handler, *, auth: bool) -> Callable[[Request], Awaitable[Response]]:
@@ -107,15 +112,21 @@ class SellerApi:
                 except ValueError:
                     parsed = _INVALID_JSON
             record = RecordedRequest(
-                method=request.method, path=request.url.path, headers=dict(request.headers), body=body,
-                json=None if parsed is _INVALID_JSON else parsed, status=0, at=self.clock(),
+                method=request.method,
+                path=request.url.path,
+                headers=dict(request.headers),
+                body=body,
+                json=None if parsed is _INVALID_JSON else parsed,
+                status=0,
+                at=self.clock(),
             )
             self.requests.append(record)
             delivery: DeliveryRecord | None = None
             if handler == self._delivery:
                 token: str = request.path_params["token"]
-                delivery = DeliveryRecord(id_order=self._by_token.get(token), token=token, body=body,
-                                          json=record.json, status=0, at=record.at)
+                delivery = DeliveryRecord(
+                    id_order=self._by_token.get(token), token=token, body=body, json=record.json, status=0, at=record.at
+                )
                 self.delivery_log.append(delivery)
                 request.state.delivery = delivery
             if self.faults.is_down:
@@ -174,18 +185,20 @@ class SellerApi:
         order = self.orders.get(request.path_params["id"])
         if order is None:
             return error("Order not found or access denied", 404)
-        return envelope({
-            "id": str(order.internal_id),
-            "id_user": "0",
-            "guest_id": order.guest_id,
-            "buyer_type": "guest",
-            "id_product": order.id_product,
-            "id_seller": "1",
-            "id_order": order.id_order,
-            "email": order.email,
-            **{k: v for k, v in order.listing().items() if k not in ("id_order", "id_product")},
-            "payment_system": "reference",
-        })
+        return envelope(
+            {
+                "id": str(order.internal_id),
+                "id_user": "0",
+                "guest_id": order.guest_id,
+                "buyer_type": "guest",
+                "id_product": order.id_product,
+                "id_seller": "1",
+                "id_order": order.id_order,
+                "email": order.email,
+                **{k: v for k, v in order.listing().items() if k not in ("id_order", "id_product")},
+                "payment_system": "reference",
+            }
+        )
 
     async def _delivery(self, request: Request, body: Any) -> Response:
         record: DeliveryRecord = request.state.delivery
@@ -227,23 +240,24 @@ class SellerApi:
         record.status = 200
         self._accepted[order.id_order] = record
         log.info("reference.delivery_accepted", id_order=order.id_order)
-        return envelope({"message": "Product delivered successfully", "id_order": order.id_order,
-                         "delivered": True})
+        return envelope({"message": "Product delivered successfully", "id_order": order.id_order, "delivered": True})
 
     async def _seller(self, request: Request, body: Any) -> Response:
-        return envelope({
-            "id": 1,
-            "id_user": 1,
-            "name": self.seller_name,
-            "balance": sum(order.amount for order in self.orders.values() if order.status == "paid"),
-            "img": "",
-            "description": self.seller_description,
-            "api_url": self.seller_url or "",
-            "data_create": time.strftime("%d.%m.%Y", time.gmtime(self._seller_created)),
-            "rating": 0,
-            "api_key": self._api_key,
-            "status_moderation": 0,
-        })
+        return envelope(
+            {
+                "id": 1,
+                "id_user": 1,
+                "name": self.seller_name,
+                "balance": sum(order.amount for order in self.orders.values() if order.status == "paid"),
+                "img": "",
+                "description": self.seller_description,
+                "api_url": self.seller_url or "",
+                "data_create": time.strftime("%d.%m.%Y", time.gmtime(self._seller_created)),
+                "rating": 0,
+                "api_key": self._api_key,
+                "status_moderation": 0,
+            }
+        )
 
     async def _seller_profile(self, request: Request, body: Any) -> Response:
         try:
@@ -253,8 +267,14 @@ class SellerApi:
         self.seller_name = fields.get("name", self.seller_name)
         self.seller_description = fields.get("description", self.seller_description)
         self.seller_url = fields.get("api_url", self.seller_url)
-        return envelope({"id": 1, "name": self.seller_name, "description": self.seller_description,
-                         "api_url": self.seller_url or ""})
+        return envelope(
+            {
+                "id": 1,
+                "name": self.seller_name,
+                "description": self.seller_description,
+                "api_url": self.seller_url or "",
+            }
+        )
 
     async def _product_info(self, request: Request, body: Any) -> Response:
         product = self.products.get(request.path_params["id"])
@@ -272,8 +292,7 @@ class SellerApi:
             return error("Product not found or access denied", 404)
         taken = {other.uuid for other in self.products.values() if other is not product}
         try:
-            fields, moderation = validate_product_update(None if body is _INVALID_JSON else body,
-                                                         taken_uuids=taken)
+            fields, moderation = validate_product_update(None if body is _INVALID_JSON else body, taken_uuids=taken)
         except ValidationError as exc:
             return error(str(exc), 400)
         for key, value in fields.items():

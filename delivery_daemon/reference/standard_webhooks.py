@@ -39,8 +39,9 @@ class StandardWebhooksSender(WebhookSender):
         t = int(self.now()) if timestamp is None else timestamp
         return standard_headers(whsec_key(self.secret), msg_id or f"msg_{secrets.token_hex(8)}", t, body)
 
-    async def send(self, kind: str, data: dict[str, Any], *, msg_id: str | None = None,
-                   timestamp: int | None = None) -> httpx.Response:
+    async def send(
+        self, kind: str, data: dict[str, Any], *, msg_id: str | None = None, timestamp: int | None = None
+    ) -> httpx.Response:
         body = self.encode({"type": kind, "data": data})
         return await self.post(body, self.headers(body, msg_id, timestamp))
 

@@ -20,28 +20,62 @@ def new_id(prefix: str) -> str:
 
 def event(kind: str, obj: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
     """A Stripe event envelope."""
-    return {"id": event_id or new_id("evt"), "object": "event", "type": kind, "api_version": "2024-06-20",
-            "created": 0, "livemode": False, "data": {"object": obj}}
+    return {
+        "id": event_id or new_id("evt"),
+        "object": "event",
+        "type": kind,
+        "api_version": "2024-06-20",
+        "created": 0,
+        "livemode": False,
+        "data": {"object": obj},
+    }
 
 
-def payment_intent(product_id: str, quantity: int = 1, email: str | None = "buyer@example.org",
-                   pi_id: str | None = None, order_id: str | None = None) -> dict[str, Any]:
+def payment_intent(
+    product_id: str,
+    quantity: int = 1,
+    email: str | None = "buyer@example.org",
+    pi_id: str | None = None,
+    order_id: str | None = None,
+) -> dict[str, Any]:
     """A succeeded PaymentIntent whose metadata names the product and quantity (as the store puts them)."""
     metadata = {"product_id": product_id, "quantity": str(quantity)}
     if order_id:
         metadata["order_id"] = order_id
-    return {"id": pi_id or new_id("pi"), "object": "payment_intent", "status": "succeeded", "amount": 1000 * quantity,
-            "currency": "eur", "receipt_email": email, "metadata": metadata}
+    return {
+        "id": pi_id or new_id("pi"),
+        "object": "payment_intent",
+        "status": "succeeded",
+        "amount": 1000 * quantity,
+        "currency": "eur",
+        "receipt_email": email,
+        "metadata": metadata,
+    }
 
 
 def charge_refunded(pi_id: str, amount: int = 1000) -> dict[str, Any]:
-    return {"id": new_id("ch"), "object": "charge", "payment_intent": pi_id, "amount": amount,
-            "amount_refunded": amount, "refunded": True, "currency": "eur", "metadata": {}}
+    return {
+        "id": new_id("ch"),
+        "object": "charge",
+        "payment_intent": pi_id,
+        "amount": amount,
+        "amount_refunded": amount,
+        "refunded": True,
+        "currency": "eur",
+        "metadata": {},
+    }
 
 
 def dispute(pi_id: str, reason: str = "fraudulent") -> dict[str, Any]:
-    return {"id": new_id("dp"), "object": "dispute", "payment_intent": pi_id, "charge": new_id("ch"),
-            "reason": reason, "status": "needs_response", "metadata": {}}
+    return {
+        "id": new_id("dp"),
+        "object": "dispute",
+        "payment_intent": pi_id,
+        "charge": new_id("ch"),
+        "reason": reason,
+        "status": "needs_response",
+        "metadata": {},
+    }
 
 
 @dataclass
@@ -52,7 +86,8 @@ class StripeStoreSender(WebhookSender):
         t = int(self.now()) if timestamp is None else timestamp
         return {"Stripe-Signature": stripe_header([*extra_secrets, self.secret], body, t)}
 
-    async def send(self, message: dict[str, Any], *, timestamp: int | None = None,
-                   extra_secrets: tuple[str, ...] = ()) -> httpx.Response:
+    async def send(
+        self, message: dict[str, Any], *, timestamp: int | None = None, extra_secrets: tuple[str, ...] = ()
+    ) -> httpx.Response:
         body = self.encode(message)
         return await self.post(body, self.headers(body, timestamp, extra_secrets))

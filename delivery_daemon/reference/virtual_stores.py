@@ -50,9 +50,17 @@ class ShopOrder:
         return int(Decimal(self.total) * 100)
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "order_number": self.id, "status": self.status, "payment_status": self.payment_status,
-                "payment_intent_id": self.payment_intent_id, "total": self.total, "currency": self.currency.upper(),
-                "customer_email": self.customer_email, "items": self.items}
+        return {
+            "id": self.id,
+            "order_number": self.id,
+            "status": self.status,
+            "payment_status": self.payment_status,
+            "payment_intent_id": self.payment_intent_id,
+            "total": self.total,
+            "currency": self.currency.upper(),
+            "customer_email": self.customer_email,
+            "items": self.items,
+        }
 
 
 @dataclass
@@ -65,8 +73,14 @@ class ShopFaults:
 class VirtualStoresShop:
     """The shop's state and its Starlette app (:attr:`app`)."""
 
-    def __init__(self, webhook_secret: str | None = None, *, password: str | None = None, token_ttl: int = 900,
-                 now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        webhook_secret: str | None = None,
+        *,
+        password: str | None = None,
+        token_ttl: int = 900,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self.webhook_secret = webhook_secret or f"whsec_{secrets.token_hex(24)}"
         self.password = password or secrets.token_urlsafe(18)
         self.token_ttl = token_ttl
@@ -77,35 +91,49 @@ class VirtualStoresShop:
         self.logins = 0
         self.refreshes = 0
         self.requests: list[tuple[str, str, int]] = []
-        self.app = Starlette(routes=[
-            Route("/api/auth/login", self.login, methods=["POST"]),
-            Route("/api/auth/refresh", self.refresh, methods=["POST"]),
-            Route("/api/orders", self.list_orders, methods=["GET"]),
-            Route("/api/orders/{order_id}", self.get_order, methods=["GET"]),
-            Route("/api/orders/{order_id}/fulfill", self.fulfil, methods=["POST"]),
-            Route("/api/orders/{order_id}/timeline", self.get_timeline, methods=["GET"]),
-            Route("/api/orders/{order_id}/status", self.set_status, methods=["PUT"]),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/api/auth/login", self.login, methods=["POST"]),
+                Route("/api/auth/refresh", self.refresh, methods=["POST"]),
+                Route("/api/orders", self.list_orders, methods=["GET"]),
+                Route("/api/orders/{order_id}", self.get_order, methods=["GET"]),
+                Route("/api/orders/{order_id}/fulfill", self.fulfil, methods=["POST"]),
+                Route("/api/orders/{order_id}/timeline", self.get_timeline, methods=["GET"]),
+                Route("/api/orders/{order_id}/status", self.set_status, methods=["PUT"]),
+            ]
+        )
 
     # -- placing orders (the shop's checkout and its Stripe events) ------------------------------------------
 
-    def place_order(self, items: list[dict[str, Any]], *, email: str = "buyer@example.org",
-                    currency: str = "eur") -> ShopOrder:
+    def place_order(
+        self, items: list[dict[str, Any]], *, email: str = "buyer@example.org", currency: str = "eur"
+    ) -> ShopOrder:
         """A paid order of ``items`` (``product_id``, ``variant_id``?, ``quantity``, ``unit_price``, ``name``?)."""
-        order = ShopOrder(id=f"VS-{secrets.token_hex(4)}", payment_intent_id=new_id("pi"),
-                          items=[{"variant_id": None, **item} for item in items], currency=currency.lower(),
-                          customer_email=email)
+        order = ShopOrder(
+            id=f"VS-{secrets.token_hex(4)}",
+            payment_intent_id=new_id("pi"),
+            items=[{"variant_id": None, **item} for item in items],
+            currency=currency.lower(),
+            customer_email=email,
+        )
         order.timeline.append({"at": self.now(), "event": "order.paid", "note": "payment received"})
         self.orders[order.id] = order
         return order
 
-    def paid_event(self, order: ShopOrder, *, amount: int | None = None, currency: str | None = None,
-                   order_id: str | None = None) -> dict[str, Any]:
+    def paid_event(
+        self, order: ShopOrder, *, amount: int | None = None, currency: str | None = None, order_id: str | None = None
+    ) -> dict[str, Any]:
         """Stripe's ``payment_intent.succeeded`` for ``order`` (``amount``/``currency``/``order_id`` to forge one)."""
-        intent = {"id": order.payment_intent_id, "object": "payment_intent", "status": "succeeded",
-                  "amount": order.minor() if amount is None else amount, "amount_received": None,
-                  "currency": currency or order.currency, "receipt_email": order.customer_email,
-                  "metadata": {"order_id": order_id or order.id}}
+        intent = {
+            "id": order.payment_intent_id,
+            "object": "payment_intent",
+            "status": "succeeded",
+            "amount": order.minor() if amount is None else amount,
+            "amount_received": None,
+            "currency": currency or order.currency,
+            "receipt_email": order.customer_email,
+            "metadata": {"order_id": order_id or order.id},
+        }
         intent["amount_received"] = intent["amount"]
         return event("payment_intent.succeeded", intent)
 
@@ -205,9 +233,14 @@ class VirtualStoresShop:
             return JSONResponse({"detail": "carrier and tracking_number are required"}, status_code=422)
         order.fulfilments.append(data)
         order.status = "fulfilled"
-        order.timeline.append({"at": self.now(), "event": "order.fulfilled",
-                               "note": f"{data['carrier']} {data['tracking_number']}",
-                               "tracking_url": data.get("tracking_url")})
+        order.timeline.append(
+            {
+                "at": self.now(),
+                "event": "order.fulfilled",
+                "note": f"{data['carrier']} {data['tracking_number']}",
+                "tracking_url": data.get("tracking_url"),
+            }
+        )
         self._log(request, 200)
         return JSONResponse(order.as_json())
 

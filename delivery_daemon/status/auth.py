@@ -40,8 +40,14 @@ Via = Literal["session", "bearer"]
 def session_middleware(settings: StatusSettings) -> Middleware:
     """The signed-cookie session; a random signing key when ``status.session_secret`` is not configured."""
     secret = settings.session_secret.get_secret_value() if settings.session_secret else secrets.token_urlsafe(32)
-    return Middleware(SessionMiddleware, secret_key=secret, session_cookie=SESSION_COOKIE,
-                      max_age=settings.session_max_age, same_site="strict", https_only=False)
+    return Middleware(
+        SessionMiddleware,
+        secret_key=secret,
+        session_cookie=SESSION_COOKIE,
+        max_age=settings.session_max_age,
+        same_site="strict",
+        https_only=False,
+    )
 
 
 def _matches(supplied: str, expected: str) -> bool:

@@ -49,6 +49,15 @@ def bar_chart(data: Sequence[tuple[str, int]], *, title: str) -> BarChart:
     for index, (label, value) in enumerate(data):
         height = (baseline - TOP) * value / peak
         x = index * slot + slot * 0.15
-        bars.append(Bar(label=label, value=value, x=round(x, 1), y=round(baseline - height, 1),
-                        width=round(slot * 0.7, 1), height=round(height, 1), label_x=round(x + slot * 0.35, 1)))
+        bars.append(
+            Bar(
+                label=label,
+                value=value,
+                x=round(x, 1),
+                y=round(baseline - height, 1),
+                width=round(slot * 0.7, 1),
+                height=round(height, 1),
+                label_x=round(x + slot * 0.35, 1),
+            )
+        )
     return BarChart(title=title, bars=bars, width=WIDTH, height=HEIGHT, baseline=baseline)

@@ -54,13 +54,16 @@ class StatusParts(Protocol):
     queue: JobQueue
     worker: Worker
 
+
 HERE = Path(__file__).parent
 MOUNT_PATH = "/status"
 """Where the page lives on the admin address."""
 SECURITY_HEADERS = [
-    (b"content-security-policy",
-     b"default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-     b"base-uri 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+        b"base-uri 'none'",
+    ),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -123,8 +126,12 @@ class StatusPages:
         self.daemon = daemon
         self.settings = settings
         self.queries = StatusQueries(daemon.engine, daemon.clock, low_stock=settings.low_stock)
-        self.throttle = LoginThrottle(daemon.clock, per_client=settings.login_failures,
-                                      overall=settings.login_failures_global, window=settings.login_window)
+        self.throttle = LoginThrottle(
+            daemon.clock,
+            per_client=settings.login_failures,
+            overall=settings.login_failures_global,
+            window=settings.login_window,
+        )
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
         env.filters["when"] = _when
         env.filters["duration"] = _duration
@@ -143,16 +150,22 @@ class StatusPages:
     def _throttled(self, request: Request, via: str) -> Throttled | None:
         refused = self.throttle.check(auth.client_address(request))
         if refused is not None:
-            log.warning("status.login_throttled", client=auth.client_address(request), via=via, scope=refused.scope,
-                        retry_after=refused.retry_after)
+            log.warning(
+                "status.login_throttled",
+                client=auth.client_address(request),
+                via=via,
+                scope=refused.scope,
+                retry_after=refused.retry_after,
+            )
         return refused
 
     def _failed(self, request: Request, via: str) -> None:
         # Never the supplied secret: only who tried, how, and how often.
         client = auth.client_address(request)
         failures = self.throttle.failed(client)
-        log.warning("status.login_failed", client=client, via=via, failures=failures,
-                    window_s=self.settings.login_window)
+        log.warning(
+            "status.login_failed", client=client, via=via, failures=failures, window_s=self.settings.login_window
+        )
 
     def _bearer(self, request: Request) -> Response | None:
         """None when the request's bearer token is right; else 429 (throttled) or 401, with a JSON reason.
@@ -161,14 +174,20 @@ class StatusPages:
         """
         refused = self._throttled(request, "bearer")
         if refused is not None:
-            return JSONResponse({"error": "too many failed logins; try again later"}, status_code=429,
-                                headers={"Retry-After": str(refused.retry_after)})
+            return JSONResponse(
+                {"error": "too many failed logins; try again later"},
+                status_code=429,
+                headers={"Retry-After": str(refused.retry_after)},
+            )
         if auth.bearer_ok(request, self.settings):
             self.throttle.succeeded(auth.client_address(request))
             return None
         self._failed(request, "bearer")
-        return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
-                            headers={"WWW-Authenticate": 'Bearer realm="status"'})
+        return JSONResponse(
+            {"error": "a valid bearer token is required"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="status"'},
+        )
 
     def _authenticate(self, request: Request, *, login_required: bool) -> Response | None:
         """Decide how ``request`` is authenticated and :func:`~.auth.record` it; the one place a token is compared.
@@ -228,8 +247,12 @@ class StatusPages:
             except BodyTooLarge:
                 return self.render(request, "error.html", 413, message="The form is too large.")
             if not auth.csrf_ok(request, form):
-                return self.render(request, "error.html", 403,
-                                   message="The form expired or did not come from this page. Go back and reload.")
+                return self.render(
+                    request,
+                    "error.html",
+                    403,
+                    message="The form expired or did not come from this page. Go back and reload.",
+                )
             return await endpoint(request, form)
 
         return guarded
@@ -238,8 +261,9 @@ class StatusPages:
 
     async def login_form(self, request: Request) -> Response:
         default = f"{_root(request)}/"
-        return self.render(request, "login.html", next=_safe_next(request.query_params.get("next", default),
-                                                                  _root(request)))
+        return self.render(
+            request, "login.html", next=_safe_next(request.query_params.get("next", default), _root(request))
+        )
 
     async def login(self, request: Request) -> Response:
         try:
@@ -249,13 +273,19 @@ class StatusPages:
         target = _safe_next(form.get("next", ""), _root(request))
         refused = self._throttled(request, "form")
         if refused is not None:
-            response = self.render(request, "login.html", 429, next=target,
-                                   error="Too many failed logins. Wait a few minutes and try again.")
+            response = self.render(
+                request,
+                "login.html",
+                429,
+                next=target,
+                error="Too many failed logins. Wait a few minutes and try again.",
+            )
             response.headers["Retry-After"] = str(refused.retry_after)
             return response
         if not auth.csrf_ok(request, form):
-            return self.render(request, "login.html", 403, next=target,
-                               error="The login form expired. Please try again.")
+            return self.render(
+                request, "login.html", 403, next=target, error="The login form expired. Please try again."
+            )
         if not auth.secret_accepted(self.settings, form.get("password", "")):
             self._failed(request, "form")
             return self.render(request, "login.html", 401, next=target, error="Wrong password or token.")
@@ -271,8 +301,9 @@ class StatusPages:
 
     async def overview(self, request: Request) -> Response:
         overview = await self.queries.overview()
-        chart = bar_chart([(bar.label, bar.count) for bar in overview.latency],
-                          title="Order-to-delivery latency, last 24 hours")
+        chart = bar_chart(
+            [(bar.label, bar.count) for bar in overview.latency], title="Order-to-delivery latency, last 24 hours"
+        )
         return self.render(request, "overview.html", overview=overview, chart=chart, states=list(JobState))
 
     async def orders(self, request: Request) -> Response:
@@ -282,9 +313,13 @@ class StatusPages:
         except ValueError:
             page = 1
         state = params.get("state", "")
-        wanted = OrderFilter(state=state if state in {s.value for s in JobState} else "",
-                             store=params.get("store", "")[:64], product=params.get("product", "")[:128],
-                             search=params.get("q", "").strip()[:128], page=page)
+        wanted = OrderFilter(
+            state=state if state in {s.value for s in JobState} else "",
+            store=params.get("store", "")[:64],
+            product=params.get("product", "")[:128],
+            search=params.get("q", "").strip()[:128],
+            page=page,
+        )
         result = await self.queries.orders(wanted)
         return self.render(request, "orders.html", result=result, wanted=wanted, states=list(JobState))
 
@@ -292,8 +327,13 @@ class StatusPages:
         detail = await self.queries.order(request.path_params["job_id"])
         if detail is None:
             return self.render(request, "error.html", 404, message="No such order.")
-        return self.render(request, "order.html", detail=detail, retryable=detail.job["state"] in OPERATOR_RETRYABLE,
-                           redeliverable=detail.job["state"] == JobState.DELIVERED.value and detail.has_content)
+        return self.render(
+            request,
+            "order.html",
+            detail=detail,
+            retryable=detail.job["state"] in OPERATOR_RETRYABLE,
+            redeliverable=detail.job["state"] == JobState.DELIVERED.value and detail.has_content,
+        )
 
     async def stock(self, request: Request) -> Response:
         rows = await self.queries.stock()

@@ -138,8 +138,9 @@ class StockSync:
         if store is None or not isinstance(store.marketplace, StockListing):
             return False
         product = store.product(product_id)
-        return product is not None and (product.listed_count is not None
-                                        or callable(getattr(product.generator, "stock_remaining", None)))
+        return product is not None and (
+            product.listed_count is not None or callable(getattr(product.generator, "stock_remaining", None))
+        )
 
     @property
     def pending(self) -> dict[Key, float]:
@@ -162,12 +163,18 @@ class StockSync:
         them."""
         if not self.settings.enabled:
             return
-        scheduler.add_job(self.sync_all, "interval", seconds=self.settings.interval, id="stock-sync",
-                          max_instances=1, coalesce=True, replace_existing=True)
+        scheduler.add_job(
+            self.sync_all,
+            "interval",
+            seconds=self.settings.interval,
+            id="stock-sync",
+            max_instances=1,
+            coalesce=True,
+            replace_existing=True,
+        )
         # No misfire limit: added before the scheduler starts, the run must not be dropped as "missed" if the start
         # comes more than APScheduler's default second later.
-        scheduler.add_job(self.sync_all, "date", id="stock-sync-first", misfire_grace_time=None,
-                          replace_existing=True)
+        scheduler.add_job(self.sync_all, "date", id="stock-sync-first", misfire_grace_time=None, replace_existing=True)
 
     async def start(self) -> None:
         """Run the debounce timer (the full pass is :meth:`schedule`'s)."""
@@ -263,9 +270,16 @@ class StockSync:
         return SyncResult(store_name, product_id, "updated", count=count, before=before)
 
 
-async def sync_once(settings: Settings, *, marketplaces: Sequence[MarketplaceType], plugins: Mapping[str, Any],
-                    stores: Sequence[str] | None = None, product: str | None = None, clock: Clock | None = None,
-                    transport: httpx.AsyncBaseTransport | None = None) -> list[SyncResult]:
+async def sync_once(
+    settings: Settings,
+    *,
+    marketplaces: Sequence[MarketplaceType],
+    plugins: Mapping[str, Any],
+    stores: Sequence[str] | None = None,
+    product: str | None = None,
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> list[SyncResult]:
     """One sync from a command's own process (``stock import``, ``softstore sync-stock``): every product of
     ``stores`` (all by default), or only ``product`` of the single store given."""
     clock = clock or SystemClock()

@@ -9,9 +9,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, select
 
 
-def rewrite_in_batches(engine: Engine, table: Table, columns: Sequence[ColumnElement[Any]],
-                       where: ColumnElement[bool], size: int,
-                       rewrite: Callable[[Connection, Sequence[Any]], None]) -> int:
+def rewrite_in_batches(
+    engine: Engine,
+    table: Table,
+    columns: Sequence[ColumnElement[Any]],
+    where: ColumnElement[bool],
+    size: int,
+    rewrite: Callable[[Connection, Sequence[Any]], None],
+) -> int:
     """Call ``rewrite(conn, rows)`` for each batch of up to ``size`` rows of ``table`` that match ``where``, in
     ``id`` order; each row holds ``table.c.id`` and then ``columns``. Returns how many rows there were.
 
@@ -23,8 +28,13 @@ def rewrite_in_batches(engine: Engine, table: Table, columns: Sequence[ColumnEle
     done, last = 0, 0
     while True:
         with engine.begin() as conn:
-            rows = conn.execute(select(table.c.id, *columns).where(and_(table.c.id > last, where)).order_by(table.c.id)
-                                .limit(size).with_for_update()).all()
+            rows = conn.execute(
+                select(table.c.id, *columns)
+                .where(and_(table.c.id > last, where))
+                .order_by(table.c.id)
+                .limit(size)
+                .with_for_update()
+            ).all()
             if not rows:
                 return done
             rewrite(conn, rows)

@@ -114,12 +114,17 @@ def _read_key_file(path: Path, where: str) -> str:
     try:
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(where, f"{path} is readable by other users", "a key file only its owner can read",
-                              f"chmod 600 {path}")
+            raise ConfigError(
+                where, f"{path} is readable by other users", "a key file only its owner can read", f"chmod 600 {path}"
+            )
         return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(where, f"cannot read {path}: {exc.strerror or exc}", "the path of a readable key file",
-                          "/etc/delivery-daemon/encryption.keys") from None
+        raise ConfigError(
+            where,
+            f"cannot read {path}: {exc.strerror or exc}",
+            "the path of a readable key file",
+            "/etc/delivery-daemon/encryption.keys",
+        ) from None
 
 
 def create_key_file(path: Path) -> None:
@@ -131,24 +136,33 @@ def create_key_file(path: Path) -> None:
         out.write(new_key_line() + "\n")
 
 
-def load_cipher(security: SecuritySettings, database_file: Path | None,
-                environ: Mapping[str, str] | None = None) -> Cipher | None:
+def load_cipher(
+    security: SecuritySettings, database_file: Path | None, environ: Mapping[str, str] | None = None
+) -> Cipher | None:
     """The configured cipher (see the module doc); None only for a non-file database with no key configured."""
     environ = os.environ if environ is None else environ
     env_name, key_file = security.encryption_key_env, security.encryption_key_file
     if env_name:
         if not environ.get(env_name) and environ.get(f"{env_name}_FILE"):
             # A key file under another name: the same rule as security.encryption_key_file (owner-only).
-            return Cipher(parse_keys(_read_key_file(Path(environ[f"{env_name}_FILE"]), "security.encryption_key_env"),
-                                     "security.encryption_key_env"))
+            return Cipher(
+                parse_keys(
+                    _read_key_file(Path(environ[f"{env_name}_FILE"]), "security.encryption_key_env"),
+                    "security.encryption_key_env",
+                )
+            )
         if not environ.get(env_name):
-            raise ConfigError("security.encryption_key_env", f"environment variable {env_name} is not set",
-                              f"{env_name} set in the daemon's environment to {_KEY_FORM} (or {env_name}_FILE "
-                              "naming a key file)", f'{env_name}="$({_KEY_COMMAND})"')
+            raise ConfigError(
+                "security.encryption_key_env",
+                f"environment variable {env_name} is not set",
+                f"{env_name} set in the daemon's environment to {_KEY_FORM} (or {env_name}_FILE naming a key file)",
+                f'{env_name}="$({_KEY_COMMAND})"',
+            )
         return Cipher(parse_keys(environ[env_name], "security.encryption_key_env"))
     if key_file:
-        return Cipher(parse_keys(_read_key_file(Path(key_file), "security.encryption_key_file"),
-                                 "security.encryption_key_file"))
+        return Cipher(
+            parse_keys(_read_key_file(Path(key_file), "security.encryption_key_file"), "security.encryption_key_file")
+        )
     if database_file is None:
         log.warning("security.encryption_disabled", reason="no key configured and the database is not a file")
         return None

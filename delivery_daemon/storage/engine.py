@@ -49,13 +49,19 @@ def check_driver(url: str) -> None:
     except ModuleNotFoundError as exc:
         module = (exc.name or str(exc)).split(".")[0]
         if module == "psycopg":
-            raise ConfigError("database.url", "PostgreSQL needs the psycopg driver: "
-                              "pip install 'delivery-daemon[postgres]'") from None
+            raise ConfigError(
+                "database.url", "PostgreSQL needs the psycopg driver: pip install 'delivery-daemon[postgres]'"
+            ) from None
         raise ConfigError("database.url", f"the database driver ({module}) is not installed") from None
 
 
-def create_db_engine(database: DatabaseSettings | str, *, synchronous: str | None = None,
-                     busy_timeout_ms: int | None = None, read_only: bool = False) -> Engine:
+def create_db_engine(
+    database: DatabaseSettings | str,
+    *,
+    synchronous: str | None = None,
+    busy_timeout_ms: int | None = None,
+    read_only: bool = False,
+) -> Engine:
     """An engine for the ``database`` section, or for a URL with that section's defaults: the one place engines are
     made (``postgresql://`` uses psycopg 3, see :func:`with_driver`). ``synchronous`` and ``busy_timeout_ms``
     override the section's (the benchmark measures ``synchronous=OFF``, which the config refuses).
@@ -88,8 +94,12 @@ def create_db_engine(database: DatabaseSettings | str, *, synchronous: str | Non
         if read_only:  # a reader writes nothing, the journal mode included: that is the daemon's engines' to set
             pragmas = ["query_only=ON", f"busy_timeout={int(busy_timeout_ms)}"]
         else:
-            pragmas = ["journal_mode=WAL", f"synchronous={synchronous}", f"busy_timeout={int(busy_timeout_ms)}",
-                       "foreign_keys=ON"]
+            pragmas = [
+                "journal_mode=WAL",
+                f"synchronous={synchronous}",
+                f"busy_timeout={int(busy_timeout_ms)}",
+                "foreign_keys=ON",
+            ]
         cursor = dbapi_connection.cursor()
         for pragma in pragmas:
             cursor.execute(f"PRAGMA {pragma}")
@@ -154,8 +164,11 @@ def _create_fresh(engine: Engine) -> bool:
             return False
         SQLModel.metadata.create_all(conn)
         # Alembic's own definition of its version table, so that a later release's upgrade reads it as usual.
-        conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
-                             "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))")
-        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:revision)"),
-                     {"revision": newest_revision()})
+        conn.exec_driver_sql(
+            "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+            "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+        )
+        conn.execute(
+            text("INSERT INTO alembic_version (version_num) VALUES (:revision)"), {"revision": newest_revision()}
+        )
     return True

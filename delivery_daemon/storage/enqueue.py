@@ -39,7 +39,8 @@ class Enqueue:
             self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"]).returning(JOBS.c.id)
         )
         self._insert_jobs_keyed = (
-            self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"])
+            self._insert_ignore()
+            .on_conflict_do_nothing(index_elements=["store", "order_id"])
             .returning(JOBS.c.id, JOBS.c.store, JOBS.c.order_id)
         )
         self._count_duplicate = (
@@ -54,10 +55,17 @@ class Enqueue:
 
     def _job_row(self, order: IncomingOrder, now: float) -> dict[str, Any]:
         return {
-            "store": order.store, "order_id": order.order_id, "marketplace": order.marketplace,
-            "product_id": order.product_id, "state": received(order).state.value,
+            "store": order.store,
+            "order_id": order.order_id,
+            "marketplace": order.marketplace,
+            "product_id": order.product_id,
+            "state": received(order).state.value,
             "payload": seal(self.cipher, order.store, order.order_id, "payload", order.payload_json()),
-            "attempts": 0, "received": 1, "due_at": now, "created_at": now, "updated_at": now,
+            "attempts": 0,
+            "received": 1,
+            "due_at": now,
+            "created_at": now,
+            "updated_at": now,
             "last_error": order.held,
         }
 
@@ -71,8 +79,9 @@ class Enqueue:
         return self._duplicate(conn, order)
 
     def _duplicate(self, conn: Connection, order: IncomingOrder) -> Enqueued:
-        job_id = conn.execute(self._count_duplicate,
-                              {"b_store": order.store, "b_order_id": order.order_id}).scalar_one()
+        job_id = conn.execute(
+            self._count_duplicate, {"b_store": order.store, "b_order_id": order.order_id}
+        ).scalar_one()
         return Enqueued(job_id=job_id, created=False)
 
     def many(self, conn: Connection, orders: list[IncomingOrder]) -> list[Enqueued]:
@@ -86,8 +95,9 @@ class Enqueue:
         for order in orders:
             job_id = new.pop((order.store, order.order_id), None)  # popped: the same order again is a duplicate
             results.append(Enqueued(job_id, True) if job_id is not None else self._duplicate(conn, order))
-        accepted = [attempt_row(r.job_id, received(order), now)
-                    for r, order in zip(results, orders, strict=True) if r.created]
+        accepted = [
+            attempt_row(r.job_id, received(order), now) for r, order in zip(results, orders, strict=True) if r.created
+        ]
         if accepted:
             conn.execute(INSERT_ATTEMPT, accepted)
         return results

@@ -30,9 +30,15 @@ class EventLog:
     def _seen(self, store: str, event_id: str) -> bool:
         cutoff = self.queue.clock.now() - self.retention
         with self.queue.engine.connect() as conn:
-            found = conn.execute(select(EVENTS.c.id).where(and_(
-                EVENTS.c.store == store, EVENTS.c.event_id == event_id, EVENTS.c.received_at >= cutoff,
-            ))).first()
+            found = conn.execute(
+                select(EVENTS.c.id).where(
+                    and_(
+                        EVENTS.c.store == store,
+                        EVENTS.c.event_id == event_id,
+                        EVENTS.c.received_at >= cutoff,
+                    )
+                )
+            ).first()
         return found is not None
 
     async def seen(self, store: str, event_id: str) -> bool:

@@ -41,14 +41,27 @@ def pending(conn: Connection, stores: Collection[str], step: str, limit: int, ci
     if not stores:
         return []
     finished = select(ATTEMPTS.c.job_id).where(and_(ATTEMPTS.c.step == step, ATTEMPTS.c.outcome.in_(FINISHED)))
-    rows = conn.execute(select(JOBS).where(and_(
-        JOBS.c.state == JobState.DELIVERED.value, JOBS.c.store.in_(list(stores)), JOBS.c.id.not_in(finished),
-    )).order_by(JOBS.c.delivered_at).limit(limit)).fetchall()
+    rows = conn.execute(
+        select(JOBS)
+        .where(
+            and_(
+                JOBS.c.state == JobState.DELIVERED.value,
+                JOBS.c.store.in_(list(stores)),
+                JOBS.c.id.not_in(finished),
+            )
+        )
+        .order_by(JOBS.c.delivered_at)
+        .limit(limit)
+    ).fetchall()
     jobs = [row_to_job(row, cipher) for row in rows]
     if not jobs:
         return []
-    tries = {row[0]: (int(row[1]), float(row[2])) for row in conn.execute(
-        select(ATTEMPTS.c.job_id, func.count(), func.max(ATTEMPTS.c.at))
-        .where(and_(ATTEMPTS.c.step == step, ATTEMPTS.c.job_id.in_([job.id for job in jobs])))
-        .group_by(ATTEMPTS.c.job_id)).fetchall()}
+    tries = {
+        row[0]: (int(row[1]), float(row[2]))
+        for row in conn.execute(
+            select(ATTEMPTS.c.job_id, func.count(), func.max(ATTEMPTS.c.at))
+            .where(and_(ATTEMPTS.c.step == step, ATTEMPTS.c.job_id.in_([job.id for job in jobs])))
+            .group_by(ATTEMPTS.c.job_id)
+        ).fetchall()
+    }
     return [Pending(job, *tries.get(job.id, (0, None))) for job in jobs]

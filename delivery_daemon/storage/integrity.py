@@ -16,8 +16,10 @@ from sqlalchemy.exc import SQLAlchemyError
 DUPLICATE_JOBS = "SELECT count(*) FROM (SELECT 1 FROM jobs GROUP BY store, order_id HAVING count(*) > 1) AS d"
 ORPHAN_ATTEMPTS = "SELECT count(*) FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)"
 # Keys are sealed at rest (random nonce): their HMAC is what repeats when a key is in the pool twice.
-DUPLICATE_STOCK = ("SELECT count(*) FROM (SELECT 1 FROM stock_keys WHERE key_hash IS NOT NULL "
-                   "GROUP BY store, product_id, key_hash HAVING count(*) > 1) AS d")
+DUPLICATE_STOCK = (
+    "SELECT count(*) FROM (SELECT 1 FROM stock_keys WHERE key_hash IS NOT NULL "
+    "GROUP BY store, product_id, key_hash HAVING count(*) > 1) AS d"
+)
 STATES = "SELECT state, count(*) FROM jobs GROUP BY state"
 BTREE_INDEXES = """
     SELECT c.oid::regclass::text FROM pg_index i
@@ -35,9 +37,11 @@ def job_states(conn: Connection) -> dict[str, int]:
 def consistency_problems(conn: Connection) -> list[str]:
     """What breaks the tables' invariants, e.g. ``2 jobs share a (store, order id)``; empty when none does."""
     problems: list[str] = []
-    for what, sql in (("jobs share a (store, order id)", DUPLICATE_JOBS),
-                      ("attempts belong to no job", ORPHAN_ATTEMPTS),
-                      ("stock keys are in the pool twice", DUPLICATE_STOCK)):
+    for what, sql in (
+        ("jobs share a (store, order id)", DUPLICATE_JOBS),
+        ("attempts belong to no job", ORPHAN_ATTEMPTS),
+        ("stock keys are in the pool twice", DUPLICATE_STOCK),
+    ):
         count = int(conn.execute(text(sql)).scalar_one())
         if count:
             problems.append(f"{count} {what}")

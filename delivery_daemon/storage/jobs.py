@@ -97,8 +97,16 @@ INSERT_ATTEMPT = insert(ATTEMPTS)
 
 
 def attempt_row(job_id: int, change: Transition, now: float) -> dict[str, Any]:
-    return {"job_id": job_id, "at": now, "step": change.step, "outcome": change.outcome, "state": change.state.value,
-            "http_status": change.http_status, "error": change.error, "duration_ms": change.duration_ms}
+    return {
+        "job_id": job_id,
+        "at": now,
+        "step": change.step,
+        "outcome": change.outcome,
+        "state": change.state.value,
+        "http_status": change.http_status,
+        "error": change.error,
+        "duration_ms": change.duration_ms,
+    }
 
 
 def record(conn: Connection, job_id: int, change: Transition, now: float) -> None:

@@ -67,20 +67,31 @@ class Leases:
         return (
             update(JOBS)
             .where(JOBS.c.id.in_(due))
-            .values(state=JobState.RUNNING.value, lease_owner=bindparam("b_owner"), lease_until=bindparam("b_until"),
-                    updated_at=now)
+            .values(
+                state=JobState.RUNNING.value,
+                lease_owner=bindparam("b_owner"),
+                lease_until=bindparam("b_until"),
+                updated_at=now,
+            )
             .returning(*JOBS.c)
         )
 
-    def claim_order(self, conn: Connection, store: str, order_id: str, owner: str, lease_seconds: float,
-                    from_states: Sequence[str], without_content: bool = False) -> Job | None:
+    def claim_order(
+        self,
+        conn: Connection,
+        store: str,
+        order_id: str,
+        owner: str,
+        lease_seconds: float,
+        from_states: Sequence[str],
+        without_content: bool = False,
+    ) -> Job | None:
         now = self.clock.now()
         where = and_(JOBS.c.store == store, JOBS.c.order_id == order_id, JOBS.c.state.in_(from_states))
         row = conn.execute(
             update(JOBS)
             .where(and_(where, JOBS.c.content.is_(None)) if without_content else where)
-            .values(state=JobState.RUNNING.value, lease_owner=owner, lease_until=now + lease_seconds,
-                    updated_at=now)
+            .values(state=JobState.RUNNING.value, lease_owner=owner, lease_until=now + lease_seconds, updated_at=now)
             .returning(*JOBS.c)
         ).first()
         return row_to_job(row, self.cipher) if row is not None else None
@@ -92,8 +103,11 @@ class Leases:
         pending = and_(where, JOBS.c.flag.is_not(None), JOBS.c.delivered_at.is_(None))
         rows = conn.execute(select(JOBS.c.id, JOBS.c.flag).where(pending).with_for_update(skip_locked=True)).all()
         for row in rows:
-            conn.execute(update(JOBS).where(JOBS.c.id == row.id).values(
-                state=JobState.CANCELLED.value, lease_owner=None, lease_until=None, flag=None, updated_at=now))
+            conn.execute(
+                update(JOBS)
+                .where(JOBS.c.id == row.id)
+                .values(state=JobState.CANCELLED.value, lease_owner=None, lease_until=None, flag=None, updated_at=now)
+            )
             record(conn, row.id, Transition(JobState.CANCELLED, "lease", outcome), now)
             record(conn, row.id, Transition(JobState.CANCELLED, "event", f"{row.flag}:cancelled"), now)
         return len(rows)
@@ -105,13 +119,16 @@ class Leases:
         # Every replica runs this periodically: SKIP LOCKED gives concurrent runs disjoint rows (no deadlock, no
         # double "expired" record) and skips a job whose owner is committing its transition right now.
         locked = select(JOBS.c.id).where(expired).with_for_update(skip_locked=True).scalar_subquery()
-        ids = conn.execute(
-            update(JOBS)
-            .where(and_(JOBS.c.id.in_(locked), expired))
-            .values(state=JobState.QUEUED.value, lease_owner=None, lease_until=None, due_at=now,
-                    updated_at=now)
-            .returning(JOBS.c.id)
-        ).scalars().all()
+        ids = (
+            conn.execute(
+                update(JOBS)
+                .where(and_(JOBS.c.id.in_(locked), expired))
+                .values(state=JobState.QUEUED.value, lease_owner=None, lease_until=None, due_at=now, updated_at=now)
+                .returning(JOBS.c.id)
+            )
+            .scalars()
+            .all()
+        )
         for job_id in ids:
             record(conn, job_id, Transition(JobState.QUEUED, "lease", "expired"), now)
         return cancelled + len(ids)
@@ -120,13 +137,16 @@ class Leases:
         now = self.clock.now()
         owned = and_(JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner)
         cancelled = self._cancel_released(conn, owned, "released", now)
-        ids = conn.execute(
-            update(JOBS)
-            .where(owned)
-            .values(state=JobState.QUEUED.value, lease_owner=None, lease_until=None, due_at=now,
-                    updated_at=now)
-            .returning(JOBS.c.id)
-        ).scalars().all()
+        ids = (
+            conn.execute(
+                update(JOBS)
+                .where(owned)
+                .values(state=JobState.QUEUED.value, lease_owner=None, lease_until=None, due_at=now, updated_at=now)
+                .returning(JOBS.c.id)
+            )
+            .scalars()
+            .all()
+        )
         for job_id in ids:
             record(conn, job_id, Transition(JobState.QUEUED, "lease", "released"), now)
         return cancelled + len(ids)

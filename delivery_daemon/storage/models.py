@@ -124,8 +124,10 @@ def from_row(model: type[TableModel], values: Mapping[str, Any]) -> TableModel:
     table = table_of(model)
     columns = table.columns.keys()
     if values.keys() ^ columns:
-        raise ValueError(f"a {model.__name__} row needs every column of {table.name} and no other: missing "
-                         f"{sorted(set(columns) - values.keys())}, unknown {sorted(values.keys() - set(columns))}")
+        raise ValueError(
+            f"a {model.__name__} row needs every column of {table.name} and no other: missing "
+            f"{sorted(set(columns) - values.keys())}, unknown {sorted(values.keys() - set(columns))}"
+        )
     manager = manager_of_class(model)
     if not manager.mapper.configured:
         configure_mappers()  # SQLAlchemy's set-up on first use: an unconfigured class's attributes cannot be set

@@ -72,8 +72,12 @@ class Listener:
             except (psycopg.Error, OSError) as exc:
                 # Type and SQLSTATE only: libpq messages can echo connection parameters.
                 self.listening.clear()
-                log.warning("notify.disconnected", error=type(exc).__name__,
-                            sqlstate=getattr(exc, "sqlstate", None), retry_in_s=delay)
+                log.warning(
+                    "notify.disconnected",
+                    error=type(exc).__name__,
+                    sqlstate=getattr(exc, "sqlstate", None),
+                    retry_in_s=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff)
 

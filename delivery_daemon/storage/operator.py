@@ -30,8 +30,13 @@ from delivery_daemon.storage.models import Attempt, Job, JobState
 from delivery_daemon.storage.reads import read_history
 from delivery_daemon.storage.transitions import OPERATOR_RETRYABLE, OperatorAction, operator_requeue
 
-CANCELLABLE = (JobState.QUEUED.value, JobState.RETRY_WAIT.value, JobState.WAITING.value, JobState.DEAD.value,
-               JobState.HELD.value)
+CANCELLABLE = (
+    JobState.QUEUED.value,
+    JobState.RETRY_WAIT.value,
+    JobState.WAITING.value,
+    JobState.DEAD.value,
+    JobState.HELD.value,
+)
 
 REDELIVERY_NOTES: dict[str, str] = {
     "softstore": (
@@ -131,9 +136,11 @@ class Orders:
         """Queue a dead, waiting, retry-waiting, held or cancelled order now, with a fresh retry schedule."""
         job = self.resolve(ref, store)
         if job.state not in OPERATOR_RETRYABLE:
-            hint = {JobState.DELIVERED.value: "it is delivered; use 'orders redeliver' to send it again",
-                    JobState.QUEUED.value: "it is already queued",
-                    JobState.RUNNING.value: "it is being processed right now"}.get(job.state, "")
+            hint = {
+                JobState.DELIVERED.value: "it is delivered; use 'orders redeliver' to send it again",
+                JobState.QUEUED.value: "it is already queued",
+                JobState.RUNNING.value: "it is being processed right now",
+            }.get(job.state, "")
             raise ActionRefused(f"order {job.order_id} is {job.state}: {hint}".rstrip(": "))
         return self._move(job, "retry")
 
@@ -141,11 +148,14 @@ class Orders:
         """Queue every dead order now; returns the job ids that moved (empty when there were none)."""
         now = self.clock.now()
         with self.engine.begin() as conn:
-            ids = conn.execute(
-                select(JOBS.c.id).where(JOBS.c.state == JobState.DEAD.value).order_by(JOBS.c.id)
-            ).scalars().all()
-            return [job_id for job_id in ids
-                    if operator_requeue(conn, job_id, "retry", now, only=(JobState.DEAD.value,))]
+            ids = (
+                conn.execute(select(JOBS.c.id).where(JOBS.c.state == JobState.DEAD.value).order_by(JOBS.c.id))
+                .scalars()
+                .all()
+            )
+            return [
+                job_id for job_id in ids if operator_requeue(conn, job_id, "retry", now, only=(JobState.DEAD.value,))
+            ]
 
     def redeliver(self, ref: str, store: str | None = None) -> Job:
         """Queue a delivered order to send its stored content again (see :data:`REDELIVERY_NOTES`)."""
@@ -160,14 +170,17 @@ class Orders:
         """Never attempt this order again (it stays in the database, state ``cancelled``)."""
         job = self.resolve(ref, store)
         if job.state not in CANCELLABLE:
-            why = {JobState.RUNNING.value: "it is being processed right now; try again in a moment",
-                   JobState.DELIVERED.value: "it was delivered already",
-                   JobState.CANCELLED.value: "it is already cancelled"}.get(job.state, job.state)
+            why = {
+                JobState.RUNNING.value: "it is being processed right now; try again in a moment",
+                JobState.DELIVERED.value: "it was delivered already",
+                JobState.CANCELLED.value: "it is already cancelled",
+            }.get(job.state, job.state)
             raise ActionRefused(f"order {job.order_id} cannot be cancelled: {why}")
         now = self.clock.now()
         with self.engine.begin() as conn:
             moved = conn.execute(
-                update(JOBS).where(and_(JOBS.c.id == job.id, JOBS.c.state.in_(CANCELLABLE)))
+                update(JOBS)
+                .where(and_(JOBS.c.id == job.id, JOBS.c.state.in_(CANCELLABLE)))
                 .values(state=JobState.CANCELLED.value, updated_at=now)
             ).rowcount
             if moved != 1:

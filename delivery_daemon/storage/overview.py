@@ -28,8 +28,13 @@ PAGE_SIZE = 50
 """Orders per page of the orders table."""
 
 LATENCY_BUCKETS: tuple[tuple[str, float], ...] = (
-    ("< 1 s", 1.0), ("1-5 s", 5.0), ("5-30 s", 30.0), ("30 s-1 min", 60.0), ("1-5 min", 300.0),
-    ("5-30 min", 1800.0), ("30 min-2 h", 7200.0),
+    ("< 1 s", 1.0),
+    ("1-5 s", 5.0),
+    ("5-30 s", 30.0),
+    ("30 s-1 min", 60.0),
+    ("1-5 min", 300.0),
+    ("5-30 min", 1800.0),
+    ("30 min-2 h", 7200.0),
 )
 """Upper bounds (seconds, exclusive) of the latency chart's bars; a last bar takes everything slower."""
 SLOWEST_BUCKET = "≥ 2 h"
@@ -38,15 +43,31 @@ SLOWEST_BUCKET = "≥ 2 h"
 # create_schema never creates it.
 _STOCK_METADATA = MetaData()
 STOCK_KEYS = Table(
-    "stock_keys", _STOCK_METADATA,
-    Column("store", String(64)), Column("product_id", String(128)), Column("claimed_by", String(256)),
+    "stock_keys",
+    _STOCK_METADATA,
+    Column("store", String(64)),
+    Column("product_id", String(128)),
+    Column("claimed_by", String(256)),
 )
 
 # Only these columns of a job are ever selected (never content or payload).
 _JOB_COLUMNS = (
-    JOBS.c.id, JOBS.c.store, JOBS.c.order_id, JOBS.c.marketplace, JOBS.c.product_id, JOBS.c.state,
-    JOBS.c.quantity, JOBS.c.buyer_email, JOBS.c.attempts, JOBS.c.received, JOBS.c.due_at, JOBS.c.last_error,
-    JOBS.c.created_at, JOBS.c.updated_at, JOBS.c.delivered_at, JOBS.c.flag,
+    JOBS.c.id,
+    JOBS.c.store,
+    JOBS.c.order_id,
+    JOBS.c.marketplace,
+    JOBS.c.product_id,
+    JOBS.c.state,
+    JOBS.c.quantity,
+    JOBS.c.buyer_email,
+    JOBS.c.attempts,
+    JOBS.c.received,
+    JOBS.c.due_at,
+    JOBS.c.last_error,
+    JOBS.c.created_at,
+    JOBS.c.updated_at,
+    JOBS.c.delivered_at,
+    JOBS.c.flag,
 )
 
 
@@ -109,24 +130,32 @@ def _overview(conn: Connection, now: float) -> Overview:
         counts[state] = int(count)
     oldest = conn.execute(
         select(JOBS.c.id, JOBS.c.store, JOBS.c.order_id, JOBS.c.state, JOBS.c.created_at)
-        .where(JOBS.c.state.not_in(FINAL)).order_by(JOBS.c.created_at, JOBS.c.id).limit(1)
+        .where(JOBS.c.state.not_in(FINAL))
+        .order_by(JOBS.c.created_at, JOBS.c.id)
+        .limit(1)
     ).first()
-    delivered = conn.execute(select(
-        func.count(case((JOBS.c.delivered_at >= now - 3600, 1))),
-        func.count(case((JOBS.c.delivered_at >= now - 86400, 1))),
-    ).where(JOBS.c.state == JobState.DELIVERED.value)).one()
+    delivered = conn.execute(
+        select(
+            func.count(case((JOBS.c.delivered_at >= now - 3600, 1))),
+            func.count(case((JOBS.c.delivered_at >= now - 86400, 1))),
+        ).where(JOBS.c.state == JobState.DELIVERED.value)
+    ).one()
     latency_s = JOBS.c.delivered_at - JOBS.c.created_at
     bucket = case(*((latency_s < bound, label) for label, bound in LATENCY_BUCKETS), else_=SLOWEST_BUCKET)
-    found: dict[str, int] = {str(label): int(count) for label, count in conn.execute(
-        select(bucket.label("bucket"), func.count())
-        .where(and_(JOBS.c.state == JobState.DELIVERED.value, JOBS.c.delivered_at >= now - 86400))
-        .group_by(bucket)
-    )}
+    found: dict[str, int] = {
+        str(label): int(count)
+        for label, count in conn.execute(
+            select(bucket.label("bucket"), func.count())
+            .where(and_(JOBS.c.state == JobState.DELIVERED.value, JOBS.c.delivered_at >= now - 86400))
+            .group_by(bucket)
+        )
+    }
     labels = [label for label, _ in LATENCY_BUCKETS] + [SLOWEST_BUCKET]
     return Overview(
         counts=counts,
         oldest_open=dict(oldest._mapping) if oldest is not None else None,
-        delivered_last_hour=int(delivered[0]), delivered_last_day=int(delivered[1]),
+        delivered_last_hour=int(delivered[0]),
+        delivered_last_day=int(delivered[1]),
         latency=[LatencyBar(label, found.get(label, 0)) for label in labels],
         now=now,
     )
@@ -145,8 +174,12 @@ def _conditions(wanted: OrderFilter) -> list[Any]:
     if wanted.product:
         conditions.append(JOBS.c.product_id == wanted.product)
     if wanted.search:
-        conditions.append(or_(JOBS.c.order_id.contains(wanted.search, autoescape=True),
-                              JOBS.c.buyer_email.contains(wanted.search, autoescape=True)))
+        conditions.append(
+            or_(
+                JOBS.c.order_id.contains(wanted.search, autoescape=True),
+                JOBS.c.buyer_email.contains(wanted.search, autoescape=True),
+            )
+        )
     return conditions
 
 
@@ -157,18 +190,23 @@ def _orders(conn: Connection, wanted: OrderFilter) -> OrdersPage:
     pages = max(1, -(-total // PAGE_SIZE))
     page = min(max(1, wanted.page), pages)
     rows = conn.execute(
-        select(*_JOB_COLUMNS).where(where).order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc())
-        .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)
+        select(*_JOB_COLUMNS)
+        .where(where)
+        .order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc())
+        .limit(PAGE_SIZE)
+        .offset((page - 1) * PAGE_SIZE)
     ).fetchall()
     stores = list(conn.execute(select(JOBS.c.store).distinct().order_by(JOBS.c.store)).scalars())
     products = list(conn.execute(select(JOBS.c.product_id).distinct().order_by(JOBS.c.product_id)).scalars())
-    return OrdersPage(rows=[dict(row._mapping) for row in rows], total=total, page=page, pages=pages,
-                      stores=stores, products=products)
+    return OrdersPage(
+        rows=[dict(row._mapping) for row in rows], total=total, page=page, pages=pages, stores=stores, products=products
+    )
 
 
 def _order(conn: Connection, job_id: int) -> OrderDetail | None:
-    row = conn.execute(select(*_JOB_COLUMNS, JOBS.c.content.is_not(None).label("has_content"))
-                       .where(JOBS.c.id == job_id)).first()
+    row = conn.execute(
+        select(*_JOB_COLUMNS, JOBS.c.content.is_not(None).label("has_content")).where(JOBS.c.id == job_id)
+    ).first()
     if row is None:
         return None
     job = dict(row._mapping)
@@ -187,8 +225,10 @@ def _stock(conn: Connection, low_stock: int) -> list[StockRow]:
         .group_by(STOCK_KEYS.c.store, STOCK_KEYS.c.product_id)
         .order_by(STOCK_KEYS.c.store, STOCK_KEYS.c.product_id)
     ).all()
-    return [StockRow(store, product, int(available), int(used), int(available) <= low_stock)
-            for store, product, available, used in rows]
+    return [
+        StockRow(store, product, int(available), int(used), int(available) <= low_stock)
+        for store, product, available, used in rows
+    ]
 
 
 class StatusQueries:

@@ -57,8 +57,9 @@ T = TypeVar("T")
 class JobQueue:
     """Async facade over the jobs and attempts tables."""
 
-    def __init__(self, engine: Engine, clock: Clock, cipher: Cipher | None = None, *,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(
+        self, engine: Engine, clock: Clock, cipher: Cipher | None = None, *, max_batch: int = DEFAULT_MAX_BATCH
+    ) -> None:
         self.engine = engine
         self.clock = clock
         self.cipher = cipher
@@ -87,8 +88,9 @@ class JobQueue:
     async def _read(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._submit(lambda conn: fn(conn, *args, **kwargs), write=False)
 
-    async def _submit(self, fn: Callable[[Connection], T], *, write: bool, merge: Merge | None = None,
-                      item: Any = None) -> T:
+    async def _submit(
+        self, fn: Callable[[Connection], T], *, write: bool, merge: Merge | None = None, item: Any = None
+    ) -> T:
         """``fn`` through the group committer (with ``merge``: as one of a merged run, see
         :meth:`GroupCommitter.run_merged`), SQLAlchemy's errors translated to
         :class:`~delivery_daemon.storage.jobs.QueueError`."""
@@ -106,8 +108,9 @@ class JobQueue:
         (store, order_id) changes nothing else.
 
         Enqueues waiting together share one multi-row INSERT (see :meth:`GroupCommitter.run_merged`)."""
-        return await self._submit(lambda conn: self._enqueuer.one(conn, order), write=True, merge=self._enqueuer.many,
-                                  item=order)
+        return await self._submit(
+            lambda conn: self._enqueuer.one(conn, order), write=True, merge=self._enqueuer.many, item=order
+        )
 
     # -- claim -----------------------------------------------------------------------------------------------
 
@@ -136,31 +139,37 @@ class JobQueue:
 
     # -- transitions of a leased job ---------------------------------------------------------------------------
 
-    async def _leased(self, job: Job, owner: str, values: dict[str, Any], changes: Sequence[Transition],
-                      count_attempt: bool = False) -> Settled | None:
+    async def _leased(
+        self, job: Job, owner: str, values: dict[str, Any], changes: Sequence[Transition], count_attempt: bool = False
+    ) -> Settled | None:
         """:meth:`Transitions.update_leased` on the database thread; calls of one shape waiting together are
         merged (see :meth:`Transitions.merge`)."""
         assert job.id is not None, "a leased job has been stored"
-        return await self._submit(lambda conn: self._transitions.update_leased(conn, job, owner, values, changes,
-                                                                               count_attempt),
-                                  write=True, merge=self._transitions.merge(values, count_attempt),
-                                  item=LeasedChange(job.id, owner, values, changes))
+        return await self._submit(
+            lambda conn: self._transitions.update_leased(conn, job, owner, values, changes, count_attempt),
+            write=True,
+            merge=self._transitions.merge(values, count_attempt),
+            item=LeasedChange(job.id, owner, values, changes),
+        )
 
     @staticmethod
     def _before_sending(settled: Settled | None) -> None:
         if settled is not None:
             raise OrderCancelled(settled)
 
-    async def save_verification(self, job: Job, owner: str, quantity: int, buyer_email: str | None,
-                                duration_ms: float) -> None:
+    async def save_verification(
+        self, job: Job, owner: str, quantity: int, buyer_email: str | None, duration_ms: float
+    ) -> None:
         """Store what the marketplace confirmed (the quantity comes only from here); :class:`OrderCancelled` if a
         refund or dispute was pending (stored too, and the job is cancelled)."""
         change = Transition(JobState.RUNNING, "verify", "ok", duration_ms=duration_ms)
-        self._before_sending(await self._leased(job, owner, {"quantity": quantity, "buyer_email": buyer_email},
-                                                [change]))
+        self._before_sending(
+            await self._leased(job, owner, {"quantity": quantity, "buyer_email": buyer_email}, [change])
+        )
 
-    async def save_content(self, job: Job, owner: str, content: str, duration_ms: float, *,
-                           verified: Verified | None = None) -> None:
+    async def save_content(
+        self, job: Job, owner: str, content: str, duration_ms: float, *, verified: Verified | None = None
+    ) -> None:
         """Store the generated content; it is never generated again for this job.
 
         With ``verified``, what the marketplace confirmed is stored in the same transaction (and both steps are
@@ -210,20 +219,24 @@ class JobQueue:
         if the job moved."""
         return await self._run(operator_requeue, job_id, "retry", self.clock.now())
 
-    async def claim_order(self, store: str, order_id: str, owner: str, lease_seconds: float,
-                          from_states: Sequence[str] = RUNNABLE) -> Job | None:
+    async def claim_order(
+        self, store: str, order_id: str, owner: str, lease_seconds: float, from_states: Sequence[str] = RUNNABLE
+    ) -> Job | None:
         """Lease one named order to ``owner`` if it is in one of ``from_states``; None if it is not (e.g. a worker
         holds it, or it is final)."""
         return await self._run(self._leases.claim_order, store, order_id, owner, lease_seconds, from_states)
 
-    def _enqueue_leased(self, conn: Connection, order: IncomingOrder, owner: str, lease_seconds: float,
-                        from_states: Sequence[str]) -> Job | None:
+    def _enqueue_leased(
+        self, conn: Connection, order: IncomingOrder, owner: str, lease_seconds: float, from_states: Sequence[str]
+    ) -> Job | None:
         self._enqueuer.one(conn, order)
-        return self._leases.claim_order(conn, order.store, order.order_id, owner, lease_seconds, from_states,
-                                        without_content=True)
+        return self._leases.claim_order(
+            conn, order.store, order.order_id, owner, lease_seconds, from_states, without_content=True
+        )
 
-    async def enqueue_leased(self, order: IncomingOrder, owner: str, lease_seconds: float,
-                             from_states: Sequence[str]) -> Job | None:
+    async def enqueue_leased(
+        self, order: IncomingOrder, owner: str, lease_seconds: float, from_states: Sequence[str]
+    ) -> Job | None:
         """Commit ``order`` as :meth:`enqueue` does and, in the same transaction, lease it to ``owner`` if it is in
         one of ``from_states`` and has no content yet; None if not. A worker never sees the new job unleased: a
         synchronous answer (Sellix dynamic products) must not race a worker delivering it through the channel."""

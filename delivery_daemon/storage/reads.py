@@ -54,6 +54,11 @@ def oldest_unfinished(engine: Engine) -> float | None:
 def waiting_per_product(engine: Engine) -> dict[tuple[str, str], int]:
     """Jobs waiting for stock, per (store, product id)."""
     with engine.connect() as conn:
-        return {(s, p): int(n) for s, p, n in conn.execute(
-            select(JOBS.c.store, JOBS.c.product_id, func.count()).where(JOBS.c.state == JobState.WAITING.value)
-            .group_by(JOBS.c.store, JOBS.c.product_id)).all()}
+        return {
+            (s, p): int(n)
+            for s, p, n in conn.execute(
+                select(JOBS.c.store, JOBS.c.product_id, func.count())
+                .where(JOBS.c.state == JobState.WAITING.value)
+                .group_by(JOBS.c.store, JOBS.c.product_id)
+            ).all()
+        }

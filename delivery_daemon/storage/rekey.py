@@ -92,8 +92,12 @@ def seal_at_start(engine: Engine, clock: Clock, cipher: Cipher | None) -> int:
 def _reseal_jobs(engine: Engine, cipher: Cipher, batch: int) -> int:
     current = f"{PREFIX}:{cipher.current}:"
     columns = [JOBS.c[name] for name in SEALED]
-    stale = or_(*(and_(column.is_not(None), column != EMPTY_PAYLOAD, ~column.startswith(current, autoescape=True))
-                  for column in columns))
+    stale = or_(
+        *(
+            and_(column.is_not(None), column != EMPTY_PAYLOAD, ~column.startswith(current, autoescape=True))
+            for column in columns
+        )
+    )
 
     def reseal(conn: Connection, rows: Sequence[Any]) -> None:
         for row in rows:

@@ -37,7 +37,8 @@ def purge(engine: Engine, clock: Clock, days: float, *, batch: int = BATCH) -> i
     now = clock.now()
     cutoff = now - days * 86400
     stale = and_(
-        JOBS.c.state.in_(FINAL), JOBS.c.updated_at < cutoff,
+        JOBS.c.state.in_(FINAL),
+        JOBS.c.updated_at < cutoff,
         or_(JOBS.c.payload != EMPTY_PAYLOAD, JOBS.c.content.is_not(None), JOBS.c.buyer_email.is_not(None)),
     )
     total = 0
@@ -47,13 +48,15 @@ def purge(engine: Engine, clock: Clock, days: float, *, batch: int = BATCH) -> i
             if not ids:
                 return total
             rows = conn.execute(
-                update(JOBS).where(and_(JOBS.c.id.in_(ids), stale))
+                update(JOBS)
+                .where(and_(JOBS.c.id.in_(ids), stale))
                 .values(payload=EMPTY_PAYLOAD, content=None, buyer_email=None)
                 .returning(JOBS.c.id, JOBS.c.state)
             ).fetchall()
             for job_id, state in rows:
-                conn.execute(insert(ATTEMPTS).values(job_id=job_id, at=now, step="admin", outcome="purged",
-                                                     state=state))
+                conn.execute(
+                    insert(ATTEMPTS).values(job_id=job_id, at=now, step="admin", outcome="purged", state=state)
+                )
             total += len(rows)
 
 
@@ -79,8 +82,15 @@ class RetentionService:
     def schedule(self, scheduler: BaseScheduler) -> None:
         """Add the purge to ``scheduler``: every ``interval`` seconds, and once as soon as it runs (a daemon restarted
         daily would otherwise never purge). Scheduling again replaces these jobs instead of doubling them."""
-        scheduler.add_job(self.run_once, "interval", seconds=self.interval, id="retention", max_instances=1,
-                          coalesce=True, replace_existing=True)
+        scheduler.add_job(
+            self.run_once,
+            "interval",
+            seconds=self.interval,
+            id="retention",
+            max_instances=1,
+            coalesce=True,
+            replace_existing=True,
+        )
         # No misfire limit: added before the scheduler starts, the run must not be dropped as "missed" if the start
         # comes more than APScheduler's default second later.
         scheduler.add_job(self.run_once, "date", id="retention-first", misfire_grace_time=None, replace_existing=True)

@@ -154,9 +154,16 @@ class StockPool:
                 hash_key = self._hash_key(conn)
                 for key in dict.fromkeys(keys):
                     digest = hmac.new(hash_key, key.encode(), hashlib.sha256).hexdigest()
-                    result = conn.execute(statement, {
-                        "store": store, "product_id": product_id, "key": self._seal(store, product_id, key, digest),
-                        "key_hash": digest, "imported_at": now})
+                    result = conn.execute(
+                        statement,
+                        {
+                            "store": store,
+                            "product_id": product_id,
+                            "key": self._seal(store, product_id, key, digest),
+                            "key_hash": digest,
+                            "imported_at": now,
+                        },
+                    )
                     # Count the returned ids: psycopg reports rowcount -1 for a skipped ON CONFLICT row.
                     added += len(result.all())
         except VaultError as exc:
@@ -165,8 +172,9 @@ class StockPool:
             raise StockError(f"database error: {type(exc).__name__}") from exc
         return ImportResult(added=added, duplicates=len(keys) - added)
 
-    def claim(self, store: str, product_id: str, order_key: str, count: int, *,
-              low_threshold: int | None = None) -> list[str]:
+    def claim(
+        self, store: str, product_id: str, order_key: str, count: int, *, low_threshold: int | None = None
+    ) -> list[str]:
         """Exactly ``count`` keys (plaintext) for the order ``order_key``, or OutOfStock with nothing taken (Retry
         instead when enough keys are free but a concurrent claim holds some of them locked, on PostgreSQL).
 
@@ -178,8 +186,8 @@ class StockPool:
         try:
             with self.engine.begin() as conn:
                 held = conn.execute(
-                    select(KEYS.c.key, KEYS.c.key_hash).where(and_(
-                        KEYS.c.store == store, KEYS.c.product_id == product_id, KEYS.c.claimed_by == order_key))
+                    select(KEYS.c.key, KEYS.c.key_hash)
+                    .where(and_(KEYS.c.store == store, KEYS.c.product_id == product_id, KEYS.c.claimed_by == order_key))
                     .order_by(KEYS.c.id)
                 ).all()
                 need = count - len(held)
@@ -187,11 +195,16 @@ class StockPool:
                     return [self._open(store, product_id, key, digest) for key, digest in held[:count]]
                 # Two statements, not ``UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)``: PostgreSQL
                 # may re-run that subquery per row and so take more than ``n`` keys.
-                ids = conn.execute(
-                    select(KEYS.c.id).where(free).order_by(KEYS.c.id).limit(need).with_for_update(skip_locked=True)
-                ).scalars().all()
+                ids = (
+                    conn.execute(
+                        select(KEYS.c.id).where(free).order_by(KEYS.c.id).limit(need).with_for_update(skip_locked=True)
+                    )
+                    .scalars()
+                    .all()
+                )
                 rows = conn.execute(
-                    update(KEYS).where(and_(KEYS.c.id.in_(ids), KEYS.c.claimed_by.is_(None)))
+                    update(KEYS)
+                    .where(and_(KEYS.c.id.in_(ids), KEYS.c.claimed_by.is_(None)))
                     .values(claimed_by=order_key, claimed_at=self.clock.now())
                     .returning(KEYS.c.id, KEYS.c.key, KEYS.c.key_hash)
                 ).all()
@@ -201,8 +214,10 @@ class StockPool:
                     if free_now >= need:
                         # Enough keys exist, but a concurrent claim (another replica) holds some of them locked and
                         # may yet roll back. Waiting for an import would strand this order while keys are free.
-                        raise Retry(f"{need} keys needed for product {product_id}: some are held by a concurrent "
-                                    "claim", after=CONTENDED_RETRY)
+                        raise Retry(
+                            f"{need} keys needed for product {product_id}: some are held by a concurrent claim",
+                            after=CONTENDED_RETRY,
+                        )
                     raise OutOfStock(f"{need} keys needed for product {product_id}, {len(rows)} left")
                 # Opened inside the transaction: a key that does not decrypt is not taken either.
                 keys = [self._open(store, product_id, key, digest) for key, digest in held]
@@ -232,8 +247,11 @@ class StockPool:
             for row_id, store, product_id, stored, digest in rows:
                 plain = self._open(store, product_id, stored, digest)
                 digest = digest or hmac.new(hash_key, plain.encode(), hashlib.sha256).hexdigest()
-                conn.execute(update(KEYS).where(KEYS.c.id == row_id).values(
-                    key=self._seal(store, product_id, plain, digest), key_hash=digest))
+                conn.execute(
+                    update(KEYS)
+                    .where(KEYS.c.id == row_id)
+                    .values(key=self._seal(store, product_id, plain, digest), key_hash=digest)
+                )
 
         columns = [KEYS.c.store, KEYS.c.product_id, KEYS.c.key, KEYS.c.key_hash]
         try:

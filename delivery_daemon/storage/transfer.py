@@ -43,10 +43,10 @@ def _tables() -> list[Table]:
 
 
 def _census(conn: Connection, tables: list[Table]) -> tuple[dict[str, int], dict[str, int]]:
-    counts = {table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-              for table in tables}
-    states = {str(state): int(n) for state, n in conn.execute(
-        select(JOBS.c.state, func.count()).group_by(JOBS.c.state)).all()}
+    counts = {table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one()) for table in tables}
+    states = {
+        str(state): int(n) for state, n in conn.execute(select(JOBS.c.state, func.count()).group_by(JOBS.c.state)).all()
+    }
     return counts, states
 
 
@@ -80,8 +80,9 @@ def copy_database(source_engine: Engine, target_engine: Engine) -> CopyReport:
         with source_engine.begin() as source, target_engine.begin() as target:
             existing = target.execute(select(func.count()).select_from(JOBS)).scalar_one()
             if existing:
-                raise MigrateError(f"the target database already holds {existing} jobs; "
-                                   "migrate only into an empty database")
+                raise MigrateError(
+                    f"the target database already holds {existing} jobs; migrate only into an empty database"
+                )
             for table in tables:
                 _copy_table(source, target, table)
             _reset_sequences(target, tables)
@@ -91,6 +92,5 @@ def copy_database(source_engine: Engine, target_engine: Engine) -> CopyReport:
                 raise MigrateError(f"verification failed, nothing was kept: source {expected}, copy {copied}")
     except SQLAlchemyError as exc:
         # The statement text and parameters may hold keys and tokens: name the failure only.
-        raise MigrateError(f"database error during the copy ({type(exc).__name__}); the target is unchanged"
-                           ) from exc
+        raise MigrateError(f"database error during the copy ({type(exc).__name__}); the target is unchanged") from exc
     return CopyReport(tables=expected[0], job_states=expected[1])

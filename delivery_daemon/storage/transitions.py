@@ -36,15 +36,21 @@ from delivery_daemon.storage.jobs import (
 )
 from delivery_daemon.storage.models import Job, JobState
 
-OPERATOR_RETRYABLE = (JobState.DEAD.value, JobState.WAITING.value, JobState.RETRY_WAIT.value,
-                      JobState.CANCELLED.value, JobState.HELD.value)
+OPERATOR_RETRYABLE = (
+    JobState.DEAD.value,
+    JobState.WAITING.value,
+    JobState.RETRY_WAIT.value,
+    JobState.CANCELLED.value,
+    JobState.HELD.value,
+)
 """States an operator's ``retry`` requeues (``redeliver`` takes only delivered jobs that still hold content)."""
 
 OperatorAction = Literal["retry", "redeliver"]
 
 
-def operator_requeue(conn: Connection, job_id: int, action: OperatorAction, now: float, *,
-                     only: Sequence[str] | None = None) -> bool:
+def operator_requeue(
+    conn: Connection, job_id: int, action: OperatorAction, now: float, *, only: Sequence[str] | None = None
+) -> bool:
     """The one operator transition behind ``orders retry|redeliver`` and the status page's buttons.
 
     In ``conn``'s transaction, queue job ``job_id`` due ``now`` with ``attempts`` back to 0 and no lease, and record
@@ -58,9 +64,18 @@ def operator_requeue(conn: Connection, job_id: int, action: OperatorAction, now:
         where = and_(JOBS.c.id == job_id, JOBS.c.state.in_(states))
     else:
         where = and_(JOBS.c.id == job_id, JOBS.c.state == JobState.DELIVERED.value, JOBS.c.content.is_not(None))
-    moved = conn.execute(update(JOBS).where(where).values(
-        state=JobState.QUEUED.value, due_at=now, updated_at=now, attempts=0, lease_owner=None, lease_until=None,
-    )).rowcount
+    moved = conn.execute(
+        update(JOBS)
+        .where(where)
+        .values(
+            state=JobState.QUEUED.value,
+            due_at=now,
+            updated_at=now,
+            attempts=0,
+            lease_owner=None,
+            lease_until=None,
+        )
+    ).rowcount
     if moved == 1:
         record(conn, job_id, Transition(JobState.QUEUED, "admin", action), now)
     return bool(moved == 1)
@@ -97,8 +112,14 @@ class Transitions:
         if statement is None:
             statement = (
                 update(JOBS)
-                .where(and_(JOBS.c.id == bindparam("b_id"), JOBS.c.state == JobState.RUNNING.value,
-                            JOBS.c.lease_owner == bindparam("b_owner"), JOBS.c.flag.is_(None)))
+                .where(
+                    and_(
+                        JOBS.c.id == bindparam("b_id"),
+                        JOBS.c.state == JobState.RUNNING.value,
+                        JOBS.c.lease_owner == bindparam("b_owner"),
+                        JOBS.c.flag.is_(None),
+                    )
+                )
                 .values({column: bindparam(column) for column in columns})
             )
             if count_attempt:
@@ -106,8 +127,15 @@ class Transitions:
             self._leased_updates[key] = statement
         return statement
 
-    def update_leased(self, conn: Connection, job: Job, owner: str, values: dict[str, Any],
-                      changes: Sequence[Transition], count_attempt: bool = False) -> Settled | None:
+    def update_leased(
+        self,
+        conn: Connection,
+        job: Job,
+        owner: str,
+        values: dict[str, Any],
+        changes: Sequence[Transition],
+        count_attempt: bool = False,
+    ) -> Settled | None:
         """Write ``values`` to ``job`` if ``owner`` still holds its lease and record ``changes``; LeaseLost if it
         does not, and the refund's settlement (:meth:`_settle_marked`) if one is pending."""
         now = self.clock.now()
@@ -116,9 +144,18 @@ class Transitions:
         result = conn.execute(statement, {**values, "b_id": job.id, "b_owner": owner})
         assert job.id is not None
         if result.rowcount != 1:
-            marked = conn.execute(select(JOBS.c.flag, JOBS.c.delivered_at, JOBS.c.last_error).where(and_(
-                JOBS.c.id == job.id, JOBS.c.state == JobState.RUNNING.value, JOBS.c.lease_owner == owner,
-                JOBS.c.flag.is_not(None))).with_for_update()).first()
+            marked = conn.execute(
+                select(JOBS.c.flag, JOBS.c.delivered_at, JOBS.c.last_error)
+                .where(
+                    and_(
+                        JOBS.c.id == job.id,
+                        JOBS.c.state == JobState.RUNNING.value,
+                        JOBS.c.lease_owner == owner,
+                        JOBS.c.flag.is_not(None),
+                    )
+                )
+                .with_for_update()
+            ).first()
             if marked is None:
                 raise LeaseLost(f"job {job.id} is no longer leased to {owner}")
             return self._settle_marked(conn, job.id, marked, values, changes, count_attempt, now)
@@ -126,8 +163,16 @@ class Transitions:
             record(conn, job.id, change, now)
         return None
 
-    def _settle_marked(self, conn: Connection, job_id: int, marked: Row[Any, Any, Any], values: dict[str, Any],
-                       changes: Sequence[Transition], count_attempt: bool, now: float) -> Settled | None:
+    def _settle_marked(
+        self,
+        conn: Connection,
+        job_id: int,
+        marked: Row[Any, Any, Any],
+        values: dict[str, Any],
+        changes: Sequence[Transition],
+        count_attempt: bool,
+        now: float,
+    ) -> Settled | None:
         """A leased write (``values``, recording ``changes``) to a job a refund or dispute (``marked.flag``) is
         pending on. The write is applied, its steps are recorded, and the job's state becomes:
 
@@ -146,8 +191,13 @@ class Transitions:
                 record(conn, job_id, change, now)
             return None
         state = JobState.DELIVERED if asked == JobState.DELIVERED.value or delivered_before else JobState.CANCELLED
-        settled = {**values, "state": state.value, "lease_owner": None, "lease_until": None,
-                   "last_error": marked.last_error}
+        settled = {
+            **values,
+            "state": state.value,
+            "lease_owner": None,
+            "lease_until": None,
+            "last_error": marked.last_error,
+        }
         if state is JobState.CANCELLED:
             settled["flag"] = None
         if count_attempt:
@@ -158,12 +208,16 @@ class Transitions:
         outcome = "flagged" if state is JobState.DELIVERED else "cancelled"
         record(conn, job_id, Transition(state, "event", f"{marked.flag}:{outcome}", error=marked.last_error), now)
         last = changes[-1]
-        told = replace(last, state=state) if state is JobState.DELIVERED else Transition(
-            state, last.step, "cancelled", error=marked.last_error)
+        told = (
+            replace(last, state=state)
+            if state is JobState.DELIVERED
+            else Transition(state, last.step, "cancelled", error=marked.last_error)
+        )
         return Settled(marked.flag, told)
 
-    def _update_leased_many(self, shape: tuple[tuple[str, ...], bool], conn: Connection,
-                            items: list[LeasedChange]) -> list[Settled | None]:
+    def _update_leased_many(
+        self, shape: tuple[tuple[str, ...], bool], conn: Connection, items: list[LeasedChange]
+    ) -> list[Settled | None]:
         """What :meth:`update_leased` does for each item (all of one ``shape``: the same columns, the same
         ``count_attempt``), as one executemany ``UPDATE`` and one multi-row attempts ``INSERT``.
 
@@ -172,12 +226,15 @@ class Transitions:
         or settles the refund for exactly that job.
         """
         now = self.clock.now()
-        result = conn.execute(self._leased_update(shape[0], shape[1]), [
-            {**item.values, "updated_at": now, "b_id": item.job_id, "b_owner": item.owner} for item in items])
+        result = conn.execute(
+            self._leased_update(shape[0], shape[1]),
+            [{**item.values, "updated_at": now, "b_id": item.job_id, "b_owner": item.owner} for item in items],
+        )
         if result.rowcount != len(items):
             raise LeaseLost(f"{len(items) - result.rowcount} of {len(items)} jobs are no longer leased as they were")
-        conn.execute(INSERT_ATTEMPT, [
-            attempt_row(item.job_id, change, now) for item in items for change in item.changes])
+        conn.execute(
+            INSERT_ATTEMPT, [attempt_row(item.job_id, change, now) for item in items for change in item.changes]
+        )
         return [None] * len(items)
 
     def merge(self, values: dict[str, Any], count_attempt: bool) -> Merge:
@@ -197,13 +254,16 @@ class Transitions:
         """Requeue the jobs waiting for stock of one product."""
         now = self.clock.now()
         where = and_(JOBS.c.store == store, JOBS.c.product_id == product_id)
-        ids = conn.execute(
-            update(JOBS)
-            .where(and_(where, JOBS.c.state.in_([JobState.WAITING.value])))
-            .values(state=JobState.QUEUED.value, due_at=now, updated_at=now, lease_owner=None,
-                    lease_until=None)
-            .returning(JOBS.c.id)
-        ).scalars().all()
+        ids = (
+            conn.execute(
+                update(JOBS)
+                .where(and_(where, JOBS.c.state.in_([JobState.WAITING.value])))
+                .values(state=JobState.QUEUED.value, due_at=now, updated_at=now, lease_owner=None, lease_until=None)
+                .returning(JOBS.c.id)
+            )
+            .scalars()
+            .all()
+        )
         for job_id in ids:
             record(conn, job_id, Transition(JobState.QUEUED, "admin", "stock_refilled"), now)
         return list(ids)
@@ -216,28 +276,51 @@ class Transitions:
         row = conn.execute(select(JOBS.c.id, JOBS.c.state).where(where).with_for_update()).first()
         if row is None:
             # Remembered as cancelled, so that a "paid" webhook arriving after its refund delivers nothing.
-            job_id = conn.execute(insert(JOBS).values(
-                store=order.store, order_id=order.order_id, marketplace=order.marketplace,
-                product_id=order.product_id, state=JobState.CANCELLED.value, payload="{}", attempts=0,
-                received=0, due_at=now, created_at=now, updated_at=now, last_error=order.reason,
-            ).returning(JOBS.c.id)).scalar_one()
+            job_id = conn.execute(
+                insert(JOBS)
+                .values(
+                    store=order.store,
+                    order_id=order.order_id,
+                    marketplace=order.marketplace,
+                    product_id=order.product_id,
+                    state=JobState.CANCELLED.value,
+                    payload="{}",
+                    attempts=0,
+                    received=0,
+                    due_at=now,
+                    created_at=now,
+                    updated_at=now,
+                    last_error=order.reason,
+                )
+                .returning(JOBS.c.id)
+            ).scalar_one()
             outcome, state = "cancelled_unseen", JobState.CANCELLED
         elif row.state == JobState.DELIVERED.value:
             job_id, outcome, state = row.id, "flagged", JobState.DELIVERED
-            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(flag=order.kind, last_error=order.reason,
-                                                                        updated_at=now))
+            conn.execute(
+                update(JOBS).where(JOBS.c.id == job_id).values(flag=order.kind, last_error=order.reason, updated_at=now)
+            )
         elif row.state == JobState.CANCELLED.value:
             job_id, outcome, state = row.id, "already_cancelled", JobState.CANCELLED
         elif row.state == JobState.RUNNING.value:
             # Its worker keeps the lease (an attempt may be on the wire): its next write settles the refund
             # (_settle_marked), so the outcome of the attempt is recorded whatever it was.
             job_id, outcome, state = row.id, "pending", JobState.RUNNING
-            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(flag=order.kind, last_error=order.reason,
-                                                                        updated_at=now))
+            conn.execute(
+                update(JOBS).where(JOBS.c.id == job_id).values(flag=order.kind, last_error=order.reason, updated_at=now)
+            )
         else:
             job_id, outcome, state = row.id, "cancelled", JobState.CANCELLED
-            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
-                state=JobState.CANCELLED.value, lease_owner=None, lease_until=None, last_error=order.reason,
-                updated_at=now))
+            conn.execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id)
+                .values(
+                    state=JobState.CANCELLED.value,
+                    lease_owner=None,
+                    lease_until=None,
+                    last_error=order.reason,
+                    updated_at=now,
+                )
+            )
         record(conn, job_id, Transition(state, "event", f"{order.kind}:{outcome}"[:32], error=order.reason), now)
         return outcome

@@ -85,8 +85,11 @@ def reseal(conn: Connection, name: str, stored: str, cipher: Cipher) -> bool:
     if stored.startswith(f"{PREFIX}:{cipher.current}:"):
         return False
     plain = cipher.open(stored, context(name))
-    conn.execute(update(SECRETS).where(SECRETS.c.name == name, SECRETS.c.value == stored)
-                 .values(value=cipher.seal(plain, context(name))))
+    conn.execute(
+        update(SECRETS)
+        .where(SECRETS.c.name == name, SECRETS.c.value == stored)
+        .values(value=cipher.seal(plain, context(name)))
+    )
     return True
 
 

@@ -1,4 +1,5 @@
 """serial: keys made of a product code and a random number."""
+
 import secrets
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,5 +22,6 @@ class SerialGenerator:
 
     def generate(self, order: OrderContext) -> Generated:
         width = self.options.digits
-        return Generated(keys=[f"{self.options.code}-{secrets.randbelow(10**width):0{width}d}"
-                               for _ in range(order.quantity)])
+        return Generated(
+            keys=[f"{self.options.code}-{secrets.randbelow(10**width):0{width}d}" for _ in range(order.quantity)]
+        )

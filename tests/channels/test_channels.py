@@ -104,23 +104,45 @@ def test_outbound_signature_verifies_with_the_library() -> None:
     from delivery_daemon.storage.models import Job
 
     secret = new_secret()
-    job = Job(store="s", order_id="o", marketplace="m", product_id="p", payload="{}", due_at=0, created_at=0,
-              updated_at=0, quantity=1)
+    job = Job(
+        store="s",
+        order_id="o",
+        marketplace="m",
+        product_id="p",
+        payload="{}",
+        due_at=0,
+        created_at=0,
+        updated_at=0,
+        quantity=1,
+    )
     body = message_body(job, Content("k", None, ("k",)))
     headers = standard_headers(whsec_key(secret), message_id(job), int(time.time()), body)
     assert standardwebhooks.Webhook(secret).verify(body, headers)["data"]["keys"] == ["k"]
 
 
-@pytest.mark.parametrize(("store", "path"), [
-    ({"marketplace": "shoppy"}, "stores[0].delivery.channel"),
-    ({"marketplace": "shoppy", "delivery": {"channel": "email"}}, "stores[0].delivery.email"),
-    ({"marketplace": "shoppy", "delivery": {"channel": "webhook"}}, "stores[0].delivery.webhook"),
-    ({"marketplace": "shoppy", "delivery": {"channel": "webhook", "webhook": {"url": "http://x", "secret": "nope"}}},
-     "stores[0].delivery.webhook.secret"),
-    ({"marketplace": "shoppy", "delivery": {"channel": "email", "email": {
-        "host": "h", "sender": "a@b.c", "subject": "{password}"}}}, "stores[0].delivery.email.subject"),
-    ({"marketplace": "sellix", "webhook_secret": None}, "stores[0].webhook_secret"),
-])
+@pytest.mark.parametrize(
+    ("store", "path"),
+    [
+        ({"marketplace": "shoppy"}, "stores[0].delivery.channel"),
+        ({"marketplace": "shoppy", "delivery": {"channel": "email"}}, "stores[0].delivery.email"),
+        ({"marketplace": "shoppy", "delivery": {"channel": "webhook"}}, "stores[0].delivery.webhook"),
+        (
+            {
+                "marketplace": "shoppy",
+                "delivery": {"channel": "webhook", "webhook": {"url": "http://x", "secret": "nope"}},
+            },
+            "stores[0].delivery.webhook.secret",
+        ),
+        (
+            {
+                "marketplace": "shoppy",
+                "delivery": {"channel": "email", "email": {"host": "h", "sender": "a@b.c", "subject": "{password}"}},
+            },
+            "stores[0].delivery.email.subject",
+        ),
+        ({"marketplace": "sellix", "webhook_secret": None}, "stores[0].webhook_secret"),
+    ],
+)
 def test_channel_config_errors_name_the_key(store: dict[str, object], path: str) -> None:
     """A store without a usable channel or secret fails at start with the key path."""
     document = {"stores": [{"name": "s", "webhook_secret": "secret-1", **store}]}
@@ -189,11 +211,25 @@ async def test_outbound_webhook_does_not_follow_redirects() -> None:
 
     async with serve(Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST"])])) as server:
         store = StoreSettings.model_validate({"name": "s", "marketplace": "shoppy", "webhook_secret": "x" * 16})
-        context = AdapterContext(store=store, path="stores[0]", clock=ManualClock(), delivery=DeliverySettings(),
-                                 policy=NetPolicy(allow_private=True))
+        context = AdapterContext(
+            store=store,
+            path="stores[0]",
+            clock=ManualClock(),
+            delivery=DeliverySettings(),
+            policy=NetPolicy(allow_private=True),
+        )
         sink = WebhookDelivery(OutboundWebhookSettings(url=f"{server.url}/hook", secret=new_secret()), context)
-        job = Job(store="s", order_id="o", marketplace="shoppy", product_id="p", payload="{}", due_at=0,
-                  created_at=0, updated_at=0, quantity=1)
+        job = Job(
+            store="s",
+            order_id="o",
+            marketplace="shoppy",
+            product_id="p",
+            payload="{}",
+            due_at=0,
+            created_at=0,
+            updated_at=0,
+            quantity=1,
+        )
         with pytest.raises(Retry, match="302"):
             await sink.send(job, Content("k", None, ("k",)))
     assert hits == ["/hook"]
@@ -224,12 +260,26 @@ async def test_outbound_webhook_keeps_one_connection_alive() -> None:
 
     async with serve(Starlette(routes=[Route("/hook", handle, methods=["POST"])])) as server:
         store = StoreSettings.model_validate({"name": "s", "marketplace": "shoppy", "webhook_secret": "x" * 16})
-        context = AdapterContext(store=store, path="stores[0]", clock=ManualClock(), delivery=DeliverySettings(),
-                                 policy=NetPolicy(allow_private=True))
+        context = AdapterContext(
+            store=store,
+            path="stores[0]",
+            clock=ManualClock(),
+            delivery=DeliverySettings(),
+            policy=NetPolicy(allow_private=True),
+        )
         sink = WebhookDelivery(OutboundWebhookSettings(url=f"{server.url}/hook", secret=new_secret()), context)
         for order_id in ("a", "b", "c"):
-            job = Job(store="s", order_id=order_id, marketplace="shoppy", product_id="p", payload="{}", due_at=0,
-                      created_at=0, updated_at=0, quantity=1)
+            job = Job(
+                store="s",
+                order_id=order_id,
+                marketplace="shoppy",
+                product_id="p",
+                payload="{}",
+                due_at=0,
+                created_at=0,
+                updated_at=0,
+                quantity=1,
+            )
             assert (await sink.send(job, Content("k", None, ("k",)))).http_status == 200
         await sink.aclose()
         assert sink._http is not None and sink._http.is_closed

@@ -46,20 +46,42 @@ def _name(common_name: str) -> x509.Name:
 def _ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(_name(common_name))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     return key, cert
 
 
-def _server_context(tmp_path: Path, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, *,
-                    names: tuple[str, ...] = ("127.0.0.1", "localhost")) -> ssl.SSLContext:
+def _server_context(
+    tmp_path: Path,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    *,
+    names: tuple[str, ...] = ("127.0.0.1", "localhost"),
+) -> ssl.SSLContext:
     """A server SSLContext whose certificate (for ``names``) is signed by the given CA."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -69,18 +91,25 @@ def _server_context(tmp_path: Path, ca_key: ec.EllipticCurvePrivateKey, ca_cert:
             alt.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
             alt.append(x509.DNSName(name))
-    cert = (x509.CertificateBuilder().subject_name(_name(names[0])).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     cert_file, key_file = tmp_path / "server.pem", tmp_path / "server.key"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
     return context
@@ -98,11 +127,14 @@ def _smtp_server(mailbox: Mailbox, port: int, context: ssl.SSLContext, security:
 
     For SMTPS ``auth_require_tls`` is off because aiosmtpd only counts STARTTLS as TLS and would hide AUTH; the
     socket is TLS from the first byte there anyway, and :class:`TlsMailbox` checks it for every message."""
-    tls: dict[str, Any] = ({"tls_context": context, "require_starttls": True, "auth_require_tls": True}
-                           if security == "starttls"
-                           else {"ssl_context": context, "server_hostname": "localhost", "auth_require_tls": False})
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port, authenticator=_authenticator,
-                            auth_required=True, **tls)
+    tls: dict[str, Any] = (
+        {"tls_context": context, "require_starttls": True, "auth_require_tls": True}
+        if security == "starttls"
+        else {"ssl_context": context, "server_hostname": "localhost", "auth_require_tls": False}
+    )
+    controller = Controller(
+        mailbox, hostname="127.0.0.1", port=port, authenticator=_authenticator, auth_required=True, **tls
+    )
     controller.start()
     try:
         yield
@@ -133,7 +165,8 @@ async def test_email_over_tls_with_a_private_ca_arrives(tmp_path: Path, security
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 @pytest.mark.parametrize("problem", ["other-ca", "wrong-name"])
 async def test_email_to_an_unverifiable_server_is_retried_never_plaintext(
-        tmp_path: Path, security: str, problem: str) -> None:
+    tmp_path: Path, security: str, problem: str
+) -> None:
     """Cert not from ``ca_file`` or for another host: nothing sent (no plaintext fallback), job Retry, not dead."""
     trusted_key, trusted_cert = _ca("Trusted Mail CA")
     if problem == "other-ca":

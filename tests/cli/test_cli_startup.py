@@ -11,8 +11,16 @@ import pytest
 
 from delivery_daemon.cli import COMMAND_GROUPS, build_parser
 
-HEAVY = ("sqlalchemy", "pydantic", "structlog", "httpx", "yaml", "asyncio", "delivery_daemon.config",
-         "delivery_daemon.storage")
+HEAVY = (
+    "sqlalchemy",
+    "pydantic",
+    "structlog",
+    "httpx",
+    "yaml",
+    "asyncio",
+    "delivery_daemon.config",
+    "delivery_daemon.storage",
+)
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["serve", "--help"], ["check-config", "--help"]])
@@ -50,8 +58,10 @@ def parsed(command: str | None, argv: list[str]) -> dict[str, object]:
 
 def test_a_command_parses_as_with_the_whole_parser() -> None:
     """A named command's own arguments are all there: the light parser and the whole one parse alike."""
-    for argv in (["orders", "list", "--database", "sqlite:///x.db", "--state", "dead", "--json"],
-                 ["db", "migrate", "--config", "c.yaml", "--to", "postgresql://u@h/d"],
-                 ["db", "backup", "b.db", "--config", "c.yaml"],
-                 ["serve", "--config", "c.yaml", "--log-level", "debug"]):
+    for argv in (
+        ["orders", "list", "--database", "sqlite:///x.db", "--state", "dead", "--json"],
+        ["db", "migrate", "--config", "c.yaml", "--to", "postgresql://u@h/d"],
+        ["db", "backup", "b.db", "--config", "c.yaml"],
+        ["serve", "--config", "c.yaml", "--log-level", "debug"],
+    ):
         assert parsed(argv[0], argv) == parsed(None, argv), argv

@@ -29,9 +29,24 @@ def test_every_config_option_defaults_to_the_variable(monkeypatch: pytest.Monkey
     """Each ``--config`` in the whole parser is the shared option: it defaults to the variable's value."""
     monkeypatch.setenv(CONFIG_ENV, "/etc/delivery-daemon/from-env.yaml")
     options = config_options(build_parser())
-    assert {"serve", "check-config", "plugins list", "stock import", "stock status", "softstore connect",
-            "softstore sync-stock", "orders list", "orders show", "orders retry", "orders redeliver", "orders cancel",
-            "db backup", "db purge", "db reencrypt", "db migrate"} <= options.keys()
+    assert {
+        "serve",
+        "check-config",
+        "plugins list",
+        "stock import",
+        "stock status",
+        "softstore connect",
+        "softstore sync-stock",
+        "orders list",
+        "orders show",
+        "orders retry",
+        "orders redeliver",
+        "orders cancel",
+        "db backup",
+        "db purge",
+        "db reencrypt",
+        "db migrate",
+    } <= options.keys()
     for command, action in options.items():
         assert action.default == "/etc/delivery-daemon/from-env.yaml", command
         assert CONFIG_ENV in (action.help or ""), command
@@ -49,7 +64,8 @@ def config(tmp_path: Path) -> Path:
         "class EnvPlugin:\n    name = 'envplugin'\n    Options = BaseModel\n\n"
         "    def __init__(self, options, resources):\n        pass\n\n"
         "    def generate(self, order):\n        raise NotImplementedError\n\n"
-        "GENERATORS = [EnvPlugin]\n")
+        "GENERATORS = [EnvPlugin]\n"
+    )
     path = tmp_path / "config.yaml"
     path.write_text(f"database: {{url: 'sqlite:///{database}'}}\nplugins: {{directory: '{plugins}'}}\n")
     return path
@@ -62,8 +78,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_commands_read_the_config_from_the_variable(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_commands_read_the_config_from_the_variable(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """With only ``DELIVERY_DAEMON_CONFIG`` set, check-config, orders list, db backup and plugins list all read it."""
     monkeypatch.setenv(CONFIG_ENV, str(config))
     code, out, err = run(capsys, "check-config")
@@ -76,16 +93,18 @@ def test_commands_read_the_config_from_the_variable(config: Path, tmp_path: Path
     assert code == 0 and "envplugin" in out, err
 
 
-def test_config_option_wins_over_the_variable(config: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_option_wins_over_the_variable(
+    config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv(CONFIG_ENV, "/nonexistent/config.yaml")
     code, out, err = run(capsys, "check-config", "--config", str(config))
     assert code == 0 and out.startswith(f"configuration OK: {config}"), err
 
 
 @pytest.mark.parametrize("argv", [["serve"], ["check-config"], ["stock", "status"], ["db", "migrate", "--to", "x"]])
-def test_neither_is_one_line_naming_both(argv: list[str], monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_neither_is_one_line_naming_both(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""

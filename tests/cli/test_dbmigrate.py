@@ -28,14 +28,22 @@ async def sqlite_with_history(path: Path) -> str:
     create_schema(engine)
     queue = JobQueue(engine, ManualClock())
     for n in range(7):
-        await queue.enqueue(IncomingOrder(store="shop", marketplace="softstore", order_id=f"o{n}", product_id="p",
-                                          payload={"token": f"t{n}"}))
+        await queue.enqueue(
+            IncomingOrder(
+                store="shop", marketplace="softstore", order_id=f"o{n}", product_id="p", payload={"token": f"t{n}"}
+            )
+        )
     jobs = await queue.claim("w", 30, 4)
     for job in jobs[:3]:
         await queue.save_content(job, "w", f'{{"text":"KEY-{job.order_id}"}}', 1.0)
         await queue.transition(job, "w", Transition(JobState.DELIVERED, "deliver", "delivered", http_status=200))
-    await queue.transition(jobs[3], "w", Transition(JobState.RETRY_WAIT, "deliver", "retry", due_at=9e9,
-                                                    count_attempt=True, error="SoftStore answered 500"))
+    await queue.transition(
+        jobs[3],
+        "w",
+        Transition(
+            JobState.RETRY_WAIT, "deliver", "retry", due_at=9e9, count_attempt=True, error="SoftStore answered 500"
+        ),
+    )
     queue.close()
     engine.dispose()
     return url
@@ -56,8 +64,9 @@ def rows(url: str, model: type[SQLModel]) -> list[dict[str, object]]:
     return result
 
 
-async def test_copy_is_identical_and_ids_continue(tmp_path: Path, pg_url: str,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+async def test_copy_is_identical_and_ids_continue(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Jobs (with stored content) and attempts arrive row for row; new jobs on PostgreSQL get fresh ids."""
     source = await sqlite_with_history(tmp_path / "d.db")
     plain = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -74,8 +83,7 @@ async def test_copy_is_identical_and_ids_continue(tmp_path: Path, pg_url: str,
     engine.dispose()
 
 
-async def test_refuses_a_target_that_has_jobs(tmp_path: Path, pg_url: str,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+async def test_refuses_a_target_that_has_jobs(tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A second copy into the same database changes nothing and says why (exit 1)."""
     config = write_config(tmp_path, await sqlite_with_history(tmp_path / "d.db"))
     assert main(["db", "migrate", "--config", str(config), "--to", pg_url]) == 0
@@ -94,8 +102,9 @@ def test_target_must_be_postgresql(tmp_path: Path, capsys: pytest.CaptureFixture
     assert not (tmp_path / "other.db").exists() and not (tmp_path / "d.db").exists()
 
 
-async def test_encrypted_orders_and_stock_stay_readable(tmp_path: Path, pg_url: str,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+async def test_encrypted_orders_and_stock_stay_readable(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Rows encrypted with the key generated next to the SQLite file are copied as stored; the command names that
     key file, and with it configured the orders read back on PostgreSQL. Stock keys are copied too."""
     from delivery_daemon.storage.cipher import Cipher, create_key_file, parse_keys
@@ -109,8 +118,11 @@ async def test_encrypted_orders_and_stock_stay_readable(tmp_path: Path, pg_url: 
     engine = create_db_engine(source)
     create_schema(engine)
     queue = JobQueue(engine, ManualClock(), cipher)
-    added = await queue.enqueue(IncomingOrder(store="shop", marketplace="softstore", order_id="o1", product_id="p",
-                                              payload={"token": "secret-token"}))
+    added = await queue.enqueue(
+        IncomingOrder(
+            store="shop", marketplace="softstore", order_id="o1", product_id="p", payload={"token": "secret-token"}
+        )
+    )
     queue.close()
     StockPool(engine, ManualClock(), cipher).import_keys("shop", "p", ["STOCK-1"])
     engine.dispose()

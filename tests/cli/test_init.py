@@ -14,13 +14,18 @@ from delivery_daemon.cli.init import GENERATED, PLACEHOLDER, SECRET_HINTS, TEMPL
 from tests.core.test_config_example import DUMMY_SECRETS, EXAMPLES
 from tests.support.offline import offline
 
-VARIANTS = [("softstore", None, "softstore.yaml"), ("sellix", None, "sellix-email.yaml"),
-            ("sellix", "webhook", "sellix-webhook.yaml"), ("shoppy", "email", "shoppy-email.yaml"),
-            ("shoppy", "webhook", "shoppy-webhook.yaml"), ("stripe", "email", "stripe-email.yaml"),
-            ("stripe", "webhook", "stripe-webhook.yaml"),
-            ("standard-webhooks", "email", "standard-webhooks-email.yaml"),
-            ("standard-webhooks", "webhook", "standard-webhooks-webhook.yaml"),
-            ("virtual-stores", "email", "virtual-stores-email.yaml")]
+VARIANTS = [
+    ("softstore", None, "softstore.yaml"),
+    ("sellix", None, "sellix-email.yaml"),
+    ("sellix", "webhook", "sellix-webhook.yaml"),
+    ("shoppy", "email", "shoppy-email.yaml"),
+    ("shoppy", "webhook", "shoppy-webhook.yaml"),
+    ("stripe", "email", "stripe-email.yaml"),
+    ("stripe", "webhook", "stripe-webhook.yaml"),
+    ("standard-webhooks", "email", "standard-webhooks-email.yaml"),
+    ("standard-webhooks", "webhook", "standard-webhooks-webhook.yaml"),
+    ("virtual-stores", "email", "virtual-stores-email.yaml"),
+]
 
 
 def init(tmp_path: Path, marketplace: str, channel: str | None = None, store: str | None = None) -> int:
@@ -39,9 +44,9 @@ def renamed(example: str, default: str, store: str) -> str:
 
 
 @pytest.mark.parametrize(("marketplace", "channel", "example"), VARIANTS, ids=[v[2] for v in VARIANTS])
-def test_init_writes_the_example_and_a_private_secrets_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                             marketplace: str, channel: str | None,
-                                                             example: str) -> None:
+def test_init_writes_the_example_and_a_private_secrets_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], marketplace: str, channel: str | None, example: str
+) -> None:
     """config.yaml is the example with the store renamed (nothing else differs); delivery-daemon.env is mode 0600
     with a placeholder (or, for the seller's own webhook secret, a fresh whsec_) for every ${VAR}; the output names
     the three steps: the secrets, check-config, and the webhook URL with the store's path."""
@@ -66,8 +71,13 @@ def test_init_writes_the_example_and_a_private_secrets_file(tmp_path: Path, caps
 
 @pytest.mark.parametrize(("marketplace", "channel", "example"), VARIANTS, ids=[v[2] for v in VARIANTS])
 def test_inits_config_passes_check_config_once_the_secrets_are_in(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], marketplace: str,
-        channel: str | None, example: str) -> None:
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    marketplace: str,
+    channel: str | None,
+    example: str,
+) -> None:
     """With the secrets filled in, check-config accepts what init wrote, under the new store name (offline)."""
     assert init(tmp_path, marketplace, channel, store="shop-1") == 0
     for name in env_names((tmp_path / "config.yaml").read_text()):
@@ -89,18 +99,24 @@ def test_init_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str
     (tmp_path / existing).write_text("mine\n")
     assert init(tmp_path, "stripe") == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line == (f"delivery-daemon: error: {tmp_path / existing} already exists; init never overwrites "
-                    "(move it away or use --dir)")
+    assert line == (
+        f"delivery-daemon: error: {tmp_path / existing} already exists; init never overwrites "
+        "(move it away or use --dir)"
+    )
     assert [p.name for p in tmp_path.iterdir()] == [existing] and (tmp_path / existing).read_text() == "mine\n"
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--marketplace", "sellix", "--channel", "marketplace"], "--channel: sellix has no delivery API of its own"),
-    (["--marketplace", "softstore", "--channel", "email"], "--channel: there is no email template for softstore"),
-    (["--marketplace", "stripe", "--store", "my shop"], "--store: 'my shop' cannot be a store name"),
-])
-def test_init_refuses_what_it_cannot_write(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
-                                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--marketplace", "sellix", "--channel", "marketplace"], "--channel: sellix has no delivery API of its own"),
+        (["--marketplace", "softstore", "--channel", "email"], "--channel: there is no email template for softstore"),
+        (["--marketplace", "stripe", "--store", "my shop"], "--store: 'my shop' cannot be a store name"),
+    ],
+)
+def test_init_refuses_what_it_cannot_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     """A channel without a template or a bad store name: exit 2, one line saying what to type, nothing written."""
     assert main(["init", "--dir", str(tmp_path / "new"), *argv]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()

@@ -46,8 +46,9 @@ async def populate(stack: Stack) -> dict[str, str]:
     queue = stack.daemon.queue
     orders["waiting"] = await place(stack)
     [job] = await queue.claim("test-worker", 30, 10)
-    await queue.transition(job, "test-worker", Transition(JobState.WAITING, "generate", "out_of_stock",
-                                                          error="no keys left"))
+    await queue.transition(
+        job, "test-worker", Transition(JobState.WAITING, "generate", "out_of_stock", error="no keys left")
+    )
     stack.clock.advance(1)
     orders["running"] = await place(stack)
     await queue.claim("other-worker", 30, 10)
@@ -66,7 +67,8 @@ async def test_list_newest_first_and_filters(stack: Stack, capsys: pytest.Captur
     assert listed[0]["order_id"] == orders["queued"]
     assert [row["order_id"] for row in run_json(stack, capsys, "orders", "list", "--state", "dead")] == [orders["dead"]]
     assert [row["order_id"] for row in run_json(stack, capsys, "orders", "list", "--product", "prod-2")] == [
-        orders["retry_wait"]]
+        orders["retry_wait"]
+    ]
     assert run_json(stack, capsys, "orders", "list", "--store", "elsewhere") == []
     assert run_json(stack, capsys, "orders", "list", "--since", "2099-01-01") == []
     assert all("payload" not in row and "content" not in row for row in listed)
@@ -162,13 +164,16 @@ async def test_cancel(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     assert (await stack.job(orders["running"])).state == "running"
 
 
-async def test_config_without_secrets_is_enough(stack: Stack, capsys: pytest.CaptureFixture[str],
-                                                tmp_path: Any) -> None:
+async def test_config_without_secrets_is_enough(
+    stack: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
     """--config reads only the database section: unset ${VARS} elsewhere do not stop the operator."""
     await place(stack)
     config = tmp_path / "config.yaml"
-    config.write_text(f"database:\n  url: {stack.settings.database.url}\nstores:\n  - name: {STORE}\n"
-                      "    marketplace: softstore\n    api_key: ${DD_TEST_UNSET_SECRET}\n")
+    config.write_text(
+        f"database:\n  url: {stack.settings.database.url}\nstores:\n  - name: {STORE}\n"
+        "    marketplace: softstore\n    api_key: ${DD_TEST_UNSET_SECRET}\n"
+    )
     capsys.readouterr()
     assert main(["orders", "list", "--json", "--config", str(config)]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 1
@@ -199,8 +204,9 @@ async def test_cli_and_status_page_retry_and_redeliver_alike(stack: Stack, capsy
             action = "redeliver" if state == "delivered" else "retry"
             job_id = (await stack.job(by_page)).id
             csrf = await page.csrf(f"/orders/{job_id}")
-            assert (await page.client.post(f"{page.url}/orders/{job_id}/{action}",
-                                           data={"csrf_token": csrf})).status_code == 303
+            assert (
+                await page.client.post(f"{page.url}/orders/{job_id}/{action}", data={"csrf_token": csrf})
+            ).status_code == 303
             assert run(stack, capsys, "orders", action, by_cli)[0] == 0
             assert await outcome(by_page) == await outcome(by_cli), state
             assert (await outcome(by_page))[:2] == ("queued", 0)  # a fresh retry schedule either way

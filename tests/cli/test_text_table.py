@@ -20,8 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_width_from_content_and_numbers_right_justified() -> None:
     """Each column is as wide as its widest header or cell; right-justified columns align header and numbers right."""
-    text = render_table([Column("id"), Column("qty", "right"), Column("state")],
-                        [("a", 1, "queued"), ("bbbbbb", 10, "delivered")], title="orders")
+    text = render_table(
+        [Column("id"), Column("qty", "right"), Column("state")],
+        [("a", 1, "queued"), ("bbbbbb", 10, "delivered")],
+        title="orders",
+    )
     assert text == textwrap.dedent("""\
         orders
         id      qty  state
@@ -46,8 +49,13 @@ def test_grid_without_header_and_none_as_empty() -> None:
 def test_multiline_cells_and_control_characters() -> None:
     """A cell with line breaks spans lines; an escape sequence is printed as \\x1b; trailing spaces are stripped."""
     text = render_table(["step", "error"], [("deliver", "HTTP 500\nbody: \x1b[31mred\tx"), ("lease", "")])
-    assert text.splitlines() == ["step     error", "-------  -------------------", "deliver  HTTP 500",
-                                 "         body: \\x1b[31mred x", "lease"]
+    assert text.splitlines() == [
+        "step     error",
+        "-------  -------------------",
+        "deliver  HTTP 500",
+        "         body: \\x1b[31mred x",
+        "lease",
+    ]
     assert "\x1b" not in text
 
 
@@ -66,8 +74,10 @@ def test_row_with_wrong_number_of_cells_is_refused() -> None:
 
 def test_demo_table_plain_text() -> None:
     """The demo's table keeps its columns and wording, in plain text without colour codes."""
-    rows = [Row("0123456789abcdef", "win11-pro", 3, 1.0, keys=3, accepted=1, latency_ms=151.4),
-            Row("fedcba9876543210", "office-2024", 1, 1.0, keys=0, accepted=2)]
+    rows = [
+        Row("0123456789abcdef", "win11-pro", 3, 1.0, keys=3, accepted=1, latency_ms=151.4),
+        Row("fedcba9876543210", "office-2024", 1, 1.0, keys=0, accepted=2),
+    ]
     assert _table(rows).splitlines() == [
         "delivery-daemon demo",
         "order          product      quantity  keys  latency  result",
@@ -90,7 +100,10 @@ def test_demo_progress_lines_on_a_pipe_and_counter_on_a_terminal() -> None:
         progress.update(done)
     progress.close()
     assert [line.split(" after ")[0] for line in pipe.getvalue().splitlines()] == [
-        "delivering 0/3", "delivering 1/3", "delivering 3/3"]
+        "delivering 0/3",
+        "delivering 1/3",
+        "delivering 3/3",
+    ]
     terminal = _Terminal()
     progress = _Progress(terminal, 3)
     progress.update(0)
@@ -101,7 +114,7 @@ def test_demo_progress_lines_on_a_pipe_and_counter_on_a_terminal() -> None:
     assert written.endswith("\r") and written.rsplit("\r", 2)[1].strip() == ""
 
 
-BLOCKED = r'''
+BLOCKED = r"""
 import sys
 sys.modules["rich"] = None
 sys.modules["pygments"] = None
@@ -138,24 +151,41 @@ assert main(["demo", "--orders", "3"]) == 0
 loaded = sorted(name for name, module in sys.modules.items()
                 if name.split(".")[0] in ("rich", "pygments") and module is not None)
 assert not loaded, loaded
-'''
+"""
 
 
 def test_package_works_without_rich_and_pygments(tmp_path: Path) -> None:
     """With rich and pygments unimportable, the app and CLI import, and `orders list|show` and `demo` print tables."""
     order_id = "ord-" + "a1b2c3d4" * 12  # longer than rich's old 80-column terminal
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", BLOCKED, str(tmp_path), order_id], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKED, str(tmp_path), order_id],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     _, listed, shown, demo = done.stdout.split("=== ")
     title, header, rule, row = listed.splitlines()[1:]
     assert title == "orders (newest first, at most 50)"
-    assert re.split(r"\s{2,}", header.strip()) == ["job", "store", "order", "product", "qty", "state", "tries",
-                                                   "created", "last error"]
+    assert re.split(r"\s{2,}", header.strip()) == [
+        "job",
+        "store",
+        "order",
+        "product",
+        "qty",
+        "state",
+        "tries",
+        "created",
+        "last error",
+    ]
     assert header.index("order") == row.index(order_id) and set(rule) == {"-", " "}
-    assert re.fullmatch(rf"  1  demo   {order_id}  win11-pro    2  dead       1  \S+Z  HTTP 422 from the marketplace",
-                        row)
+    assert re.fullmatch(
+        rf"  1  demo   {order_id}  win11-pro    2  dead       1  \S+Z  HTTP 422 from the marketplace", row
+    )
     assert re.search(rf"^order_id +{order_id}$", shown, re.MULTILINE)
     assert "deliver  dead     dead   422   12  HTTP 422 from the marketplace" in shown
     assert "delivered content: none stored" in shown

@@ -56,9 +56,18 @@ def test_retry_after_does_not_extend_schedule() -> None:
     assert Backoff(SCHEDULE, jitter=False).delay(4, retry_after=10) is None
 
 
-@pytest.mark.parametrize(("header", "expected"), [
-    ("120", 120.0), (" 7 ", 7.0), ("0", 0.0), (None, None), ("", None), ("soon", None), ("-5", None),
-])
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("0", 0.0),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("-5", None),
+    ],
+)
 def test_parse_retry_after_seconds(header: str | None, expected: float | None) -> None:
     """Delta-seconds are read as seconds; absent or unreadable values are None."""
     assert parse_retry_after(header, now=1_800_000_000.0) == expected

@@ -20,8 +20,13 @@ from delivery_daemon.pipeline.stores import build_stores
 
 
 def store(**fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"name": "shop", "marketplace": "softstore", "api_url": "https://api.example/api/v1",
-                            "api_key": "k" * 20, "products": {"p1": {"generator": "pattern"}}}
+    base: dict[str, Any] = {
+        "name": "shop",
+        "marketplace": "softstore",
+        "api_url": "https://api.example/api/v1",
+        "api_key": "k" * 20,
+        "products": {"p1": {"generator": "pattern"}},
+    }
     base.update(fields)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -39,7 +44,8 @@ def config_error(document: dict[str, Any], environ: dict[str, str] | None = None
 def test_missing_api_key_names_path() -> None:
     """A SoftStore store without api_key fails as ``stores[0].api_key: required``."""
     assert config_error({"stores": [store(api_key=None)]}) == (
-        "stores[0].api_key: required; expected a secret, best given as ${ENV_VAR}, e.g. ${SOFTSTORE_API_KEY}")
+        "stores[0].api_key: required; expected a secret, best given as ${ENV_VAR}, e.g. ${SOFTSTORE_API_KEY}"
+    )
 
 
 def test_missing_name_names_path() -> None:
@@ -74,7 +80,8 @@ def test_bad_value_names_path() -> None:
 def test_duplicate_store_name() -> None:
     """Two stores with the same name (the same webhook path) are refused at the second one."""
     assert config_error({"stores": [store(), store()]}) == (
-        "stores[1].name: duplicate store name 'shop'; expected a name not used by another store, e.g. shop-2")
+        "stores[1].name: duplicate store name 'shop'; expected a name not used by another store, e.g. shop-2"
+    )
 
 
 def test_unknown_marketplace() -> None:
@@ -107,14 +114,16 @@ def test_product_option_error_path() -> None:
     product = {"generator": "pattern", "options": {"pattern": "XX-XX"}}
     message = config_error({"stores": [store(products={"p1": product})]})
     assert message.startswith(
-        "stores[0].products.p1.options.pattern: needs at least 8 'X' placeholders to be unguessable; expected ")
+        "stores[0].products.p1.options.pattern: needs at least 8 'X' placeholders to be unguessable; expected "
+    )
 
 
 def test_unknown_product_option() -> None:
     """An option the plugin does not know is refused with its path."""
     product = {"generator": "pattern", "options": {"colour": "red"}}
     assert config_error({"stores": [store(products={"p1": product})]}).startswith(
-        "stores[0].products.p1.options.colour: ")
+        "stores[0].products.p1.options.colour: "
+    )
 
 
 def test_bad_database_url() -> None:
@@ -148,8 +157,13 @@ stores:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "delivery_daemon", *args], capture_output=True, text=True,
-                          timeout=60, env={"PATH": "/usr/bin:/bin", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "delivery_daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+    )
 
 
 def test_check_config_bad_exits_2_one_line(tmp_path: Path) -> None:
@@ -164,13 +178,18 @@ def test_check_config_bad_exits_2_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
-@pytest.mark.parametrize("text", [
-    "database: {url: 'not a url'}\n",
-    "stores: [{name: shop, marketplace: softstore, api_url: 'https://x/api', api_key: '${NOT_SET}'}]\n",
-    "stores:\n  - name: s\n   bad: [\n",
-], ids=["db-url", "env-missing", "yaml"])
-def test_check_config_errors_never_traceback(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        "database: {url: 'not a url'}\n",
+        "stores: [{name: shop, marketplace: softstore, api_url: 'https://x/api', api_key: '${NOT_SET}'}]\n",
+        "stores:\n  - name: s\n   bad: [\n",
+    ],
+    ids=["db-url", "env-missing", "yaml"],
+)
+def test_check_config_errors_never_traceback(
+    tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every kind of configuration error exits 2 with one line on stderr (in-process, to stay fast)."""
     monkeypatch.delenv("NOT_SET", raising=False)
     path = tmp_path / "bad.yaml"

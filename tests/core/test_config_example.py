@@ -47,15 +47,28 @@ def test_every_setting_is_documented() -> None:
 
 EXAMPLES = ROOT / "examples" / "config"
 DUMMY_SECRETS = {
-    "SOFTSTORE_API_KEY": "k" * 40, "SELLIX_WEBHOOK_SECRET": "sellix-secret", "SHOPPY_WEBHOOK_SECRET": "shoppy-secret",
-    "STRIPE_WEBHOOK_SECRET": "whsec_stripe-endpoint-secret", "SMTP_PASSWORD": "smtp-password",
+    "SOFTSTORE_API_KEY": "k" * 40,
+    "SELLIX_WEBHOOK_SECRET": "sellix-secret",
+    "SHOPPY_WEBHOOK_SECRET": "shoppy-secret",
+    "STRIPE_WEBHOOK_SECRET": "whsec_stripe-endpoint-secret",
+    "SMTP_PASSWORD": "smtp-password",
     "VIRTUAL_STORES_PASSWORD": "staff-password",
     "STANDARD_WEBHOOKS_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "DELIVERY_WEBHOOK_SECRET": "whsec_c2VsbGVyLXN5c3RlbS1zaWduaW5nLWtleQ==",
 }
 """A value of the right form for every ${VAR} an example reads (the whsec_ ones must decode)."""
-SHIPPED = ["sellix-email", "sellix-webhook", "shoppy-email", "shoppy-webhook", "softstore", "standard-webhooks-email",
-           "standard-webhooks-webhook", "stripe-email", "stripe-webhook", "virtual-stores-email"]
+SHIPPED = [
+    "sellix-email",
+    "sellix-webhook",
+    "shoppy-email",
+    "shoppy-webhook",
+    "softstore",
+    "standard-webhooks-email",
+    "standard-webhooks-webhook",
+    "stripe-email",
+    "stripe-webhook",
+    "virtual-stores-email",
+]
 
 
 def example_paths() -> list[Path]:
@@ -70,7 +83,8 @@ def test_there_is_an_example_for_every_marketplace_and_channel() -> None:
 
 @pytest.mark.parametrize("path", example_paths(), ids=lambda path: path.stem)
 def test_every_example_passes_check_config_without_contacting_anything(
-        path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`check-config` (the real CLI) accepts each example with dummy secrets from the environment; nothing leaves the
     machine: the only hosts it tries (outbound webhook names resolved, SoftStore's status asked) are the example's
     own, refused by the fence before a packet is sent."""

@@ -28,12 +28,21 @@ def _secret_file(directory: Path, name: str = "api_key", text: str = SECRET + "\
 
 
 def _document(api_key: str, **extra: Any) -> dict[str, Any]:
-    return {"stores": [{"name": "main", "marketplace": "softstore", "api_url": "https://api.example.com/api/v1",
-                        "api_key": api_key, "products": {"p1": {"generator": "pattern"}}}], **extra}
+    return {
+        "stores": [
+            {
+                "name": "main",
+                "marketplace": "softstore",
+                "api_url": "https://api.example.com/api/v1",
+                "api_key": api_key,
+                "products": {"p1": {"generator": "pattern"}},
+            }
+        ],
+        **extra,
+    }
 
 
-def _api_key(document: dict[str, Any], environ: dict[str, str],
-             warnings: list[ReadableSecret] | None = None) -> str:
+def _api_key(document: dict[str, Any], environ: dict[str, str], warnings: list[ReadableSecret] | None = None) -> str:
     key = parse_settings(document, environ, warnings).stores[0].api_key
     assert key is not None
     return key.get_secret_value()
@@ -72,40 +81,83 @@ def test_credential_reads_the_systemd_credentials_directory(tmp_path: Path) -> N
     assert warnings == []
 
 
-@pytest.mark.parametrize(("reference", "environ", "expected"), [
-    ("${file:@D/missing}", {}, "stores[0].api_key: cannot read secret file @D/missing (from ${file:@D/missing}): "
-                                "No such file or directory; expected a readable file holding only the secret"),
-    ("${file:relative/key}", {}, "stores[0].api_key: secret file relative/key (from ${file:relative/key}) is not an "
-                                 "absolute path; expected an absolute path, e.g. /run/secrets/softstore_api_key"),
-    ("${file:@D}", {}, "stores[0].api_key: secret file @D (from ${file:@D}) is not a regular file"),
-    ("${file:/dev/zero}", {}, "stores[0].api_key: secret file /dev/zero (from ${file:/dev/zero}) is not a regular "
-                              "file"),
-    ("${file:@D/big}", {}, f"stores[0].api_key: secret file @D/big (from ${{file:@D/big}}) is larger than "
-                            f"{MAX_BYTES} bytes"),
-    ("${file:@D/binary}", {}, "stores[0].api_key: secret file @D/binary (from ${file:@D/binary}) is not UTF-8 "
-                               "text"),
-    ("${KEY}", {"KEY_FILE": "@D/missing"}, "stores[0].api_key: cannot read secret file @D/missing (from KEY_FILE): "
-                                            "No such file or directory"),
-    ("${KEY}", {}, "stores[0].api_key: environment variable KEY is not set; expected KEY set in the daemon's "
-                   "environment (systemd EnvironmentFile=, docker --env-file) or KEY_FILE naming a file that "
-                   "holds it, e.g. KEY=<value>"),
-    ("${credential:api-key}", {}, "stores[0].api_key: ${credential:api-key}: CREDENTIALS_DIRECTORY is not set "
-                                  "(systemd sets it for a unit with LoadCredential= or SetCredential=); expected "
-                                  "LoadCredential=api-key:/etc/delivery-daemon/credentials/api-key in the unit"),
-    ("${credential:missing}", {"CREDENTIALS_DIRECTORY": "@D"},
-     "stores[0].api_key: cannot read secret file @D/missing (from ${credential:missing}): No such file"),
-    ("${credential:..}", {"CREDENTIALS_DIRECTORY": "@D"}, "stores[0].api_key: ${credential:..}: not a credential "
-                                                          "name"),
-    ("${file:}", {}, "stores[0].api_key: malformed reference; expected ${NAME} (NAME of letters, digits and _, not "
-                     "starting with a digit), ${file:/path} or ${credential:NAME}"),
-])
-def test_errors_name_the_key_and_the_file_never_the_content(tmp_path: Path, reference: str, environ: dict[str, str],
-                                                             expected: str) -> None:
+@pytest.mark.parametrize(
+    ("reference", "environ", "expected"),
+    [
+        (
+            "${file:@D/missing}",
+            {},
+            "stores[0].api_key: cannot read secret file @D/missing (from ${file:@D/missing}): "
+            "No such file or directory; expected a readable file holding only the secret",
+        ),
+        (
+            "${file:relative/key}",
+            {},
+            "stores[0].api_key: secret file relative/key (from ${file:relative/key}) is not an "
+            "absolute path; expected an absolute path, e.g. /run/secrets/softstore_api_key",
+        ),
+        ("${file:@D}", {}, "stores[0].api_key: secret file @D (from ${file:@D}) is not a regular file"),
+        (
+            "${file:/dev/zero}",
+            {},
+            "stores[0].api_key: secret file /dev/zero (from ${file:/dev/zero}) is not a regular file",
+        ),
+        (
+            "${file:@D/big}",
+            {},
+            f"stores[0].api_key: secret file @D/big (from ${{file:@D/big}}) is larger than {MAX_BYTES} bytes",
+        ),
+        (
+            "${file:@D/binary}",
+            {},
+            "stores[0].api_key: secret file @D/binary (from ${file:@D/binary}) is not UTF-8 text",
+        ),
+        (
+            "${KEY}",
+            {"KEY_FILE": "@D/missing"},
+            "stores[0].api_key: cannot read secret file @D/missing (from KEY_FILE): No such file or directory",
+        ),
+        (
+            "${KEY}",
+            {},
+            "stores[0].api_key: environment variable KEY is not set; expected KEY set in the daemon's "
+            "environment (systemd EnvironmentFile=, docker --env-file) or KEY_FILE naming a file that "
+            "holds it, e.g. KEY=<value>",
+        ),
+        (
+            "${credential:api-key}",
+            {},
+            "stores[0].api_key: ${credential:api-key}: CREDENTIALS_DIRECTORY is not set "
+            "(systemd sets it for a unit with LoadCredential= or SetCredential=); expected "
+            "LoadCredential=api-key:/etc/delivery-daemon/credentials/api-key in the unit",
+        ),
+        (
+            "${credential:missing}",
+            {"CREDENTIALS_DIRECTORY": "@D"},
+            "stores[0].api_key: cannot read secret file @D/missing (from ${credential:missing}): No such file",
+        ),
+        (
+            "${credential:..}",
+            {"CREDENTIALS_DIRECTORY": "@D"},
+            "stores[0].api_key: ${credential:..}: not a credential name",
+        ),
+        (
+            "${file:}",
+            {},
+            "stores[0].api_key: malformed reference; expected ${NAME} (NAME of letters, digits and _, not "
+            "starting with a digit), ${file:/path} or ${credential:NAME}",
+        ),
+    ],
+)
+def test_errors_name_the_key_and_the_file_never_the_content(
+    tmp_path: Path, reference: str, environ: dict[str, str], expected: str
+) -> None:
     (tmp_path / "big").write_text(SECRET * (MAX_BYTES // len(SECRET) + 1))
     (tmp_path / "binary").write_bytes(SECRET.encode() + b"\xff\xfe\n")
     fill = {k: v.replace("@D", str(tmp_path)) for k, v in environ.items()}
     assert _error(_document(reference.replace("@D", str(tmp_path))), fill).startswith(
-        expected.replace("@D", str(tmp_path)))
+        expected.replace("@D", str(tmp_path))
+    )
 
 
 def test_a_value_from_a_file_is_not_repeated_in_a_validation_error(tmp_path: Path) -> None:
@@ -121,8 +173,10 @@ def test_a_secret_file_others_may_read_is_used_with_a_warning(tmp_path: Path) ->
     warnings: list[ReadableSecret] = []
     assert _api_key(_document(f"${{file:{path}}}"), {}, warnings) == SECRET
     assert warnings == [ReadableSecret("stores[0].api_key", str(path), 0o644)]
-    assert str(warnings[0]) == (f"stores[0].api_key: secret file {path} is readable by other users (mode 0644); "
-                                f"chmod 0600 (or 0640 with the daemon's group) {path}")
+    assert str(warnings[0]) == (
+        f"stores[0].api_key: secret file {path} is readable by other users (mode 0644); "
+        f"chmod 0600 (or 0640 with the daemon's group) {path}"
+    )
     _secret_file(tmp_path, mode=0o640)
     warnings.clear()
     assert _api_key(_document(f"${{file:{path}}}"), {}, warnings) == SECRET and warnings == []
@@ -131,8 +185,9 @@ def test_a_secret_file_others_may_read_is_used_with_a_warning(tmp_path: Path) ->
     assert warnings == []
 
 
-def test_check_config_reports_the_readable_file_and_never_its_content(tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_reports_the_readable_file_and_never_its_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _secret_file(tmp_path, mode=0o644)
     config = tmp_path / "config.yaml"
     document = _document(f"${{file:{path}}}", database={"url": f"sqlite:///{tmp_path / 'd.db'}"})
@@ -167,12 +222,20 @@ def test_serve_uses_file_secrets_and_logs_a_readable_one(tmp_path: Path) -> None
 
     path = _secret_file(tmp_path, mode=0o644)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(_document("${DD_TEST_API_KEY}", database={"url": f"sqlite:///{tmp_path / 'd.db'}"},
-                                               server={"host": "127.0.0.1", "port": 0})))
+    config.write_text(
+        yaml.safe_dump(
+            _document(
+                "${DD_TEST_API_KEY}",
+                database={"url": f"sqlite:///{tmp_path / 'd.db'}"},
+                server={"host": "127.0.0.1", "port": 0},
+            )
+        )
+    )
     env = {k: v for k, v in os.environ.items() if k != "DD_TEST_API_KEY"}
     code, events, err = serve_once(config, expect_start=True, env={**env, "DD_TEST_API_KEY_FILE": str(path)})
     assert code == 0, err
     readable = [e for e in events if e["event"] == "config.secret_file_readable"]
     assert [(e["key"], e["file"], e["mode"], e["level"]) for e in readable] == [
-        ("stores[0].api_key", str(path), "0644", "warning")]
+        ("stores[0].api_key", str(path), "0644", "warning")
+    ]
     assert SECRET not in err and not any(SECRET in str(e) for e in events)

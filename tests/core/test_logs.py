@@ -103,8 +103,11 @@ def test_stdlib_records_are_lines_of_the_same_stream() -> None:
     assert SECRETS["plain"] not in text
     assert ours.keys() >= {"timestamp", "level", "event", "logger"} and ours["logger"] == "delivery_daemon.t"
     assert theirs.keys() >= {"timestamp", "level", "event", "logger"}
-    assert (theirs["event"], theirs["level"], theirs["logger"]) == ("call failed with [redacted]", "error",
-                                                                   "some.library")
+    assert (theirs["event"], theirs["level"], theirs["logger"]) == (
+        "call failed with [redacted]",
+        "error",
+        "some.library",
+    )
     assert "ValueError: refused [redacted]" in theirs["exception"]
     assert theirs["timestamp"].endswith("Z")
 
@@ -140,8 +143,9 @@ def test_secrets_from_sources_stay_longest_first_and_bounded() -> None:
         current[:] = [secret]
         redactor.scrub_text("")
     listed = redactor._all()
-    expected = sorted({"fixed-secret-1", 'q"uoted-secret', "mid-len-secret", "x" * 30, "tok-bbbbbb"},
-                      key=len, reverse=True)
+    expected = sorted(
+        {"fixed-secret-1", 'q"uoted-secret', "mid-len-secret", "x" * 30, "tok-bbbbbb"}, key=len, reverse=True
+    )
     assert [len(s) for s in listed] == [len(s) for s in expected] and set(listed) == set(expected)
     assert redactor._escaped == ['q"uoted-secret']
     assert "tok-aaaaaa" not in listed  # pushed out of the recent ones

@@ -14,9 +14,11 @@ from delivery_daemon.moved import MOVED
 @pytest.mark.parametrize(("old", "new"), sorted(MOVED.items()))
 def test_an_old_path_is_the_new_module_and_warns(old: str, new: str) -> None:
     """Importing an old path in a fresh interpreter warns once, naming the new path, and gives the very module."""
-    probe = (f"import warnings; warnings.simplefilter('error')\n"
-             f"try:\n    import {old}\nexcept DeprecationWarning as exc:\n    print('warned:', exc)\n"
-             f"warnings.simplefilter('ignore'); import {old} as a, {new} as b; print(a is b)")
+    probe = (
+        f"import warnings; warnings.simplefilter('error')\n"
+        f"try:\n    import {old}\nexcept DeprecationWarning as exc:\n    print('warned:', exc)\n"
+        f"warnings.simplefilter('ignore'); import {old} as a, {new} as b; print(a is b)"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines() == [f"warned: {old} moved to {new}; the old path goes away in 0.3", "True"]
 

@@ -46,6 +46,7 @@ async def assert_nothing_stored(stack: Stack) -> None:
 
 # -- the happy path ---------------------------------------------------------------------------------------------
 
+
 async def test_quantities_deliver_rendered_keys(stack: Stack) -> None:
     """Orders of 1, 2 and 3 units get that many keys (as the marketplace's order info says) in the template."""
     orders = {count: await place(stack, count) for count in (1, 2, 3)}
@@ -84,6 +85,7 @@ async def test_same_webhook_three_times_concurrently(stack: Stack) -> None:
 
 
 # -- refused webhooks -------------------------------------------------------------------------------------------
+
 
 async def test_forged_signature_is_403_and_not_queued(stack: Stack) -> None:
     """A webhook signed with the wrong key answers 403 with a JSON reason and stores nothing."""
@@ -131,10 +133,11 @@ async def test_oversized_body_streamed_chunked_is_413(stack: Stack) -> None:
 
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(raw), 4096):
-            yield raw[start:start + 4096]
+            yield raw[start : start + 4096]
 
-    request = stack.client.build_request("POST", stack.webhook_url, content=chunks(),
-                                         headers={"Content-Type": "application/json"})
+    request = stack.client.build_request(
+        "POST", stack.webhook_url, content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert "content-length" not in request.headers
     assert request.headers["transfer-encoding"] == "chunked"
     response = await stack.client.send(request)
@@ -166,6 +169,7 @@ async def test_rewritten_delivery_url_is_refused_and_never_contacted(stack: Stac
 
 
 # -- delivery outcomes ------------------------------------------------------------------------------------------
+
 
 async def test_5xx_three_times_then_accepted_sends_identical_bytes(stack: Stack) -> None:
     """Three 5xx answers, then success: delivered once, and every attempt carried byte-identical content."""
@@ -273,6 +277,7 @@ async def test_after_last_scheduled_attempt_is_dead(stack: Stack) -> None:
 
 # -- the live worker and health ---------------------------------------------------------------------------------
 
+
 async def wait_for(predicate: Callable[[], bool]) -> None:
     """Poll ``predicate`` until true; the caller bounds the wait with ``asyncio.timeout`` (generous under load)."""
     while not predicate():  # noqa: ASYNC110  (the marketplace records deliveries; it exposes no event)
@@ -301,6 +306,7 @@ async def test_healthz_and_readyz(make_stack: MakeStack) -> None:
 
 
 # -- secrets ----------------------------------------------------------------------------------------------------
+
 
 async def test_no_secret_in_logs_or_error_bodies(stack: Stack) -> None:
     """Across success, retry, refusal and dead paths no API key, JWT, token or generated key is logged or answered."""

@@ -65,8 +65,19 @@ class DaemonProcess:
 
 async def start_daemon(config: Path) -> DaemonProcess:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "delivery_daemon", "serve", "--config", str(config), "--log-format", "json",
-        "--log-level", "info", stdout=asyncio.subprocess.PIPE, env={**os.environ, "DD_TEST_API_KEY": API_KEY})
+        sys.executable,
+        "-m",
+        "delivery_daemon",
+        "serve",
+        "--config",
+        str(config),
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "DD_TEST_API_KEY": API_KEY},
+    )
     daemon = DaemonProcess(proc)
     started = await daemon.wait_for("daemon.started")
     daemon.url = started["webhooks"].removesuffix("/webhooks/<store>")
@@ -76,8 +87,15 @@ async def start_daemon(config: Path) -> DaemonProcess:
 API_KEY = secrets.token_hex(20)
 
 
-def write_config(path: Path, api_base: str, *, db: Path, template: str = "A {keys_lines}", grace: float = 20,
-                 generator: str = "pattern") -> Path:
+def write_config(
+    path: Path,
+    api_base: str,
+    *,
+    db: Path,
+    template: str = "A {keys_lines}",
+    grace: float = 20,
+    generator: str = "pattern",
+) -> Path:
     path.write_text(f"""
 database: {{url: "sqlite:///{db}"}}
 server: {{host: 127.0.0.1, port: 0}}
@@ -129,8 +147,9 @@ async def market() -> AsyncIterator[SoftStoreMarketplace]:
 def job_state(db: Path, order_id: str) -> tuple[str, list[str]]:
     with sqlite3.connect(db) as conn:
         job_id, state = conn.execute("SELECT id, state FROM jobs WHERE order_id = ?", (order_id,)).fetchone()
-        outcomes = [row[0] for row in conn.execute("SELECT outcome FROM attempts WHERE job_id = ? ORDER BY id",
-                                                   (job_id,))]
+        outcomes = [
+            row[0] for row in conn.execute("SELECT outcome FROM attempts WHERE job_id = ? ORDER BY id", (job_id,))
+        ]
     return state, outcomes
 
 

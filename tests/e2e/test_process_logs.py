@@ -64,8 +64,16 @@ async def test_every_line_is_json_on_stdout(market: SoftStoreMarketplace, tmp_pa
     with config.open("a") as extra:
         extra.write(f"plugins: {{directory: '{plugins}'}}\n")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "delivery_daemon", "serve", "--config", str(config), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "DD_TEST_API_KEY": API_KEY})
+        sys.executable,
+        "-m",
+        "delivery_daemon",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "DD_TEST_API_KEY": API_KEY},
+    )
     daemon = DaemonProcess(proc)
     try:
         started = await daemon.wait_for("daemon.started")

@@ -41,8 +41,9 @@ async def test_dynamic_product_answers_keys_and_repeats_them(tmp_path: Path) -> 
 async def test_dynamic_quantity_from_the_cart_item(tmp_path: Path) -> None:
     """Without data.quantity, the quantity is the cart item's whose uniqid is the product."""
     async with multi_stack(tmp_path) as multi:
-        data = order("dyn-2", quantity=None, cart=[{"uniqid": "other", "quantity": 5},
-                                                   {"uniqid": "dyn-2", "quantity": 2}])
+        data = order(
+            "dyn-2", quantity=None, cart=[{"uniqid": "other", "quantity": 5}, {"uniqid": "dyn-2", "quantity": 2}]
+        )
         product = await multi.sellix().dynamic(data)
         assert product is not None and len(product.split("\n")) == 2
 

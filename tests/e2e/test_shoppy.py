@@ -56,8 +56,14 @@ def test_signature_header_and_algorithm_are_configurable() -> None:
     from delivery_daemon.config import DeliverySettings, StoreSettings
     from delivery_daemon.marketplaces.base import AdapterContext
 
-    store = StoreSettings.model_validate({"name": "s", "marketplace": "shoppy", "webhook_secret": "k3y-secret",
-                                          "signature": {"header": "X-Sig", "algorithm": "sha256"}})
+    store = StoreSettings.model_validate(
+        {
+            "name": "s",
+            "marketplace": "shoppy",
+            "webhook_secret": "k3y-secret",
+            "signature": {"header": "X-Sig", "algorithm": "sha256"},
+        }
+    )
     adapter = ShoppyAdapter(AdapterContext(store, "stores[0]", ManualClock(), DeliverySettings()))
     sender = ShoppySender("http://unused", "k3y-secret", header="X-Sig", algorithm="sha256")
     body = sender.encode({"webhook_type": "100", "data": {"order": order("7", order_id="o1")}})
@@ -119,8 +125,9 @@ async def test_the_documented_paid_order_without_an_id_is_delivered_once(tmp_pat
         assert resent.status_code == 200 and resent.json() == {**answer, "duplicate": True}
         compact = sender.encode(json.loads(DOCUMENTED_PAID_ORDER))  # the same webhook, serialised another way
         assert compact != DOCUMENTED_PAID_ORDER
-        again = await sender.post(compact, {"X-Shoppy-Signature": hex_hmac(multi.secrets["shoppy"].encode(), compact,
-                                                                           "sha512")})
+        again = await sender.post(
+            compact, {"X-Shoppy-Signature": hex_hmac(multi.secrets["shoppy"].encode(), compact, "sha512")}
+        )
         assert again.json() == {**answer, "duplicate": True}
         await multi.drain()
         [delivery] = multi.seller.accepted()
@@ -130,6 +137,7 @@ async def test_the_documented_paid_order_without_an_id_is_delivered_once(tmp_pat
         other = json.loads(DOCUMENTED_PAID_ORDER)
         other["data"]["order"]["email"] = "second-buyer@example.org"
         assert (await sender.send(100, other["data"]["order"], other["data"]["product"])).json()["order_id"] != (
-            answer["order_id"])
+            answer["order_id"]
+        )
         job = await multi.job("shoppy", answer["order_id"])
         assert job.state == "delivered" and json.loads(job.payload)["derived_id"] is True

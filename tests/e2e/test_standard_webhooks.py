@@ -114,8 +114,20 @@ async def test_bad_secret_is_a_config_error_naming_the_key(tmp_path: Path) -> No
     from delivery_daemon.errors import ConfigError
     from delivery_daemon.pipeline.stores import build_stores
 
-    settings = parse_settings({"stores": [{"name": "g", "marketplace": "standard-webhooks",
-                                           "webhook_secret": "whsec_***", "delivery": {"channel": "webhook",
-                                           "webhook": {"url": "http://127.0.0.1:9/x", "secret": new_secret()}}}]})
+    settings = parse_settings(
+        {
+            "stores": [
+                {
+                    "name": "g",
+                    "marketplace": "standard-webhooks",
+                    "webhook_secret": "whsec_***",
+                    "delivery": {
+                        "channel": "webhook",
+                        "webhook": {"url": "http://127.0.0.1:9/x", "secret": new_secret()},
+                    },
+                }
+            ]
+        }
+    )
     with pytest.raises(ConfigError, match=r"^stores\[0\]\.webhook_secret: "):
         build_stores(settings, default_marketplaces(), {}, ManualClock())

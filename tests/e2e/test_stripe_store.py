@@ -98,8 +98,9 @@ async def test_forged_and_stale_events_are_refused_and_store_nothing(tmp_path: P
         intent = payment_intent("prod-a")
         forged = StripeStoreSender(multi.hook("stripe"), "whsec_not_the_secret", now=multi.clock.now)
         assert (await forged.send(event("payment_intent.succeeded", intent))).status_code == 403
-        stale = await multi.stripe().send(event("payment_intent.succeeded", intent),
-                                          timestamp=int(multi.clock.now()) - 600)
+        stale = await multi.stripe().send(
+            event("payment_intent.succeeded", intent), timestamp=int(multi.clock.now()) - 600
+        )
         assert stale.status_code == 403 and "tolerance" in stale.json()["error"]
         unsigned = await post(multi.hook("stripe"), b'{"id":"evt_x"}', {})
         assert unsigned.status_code == 403
@@ -116,8 +117,14 @@ async def test_replayed_event_and_second_event_for_the_order_deliver_once(tmp_pa
         assert (await sender.send(paid)).json()["duplicate"] is False
         again = await sender.send(paid)
         assert again.status_code == 200 and again.json() == {"status": "duplicate", "duplicate": True}
-        session = {"id": "cs_test_1", "object": "checkout.session", "payment_status": "paid",
-                   "payment_intent": intent["id"], "customer_details": {"email": "x@example.org"}, "metadata": {}}
+        session = {
+            "id": "cs_test_1",
+            "object": "checkout.session",
+            "payment_status": "paid",
+            "payment_intent": intent["id"],
+            "customer_details": {"email": "x@example.org"},
+            "metadata": {},
+        }
         assert (await sender.send(event("checkout.session.completed", session))).json()["duplicate"] is True
         await multi.drain()
         assert len(multi.seller.accepted()) == 1
@@ -155,8 +162,9 @@ async def test_refund_arriving_before_payment_means_no_delivery(tmp_path: Path) 
     async with multi_stack(tmp_path) as multi:
         sender = multi.stripe()
         intent = payment_intent("prod-a")
-        assert (await sender.send(event("charge.refunded", charge_refunded(intent["id"])))).json()["status"] == \
-            "cancelled_unseen"
+        assert (await sender.send(event("charge.refunded", charge_refunded(intent["id"])))).json()[
+            "status"
+        ] == "cancelled_unseen"
         assert (await sender.send(event("payment_intent.succeeded", intent))).json()["duplicate"] is True
         await multi.drain()
         assert multi.seller.accepted() == []

@@ -25,9 +25,11 @@ from delivery_daemon.reference.standard_webhooks import SellerSystem, new_secret
 from delivery_daemon.reference.stripe_store import StripeStoreSender
 from delivery_daemon.reference.virtual_stores import STAFF_EMAIL, VirtualStoresShop
 
-CART = [{"product_id": "ebook", "quantity": 2, "unit_price": "9.90", "name": "E-book"},
-        {"product_id": "game", "variant_id": "deluxe", "quantity": 1, "unit_price": "30.00", "name": "Game"},
-        {"product_id": "mug", "quantity": 1, "unit_price": "12.50", "name": "Mug"}]
+CART = [
+    {"product_id": "ebook", "quantity": 2, "unit_price": "9.90", "name": "E-book"},
+    {"product_id": "game", "variant_id": "deluxe", "quantity": 1, "unit_price": "30.00", "name": "Game"},
+    {"product_id": "mug", "quantity": 1, "unit_price": "12.50", "name": "Mug"},
+]
 
 
 @dataclass
@@ -57,30 +59,47 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     shop = VirtualStoresShop(now=clock.now)
     seller = SellerSystem(new_secret(), now=clock.now)
     async with serve(shop.app) as shop_server, serve(seller.app) as seller_server:
-        settings = parse_settings({
-            "database": {"url": f"sqlite:///{tmp_path / 'vs.db'}"},
-            "delivery": {"retry_schedule": [5, 300], "timeout": 10, "jitter": False},
-            "worker": {"poll_interval": 60, "lease_seconds": 30},
-            "security": {"allowed_networks": ["127.0.0.0/8"]},
-            "stores": [{
-                "name": "shop", "marketplace": "virtual-stores", "api_url": shop_server.url,
-                "webhook_secret": shop.webhook_secret,
-                "staff": {"email": STAFF_EMAIL, "password": shop.password},
-                "delivery": {"channel": "webhook", "webhook": {"url": f"{seller_server.url}/hooks/orders",
-                                                               "secret": seller.secret}},
-                "products": {
-                    "ebook": {"generator": "pattern", "options": {"pattern": "EBOOK-XXXX-XXXX"},
-                              "template": "E-book: {keys_lines}"},
-                    "game:deluxe": {"generator": "pattern", "options": {"pattern": "GAME-XXXX-XXXX"},
-                                    "template": "Game: {keys_lines}"},
-                },
-            }],
-        }, environ={})
-        app = create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()), clock=clock,
-                         start_worker=False)
+        settings = parse_settings(
+            {
+                "database": {"url": f"sqlite:///{tmp_path / 'vs.db'}"},
+                "delivery": {"retry_schedule": [5, 300], "timeout": 10, "jitter": False},
+                "worker": {"poll_interval": 60, "lease_seconds": 30},
+                "security": {"allowed_networks": ["127.0.0.0/8"]},
+                "stores": [
+                    {
+                        "name": "shop",
+                        "marketplace": "virtual-stores",
+                        "api_url": shop_server.url,
+                        "webhook_secret": shop.webhook_secret,
+                        "staff": {"email": STAFF_EMAIL, "password": shop.password},
+                        "delivery": {
+                            "channel": "webhook",
+                            "webhook": {"url": f"{seller_server.url}/hooks/orders", "secret": seller.secret},
+                        },
+                        "products": {
+                            "ebook": {
+                                "generator": "pattern",
+                                "options": {"pattern": "EBOOK-XXXX-XXXX"},
+                                "template": "E-book: {keys_lines}",
+                            },
+                            "game:deluxe": {
+                                "generator": "pattern",
+                                "options": {"pattern": "GAME-XXXX-XXXX"},
+                                "template": "Game: {keys_lines}",
+                            },
+                        },
+                    }
+                ],
+            },
+            environ={},
+        )
+        app = create_app(
+            settings, marketplaces=default_marketplaces(), plugins=dict(discover()), clock=clock, start_worker=False
+        )
         async with serve(app) as server:
-            yield Stack(app.state.daemon, shop, seller, shop.sender(f"{server.url}/webhooks/shop", clock.now),
-                        clock, logs)
+            yield Stack(
+                app.state.daemon, shop, seller, shop.sender(f"{server.url}/webhooks/shop", clock.now), clock, logs
+            )
 
 
 async def test_a_cart_is_delivered_once_with_every_digital_key_and_fulfilled(tmp_path: Path) -> None:
@@ -129,9 +148,11 @@ async def test_mismatched_and_forged_orders_are_never_delivered(tmp_path: Path) 
         assert (await forged.send(s.shop.paid_event(s.shop.place_order(CART)))).status_code == 403
         await s.drain()
         assert s.seller.accepted() == []
-        for payment, reason in ((cheap.payment_intent_id, "amount mismatch"),
-                                (other.payment_intent_id, "currency mismatch"),
-                                ("pi_not_the_victims", "was paid with")):
+        for payment, reason in (
+            (cheap.payment_intent_id, "amount mismatch"),
+            (other.payment_intent_id, "currency mismatch"),
+            ("pi_not_the_victims", "was paid with"),
+        ):
             job = await s.job(payment)
             assert job is not None and job.state == "held" and reason in (job.last_error or ""), job
         assert all(not o.fulfilments for o in s.shop.orders.values())

@@ -69,12 +69,25 @@ def test_rebuilt_products_share_their_count() -> None:
     from delivery_daemon.generators.resources import ResourceHub
     from delivery_daemon.pipeline.stores import build_stores
 
-    settings = parse_settings({"stores": [{
-        "name": "s", "marketplace": "softstore", "api_url": "https://api.example/api/v1", "api_key": "k" * 40,
-        "products": {"p": {"generator": "pattern"}}, "default": {"generator": "pattern"}}]}, environ={})
+    settings = parse_settings(
+        {
+            "stores": [
+                {
+                    "name": "s",
+                    "marketplace": "softstore",
+                    "api_url": "https://api.example/api/v1",
+                    "api_key": "k" * 40,
+                    "products": {"p": {"generator": "pattern"}},
+                    "default": {"generator": "pattern"},
+                }
+            ]
+        },
+        environ={},
+    )
     hub = ResourceHub()
-    first, second = (build_stores(settings, default_marketplaces(), dict(discover()), ManualClock(), hub=hub)["s"]
-                     for _ in range(2))
+    first, second = (
+        build_stores(settings, default_marketplaces(), dict(discover()), ManualClock(), hub=hub)["s"] for _ in range(2)
+    )
     assert first.products["p"].threads is second.products["p"].threads
     assert first.default is not None and second.default is not None
     assert first.default.threads is second.default.threads is not first.products["p"].threads

@@ -19,7 +19,7 @@ from delivery_daemon.pipeline.generate import call_generator
 from delivery_daemon.storage.models import JobState
 from delivery_daemon.testing import build_generator, fake_order
 
-SCRIPTED = '''
+SCRIPTED = """
 import anyio
 from pydantic import BaseModel, ConfigDict
 
@@ -67,7 +67,7 @@ class Scripted:
 
 
 GENERATORS = [Scripted]
-'''
+"""
 
 MODES = ("ok", "out_of_stock", "retry", "dead", "boom", "hang", "wrong_count", "http_download", "context")
 
@@ -81,9 +81,18 @@ def plugin_dir(tmp_path: Path) -> Path:
 
 
 def _config(tmp_path: Path, product: dict[str, Any], plugins: dict[str, Any] | None = None) -> str:
-    document: dict[str, Any] = {"database": {"url": f"sqlite:///{tmp_path / 'cfg.db'}"}, "stores": [{
-        "name": "main", "marketplace": "softstore", "api_url": "https://api.example.com/api/v1",
-        "api_key": "k" * 20, "products": {"p1": product}}]}
+    document: dict[str, Any] = {
+        "database": {"url": f"sqlite:///{tmp_path / 'cfg.db'}"},
+        "stores": [
+            {
+                "name": "main",
+                "marketplace": "softstore",
+                "api_url": "https://api.example.com/api/v1",
+                "api_key": "k" * 20,
+                "products": {"p1": product},
+            }
+        ],
+    }
     if plugins:
         document["plugins"] = plugins
     path = tmp_path / "config.yaml"
@@ -134,10 +143,19 @@ def test_contract_resources_database_closed_until_started(plugin_dir: Path) -> N
 async def test_contract_generate_sync_and_async(plugin_dir: Path) -> None:
     """Both a sync generate (pattern, run in a thread) and an async one (scripted) are called the same way."""
     scripted = discover(plugin_dir)["scripted"].plugin
-    assert (await call_generator(build_generator(scripted, {}), fake_order(quantity=2), budget=5,
-                                 name="scripted")).keys == ("OK-0", "OK-1")
-    assert len((await call_generator(build_generator(PatternGenerator), fake_order(quantity=2), budget=5,
-                                     name="pattern")).keys) == 2
+    assert (
+        await call_generator(build_generator(scripted, {}), fake_order(quantity=2), budget=5, name="scripted")
+    ).keys == ("OK-0", "OK-1")
+    assert (
+        len(
+            (
+                await call_generator(
+                    build_generator(PatternGenerator), fake_order(quantity=2), budget=5, name="pattern"
+                )
+            ).keys
+        )
+        == 2
+    )
 
 
 @pytest.mark.contract("Generated", "Wrong results")
@@ -157,14 +175,27 @@ def test_contract_generated_checks() -> None:
 # -- every outcome, end to end ----------------------------------------------------------------------------------
 
 
-@pytest.mark.contract("Resources", "OrderContext", "generate", "Generated", "OutOfStock", "Retry", "Dead",
-                      "Other exceptions", "Time budget", "Wrong results", "Plugins directory", "Templates")
+@pytest.mark.contract(
+    "Resources",
+    "OrderContext",
+    "generate",
+    "Generated",
+    "OutOfStock",
+    "Retry",
+    "Dead",
+    "Other exceptions",
+    "Time budget",
+    "Wrong results",
+    "Plugins directory",
+    "Templates",
+)
 async def test_contract_outcomes_end_to_end(make_stack: Any, plugin_dir: Path) -> None:
     """One order per scripted behaviour through the real daemon: each gets its documented state, none is lost."""
     products = {f"p-{mode}": {"generator": "scripted", "options": {"mode": mode}} for mode in MODES}
     products["p-context"]["template"] = "{text} / {download} / {keys} / {quantity} / {product_id}"
-    async with make_stack(plugins={"directory": str(plugin_dir)}, products=products,
-                          daemon_options={"generator_budget": 0.5}) as stack:
+    async with make_stack(
+        plugins={"directory": str(plugin_dir)}, products=products, daemon_options={"generator_budget": 0.5}
+    ) as stack:
         orders = {}
         for mode in MODES:
             stack.market.add_product(f"p-{mode}")
@@ -179,8 +210,14 @@ async def test_contract_outcomes_end_to_end(make_stack: Any, plugin_dir: Path) -
         # OrderContext and Resources, rendered through the product's own template with every placeholder
         sent = stack.market.accepted(orders["context"]).json
         text, download, keys, quantity, product = sent["text"].split(" / ")
-        assert text.split("|") == ["ann@example.org", f"shop:{orders['context']}", "softstore", "context", "shop",
-                                   "p-context"]
+        assert text.split("|") == [
+            "ann@example.org",
+            f"shop:{orders['context']}",
+            "softstore",
+            "context",
+            "shop",
+            "p-context",
+        ]
         assert (download, keys, quantity, product) == ("https://files.example.com/f.zip", "C, C", "2", "p-context")
         assert sent["download"] == "https://files.example.com/f.zip"
 
@@ -232,22 +269,34 @@ def test_contract_option_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     """check-config reports a bad plugin option as one line with its key path and exits 2."""
     config = _config(tmp_path, {"generator": "pattern", "options": {"pattern": "XXX"}})
     assert main(["check-config", "--config", config]) == 2
-    assert _one_line_error(capsys) == ("delivery-daemon: error: stores[0].products.p1.options.pattern: "
-                                       "needs at least 8 'X' placeholders to be unguessable; expected a pattern with "
-                                       "at least 8 X placeholders (each becomes a random character), "
-                                       "e.g. XXXXX-XXXXX-XXXXX-XXXXX-XXXXX")
+    assert _one_line_error(capsys) == (
+        "delivery-daemon: error: stores[0].products.p1.options.pattern: "
+        "needs at least 8 'X' placeholders to be unguessable; expected a pattern with "
+        "at least 8 X placeholders (each becomes a random character), "
+        "e.g. XXXXX-XXXXX-XXXXX-XXXXX-XXXXX"
+    )
 
 
 @pytest.mark.contract("Broken or missing plugins")
-@pytest.mark.parametrize(("source", "generator", "expected"), [
-    ("raise ImportError('no module named keylib')", "broken",
-     r"plugin file .*broken\.py failed to load: ImportError: no module named keylib"),
-    ("class B:\n    name = 'b'\n    Options = dict\n    def generate(self, o): pass\nGENERATORS = [B]", "b",
-     r"generator plugin 'b' \(file .*\): Options must be a pydantic BaseModel subclass"),
-    ("x = 1", "broken", r"must define GENERATORS"),
-])
-def test_contract_broken_or_missing_plugins(tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str,
-                                            generator: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("source", "generator", "expected"),
+    [
+        (
+            "raise ImportError('no module named keylib')",
+            "broken",
+            r"plugin file .*broken\.py failed to load: ImportError: no module named keylib",
+        ),
+        (
+            "class B:\n    name = 'b'\n    Options = dict\n    def generate(self, o): pass\nGENERATORS = [B]",
+            "b",
+            r"generator plugin 'b' \(file .*\): Options must be a pydantic BaseModel subclass",
+        ),
+        ("x = 1", "broken", r"must define GENERATORS"),
+    ],
+)
+def test_contract_broken_or_missing_plugins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str, generator: str, expected: str
+) -> None:
     """A plugin that fails to import or breaks the contract stops check-config and serve with one line naming the
     product that uses it (a file that cannot be read is known by its file name); unused, it stops nothing
     (tests/generators/test_plugin_lazy.py)."""
@@ -260,8 +309,10 @@ def test_contract_broken_or_missing_plugins(tmp_path: Path, capsys: pytest.Captu
         line = _one_line_error(capsys)
         assert line.startswith("delivery-daemon: error: stores[0].products.p1.generator: "), line
         assert re.search(expected, line)
-    assert main(["check-config", "--config", _config(tmp_path, {"generator": "pattern"},
-                                                       {"directory": str(directory)})]) == 0
+    assert (
+        main(["check-config", "--config", _config(tmp_path, {"generator": "pattern"}, {"directory": str(directory)})])
+        == 0
+    )
     assert re.search(rf"\n  warning: unused plugin '{generator}' is broken: .*{expected}", capsys.readouterr().out)
     assert main(["plugins", "list", "--plugins-dir", str(directory)]) == 1
     listed = capsys.readouterr().out
@@ -270,17 +321,21 @@ def test_contract_broken_or_missing_plugins(tmp_path: Path, capsys: pytest.Captu
 
 
 @pytest.mark.contract("Broken or missing plugins")
-def test_contract_broken_or_missing_plugins_unknown_and_failing_init(tmp_path: Path, plugin_dir: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_contract_broken_or_missing_plugins_unknown_and_failing_init(
+    tmp_path: Path, plugin_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """An unknown generator name, or a plugin whose __init__ fails, is one config line naming the product."""
     assert main(["check-config", "--config", _config(tmp_path, {"generator": "nope"})]) == 2
     assert "stores[0].products.p1.generator: unknown generator 'nope'" in _one_line_error(capsys)
-    (plugin_dir / "scripted.py").write_text(SCRIPTED.replace("self.mode = options.mode",
-                                                             "raise OSError('licence server key missing')"))
+    (plugin_dir / "scripted.py").write_text(
+        SCRIPTED.replace("self.mode = options.mode", "raise OSError('licence server key missing')")
+    )
     config = _config(tmp_path, {"generator": "scripted"}, {"directory": str(plugin_dir)})
     assert main(["check-config", "--config", config]) == 2
-    assert "stores[0].products.p1.generator: scripted failed to start: licence server key missing; expected " \
+    assert (
+        "stores[0].products.p1.generator: scripted failed to start: licence server key missing; expected "
         in _one_line_error(capsys)
+    )
 
 
 # -- discovery and listing ----------------------------------------------------------------------------------------
@@ -318,9 +373,15 @@ def test_contract_templates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     """Every placeholder renders; an unknown one is a config error at the template's key path."""
     from delivery_daemon.pipeline.template import FIELDS, render
 
-    content = render("{keys}|{keys_lines}|{order_id}|{product_id}|{quantity}|{download}|{text}",
-                     keys=("A", "B"), order_id="o", product_id="p", quantity=2, download="https://d/x",
-                     text="t")
+    content = render(
+        "{keys}|{keys_lines}|{order_id}|{product_id}|{quantity}|{download}|{text}",
+        keys=("A", "B"),
+        order_id="o",
+        product_id="p",
+        quantity=2,
+        download="https://d/x",
+        text="t",
+    )
     assert content.text == "A, B|A\nB|o|p|2|https://d/x|t"
     assert set(FIELDS) == {"keys", "keys_lines", "order_id", "product_id", "quantity", "download", "text"}
     config = _config(tmp_path, {"generator": "pattern", "template": "{order.__class__}"})

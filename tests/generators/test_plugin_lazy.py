@@ -35,8 +35,9 @@ def broken_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lazy-probe\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[delivery_daemon.generators]\nprobe = lazy_probe_mod:Probe\n")
     # Each import attempt leaves a line in imports.log, then fails.
-    (site / "lazy_probe_mod.py").write_text(f"open({str(site / 'imports.log')!r}, 'a').write('import\\n')\n"
-                                            "raise RuntimeError('probe imported')\n")
+    (site / "lazy_probe_mod.py").write_text(
+        f"open({str(site / 'imports.log')!r}, 'a').write('import\\n')\nraise RuntimeError('probe imported')\n"
+    )
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     importlib.invalidate_caches()
@@ -45,9 +46,18 @@ def broken_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _config(tmp_path: Path, generator: str, directory: Path | None = None) -> Path:
     document: dict[str, Any] = {
-        "database": {"url": f"sqlite:///{tmp_path / 'lazy.db'}"}, "server": {"host": "127.0.0.1", "port": 0},
-        "stores": [{"name": "main", "marketplace": "softstore", "api_url": "https://api.example.com/api/v1",
-                    "api_key": "k" * 20, "products": {"p1": {"generator": generator}}}]}
+        "database": {"url": f"sqlite:///{tmp_path / 'lazy.db'}"},
+        "server": {"host": "127.0.0.1", "port": 0},
+        "stores": [
+            {
+                "name": "main",
+                "marketplace": "softstore",
+                "api_url": "https://api.example.com/api/v1",
+                "api_key": "k" * 20,
+                "products": {"p1": {"generator": generator}},
+            }
+        ],
+    }
     if directory is not None:
         document["plugins"] = {"directory": str(directory)}
     path = tmp_path / f"config-{generator}.yaml"
@@ -55,8 +65,9 @@ def _config(tmp_path: Path, generator: str, directory: Path | None = None) -> Pa
     return path
 
 
-def test_entry_points_are_imported_only_when_named(broken_entry_point: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_entry_points_are_imported_only_when_named(
+    broken_entry_point: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Discovery lists the entry point without importing it, and building the stores as ``serve`` does imports only
     the generators products name; a product naming it is the first import, and the failure is one line at that
     product's key path. ``check-config`` imports every plugin, to warn about a broken one nobody uses."""
@@ -67,12 +78,15 @@ def test_entry_points_are_imported_only_when_named(broken_entry_point: Path, tmp
     asyncio.run(_close(build_stores(settings, default_marketplaces(), plugins, ManualClock())))
     assert not imports.exists()
     assert main(["check-config", "--config", str(_config(tmp_path, "pattern"))]) == 0
-    assert "  warning: unused plugin 'probe' is broken: generator plugin 'probe' (lazy_probe_mod:Probe) failed to " \
+    assert (
+        "  warning: unused plugin 'probe' is broken: generator plugin 'probe' (lazy_probe_mod:Probe) failed to "
         "load: RuntimeError: probe imported\n" in capsys.readouterr().out
+    )
     assert main(["check-config", "--config", str(_config(tmp_path, "probe"))]) == 2
     assert capsys.readouterr().err == (
         "delivery-daemon: error: stores[0].products.p1.generator: generator plugin 'probe' (lazy_probe_mod:Probe) "
-        f"failed to load: RuntimeError: probe imported; expected {LOADS}\n")
+        f"failed to load: RuntimeError: probe imported; expected {LOADS}\n"
+    )
     with pytest.raises(PluginError, match="probe imported"):
         plugins["probe"]
     with pytest.raises(PluginError, match="probe imported"):  # the failure is remembered, not retried
@@ -83,17 +97,19 @@ def test_entry_points_are_imported_only_when_named(broken_entry_point: Path, tmp
     assert not isinstance(listed["pattern"], BrokenPlugin)
 
 
-def test_plugins_list_shows_a_broken_entry_point(broken_entry_point: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_plugins_list_shows_a_broken_entry_point(broken_entry_point: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugins", "list"]) == 1
     out = capsys.readouterr().out
-    assert ("probe  1.0  (entry point lazy_probe_mod:Probe (lazy-probe))  BROKEN\n"
-            "    generator plugin 'probe' (lazy_probe_mod:Probe) failed to load: RuntimeError: probe imported\n") in out
+    assert (
+        "probe  1.0  (entry point lazy_probe_mod:Probe (lazy-probe))  BROKEN\n"
+        "    generator plugin 'probe' (lazy_probe_mod:Probe) failed to load: RuntimeError: probe imported\n"
+    ) in out
     assert "\npattern  0.1.0  (entry point delivery_daemon_plugins.pattern:PatternGenerator" in out
 
 
-def test_unknown_generator_names_the_plugin_files_that_did_not_load(tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_generator_names_the_plugin_files_that_did_not_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A product naming a generator no plugin has, while a plugin file failed to load, is told about that file
     (the generator may be in it, under another name than the file's)."""
     directory = tmp_path / "plugins"
@@ -101,8 +117,10 @@ def test_unknown_generator_names_the_plugin_files_that_did_not_load(tmp_path: Pa
     (directory / "keylib.py").write_text(BROKEN_FILE)
     assert main(["check-config", "--config", str(_config(tmp_path, "serial", directory))]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("delivery-daemon: error: stores[0].products.p1.generator: unknown generator 'serial' "
-                          f"(plugin file {directory / 'keylib.py'} failed to load: ModuleNotFoundError: "), err
+    assert err.startswith(
+        "delivery-daemon: error: stores[0].products.p1.generator: unknown generator 'serial' "
+        f"(plugin file {directory / 'keylib.py'} failed to load: ModuleNotFoundError: "
+    ), err
 
 
 def test_serve_starts_with_an_unused_broken_plugin_and_refuses_a_used_one(tmp_path: Path) -> None:
@@ -116,9 +134,11 @@ def test_serve_starts_with_an_unused_broken_plugin_and_refuses_a_used_one(tmp_pa
     assert any(e["event"] == "daemon.started" for e in events) and events[-1]["event"] == "daemon.stopped"
     code, events, err = serve_once(_config(tmp_path, "keylib", directory), expect_start=False)
     assert code == 2 and not any(e["event"] == "daemon.started" for e in events)
-    assert err == (f"delivery-daemon: error: stores[0].products.p1.generator: plugin file {directory / 'keylib.py'} "
-                   "failed to load: ModuleNotFoundError: No module named 'keylib_that_is_not_installed'; expected "
-                   f"{LOADS}\n")
+    assert err == (
+        f"delivery-daemon: error: stores[0].products.p1.generator: plugin file {directory / 'keylib.py'} "
+        "failed to load: ModuleNotFoundError: No module named 'keylib_that_is_not_installed'; expected "
+        f"{LOADS}\n"
+    )
 
 
 async def _close(stores: dict[str, Any]) -> None:
@@ -131,4 +151,5 @@ def test_a_missing_plugins_directory_names_its_key(tmp_path: Path, capsys: pytes
     assert main(["check-config", "--config", str(_config(tmp_path, "pattern", tmp_path / "missing"))]) == 2
     assert capsys.readouterr().err == (
         f"delivery-daemon: error: plugins.directory: plugins directory {tmp_path / 'missing'} does not exist; "
-        "expected an existing directory of single-file plugins (*.py), or no plugins.directory\n")
+        "expected an existing directory of single-file plugins (*.py), or no plugins.directory\n"
+    )

@@ -42,8 +42,9 @@ def _market_with(tmp_path: Path) -> tuple[SoftStoreMarketplace, Path, Path]:
 
 
 def _deliver(market: SoftStoreMarketplace, id_order: str, text: str, status: int) -> None:
-    market.delivery_log.append(DeliveryRecord(id_order=id_order, token="t", body=b"", json={"text": text},
-                                              status=status, at=0.0))
+    market.delivery_log.append(
+        DeliveryRecord(id_order=id_order, token="t", body=b"", json={"text": text}, status=status, at=0.0)
+    )
 
 
 async def test_verdict_names_each_broken_promise(tmp_path: Path) -> None:

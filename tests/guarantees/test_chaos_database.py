@@ -16,9 +16,13 @@ def _migrated(url: str) -> None:
     engine = create_db_engine(url)
     create_schema(engine)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO jobs (store, order_id, marketplace, product_id, state, payload, attempts, "
-                          "received, due_at, created_at, updated_at) "
-                          "VALUES ('s', 'o1', 'm', 'p', 'delivered', '{}', 1, 1, 0, 0, 0)"))
+        conn.execute(
+            text(
+                "INSERT INTO jobs (store, order_id, marketplace, product_id, state, payload, attempts, "
+                "received, due_at, created_at, updated_at) "
+                "VALUES ('s', 'o1', 'm', 'p', 'delivered', '{}', 1, 1, 0, 0, 0)"
+            )
+        )
     engine.dispose()
 
 

@@ -38,8 +38,9 @@ def test_chaos_refuses_a_database_that_holds_orders(pg_url: str, capsys: pytest.
     engine = create_db_engine(pg_url)
     create_schema(engine)
     queue = JobQueue(engine, SystemClock())
-    asyncio.run(queue.enqueue(IncomingOrder(store="s", marketplace="softstore", order_id="o1", product_id="p",
-                                            payload={})))
+    asyncio.run(
+        queue.enqueue(IncomingOrder(store="s", marketplace="softstore", order_id="o1", product_id="p", payload={}))
+    )
     queue.close()
     engine.dispose()
     assert main(["chaos", "--database-url", pg_url, "--replicas", "3"]) == 2
@@ -47,14 +48,18 @@ def test_chaos_refuses_a_database_that_holds_orders(pg_url: str, capsys: pytest.
     assert "--database-url" in err and "already holds orders" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize(("argv", "named"), [
-    (["--replicas", "3"], "--replicas"),
-    (["--replicas", "0"], "--replicas"),
-    (["--database-url", "sqlite:///x.db"], "--database-url"),
-    (["--marketplace", "stripe", "--database-url", "postgresql://u@127.0.0.1:1/d"], "--database-url"),
-])
-def test_chaos_rejects_unusable_database_options(argv: list[str], named: str,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--replicas", "3"], "--replicas"),
+        (["--replicas", "0"], "--replicas"),
+        (["--database-url", "sqlite:///x.db"], "--database-url"),
+        (["--marketplace", "stripe", "--database-url", "postgresql://u@127.0.0.1:1/d"], "--database-url"),
+    ],
+)
+def test_chaos_rejects_unusable_database_options(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Replicas without PostgreSQL, zero replicas, a non-PostgreSQL URL, or PostgreSQL with a webhook-only
     marketplace's run: exit 2 naming the option."""
     assert main(["chaos", *argv]) == 2

@@ -37,13 +37,16 @@ def test_sink_verdict_names_each_broken_promise() -> None:
     """Lost, twice-accepted, changed-content and shared-key orders, and a delivered forgery are all reported."""
     sink = ChaosSink(new_secret(), ChaosFaults(random.Random(0), 0, 0, 0))
     sink.attempts["a"] += [Attempt(_body("a", ["K1"]), 500), Attempt(_body("a", ["K2"]), 200)]  # content changed
-    sink.attempts["b"] += [Attempt(_body("b", ["K3"]), 200, msg_id="m1"),  # the same order under a second
-                           Attempt(_body("b", ["K3"]), 200, msg_id="m2")]  # webhook-id: processed twice
+    sink.attempts["b"] += [
+        Attempt(_body("b", ["K3"]), 200, msg_id="m1"),  # the same order under a second
+        Attempt(_body("b", ["K3"]), 200, msg_id="m2"),
+    ]  # webhook-id: processed twice
     sink.attempts["c"] += [Attempt(_body("c", ["K3"]), 200)]  # K3 already went to b
     sink.attempts["d"] += [Attempt(_body("d", ["K4"]), 200, redelivery=True)]  # a redelivery is not an acceptance
     sink.attempts["forged"] += [Attempt(_body("forged", ["K5"]), 200)]
-    verdict = judge_sink(sink, paid={"a": 1, "b": 1, "c": 1, "d": 1}, forged=["forged"], forged_answers=[401, 200],
-                         kills=0, resent=0)
+    verdict = judge_sink(
+        sink, paid={"a": 1, "b": 1, "c": 1, "d": 1}, forged=["forged"], forged_answers=[401, 200], kills=0, resent=0
+    )
     assert (verdict.lost, verdict.duplicates, verdict.mismatched, verdict.reused_keys) == (1, 1, 1, 1)
     assert any("forged webhook, yet delivered" in v for v in verdict.violations)
     assert any("forged webhooks were not refused" in v for v in verdict.violations)
@@ -65,6 +68,9 @@ async def test_sink_deduplicates_on_webhook_id_only() -> None:
             headers = standard_headers(whsec_key(secret), msg_id, int(time.time()), body)
             assert (await client.post("/hooks/orders", content=body, headers=headers)).status_code == 200
     assert [(a.msg_id, a.redelivery) for a in sink.attempts["o-1"]] == [
-        ("msg_a", False), ("msg_a", True), ("msg_b", False)]
+        ("msg_a", False),
+        ("msg_a", True),
+        ("msg_b", False),
+    ]
     verdict = judge_sink(sink, paid={"o-1": 1}, forged=[], forged_answers=[], kills=0, resent=0)
     assert verdict.duplicates == 1

@@ -49,15 +49,26 @@ class Daemon:
         self.db = tmp_path / "daemon.db"
         self.log = tmp_path / "daemon.log"
         self.config = tmp_path / "daemon.yaml"
-        self.config.write_text(yaml.safe_dump({
-            "database": {"url": f"sqlite:///{self.db}"},
-            "server": {"host": "127.0.0.1", "port": self.port},
-            "worker": {"lease_seconds": 1, "poll_interval": 0.2, "concurrency": concurrency},
-            "delivery": {"timeout": 10, "retry_schedule": [0.5, 0.5, 0.5], "jitter": False},
-            "logging": {"format": "json"},
-            "stores": [{"name": "shop", "marketplace": "softstore", "api_url": api_base, "api_key": API_KEY,
-                        "products": {PRODUCT: {"generator": "pattern"}}}],
-        }))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "database": {"url": f"sqlite:///{self.db}"},
+                    "server": {"host": "127.0.0.1", "port": self.port},
+                    "worker": {"lease_seconds": 1, "poll_interval": 0.2, "concurrency": concurrency},
+                    "delivery": {"timeout": 10, "retry_schedule": [0.5, 0.5, 0.5], "jitter": False},
+                    "logging": {"format": "json"},
+                    "stores": [
+                        {
+                            "name": "shop",
+                            "marketplace": "softstore",
+                            "api_url": api_base,
+                            "api_key": API_KEY,
+                            "products": {PRODUCT: {"generator": "pattern"}},
+                        }
+                    ],
+                }
+            )
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -65,7 +76,9 @@ class Daemon:
         with self.log.open("ab") as out:
             return subprocess.Popen(
                 [sys.executable, "-m", "delivery_daemon", "serve", "--config", str(self.config)],
-                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 
     async def start(self) -> None:
@@ -143,7 +156,8 @@ def assert_delivered_once(market: SoftStoreMarketplace, order_id: str) -> None:
 
 
 async def test_sigkill_mid_delivery_then_restart_delivers_once(
-    market: SoftStoreMarketplace, daemons: Callable[..., Daemon],
+    market: SoftStoreMarketplace,
+    daemons: Callable[..., Daemon],
 ) -> None:
     """Killed while the marketplace holds its answer, the restarted daemon finishes the job with no second 200."""
     daemon = daemons(market)
@@ -165,7 +179,8 @@ async def test_sigkill_mid_delivery_then_restart_delivers_once(
 
 
 async def test_sigkill_with_queued_job_is_picked_up_after_restart(
-    market: SoftStoreMarketplace, daemons: Callable[..., Daemon],
+    market: SoftStoreMarketplace,
+    daemons: Callable[..., Daemon],
 ) -> None:
     """A job acknowledged (committed) but not yet delivered when the daemon is killed is delivered after restart."""
     daemon = daemons(market, concurrency=1)  # one job in flight, so the second stays queued

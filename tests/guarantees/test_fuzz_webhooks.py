@@ -48,10 +48,21 @@ from delivery_daemon.reference.stripe_store import StripeStoreSender
 API_KEY = "fuzz-api-key-0123456789abcdef"
 API_BASE = "http://127.0.0.1:9/api/v1"  # never contacted: the worker does not run here
 ALLOWED = {200, 400, 401, 403, 404, 409, 413, 415, 422}
-OTHER_STORES = [("sellix", "sellix", "s" * 32), ("shoppy", "shoppy", "h" * 32),
-                ("stripe", "stripe", "whsec_" + "t" * 32), ("generic", "standard-webhooks", new_secret())]
-SIGNATURE_HEADERS = ["X-Sellix-Signature", "X-Sellix-Event", "X-Shoppy-Signature", "Stripe-Signature", "webhook-id",
-                     "webhook-timestamp", "webhook-signature"]
+OTHER_STORES = [
+    ("sellix", "sellix", "s" * 32),
+    ("shoppy", "shoppy", "h" * 32),
+    ("stripe", "stripe", "whsec_" + "t" * 32),
+    ("generic", "standard-webhooks", new_secret()),
+]
+SIGNATURE_HEADERS = [
+    "X-Sellix-Signature",
+    "X-Sellix-Event",
+    "X-Shoppy-Signature",
+    "Stripe-Signature",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+]
 
 
 @dataclass
@@ -85,16 +96,35 @@ class Target:
 def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Starlette:
     configure_logging("json", "error", stream=io.StringIO())
     db = Path(tmp_path_factory.mktemp("fuzz")) / "fuzz.db"
-    settings = parse_settings({
-        "database": {"url": f"sqlite:///{db}"},
-        "server": {"max_body_bytes": 64 * 1024},
-        "stores": [{"name": "shop", "marketplace": "softstore", "api_url": API_BASE, "api_key": API_KEY,
-                    "default": {"generator": "pattern"}},
-                   *({"name": name, "marketplace": kind, "webhook_secret": secret, "default": {"generator": "pattern"},
-                      "delivery": {"channel": "webhook", "webhook": {"url": "http://127.0.0.1:9/hook",
-                                                                     "secret": new_secret()}}}
-                     for name, kind, secret in OTHER_STORES)],
-    }, environ={})
+    settings = parse_settings(
+        {
+            "database": {"url": f"sqlite:///{db}"},
+            "server": {"max_body_bytes": 64 * 1024},
+            "stores": [
+                {
+                    "name": "shop",
+                    "marketplace": "softstore",
+                    "api_url": API_BASE,
+                    "api_key": API_KEY,
+                    "default": {"generator": "pattern"},
+                },
+                *(
+                    {
+                        "name": name,
+                        "marketplace": kind,
+                        "webhook_secret": secret,
+                        "default": {"generator": "pattern"},
+                        "delivery": {
+                            "channel": "webhook",
+                            "webhook": {"url": "http://127.0.0.1:9/hook", "secret": new_secret()},
+                        },
+                    }
+                    for name, kind, secret in OTHER_STORES
+                ),
+            ],
+        },
+        environ={},
+    )
     return create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()), start_worker=False)
 
 
@@ -121,14 +151,26 @@ def check(target: Target, response: httpx.Response, signed_id: str | None = None
 
 huge_ints = st.integers(min_value=-(10**5000), max_value=10**5000)
 leaves = st.none() | st.booleans() | huge_ints | st.floats(allow_nan=True) | st.text(max_size=200)
-json_values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=5)
-                           | st.dictionaries(st.text(max_size=20), inner, max_size=5), max_leaves=30)
+json_values = st.recursive(
+    leaves,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=20), inner, max_size=5),
+    max_leaves=30,
+)
 FIELDS = ("id_order", "id_product", "payment_status", "signature", "delivery_url", "token")
 payloads = st.fixed_dictionaries({}, optional={name: json_values for name in FIELDS}).flatmap(
-    lambda fixed: st.dictionaries(st.text(max_size=20), json_values, max_size=4).map(lambda extra: {**extra,
-                                                                                                    **fixed}))
-content_types = st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain",
-                                 "application/vnd.api+json", "", "application/JSON", "multipart/form-data"])
+    lambda fixed: st.dictionaries(st.text(max_size=20), json_values, max_size=4).map(lambda extra: {**extra, **fixed})
+)
+content_types = st.sampled_from(
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "text/plain",
+        "application/vnd.api+json",
+        "",
+        "application/JSON",
+        "multipart/form-data",
+    ]
+)
 header_values = st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=60)
 headers = st.dictionaries(st.from_regex(r"\A[A-Za-z][A-Za-z0-9-]{0,20}\Z"), header_values, max_size=5)
 
@@ -145,8 +187,9 @@ def _encode(value: Any) -> bytes:
 
 
 @given(body=st.binary(max_size=4096), content_type=content_types, extra=headers)
-def test_random_bytes_never_break_the_receiver(target: Target, body: bytes, content_type: str,
-                                               extra: dict[str, str]) -> None:
+def test_random_bytes_never_break_the_receiver(
+    target: Target, body: bytes, content_type: str, extra: dict[str, str]
+) -> None:
     """Arbitrary bytes (invalid UTF-8 included) under any content type and headers: a 4xx, never a job."""
     check(target, target.post(body, {**extra, "Content-Type": content_type}))
 
@@ -166,11 +209,15 @@ def test_deep_nesting_is_a_4xx(target: Target, depth: int, opener: str) -> None:
     check(target, target.post(body, {"Content-Type": "application/json"}))
 
 
-@given(store=st.sampled_from([name for name, _, _ in OTHER_STORES]), payload=payloads | json_values,
-       forged=st.dictionaries(st.sampled_from(SIGNATURE_HEADERS), header_values, max_size=4),
-       raw=st.none() | st.binary(max_size=2048))
-def test_every_marketplace_refuses_forgeries(target: Target, store: str, payload: Any, forged: dict[str, str],
-                                             raw: bytes | None) -> None:
+@given(
+    store=st.sampled_from([name for name, _, _ in OTHER_STORES]),
+    payload=payloads | json_values,
+    forged=st.dictionaries(st.sampled_from(SIGNATURE_HEADERS), header_values, max_size=4),
+    raw=st.none() | st.binary(max_size=2048),
+)
+def test_every_marketplace_refuses_forgeries(
+    target: Target, store: str, payload: Any, forged: dict[str, str], raw: bytes | None
+) -> None:
     """Sellix, Shoppy, Stripe and Standard Webhooks stores: random bodies with forged signature headers, never a job."""
     body = raw if raw is not None else _encode(payload)
     check(target, target.post(body, {**forged, "Content-Type": "application/json"}, store=store))
@@ -179,20 +226,32 @@ def test_every_marketplace_refuses_forgeries(target: Target, store: str, payload
 order_ids = st.from_regex(r"\A[A-Za-z0-9_-]{1,128}\Z") | st.text(max_size=140)
 
 
-@given(id_order=order_ids, overrides=st.dictionaries(st.sampled_from(FIELDS[1:]), json_values, max_size=3),
-       tamper=st.booleans())
-def test_only_a_valid_signature_creates_a_job(target: Target, id_order: str, overrides: dict[str, Any],
-                                              tamper: bool) -> None:
+@given(
+    id_order=order_ids,
+    overrides=st.dictionaries(st.sampled_from(FIELDS[1:]), json_values, max_size=3),
+    tamper=st.booleans(),
+)
+def test_only_a_valid_signature_creates_a_job(
+    target: Target, id_order: str, overrides: dict[str, Any], tamper: bool
+) -> None:
     """Correctly signed webhooks with random other fields may be accepted; a tampered signature never is."""
     signature = documented_signature(API_KEY, id_order)
-    payload = {"id_order": id_order, "id_product": "p", "signature": signature,
-               "delivery_url": f"{API_BASE}/orders/delivery/t", **overrides}
+    payload = {
+        "id_order": id_order,
+        "id_product": "p",
+        "signature": signature,
+        "delivery_url": f"{API_BASE}/orders/delivery/t",
+        **overrides,
+    }
     if tamper:
         payload["signature"] = signature[:-1] + ("0" if signature[-1] != "0" else "1")
     elif "signature" not in overrides:
         target.signed.add(id_order)
-    check(target, target.post(_encode(payload), {"Content-Type": "application/json"}),
-          signed_id=id_order if not tamper and "signature" not in overrides else None)
+    check(
+        target,
+        target.post(_encode(payload), {"Content-Type": "application/json"}),
+        signed_id=id_order if not tamper and "signature" not in overrides else None,
+    )
 
 
 @given(store=st.text(max_size=80).filter(lambda s: s.rstrip("/") not in {"shop", *(n for n, _, _ in OTHER_STORES)}))
@@ -219,13 +278,46 @@ SIGNERS: dict[str, Callable[[bytes, str], dict[str, str]]] = {
     "stripe": lambda body, _event: StripeStoreSender("", SECRETS["stripe"]).headers(body),
     "generic": lambda body, _event: StandardWebhooksSender("", SECRETS["generic"]).headers(body),
 }
-EVENTS = st.sampled_from(["order:paid", "order:paid:product", "product:dynamic", "order:disputed", "order.paid",
-                          "payment_intent.succeeded", "charge.refunded", "charge.dispute.created", "100", "101"]) \
-    | header_values  # also sent as the X-Sellix-Event header
-overrides = st.dictionaries(st.sampled_from(["id", "uniqid", "product_id", "quantity", "customer_email", "email",
-                                             "status", "product_type", "cart", "metadata", "order_id", "amount",
-                                             "receipt_email", "payment_intent", "invoice_id"]), json_values,
-                            max_size=4)
+EVENTS = (
+    st.sampled_from(
+        [
+            "order:paid",
+            "order:paid:product",
+            "product:dynamic",
+            "order:disputed",
+            "order.paid",
+            "payment_intent.succeeded",
+            "charge.refunded",
+            "charge.dispute.created",
+            "100",
+            "101",
+        ]
+    )
+    | header_values
+)  # also sent as the X-Sellix-Event header
+overrides = st.dictionaries(
+    st.sampled_from(
+        [
+            "id",
+            "uniqid",
+            "product_id",
+            "quantity",
+            "customer_email",
+            "email",
+            "status",
+            "product_type",
+            "cart",
+            "metadata",
+            "order_id",
+            "amount",
+            "receipt_email",
+            "payment_intent",
+            "invoice_id",
+        ]
+    ),
+    json_values,
+    max_size=4,
+)
 
 
 def _message(store: str, event: str, fields: dict[str, Any], wrap: Any) -> Any:
@@ -233,22 +325,30 @@ def _message(store: str, event: str, fields: dict[str, Any], wrap: Any) -> Any:
     if store == "sellix":
         return {"event": event, "data": {**sellix.order("p"), **fields}}
     if store == "shoppy":
-        return {"status": True, "webhook_type": event, "data": {"order": {**shoppy.order("p"), **fields},
-                                                                "product": wrap}}
+        return {
+            "status": True,
+            "webhook_type": event,
+            "data": {"order": {**shoppy.order("p"), **fields}, "product": wrap},
+        }
     if store == "stripe":
         return stripe_store.event(event, {**stripe_store.payment_intent("p"), **fields})
     return {"type": event, "data": {"order_id": "A-1", "product_id": "p", **fields}}
 
 
-@given(store=st.sampled_from(sorted(SIGNERS)), event=EVENTS, fields=overrides, wrap=json_values,
-       whole=st.none() | json_values | st.binary(max_size=512))
+@given(
+    store=st.sampled_from(sorted(SIGNERS)),
+    event=EVENTS,
+    fields=overrides,
+    wrap=json_values,
+    whole=st.none() | json_values | st.binary(max_size=512),
+)
 @example(store="sellix", event="order:paid", fields={}, wrap={}, whole=None)
 @example(store="shoppy", event="100", fields={}, wrap={}, whole=None)
 @example(store="stripe", event="payment_intent.succeeded", fields={}, wrap={}, whole=None)
 @example(store="generic", event="order.paid", fields={}, wrap={}, whole=None)
-def test_signed_bodies_of_every_marketplace_never_break_the_parser(target: Target, store: str, event: str,
-                                                                   fields: dict[str, Any], wrap: Any,
-                                                                   whole: Any) -> None:
+def test_signed_bodies_of_every_marketplace_never_break_the_parser(
+    target: Target, store: str, event: str, fields: dict[str, Any], wrap: Any, whole: Any
+) -> None:
     """Validly signed Sellix/Shoppy/Stripe/Standard Webhooks bodies with any field types: never a 5xx."""
     if whole is None:
         body = _encode(_message(store, event, fields, wrap))
@@ -262,26 +362,34 @@ def test_signed_bodies_of_every_marketplace_never_break_the_parser(target: Targe
     target.signed |= target.job_order_ids() - before  # a genuine signature may create a job
 
 
-@given(store=st.sampled_from(sorted(SIGNERS)), event=st.sampled_from(["order:paid", "order.paid", "100",
-                                                                      "payment_intent.succeeded"]),
-       fields=overrides, position=st.integers(min_value=0), flip=st.integers(min_value=1, max_value=255),
-       in_signature=st.booleans())
-def test_tampered_signed_webhooks_never_create_a_job(target: Target, store: str, event: str,
-                                                     fields: dict[str, Any], position: int, flip: int,
-                                                     in_signature: bool) -> None:
+@given(
+    store=st.sampled_from(sorted(SIGNERS)),
+    event=st.sampled_from(["order:paid", "order.paid", "100", "payment_intent.succeeded"]),
+    fields=overrides,
+    position=st.integers(min_value=0),
+    flip=st.integers(min_value=1, max_value=255),
+    in_signature=st.booleans(),
+)
+def test_tampered_signed_webhooks_never_create_a_job(
+    target: Target, store: str, event: str, fields: dict[str, Any], position: int, flip: int, in_signature: bool
+) -> None:
     """A genuine webhook with one byte of its body or signature changed is refused (4xx) and stores nothing."""
     body = _encode(_message(store, event, {"quantity": 1, **fields}, {}))
     headers = SIGNERS[store](body, event)
     if in_signature:
-        name = {"sellix": "X-Sellix-Signature", "shoppy": "X-Shoppy-Signature", "stripe": "Stripe-Signature",
-                "generic": "webhook-signature"}[store]
+        name = {
+            "sellix": "X-Sellix-Signature",
+            "shoppy": "X-Shoppy-Signature",
+            "stripe": "Stripe-Signature",
+            "generic": "webhook-signature",
+        }[store]
         value = headers[name]
         index = len(value) - 1 - position % 8  # the signature itself, at the end of the header
         replacement = "0" if value[index] != "0" else "1"
-        headers[name] = value[:index] + replacement + value[index + 1:]
+        headers[name] = value[:index] + replacement + value[index + 1 :]
     else:
         index = position % len(body)
-        body = body[:index] + bytes([body[index] ^ flip]) + body[index + 1:]
+        body = body[:index] + bytes([body[index] ^ flip]) + body[index + 1 :]
     before = target.job_order_ids()
     response = target.post(body, {**headers, "Content-Type": "application/json"}, store=store)
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
@@ -312,9 +420,11 @@ RAW_REQUESTS = [
     b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
     b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Type: \xff\xfe\r\nContent-Length: 2\r\n\r\n{}",
     b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
-    + b"FFFFF\r\n" + b"a" * 70_000 + b"\r\n0\r\n\r\n",
+    + b"FFFFF\r\n"
+    + b"a" * 70_000
+    + b"\r\n0\r\n\r\n",
     b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
-    b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nContent-Type: application/json\r\n\r\n{\"a",
+    b'POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nContent-Type: application/json\r\n\r\n{"a',
     b"POST /webhooks/%ff%fe HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
 ]
 
@@ -355,32 +465,73 @@ def test_malformed_http_over_a_real_socket(real_server: tuple[RunningServer, Sta
 RETRY_SCHEDULE = [5, 300]
 ENDED = ("delivered", "held", "cancelled")
 """Where an accepted order may end: ``held`` (a buyer email the seller must look at) counts as ended."""
-SPECIALS = ["\ud800", "\udfff", "a\ud83d", "\x00", "a\x00b", "\x01", "\x1f", "\x7f", "\u2028", "\ufeff", "\U0001f600",
-            "é", " ", ""]
-hostile_text = (st.text(st.characters(codec=None, exclude_categories=()), max_size=30)
-                | st.sampled_from(SPECIALS)
-                | st.tuples(st.sampled_from(SPECIALS), st.text(max_size=10)).map("".join)
-                | st.text(st.sampled_from("ab-_"), min_size=100, max_size=400))
-nested = st.integers(min_value=1, max_value=3000).map(lambda depth: json.loads("[" * depth + "]" * depth)
-                                                      if depth < 900 else {"deep": depth})
-hostile = (hostile_text | huge_ints | st.integers(min_value=-5, max_value=1200) | st.floats() | st.none()
-           | st.booleans() | nested | st.lists(hostile_text, max_size=3) | st.dictionaries(hostile_text, hostile_text,
-                                                                                             max_size=3))
+SPECIALS = [
+    "\ud800",
+    "\udfff",
+    "a\ud83d",
+    "\x00",
+    "a\x00b",
+    "\x01",
+    "\x1f",
+    "\x7f",
+    "\u2028",
+    "\ufeff",
+    "\U0001f600",
+    "é",
+    " ",
+    "",
+]
+hostile_text = (
+    st.text(st.characters(codec=None, exclude_categories=()), max_size=30)
+    | st.sampled_from(SPECIALS)
+    | st.tuples(st.sampled_from(SPECIALS), st.text(max_size=10)).map("".join)
+    | st.text(st.sampled_from("ab-_"), min_size=100, max_size=400)
+)
+nested = st.integers(min_value=1, max_value=3000).map(
+    lambda depth: json.loads("[" * depth + "]" * depth) if depth < 900 else {"deep": depth}
+)
+hostile = (
+    hostile_text
+    | huge_ints
+    | st.integers(min_value=-5, max_value=1200)
+    | st.floats()
+    | st.none()
+    | st.booleans()
+    | nested
+    | st.lists(hostile_text, max_size=3)
+    | st.dictionaries(hostile_text, hostile_text, max_size=3)
+)
 plain_ids = st.from_regex(r"\A[A-Za-z0-9_-]{1,20}\Z")
 emails = st.just("buyer@example.org") | hostile_text.map(lambda s: f"{s}@example.org") | hostile_text | hostile
 quantities = st.integers(min_value=1, max_value=5) | st.just("2") | hostile
 products = plain_ids | hostile_text | hostile
 SIGNED_FIELDS = {
-    "sellix": {"uniqid": plain_ids | hostile, "product_id": products, "quantity": quantities,
-               "customer_email": emails, "status": hostile_text, "product_type": hostile},
+    "sellix": {
+        "uniqid": plain_ids | hostile,
+        "product_id": products,
+        "quantity": quantities,
+        "customer_email": emails,
+        "status": hostile_text,
+        "product_type": hostile,
+    },
     "shoppy": {"id": plain_ids | hostile, "product_id": products, "quantity": quantities, "email": emails},
-    "stripe": {"id": plain_ids.map(lambda s: f"pi_{s}") | hostile, "receipt_email": emails, "status": hostile,
-               "metadata": st.fixed_dictionaries({}, optional={"product_id": products, "quantity": quantities,
-                                                               "email": emails, "order_id": plain_ids | hostile})},
+    "stripe": {
+        "id": plain_ids.map(lambda s: f"pi_{s}") | hostile,
+        "receipt_email": emails,
+        "status": hostile,
+        "metadata": st.fixed_dictionaries(
+            {},
+            optional={"product_id": products, "quantity": quantities, "email": emails, "order_id": plain_ids | hostile},
+        ),
+    },
     "generic": {"order_id": plain_ids | hostile, "product_id": products, "quantity": quantities, "email": emails},
 }
-SIGNED_EVENTS = {"sellix": ["order:paid", "product:dynamic"], "shoppy": ["100"],
-                 "stripe": ["payment_intent.succeeded"], "generic": ["order.paid"]}
+SIGNED_EVENTS = {
+    "sellix": ["order:paid", "product:dynamic"],
+    "shoppy": ["100"],
+    "stripe": ["payment_intent.succeeded"],
+    "generic": ["order.paid"],
+}
 
 
 @dataclass
@@ -397,8 +548,12 @@ class Live:
     secrets: dict[str, str]
 
     def post(self, store: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-        return httpx.post(f"{self.url}/webhooks/{store}", content=body, timeout=30,
-                          headers={**headers, "Content-Type": "application/json"})
+        return httpx.post(
+            f"{self.url}/webhooks/{store}",
+            content=body,
+            timeout=30,
+            headers={**headers, "Content-Type": "application/json"},
+        )
 
     def signed(self, store: str, body: bytes, event: str) -> httpx.Response:
         """``body`` sent to ``store`` with a genuine signature of its marketplace."""
@@ -430,8 +585,7 @@ class Live:
             if all(state in ENDED or state == "dead" for state, _ in self.jobs().values()):
                 break
             self.clock.advance(max(RETRY_SCHEDULE))
-        return {key: value for key, value in self.jobs().items()
-                if value[0] not in ENDED and before.get(key) != value}
+        return {key: value for key, value in self.jobs().items() if value[0] not in ENDED and before.get(key) != value}
 
     def healthy(self) -> bool:
         return httpx.get(f"{self.url}/healthz", timeout=10).status_code == 200
@@ -453,20 +607,45 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         market_server = running.enter_context(portal.wrap_async_context_manager(serve(market.app)))
         seller_server = running.enter_context(portal.wrap_async_context_manager(serve(seller.app)))
         market.bind(market_server.url)
-        channel = {"channel": "webhook", "webhook": {"url": f"{seller_server.url}/hooks/orders",
-                                                     "secret": seller.secret}}
-        daemon_settings = parse_settings({
-            "database": {"url": database},
-            "delivery": {"retry_schedule": RETRY_SCHEDULE, "timeout": 10, "jitter": False},
-            "worker": {"poll_interval": 60, "lease_seconds": 30},
-            "security": {"allowed_networks": ["127.0.0.0/8"]},
-            "stores": [{"name": "shop", "marketplace": "softstore", "api_url": market.api_base,
-                        "api_key": api_key, "default": {"generator": "pattern"}},
-                       *({"name": name, "marketplace": kind, "webhook_secret": keys[name], "delivery": channel,
-                          "default": {"generator": "pattern"}} for name, kind, _ in OTHER_STORES)],
-        }, environ={})
-        app = create_app(daemon_settings, marketplaces=default_marketplaces(), plugins=dict(discover()),
-                         clock=clock, start_worker=False)
+        channel = {
+            "channel": "webhook",
+            "webhook": {"url": f"{seller_server.url}/hooks/orders", "secret": seller.secret},
+        }
+        daemon_settings = parse_settings(
+            {
+                "database": {"url": database},
+                "delivery": {"retry_schedule": RETRY_SCHEDULE, "timeout": 10, "jitter": False},
+                "worker": {"poll_interval": 60, "lease_seconds": 30},
+                "security": {"allowed_networks": ["127.0.0.0/8"]},
+                "stores": [
+                    {
+                        "name": "shop",
+                        "marketplace": "softstore",
+                        "api_url": market.api_base,
+                        "api_key": api_key,
+                        "default": {"generator": "pattern"},
+                    },
+                    *(
+                        {
+                            "name": name,
+                            "marketplace": kind,
+                            "webhook_secret": keys[name],
+                            "delivery": channel,
+                            "default": {"generator": "pattern"},
+                        }
+                        for name, kind, _ in OTHER_STORES
+                    ),
+                ],
+            },
+            environ={},
+        )
+        app = create_app(
+            daemon_settings,
+            marketplaces=default_marketplaces(),
+            plugins=dict(discover()),
+            clock=clock,
+            start_worker=False,
+        )
         server = running.enter_context(portal.wrap_async_context_manager(serve(app)))
         yield Live(portal, server.url, app.state.daemon, market, seller, clock, api_key, keys)
 
@@ -489,8 +668,9 @@ def test_lone_surrogate_in_a_softstore_field_is_a_422_naming_it(live: Live) -> N
     assert live.healthy()
 
 
-@pytest.mark.parametrize("url", ["http://[::1/orders/delivery/x", "https://\x00evil.example/x",
-                                 "http://x\ud800y/orders/delivery/t"])
+@pytest.mark.parametrize(
+    "url", ["http://[::1/orders/delivery/x", "https://\x00evil.example/x", "http://x\ud800y/orders/delivery/t"]
+)
 def test_unparsable_delivery_url_off_origin_is_a_logged_422(live: Live, url: str) -> None:
     """A delivery_url httpx cannot parse is refused 422 and logged as a security event, not a 500 from the log line."""
     body = {**live.softstore_order("prod-url"), "delivery_url": url}
@@ -518,8 +698,12 @@ def test_nul_in_stored_text_is_a_422_on_every_resend(live: Live) -> None:
 def test_unstorable_buyer_email_is_refused_not_accepted_then_lost(live: Live, store: str, char: str) -> None:
     """A signed order whose buyer email holds a lone surrogate or a NUL is refused 422, never a 2xx that dies."""
     address = f"bu{char}yer@example.org"
-    fields = {"sellix": {"customer_email": address}, "shoppy": {"email": address},
-              "stripe": {"receipt_email": address}, "generic": {"email": address}}[store]
+    fields = {
+        "sellix": {"customer_email": address},
+        "shoppy": {"email": address},
+        "stripe": {"receipt_email": address},
+        "generic": {"email": address},
+    }[store]
     message = _message(store, SIGNED_EVENTS[store][0], fields, {})
     if store == "generic":
         message["data"]["order_id"] = f"A-{len(live.jobs())}-{ord(char)}"
@@ -538,11 +722,13 @@ LIVE_EXAMPLES = max(20, settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE"
 delivery_urls = st.just("http://evil.example:1/x") | hostile
 
 
-TAINTABLE: dict[str, list[tuple[str, ...]]] = {"shop": [("id_product",), ("token",), ("delivery_url",)],
-             "sellix": [("data", "customer_email"), ("data", "product_id"), ("data", "status")],
-             "shoppy": [("data", "order", "email"), ("data", "order", "product_id")],
-             "stripe": [("data", "object", "receipt_email"), ("data", "object", "metadata", "product_id")],
-             "generic": [("data", "email"), ("data", "product_id")]}
+TAINTABLE: dict[str, list[tuple[str, ...]]] = {
+    "shop": [("id_product",), ("token",), ("delivery_url",)],
+    "sellix": [("data", "customer_email"), ("data", "product_id"), ("data", "status")],
+    "shoppy": [("data", "order", "email"), ("data", "order", "product_id")],
+    "stripe": [("data", "object", "receipt_email"), ("data", "object", "metadata", "product_id")],
+    "generic": [("data", "email"), ("data", "product_id")],
+}
 """Fields each marketplace's order stores, where ``special`` characters are put (the first when not drawn)."""
 UNSTORABLE = ("\ud800", "\x00")
 
@@ -560,8 +746,11 @@ def _taint(message: dict[str, Any], path: tuple[str, ...], special: str) -> None
 
 
 @settings(max_examples=LIVE_EXAMPLES)
-@given(data=st.data(), store=st.sampled_from(["shop", *sorted(SIGNED_EVENTS)]),
-       special=st.none() | st.sampled_from([*UNSTORABLE, "\x01", "\u2028", "\U0001f600"]))
+@given(
+    data=st.data(),
+    store=st.sampled_from(["shop", *sorted(SIGNED_EVENTS)]),
+    special=st.none() | st.sampled_from([*UNSTORABLE, "\x01", "\u2028", "\U0001f600"]),
+)
 @example(data=None, store="shop", special=None)  # data None: the genuine webhook of each marketplace
 @example(data=None, store="sellix", special=None)
 @example(data=None, store="shoppy", special=None)
@@ -571,8 +760,9 @@ def _taint(message: dict[str, Any], path: tuple[str, ...], special: str) -> None
 @example(data=None, store="shop", special="\x00")
 @example(data=None, store="sellix", special="\ud800")
 @example(data=None, store="generic", special="\x00")
-def test_hostile_signed_bodies_are_refused_or_delivered(live: Live, data: st.DataObject | None, store: str,
-                                                        special: str | None) -> None:
+def test_hostile_signed_bodies_are_refused_or_delivered(
+    live: Live, data: st.DataObject | None, store: str, special: str | None
+) -> None:
     """Genuinely signed bodies of every marketplace with surrogates, NULs, control characters, huge numbers, deep
     nesting and wrong types: a 4xx with a JSON reason and no job, or a 2xx whose order ends delivered; no 5xx."""
     taint = TAINTABLE[store][0] if data is None else data.draw(st.sampled_from(TAINTABLE[store]), "taint")
@@ -584,8 +774,12 @@ def test_hostile_signed_bodies_are_refused_or_delivered(live: Live, data: st.Dat
         genuine = live.softstore_order(str(product) if known and product != "" else "prod")  # the same product
         message: dict[str, Any] = {**genuine, "id_product": product}
         if data is not None:
-            for name, values in (("token", hostile), ("payment_status", st.just("paid") | hostile),
-                                 ("extra", hostile), ("delivery_url", delivery_urls)):
+            for name, values in (
+                ("token", hostile),
+                ("payment_status", st.just("paid") | hostile),
+                ("extra", hostile),
+                ("delivery_url", delivery_urls),
+            ):
                 if data.draw(st.booleans(), f"override {name}"):
                     message[name] = data.draw(values, name)
         if special is not None and taint != ("id_product",):

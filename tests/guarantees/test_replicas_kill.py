@@ -39,27 +39,41 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def replica_config(path: Path, db_url: str, port: int, api_base: str,
-                   default: dict[str, Any] | None = None) -> Path:
-    path.write_text(yaml.safe_dump({
-        "database": {"url": db_url},
-        "server": {"host": "127.0.0.1", "port": port},
-        # Short leases and polls so the killed replica's jobs come back within seconds (real clock: subprocesses).
-        "worker": {"concurrency": 4, "lease_seconds": 3, "poll_interval": 0.5, "claim_batch": 4},
-        "delivery": {"retry_schedule": [0.5, 1, 1, 2, 2, 5, 5, 10], "timeout": 10, "jitter": False},
-        "logging": {"format": "json", "level": "info"},
-        "stores": [{"name": "shop", "marketplace": "softstore", "api_url": api_base, "api_key": API_KEY,
-                    "default": default or {"generator": "pattern"}}],
-    }))
+def replica_config(path: Path, db_url: str, port: int, api_base: str, default: dict[str, Any] | None = None) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "database": {"url": db_url},
+                "server": {"host": "127.0.0.1", "port": port},
+                # Short leases and polls: the killed replica's jobs come back within seconds (real clock, subprocesses).
+                "worker": {"concurrency": 4, "lease_seconds": 3, "poll_interval": 0.5, "claim_batch": 4},
+                "delivery": {"retry_schedule": [0.5, 1, 1, 2, 2, 5, 5, 10], "timeout": 10, "jitter": False},
+                "logging": {"format": "json", "level": "info"},
+                "stores": [
+                    {
+                        "name": "shop",
+                        "marketplace": "softstore",
+                        "api_url": api_base,
+                        "api_key": API_KEY,
+                        "default": default or {"generator": "pattern"},
+                    }
+                ],
+            }
+        )
+    )
     return path
 
 
 def start_replica(config: Path, log: Path) -> subprocess.Popen[bytes]:
     """``delivery-daemon serve`` exactly as an operator runs it, its output in ``log``."""
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "delivery_daemon", "serve", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=config.parent,
-                                env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+        return subprocess.Popen(
+            [sys.executable, "-m", "delivery_daemon", "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=config.parent,
+            env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        )
 
 
 async def wait_until(probe: Callable[[], Any], limit: float, what: str) -> None:
@@ -77,8 +91,13 @@ async def kill_holding_a_lease(proc: subprocess.Popen[bytes], db_url: str) -> No
 
     async def holds() -> bool:
         with engine.connect() as conn:
-            return bool(conn.execute(select(func.count()).where(
-                col(Job.state) == "running", col(Job.lease_owner).like(f"%:{proc.pid}:%"))).scalar_one())
+            return bool(
+                conn.execute(
+                    select(func.count()).where(
+                        col(Job.state) == "running", col(Job.lease_owner).like(f"%:{proc.pid}:%")
+                    )
+                ).scalar_one()
+            )
 
     try:
         await wait_until(holds, 30, f"replica {proc.pid} holding a lease")
@@ -91,11 +110,13 @@ async def kill_holding_a_lease(proc: subprocess.Popen[bytes], db_url: str) -> No
 async def _all_ready(client: httpx.AsyncClient, urls: list[str]) -> None:
     """Wait until every replica's /readyz answers 200."""
     for url in urls:
+
         async def ready(url: str = url) -> bool:
             try:
                 return (await client.get(f"{url}/readyz")).status_code == 200
             except httpx.HTTPError:
                 return False
+
         await wait_until(ready, 90, f"replica {url} ready")
 
 
@@ -149,17 +170,18 @@ async def test_three_replicas_one_killed_every_order_delivered_once(tmp_path: Pa
                 if not all(market.accepted(order_id) is not None for order_id in placed):
                     return False
                 with engine.connect() as conn:
-                    open_jobs = conn.execute(
-                        select(func.count()).where(col(Job.state) != "delivered")
-                    ).scalar_one()
+                    open_jobs = conn.execute(select(func.count()).where(col(Job.state) != "delivered")).scalar_one()
                 return open_jobs == 0
 
             try:
                 await wait_until(all_delivered, 120, "every order delivered")
             except AssertionError:
                 with engine.connect() as conn:
-                    for row in conn.execute(select(Attempt).where(col(Attempt.job_id).in_(
-                            select(col(Job.id)).where(col(Job.state) != "delivered")))).all():
+                    for row in conn.execute(
+                        select(Attempt).where(
+                            col(Attempt.job_id).in_(select(col(Job.id)).where(col(Job.state) != "delivered"))
+                        )
+                    ).all():
                         print(row)
                 raise
         finally:
@@ -172,7 +194,8 @@ async def test_three_replicas_one_killed_every_order_delivered_once(tmp_path: Pa
         jobs = conn.execute(select(col(Job.state), func.count()).group_by(Job.state)).all()
         delivered_records = conn.execute(
             select(col(Attempt.job_id), func.count())
-            .where(col(Attempt.state) == "delivered").group_by(col(Attempt.job_id))
+            .where(col(Attempt.state) == "delivered")
+            .group_by(col(Attempt.job_id))
         ).all()
         expired = conn.execute(select(func.count()).where(col(Attempt.outcome) == "expired")).scalar_one()
     engine.dispose()
@@ -207,8 +230,15 @@ async def test_stock_pool_across_replicas_with_a_kill_and_an_import_mid_run(tmp_
         urls, configs = [], []
         for i in range(3):
             port = free_port()
-            configs.append(replica_config(tmp_path / f"r{i}.yaml", pg_url, port, market.api_base,
-                                          {"generator": "stock", "template": STOCK_TEMPLATE}))
+            configs.append(
+                replica_config(
+                    tmp_path / f"r{i}.yaml",
+                    pg_url,
+                    port,
+                    market.api_base,
+                    {"generator": "stock", "template": STOCK_TEMPLATE},
+                )
+            )
             procs.append(start_replica(configs[i], tmp_path / f"r{i}.log"))
             urls.append(f"http://127.0.0.1:{port}")
 
@@ -217,8 +247,12 @@ async def test_stock_pool_across_replicas_with_a_kill_and_an_import_mid_run(tmp_
 
         try:
             await _all_ready(client, urls)
-            assert await asyncio.to_thread(stock, "import", "--store", "shop", "--product", "p1",
-                                           str(tmp_path / "first.txt")) == 0
+            assert (
+                await asyncio.to_thread(
+                    stock, "import", "--store", "shop", "--product", "p1", str(tmp_path / "first.txt")
+                )
+                == 0
+            )
             market.faults.slow_next_deliveries(STOCK_ORDERS, 0.3)  # the victim holds leases when it dies
             placed = []
             for n, quantity in enumerate(quantities):
@@ -231,8 +265,12 @@ async def test_stock_pool_across_replicas_with_a_kill_and_an_import_mid_run(tmp_
                 if n == 13:  # replica 1 just received order 13, and keys are left for it: it will lease it
                     await kill_holding_a_lease(procs[1], pg_url)
                 if n == 2 * STOCK_ORDERS // 3:  # the refill, from a shell, while orders wait and arrive
-                    assert await asyncio.to_thread(stock, "import", "--store", "shop", "--product", "p1",
-                                                   str(tmp_path / "second.txt")) == 0
+                    assert (
+                        await asyncio.to_thread(
+                            stock, "import", "--store", "shop", "--product", "p1", str(tmp_path / "second.txt")
+                        )
+                        == 0
+                    )
 
             engine = create_engine(pg_url)
 
@@ -257,11 +295,14 @@ async def test_stock_pool_across_replicas_with_a_kill_and_an_import_mid_run(tmp_
     assert set(owner) <= set(first) | set(second)
     levels = StockPool(engine, SystemClock()).levels("shop")
     with engine.connect() as conn:
-        held: dict[str | None, int] = dict(conn.execute(select(col(StockKey.claimed_by), func.count())
-                                 .where(col(StockKey.claimed_by).is_not(None))
-                                 .group_by(StockKey.claimed_by)).all())
-        jobs: dict[str, int] = dict(conn.execute(
-            select(col(Job.state), func.count()).group_by(Job.state)).all())
+        held: dict[str | None, int] = dict(
+            conn.execute(
+                select(col(StockKey.claimed_by), func.count())
+                .where(col(StockKey.claimed_by).is_not(None))
+                .group_by(StockKey.claimed_by)
+            ).all()
+        )
+        jobs: dict[str, int] = dict(conn.execute(select(col(Job.state), func.count()).group_by(Job.state)).all())
         waited = conn.execute(select(func.count()).where(col(Attempt.outcome) == "out_of_stock")).scalar_one()
         expired = conn.execute(select(func.count()).where(col(Attempt.outcome) == "expired")).scalar_one()
     engine.dispose()

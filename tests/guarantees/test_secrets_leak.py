@@ -74,8 +74,14 @@ class Capture:
         self.bodies.append(f"{response.status_code} {response.headers} {response.text}")
         return response
 
-    def haystacks(self, structlog_text: str, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
-                  engine: Engine, senders: Sequence[WebhookSender] = ()) -> dict[str, str]:
+    def haystacks(
+        self,
+        structlog_text: str,
+        caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str],
+        engine: Engine,
+        senders: Sequence[WebhookSender] = (),
+    ) -> dict[str, str]:
         with engine.connect() as conn:
             history = conn.execute(text("SELECT coalesce(error, '') FROM attempts")).scalars().all()
             last_errors = conn.execute(text("SELECT coalesce(last_error, '') FROM jobs")).scalars().all()
@@ -84,7 +90,8 @@ class Capture:
         return {
             "structlog": structlog_text,
             "stdlib logging": "\n".join(  # formatted: message with its arguments, and any traceback text
-                caplog.handler.format(r) for r in caplog.records if not r.name.startswith(NOT_THE_DAEMON)),
+                caplog.handler.format(r) for r in caplog.records if not r.name.startswith(NOT_THE_DAEMON)
+            ),
             "stdout/stderr": out + err,
             "bodies the daemon sent": "\n".join(self.bodies + answered),
             "attempt history": "\n".join([*history, *last_errors]),
@@ -92,8 +99,13 @@ class Capture:
 
 
 def leaks(haystacks: dict[str, str], secrets: dict[str, set[str]]) -> list[str]:
-    return [f"{kind} found in {where}" for where, hay in haystacks.items()
-            for kind, values in secrets.items() for value in values if value and value in hay]
+    return [
+        f"{kind} found in {where}"
+        for where, hay in haystacks.items()
+        for kind, values in secrets.items()
+        for value in values
+        if value and value in hay
+    ]
 
 
 def assert_no_leak(haystacks: dict[str, str], secrets: dict[str, set[str]]) -> None:
@@ -146,17 +158,29 @@ def softstore_secrets(stack: Stack, extra: dict[str, set[str]]) -> dict[str, set
     }
 
 
-async def test_softstore_run_leaks_no_secret(make_stack: Callable[..., AbstractAsyncContextManager[Stack]],
-                                             loud: Callable[[], None], caplog: pytest.LogCaptureFixture,
-                                             capfd: pytest.CaptureFixture[str]) -> None:
+async def test_softstore_run_leaks_no_secret(
+    make_stack: Callable[..., AbstractAsyncContextManager[Stack]],
+    loud: Callable[[], None],
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     """SoftStore with its delivery API, the http generator and the status page: nothing secret anywhere."""
     key_server, key_token = KeyServer(), "keyserver-token-" + new_secret()[-12:]
     capture = Capture()
-    async with serve(key_server.app) as keys_running, make_stack(
-            products={"via-http": {"generator": "http", "template": "Keys for {order_id}:\n{keys_lines}",
-                                   "options": {"url": f"{keys_running.url}/keys", "token": key_token}}},
+    async with (
+        serve(key_server.app) as keys_running,
+        make_stack(
+            products={
+                "via-http": {
+                    "generator": "http",
+                    "template": "Keys for {order_id}:\n{keys_lines}",
+                    "options": {"url": f"{keys_running.url}/keys", "token": key_token},
+                }
+            },
             security={"allowed_networks": ["127.0.0.0/8"]},
-            status={"password": PASSWORD, "token": TOKEN}) as stack:
+            status={"password": PASSWORD, "token": TOKEN},
+        ) as stack,
+    ):
         loud()
         market, faults = stack.market, stack.market.faults
         market.add_product("via-http", count=100)
@@ -211,8 +235,9 @@ async def test_softstore_run_leaks_no_secret(make_stack: Callable[..., AbstractA
         assert "refused the API key" in ((await stack.job(revoked.id_order)).last_error or "")
         assert key_server.calls == 2
         haystacks = capture.haystacks(stack.logs.getvalue(), caplog, capfd, stack.daemon.engine)
-        secrets = softstore_secrets(stack, {"http generator token": {key_token},
-                                            "rotated api key": {stack.market._api_key}})
+        secrets = softstore_secrets(
+            stack, {"http generator token": {key_token}, "rotated api key": {stack.market._api_key}}
+        )
     assert "HTTP Request: POST" in haystacks["stdlib logging"], "httpx's request lines must have been captured"
     assert "delivery.retry_scheduled" in haystacks["structlog"]
     assert "HTTPKEY-" in str(secrets["generated key"])
@@ -222,8 +247,9 @@ async def test_softstore_run_leaks_no_secret(make_stack: Callable[..., AbstractA
 # -- the marketplaces that sign their webhook body, through the email and outbound webhook channels --------------
 
 
-async def forged_and_malformed(multi: Multi, store: str, sender: WebhookSender, forged: WebhookSender,
-                               send: Callable[[WebhookSender, str], Any]) -> None:
+async def forged_and_malformed(
+    multi: Multi, store: str, sender: WebhookSender, forged: WebhookSender, send: Callable[[WebhookSender, str], Any]
+) -> None:
     """A forged signature (the sender signs with another secret), truncated JSON and an unknown store."""
     await send(forged, "forged-1")
     await sender.post(b'{"data": {"id": "' + multi.secrets[store].encode(), {"X-Nothing": "1"})
@@ -239,15 +265,19 @@ def sender_for(multi: Multi, store: str, secret: str | None = None) -> tuple[Web
     hook, now = multi.hook(store), multi.clock.now
     if store == "sellix":
         return sellix.SellixSender(hook, secret, now=now), lambda s, oid: s.send(
-            "order:paid", sellix.order("p1", 2, uniqid=oid))
+            "order:paid", sellix.order("p1", 2, uniqid=oid)
+        )
     if store == "shoppy":
-        return shoppy.ShoppySender(hook, secret, now=now), lambda s, oid: s.send(100, shoppy.order("p1", 2,
-                                                                                                   order_id=oid))
+        return shoppy.ShoppySender(hook, secret, now=now), lambda s, oid: s.send(
+            100, shoppy.order("p1", 2, order_id=oid)
+        )
     if store == "stripe":
         return stripe_store.StripeStoreSender(hook, secret, now=now), lambda s, oid: s.send(
-            stripe_store.event("payment_intent.succeeded", stripe_store.payment_intent("p1", 2, pi_id=oid)))
+            stripe_store.event("payment_intent.succeeded", stripe_store.payment_intent("p1", 2, pi_id=oid))
+        )
     return StandardWebhooksSender(hook, secret, now=now), lambda s, oid: s.send(
-        "order.paid", {"order_id": oid, "quantity": 2, "email": "eve@example.org"})
+        "order.paid", {"order_id": oid, "quantity": 2, "email": "eve@example.org"}
+    )
 
 
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -261,9 +291,13 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-async def test_signed_marketplace_run_leaks_no_secret(case: str, tmp_path: Path, loud: Callable[[], None],
-                                                      caplog: pytest.LogCaptureFixture,
-                                                      capfd: pytest.CaptureFixture[str]) -> None:
+async def test_signed_marketplace_run_leaks_no_secret(
+    case: str,
+    tmp_path: Path,
+    loud: Callable[[], None],
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     """Per marketplace and channel: deliveries, seller 5xx/410, SMTP refusals, forgeries — nothing secret leaks."""
     store, options = CASES[case]
     capture = Capture()
@@ -290,8 +324,13 @@ async def test_signed_marketplace_run_leaks_no_secret(case: str, tmp_path: Path,
         "marketplace webhook secret": {multi.secrets[store]},
         "outbound webhook secret": {multi.seller.secret},
         "smtp password": {smtp_password},
-        "generated key": keys | {key for job in states.values() if job.content  # generated, maybe never delivered
-                                 for key in Content.from_json(job.content).keys},
+        "generated key": keys
+        | {
+            key
+            for job in states.values()
+            if job.content  # generated, maybe never delivered
+            for key in Content.from_json(job.content).keys
+        },
     }
     if store == "generic":
         expected = {"delivered"} if case.endswith("+email") else {"dead"}  # the email failures exhaust retries
@@ -307,7 +346,7 @@ def delivered_keys(multi: Multi) -> set[str]:
     found: set[str] = set()
     for received in multi.seller.received:
         found.update(received.body["data"]["keys"])
-    for envelope in (multi.mailbox.messages if multi.mailbox else []):
+    for envelope in multi.mailbox.messages if multi.mailbox else []:
         payload = message_from_bytes(envelope.content).get_payload(decode=True)
         assert isinstance(payload, bytes)  # a single-part message decodes to its bytes
         body = payload.decode()
@@ -330,9 +369,15 @@ def test_stdlib_records_are_scrubbed_of_secrets_urls_and_tracebacks() -> None:
     REDACTOR.add("planted-secret-value")
     record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "key %s", ("planted-secret-value",), None)
     assert scrub_record(record, REDACTOR).getMessage() == f"key {REDACTED}"
-    url = logging.LogRecord("httpx", logging.INFO, __file__, 1, 'HTTP Request: %s %s "%s"',
-                            ("POST", httpx.URL("http://127.0.0.1:9/api/orders/delivery/unregistered-token?x=1"),
-                             "HTTP/1.1 200 OK"), None)
+    url = logging.LogRecord(
+        "httpx",
+        logging.INFO,
+        __file__,
+        1,
+        'HTTP Request: %s %s "%s"',
+        ("POST", httpx.URL("http://127.0.0.1:9/api/orders/delivery/unregistered-token?x=1"), "HTTP/1.1 200 OK"),
+        None,
+    )
     expected = f'HTTP Request: POST http://127.0.0.1:9/{REDACTED} "HTTP/1.1 200 OK"'
     assert scrub_record(url, REDACTOR).getMessage() == expected
     try:
@@ -351,8 +396,11 @@ async def test_a_delivery_token_reaching_a_log_call_by_mistake_is_redacted(stack
 
     placed = await stack.market.place_order(PRODUCT, 1)
     await stack.drain()
-    structlog.get_logger("test").warning("planted", detail=f"late error for {placed.token}",
-                                         url=f"{stack.market.api_base}/orders/delivery/{placed.token}")
+    structlog.get_logger("test").warning(
+        "planted",
+        detail=f"late error for {placed.token}",
+        url=f"{stack.market.api_base}/orders/delivery/{placed.token}",
+    )
     logs = stack.logs.getvalue()
     assert '"planted"' in logs and placed.token not in logs and REDACTED in logs
 
@@ -387,17 +435,30 @@ async def test_secret_plugin_options_are_registered_with_the_redactor(tmp_path: 
     from delivery_daemon.logs import REDACTOR
     from delivery_daemon.pipeline.stores import build_stores
 
-    settings = parse_settings({"database": {"url": f"sqlite:///{tmp_path / 'd.db'}"}, "stores": [{
-        "name": "s", "marketplace": "shoppy", "webhook_secret": "x" * 16,
-        "delivery": {"channel": "webhook", "webhook": {"url": "https://hooks.example/o", "secret": new_secret()}},
-        "products": {"p": {"generator": "http", "options": {"url": "https://keys.example/k", "token": "tok-123456"}}},
-    }]}, environ={})
-    [store] = build_stores(settings, default_marketplaces(),
-                           dict(discover()), ManualClock()).values()
+    settings = parse_settings(
+        {
+            "database": {"url": f"sqlite:///{tmp_path / 'd.db'}"},
+            "stores": [
+                {
+                    "name": "s",
+                    "marketplace": "shoppy",
+                    "webhook_secret": "x" * 16,
+                    "delivery": {
+                        "channel": "webhook",
+                        "webhook": {"url": "https://hooks.example/o", "secret": new_secret()},
+                    },
+                    "products": {
+                        "p": {"generator": "http", "options": {"url": "https://keys.example/k", "token": "tok-123456"}}
+                    },
+                }
+            ],
+        },
+        environ={},
+    )
+    [store] = build_stores(settings, default_marketplaces(), dict(discover()), ManualClock()).values()
     assert "tok-123456" in store.static_secrets()
     assert "tok-123456" in REDACTOR.scrub_text("token tok-123456")  # not registered yet in this process
-    daemon = build_daemon(settings, marketplaces=default_marketplaces(), plugins=dict(discover()),
-                          clock=ManualClock())
+    daemon = build_daemon(settings, marketplaces=default_marketplaces(), plugins=dict(discover()), clock=ManualClock())
     try:
         assert REDACTOR.scrub_text("token tok-123456") == f"token {REDACTED}"
     finally:

@@ -14,13 +14,17 @@ from delivery_daemon.http.serving import serve
 from tests.support.stack import PRODUCT, STORE, Stack, StackFactory
 
 
-async def scrape(client: httpx.AsyncClient, url: str, **headers: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
-                                                                                   float]:
+async def scrape(
+    client: httpx.AsyncClient, url: str, **headers: str
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = await client.get(f"{url}/metrics", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(response.text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
 
 
 def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
@@ -33,8 +37,7 @@ async def test_metrics_move_as_orders_flow(stack: Stack) -> None:
     assert value(before, "delivery_daemon_jobs", state="queued") == 0
     placed = await stack.market.place_order(PRODUCT, 2)
     await stack.market.place_order(PRODUCT, 1)  # a resent webhook for the first order is a duplicate:
-    await stack.post({"id_order": placed.id_order, "signature": "0" * 40, "id_product": PRODUCT,
-                      "delivery_url": "x"})
+    await stack.post({"id_order": placed.id_order, "signature": "0" * 40, "id_product": PRODUCT, "delivery_url": "x"})
     await stack.post({"id_order": "x"}, store="nope")
     stack.clock.advance(7)
     mid = await scrape(stack.client, stack.url)
@@ -78,12 +81,16 @@ async def test_stock_gauge_follows_generator(stack: Stack) -> None:
     """delivery_daemon_stock_remaining reports a generator's stock_remaining() and drops as keys go out."""
     store = stack.daemon.stores[STORE]
     store.products[PRODUCT] = dataclasses.replace(store.products[PRODUCT], generator=Stocked())
-    assert value(await scrape(stack.client, stack.url), "delivery_daemon_stock_remaining", store=STORE,
-                 product=PRODUCT) == 5
+    assert (
+        value(await scrape(stack.client, stack.url), "delivery_daemon_stock_remaining", store=STORE, product=PRODUCT)
+        == 5
+    )
     await stack.market.place_order(PRODUCT, 2)
     await stack.drain()
-    assert value(await scrape(stack.client, stack.url), "delivery_daemon_stock_remaining", store=STORE,
-                 product=PRODUCT) == 3
+    assert (
+        value(await scrape(stack.client, stack.url), "delivery_daemon_stock_remaining", store=STORE, product=PRODUCT)
+        == 3
+    )
 
 
 async def test_metrics_token(make_stack: StackFactory) -> None:
@@ -115,12 +122,20 @@ async def test_stock_gauge_reports_the_stock_plugin(make_stack: StackFactory) ->
     async with make_stack(products={"serials": {"generator": "stock"}}) as stack:
         stack.market.add_product("serials")
         StockPool(stack.daemon.engine, stack.clock).import_keys(STORE, "serials", ["A", "B", "C"])
-        assert value(await scrape(stack.client, stack.url), "delivery_daemon_stock_remaining", store=STORE,
-                     product="serials") == 3
+        assert (
+            value(
+                await scrape(stack.client, stack.url), "delivery_daemon_stock_remaining", store=STORE, product="serials"
+            )
+            == 3
+        )
         await stack.market.place_order("serials", 2)
         await stack.drain()
-        assert value(await scrape(stack.client, stack.url), "delivery_daemon_stock_remaining", store=STORE,
-                     product="serials") == 1
+        assert (
+            value(
+                await scrape(stack.client, stack.url), "delivery_daemon_stock_remaining", store=STORE, product="serials"
+            )
+            == 1
+        )
 
 
 async def test_no_created_series_and_process_and_build_info(stack: Stack) -> None:

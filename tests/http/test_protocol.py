@@ -94,8 +94,9 @@ async def test_pipelined_request_running_past_the_deadline_is_not_cut(parser: st
     """A request pipelined behind another (its headers sent at once) is answered even when its handler outlasts
     the deadline that re-arms after the first response."""
     async with connection(parser) as (reader, writer):
-        writer.write(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n"
-                     b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        writer.write(
+            b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\nPOST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        )
         first = await asyncio.wait_for(reader.readuntil(b'{"ok":true}'), 30)
         second = await asyncio.wait_for(reader.readuntil(b'{"ok":true}'), 30)
     assert first.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 200 " in second

@@ -37,8 +37,9 @@ async def test_flood_gets_429_with_retry_after_and_stores_nothing(make_stack: St
 def test_each_store_has_its_own_bucket() -> None:
     """One store's flood does not use up another store's allowance; overrides apply per store."""
     clock = ManualClock()
-    limiter = RateLimiter(RateLimitSettings(per_second=1, burst=1), {"big": RateLimitSettings(per_second=1, burst=3)},
-                          clock)
+    limiter = RateLimiter(
+        RateLimitSettings(per_second=1, burst=1), {"big": RateLimitSettings(per_second=1, burst=3)}, clock
+    )
     assert limiter.check("a") is None and limiter.check("a") == 1.0
     assert limiter.check("b") is None
     assert [limiter.check("big") for _ in range(4)] == [None, None, None, 1.0]
@@ -51,8 +52,10 @@ async def test_slow_sender_gets_408(make_stack: StackFactory) -> None:
     async with make_stack(server={"body_timeout": 0.3}) as stack:
         host, port = stack.url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n{\"id_order\":")
+        writer.write(
+            b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"id_order":'
+        )
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), 30)
         writer.close()
@@ -84,8 +87,10 @@ async def test_huge_content_length_is_413_before_any_body_is_sent(make_stack: St
     """A 10 GB Content-Length is answered 413 with a JSON reason while not one body byte has been sent."""
     async with make_stack(server={"max_body_bytes": 4096, "body_timeout": 120}) as stack:
         reader, writer = await _raw(stack)
-        writer.write(b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 10000000000\r\n\r\n")
+        writer.write(
+            b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 10000000000\r\n\r\n"
+        )
         await writer.drain()
         status, body = await _answer(reader)  # 120 s body timeout: only the cap can answer this quickly
         writer.close()
@@ -98,8 +103,10 @@ async def test_chunked_body_over_the_cap_is_413_without_reading_the_rest(make_st
     async with make_stack(server={"max_body_bytes": 4096, "body_timeout": 120}) as stack:
         reader, writer = await _raw(stack)
         # One chunk announced as 16 MB; only 8 KB of it are sent and the terminating chunk never comes.
-        writer.write(b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n1000000\r\n" + b"[" * 8192)
+        writer.write(
+            b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n1000000\r\n" + b"[" * 8192
+        )
         await writer.drain()
         status, body = await _answer(reader)
         writer.close()
@@ -112,8 +119,9 @@ async def test_trickling_sender_is_cut_off_after_body_timeout(make_stack: StackF
     """A sender that keeps sending, one byte at a time, is still answered 408 once server.body_timeout is up."""
     async with make_stack(server={"body_timeout": 0.5}) as stack:
         reader, writer = await _raw(stack)
-        writer.write(b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 2000\r\n\r\n")
+        writer.write(
+            b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n"
+        )
         sent = 0
 
         async def trickle() -> None:
@@ -145,19 +153,38 @@ async def test_one_store_flooded_leaves_another_store_accepting(tmp_path: Path) 
     market.add_product(PRODUCT, count=100)
     async with serve(market.app) as market_server:
         market.bind(market_server.url)
-        store = {"marketplace": "softstore", "api_url": market.api_base, "api_key": api_key,
-                 "default": {"generator": "pattern"}}
-        settings = parse_settings({"database": {"url": f"sqlite:///{tmp_path / 'd.db'}"},
-                                   "server": {"rate_limit": {"per_second": 0.01, "burst": 2}},
-                                   "stores": [{"name": "shop", **store}, {"name": "other", **store}]}, environ={})
-        app = create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()),
-                         clock=ManualClock(), start_worker=False)
+        store = {
+            "marketplace": "softstore",
+            "api_url": market.api_base,
+            "api_key": api_key,
+            "default": {"generator": "pattern"},
+        }
+        settings = parse_settings(
+            {
+                "database": {"url": f"sqlite:///{tmp_path / 'd.db'}"},
+                "server": {"rate_limit": {"per_second": 0.01, "burst": 2}},
+                "stores": [{"name": "shop", **store}, {"name": "other", **store}],
+            },
+            environ={},
+        )
+        app = create_app(
+            settings,
+            marketplaces=default_marketplaces(),
+            plugins=dict(discover()),
+            clock=ManualClock(),
+            start_worker=False,
+        )
         async with serve(app) as daemon, httpx.AsyncClient(base_url=daemon.url) as client:
             placed = [await market.place_order(PRODUCT, 1, send_webhook=False) for _ in range(5)]
             assert [(await client.post("/webhooks/shop", json=p.payload)).status_code for p in placed[:3]] == [
-                200, 200, 429]
+                200,
+                200,
+                429,
+            ]
             assert [(await client.post("/webhooks/other", json=p.payload)).status_code for p in placed[3:]] == [
-                200, 200]
+                200,
+                200,
+            ]
             assert (await client.post("/webhooks/shop", json=placed[2].payload)).status_code == 429  # still empty
             queue = app.state.daemon.queue
             assert [await queue.find("other", p.id_order) is not None for p in placed[3:]] == [True, True]

@@ -13,8 +13,12 @@ from delivery_daemon.marketplaces.base import _AS_WRITTEN, ApiClient, PinnedOrig
 from delivery_daemon.net.guard import BlockedDestination
 from delivery_daemon.order import usable_url
 
-BASES = ["http://127.0.0.1:8000/api/v1", "https://api.example.com/api", "https://API.example.com:443/v2",
-         "http://[::1]:9/a"]
+BASES = [
+    "http://127.0.0.1:8000/api/v1",
+    "https://api.example.com/api",
+    "https://API.example.com:443/v2",
+    "http://[::1]:9/a",
+]
 
 
 def parsed_same_origin(url: str, base: str) -> bool:
@@ -27,20 +31,23 @@ def parsed_same_origin(url: str, base: str) -> bool:
     return bool(a.host) and (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:8000/api/v1/orders/delivery/abc",
-    "http://127.0.0.1:8000/",
-    "http://127.0.0.1:8000@evil.example/x",
-    "http://127.0.0.1:8000\\@evil.example/x",
-    "http://127.0.0.1:80000/x",
-    "http://127.0.0.1:8001/x",
-    "https://127.0.0.1:8000/x",
-    "http://127.0.0.1:8000/a b",
-    "http://127.0.0.1:8000/\x00",
-    "HTTP://127.0.0.1:8000/x",
-    "http://127.0.0.1.evil.example:8000/x",
-    "//127.0.0.1:8000/x",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/api/v1/orders/delivery/abc",
+        "http://127.0.0.1:8000/",
+        "http://127.0.0.1:8000@evil.example/x",
+        "http://127.0.0.1:8000\\@evil.example/x",
+        "http://127.0.0.1:80000/x",
+        "http://127.0.0.1:8001/x",
+        "https://127.0.0.1:8000/x",
+        "http://127.0.0.1:8000/a b",
+        "http://127.0.0.1:8000/\x00",
+        "HTTP://127.0.0.1:8000/x",
+        "http://127.0.0.1.evil.example:8000/x",
+        "//127.0.0.1:8000/x",
+    ],
+)
 def test_tricky_urls_judged_as_parsing_would(url: str) -> None:
     """Userinfo tricks, other ports and schemes, spaces and control characters: the same answer as parsing."""
     base = BASES[0]
@@ -71,8 +78,12 @@ def _client(seen: list[httpx.Request], base: str = "http://127.0.0.1:8000/api/v1
         seen.append(request)
         return httpx.Response(200, json={"ok": True}, headers={"Set-Cookie": "session=abc; Path=/"})
 
-    return ApiClient(transport=PinnedOrigin(httpx.MockTransport(answer), base), base_url=base, timeout=7.5,
-                     headers={"User-Agent": "delivery-daemon"})
+    return ApiClient(
+        transport=PinnedOrigin(httpx.MockTransport(answer), base),
+        base_url=base,
+        timeout=7.5,
+        headers={"User-Agent": "delivery-daemon"},
+    )
 
 
 async def test_call_sends_what_request_would_with_the_body_read() -> None:
@@ -80,8 +91,9 @@ async def test_call_sends_what_request_would_with_the_body_read() -> None:
     client's, and the answer's body is read; no cookie from an answer is sent back."""
     seen: list[httpx.Request] = []
     async with _client(seen) as client:
-        first = await client.call("POST", "/orders/delivery/abc", headers={"Authorization": "Bearer t"},
-                                  json={"text": "K"})
+        first = await client.call(
+            "POST", "/orders/delivery/abc", headers={"Authorization": "Bearer t"}, json={"text": "K"}
+        )
         await client.call("GET", "http://127.0.0.1:8000/api/v1/orders/info/1")
         requested = await client.request("GET", "/orders/info/1")
     assert first.json() == {"ok": True}
@@ -91,8 +103,10 @@ async def test_call_sends_what_request_would_with_the_body_read() -> None:
     assert sent.headers["Content-Type"] == "application/json" and sent.content == b'{"text":"K"}'
     assert sent.extensions["timeout"] == {"connect": 7.5, "read": 7.5, "write": 7.5, "pool": 7.5}
     assert "cookie" not in seen[1].headers
-    assert (str(seen[1].url), seen[1].extensions["timeout"]) == (str(requested.request.url),
-                                                               seen[2].extensions["timeout"])
+    assert (str(seen[1].url), seen[1].extensions["timeout"]) == (
+        str(requested.request.url),
+        seen[2].extensions["timeout"],
+    )
 
 
 async def test_call_keeps_the_origin_pin() -> None:
@@ -124,21 +138,25 @@ class Recording(httpx.AsyncBaseTransport):
         self.ways.append(("request", str(request.url)))
         return httpx.Response(200, json={"ok": True})
 
-    async def send_read(self, method: str, url: str, headers: object, body: bytes | None,
-                        timeouts: object) -> httpx.Response:
+    async def send_read(
+        self, method: str, url: str, headers: object, body: bytes | None, timeouts: object
+    ) -> httpx.Response:
         self.ways.append(("send_read", url))
         return httpx.Response(200, json={"ok": True})
 
 
-@pytest.mark.parametrize(("url", "way"), [
-    ("/orders/info/abc123", "send_read"),
-    ("http://127.0.0.1:8000/api/v1/orders/delivery/tok-EN_~1?x=1", "send_read"),
-    ("/orders/info/a%2Fb", "request"),
-    ("/orders/../info/1", "request"),
-    ("/orders/info/é", "request"),
-    ("http://127.0.0.1:8000/other/orders/1", "request"),
-    ("HTTP://127.0.0.1:8000/api/v1/orders/1", "request"),
-])
+@pytest.mark.parametrize(
+    ("url", "way"),
+    [
+        ("/orders/info/abc123", "send_read"),
+        ("http://127.0.0.1:8000/api/v1/orders/delivery/tok-EN_~1?x=1", "send_read"),
+        ("/orders/info/a%2Fb", "request"),
+        ("/orders/../info/1", "request"),
+        ("/orders/info/é", "request"),
+        ("http://127.0.0.1:8000/other/orders/1", "request"),
+        ("HTTP://127.0.0.1:8000/api/v1/orders/1", "request"),
+    ],
+)
 async def test_call_builds_a_request_only_when_the_url_needs_httpx(url: str, way: str) -> None:
     """A URL under the base URL as httpx writes it goes to the transport's send_read; anything httpx would
     rewrite (escapes, dot segments, non-ASCII, another path or spelling of the origin) goes as an httpx.Request."""

@@ -32,16 +32,28 @@ def market() -> Iterator[SoftStoreMarketplace]:
 @pytest.fixture
 def config(tmp_path: Path, market: SoftStoreMarketplace) -> Path:
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "database": {"url": f"sqlite:///{tmp_path / 'd.db'}"},
-        "stores": [{"name": "main", "marketplace": "softstore", "api_url": market.api_base, "api_key": API_KEY,
-                    "default": {"generator": "pattern"}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "database": {"url": f"sqlite:///{tmp_path / 'd.db'}"},
+                "stores": [
+                    {
+                        "name": "main",
+                        "marketplace": "softstore",
+                        "api_url": market.api_base,
+                        "api_key": API_KEY,
+                        "default": {"generator": "pattern"},
+                    }
+                ],
+            }
+        )
+    )
     return path
 
 
-def test_connect_sets_api_url_and_reports_change(market: SoftStoreMarketplace, config: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_connect_sets_api_url_and_reports_change(
+    market: SoftStoreMarketplace, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """connect POSTs /seller/profile, reads it back, and prints old -> new."""
     assert main(["softstore", "connect", "--config", str(config), "--store", "main", "--public-url", PUBLIC]) == 0
     assert market.seller_url == PUBLIC
@@ -50,8 +62,9 @@ def test_connect_sets_api_url_and_reports_change(market: SoftStoreMarketplace, c
     assert [r.json for r in profile_posts] == [{"api_url": PUBLIC}]
 
 
-def test_connect_is_a_no_op_when_already_connected(market: SoftStoreMarketplace, config: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_connect_is_a_no_op_when_already_connected(
+    market: SoftStoreMarketplace, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A second connect changes nothing and sends no update."""
     market.seller_url = PUBLIC
     assert main(["softstore", "connect", "--config", str(config), "--store", "main", "--public-url", PUBLIC]) == 0
@@ -67,8 +80,9 @@ def test_check_only_compares(market: SoftStoreMarketplace, config: Path, capsys:
     assert "expected" in capsys.readouterr().out
 
 
-def test_marketplace_validation_error_is_one_line(market: SoftStoreMarketplace, config: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_marketplace_validation_error_is_one_line(
+    market: SoftStoreMarketplace, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """SoftStore's "Invalid API URL" is shown as one clear line, exit 1, nothing changed."""
     code = main(["softstore", "connect", "--config", str(config), "--store", "main", "--public-url", "not a url"])
     assert code == 1
@@ -84,8 +98,9 @@ def test_unknown_store_is_a_config_error(config: Path, capsys: pytest.CaptureFix
     assert "no store named 'nope'" in capsys.readouterr().err
 
 
-def test_check_config_shows_store_status(market: SoftStoreMarketplace, config: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_shows_store_status(
+    market: SoftStoreMarketplace, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """check-config prints the seller's name, moderation status and whether api_url points here."""
     market.seller_url = PUBLIC
     assert main(["check-config", "--config", str(config)]) == 0
@@ -93,16 +108,18 @@ def test_check_config_shows_store_status(market: SoftStoreMarketplace, config: P
     assert "moderation status" in out and "points at this daemon" in out and "NOT" not in out
 
 
-def test_check_config_does_not_fail_when_marketplace_is_down(market: SoftStoreMarketplace, config: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_does_not_fail_when_marketplace_is_down(
+    market: SoftStoreMarketplace, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """An unreachable marketplace is reported, and the configuration is still valid (exit 0)."""
     market.faults.down(True)
     assert main(["check-config", "--config", str(config)]) == 0
     assert "not reachable now" in capsys.readouterr().out
 
 
-async def test_connect_then_orders_reach_the_daemon(make_stack: Any, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+async def test_connect_then_orders_reach_the_daemon(
+    make_stack: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """End to end: connect points SoftStore at the daemon, --check agrees, and the next order is delivered."""
     import anyio
 
@@ -111,9 +128,22 @@ async def test_connect_then_orders_reach_the_daemon(make_stack: Any, tmp_path: P
     async with make_stack() as stack:
         stack.market.seller_url = None
         path = tmp_path / "stack.yaml"
-        path.write_text(yaml.safe_dump({"database": {"url": stack.settings.database.url}, "stores": [
-            {"name": STORE, "marketplace": "softstore", "api_url": stack.market.api_base, "api_key": stack.api_key,
-             "default": {"generator": "pattern"}}]}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "database": {"url": stack.settings.database.url},
+                    "stores": [
+                        {
+                            "name": STORE,
+                            "marketplace": "softstore",
+                            "api_url": stack.market.api_base,
+                            "api_key": stack.api_key,
+                            "default": {"generator": "pattern"},
+                        }
+                    ],
+                }
+            )
+        )
         argv = ["softstore", "connect", "--config", str(path), "--store", STORE, "--public-url", stack.webhook_url]
         assert await anyio.to_thread.run_sync(main, argv) == 0
         assert await anyio.to_thread.run_sync(main, [*argv, "--check"]) == 0
@@ -131,8 +161,7 @@ async def test_connect_then_orders_reach_the_daemon(make_stack: Any, tmp_path: P
 def local_daemon(config: Path) -> Iterator[str]:
     """The daemon's receiver for ``config``, serving on 127.0.0.1 (no worker: nothing should reach it anyway)."""
 
-    app = create_app(load_settings(config), marketplaces=default_marketplaces(), plugins=discover(),
-                     start_worker=False)
+    app = create_app(load_settings(config), marketplaces=default_marketplaces(), plugins=discover(), start_worker=False)
     with serve_in_thread(app) as server:
         yield server.url
 
@@ -153,8 +182,9 @@ def _other_key(config: Path, tmp_path: Path, **store: Any) -> Path:
     return path
 
 
-def test_test_webhook_reaches_the_daemon_and_stores_nothing(config: Path, local_daemon: str,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_test_webhook_reaches_the_daemon_and_stores_nothing(
+    config: Path, local_daemon: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The signed test order is verified and ignored (200 "ignored"): exit 0, one OK line, no job."""
     url = f"{local_daemon}/webhooks/main"
     assert main(["softstore", "test-webhook", "--config", str(config), "--store", "main", "--public-url", url]) == 0
@@ -164,15 +194,28 @@ def test_test_webhook_reaches_the_daemon_and_stores_nothing(config: Path, local_
     assert _jobs(config) == 0
 
 
-@pytest.mark.parametrize(("store", "path", "reason"), [
-    ({"api_key": "another-seller-key-0123"}, "main", "403 {\"error\":\"invalid signature\"} — the signature was "
-                                                     "refused: the daemon there has another api_key for this store"),
-    ({}, "shop", "404"),
-    ({"api_url": "https://api.other.example/api/v1"}, "main", "422"),
-])
-def test_test_webhook_says_why_it_failed(config: Path, local_daemon: str, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str], store: dict[str, str], path: str,
-                                         reason: str) -> None:
+@pytest.mark.parametrize(
+    ("store", "path", "reason"),
+    [
+        (
+            {"api_key": "another-seller-key-0123"},
+            "main",
+            '403 {"error":"invalid signature"} — the signature was '
+            "refused: the daemon there has another api_key for this store",
+        ),
+        ({}, "shop", "404"),
+        ({"api_url": "https://api.other.example/api/v1"}, "main", "422"),
+    ],
+)
+def test_test_webhook_says_why_it_failed(
+    config: Path,
+    local_daemon: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    store: dict[str, str],
+    path: str,
+    reason: str,
+) -> None:
     """Another key, another store name or another api_url than the daemon's: exit 1 and the reason in one line."""
     url = f"{local_daemon}/webhooks/{path}"
     other = _other_key(config, tmp_path, **store)
@@ -183,6 +226,21 @@ def test_test_webhook_says_why_it_failed(config: Path, local_daemon: str, tmp_pa
 
 def test_test_webhook_reports_an_unreachable_url(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = "http://127.0.0.1:9/webhooks/main"
-    assert main(["softstore", "test-webhook", "--config", str(config), "--store", "main", "--public-url", url,
-                 "--timeout", "5"]) == 1
+    assert (
+        main(
+            [
+                "softstore",
+                "test-webhook",
+                "--config",
+                str(config),
+                "--store",
+                "main",
+                "--public-url",
+                url,
+                "--timeout",
+                "5",
+            ]
+        )
+        == 1
+    )
     assert capsys.readouterr().err.startswith(f"{url}: not reached: ConnectError")

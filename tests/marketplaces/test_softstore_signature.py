@@ -28,18 +28,23 @@ def independent_signature(api_key: str, order_id: str) -> str:
 @pytest.fixture
 async def adapter() -> Any:
     store = StoreSettings.model_validate(
-        {"name": "shop", "marketplace": "softstore", "api_url": API_URL, "api_key": API_KEY})
-    built = SoftStoreAdapter(AdapterContext(store=store, path="stores[0]", clock=ManualClock(),
-                                            delivery=DeliverySettings()))
+        {"name": "shop", "marketplace": "softstore", "api_url": API_URL, "api_key": API_KEY}
+    )
+    built = SoftStoreAdapter(
+        AdapterContext(store=store, path="stores[0]", clock=ManualClock(), delivery=DeliverySettings())
+    )
     yield built
     await built.aclose()
 
 
 def body(**fields: Any) -> bytes:
     data = {
-        "id_order": DOC_ORDER, "id_product": "69f36497dc78f", "payment_status": "paid",
+        "id_order": DOC_ORDER,
+        "id_product": "69f36497dc78f",
+        "payment_status": "paid",
         "signature": signature(API_KEY, DOC_ORDER),
-        "delivery_url": f"{API_URL}/orders/delivery/TOKEN", "token": "d487c01d834dcb296c4f",
+        "delivery_url": f"{API_URL}/orders/delivery/TOKEN",
+        "token": "d487c01d834dcb296c4f",
     }
     data.update(fields)
     return json.dumps({k: v for k, v in data.items() if v is not None}).encode()

@@ -20,13 +20,26 @@ PATTERN = {"generator": "pattern", "options": {"pattern": "XXXX"}}
 
 
 def adapter(**store: object) -> VirtualStoresAdapter:
-    settings = parse_settings({"stores": [{
-        "name": "s", "marketplace": "virtual-stores", "webhook_secret": "whsec_x", "api_url": "https://shop.example",
-        "staff": {"email": "staff@shop.example", "password": "pa55-word-xyz"},
-        "delivery": {"channel": "email", "email": {"host": "smtp.example", "sender": "a@b.c"}},
-        "products": {"42": PATTERN, "57:deluxe": PATTERN}, **store}]}, environ={})
-    return VirtualStores().create(AdapterContext(store=settings.stores[0], path="stores[0]", clock=ManualClock(),
-                                                 delivery=settings.delivery))
+    settings = parse_settings(
+        {
+            "stores": [
+                {
+                    "name": "s",
+                    "marketplace": "virtual-stores",
+                    "webhook_secret": "whsec_x",
+                    "api_url": "https://shop.example",
+                    "staff": {"email": "staff@shop.example", "password": "pa55-word-xyz"},
+                    "delivery": {"channel": "email", "email": {"host": "smtp.example", "sender": "a@b.c"}},
+                    "products": {"42": PATTERN, "57:deluxe": PATTERN},
+                    **store,
+                }
+            ]
+        },
+        environ={},
+    )
+    return VirtualStores().create(
+        AdapterContext(store=settings.stores[0], path="stores[0]", clock=ManualClock(), delivery=settings.delivery)
+    )
 
 
 def test_minor_units() -> None:
@@ -42,9 +55,16 @@ def test_jwt_expiry_is_read_without_verifying() -> None:
 
 def test_items_map_variants_first_and_leave_physical_goods_alone() -> None:
     shop = adapter()
-    order = {"items": [{"product_id": 42, "quantity": 2}, {"product_id": "57", "variant_id": "deluxe", "quantity": 1},
-                       {"product_id": "57", "variant_id": "basic", "quantity": 1}, {"product_id": "mug", "quantity": 3},
-                       {"product_id": "42", "quantity": "1"}, "junk"]}
+    order = {
+        "items": [
+            {"product_id": 42, "quantity": 2},
+            {"product_id": "57", "variant_id": "deluxe", "quantity": 1},
+            {"product_id": "57", "variant_id": "basic", "quantity": 1},
+            {"product_id": "mug", "quantity": 3},
+            {"product_id": "42", "quantity": "1"},
+            "junk",
+        ]
+    }
     assert shop.items(order) == (OrderItem("42", 3), OrderItem("57:deluxe", 1))
 
 

@@ -58,21 +58,47 @@ async def recorder() -> AsyncIterator[tuple[Recorder, RunningServer]]:
         yield rec, running
 
 
-@pytest.mark.parametrize(("address", "reason"), [
-    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"),
-    ("10.1.2.3", "private"), ("172.16.0.1", "private"), ("192.168.1.1", "private"), ("fd12::1", "private"),
-    ("169.254.169.254", "metadata"), ("fd00:ec2::254", "metadata"), ("100.100.100.200", "metadata"),
-    ("169.254.10.10", "link-local"), ("fe80::1", "link-local"), ("0.0.0.0", "unspecified"),
-    ("100.64.0.1", "not-global"), ("224.0.0.1", "multicast"), ("8.8.8.8", None), ("2606:4700::1111", None),
-])
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("fd12::1", "private"),
+        ("169.254.169.254", "metadata"),
+        ("fd00:ec2::254", "metadata"),
+        ("100.100.100.200", "metadata"),
+        ("169.254.10.10", "link-local"),
+        ("fe80::1", "link-local"),
+        ("0.0.0.0", "unspecified"),
+        ("100.64.0.1", "not-global"),
+        ("224.0.0.1", "multicast"),
+        ("8.8.8.8", None),
+        ("2606:4700::1111", None),
+    ],
+)
 def test_addresses_are_classified(address: str, reason: str | None) -> None:
     """Each refused category is recognised (IPv4-mapped IPv6 included); public addresses pass."""
     assert classify(ipaddress.ip_address(address)) == reason
 
 
-@pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "127.1", "017700000001", "[::ffff:7f00:1]",
-                                  "[0:0:0:0:0:ffff:127.0.0.1]", "[::127.0.0.1]", "[2002:7f00:1::]",
-                                  "[64:ff9b::a9fe:a9fe]"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "2130706433",
+        "0x7f000001",
+        "127.1",
+        "017700000001",
+        "[::ffff:7f00:1]",
+        "[0:0:0:0:0:ffff:127.0.0.1]",
+        "[::127.0.0.1]",
+        "[2002:7f00:1::]",
+        "[64:ff9b::a9fe:a9fe]",
+    ],
+)
 async def test_obfuscated_forms_of_a_refused_address_are_refused(host: str) -> None:
     """Decimal, hex, octal and short IPv4 forms (resolved by the system, as a connection would be), IPv4-mapped,
     IPv4-compatible, 6to4 and NAT64 IPv6 forms of loopback/metadata addresses are all refused."""
@@ -126,15 +152,20 @@ async def test_redirects_are_never_followed(recorder: tuple[Recorder, RunningSer
     policy = NetPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
     async with guarded_client(policy) as client:
         assert (await client.get(f"{running.url}/redirect")).status_code == 302
-    context = AdapterContext(store=StoreSettings(name="s", marketplace="softstore"), path="stores[0]",
-                             clock=SystemClock(), delivery=DeliverySettings(timeout=5))
+    context = AdapterContext(
+        store=StoreSettings(name="s", marketplace="softstore"),
+        path="stores[0]",
+        clock=SystemClock(),
+        delivery=DeliverySettings(timeout=5),
+    )
     async with create_client(context) as client:
         assert (await client.get(f"{running.url}/redirect")).status_code == 302
     assert rec.hits == ["/redirect", "/redirect"]
 
 
 async def test_marketplace_traffic_stays_on_the_configured_origin(
-        stack: Stack, recorder: tuple[Recorder, RunningServer]) -> None:
+    stack: Stack, recorder: tuple[Recorder, RunningServer]
+) -> None:
     """A signed webhook whose delivery_url points elsewhere is refused (422); no job, the other host never called."""
     rec, running = recorder
     placed = await stack.market.place_order(PRODUCT, 1, send_webhook=False)
@@ -148,8 +179,13 @@ async def test_marketplace_traffic_stays_on_the_configured_origin(
 
 # -- every rule, on the real outbound paths ------------------------------------------------------------------------
 
-DNS = {"keys.internal": ["10.0.0.5"], "hook.example": ["93.184.215.14"], "split.example": ["93.184.215.14", "10.9.9.9"],
-       "meta.example": ["169.254.169.254"], "sink.test": ["127.0.0.1"]}
+DNS = {
+    "keys.internal": ["10.0.0.5"],
+    "hook.example": ["93.184.215.14"],
+    "split.example": ["93.184.215.14", "10.9.9.9"],
+    "meta.example": ["169.254.169.254"],
+    "sink.test": ["127.0.0.1"],
+}
 
 
 async def fake_dns(host: str, port: int) -> list[IPAddress]:
@@ -173,21 +209,42 @@ class Counting:
 
 def webhook_sink(url: str, policy: NetPolicy, transport: httpx.AsyncBaseTransport | None = None) -> WebhookDelivery:
     store = StoreSettings.model_validate({"name": "s", "marketplace": "shoppy", "webhook_secret": "x" * 16})
-    context = AdapterContext(store=store, path="stores[0]", clock=ManualClock(), delivery=DeliverySettings(timeout=5),
-                             transport=transport, policy=policy)
+    context = AdapterContext(
+        store=store,
+        path="stores[0]",
+        clock=ManualClock(),
+        delivery=DeliverySettings(timeout=5),
+        transport=transport,
+        policy=policy,
+    )
     return WebhookDelivery(OutboundWebhookSettings(url=url, secret=new_secret()), context)
 
 
-JOB = Job(store="s", order_id="o-1", marketplace="shoppy", product_id="p", payload="{}", due_at=0, created_at=0,
-          updated_at=0, quantity=1)
+JOB = Job(
+    store="s",
+    order_id="o-1",
+    marketplace="shoppy",
+    product_id="p",
+    payload="{}",
+    due_at=0,
+    created_at=0,
+    updated_at=0,
+    quantity=1,
+)
 CONTENT = Content("KEY-1", None, ("KEY-1",))
 REFUSED_URLS = [
-    ("http://10.0.0.5/hook", "private"), ("http://192.168.1.20/hook", "private"),
-    ("http://127.0.0.1/hook", "loopback"), ("http://[::1]/hook", "loopback"),
-    ("http://[::ffff:127.0.0.1]/hook", "loopback"), ("http://[::ffff:10.0.0.5]/hook", "private"),
-    ("http://169.254.10.10/hook", "link-local"), ("http://[fe80::1]/hook", "link-local"),
-    ("http://169.254.169.254/latest/meta-data/", "metadata"), ("http://keys.internal/hook", "private"),
-    ("http://split.example/hook", "private"), ("http://meta.example/hook", "metadata"),
+    ("http://10.0.0.5/hook", "private"),
+    ("http://192.168.1.20/hook", "private"),
+    ("http://127.0.0.1/hook", "loopback"),
+    ("http://[::1]/hook", "loopback"),
+    ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+    ("http://[::ffff:10.0.0.5]/hook", "private"),
+    ("http://169.254.10.10/hook", "link-local"),
+    ("http://[fe80::1]/hook", "link-local"),
+    ("http://169.254.169.254/latest/meta-data/", "metadata"),
+    ("http://keys.internal/hook", "private"),
+    ("http://split.example/hook", "private"),
+    ("http://meta.example/hook", "metadata"),
     ("http://0.0.0.0/hook", "unspecified"),
 ]
 
@@ -203,13 +260,20 @@ async def test_outbound_webhook_refuses_each_category_even_with_an_injected_tran
     assert seen.urls == []
 
 
-@pytest.mark.parametrize(("url", "policy"), [
-    ("http://hook.example/hook", NetPolicy(resolver=fake_dns)),
-    ("http://keys.internal/hook", NetPolicy(resolver=fake_dns, allow_private=True)),
-    ("http://keys.internal/hook", NetPolicy(resolver=fake_dns, allowed_networks=parse_networks(["10.0.0.0/24"]))),
-    ("http://meta.example/hook", NetPolicy(resolver=fake_dns, allowed_networks=parse_networks(["169.254.169.254"]))),
-    ("http://[::ffff:127.0.0.1]/hook", NetPolicy(allowed_networks=parse_networks(["127.0.0.0/8"]))),
-], ids=["public", "allow-private", "allowed-network", "metadata-allowed-explicitly", "mapped-loopback-allowed"])
+@pytest.mark.parametrize(
+    ("url", "policy"),
+    [
+        ("http://hook.example/hook", NetPolicy(resolver=fake_dns)),
+        ("http://keys.internal/hook", NetPolicy(resolver=fake_dns, allow_private=True)),
+        ("http://keys.internal/hook", NetPolicy(resolver=fake_dns, allowed_networks=parse_networks(["10.0.0.0/24"]))),
+        (
+            "http://meta.example/hook",
+            NetPolicy(resolver=fake_dns, allowed_networks=parse_networks(["169.254.169.254"])),
+        ),
+        ("http://[::ffff:127.0.0.1]/hook", NetPolicy(allowed_networks=parse_networks(["127.0.0.0/8"]))),
+    ],
+    ids=["public", "allow-private", "allowed-network", "metadata-allowed-explicitly", "mapped-loopback-allowed"],
+)
 async def test_outbound_webhook_reaches_public_and_explicitly_allowed_hosts(url: str, policy: NetPolicy) -> None:
     """A public address passes; a refused one passes only when the operator allowed it explicitly."""
     seen = Counting()
@@ -225,8 +289,7 @@ async def test_metadata_is_refused_with_private_networks_allowed_on_the_real_pat
     assert seen.urls == []
 
 
-async def test_dns_name_is_connected_at_the_address_that_was_checked(
-        recorder: tuple[Recorder, RunningServer]) -> None:
+async def test_dns_name_is_connected_at_the_address_that_was_checked(recorder: tuple[Recorder, RunningServer]) -> None:
     """Over the real network, a name is resolved once by the guard and the socket goes to that checked address."""
     rec, running = recorder
     refused = NetPolicy(resolver=fake_dns)
@@ -259,7 +322,8 @@ async def test_http_generator_does_not_follow_redirects(recorder: tuple[Recorder
 
 
 async def test_outbound_webhook_does_not_follow_a_redirect_to_an_allowed_host(
-        recorder: tuple[Recorder, RunningServer]) -> None:
+    recorder: tuple[Recorder, RunningServer],
+) -> None:
     """A 302 from the seller's endpoint is retried as an answer; the Location is never requested."""
     rec, running = recorder
     rec.target = f"{running.url}/elsewhere"
@@ -272,8 +336,12 @@ async def test_outbound_webhook_does_not_follow_a_redirect_to_an_allowed_host(
 async def test_marketplace_client_only_reaches_the_stores_origin(recorder: tuple[Recorder, RunningServer]) -> None:
     """A marketplace adapter's client refuses any URL off the store's API origin, before connecting."""
     rec, running = recorder
-    context = AdapterContext(store=StoreSettings(name="s", marketplace="softstore"), path="stores[0]",
-                             clock=SystemClock(), delivery=DeliverySettings(timeout=5))
+    context = AdapterContext(
+        store=StoreSettings(name="s", marketplace="softstore"),
+        path="stores[0]",
+        clock=SystemClock(),
+        delivery=DeliverySettings(timeout=5),
+    )
     async with create_client(context, base_url=f"{running.url}/api") as client:
         assert (await client.get("/orders/info/1")).status_code == 200
         with pytest.raises(BlockedDestination, match="not the store's API host"):
@@ -281,11 +349,15 @@ async def test_marketplace_client_only_reaches_the_stores_origin(recorder: tuple
     assert rec.hits == ["/api/orders/info/1"]
 
 
-
-@pytest.mark.parametrize(("url", "network"), [
-    ("http://192.168.1.20:8000/orders", "192.168.1.20/32"), ("http://[::ffff:10.0.0.5]/hook", "10.0.0.5/32"),
-    ("http://keys.internal/hook", "10.0.0.5/32"), ("http://[fd12::1]/hook", "fd12::1/128"),
-])
+@pytest.mark.parametrize(
+    ("url", "network"),
+    [
+        ("http://192.168.1.20:8000/orders", "192.168.1.20/32"),
+        ("http://[::ffff:10.0.0.5]/hook", "10.0.0.5/32"),
+        ("http://keys.internal/hook", "10.0.0.5/32"),
+        ("http://[fd12::1]/hook", "fd12::1/128"),
+    ],
+)
 async def test_a_refused_lan_receiver_says_which_switch_opens_it_and_why_it_is_off(url: str, network: str) -> None:
     """A receiver on the seller's own network is refused with the switch to set (security.allowed_networks and the
     exact network to list), why it is off by default and where the docs explain it — in the Dead reason itself."""

@@ -27,10 +27,16 @@ from delivery_daemon.net.transport import AiohttpTransport, read_built
 def echo_app() -> Starlette:
     async def echo(request: Request) -> Response:
         client = request.scope["client"]
-        return JSONResponse({"method": request.method, "raw_path": request.scope["raw_path"].decode(),
-                             "query": request.scope["query_string"].decode(),
-                             "headers": [[k.decode(), v.decode()] for k, v in request.scope["headers"]],
-                             "body": (await request.body()).decode(), "peer_port": client[1]})
+        return JSONResponse(
+            {
+                "method": request.method,
+                "raw_path": request.scope["raw_path"].decode(),
+                "query": request.scope["query_string"].decode(),
+                "headers": [[k.decode(), v.decode()] for k, v in request.scope["headers"]],
+                "body": (await request.body()).decode(),
+                "peer_port": client[1],
+            }
+        )
 
     async def moved(request: Request) -> Response:
         return RedirectResponse("http://127.0.0.1:1/elsewhere", status_code=302)
@@ -43,8 +49,14 @@ def echo_app() -> Starlette:
         return Response("late")
 
     both = ["GET", "POST"]  # send_read's comparison test POSTs to every route
-    return Starlette(routes=[Route("/moved", moved, methods=both), Route("/zipped", zipped, methods=both),
-                             Route("/slow", slow), Route("/{rest:path}", echo, methods=both)])
+    return Starlette(
+        routes=[
+            Route("/moved", moved, methods=both),
+            Route("/zipped", zipped, methods=both),
+            Route("/slow", slow),
+            Route("/{rest:path}", echo, methods=both),
+        ]
+    )
 
 
 @pytest.fixture
@@ -68,8 +80,7 @@ class SendRead:
 
     async def post(self, url: str, *, json: Any) -> httpx.Response:
         body = _encoded(json)
-        return await self.transport.send_read("POST", url, {"Content-Type": "application/json"}, body,
-                                              self.timeouts)
+        return await self.transport.send_read("POST", url, {"Content-Type": "application/json"}, body, self.timeouts)
 
 
 def _encoded(value: Any) -> bytes:
@@ -98,8 +109,11 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncCli
 
 async def test_sends_the_request_httpx_built(server: RunningServer, http: httpx.AsyncClient) -> None:
     """Method, encoded path and query, headers and JSON body reach the server exactly as httpx built them."""
-    response = await http.post(f"{server.url}/orders/a%2Fb?token=x%20y", json={"id": "42"},
-                                 headers={"X-Seller": "one", "Authorization": "Bearer t"})
+    response = await http.post(
+        f"{server.url}/orders/a%2Fb?token=x%20y",
+        json={"id": "42"},
+        headers={"X-Seller": "one", "Authorization": "Bearer t"},
+    )
     assert response.status_code == 200
     seen = response.json()
     headers = dict(seen["headers"])
@@ -119,13 +133,18 @@ async def test_send_read_sends_and_answers_as_the_built_request(server: RunningS
     transport = AiohttpTransport()
     headers = {"User-Agent": "delivery-daemon", "Authorization": "Bearer t", "Content-Type": "application/json"}
     try:
-        answers = [await send(transport, "POST", f"{server.url}{path}", headers, b'{"text":"K\xc3\xa9"}', TIMEOUTS)
-                   for send in (read_built, AiohttpTransport.send_read)]
+        answers = [
+            await send(transport, "POST", f"{server.url}{path}", headers, b'{"text":"K\xc3\xa9"}', TIMEOUTS)
+            for send in (read_built, AiohttpTransport.send_read)
+        ]
     finally:
         await transport.aclose()
     built, direct = answers
     assert (built.status_code, built.reason_phrase, built.content) == (
-        direct.status_code, direct.reason_phrase, direct.content)
+        direct.status_code,
+        direct.reason_phrase,
+        direct.content,
+    )
     without_date = [sorted((k, v) for k, v in a.headers.multi_items() if k != "date") for a in answers]
     assert without_date[0] == without_date[1]
     if path.startswith("/orders"):
@@ -178,8 +197,9 @@ async def test_slow_answer_is_a_read_timeout(server: RunningServer, way: str) ->
 
 
 @contextlib.asynccontextmanager
-async def raw_server(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-                     ) -> AsyncIterator[str]:
+async def raw_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
     """A TCP server that misbehaves as ``handler`` says, on loopback."""
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     async with server:
@@ -188,6 +208,7 @@ async def raw_server(handler: Callable[[asyncio.StreamReader, asyncio.StreamWrit
 
 async def test_dropped_connection_is_a_protocol_error(client: httpx.AsyncClient | SendRead) -> None:
     """A server that closes without answering raises httpx.RemoteProtocolError, with no URL in the message."""
+
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.close()
@@ -201,6 +222,7 @@ async def test_dropped_connection_is_a_protocol_error(client: httpx.AsyncClient 
 async def test_reset_connection_is_a_connection_error(client: httpx.AsyncClient | SendRead) -> None:
     """A server that resets the connection (RST) instead of answering raises an httpx transport error that the
     delivery history calls a connection error, never a timeout, with no URL in the message."""
+
     async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         sock = writer.get_extra_info("socket")
@@ -215,13 +237,19 @@ async def test_reset_connection_is_a_connection_error(client: httpx.AsyncClient 
     assert "secret-token" not in str(caught.value)
 
 
-@pytest.mark.parametrize(("answer", "error"), [
-    (b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial":', httpx.ReadError),
-    (b"SMTP ready\r\n\r\n", httpx.RemoteProtocolError),
-], ids=["cut-off-body", "not-http"])
-async def test_broken_answers_raise_httpx_errors(client: httpx.AsyncClient | SendRead, answer: bytes,
-                                                 error: type[httpx.TransportError]) -> None:
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial":', httpx.ReadError),
+        (b"SMTP ready\r\n\r\n", httpx.RemoteProtocolError),
+    ],
+    ids=["cut-off-body", "not-http"],
+)
+async def test_broken_answers_raise_httpx_errors(
+    client: httpx.AsyncClient | SendRead, answer: bytes, error: type[httpx.TransportError]
+) -> None:
     """An answer shorter than its Content-Length is httpx.ReadError; one that is not HTTP, RemoteProtocolError."""
+
     async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(answer)

@@ -33,17 +33,30 @@ async def test_concurrent_dynamic_requests_run_at_most_concurrency_receiver_gene
 
     Counted = gated_generator(gate)
     secret = secrets.token_hex(16)
-    settings = parse_settings({
-        "database": {"url": f"sqlite:///{tmp_path / 'd.db'}"},
-        "worker": {"concurrency": BOUND, "poll_interval": 60},
-        "stores": [{"name": "sellix", "marketplace": "sellix", "webhook_secret": secret, "sync_budget": 9.5,
+    settings = parse_settings(
+        {
+            "database": {"url": f"sqlite:///{tmp_path / 'd.db'}"},
+            "worker": {"concurrency": BOUND, "poll_interval": 60},
+            "stores": [
+                {
+                    "name": "sellix",
+                    "marketplace": "sellix",
+                    "webhook_secret": secret,
+                    "sync_budget": 9.5,
                     "default": {"generator": "counted"},
-                    "delivery": {"channel": "webhook", "webhook": {"url": "http://127.0.0.1:9/hook",
-                                                                   "secret": secrets.token_hex(16)}}}],
-    }, environ={})
+                    "delivery": {
+                        "channel": "webhook",
+                        "webhook": {"url": "http://127.0.0.1:9/hook", "secret": secrets.token_hex(16)},
+                    },
+                }
+            ],
+        },
+        environ={},
+    )
     plugins: dict[str, Any] = {**dict(discover()), "counted": Counted}
-    app = create_app(settings, marketplaces=default_marketplaces(), plugins=plugins, clock=ManualClock(),
-                     start_worker=False)
+    app = create_app(
+        settings, marketplaces=default_marketplaces(), plugins=plugins, clock=ManualClock(), start_worker=False
+    )
     async with serve(app) as daemon:
         sender = SellixSender(f"{daemon.url}/webhooks/sellix", secret)
         orders = [sellix.order("p") for _ in range(REQUESTS)]
@@ -56,13 +69,14 @@ async def test_concurrent_dynamic_requests_run_at_most_concurrency_receiver_gene
             gate.let_one()
         products = await asyncio.wait_for(asyncio.gather(*answers), 60)
     assert [p is not None and p.startswith(f"K-{o['uniqid']}-0") for p, o in zip(products, orders, strict=True)] == [
-        True] * REQUESTS
+        True
+    ] * REQUESTS
     assert gate.peak == BOUND
 
 
-
-async def test_dynamic_product_is_never_also_delivered_by_a_worker(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_dynamic_product_is_never_also_delivered_by_a_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A worker that claims due jobs after every commit never takes a dynamic order: it is answered, not also sent."""
     async with multi_stack(tmp_path) as multi:
         committer, draining = multi.daemon.queue.committer, False

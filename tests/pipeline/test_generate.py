@@ -14,8 +14,9 @@ from delivery_daemon.generators.contract import Generated, OrderContext
 from delivery_daemon.pipeline.generate import check_result, generate
 from delivery_daemon.pipeline.stores import Product
 
-CONTEXT = OrderContext(store="shop", marketplace="softstore", order_id="o1", product_id="p1", quantity=2,
-                       idempotency_key="shop:o1")
+CONTEXT = OrderContext(
+    store="shop", marketplace="softstore", order_id="o1", product_id="p1", quantity=2, idempotency_key="shop:o1"
+)
 
 
 def product(generator: Any, template: str = "{order_id}: {keys}") -> Product:
@@ -38,16 +39,19 @@ def test_check_result_accepts_contract() -> None:
     assert check_result(result, 2) is result
 
 
-@pytest.mark.parametrize(("result", "problem"), [
-    (Generated(["A"]), "1 keys for quantity 2"),
-    (Generated(["A", "B", "C"]), "3 keys for quantity 2"),
-    (Generated(["A", ""]), "empty or non-string key"),
-    (Generated(["A", 5]), "empty or non-string key"),  # type: ignore[list-item]  # a non-string key is the case under test
-    (Generated(["A", "B"], download="http://cdn.example/x"), "not HTTPS"),
-    (Generated(["A", "B"], download="ftp://cdn.example/x"), "not HTTPS"),
-    (["A", "B"], "expected Generated"),
-    (None, "expected Generated"),
-])
+@pytest.mark.parametrize(
+    ("result", "problem"),
+    [
+        (Generated(["A"]), "1 keys for quantity 2"),
+        (Generated(["A", "B", "C"]), "3 keys for quantity 2"),
+        (Generated(["A", ""]), "empty or non-string key"),
+        (Generated(["A", 5]), "empty or non-string key"),  # type: ignore[list-item]  # a non-string key is the case under test
+        (Generated(["A", "B"], download="http://cdn.example/x"), "not HTTPS"),
+        (Generated(["A", "B"], download="ftp://cdn.example/x"), "not HTTPS"),
+        (["A", "B"], "expected Generated"),
+        (None, "expected Generated"),
+    ],
+)
 def test_check_result_refuses(result: Any, problem: str) -> None:
     """Wrong key count, empty keys, a non-HTTPS download or a wrong type break the contract."""
     with pytest.raises(GeneratorError, match=problem):

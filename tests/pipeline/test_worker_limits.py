@@ -111,15 +111,31 @@ async def test_in_flight_generator_calls_and_deliveries_stay_within_concurrency(
     market.add_product("p", count=100)
     async with serve(market.app) as market_server:
         market.bind(market_server.url)
-        settings = parse_settings({
-            "database": {"url": f"sqlite:///{tmp_path / 'd.db'}"},
-            "worker": {"concurrency": BOUND, "claim_batch": 32, "poll_interval": 60},
-            "stores": [{"name": "shop", "marketplace": "softstore", "api_url": market.api_base, "api_key": api_key,
-                        "default": {"generator": "counted"}}],
-        }, environ={})
+        settings = parse_settings(
+            {
+                "database": {"url": f"sqlite:///{tmp_path / 'd.db'}"},
+                "worker": {"concurrency": BOUND, "claim_batch": 32, "poll_interval": 60},
+                "stores": [
+                    {
+                        "name": "shop",
+                        "marketplace": "softstore",
+                        "api_url": market.api_base,
+                        "api_key": api_key,
+                        "default": {"generator": "counted"},
+                    }
+                ],
+            },
+            environ={},
+        )
         plugins: dict[str, Any] = {**dict(discover()), "counted": Counted}
-        app = create_app(settings, marketplaces=default_marketplaces(), plugins=plugins, clock=ManualClock(),
-                         transport=GatedTransport(delivering), start_worker=True)
+        app = create_app(
+            settings,
+            marketplaces=default_marketplaces(),
+            plugins=plugins,
+            clock=ManualClock(),
+            transport=GatedTransport(delivering),
+            start_worker=True,
+        )
         async with serve(app) as daemon:
             market.seller_url = f"{daemon.url}/webhooks/shop"
             placed = [await market.place_order("p", 1) for _ in range(ORDERS)]
@@ -132,8 +148,9 @@ async def test_in_flight_generator_calls_and_deliveries_stay_within_concurrency(
             for _ in range(BOUND):
                 gate.let_one()
             async with delivering.changed:
-                await asyncio.wait_for(delivering.changed.wait_for(
-                    lambda: delivering.entered >= ORDERS and delivering.inside == 0), 30)
+                await asyncio.wait_for(
+                    delivering.changed.wait_for(lambda: delivering.entered >= ORDERS and delivering.inside == 0), 30
+                )
     assert all(market.accepted(p.id_order) is not None for p in placed)
     assert gate.peak == BOUND  # reached: the test pressed against the bound
     assert generating.peak <= BOUND and delivering.peak <= BOUND

@@ -21,8 +21,9 @@ PERIODIC = {"worker-periodic": 60, "stock-sync": 300, "retention": 3600}  # job 
 FIRST_RUNS = {"stock-sync-first", "retention-first"}  # one-off jobs at start, gone once they have run
 
 
-async def test_running_daemon_has_one_scheduler_holding_every_periodic_job(make_stack: MakeStack,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_running_daemon_has_one_scheduler_holding_every_periodic_job(
+    make_stack: MakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     started: list[BaseScheduler] = []
     start = BaseScheduler.start
 
@@ -38,7 +39,8 @@ async def test_running_daemon_has_one_scheduler_holding_every_periodic_job(make_
             await wait_for(lambda: not FIRST_RUNS & {job.id for job in scheduler.get_jobs()})
         jobs = {job.id: job for job in scheduler.get_jobs()}
         assert {name: job.trigger.interval for name, job in jobs.items()} == {
-            name: timedelta(seconds=seconds) for name, seconds in PERIODIC.items()}
+            name: timedelta(seconds=seconds) for name, seconds in PERIODIC.items()
+        }
         # A stock sync rebuilt (as a reload may do) replaces the jobs of the old one; it does not add to them.
         rebuilt = StockSync(lambda: stack.daemon.stores, stack.settings.stock_sync, stack.clock)
         rebuilt.schedule(scheduler)

@@ -36,8 +36,9 @@ from delivery_daemon.testing import arun_generator, fake_order, run_generator
 
 def test_pattern_groups_prefix_and_charset() -> None:
     """pattern builds prefix + groups of the charset joined by the separator."""
-    result = run_generator(PatternGenerator, {"groups": 3, "group_length": 4, "charset": "AB", "prefix": "P-"},
-                           quantity=5)
+    result = run_generator(
+        PatternGenerator, {"groups": 3, "group_length": 4, "charset": "AB", "prefix": "P-"}, quantity=5
+    )
     assert len(set(result.keys)) == 5
     for key in result.keys:
         prefix, body = key[:2], key[2:]
@@ -55,10 +56,10 @@ def test_pattern_luhn_check_character_catches_typos(charset: str) -> None:
     positions = [i for i, ch in enumerate(key) if ch in charset]
     for i in positions:
         for other in charset.replace(key[i], ""):
-            assert not luhn_valid(key[:i] + other + key[i + 1:], charset)
+            assert not luhn_valid(key[:i] + other + key[i + 1 :], charset)
     for i, j in itertools.pairwise(positions):
         if len(charset) % 2 and key[i] != key[j] and j == i + 1:
-            assert not luhn_valid(key[:i] + key[j] + key[i] + key[j + 1:], charset)
+            assert not luhn_valid(key[:i] + key[j] + key[i] + key[j + 1 :], charset)
 
 
 def test_pattern_rejects_guessable_shapes_with_key_path() -> None:
@@ -84,12 +85,15 @@ def test_signed_keys_verify_offline_with_payload(keypair: tuple[Path, Path]) -> 
     private, public = keypair
     clock = ManualClock(1_800_000_000)
     order = fake_order(quantity=2, order_id="o-42", product_id="pro")
-    keys = run_generator(SignedGenerator, {"private_key_file": str(private), "expires_days": 30}, order=order,
-                         clock=clock).keys
+    keys = run_generator(
+        SignedGenerator, {"private_key_file": str(private), "expires_days": 30}, order=order, clock=clock
+    ).keys
     assert all(key.startswith("key/") for key in keys)
     payloads = [verify(key, load_public_key(public), now=clock.now()) for key in keys]
-    assert [(p.product, p.order, p.index, p.quantity) for p in payloads] == [("pro", "o-42", 1, 2),
-                                                                            ("pro", "o-42", 2, 2)]
+    assert [(p.product, p.order, p.index, p.quantity) for p in payloads] == [
+        ("pro", "o-42", 1, 2),
+        ("pro", "o-42", 2, 2),
+    ]
     assert payloads[0].expires_at == 1_800_000_000 + 30 * 86400
     with pytest.raises(LicenseError, match="expired"):
         verify(keys[0], load_public_key(public), now=clock.now() + 31 * 86400)
@@ -148,8 +152,12 @@ SECRET = "s3cret-s3cret-s3cret"
 def test_download_signed_link_expires() -> None:
     """download returns an HTTPS link signed with HMAC that verifies until ttl_seconds have passed, and no keys."""
     clock = ManualClock(1_000_000)
-    result = run_generator(DownloadGenerator, {"base_url": "https://files.example.com/dl", "file": "app.zip",
-                                               "secret": SECRET, "ttl_seconds": 3600}, quantity=2, clock=clock)
+    result = run_generator(
+        DownloadGenerator,
+        {"base_url": "https://files.example.com/dl", "file": "app.zip", "secret": SECRET, "ttl_seconds": 3600},
+        quantity=2,
+        clock=clock,
+    )
     assert result.keys == () and result.download is not None
     assert result.download.startswith("https://files.example.com/dl/app.zip?")
     assert verify_link(result.download, SECRET, now=clock.now() + 3599)
@@ -160,8 +168,10 @@ def test_download_signed_link_expires() -> None:
 
 def test_download_static_url_and_option_errors() -> None:
     """A static url is delivered as is; http, both or neither of url/base_url are config errors with key paths."""
-    assert run_generator(DownloadGenerator, {"url": "https://cdn.example.com/x.zip"}).download == \
-        "https://cdn.example.com/x.zip"
+    assert (
+        run_generator(DownloadGenerator, {"url": "https://cdn.example.com/x.zip"}).download
+        == "https://cdn.example.com/x.zip"
+    )
     with pytest.raises(ConfigError, match=r"options\.url: .*https"):
         run_generator(DownloadGenerator, {"url": "http://cdn.example.com/x.zip"})
     with pytest.raises(ConfigError, match=r"options\.base_url: set either"):
@@ -224,7 +234,8 @@ def test_command_child_gets_a_minimal_environment(program: Path, monkeypatch: py
     assert {"PATH", "LANG", "KEYGEN_DB"} <= seen
     assert not seen & {"SOFTSTORE_API_KEY", "DELIVERY_DAEMON_KEYS"}
     assert seen <= {"PATH", "LANG", "LANGUAGE", "TZ", "HOME", "TMPDIR", "KEYGEN_DB"} | {
-        name for name in seen if name.startswith("LC_")}
+        name for name in seen if name.startswith("LC_")
+    }
 
 
 def test_command_timeout_kills_program(program: Path) -> None:
@@ -264,8 +275,9 @@ async def key_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 async def test_http_posts_order_with_idempotency_key(key_server: tuple[str, list[dict[str, Any]]]) -> None:
     """http POSTs the order JSON with Idempotency-Key and bearer token and returns the server's keys."""
     url, seen = key_server
-    result = await arun_generator(HttpGenerator, {"url": f"{url}/keys/200", "token": "tok-123456"}, quantity=2,
-                                  policy=LOCAL)
+    result = await arun_generator(
+        HttpGenerator, {"url": f"{url}/keys/200", "token": "tok-123456"}, quantity=2, policy=LOCAL
+    )
     assert result.keys == ("H-0", "H-1") and result.text == "hi"
     assert seen[0]["headers"]["idempotency-key"] == "test-store:order-1"
     assert seen[0]["headers"]["authorization"] == "Bearer tok-123456"
@@ -273,8 +285,9 @@ async def test_http_posts_order_with_idempotency_key(key_server: tuple[str, list
 
 
 @pytest.mark.parametrize(("status", "outcome"), [(409, OutOfStock), (503, Retry), (429, Retry), (400, Dead)])
-async def test_http_status_maps_to_outcome(key_server: tuple[str, list[dict[str, Any]]], status: int,
-                                           outcome: type[Exception]) -> None:
+async def test_http_status_maps_to_outcome(
+    key_server: tuple[str, list[dict[str, Any]]], status: int, outcome: type[Exception]
+) -> None:
     """409 waits for stock, 429/5xx retry (Retry-After honoured), other statuses are permanent."""
     url, _seen = key_server
     with pytest.raises(outcome) as raised:

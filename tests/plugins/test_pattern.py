@@ -51,13 +51,16 @@ def test_generate_runs_on_the_event_loop() -> None:
     assert inspect.iscoroutinefunction(PatternGenerator.generate)
 
 
-@pytest.mark.parametrize(("options", "field"), [
-    ({"pattern": "XXXXXXX"}, "pattern"),
-    ({"pattern": ""}, "pattern"),
-    ({"charset": "aab"}, "charset"),
-    ({"charset": "a"}, "charset"),
-    ({"colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"pattern": "XXXXXXX"}, "pattern"),
+        ({"pattern": ""}, "pattern"),
+        ({"charset": "aab"}, "charset"),
+        ({"charset": "a"}, "charset"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
 def test_bad_options_refused(options: dict[str, str], field: str) -> None:
     """Guessable patterns, repeated or single-character charsets and unknown options are refused."""
     with pytest.raises(ValidationError) as caught:

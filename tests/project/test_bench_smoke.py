@@ -13,8 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     """``python -m bench --smoke --no-wrk`` exits 0, prints every section and writes every scenario's figures."""
     out = tmp_path / "results.json"
-    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--no-wrk", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--no-wrk", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for heading in ("ingest (python", "end-to-end at", "drain of", "growth (ms", "targets"):
         assert heading in done.stdout
@@ -34,8 +39,13 @@ def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
 def test_client_bench_prints_each_way_and_writes_json(tmp_path: Path) -> None:
     """``python -m bench.client`` (tiny) measures aiohttp, ``call`` and ``call_request`` and writes their ratios."""
     out = tmp_path / "client.json"
-    done = subprocess.run([sys.executable, "-m", "bench.client", "--requests", "64", "--rounds", "1", "--out",
-                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.client", "--requests", "64", "--rounds", "1", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
     for way in ("aiohttp", "call", "call_request"):
@@ -47,8 +57,13 @@ def test_startup_bench_times_version_and_help(tmp_path: Path) -> None:
     """``python -m bench.startup`` (2 runs) times ``--version``, ``--help`` and the interpreter alone, in fresh
     processes, and writes the medians and the target verdicts (the figures themselves are not checked here)."""
     out = tmp_path / "startup.json"
-    done = subprocess.run([sys.executable, "-m", "bench.startup", "--runs", "2", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.startup", "--runs", "2", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
     for case in ("python -c pass", "--version", "--help", "serve --help"):

@@ -34,8 +34,9 @@ def _daemon_settings(tmp_path: Path) -> Any:
     secret = tmp_path / "softstore_api_key"
     secret.write_text("k" * 40 + "\n")
     environment = _compose()["services"]["delivery-daemon"]["environment"]
-    return load_settings(DEPLOY / "config.yaml",
-                         environ={name: str(secret) for name in environment if name.endswith("_FILE")})
+    return load_settings(
+        DEPLOY / "config.yaml", environ={name: str(secret) for name in environment if name.endswith("_FILE")}
+    )
 
 
 def _docker_compose() -> list[str] | None:
@@ -56,9 +57,14 @@ def test_compose_config_validates(tmp_path: Path) -> None:
     shutil.copytree(DEPLOY, copy)
     (copy / "secrets" / "softstore_api_key").write_text("k" * 40 + "\n")
     (tmp_path / "Dockerfile").write_text((ROOT / "Dockerfile").read_text())  # the build context is deploy/..
-    result = subprocess.run([*command, "-f", str(copy / "compose.yaml"), "config", "-q"], capture_output=True,
-                            text=True, timeout=120, check=False, env={"PATH": "/usr/bin:/bin:/usr/local/bin",
-                                                                      "DOMAIN": "keys.example.com"})
+    result = subprocess.run(
+        [*command, "-f", str(copy / "compose.yaml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PATH": "/usr/bin:/bin:/usr/local/bin", "DOMAIN": "keys.example.com"},
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -83,8 +89,12 @@ def test_compose_services_ports_and_volumes() -> None:
     assert f"data:{volume}" in daemon["volumes"]
     assert f"./config.yaml:{config_path}:ro" in daemon["volumes"]
     assert "./Caddyfile:/etc/caddy/Caddyfile:ro" in caddy["volumes"] and "caddy_data:/data" in caddy["volumes"]
-    named = {mount.split(":")[0] for service in services.values() for mount in service["volumes"]
-             if not mount.startswith(".")}
+    named = {
+        mount.split(":")[0]
+        for service in services.values()
+        for mount in service["volumes"]
+        if not mount.startswith(".")
+    }
     assert named == set(compose["volumes"])
     assert set(daemon["secrets"]) == set(compose["secrets"])
     for name, secret in compose["secrets"].items():
@@ -139,8 +149,13 @@ def test_documented_signature_one_liner_signs_as_softstore() -> None:
     page = (ROOT / "docs" / "deployment.md").read_text()
     program = re.search(r"SIG=\$\(python3 -c '([^']+)' \"\$API_KEY\" \"\$ORDER\"\)", page)
     assert program is not None
-    computed = subprocess.run([sys.executable, "-c", program.group(1), "seller-key", "deploy-test-1"],
-                              capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    computed = subprocess.run(
+        [sys.executable, "-c", program.group(1), "seller-key", "deploy-test-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
     assert computed == signature("seller-key", "deploy-test-1")
     body = re.search(r"-d '(\{\"id_order\".*\})'", page)
     assert body is not None

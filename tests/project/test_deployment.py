@@ -38,8 +38,11 @@ def _analyzable_unit(tmp_path: Path) -> tuple[str, Path]:
     assert "ExecStart=/opt/delivery-daemon/bin/delivery-daemon serve" in text
     assert "\n#LoadCredential=softstore-api-key:/etc/delivery-daemon/credentials/softstore-api-key\n" in text
     unit = tmp_path / "delivery-daemon.service"
-    unit.write_text(text.replace("/opt/delivery-daemon/bin/delivery-daemon", str(script))
-                    .replace("\n#LoadCredential=", "\nLoadCredential="))
+    unit.write_text(
+        text.replace("/opt/delivery-daemon/bin/delivery-daemon", str(script)).replace(
+            "\n#LoadCredential=", "\nLoadCredential="
+        )
+    )
     return analyze, unit
 
 
@@ -54,8 +57,9 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 def test_systemd_unit_security_exposure(tmp_path: Path) -> None:
     """`systemd-analyze security` rates the unit 1.2 ("OK") or better, credentials included."""
     analyze, unit = _analyzable_unit(tmp_path)
-    result = subprocess.run([analyze, "security", "--offline=true", str(unit)], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", str(unit)], capture_output=True, text=True, timeout=120, check=False
+    )
     if "--offline" in result.stderr:
         pytest.skip("this systemd-analyze has no --offline (systemd < 250)")
     found = re.search(r"Overall exposure level for delivery-daemon\.service: (\d+\.\d+)", result.stdout)
@@ -72,8 +76,18 @@ def test_systemd_unit_leaves_a_config_error_stopped() -> None:
 def test_systemd_unit_hardening() -> None:
     """The unit has the isolation the issue asks for: own user, state dir, read-only system, restart on failure."""
     settings = [line.split("=", 1)[0] for line in UNIT.read_text().splitlines() if "=" in line and line[0] != "#"]
-    for key in ("DynamicUser", "StateDirectory", "ProtectSystem", "NoNewPrivileges", "PrivateTmp",
-                "RestrictAddressFamilies", "Restart", "EnvironmentFile", "ExecReload", "TimeoutStopSec"):
+    for key in (
+        "DynamicUser",
+        "StateDirectory",
+        "ProtectSystem",
+        "NoNewPrivileges",
+        "PrivateTmp",
+        "RestrictAddressFamilies",
+        "Restart",
+        "EnvironmentFile",
+        "ExecReload",
+        "TimeoutStopSec",
+    ):
         assert key in settings, key
 
 
@@ -84,7 +98,7 @@ def instructions() -> list[dockerfile.Command]:
 def test_dockerfile_parses_and_is_non_root_with_volume_and_healthcheck() -> None:
     """The Dockerfile parses; final stage is slim, runs as a non-root user, with a volume and a /healthz check."""
     commands = instructions()
-    final = commands[max(i for i, c in enumerate(commands) if c.cmd == "FROM"):]
+    final = commands[max(i for i, c in enumerate(commands) if c.cmd == "FROM") :]
     by_cmd = {c.cmd: c for c in final}
     assert by_cmd["FROM"].value[0].endswith("-slim")
     assert by_cmd["USER"].value[0] not in ("root", "0")
@@ -94,8 +108,10 @@ def test_dockerfile_parses_and_is_non_root_with_volume_and_healthcheck() -> None
     assert by_cmd["CMD"].value[0] == "serve"
 
 
-@pytest.mark.skipif(not (os.environ.get("CI") or os.environ.get("DD_DEPLOY_TESTS")),
-                    reason="installs the package into a fresh venv (~15 s); runs in CI or with DD_DEPLOY_TESTS=1")
+@pytest.mark.skipif(
+    not (os.environ.get("CI") or os.environ.get("DD_DEPLOY_TESTS")),
+    reason="installs the package into a fresh venv (~15 s); runs in CI or with DD_DEPLOY_TESTS=1",
+)
 def test_image_entry_command_runs_from_clean_install(tmp_path: Path) -> None:
     """`pip install .` of exactly what the Dockerfile copies, in a clean venv, gives a daemon that serves /healthz
     and stops with exit 0 on SIGTERM (the image's ENTRYPOINT + CMD)."""
@@ -118,15 +134,27 @@ def test_image_entry_command_runs_from_clean_install(tmp_path: Path) -> None:
     [extras] = [c.value[0].split("=", 1)[1] for c in commands if c.cmd == "ARG" and c.value[0].startswith("EXTRAS=")]
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
-    subprocess.run([env_dir / "bin" / "pip", "install", "-q", "-c", str(context / "constraints.txt"),
-                    f"{context}[{extras}]" if extras else str(context)], check=True, timeout=600)
+    subprocess.run(
+        [
+            env_dir / "bin" / "pip",
+            "install",
+            "-q",
+            "-c",
+            str(context / "constraints.txt"),
+            f"{context}[{extras}]" if extras else str(context),
+        ],
+        check=True,
+        timeout=600,
+    )
     config = tmp_path / "config.yaml"
-    config.write_text(f"database: {{url: 'sqlite:///{tmp_path / 'data' / 'd.db'}'}}\n"
-                      "server: {host: 127.0.0.1, port: 0}\n")
+    config.write_text(
+        f"database: {{url: 'sqlite:///{tmp_path / 'data' / 'd.db'}'}}\nserver: {{host: 127.0.0.1, port: 0}}\n"
+    )
     cmd = [c for c in commands if c.cmd == "CMD"][-1].value
     args = [a.replace("/etc/delivery-daemon/config.yaml", str(config)) for a in cmd]
-    proc = subprocess.Popen([env_dir / "bin" / "delivery-daemon", *args], stdout=subprocess.PIPE, text=True,
-                            cwd=tmp_path)
+    proc = subprocess.Popen(
+        [env_dir / "bin" / "delivery-daemon", *args], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -27,9 +27,9 @@ def sections() -> dict[str, str]:
     found: dict[str, str] = {}
     for match in re.finditer(r"^(#{2,3}) (.+)$", text, re.M):
         level = len(match.group(1))
-        rest = text[match.end():]
+        rest = text[match.end() :]
         end = re.search(rf"^#{{2,{level}}} ", rest, re.M)
-        found[anchor(match.group(2))] = rest[:end.start()] if end else rest
+        found[anchor(match.group(2))] = rest[: end.start()] if end else rest
     return found
 
 
@@ -58,10 +58,15 @@ def test_log_events_named_are_real() -> None:
 def test_every_link_into_the_doc_resolves() -> None:
     """Each ``docs/marketplaces.md#anchor`` in the code, the templates, the README and the docs names a heading."""
     anchors = set(sections())
-    sources = [*ROOT.joinpath("delivery_daemon").rglob("*.py"), *ROOT.joinpath("delivery_daemon").rglob("*.yaml"),
-               ROOT / "README.md", *ROOT.joinpath("docs").glob("*.md")]
-    links = {(path.name, link) for path in sources
-             for link in re.findall(r"marketplaces\.md#([\w-]+)", path.read_text())}
+    sources = [
+        *ROOT.joinpath("delivery_daemon").rglob("*.py"),
+        *ROOT.joinpath("delivery_daemon").rglob("*.yaml"),
+        ROOT / "README.md",
+        *ROOT.joinpath("docs").glob("*.md"),
+    ]
+    links = {
+        (path.name, link) for path in sources for link in re.findall(r"marketplaces\.md#([\w-]+)", path.read_text())
+    }
     assert ("guard.py", "lan-receivers") in links
     assert sorted((name, link) for name, link in links if link not in anchors) == []
 

@@ -154,8 +154,13 @@ async def test_orders_list_documented_fields(market: SoftStoreMarketplace, api: 
     assert [o["id_order"] for o in body["data"]] == [second.id_order, first.id_order]
     item = body["data"][1]
     assert item == {
-        "id_order": first.id_order, "id_product": PRODUCT, "amount": "640", "status_order": "paid",
-        "data_create": "2026-04-28", "time_create": "12:06:13", "count": "5",
+        "id_order": first.id_order,
+        "id_product": PRODUCT,
+        "amount": "640",
+        "status_order": "paid",
+        "data_create": "2026-04-28",
+        "time_create": "12:06:13",
+        "count": "5",
     }
     assert body["data"][0]["status_order"] == "wait"
 
@@ -167,8 +172,20 @@ async def test_order_info_documented_fields(market: SoftStoreMarketplace, api: h
     assert response.status_code == 200
     data = response.json()["data"]
     assert set(data) == {
-        "id", "id_user", "guest_id", "buyer_type", "id_product", "id_seller", "id_order", "email",
-        "status_order", "data_create", "time_create", "amount", "count", "payment_system",
+        "id",
+        "id_user",
+        "guest_id",
+        "buyer_type",
+        "id_product",
+        "id_seller",
+        "id_order",
+        "email",
+        "status_order",
+        "data_create",
+        "time_create",
+        "amount",
+        "count",
+        "payment_system",
     }
     assert (data["id_order"], data["id_product"], data["count"]) == (placed.id_order, PRODUCT, "3")
     assert (data["email"], data["status_order"], data["amount"]) == ("ads@example.org", "paid", "384")
@@ -194,8 +211,10 @@ async def test_delivery_accepted_once_then_409(market: SoftStoreMarketplace, api
     body = {"text": "KEY-1", "download": "https://cdn.example.com/file.zip"}
     first = await api.post(placed.delivery_url, headers=auth, json=body)
     assert first.status_code == 200
-    assert first.json() == {"status": "success", "data": {
-        "message": "Product delivered successfully", "id_order": placed.id_order, "delivered": True}}
+    assert first.json() == {
+        "status": "success",
+        "data": {"message": "Product delivered successfully", "id_order": placed.id_order, "delivered": True},
+    }
     second = await deliver(api, auth, placed.token, {"text": "KEY-2"})
     assert second.status_code == 409
     assert second.json()["message"] == "Order already delivered"
@@ -236,9 +255,7 @@ async def test_delivery_non_https_download_is_422(
 
 
 @pytest.mark.parametrize("body", [{}, {"text": ""}, {"text": "   "}, {"text": 12}, ["text"]])
-async def test_delivery_missing_text_is_422(
-    market: SoftStoreMarketplace, api: httpx.AsyncClient, body: Any
-) -> None:
+async def test_delivery_missing_text_is_422(market: SoftStoreMarketplace, api: httpx.AsyncClient, body: Any) -> None:
     """A missing, empty or non-string text answers 422."""
     placed = await market.place_order(PRODUCT, send_webhook=False)
     response = await deliver(api, await login(api), placed.token, body)
@@ -256,9 +273,7 @@ async def test_delivery_invalid_json_is_422(market: SoftStoreMarketplace, api: h
 
 
 @pytest.mark.parametrize("status", ["wait", "canceled"])
-async def test_delivery_unpaid_order_is_403(
-    market: SoftStoreMarketplace, api: httpx.AsyncClient, status: str
-) -> None:
+async def test_delivery_unpaid_order_is_403(market: SoftStoreMarketplace, api: httpx.AsyncClient, status: str) -> None:
     """A delivery for an order that is not paid answers 403 'Order is not paid'."""
     placed = await market.place_order(PRODUCT, status=status, send_webhook=False)
     response = await deliver(api, await login(api), placed.token, {"text": "KEY"})
@@ -314,8 +329,9 @@ async def test_webhook_transport_is_injectable_and_not_closed(market: SoftStoreM
         seen.append(request)
         return httpx.Response(200)
 
-    m = SoftStoreMarketplace(api_key=KEY, seller_url="http://seller.invalid/hook",
-                             webhook_transport=httpx.MockTransport(handler))
+    m = SoftStoreMarketplace(
+        api_key=KEY, seller_url="http://seller.invalid/hook", webhook_transport=httpx.MockTransport(handler)
+    )
     m.bind("http://market.invalid")
     m.add_product("p")
     assert (await m.place_order("p")).webhook_status == 200
@@ -416,15 +432,32 @@ async def test_seller_info_and_profile_update(market: SoftStoreMarketplace, api:
     """GET /seller has the documented fields; POST /seller/profile updates them and api_url is the webhook URL."""
     auth = await login(api)
     data = (await api.get("/seller", headers=auth)).json()["data"]
-    assert {"id", "id_user", "name", "balance", "img", "description", "api_url", "data_create", "rating",
-            "api_key", "status_moderation"} == set(data)
-    body = {"name": "My New Store Name", "description": "Updated <b>store</b> description",
-            "api_url": "http://127.0.0.1:9/webhook"}
+    assert {
+        "id",
+        "id_user",
+        "name",
+        "balance",
+        "img",
+        "description",
+        "api_url",
+        "data_create",
+        "rating",
+        "api_key",
+        "status_moderation",
+    } == set(data)
+    body = {
+        "name": "My New Store Name",
+        "description": "Updated <b>store</b> description",
+        "api_url": "http://127.0.0.1:9/webhook",
+    }
     response = await api.post("/seller/profile", headers=auth, json=body)
     assert response.status_code == 200
-    assert response.json()["data"] == {"id": 1, "name": "My New Store Name",
-                                       "description": "Updated store description",
-                                       "api_url": "http://127.0.0.1:9/webhook"}
+    assert response.json()["data"] == {
+        "id": 1,
+        "name": "My New Store Name",
+        "description": "Updated store description",
+        "api_url": "http://127.0.0.1:9/webhook",
+    }
     assert market.seller_url == "http://127.0.0.1:9/webhook"
 
 
@@ -463,8 +496,11 @@ async def test_product_info(api: httpx.AsyncClient) -> None:
 async def test_product_update_moderation_flag(api: httpx.AsyncClient) -> None:
     """Plain fields update without moderation; moderated fields answer moderation true and status wait."""
     auth = await login(api)
-    plain = await api.post(f"/products/update/{PRODUCT}", headers=auth,
-                           json={"price": 999, "discount": 15, "count": 200, "api_url": "https://e.com/api"})
+    plain = await api.post(
+        f"/products/update/{PRODUCT}",
+        headers=auth,
+        json={"price": 999, "discount": 15, "count": 200, "api_url": "https://e.com/api"},
+    )
     assert plain.json() == {"status": "success", "data": {"message": "Product updated", "moderation": False}}
     info = (await api.get(f"/products/info/{PRODUCT}", headers=auth)).json()["data"]["product"]
     assert (info["price"], info["discount"], info["count"], info["status_moderation"]) == (999, 15, 200, "approved")
@@ -496,8 +532,9 @@ async def test_product_update_rejections(
 # -- bookkeeping and control ------------------------------------------------------------------------------
 
 
-async def test_requests_records_only_api_calls(market: SoftStoreMarketplace, api: httpx.AsyncClient,
-                                               control: httpx.AsyncClient) -> None:
+async def test_requests_records_only_api_calls(
+    market: SoftStoreMarketplace, api: httpx.AsyncClient, control: httpx.AsyncClient
+) -> None:
     """requests records every /api/v1 call (method, path, headers, body, json, status) and no control call."""
     auth = await login(api)
     await api.post("/seller/profile", headers=auth, json={"name": "Shop name"})
@@ -553,8 +590,9 @@ async def test_control_rejects_bad_input(control: httpx.AsyncClient) -> None:
     assert (await control.post("/faults", json={"slow_next_deliveries": 1})).status_code == 400
 
 
-async def test_control_down_and_drop(market: SoftStoreMarketplace, api: httpx.AsyncClient,
-                                     control: httpx.AsyncClient) -> None:
+async def test_control_down_and_drop(
+    market: SoftStoreMarketplace, api: httpx.AsyncClient, control: httpx.AsyncClient
+) -> None:
     """Faults armed through /_reference/faults (down, drop, slow) take effect on the API."""
     await control.post("/faults", json={"down": True})
     assert (await api.post("/auth/api-key/create", headers={"X-API-KEY": KEY})).status_code == 503
@@ -569,8 +607,9 @@ async def test_control_down_and_drop(market: SoftStoreMarketplace, api: httpx.As
 async def test_run_marketplace_serves_and_logs_no_secrets() -> None:
     """run_marketplace serves until cancelled and logs reference.started with its URL but no secrets."""
     with structlog.testing.capture_logs() as logs:
-        task = asyncio.create_task(run_marketplace(host="127.0.0.1", port=0, api_key=KEY,
-                                                   seller_url=None, products=["p1", "p2"]))
+        task = asyncio.create_task(
+            run_marketplace(host="127.0.0.1", port=0, api_key=KEY, seller_url=None, products=["p1", "p2"])
+        )
         for _ in range(3000):  # generous: the full suite runs on a loaded 2-core machine
             if any(entry["event"] == "reference.started" for entry in logs):
                 break

@@ -25,8 +25,9 @@ def test_status_page_without_an_admin_address_is_a_config_error() -> None:
 
 
 @pytest.mark.parametrize("key", ["host", "port"])
-def test_old_status_address_keys_say_what_to_use_instead(key: str, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_old_status_address_keys_say_what_to_use_instead(
+    key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``status.host``/``status.port`` are refused naming the key and pointing at ``admin.<key>`` (exit 2)."""
     path = tmp_path / "old.yaml"
     path.write_text(f"admin: {{port: 9100}}\nstatus: {{enabled: true, password: pw, {key}: 8081}}\n")

@@ -24,14 +24,20 @@ OTHER_ADDRESS = "127.0.0.2"
 
 
 def _events(stack: Stack, name: str) -> list[dict[str, Any]]:
-    return [event for line in stack.logs.getvalue().splitlines() if line.startswith("{")
-            for event in [json.loads(line)] if event.get("event") == name]
+    return [
+        event
+        for line in stack.logs.getvalue().splitlines()
+        if line.startswith("{")
+        for event in [json.loads(line)]
+        if event.get("event") == name
+    ]
 
 
 async def _login_from(page: StatusPage, client: httpx.AsyncClient, password: str) -> httpx.Response:
     form = await client.get(f"{page.url}/login")
-    return await client.post(f"{page.url}/login", data={
-        "csrf_token": csrf_of(form.text), "password": password, "next": "/status/"})
+    return await client.post(
+        f"{page.url}/login", data={"csrf_token": csrf_of(form.text), "password": password, "next": "/status/"}
+    )
 
 
 def _other_client() -> httpx.AsyncClient:
@@ -40,8 +46,10 @@ def _other_client() -> httpx.AsyncClient:
 
 async def test_wrong_passwords_throttle_their_client_until_the_window_passes(stack: Stack) -> None:
     """After login_failures wrong passwords even the right one gets 429 with Retry-After, for that address only."""
-    async with status_page(stack, login_failures=2, login_failures_global=10, login_window=900) as page, \
-            _other_client() as other:
+    async with (
+        status_page(stack, login_failures=2, login_failures_global=10, login_window=900) as page,
+        _other_client() as other,
+    ):
         for _ in range(2):
             assert (await page.login("wrong-guess-123")).status_code == 401
         throttled = await page.login(PASSWORD)
@@ -53,8 +61,10 @@ async def test_wrong_passwords_throttle_their_client_until_the_window_passes(sta
         stack.clock.advance(900)
         assert (await page.login(PASSWORD)).status_code == 303
     failed = _events(stack, "status.login_failed")
-    assert [(e["client"], e["via"], e["failures"]) for e in failed] == [("127.0.0.1", "form", 1),
-                                                                         ("127.0.0.1", "form", 2)]
+    assert [(e["client"], e["via"], e["failures"]) for e in failed] == [
+        ("127.0.0.1", "form", 1),
+        ("127.0.0.1", "form", 2),
+    ]
     [throttled_event] = _events(stack, "status.login_throttled")
     assert (throttled_event["scope"], throttled_event["retry_after"]) == ("client", 900)
     assert "wrong-guess-123" not in stack.logs.getvalue() and PASSWORD not in stack.logs.getvalue()
@@ -108,8 +118,10 @@ async def test_each_bearer_request_compares_its_token_once(stack: Stack) -> None
         requests = [  # each with what the old code also compared the token for
             (page.client.build_request("GET", f"{page.url}/orders", headers=right), 200),  # the page
             (page.client.build_request("POST", f"{page.url}/orders/{dead.id}/retry", headers=right), 303),  # CSRF
-            (page.client.build_request("POST", f"{page.url}/logout", headers=right,
-                                       data={"pad": "x" * 9000}), 413),  # the error page
+            (
+                page.client.build_request("POST", f"{page.url}/logout", headers=right, data={"pad": "x" * 9000}),
+                413,
+            ),  # the error page
             (page.client.build_request("GET", f"{page.url}/orders", headers=wrong), 401),
         ]
         for request, status in requests:
@@ -129,8 +141,9 @@ async def test_login_routes_ignore_a_bearer_token(stack: Stack) -> None:
         answers = []
         for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer guess-1"}):
             form = await page.client.get(f"{page.url}/login", headers=headers)
-            post = await page.client.post(f"{page.url}/login", headers=headers,
-                                          data={"password": PASSWORD, "next": "/status/"})  # no csrf_token
+            post = await page.client.post(
+                f"{page.url}/login", headers=headers, data={"password": PASSWORD, "next": "/status/"}
+            )  # no csrf_token
             answers.append([(form.status_code, form.text), (post.status_code, post.text)])
         assert answers[1] == answers[2] == answers[0]
         [(form_status, form_text), (post_status, _)] = answers[0]
@@ -152,14 +165,18 @@ async def test_wrong_bearer_tokens_beside_a_session_are_throttled(stack: Stack) 
         for guess in ("guess-1", "guess-2"):
             wrong = await page.client.get(f"{page.url}/orders", headers={"Authorization": f"Bearer {guess}"})
             assert (wrong.status_code, wrong.json()) == (401, {"error": "a valid bearer token is required"})
-        action = await page.client.post(f"{page.url}/orders/{dead.id}/retry",
-                                        headers={"Authorization": "Bearer guess-3"}, data={"csrf_token": csrf})
+        action = await page.client.post(
+            f"{page.url}/orders/{dead.id}/retry", headers={"Authorization": "Bearer guess-3"}, data={"csrf_token": csrf}
+        )
         assert (action.status_code, action.json()) == (401, {"error": "a valid bearer token is required"})
         throttled = await page.client.get(f"{page.url}/orders", headers=right)
         assert (throttled.status_code, throttled.headers["retry-after"]) == (429, "900")
         assert (await page.client.get(f"{page.url}/orders")).status_code == 200  # the session is not locked out
     assert [(e["via"], e["failures"]) for e in _events(stack, "status.login_failed")] == [
-        ("bearer", 1), ("bearer", 2), ("bearer", 3)]
+        ("bearer", 1),
+        ("bearer", 2),
+        ("bearer", 3),
+    ]
     assert (await stack.job(dead.order_id)).state == "dead"
 
 

@@ -21,10 +21,15 @@ from tests.support.status_helpers import PASSWORD, status_page
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
-
 
 
 def _unavailable(reason: str) -> None:
@@ -70,8 +75,12 @@ async def test_seller_logs_in_filters_and_retries_a_dead_order(make_stack: MakeS
 
         async with status_page(stack) as server, playwright_api.async_playwright() as playwright:
             browser = await playwright.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                java_script_enabled=False)  # the page must work without JavaScript (it ships none)
+                str(tmp_path / "chromium-profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                java_script_enabled=False,
+            )  # the page must work without JavaScript (it ships none)
             try:
                 page = browser.pages[0] if browser.pages else await browser.new_page()
                 page.set_default_timeout(30_000)

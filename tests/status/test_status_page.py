@@ -102,8 +102,10 @@ async def test_login_never_redirects_off_site(stack: Stack) -> None:
     """``next`` pointing at another host is replaced by the overview (no open redirect)."""
     async with status_page(stack) as page:
         form = await page.client.get(f"{page.url}/login?next=//evil.example/")
-        response = await page.client.post(f"{page.url}/login", data={
-            "csrf_token": csrf_of(form.text), "password": PASSWORD, "next": "//evil.example/"})
+        response = await page.client.post(
+            f"{page.url}/login",
+            data={"csrf_token": csrf_of(form.text), "password": PASSWORD, "next": "//evil.example/"},
+        )
         assert response.headers["location"] == "/status/"
 
 
@@ -179,7 +181,8 @@ async def test_orders_filter_by_state_store_product_and_search(stack: Stack) -> 
 
 
 async def test_orders_filters_holding_a_nul_list_nothing_on_both_databases(
-        make_stack: Callable[..., contextlib.AbstractAsyncContextManager[Stack]], db_url: str) -> None:
+    make_stack: Callable[..., contextlib.AbstractAsyncContextManager[Stack]], db_url: str
+) -> None:
     """A NUL in the orders filters lists no order instead of a 500 (PostgreSQL refuses NUL as a parameter)."""
     async with make_stack(database={"url": db_url}) as stack:
         delivered = await delivered_order(stack)
@@ -223,8 +226,9 @@ async def test_retry_button_delivers_a_dead_order(stack: Stack) -> None:
     job = await stack.job(order_id)
     async with status_page(stack) as page:
         await page.login()
-        response = await page.client.post(f"{page.url}/orders/{job.id}/retry",
-                                          data={"csrf_token": await page.csrf(f"/orders/{job.id}")})
+        response = await page.client.post(
+            f"{page.url}/orders/{job.id}/retry", data={"csrf_token": await page.csrf(f"/orders/{job.id}")}
+        )
         assert response.status_code == 303
         assert (await stack.job(order_id)).state == "queued"
         await stack.drain()
@@ -257,8 +261,9 @@ async def test_redeliver_sends_the_same_keys_again(stack: Stack) -> None:
         await page.client.post(f"{page.url}/orders/{job.id}/redeliver", data={"csrf_token": csrf})
         assert (await stack.job(order_id)).state == "queued"
         await stack.drain()
-        again = await page.client.post(f"{page.url}/orders/{(await stack.job(order_id)).id}/retry",
-                                       data={"csrf_token": csrf})
+        again = await page.client.post(
+            f"{page.url}/orders/{(await stack.job(order_id)).id}/retry", data={"csrf_token": csrf}
+        )
         assert "cannot be retried" in (await page.client.get(page.admin_url + again.headers["location"])).text
     after = await stack.job(order_id)
     assert after.state == "delivered"
@@ -266,7 +271,9 @@ async def test_redeliver_sends_the_same_keys_again(stack: Stack) -> None:
     deliveries = stack.market.deliveries(order_id)
     assert len(deliveries) == 2
     assert [(a.step, a.outcome) for a in await stack.daemon.queue.history(job.id)][-2:] == [
-        ("admin", "redeliver"), ("deliver", "already")]
+        ("admin", "redeliver"),
+        ("deliver", "already"),
+    ]
 
 
 async def test_redeliver_refuses_jobs_that_were_not_delivered(stack: Stack) -> None:
@@ -365,8 +372,9 @@ def test_enabling_the_status_page_requires_a_secret() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_settings({"status": {"enabled": True}, "admin": {"port": 9100}}, environ={})
     assert str(caught.value).startswith("status.password: required")
-    settings = parse_settings({"status": {"enabled": True, "token": "${T}"}, "admin": {"port": 9100}},
-                              environ={"T": "abc"})
+    settings = parse_settings(
+        {"status": {"enabled": True, "token": "${T}"}, "admin": {"port": 9100}}, environ={"T": "abc"}
+    )
     assert settings.status.token is not None and settings.status.token.get_secret_value() == "abc"
 
 
@@ -380,7 +388,9 @@ async def test_status_app_works_mounted_under_a_prefix(stack: Stack) -> None:
         form = await client.get(f"{server.url}/status/login?next=/status/orders")
         assert 'href="/status/static/style.css"' in form.text
         assert (await client.get(f"{server.url}/status/static/style.css")).status_code == 200
-        logged_in = await client.post(f"{server.url}/status/login", data={
-            "csrf_token": csrf_of(form.text), "password": PASSWORD, "next": "/status/orders"})
+        logged_in = await client.post(
+            f"{server.url}/status/login",
+            data={"csrf_token": csrf_of(form.text), "password": PASSWORD, "next": "/status/orders"},
+        )
         assert logged_in.headers["location"] == "/status/orders"
         assert 'href="/status/stock"' in (await client.get(f"{server.url}/status/orders")).text

@@ -22,7 +22,7 @@ def _config(tmp_path: Path, trusted: str | None) -> Path:
     path = tmp_path / "proxies.yaml"
     proxies = f", trusted_proxies: [{trusted}]" if trusted else ""
     path.write_text(f"""
-database: {{url: "sqlite:///{tmp_path / 'd.db'}"}}
+database: {{url: "sqlite:///{tmp_path / "d.db"}"}}
 server: {{host: 127.0.0.1, port: 0{proxies}}}
 admin: {{host: 127.0.0.1, port: 0}}
 status: {{enabled: true, password: "{PASSWORD}", token: "{TOKEN}", login_failures: 3, login_failures_global: 100}}
@@ -36,9 +36,12 @@ async def _wrong_tokens(daemon: DaemonProcess, forwarded_for: list[str]) -> list
     """One wrong bearer token per address, each sent with that ``X-Forwarded-For``; the answers' status codes."""
     url = (await daemon.wait_for("status.serving"))["url"]
     async with httpx.AsyncClient(timeout=30) as client:
-        return [(await client.get(url, headers={"Authorization": "Bearer wrong-token",
-                                                "X-Forwarded-For": address})).status_code
-                for address in forwarded_for]
+        return [
+            (
+                await client.get(url, headers={"Authorization": "Bearer wrong-token", "X-Forwarded-For": address})
+            ).status_code
+            for address in forwarded_for
+        ]
 
 
 def _clients(daemon: DaemonProcess, event: str) -> list[str]:

@@ -26,8 +26,11 @@ STOCK_PRODUCTS = {SERIALS: {"generator": "stock"}, FIXED: {"generator": "pattern
 def updates(stack: Stack, product: str | None = None) -> list[Any]:
     """The JSON bodies of ``POST /products/update/{id}`` the marketplace received (for one product, or all)."""
     suffix = f"/products/update/{product}" if product else None
-    return [r.json for r in stack.market.requests
-            if "/products/update/" in r.path and (suffix is None or r.path.endswith(suffix))]
+    return [
+        r.json
+        for r in stack.market.requests
+        if "/products/update/" in r.path and (suffix is None or r.path.endswith(suffix))
+    ]
 
 
 def events(stack: Stack, name: str) -> list[dict[str, Any]]:
@@ -43,8 +46,13 @@ def import_keys(stack: Stack, n: int, product: str = SERIALS) -> None:
 
 def cli_config(tmp_path: Path, stack: Stack) -> Path:
     """The stack's store as a configuration file, for the commands (same database, same marketplace)."""
-    store = {"name": STORE, "marketplace": "softstore", "api_url": stack.market.api_base, "api_key": stack.api_key,
-             "products": {PRODUCT: {"generator": "pattern"}, **STOCK_PRODUCTS}}
+    store = {
+        "name": STORE,
+        "marketplace": "softstore",
+        "api_url": stack.market.api_base,
+        "api_key": stack.api_key,
+        "products": {PRODUCT: {"generator": "pattern"}, **STOCK_PRODUCTS},
+    }
     path = tmp_path / "cli.yaml"
     path.write_text(yaml.safe_dump({"database": {"url": stack.settings.database.url}, "stores": [store]}))
     return path
@@ -56,16 +64,18 @@ async def deliver(stack: Stack, product: str, orders: int) -> None:
     await stack.drain()
 
 
-async def test_stock_import_sets_the_listed_count_at_once(make_stack: Any, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+async def test_stock_import_sets_the_listed_count_at_once(
+    make_stack: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``stock import`` sets the product's count on SoftStore to the keys in the pool, with no moderation."""
     async with make_stack(products=STOCK_PRODUCTS) as stack:
         stack.market.add_product(SERIALS, count=1000)
         keys = tmp_path / "keys.txt"
         keys.write_text("\n".join(f"S-{i}" for i in range(12)))
         config = cli_config(tmp_path, stack)
-        code = await anyio.to_thread.run_sync(main, ["stock", "import", "--config", str(config), "--store", STORE,
-                                                     "--product", SERIALS, str(keys)])
+        code = await anyio.to_thread.run_sync(
+            main, ["stock", "import", "--config", str(config), "--store", STORE, "--product", SERIALS, str(keys)]
+        )
         assert code == 0
         assert f"{STORE}/{SERIALS}: listed count 1000 -> 12" in capsys.readouterr().out
         assert stack.market.products[SERIALS].count == 12
@@ -79,8 +89,21 @@ async def test_stock_import_no_sync_leaves_the_marketplace_alone(make_stack: Any
         stack.market.add_product(SERIALS, count=1000)
         keys = tmp_path / "keys.txt"
         keys.write_text("S-1\nS-2\n")
-        code = await anyio.to_thread.run_sync(main, ["stock", "import", "--config", str(cli_config(tmp_path, stack)),
-                                                     "--store", STORE, "--product", SERIALS, "--no-sync", str(keys)])
+        code = await anyio.to_thread.run_sync(
+            main,
+            [
+                "stock",
+                "import",
+                "--config",
+                str(cli_config(tmp_path, stack)),
+                "--store",
+                STORE,
+                "--product",
+                SERIALS,
+                "--no-sync",
+                str(keys),
+            ],
+        )
         assert code == 0
         assert stack.market.requests == []
         assert stack.market.products[SERIALS].count == 1000
@@ -103,7 +126,8 @@ async def test_deliveries_are_synced_once_after_the_debounce(make_stack: Any) ->
         assert updates(stack) == [{"count": 6}]
         assert stack.market.products[SERIALS].count == 6
         assert [(e["product_id"], e["before"], e["count"]) for e in events(stack, "stock_sync.updated")] == [
-            (SERIALS, 996, 6)]
+            (SERIALS, 996, 6)
+        ]
         stack.clock.advance(60)
         assert await sync.flush_due() == []  # nothing marked since
         assert len(updates(stack)) == 1
@@ -116,8 +140,10 @@ async def test_full_pass_skips_unchanged_counts(make_stack: Any) -> None:
         stack.market.add_product(FIXED, count=50)
         import_keys(stack, 7)
         results = await stack.daemon.stock_sync.sync_all()
-        assert {(r.product_id, r.outcome, r.count) for r in results} == {(SERIALS, "unchanged", 7),
-                                                                          (FIXED, "unchanged", 50)}
+        assert {(r.product_id, r.outcome, r.count) for r in results} == {
+            (SERIALS, "unchanged", 7),
+            (FIXED, "unchanged", 50),
+        }
         assert updates(stack) == []
 
 
@@ -132,13 +158,16 @@ async def test_sync_stock_command(make_stack: Any, tmp_path: Path, capsys: pytes
         out = capsys.readouterr().out.splitlines()
         assert sorted(out) == [f"{STORE}/{FIXED}: listed count 3 -> 50", f"{STORE}/{SERIALS}: listed count 1000 -> 5"]
         assert await anyio.to_thread.run_sync(main, argv) == 0
-        assert sorted(capsys.readouterr().out.splitlines()) == [f"{STORE}/{FIXED}: listed count 50 (unchanged)",
-                                                                f"{STORE}/{SERIALS}: listed count 5 (unchanged)"]
+        assert sorted(capsys.readouterr().out.splitlines()) == [
+            f"{STORE}/{FIXED}: listed count 50 (unchanged)",
+            f"{STORE}/{SERIALS}: listed count 5 (unchanged)",
+        ]
         assert len(updates(stack)) == 2
 
 
-async def test_sync_stock_command_failure_exits_1(make_stack: Any, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+async def test_sync_stock_command_failure_exits_1(
+    make_stack: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A product SoftStore does not know is reported as a failed sync and the command exits 1."""
     async with make_stack(products=STOCK_PRODUCTS) as stack:
         stack.market.add_product(FIXED, count=50)  # SERIALS is missing at the marketplace
@@ -149,15 +178,29 @@ async def test_sync_stock_command_failure_exits_1(make_stack: Any, tmp_path: Pat
         assert stack.api_key not in out
 
 
-def test_sync_stock_command_refuses_a_store_that_is_not_softstore(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_sync_stock_command_refuses_a_store_that_is_not_softstore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--store naming a non-SoftStore store is a config error (exit 2, one line, the key path)."""
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"stores": [{"name": "sx", "marketplace": "sellix", "webhook_secret": "s" * 16,
-                                                "default": {"generator": "pattern"}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "stores": [
+                    {
+                        "name": "sx",
+                        "marketplace": "sellix",
+                        "webhook_secret": "s" * 16,
+                        "default": {"generator": "pattern"},
+                    }
+                ]
+            }
+        )
+    )
     assert main(["softstore", "sync-stock", "--config", str(path), "--store", "sx"]) == 2
-    assert capsys.readouterr().err.strip() == ("delivery-daemon: error: stores[0].marketplace: "
-                                               "store 'sx' is not a SoftStore store")
+    assert capsys.readouterr().err.strip() == (
+        "delivery-daemon: error: stores[0].marketplace: store 'sx' is not a SoftStore store"
+    )
 
 
 async def test_failed_sync_is_retried_and_logged_without_blocking_delivery(make_stack: Any) -> None:
@@ -226,8 +269,18 @@ def test_stock_sync_settings_are_validated() -> None:
             parse_settings({"stock_sync": section}, environ={})
         assert str(caught.value).startswith(f"{key}: ")
     with pytest.raises(ConfigError) as caught:
-        parse_settings({"stores": [{"name": "s", "marketplace": "softstore",
-                                    "products": {"p": {"generator": "pattern", "listed_count": -3}}}]}, environ={})
+        parse_settings(
+            {
+                "stores": [
+                    {
+                        "name": "s",
+                        "marketplace": "softstore",
+                        "products": {"p": {"generator": "pattern", "listed_count": -3}},
+                    }
+                ]
+            },
+            environ={},
+        )
     assert str(caught.value).startswith("stores[0].products.p.listed_count: ")
 
 
@@ -235,8 +288,9 @@ async def test_running_daemon_flushes_a_mark_on_its_own_timer(make_stack: Any) -
     """With the worker running, a mark (what a delivery does) starts the debounce timer and the count is synced
     without a command. (Deliveries marking: test_deliveries_are_synced_once_after_the_debounce.)"""
     # prod-2 is at the marketplace from the start, so the pass at start-up succeeds (it lists 0: nothing imported).
-    async with make_stack(start_worker=True, products={"prod-2": {"generator": "stock"}},
-                          stock_sync={"debounce": 0}) as stack:
+    async with make_stack(
+        start_worker=True, products={"prod-2": {"generator": "stock"}}, stock_sync={"debounce": 0}
+    ) as stack:
         import_keys(stack, 5, product="prod-2")
         sync = stack.daemon.stock_sync
         sync.mark(STORE, "prod-2")  # what the worker does after a delivery; the timer flushes it
@@ -258,20 +312,38 @@ async def test_disabled_stock_sync_marks_nothing(make_stack: Any, tmp_path: Path
         keys = tmp_path / "keys.txt"
         keys.write_text("NEW-1\n")
         before = len(stack.market.requests)
-        assert await anyio.to_thread.run_sync(main, ["stock", "import", "--config", str(config), "--store", STORE,
-                                                     "--product", SERIALS, str(keys)]) == 0
+        assert (
+            await anyio.to_thread.run_sync(
+                main, ["stock", "import", "--config", str(config), "--store", STORE, "--product", SERIALS, str(keys)]
+            )
+            == 0
+        )
         assert not [r for r in stack.market.requests[before:] if "/products/" in r.path]
 
 
-async def test_sync_stock_one_product_served_by_a_default_stock_generator(make_stack: Any, tmp_path: Path,
-                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+async def test_sync_stock_one_product_served_by_a_default_stock_generator(
+    make_stack: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``--product`` syncs a product id the store's ``default: stock`` serves (asked by id, not configured)."""
     async with make_stack() as stack:
         import_keys(stack, 4, product="prod-2")
         path = tmp_path / "default.yaml"
-        path.write_text(yaml.safe_dump({"database": {"url": stack.settings.database.url}, "stores": [
-            {"name": STORE, "marketplace": "softstore", "api_url": stack.market.api_base, "api_key": stack.api_key,
-             "default": {"generator": "stock"}}]}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "database": {"url": stack.settings.database.url},
+                    "stores": [
+                        {
+                            "name": STORE,
+                            "marketplace": "softstore",
+                            "api_url": stack.market.api_base,
+                            "api_key": stack.api_key,
+                            "default": {"generator": "stock"},
+                        }
+                    ],
+                }
+            )
+        )
         argv = ["softstore", "sync-stock", "--config", str(path), "--store", STORE, "--product", "prod-2"]
         assert await anyio.to_thread.run_sync(main, argv) == 0
         assert capsys.readouterr().out.strip() == f"{STORE}/prod-2: listed count 1000 -> 4"

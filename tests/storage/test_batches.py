@@ -46,13 +46,13 @@ def test_matching_rows_in_id_order_and_batches_of_size(engine: Engine) -> None:
 def test_a_row_still_matching_after_its_rewrite_is_not_read_again(engine: Engine) -> None:
     """A rewrite that leaves rows matching does not loop: each batch starts after the previous one's last id."""
     calls: list[int] = []
-    done = rewrite_in_batches(engine, ITEMS, [], ITEMS.c.value == "old", 3,
-                              lambda _conn, rows: calls.append(len(rows)))
+    done = rewrite_in_batches(engine, ITEMS, [], ITEMS.c.value == "old", 3, lambda _conn, rows: calls.append(len(rows)))
     assert (done, calls) == (5, [3, 2])
 
 
 def test_a_failing_batch_is_undone_and_earlier_ones_stay(engine: Engine) -> None:
     """The batch whose rewrite raises leaves no trace; the batches before it are committed."""
+
     def rewrite(conn: Connection, rows: Sequence[Any]) -> None:
         conn.execute(update(ITEMS).where(ITEMS.c.id.in_([row.id for row in rows])).values(value="new"))
         if rows[0].id > 1:

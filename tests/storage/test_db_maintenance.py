@@ -115,23 +115,26 @@ async def test_replicas_purging_at_once_purge_each_order_once(db_url: str) -> No
     engine = create_db_engine(db_url)
     create_schema(engine)
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO jobs (store, order_id, marketplace, product_id, state, payload, content, attempts, received,"
-            " due_at, created_at, updated_at) VALUES (:store, :order_id, 'softstore', 'p', 'delivered',"
-            " '{\"token\": \"t\"}', 'KEY', 1, 1, 0, 0, 0)"),
-            [{"store": "shop", "order_id": f"o{n}"} for n in range(300)])
+        conn.execute(
+            text(
+                "INSERT INTO jobs (store, order_id, marketplace, product_id, state, payload, content, attempts,"
+                " received, due_at, created_at, updated_at) VALUES (:store, :order_id, 'softstore', 'p', 'delivered',"
+                " '{\"token\": \"t\"}', 'KEY', 1, 1, 0, 0, 0)"
+            ),
+            [{"store": "shop", "order_id": f"o{n}"} for n in range(300)],
+        )
     clock = ManualClock()
     clock.advance(40 * DAY)
     replicas = [create_db_engine(db_url) for _ in range(3)]
     try:
-        purged = await asyncio.gather(*(asyncio.to_thread(purge, replica, clock, 30, batch=40)
-                                        for replica in replicas))
+        purged = await asyncio.gather(*(asyncio.to_thread(purge, replica, clock, 30, batch=40) for replica in replicas))
     finally:
         for replica in replicas:
             replica.dispose()
     with engine.connect() as conn:
-        records = conn.execute(select(ATTEMPTS.c.job_id, func.count()).where(ATTEMPTS.c.outcome == "purged")
-                               .group_by(ATTEMPTS.c.job_id)).all()
+        records = conn.execute(
+            select(ATTEMPTS.c.job_id, func.count()).where(ATTEMPTS.c.outcome == "purged").group_by(ATTEMPTS.c.job_id)
+        ).all()
     engine.dispose()
     assert sum(purged) == 300
     assert len(records) == 300 and {count for _job, count in records} == {1}

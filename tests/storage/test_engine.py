@@ -60,8 +60,10 @@ def test_the_database_section_is_applied(tmp_path: Path) -> None:
         engine = create_db_engine(*args, **options)  # type: ignore[arg-type]  # each case passes what it tests
         try:
             with engine.connect() as conn:
-                return (conn.exec_driver_sql("PRAGMA synchronous").scalar_one(),
-                        conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
+                return (
+                    conn.exec_driver_sql("PRAGMA synchronous").scalar_one(),
+                    conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one(),
+                )
         finally:
             engine.dispose()
 
@@ -91,16 +93,20 @@ def test_a_read_only_engine_neither_writes_nor_waits_for_the_writer(tmp_path: Pa
 def test_engines_are_made_in_one_place() -> None:
     """Only storage/engine.py calls SQLAlchemy's ``create_engine``: every engine gets the same tuning."""
     package = Path(delivery_daemon.__file__).parent
-    callers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
-                     if re.search(r"\bcreate_engine\(", path.read_text(encoding="utf-8")))
+    callers = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if re.search(r"\bcreate_engine\(", path.read_text(encoding="utf-8"))
+    )
     assert callers == ["storage/engine.py"]
 
 
 MISSING_DRIVER = "database.url: PostgreSQL needs the psycopg driver: pip install 'delivery-daemon[postgres]'"
 
 
-def test_postgresql_without_its_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_postgresql_without_its_driver_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """psycopg is the ``postgres`` extra: without it a ``postgresql://`` URL is one line naming the extra, exit 2, from
     the engine factory, ``check-config`` and an operator command alike."""
     from delivery_daemon.cli import main
@@ -124,9 +130,11 @@ def test_serve_without_the_driver_exits_2(tmp_path: Path) -> None:
     """``serve`` on PostgreSQL where psycopg is not installed: exit 2 and the same one line, no traceback."""
     config = tmp_path / "c.yaml"
     config.write_text("database: {url: 'postgresql://delivery@127.0.0.1:9/shop'}\n")
-    probe = ("import sys; sys.modules['psycopg'] = None\n"
-             "from delivery_daemon.cli import main\n"
-             f"sys.exit(main(['serve', '--config', {str(config)!r}]))\n")
+    probe = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from delivery_daemon.cli import main\n"
+        f"sys.exit(main(['serve', '--config', {str(config)!r}]))\n"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr == f"delivery-daemon: error: {MISSING_DRIVER}\n"

@@ -69,4 +69,7 @@ def test_cli_backup_and_signing_key_are_0600(umask: int, tmp_path: Path, capsys:
     assert main(["keys", "generate", "--private-key", str(private), "--public-key", str(public)]) == 0
     capsys.readouterr()
     assert {p.name: _mode(p) for p in (db, tmp_path / "nightly.db", private)} == {
-        "orders.db": 0o600, "nightly.db": 0o600, "signing.pem": 0o600}
+        "orders.db": 0o600,
+        "nightly.db": 0o600,
+        "signing.pem": 0o600,
+    }

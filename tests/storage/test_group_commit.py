@@ -31,13 +31,29 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 def order(order_id: str) -> IncomingOrder:
-    return IncomingOrder(store="shop", marketplace="softstore", order_id=order_id, product_id="p",
-                         payload={"delivery_url": "https://example.test/d", "token": "t"})
+    return IncomingOrder(
+        store="shop",
+        marketplace="softstore",
+        order_id=order_id,
+        product_id="p",
+        payload={"delivery_url": "https://example.test/d", "token": "t"},
+    )
 
 
 def job_row(order_id: str) -> dict[str, Any]:
-    return {"store": "shop", "order_id": order_id, "marketplace": "softstore", "product_id": "p", "state": "queued",
-            "payload": "{}", "attempts": 0, "received": 1, "due_at": 0.0, "created_at": 0.0, "updated_at": 0.0}
+    return {
+        "store": "shop",
+        "order_id": order_id,
+        "marketplace": "softstore",
+        "product_id": "p",
+        "state": "queued",
+        "payload": "{}",
+        "attempts": 0,
+        "received": 1,
+        "due_at": 0.0,
+        "created_at": 0.0,
+        "updated_at": 0.0,
+    }
 
 
 def stored_ids(engine: Engine) -> set[str]:
@@ -261,6 +277,7 @@ async def test_a_failing_merged_run_falls_back_to_one_savepoint_per_operation(en
             if item == "bad":
                 raise ValueError("bad item")
             return int(conn.execute(insert(JOBS).values(**job_row(item))).rowcount)
+
         return fn
 
     try:

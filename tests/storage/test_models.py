@@ -13,10 +13,26 @@ from delivery_daemon.storage.models import Attempt, Job, from_row
 
 def job_row(**changes: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "id": 7, "store": "shop", "order_id": "o-7", "marketplace": "softstore", "product_id": "p1",
-        "state": "running", "payload": '{"token":"t"}', "quantity": None, "buyer_email": None, "content": None,
-        "attempts": 2, "received": 1, "due_at": 10.5, "lease_owner": "w1", "lease_until": 40.5, "last_error": None,
-        "created_at": 1.0, "updated_at": 2.0, "delivered_at": None, "flag": None,
+        "id": 7,
+        "store": "shop",
+        "order_id": "o-7",
+        "marketplace": "softstore",
+        "product_id": "p1",
+        "state": "running",
+        "payload": '{"token":"t"}',
+        "quantity": None,
+        "buyer_email": None,
+        "content": None,
+        "attempts": 2,
+        "received": 1,
+        "due_at": 10.5,
+        "lease_owner": "w1",
+        "lease_until": 40.5,
+        "last_error": None,
+        "created_at": 1.0,
+        "updated_at": 2.0,
+        "delivered_at": None,
+        "flag": None,
     }
     return {**row, **changes}
 
@@ -51,10 +67,13 @@ def test_from_row_in_a_fresh_process() -> None:
     assert (result.returncode, result.stdout.strip()) == (0, "x 200"), result.stderr
 
 
-@pytest.mark.parametrize(("row", "named"), [
-    ({k: v for k, v in job_row().items() if k != "delivered_at"}, "missing ['delivered_at']"),
-    (job_row(extra=1), "unknown ['extra']"),
-])
+@pytest.mark.parametrize(
+    ("row", "named"),
+    [
+        ({k: v for k, v in job_row().items() if k != "delivered_at"}, "missing ['delivered_at']"),
+        (job_row(extra=1), "unknown ['extra']"),
+    ],
+)
 def test_from_row_refuses_a_partial_or_foreign_row(row: dict[str, Any], named: str) -> None:
     """A row without every column (or with another) is a ValueError naming the column, not a half-built job."""
     with pytest.raises(ValueError, match=r"Job row needs every column of jobs") as caught:
@@ -64,6 +83,15 @@ def test_from_row_refuses_a_partial_or_foreign_row(row: dict[str, Any], named: s
 
 def test_from_row_for_attempts() -> None:
     """Any table model works: the attempt history is built the same way."""
-    row = {"id": 1, "job_id": 2, "at": 3.0, "step": "deliver", "outcome": "delivered", "state": "delivered",
-           "http_status": 200, "error": None, "duration_ms": 1.5}
+    row = {
+        "id": 1,
+        "job_id": 2,
+        "at": 3.0,
+        "step": "deliver",
+        "outcome": "delivered",
+        "state": "delivered",
+        "http_status": 200,
+        "error": None,
+        "duration_ms": 1.5,
+    }
     assert from_row(Attempt, row) == Attempt.model_validate(row)

@@ -42,8 +42,10 @@ SAMPLE_INTERVAL = 0.01
 QUIET_SAMPLES = 30  # samples (~0.3 s) of a window in which the replicas have nothing to do
 
 # Client backends only: an autovacuum worker also carries the database's name and would count as a daemon connection.
-COUNT_OTHERS = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
+COUNT_OTHERS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+)
 
 
 class ConnectionSampler:
@@ -64,8 +66,9 @@ class ConnectionSampler:
         self._thread.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self._stopped.set()
         self._thread.join()
         self._conn.close()
@@ -103,8 +106,14 @@ class ConnectionSampler:
 
 def replica_settings(db_url: str, api_base: str, api_key: str, **products: Any) -> Settings:
     # A 0.1 s poll: each replica's periodic work (lease renewal, expiry sweep, wake-up) runs many times per window.
-    return stack_settings(Path("unused.db"), api_base, api_key, products=products, database={"url": db_url},
-                          worker={"poll_interval": 0.1, "lease_seconds": 30})
+    return stack_settings(
+        Path("unused.db"),
+        api_base,
+        api_key,
+        products=products,
+        database={"url": db_url},
+        worker={"poll_interval": 0.1, "lease_seconds": 30},
+    )
 
 
 @contextlib.asynccontextmanager
@@ -114,8 +123,13 @@ async def replicas(settings: Settings, count: int) -> AsyncIterator[list[tuple[S
     async with contextlib.AsyncExitStack() as stack:
         running: list[tuple[Starlette, str]] = []
         for _ in range(count):
-            app = create_app(settings, marketplaces=default_marketplaces(), plugins=dict(discover()),
-                             clock=SystemClock(), start_worker=True)
+            app = create_app(
+                settings,
+                marketplaces=default_marketplaces(),
+                plugins=dict(discover()),
+                clock=SystemClock(),
+                start_worker=True,
+            )
             server = await stack.enter_async_context(serve(app))
             running.append((app, server.url))
         for app, _url in running:
@@ -126,8 +140,12 @@ async def replicas(settings: Settings, count: int) -> AsyncIterator[list[tuple[S
 async def place(market: SoftStoreMarketplace, urls: list[str], orders: int, quantity: int = 1) -> list[str]:
     """Place ``orders`` orders at once, their webhooks spread round-robin over ``urls`` as a load balancer would."""
     placed = [(await market.place_order(PRODUCT, quantity, send_webhook=False)).id_order for _ in range(orders)]
-    responses = await asyncio.gather(*(market.send_webhook(order_id, url=f"{urls[n % len(urls)]}/webhooks/{STORE}")
-                                       for n, order_id in enumerate(placed)))
+    responses = await asyncio.gather(
+        *(
+            market.send_webhook(order_id, url=f"{urls[n % len(urls)]}/webhooks/{STORE}")
+            for n, order_id in enumerate(placed)
+        )
+    )
     assert [r.status_code for r in responses] == [200] * orders
     return placed
 
@@ -152,8 +170,8 @@ async def test_replicas_idle_and_delivering_generated_keys_hold_two_connections_
                 # Answered late: every replica holds several leased, in-flight deliveries at once.
                 market.faults.slow_next_deliveries(30, 0.2)
                 placed, probes = await asyncio.gather(
-                    place(market, urls, 30),
-                    asyncio.gather(*(client.get(f"{urls[n % 3]}/readyz") for n in range(15))))
+                    place(market, urls, 30), asyncio.gather(*(client.get(f"{urls[n % 3]}/readyz") for n in range(15)))
+                )
                 assert {r.status_code for r in probes} == {200}
                 await wait_for(lambda: all(market.accepted(order_id) for order_id in placed), limit=60)
                 delivering = sampler.peak(busy)
@@ -162,8 +180,10 @@ async def test_replicas_idle_and_delivering_generated_keys_hold_two_connections_
                 whole = sampler.peak(steady)
         overall = sampler.peak()
 
-    print(f"\npg connections, 3 replicas: idle {idle}, delivering {delivering}, steady peak {whole}, "
-          f"with start-up and shutdown {overall} ({len(sampler.samples)} samples)")
+    print(
+        f"\npg connections, 3 replicas: idle {idle}, delivering {delivering}, steady peak {whole}, "
+        f"with start-up and shutdown {overall} ({len(sampler.samples)} samples)"
+    )
     assert idle >= 3  # every replica's LISTEN connection is seen: the filter counts the daemons' connections at all
     assert whole <= 3 * STEADY_PER_REPLICA, (idle, delivering)
     # Start-up (schema check, listener) and shutdown (leases handed back) borrow nothing beyond those 2 either.
@@ -178,8 +198,9 @@ async def test_stock_claims_and_scrapes_stay_under_the_ceiling_and_the_pool_shri
     market.add_product(PRODUCT, count=1000)
     async with serve(market.app) as market_server, httpx.AsyncClient(timeout=10) as client:
         market.bind(market_server.url)
-        settings = replica_settings(pg_url, market.api_base, api_key,
-                                    **{PRODUCT: {"generator": "stock", "template": "Keys:\n{keys_lines}"}})
+        settings = replica_settings(
+            pg_url, market.api_base, api_key, **{PRODUCT: {"generator": "stock", "template": "Keys:\n{keys_lines}"}}
+        )
         with ConnectionSampler(pg_url) as sampler:
             async with replicas(settings, 1) as [(app, url)]:
                 daemon: Daemon = app.state.daemon
@@ -190,7 +211,8 @@ async def test_stock_claims_and_scrapes_stay_under_the_ceiling_and_the_pool_shri
                 # worker.concurrency (32) orders generating at once: each stock claim borrows a pooled connection.
                 placed, scrapes = await asyncio.gather(
                     place(market, [url], 40, quantity=2),
-                    asyncio.gather(*(client.get(f"{url}/metrics") for _ in range(10))))
+                    asyncio.gather(*(client.get(f"{url}/metrics") for _ in range(10))),
+                )
                 assert {r.status_code for r in scrapes} == {200}
                 await wait_for(lambda: all(market.accepted(order_id) for order_id in placed), limit=60)
                 burst = sampler.peak()
@@ -198,6 +220,7 @@ async def test_stock_claims_and_scrapes_stay_under_the_ceiling_and_the_pool_shri
                 async def settled() -> bool:
                     counts = await daemon.queue.counts()
                     return counts["running"] == 0 and counts["queued"] == 0
+
                 await wait_until(settled, 60, "every job final")
                 after = sampler.mark()
                 await sampler.wait_samples(QUIET_SAMPLES)

@@ -38,10 +38,12 @@ async def test_order_delivered_and_retried_on_either_backend(make_stack: MakeSta
 async def test_webhook_on_one_replica_wakes_another_through_notify(make_stack: MakeStack, pg_url: str) -> None:
     """An idle replica whose poll is an hour away delivers, within seconds, an order another replica received."""
     async with make_stack(database={"url": pg_url}) as stack:
-        idle = stack.settings.model_copy(update={"worker": stack.settings.worker.model_copy(
-            update={"poll_interval": 3600.0})})
-        replica = create_app(idle, marketplaces=default_marketplaces(), plugins=dict(discover()),
-                             clock=stack.clock, start_worker=True)
+        idle = stack.settings.model_copy(
+            update={"worker": stack.settings.worker.model_copy(update={"poll_interval": 3600.0})}
+        )
+        replica = create_app(
+            idle, marketplaces=default_marketplaces(), plugins=dict(discover()), clock=stack.clock, start_worker=True
+        )
         async with serve(replica):
             await asyncio.wait_for(replica.state.listener.listening.wait(), timeout=60)
             placed = await stack.market.place_order(PRODUCT)

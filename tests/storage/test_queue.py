@@ -39,8 +39,13 @@ def queue(engine: Engine, clock: ManualClock) -> Iterator[JobQueue]:
 
 
 def order(order_id: str = "o1") -> IncomingOrder:
-    return IncomingOrder(store="shop", marketplace="softstore", order_id=order_id, product_id="p1",
-                         payload={"delivery_url": "https://m.example/d/t", "token": "t"})
+    return IncomingOrder(
+        store="shop",
+        marketplace="softstore",
+        order_id=order_id,
+        product_id="p1",
+        payload={"delivery_url": "https://m.example/d/t", "token": "t"},
+    )
 
 
 async def test_enqueue_then_claim_then_deliver(queue: JobQueue) -> None:
@@ -51,15 +56,20 @@ async def test_enqueue_then_claim_then_deliver(queue: JobQueue) -> None:
     assert (job.state, job.lease_owner) == (JobState.RUNNING.value, "w1")
     await queue.save_verification(job, "w1", 2, "b@example.com", 1.0)
     await queue.save_content(job, "w1", '{"text":"k","download":null,"keys":["k"]}', 1.0)
-    await queue.transition(job, "w1", Transition(JobState.DELIVERED, "deliver", "delivered", http_status=200,
-                                                 count_attempt=True))
+    await queue.transition(
+        job, "w1", Transition(JobState.DELIVERED, "deliver", "delivered", http_status=200, count_attempt=True)
+    )
     stored = await queue.get(enqueued.job_id)
     assert stored is not None
     assert (stored.state, stored.attempts, stored.quantity, stored.lease_owner) == ("delivered", 1, 2, None)
     assert stored.delivered_at is not None
     steps = [(a.step, a.outcome, a.state) for a in await queue.history(enqueued.job_id)]
-    assert steps == [("receive", "accepted", "queued"), ("verify", "ok", "running"),
-                     ("generate", "ok", "running"), ("deliver", "delivered", "delivered")]
+    assert steps == [
+        ("receive", "accepted", "queued"),
+        ("verify", "ok", "running"),
+        ("generate", "ok", "running"),
+        ("deliver", "delivered", "delivered"),
+    ]
 
 
 async def test_content_saved_with_its_verification_in_one_transaction(queue: JobQueue) -> None:
@@ -80,8 +90,19 @@ async def test_retry_wait_is_not_claimed_before_due(queue: JobQueue, clock: Manu
     """A job in retry_wait is claimable only once its due time has come, and counts its attempts."""
     await queue.enqueue(order())
     [job] = await queue.claim("w1", 30, 10)
-    await queue.transition(job, "w1", Transition(JobState.RETRY_WAIT, "deliver", "retry", http_status=500,
-                                                 error="boom", due_at=clock.now() + 60, count_attempt=True))
+    await queue.transition(
+        job,
+        "w1",
+        Transition(
+            JobState.RETRY_WAIT,
+            "deliver",
+            "retry",
+            http_status=500,
+            error="boom",
+            due_at=clock.now() + 60,
+            count_attempt=True,
+        ),
+    )
     assert await queue.claim("w1", 30, 10) == []
     assert await queue.next_due() == clock.now() + 60
     clock.advance(60)
@@ -176,8 +197,7 @@ async def test_counts_and_retry_of_dead(queue: JobQueue) -> None:
     """counts() reports every state; an operator retry moves a dead job back to queued."""
     e = await queue.enqueue(order())
     [job] = await queue.claim("w1", 30, 1)
-    await queue.transition(job, "w1", Transition(JobState.DEAD, "verify", "dead", error="unpaid",
-                                                 count_attempt=True))
+    await queue.transition(job, "w1", Transition(JobState.DEAD, "verify", "dead", error="unpaid", count_attempt=True))
     counts = await queue.counts()
     assert counts["dead"] == 1 and counts["queued"] == 0 and set(counts) == {s.value for s in JobState}
     assert await queue.retry(e.job_id) is True
@@ -224,4 +244,7 @@ async def test_renew_leases_by_id_renews_only_those_jobs_of_their_owner(queue: J
     assert await queue.renew_leases("w1", 5, job_ids=[]) == 0
     jobs = [await queue.get(job_id) for job_id in ids]
     assert [(job.lease_owner, job.lease_until) for job in jobs if job is not None] == [
-        ("w1", clock.now() + 5), ("w1", clock.now() + 1), ("w2", clock.now() + 1)]
+        ("w1", clock.now() + 5),
+        ("w1", clock.now() + 1),
+        ("w2", clock.now() + 1),
+    ]

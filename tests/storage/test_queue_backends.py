@@ -164,12 +164,10 @@ async def test_concurrent_transitions_merge_and_fence_each_job(queues: Callable[
 
 
 def refund(n: int, kind: str = "refunded") -> MarkedOrder:
-    return MarkedOrder(store="shop", order_id=f"o{n}", marketplace="softstore", product_id="p", kind=kind,
-                       reason=kind)
+    return MarkedOrder(store="shop", order_id=f"o{n}", marketplace="softstore", product_id="p", kind=kind, reason=kind)
 
 
-async def test_refund_of_a_leased_job_keeps_the_lease_and_its_worker_settles_it(
-        queues: Callable[[], JobQueue]) -> None:
+async def test_refund_of_a_leased_job_keeps_the_lease_and_its_worker_settles_it(queues: Callable[[], JobQueue]) -> None:
     """A refund or dispute from another replica never takes a held lease: the worker's merged transitions record
     every attempt; the refunded job it delivered ends delivered and flagged, the disputed one whose attempt failed
     cancelled, the one still generating is cancelled at its save (OrderCancelled); a queued job is cancelled at once."""
@@ -183,29 +181,42 @@ async def test_refund_of_a_leased_job_keeps_the_lease_and_its_worker_settles_it(
     assert await receiver.mark(refund(5)) == "cancelled"
     found = [await worker.get(job.id or 0) for job in jobs[:3]]
     assert [(j.state, j.lease_owner, j.flag) for j in found if j is not None] == [
-        ("running", "w1", "refunded"), ("running", "w1", "disputed"), ("running", "w1", "refunded")]
+        ("running", "w1", "refunded"),
+        ("running", "w1", "disputed"),
+        ("running", "w1", "refunded"),
+    ]
 
     with pytest.raises(OrderCancelled):
         await worker.save_content(jobs[2], "w1", '{"keys": ["K"]}', 1.0)
     done = Transition(JobState.DELIVERED, "deliver", "delivered", http_status=200, count_attempt=True)
-    failed = Transition(JobState.RETRY_WAIT, "deliver", "retry", http_status=500, error="HTTP 500", due_at=99.0,
-                        count_attempt=True)
+    failed = Transition(
+        JobState.RETRY_WAIT, "deliver", "retry", http_status=500, error="HTTP 500", due_at=99.0, count_attempt=True
+    )
     changes = [done, done, done, failed]  # the three alike are consecutive, so they merge
     fell_back = worker.committer.stats.fell_back
-    results = await asyncio.gather(*(worker.transition(job, "w1", change)
-                                     for job, change in zip([jobs[0], jobs[3], jobs[4], jobs[1]], changes,
-                                                            strict=True)))
+    results = await asyncio.gather(
+        *(
+            worker.transition(job, "w1", change)
+            for job, change in zip([jobs[0], jobs[3], jobs[4], jobs[1]], changes, strict=True)
+        )
+    )
     assert worker.committer.stats.fell_back > fell_back  # the merged statement saw job 0's refund
     assert [r.kind if isinstance(r, Settled) else r for r in results] == ["refunded", None, None, "disputed"]
-    expected = {0: ("delivered", "refunded", 1, ("deliver", "delivered", "delivered")),
-                1: ("cancelled", None, 1, ("deliver", "retry", "cancelled")),
-                2: ("cancelled", None, 0, ("generate", "ok", "cancelled")),
-                3: ("delivered", None, 1, ("deliver", "delivered", "delivered"))}
+    expected = {
+        0: ("delivered", "refunded", 1, ("deliver", "delivered", "delivered")),
+        1: ("cancelled", None, 1, ("deliver", "retry", "cancelled")),
+        2: ("cancelled", None, 0, ("generate", "ok", "cancelled")),
+        3: ("delivered", None, 1, ("deliver", "delivered", "delivered")),
+    }
     for n, (state, flag, attempts, attempt) in expected.items():
         job_id = jobs[n].id or 0
         stored = await worker.get(job_id)
         assert stored is not None and (stored.state, stored.flag, stored.attempts, stored.lease_owner) == (
-            state, flag, attempts, None)
+            state,
+            flag,
+            attempts,
+            None,
+        )
         history = [(a.step, a.outcome, a.state) for a in await worker.history(job_id)]
         assert attempt in history
     assert (await worker.get(jobs[2].id or 0)).content is not None  # type: ignore[union-attr]  # a missing job fails the test too
@@ -214,7 +225,8 @@ async def test_refund_of_a_leased_job_keeps_the_lease_and_its_worker_settles_it(
 
 
 async def test_refund_during_a_redelivery_leaves_the_order_delivered_and_flagged(
-        queues: Callable[[], JobQueue]) -> None:
+    queues: Callable[[], JobQueue],
+) -> None:
     """A refund reaching an operator's redelivery (the keys went out with the first delivery) leaves the order
     delivered and flagged even when that attempt fails; its attempt is recorded."""
     queue = queues()
@@ -232,7 +244,9 @@ async def test_refund_during_a_redelivery_leaves_the_order_delivered_and_flagged
     stored = await queue.get(job.id)
     assert stored is not None and (stored.state, stored.flag, stored.lease_owner) == ("delivered", "refunded", None)
     assert [(a.step, a.outcome, a.state) for a in await queue.history(job.id)][-2:] == [
-        ("deliver", "retry", "delivered"), ("event", "refunded:flagged", "delivered")]
+        ("deliver", "retry", "delivered"),
+        ("event", "refunded:flagged", "delivered"),
+    ]
 
 
 def _take_over(queue: JobQueue, job_id: int | None) -> None:

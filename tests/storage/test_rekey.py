@@ -51,8 +51,10 @@ def previous_release_database(path: Path, keys: list[str]) -> None:
     engine = create_db_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), "0003")
-        conn.execute(text("INSERT INTO stock_keys (store, product_id, key, imported_at) VALUES (:s, :p, :k, 1.0)"),
-                     [{"s": STORE, "p": "serials", "k": key} for key in keys])
+        conn.execute(
+            text("INSERT INTO stock_keys (store, product_id, key, imported_at) VALUES (:s, :p, :k, 1.0)"),
+            [{"s": STORE, "p": "serials", "k": key} for key in keys],
+        )
     engine.dispose()
     assert LEGACY_KEYS[0].encode() in _database_bytes(path)
 
@@ -64,8 +66,11 @@ def start(tmp_path: Path) -> Iterator[Any]:
 
     def factory(**sections: Any) -> Daemon:
         settings = stack_settings(tmp_path / "daemon.db", "https://softstore.invalid/api", "api-key", **sections)
-        daemons.append(build_daemon(settings, marketplaces=default_marketplaces(),
-                                    plugins=dict(discover(None)), clock=ManualClock()))
+        daemons.append(
+            build_daemon(
+                settings, marketplaces=default_marketplaces(), plugins=dict(discover(None)), clock=ManualClock()
+            )
+        )
         return daemons[-1]
 
     yield factory
@@ -73,8 +78,9 @@ def start(tmp_path: Path) -> Iterator[Any]:
         anyio.run(daemon.aclose)
 
 
-def test_legacy_stock_rows_are_sealed_at_start_and_gone_from_the_file(tmp_path: Path, logs: io.StringIO,
-                                                                      start: Any) -> None:
+def test_legacy_stock_rows_are_sealed_at_start_and_gone_from_the_file(
+    tmp_path: Path, logs: io.StringIO, start: Any
+) -> None:
     """Starting on a previous release's database seals its plaintext stock keys, logs stock.sealed with the count
     only, and compacts the file: no key is left in it; claims still return the plaintext."""
     db = tmp_path / "daemon.db"
@@ -111,8 +117,9 @@ def _keys_of(stack: Stack) -> Path:
     return Path(stack.settings.database.url.removeprefix("sqlite:///") + ".key")
 
 
-async def test_reencrypt_moves_content_and_stock_to_the_new_key(stack: Stack, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+async def test_reencrypt_moves_content_and_stock_to_the_new_key(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """After a rotation, `db reencrypt --compact` re-seals delivered content, payloads and stock keys under the new
     key: the new key alone opens everything, the old key alone no longer does."""
     placed = [await stack.market.place_order(PRODUCT, 1) for _ in range(3)]
@@ -123,8 +130,9 @@ async def test_reencrypt_moves_content_and_stock_to_the_new_key(stack: Stack, tm
     old = _keys_of(stack).read_text().splitlines()[-1]
     new = new_key_line()
     _keys_of(stack).write_text(f"{new}\n{old}\n")
-    code = await anyio.to_thread.run_sync(main, ["db", "reencrypt", "--batch", "2", "--compact",
-                                                 "--database", stack.settings.database.url])
+    code = await anyio.to_thread.run_sync(
+        main, ["db", "reencrypt", "--batch", "2", "--compact", "--database", stack.settings.database.url]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "3 order(s), 2 stock key(s), 1 daemon secret(s)" in out and "database compacted" in out
@@ -174,8 +182,11 @@ async def test_reencrypt_and_compact_on_both_backends(db_url: str) -> None:
         command.upgrade(alembic_config(conn), "head")
     clock = ManualClock()
     queue = JobQueue(engine, clock, Cipher(parse_keys(old, "old")))
-    added = await queue.enqueue(IncomingOrder(store=STORE, marketplace="softstore", order_id="o1", product_id="p",
-                                              payload={"token": "secret-token"}))
+    added = await queue.enqueue(
+        IncomingOrder(
+            store=STORE, marketplace="softstore", order_id="o1", product_id="p", payload={"token": "secret-token"}
+        )
+    )
     queue.close()
     StockPool(engine, clock, Cipher(parse_keys(old, "old"))).import_keys(STORE, "p", ["K-1", "K-2", "K-3"])
     report = reencrypt(engine, clock, Cipher(parse_keys(f"{new}\n{old}", "both")), batch=2)

@@ -58,12 +58,19 @@ def previous_release_tables(engine: Engine) -> None:
     legacy = MetaData()
     for name in ("jobs", "attempts", "webhook_events"):
         SQLModel.metadata.tables[name].to_metadata(legacy)
-    Table("stock_keys", legacy,
-          Column("id", Integer, primary_key=True), Column("store", String(64), nullable=False),
-          Column("product_id", String(128), nullable=False), Column("key", Text, nullable=False),
-          Column("imported_at", Float, nullable=False), Column("claimed_by", String(256)),
-          Column("claimed_at", Float), UniqueConstraint("store", "product_id", "key", name="uq_stock_keys_key"),
-          Index("ix_stock_keys_free", "store", "product_id", "claimed_by"))
+    Table(
+        "stock_keys",
+        legacy,
+        Column("id", Integer, primary_key=True),
+        Column("store", String(64), nullable=False),
+        Column("product_id", String(128), nullable=False),
+        Column("key", Text, nullable=False),
+        Column("imported_at", Float, nullable=False),
+        Column("claimed_by", String(256)),
+        Column("claimed_at", Float),
+        UniqueConstraint("store", "product_id", "key", name="uq_stock_keys_key"),
+        Index("ix_stock_keys_free", "store", "product_id", "claimed_by"),
+    )
     legacy.create_all(engine)
     drop_later_job_columns(engine)
 
@@ -88,9 +95,22 @@ def test_fresh_database_matches_the_models(db_url: str) -> None:
 
 def _seed_job(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(insert(JOBS).values(store="s", order_id="o1", marketplace="softstore", product_id="p",
-                                         state="delivered", payload="{}", attempts=1, received=1, due_at=1.0,
-                                         created_at=1.0, updated_at=1.0, content="KEY-1"))
+        conn.execute(
+            insert(JOBS).values(
+                store="s",
+                order_id="o1",
+                marketplace="softstore",
+                product_id="p",
+                state="delivered",
+                payload="{}",
+                attempts=1,
+                received=1,
+                due_at=1.0,
+                created_at=1.0,
+                updated_at=1.0,
+                content="KEY-1",
+            )
+        )
 
 
 def _assert_upgraded_keeping_rows(engine: Engine) -> None:
@@ -141,21 +161,25 @@ def test_previous_revision_with_plaintext_stock_upgrades_and_seals(db_url: str) 
     engine = create_db_engine(db_url)
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), "0003")
-        conn.execute(text("INSERT INTO stock_keys (store, product_id, key, imported_at) VALUES ('s', 'p', :k, 1.0)"),
-                     [{"k": f"OLD-{i}"} for i in range(4)])
+        conn.execute(
+            text("INSERT INTO stock_keys (store, product_id, key, imported_at) VALUES ('s', 'p', :k, 1.0)"),
+            [{"k": f"OLD-{i}"} for i in range(4)],
+        )
     create_schema(engine)
     assert current_revision(engine) == head_revision()
     with engine.connect() as conn:
         assert conn.execute(select(KEYS.c.key, KEYS.c.key_hash).order_by(KEYS.c.id)).all() == [
-            (f"OLD-{i}", None) for i in range(4)]
+            (f"OLD-{i}", None) for i in range(4)
+        ]
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
     assert diff == []
     pool = StockPool(engine, ManualClock(), Cipher(parse_keys(new_key_line(), "test")))
     assert pool.claim("s", "p", "o1", 1) == ["OLD-0"]
     assert pool.seal() == 4
     with engine.connect() as conn:
-        assert all(key.startswith("enc1:") and digest for key, digest in conn.execute(select(KEYS.c.key,
-                                                                                             KEYS.c.key_hash)))
+        assert all(
+            key.startswith("enc1:") and digest for key, digest in conn.execute(select(KEYS.c.key, KEYS.c.key_hash))
+        )
     assert pool.import_keys("s", "p", ["OLD-1", "NEW-1"]).added == 1
     assert pool.claim("s", "p", "o1", 1) == ["OLD-0"] and pool.claim("s", "p", "o2", 2) == ["OLD-1", "OLD-2"]
     engine.dispose()
@@ -167,7 +191,8 @@ def test_upgrade_twice_is_a_no_op(db_url: str) -> None:
     create_schema(engine)
     create_schema(engine)
     assert set(inspect(engine).get_table_names()) == {table.name for table in SQLModel.metadata.sorted_tables} | {
-        "alembic_version"}
+        "alembic_version"
+    }
     engine.dispose()
 
 
@@ -205,8 +230,10 @@ def test_restart_on_an_up_to_date_database_does_not_import_alembic(tmp_path: Pat
     engine = create_db_engine(url)
     create_schema(engine)
     engine.dispose()
-    probe = ("import sys; from delivery_daemon.storage.engine import create_db_engine, create_schema, newest_revision; "
-             f"create_schema(create_db_engine({url!r})); print('alembic' in sys.modules)")
+    probe = (
+        "import sys; from delivery_daemon.storage.engine import create_db_engine, create_schema, newest_revision; "
+        f"create_schema(create_db_engine({url!r})); print('alembic' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 
@@ -220,15 +247,18 @@ def _schema(engine: Engine) -> dict[str, object]:
         found[table] = {
             # Sorted: a column a later migration adds comes last there, which nothing depends on (every statement
             # names its columns).
-            "columns": sorted((c["name"], str(c["type"]), c["nullable"], str(c["default"]))
-                              for c in inspector.get_columns(table)),
+            "columns": sorted(
+                (c["name"], str(c["type"]), c["nullable"], str(c["default"])) for c in inspector.get_columns(table)
+            ),
             "checks": sorted(str(c["sqltext"]) for c in inspector.get_check_constraints(table)),
             "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
-            "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]))
-                              for i in inspector.get_indexes(table)),
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in inspector.get_indexes(table)
+            ),
             "unique": sorted(tuple(u["column_names"]) for u in inspector.get_unique_constraints(table)),
-            "foreign_keys": sorted((tuple(f["constrained_columns"]), f["referred_table"])
-                                   for f in inspector.get_foreign_keys(table)),
+            "foreign_keys": sorted(
+                (tuple(f["constrained_columns"]), f["referred_table"]) for f in inspector.get_foreign_keys(table)
+            ),
         }
     return found
 
@@ -237,8 +267,10 @@ def test_new_sqlite_database_is_created_as_the_migrations_would_make_it(tmp_path
     """A new SQLite file gets its tables without Alembic (its import costs idle memory), stamped at the head, and
     the schema is the one running every migration from nothing makes, table by table and index by index."""
     fresh_url, migrated_url = f"sqlite:///{tmp_path / 'fresh.db'}", f"sqlite:///{tmp_path / 'migrated.db'}"
-    probe = ("import sys; from delivery_daemon.storage.engine import create_db_engine, create_schema; "
-             f"create_schema(create_db_engine({fresh_url!r})); print('alembic' in sys.modules)")
+    probe = (
+        "import sys; from delivery_daemon.storage.engine import create_db_engine, create_schema; "
+        f"create_schema(create_db_engine({fresh_url!r})); print('alembic' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
     migrated = create_db_engine(migrated_url)
@@ -261,9 +293,13 @@ def test_database_at_0004_gains_a_null_job_flag_keeping_its_rows(db_url: str) ->
         command.upgrade(alembic_config(conn), "0004")
     assert "flag" not in {column["name"] for column in inspect(engine).get_columns("jobs")}
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO jobs (store, order_id, marketplace, product_id, state, payload, attempts, "
-                          "received, due_at, created_at, updated_at, content) VALUES ('s', 'o1', 'softstore', 'p', "
-                          "'delivered', '{}', 1, 1, 1.0, 1.0, 1.0, 'KEY-1')"))
+        conn.execute(
+            text(
+                "INSERT INTO jobs (store, order_id, marketplace, product_id, state, payload, attempts, "
+                "received, due_at, created_at, updated_at, content) VALUES ('s', 'o1', 'softstore', 'p', "
+                "'delivered', '{}', 1, 1, 1.0, 1.0, 1.0, 'KEY-1')"
+            )
+        )
     create_schema(engine)
     _assert_upgraded_keeping_rows(engine)
     with engine.connect() as conn:

@@ -72,8 +72,10 @@ def test_import_skips_and_counts_duplicates(pool: StockPool) -> None:
 def test_stored_keys_are_sealed_and_deduplicated_by_hash(pool: StockPool) -> None:
     """The key column holds only ciphertext and key_hash an HMAC; the same key imported twice is still one row."""
     assert pool.import_keys("s", "p", ["SECRET-1", "SECRET-2"]).added == 2
-    assert (pool.import_keys("s", "p", ["SECRET-1"]).added, pool.import_keys("s", "p", ["SECRET-1"]).duplicates) \
-        == (0, 1)
+    assert (pool.import_keys("s", "p", ["SECRET-1"]).added, pool.import_keys("s", "p", ["SECRET-1"]).duplicates) == (
+        0,
+        1,
+    )
     with pool.engine.connect() as conn:
         stored = conn.execute(select(KEYS.c.key, KEYS.c.key_hash)).all()
     assert len(stored) == 2
@@ -227,23 +229,36 @@ def test_stock_generator_through_helper(tmp_path: Path) -> None:
 
 def _cli_config(path: Path, stack: Any) -> Path:
     config = path / "daemon.yaml"
-    store = {"name": "shop", "marketplace": "softstore", "api_url": stack.market.api_base, "api_key": stack.api_key,
-             "products": {"serials": {"generator": "stock"}}}
+    store = {
+        "name": "shop",
+        "marketplace": "softstore",
+        "api_url": stack.market.api_base,
+        "api_key": stack.api_key,
+        "products": {"serials": {"generator": "stock"}},
+    }
     config.write_text(yaml.safe_dump({"database": {"url": stack.settings.database.url}, "stores": [store]}))
     return config
 
 
-async def test_200_orders_150_keys_then_import_delivers_the_rest(make_stack: Any, tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+async def test_200_orders_150_keys_then_import_delivers_the_rest(
+    make_stack: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """200 orders against 150 stock keys: 150 delivered with distinct keys, 50 wait, an import delivers them."""
-    async with make_stack(database={"synchronous": "NORMAL"}, products={"serials": {"generator": "stock",
-                                                "options": {"low_stock_threshold": 10}}}) as stack:
+    async with make_stack(
+        database={"synchronous": "NORMAL"},
+        products={"serials": {"generator": "stock", "options": {"low_stock_threshold": 10}}},
+    ) as stack:
         stack.market.add_product("serials", count=1000)
         config = _cli_config(tmp_path, stack)
         keys_file = tmp_path / "keys.txt"
         keys_file.write_text("\n".join(f"SERIAL-{i:04d}" for i in range(150)) + "\nSERIAL-0000\n")
-        assert await anyio.to_thread.run_sync(main, ["stock", "import", "--config", str(config), "--store",
-                                                     "shop", "--product", "serials", str(keys_file)]) == 0
+        assert (
+            await anyio.to_thread.run_sync(
+                main,
+                ["stock", "import", "--config", str(config), "--store", "shop", "--product", "serials", str(keys_file)],
+            )
+            == 0
+        )
         assert "imported 150 keys for shop/serials, skipped 1 duplicates" in capsys.readouterr().out
         raw = _database_bytes(Path(stack.settings.database.url.removeprefix("sqlite:///")))
         assert b"SERIAL-0" not in raw  # sealed by the import, with the daemon's key
@@ -258,8 +273,11 @@ async def test_200_orders_150_keys_then_import_delivers_the_rest(make_stack: Any
         states = [job.state for job in jobs]
         assert states.count(JobState.DELIVERED.value) == 150
         assert states.count(JobState.WAITING.value) == 50
-        delivered = [stack.market.accepted(o).json["text"] for o, j in zip(orders, jobs, strict=True)
-                     if j.state == JobState.DELIVERED.value]
+        delivered = [
+            stack.market.accepted(o).json["text"]
+            for o, j in zip(orders, jobs, strict=True)
+            if j.state == JobState.DELIVERED.value
+        ]
         assert len(set(delivered)) == 150
         assert sum('"stock.low"' in line for line in stack.logs.getvalue().splitlines()) == 1
 
@@ -268,8 +286,13 @@ async def test_200_orders_150_keys_then_import_delivers_the_rest(make_stack: Any
 
         refill = tmp_path / "refill.csv"
         refill.write_text("key\n" + "\n".join(f"REFILL-{i:03d}" for i in range(60)) + "\n")
-        assert await anyio.to_thread.run_sync(main, ["stock", "import", "--config", str(config), "--store",
-                                                     "shop", "--product", "serials", str(refill)]) == 0
+        assert (
+            await anyio.to_thread.run_sync(
+                main,
+                ["stock", "import", "--config", str(config), "--store", "shop", "--product", "serials", str(refill)],
+            )
+            == 0
+        )
         assert "50 waiting orders requeued" in capsys.readouterr().out
         await stack.drain()
         jobs = [await stack.job(order_id) for order_id in orders]
@@ -287,13 +310,41 @@ def test_cli_import_never_creates_a_key_file(tmp_path: Path) -> None:
     db = tmp_path / "d.db"
     engine = plugin_database(db)
     config = tmp_path / "daemon.yaml"
-    config.write_text(yaml.safe_dump({"database": {"url": f"sqlite:///{db}"}, "stores": [{
-        "name": "shop", "marketplace": "softstore", "api_url": "http://127.0.0.1:9/api/v1", "api_key": "k" * 40,
-        "products": {"serials": {"generator": "stock"}}}]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database": {"url": f"sqlite:///{db}"},
+                "stores": [
+                    {
+                        "name": "shop",
+                        "marketplace": "softstore",
+                        "api_url": "http://127.0.0.1:9/api/v1",
+                        "api_key": "k" * 40,
+                        "products": {"serials": {"generator": "stock"}},
+                    }
+                ],
+            }
+        )
+    )
     keys = tmp_path / "keys.txt"
     keys.write_text("PLAIN-KEY-0001\nPLAIN-KEY-0002\n")
-    assert main(["stock", "import", "--config", str(config), "--store", "shop", "--product", "serials",
-                 "--no-sync", str(keys)]) == 0
+    assert (
+        main(
+            [
+                "stock",
+                "import",
+                "--config",
+                str(config),
+                "--store",
+                "shop",
+                "--product",
+                "serials",
+                "--no-sync",
+                str(keys),
+            ]
+        )
+        == 0
+    )
     assert not (tmp_path / "d.db.key").exists()
     assert [lv.available for lv in StockPool(engine, ManualClock()).levels()] == [2]
     assert seal_at_start(engine, ManualClock(), _cipher()) == 2

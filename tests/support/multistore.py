@@ -106,10 +106,16 @@ class Multi:
 
 
 @contextlib.asynccontextmanager
-async def multi_stack(tmp_path: Path, *, smtp: dict[str, Any] | None = None, mail: bool = False,
-                      sync_budget: float = 5.0, security: dict[str, Any] | None = None,
-                      plugins: dict[str, Any] | None = None,
-                      stripe_products: dict[str, Any] | None = None) -> AsyncIterator[Multi]:
+async def multi_stack(
+    tmp_path: Path,
+    *,
+    smtp: dict[str, Any] | None = None,
+    mail: bool = False,
+    sync_budget: float = 5.0,
+    security: dict[str, Any] | None = None,
+    plugins: dict[str, Any] | None = None,
+    stripe_products: dict[str, Any] | None = None,
+) -> AsyncIterator[Multi]:
     """The daemon with every marketplace type; ``mail`` starts the SMTP server, ``smtp`` overrides the generic
     store's SMTP settings, ``security`` the network policy (default: loopback allowed, where the seller's sink and
     the SMTP server run); ``plugins`` adds generators and ``stripe_products`` gives the stripe store products of
@@ -117,49 +123,106 @@ async def multi_stack(tmp_path: Path, *, smtp: dict[str, Any] | None = None, mai
     logs = io.StringIO()
     configure_logging("json", "debug", stream=logs)
     clock = ManualClock()
-    keys = {"sellix": secrets.token_hex(16), "sellix-strict": secrets.token_hex(16), "shoppy": secrets.token_hex(16),
-            "stripe": "whsec_" + secrets.token_hex(16), "generic": new_secret()}
+    keys = {
+        "sellix": secrets.token_hex(16),
+        "sellix-strict": secrets.token_hex(16),
+        "shoppy": secrets.token_hex(16),
+        "stripe": "whsec_" + secrets.token_hex(16),
+        "generic": new_secret(),
+    }
     seller = SellerSystem(new_secret(), now=clock.now)
     mailbox = Mailbox()
     port = free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port, auth_require_tls=False,
-                            authenticator=_authenticator, auth_required=True)
+    controller = Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=port,
+        auth_require_tls=False,
+        authenticator=_authenticator,
+        auth_required=True,
+    )
     if mail:
         controller.start()
     try:
         async with serve(seller.app) as seller_server:
-            channel = {"channel": "webhook", "webhook": {"url": f"{seller_server.url}/hooks/orders",
-                                                         "secret": seller.secret}}
-            smtp_settings = {"host": "127.0.0.1", "port": port, "security": "none", "username": "seller",
-                             "password": "smtp-pass-123", "sender": "shop@example.org",
-                             "subject": "Order {order_id}", **(smtp or {})}
+            channel = {
+                "channel": "webhook",
+                "webhook": {"url": f"{seller_server.url}/hooks/orders", "secret": seller.secret},
+            }
+            smtp_settings = {
+                "host": "127.0.0.1",
+                "port": port,
+                "security": "none",
+                "username": "seller",
+                "password": "smtp-pass-123",
+                "sender": "shop@example.org",
+                "subject": "Order {order_id}",
+                **(smtp or {}),
+            }
             stores = [
-                {"name": "sellix", "marketplace": "sellix", "webhook_secret": keys["sellix"], "delivery": channel,
-                 "default": PATTERN, "sync_budget": sync_budget},
-                {"name": "sellix-strict", "marketplace": "sellix", "webhook_secret": keys["sellix-strict"],
-                 "delivery": channel, "products": {"p1": PATTERN, "hang": {"generator": "hang"}},
-                 "sync_budget": 0.5},
-                {"name": "shoppy", "marketplace": "shoppy", "webhook_secret": keys["shoppy"], "delivery": channel,
-                 "default": PATTERN},
-                {"name": "stripe", "marketplace": "stripe", "webhook_secret": keys["stripe"], "delivery": channel,
-                 "default": PATTERN, "products": stripe_products or {}},
-                {"name": "generic", "marketplace": "standard-webhooks", "webhook_secret": keys["generic"],
-                 "delivery": {"channel": "email", "email": smtp_settings},
-                 "default": {**PATTERN, "template": "Thank you! Your keys:\n{keys_lines}"}},
+                {
+                    "name": "sellix",
+                    "marketplace": "sellix",
+                    "webhook_secret": keys["sellix"],
+                    "delivery": channel,
+                    "default": PATTERN,
+                    "sync_budget": sync_budget,
+                },
+                {
+                    "name": "sellix-strict",
+                    "marketplace": "sellix",
+                    "webhook_secret": keys["sellix-strict"],
+                    "delivery": channel,
+                    "products": {"p1": PATTERN, "hang": {"generator": "hang"}},
+                    "sync_budget": 0.5,
+                },
+                {
+                    "name": "shoppy",
+                    "marketplace": "shoppy",
+                    "webhook_secret": keys["shoppy"],
+                    "delivery": channel,
+                    "default": PATTERN,
+                },
+                {
+                    "name": "stripe",
+                    "marketplace": "stripe",
+                    "webhook_secret": keys["stripe"],
+                    "delivery": channel,
+                    "default": PATTERN,
+                    "products": stripe_products or {},
+                },
+                {
+                    "name": "generic",
+                    "marketplace": "standard-webhooks",
+                    "webhook_secret": keys["generic"],
+                    "delivery": {"channel": "email", "email": smtp_settings},
+                    "default": {**PATTERN, "template": "Thank you! Your keys:\n{keys_lines}"},
+                },
             ]
-            settings = parse_settings({
-                "database": {"url": f"sqlite:///{tmp_path / 'multi.db'}"},
-                "delivery": {"retry_schedule": [5, 300], "timeout": 10, "jitter": False},
-                "worker": {"poll_interval": 60, "lease_seconds": 30},
-                "security": {"allowed_networks": ["127.0.0.0/8"]} if security is None else security,
-                "stores": stores,
-            }, environ={})
+            settings = parse_settings(
+                {
+                    "database": {"url": f"sqlite:///{tmp_path / 'multi.db'}"},
+                    "delivery": {"retry_schedule": [5, 300], "timeout": 10, "jitter": False},
+                    "worker": {"poll_interval": 60, "lease_seconds": 30},
+                    "security": {"allowed_networks": ["127.0.0.0/8"]} if security is None else security,
+                    "stores": stores,
+                },
+                environ={},
+            )
             found = {**dict(discover()), "hang": Hang, **(plugins or {})}
-            app = create_app(settings, marketplaces=default_marketplaces(), plugins=found, clock=clock,
-                             start_worker=False)
+            app = create_app(
+                settings, marketplaces=default_marketplaces(), plugins=found, clock=clock, start_worker=False
+            )
             async with serve(app) as server:
-                yield Multi(daemon=app.state.daemon, url=server.url, clock=clock, logs=logs, seller=seller,
-                            secrets=keys, mailbox=mailbox)
+                yield Multi(
+                    daemon=app.state.daemon,
+                    url=server.url,
+                    clock=clock,
+                    logs=logs,
+                    seller=seller,
+                    secrets=keys,
+                    mailbox=mailbox,
+                )
     finally:
         if mail:
             controller.stop()
@@ -168,8 +231,9 @@ async def multi_stack(tmp_path: Path, *, smtp: dict[str, Any] | None = None, mai
 def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> Any:
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
-    ok = (isinstance(auth_data, LoginPassword) and auth_data.login == b"seller"
-          and auth_data.password == b"smtp-pass-123")
+    ok = (
+        isinstance(auth_data, LoginPassword) and auth_data.login == b"seller" and auth_data.password == b"smtp-pass-123"
+    )
     return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
 
@@ -188,10 +252,24 @@ def wall_clock_adapter(marketplace: str, secret: str) -> Any:
     from delivery_daemon.clock import SystemClock
     from delivery_daemon.marketplaces.base import AdapterContext
 
-    settings = parse_settings({"stores": [{"name": "s", "marketplace": marketplace, "webhook_secret": secret,
-                                           "delivery": {"channel": "webhook", "webhook": {
-                                               "url": "http://127.0.0.1:9/x", "secret": new_secret()}},
-                                           "default": PATTERN}]}, environ={})
+    settings = parse_settings(
+        {
+            "stores": [
+                {
+                    "name": "s",
+                    "marketplace": marketplace,
+                    "webhook_secret": secret,
+                    "delivery": {
+                        "channel": "webhook",
+                        "webhook": {"url": "http://127.0.0.1:9/x", "secret": new_secret()},
+                    },
+                    "default": PATTERN,
+                }
+            ]
+        },
+        environ={},
+    )
     [kind] = [kind for kind in default_marketplaces() if kind.name == marketplace]
-    return kind.create(AdapterContext(store=settings.stores[0], path="stores[0]", clock=SystemClock(),
-                                      delivery=settings.delivery))
+    return kind.create(
+        AdapterContext(store=settings.stores[0], path="stores[0]", clock=SystemClock(), delivery=settings.delivery)
+    )

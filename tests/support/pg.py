@@ -85,8 +85,9 @@ class PgServer:
         import psycopg
 
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(host=self.host, port=self.port, user=self.user, dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
@@ -114,19 +115,24 @@ def running_server(*, durable: bool = False) -> Iterator[PgServer]:
     port = _free_port()
     log = base / "server.log"
     try:
-        subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", user, "-A", "trust", "-E", "UTF8",
-                        "--no-sync"], check=True, capture_output=True)
+        subprocess.run(
+            [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", user, "-A", "trust", "-E", "UTF8", "--no-sync"],
+            check=True,
+            capture_output=True,
+        )
         # fsync off: a test server's data is disposable, and the suite runs on a busy 2-core machine.
-        options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockets} "
-                   "-c max_connections=200")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockets} -c max_connections=200"
+        )
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         pg_ctl = str(bindir / "pg_ctl")
 
         def control(action: str) -> None:
             mode = ["-o", options, "-t", "60"] if action == "start" else ["-m", "fast"]
-            subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(log), *mode, "-w", action],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [*prefix, pg_ctl, "-D", str(data), "-l", str(log), *mode, "-w", action], check=True, capture_output=True
+            )
 
         control("start")
         server = PgServer(host="127.0.0.1", port=port, user=user, control=control)
@@ -138,8 +144,11 @@ def running_server(*, durable: bool = False) -> Iterator[PgServer]:
         raise RuntimeError(f"could not start PostgreSQL: {detail}\n{tail}") from exc
     finally:
         if (data / "postmaster.pid").exists():
-            subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                           capture_output=True, check=False)
+            subprocess.run(
+                [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                capture_output=True,
+                check=False,
+            )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -149,8 +158,9 @@ def _wait_ready(server: PgServer, limit: float = 60.0) -> None:
     deadline = time.monotonic() + limit
     while True:
         try:
-            with psycopg.connect(host=server.host, port=server.port, user=server.user, dbname="postgres",
-                                 connect_timeout=5):
+            with psycopg.connect(
+                host=server.host, port=server.port, user=server.user, dbname="postgres", connect_timeout=5
+            ):
                 return
         except psycopg.OperationalError:
             if time.monotonic() > deadline:

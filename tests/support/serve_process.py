@@ -10,13 +10,18 @@ from pathlib import Path
 from typing import Any
 
 
-def serve_once(config: Path, *, expect_start: bool,
-               env: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]], str]:
+def serve_once(
+    config: Path, *, expect_start: bool, env: dict[str, str] | None = None
+) -> tuple[int, list[dict[str, Any]], str]:
     """``delivery-daemon serve --log-format json`` as a process (``env``: its whole environment, else ours), stopped
     with SIGTERM once it logged ``daemon.started``; returns (exit status, log events, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "delivery_daemon", "serve", "--config", str(config),
-                             "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "delivery_daemon", "serve", "--config", str(config), "--log-format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     events: list[dict[str, Any]] = []
     try:
         assert proc.stdout is not None

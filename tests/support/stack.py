@@ -45,13 +45,20 @@ class Stack:
         self.clock.advance(seconds)
         return await self.drain()
 
-    async def post(self, body: bytes | dict[str, Any], *, content_type: str = "application/json",
-                   store: str = STORE, headers: dict[str, str] | None = None) -> httpx.Response:
+    async def post(
+        self,
+        body: bytes | dict[str, Any],
+        *,
+        content_type: str = "application/json",
+        store: str = STORE,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         import json
 
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return await self.client.post(f"{self.url}/webhooks/{store}", content=raw,
-                                      headers={"Content-Type": content_type, **(headers or {})})
+        return await self.client.post(
+            f"{self.url}/webhooks/{store}", content=raw, headers={"Content-Type": content_type, **(headers or {})}
+        )
 
     async def job(self, order_id: str) -> Any:
         return await self.daemon.queue.find(STORE, order_id)
@@ -68,17 +75,23 @@ def accepted_text(market: SoftStoreMarketplace, order_id: str) -> str:
     return str(record.json["text"])
 
 
-def stack_settings(db_path: Path, api_base: str, api_key: str, products: dict[str, Any] | None = None,
-                   **sections: Any) -> Settings:
+def stack_settings(
+    db_path: Path, api_base: str, api_key: str, products: dict[str, Any] | None = None, **sections: Any
+) -> Settings:
     document: dict[str, Any] = {
         "database": {"url": f"sqlite:///{db_path}"},
         "delivery": {"retry_schedule": [5, 300, 1800], "timeout": 5, "jitter": False},
         "worker": {"poll_interval": 60, "lease_seconds": 30},
-        "stores": [{
-            "name": STORE, "marketplace": "softstore", "api_url": api_base, "api_key": api_key,
-            "products": {PRODUCT: {"generator": "pattern", "template": "Keys for {order_id}:\n{keys_lines}"}},
-            "default": {"generator": "pattern", "options": {"pattern": "XXXX-XXXX-XXXX"}},
-        }],
+        "stores": [
+            {
+                "name": STORE,
+                "marketplace": "softstore",
+                "api_url": api_base,
+                "api_key": api_key,
+                "products": {PRODUCT: {"generator": "pattern", "template": "Keys for {order_id}:\n{keys_lines}"}},
+                "default": {"generator": "pattern", "options": {"pattern": "XXXX-XXXX-XXXX"}},
+            }
+        ],
     }
     document["stores"][0]["products"].update(products or {})  # extra products for the store under test
     for key, value in sections.items():

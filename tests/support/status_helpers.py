@@ -29,8 +29,9 @@ class StatusPage:
 
     async def login(self, password: str = PASSWORD) -> httpx.Response:
         form = await self.client.get(f"{self.url}/login")
-        return await self.client.post(f"{self.url}/login", data={
-            "csrf_token": csrf_of(form.text), "password": password, "next": f"{MOUNT_PATH}/"})
+        return await self.client.post(
+            f"{self.url}/login", data={"csrf_token": csrf_of(form.text), "password": password, "next": f"{MOUNT_PATH}/"}
+        )
 
     async def csrf(self, path: str = "/") -> str:
         return csrf_of((await self.client.get(f"{self.url}{path}")).text)

@@ -94,15 +94,20 @@ def checked_database_url(url: str | None, replicas: int, marketplace: str) -> st
     if replicas < 1:
         raise ConfigError("--replicas", "must be at least 1")
     if marketplace != "softstore" and (url is not None or replicas > 1):
-        raise ConfigError("--database-url" if url is not None else "--replicas",
-                          "only with --marketplace softstore (the webhook-only runs use one daemon on SQLite)")
+        raise ConfigError(
+            "--database-url" if url is not None else "--replicas",
+            "only with --marketplace softstore (the webhook-only runs use one daemon on SQLite)",
+        )
     if url is None:
         if replicas > 1:
             raise ConfigError("--replicas", "several replicas share a PostgreSQL database: give --database-url")
         return None
     if not url.startswith(("postgresql://", "postgresql+psycopg://")):
-        raise ConfigError("--database-url", "must be a postgresql:// or postgresql+psycopg:// URL "
-                                            "(without it the run uses a SQLite file in the work dir)")
+        raise ConfigError(
+            "--database-url",
+            "must be a postgresql:// or postgresql+psycopg:// URL "
+            "(without it the run uses a SQLite file in the work dir)",
+        )
     url = database_url(url)
     engine = create_db_engine(url, read_only=True)
     try:
@@ -117,8 +122,10 @@ def checked_database_url(url: str | None, replicas: int, marketplace: str) -> st
     if report.problems:
         raise ConfigError("--database-url", f"cannot use {describe(url)}: {report.problems[0]}")
     if sum(report.states.values()):
-        raise ConfigError("--database-url", f"{describe(url)} already holds orders; a run needs an empty database "
-                                            "(its verdict counts every job in it)")
+        raise ConfigError(
+            "--database-url",
+            f"{describe(url)} already holds orders; a run needs an empty database (its verdict counts every job in it)",
+        )
     return url
 
 

@@ -91,8 +91,20 @@ class DaemonProcess:
     def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as out:
             return subprocess.Popen(  # noqa: S603  (our own interpreter and module, fixed arguments)
-                [sys.executable, "-m", "delivery_daemon", "serve", "--config", str(self.config),
-                 "--log-format", "json"], stdout=out, stderr=subprocess.STDOUT, env=self.env)
+                [
+                    sys.executable,
+                    "-m",
+                    "delivery_daemon",
+                    "serve",
+                    "--config",
+                    str(self.config),
+                    "--log-format",
+                    "json",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
 
     async def start(self, within: float = 60.0) -> None:
         """Start the daemon and return once ``/readyz`` answers 200."""
@@ -155,8 +167,13 @@ class Announcer:
         await asyncio.gather(*(once(i) for i in order_ids))
 
 
-async def place_all(options: ChaosOptions, side: Announcer, rng: random.Random, deadline: float,
-                    place: Callable[[], Awaitable[str | None]]) -> None:
+async def place_all(
+    options: ChaosOptions,
+    side: Announcer,
+    rng: random.Random,
+    deadline: float,
+    place: Callable[[], Awaitable[str | None]],
+) -> None:
     """Place ``options.orders`` orders at ``options.rate`` a second through ``place`` (which returns the order to
     announce, or None), announce each concurrently, and resend a share now (twice at once) or later."""
     senders: list[asyncio.Task[None]] = []
@@ -188,11 +205,19 @@ def daemon_config(workdir: Path, port: int, api_base: str, database_url: str | N
         "worker": {"poll_interval": 0.2, "lease_seconds": 3.0, "concurrency": 16},
         "delivery": {"timeout": 1.0, "jitter": True, "retry_schedule": [0.05, 0.1, 0.2, 0.5] + [1.0] * 200},
         "logging": {"format": "json", "level": "info"},
-        "stores": [{
-            "name": STORE, "marketplace": "softstore", "api_url": api_base, "api_key": "${CHAOS_API_KEY}",
-            "default": {"generator": "pattern", "options": {"pattern": "XXXXX-XXXXX-XXXXX-XXXXX-XXXXX"},
-                        "template": "Order {order_id}\n{keys_lines}"},
-        }],
+        "stores": [
+            {
+                "name": STORE,
+                "marketplace": "softstore",
+                "api_url": api_base,
+                "api_key": "${CHAOS_API_KEY}",
+                "default": {
+                    "generator": "pattern",
+                    "options": {"pattern": "XXXXX-XXXXX-XXXXX-XXXXX-XXXXX"},
+                    "template": "Order {order_id}\n{keys_lines}",
+                },
+            }
+        ],
     }
 
 
@@ -222,8 +247,9 @@ async def outage(faults: Faults, seconds: float) -> None:
     faults.down(False)
 
 
-async def kill_at_random(daemons: DaemonProcess | Sequence[DaemonProcess], kills: int, window: float,
-                         rng: random.Random) -> None:
+async def kill_at_random(
+    daemons: DaemonProcess | Sequence[DaemonProcess], kills: int, window: float, rng: random.Random
+) -> None:
     """``kills`` times, SIGKILL one of ``daemons`` drawn at random and start it again a moment later."""
     pool = [daemons] if isinstance(daemons, DaemonProcess) else list(daemons)
     for _ in range(kills):

@@ -86,16 +86,19 @@ async def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print) -
         workdir.mkdir(parents=True, exist_ok=True)
         if options.marketplace == "softstore":
             return await _run(options, rng, seed, workdir, say)
-        say(f"chaos: {options.marketplace}, seed {seed}, {options.orders} orders, {options.kills} kills, "
-            f"work dir {workdir}")
+        say(
+            f"chaos: {options.marketplace}, seed {seed}, {options.orders} orders, {options.kills} kills, "
+            f"work dir {workdir}"
+        )
         started = time.monotonic()
         verdict = await run_webhook_chaos(options, options.marketplace, rng, workdir, say)
         report(verdict, started, say)
         return verdict
 
 
-async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Path,
-               say: Callable[[str], None]) -> Verdict:
+async def _run(
+    options: ChaosOptions, rng: random.Random, seed: int, workdir: Path, say: Callable[[str], None]
+) -> Verdict:
     started = time.monotonic()
     deadline = started + options.timeout
     database: Path | str = options.database_url or workdir / "chaos.db"
@@ -110,8 +113,10 @@ async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Pa
     for _ in range(options.replicas):  # free ports for the daemons, each kept across its restarts
         with bind_socket() as probe:
             ports.append(probe.getsockname()[1])
-    say(f"chaos: seed {seed}, {options.orders} orders, {options.kills} kills, {options.replicas} replica(s) on "
-        f"{describe(database)}, work dir {workdir}")
+    say(
+        f"chaos: seed {seed}, {options.orders} orders, {options.kills} kills, {options.replicas} replica(s) on "
+        f"{describe(database)}, work dir {workdir}"
+    )
     async with serve(reference.app) as running:
         reference.bind(running.url)
         env = {**os.environ, "CHAOS_API_KEY": api_key}
@@ -144,8 +149,15 @@ async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Pa
         exits = await asyncio.gather(*(daemon.stop() for daemon in daemons))
         await webhooks.aclose()
         say(f"chaos: drained and stopped at {time.monotonic() - started:.1f} s")
-    verdict = judge(reference, paid=paid, unpaid=unpaid, database=database, log=[d.log for d in daemons],
-                    kills=sum(daemon.kills for daemon in daemons), resent=side.resent)
+    verdict = judge(
+        reference,
+        paid=paid,
+        unpaid=unpaid,
+        database=database,
+        log=[d.log for d in daemons],
+        kills=sum(daemon.kills for daemon in daemons),
+        resent=side.resent,
+    )
     for number, exit_status in enumerate(exits):
         if exit_status not in (0, -signal.SIGTERM):  # uvicorn re-raises the signal after its graceful shutdown
             verdict.violations.append(f"daemon {number} exited with {exit_status} on SIGTERM")
@@ -153,15 +165,17 @@ async def _run(options: ChaosOptions, rng: random.Random, seed: int, workdir: Pa
     return verdict
 
 
-async def _place_orders(options: ChaosOptions, side: Marketplace, rng: random.Random,
-                        deadline: float) -> tuple[list[str], list[str]]:
+async def _place_orders(
+    options: ChaosOptions, side: Marketplace, rng: random.Random, deadline: float
+) -> tuple[list[str], list[str]]:
     paid: list[str] = []
     unpaid: list[str] = []
 
     async def place() -> str:
         is_unpaid = rng.random() < options.unpaid
-        placed = await side.market.place_order(PRODUCT, rng.randint(1, 3), status="wait" if is_unpaid else "paid",
-                                               send_webhook=False)
+        placed = await side.market.place_order(
+            PRODUCT, rng.randint(1, 3), status="wait" if is_unpaid else "paid", send_webhook=False
+        )
         (unpaid if is_unpaid else paid).append(placed.id_order)
         return placed.id_order  # an unpaid order's webhook is sent too ("paid", forged early): never delivered
 

@@ -40,11 +40,13 @@ class Verdict:
 
     def line(self) -> str:
         """The one summary line."""
-        return (f"chaos: orders={self.orders} unpaid={self.unpaid} kills={self.kills} faults={self.faults} "
-                f"resent={self.resent} "
-                f"delivered={self.delivered} duplicates={self.duplicates} lost={self.lost} "
-                f"mismatched={self.mismatched} reused_keys={self.reused_keys} unfinished={self.unfinished} "
-                f"integrity={self.integrity} leaks={self.leaks} -> {'OK' if self.ok else 'VIOLATED'}")
+        return (
+            f"chaos: orders={self.orders} unpaid={self.unpaid} kills={self.kills} faults={self.faults} "
+            f"resent={self.resent} "
+            f"delivered={self.delivered} duplicates={self.duplicates} lost={self.lost} "
+            f"mismatched={self.mismatched} reused_keys={self.reused_keys} unfinished={self.unfinished} "
+            f"integrity={self.integrity} leaks={self.leaks} -> {'OK' if self.ok else 'VIOLATED'}"
+        )
 
 
 def _keys(body: object) -> list[str]:
@@ -81,8 +83,9 @@ def check_orders(verdict: Verdict, orders: Mapping[str, tuple[int, Sequence[Seen
         keys = accepted[0].keys()
         if len(contents) > 1 or len(keys) != quantity:
             verdict.mismatched += 1
-            bad.append(f"order {order_id}: {len(contents)} different contents, {len(keys)} keys "
-                       f"for quantity {quantity}")
+            bad.append(
+                f"order {order_id}: {len(contents)} different contents, {len(keys)} keys for quantity {quantity}"
+            )
         owners.update(set(keys))
     verdict.reused_keys = sum(1 for count in owners.values() if count > 1)
     if verdict.reused_keys:
@@ -90,18 +93,39 @@ def check_orders(verdict: Verdict, orders: Mapping[str, tuple[int, Sequence[Seen
     return owners
 
 
-def judge(market: SoftStoreMarketplace, *, paid: list[str], unpaid: list[str], database: Path | str,
-          log: Path | Sequence[Path], kills: int, resent: int) -> Verdict:
+def judge(
+    market: SoftStoreMarketplace,
+    *,
+    paid: list[str],
+    unpaid: list[str],
+    database: Path | str,
+    log: Path | Sequence[Path],
+    kills: int,
+    resent: int,
+) -> Verdict:
     """Check every promise; ``paid``/``unpaid`` are the order ids the run placed, ``database`` a SQLite file or a
     database URL, ``log`` the output of every daemon process (one per replica)."""
-    verdict = Verdict(orders=len(paid) + len(unpaid), kills=kills, faults=sum(market.faults.injected.values()),
-                      resent=resent, unpaid=len(unpaid))
+    verdict = Verdict(
+        orders=len(paid) + len(unpaid),
+        kills=kills,
+        faults=sum(market.faults.injected.values()),
+        resent=resent,
+        unpaid=len(unpaid),
+    )
     bad = verdict.violations
-    key_owner = check_orders(verdict, {
-        id_order: (market.orders[id_order].count,
-                   [Seen(record.status == 200, json.dumps(record.json, sort_keys=True), partial(_keys, record.json))
-                    for record in market.deliveries(id_order)])
-        for id_order in paid})
+    key_owner = check_orders(
+        verdict,
+        {
+            id_order: (
+                market.orders[id_order].count,
+                [
+                    Seen(record.status == 200, json.dumps(record.json, sort_keys=True), partial(_keys, record.json))
+                    for record in market.deliveries(id_order)
+                ],
+            )
+            for id_order in paid
+        },
+    )
     for id_order in unpaid:
         if market.accepted(id_order) is not None:
             bad.append(f"order {id_order}: unpaid, yet delivered")
@@ -122,14 +146,14 @@ def check_database(verdict: Verdict, database: Path | str) -> None:
     if verdict.unfinished:
         verdict.violations.append(f"jobs left unfinished after the drain: {states}")
     if int(states.get("delivered", 0)) != verdict.delivered:
-        verdict.violations.append(f"the daemon records {states.get('delivered', 0)} delivered jobs, "
-                                  f"the marketplace {verdict.delivered}")
+        verdict.violations.append(
+            f"the daemon records {states.get('delivered', 0)} delivered jobs, the marketplace {verdict.delivered}"
+        )
 
 
 def _check_log(verdict: Verdict, market: SoftStoreMarketplace, log: Path, keys: Counter[str]) -> None:
     """No API key, JWT, delivery token or generated key in anything the daemon printed."""
-    check_log(verdict, log, {market._api_key, *market._jwts, *(order.token for order in market.orders.values()),
-                             *keys})
+    check_log(verdict, log, {market._api_key, *market._jwts, *(order.token for order in market.orders.values()), *keys})
 
 
 def check_log(verdict: Verdict, log: Path, secrets: set[str]) -> None:

@@ -100,24 +100,44 @@ def _standard_sign(secret: str, order_id: str, body: bytes) -> dict[str, str]:
 
 FLAVOURS: dict[str, Flavour] = {
     "sellix": Flavour(
-        "sellix", lambda: secrets.token_hex(24), lambda: f"sellix-{secrets.token_hex(6)}",
+        "sellix",
+        lambda: secrets.token_hex(24),
+        lambda: f"sellix-{secrets.token_hex(6)}",
         lambda oid, product, qty: {"event": "order:paid", "data": sellix_order(product, qty, uniqid=oid)},
-        _sellix_sign),
+        _sellix_sign,
+    ),
     "shoppy": Flavour(
-        "shoppy", lambda: secrets.token_hex(24), lambda: secrets.token_hex(8),
-        lambda oid, product, qty: {"status": True, "webhook_type": "100",
-                                   "data": {"order": shoppy_order(product, qty, order_id=oid), "product": {}}},
-        _shoppy_sign),
+        "shoppy",
+        lambda: secrets.token_hex(24),
+        lambda: secrets.token_hex(8),
+        lambda oid, product, qty: {
+            "status": True,
+            "webhook_type": "100",
+            "data": {"order": shoppy_order(product, qty, order_id=oid), "product": {}},
+        },
+        _shoppy_sign,
+    ),
     "stripe": Flavour(
-        "stripe", lambda: f"whsec_{secrets.token_hex(24)}", lambda: f"pi_{secrets.token_hex(12)}",
-        lambda oid, product, qty: stripe_event("payment_intent.succeeded", payment_intent(product, qty, pi_id=oid),
-                                               event_id=f"evt_{oid.removeprefix('pi_')}"),
-        _stripe_sign),
+        "stripe",
+        lambda: f"whsec_{secrets.token_hex(24)}",
+        lambda: f"pi_{secrets.token_hex(12)}",
+        lambda oid, product, qty: stripe_event(
+            "payment_intent.succeeded",
+            payment_intent(product, qty, pi_id=oid),
+            event_id=f"evt_{oid.removeprefix('pi_')}",
+        ),
+        _stripe_sign,
+    ),
     "standard-webhooks": Flavour(
-        "standard-webhooks", new_secret, lambda: f"A-{secrets.token_hex(6)}",
-        lambda oid, product, qty: {"type": "order.paid", "data": {"order_id": oid, "product_id": product,
-                                                                  "quantity": qty, "email": "buyer@example.org"}},
-        _standard_sign),
+        "standard-webhooks",
+        new_secret,
+        lambda: f"A-{secrets.token_hex(6)}",
+        lambda oid, product, qty: {
+            "type": "order.paid",
+            "data": {"order_id": oid, "product_id": product, "quantity": qty, "email": "buyer@example.org"},
+        },
+        _standard_sign,
+    ),
 }
 
 
@@ -219,16 +239,34 @@ class ChaosSink:
         return any(a.accepted for a in self.attempts.get(order_id, ()))
 
 
-def judge_sink(sink: ChaosSink, *, paid: Mapping[str, int], forged: Sequence[str], forged_answers: Sequence[int],
-               kills: int, resent: int) -> Verdict:
+def judge_sink(
+    sink: ChaosSink,
+    *,
+    paid: Mapping[str, int],
+    forged: Sequence[str],
+    forged_answers: Sequence[int],
+    kills: int,
+    resent: int,
+) -> Verdict:
     """Check the promises against the seller endpoint's record; ``paid`` maps order id to quantity."""
-    verdict = Verdict(orders=len(paid) + len(forged), kills=kills, faults=sum(sink.faults.injected.values()),
-                      resent=resent, unpaid=len(forged))
+    verdict = Verdict(
+        orders=len(paid) + len(forged),
+        kills=kills,
+        faults=sum(sink.faults.injected.values()),
+        resent=resent,
+        unpaid=len(forged),
+    )
     bad = verdict.violations
-    check_orders(verdict, {
-        order_id: (quantity, [Seen(a.accepted, a.body.decode(), partial(_keys, a.body))
-                              for a in sink.attempts.get(order_id, [])])
-        for order_id, quantity in paid.items()})
+    check_orders(
+        verdict,
+        {
+            order_id: (
+                quantity,
+                [Seen(a.accepted, a.body.decode(), partial(_keys, a.body)) for a in sink.attempts.get(order_id, [])],
+            )
+            for order_id, quantity in paid.items()
+        },
+    )
     for order_id in forged:
         if sink.attempts.get(order_id):
             bad.append(f"order {order_id}: forged webhook, yet delivered")
@@ -247,12 +285,22 @@ def delivered_keys(sink: ChaosSink) -> set[str]:
     return {key for attempts in sink.attempts.values() for a in attempts for key in _keys(a.body)}
 
 
-__all__ = ["FLAVOURS", "SINK_PATH", "Attempt", "ChaosSink", "Flavour", "SignedSender", "delivered_keys", "judge_sink",
-           "run_webhook_chaos"]
+__all__ = [
+    "FLAVOURS",
+    "SINK_PATH",
+    "Attempt",
+    "ChaosSink",
+    "Flavour",
+    "SignedSender",
+    "delivered_keys",
+    "judge_sink",
+    "run_webhook_chaos",
+]
 
 
-async def run_webhook_chaos(options: ChaosOptions, marketplace: str, rng: random.Random, workdir: Path,
-                            say: Callable[[str], None]) -> Verdict:
+async def run_webhook_chaos(
+    options: ChaosOptions, marketplace: str, rng: random.Random, workdir: Path, say: Callable[[str], None]
+) -> Verdict:
     """One chaos run for a webhook-only ``marketplace`` (a key of :data:`FLAVOURS`)."""
     flavour = FLAVOURS[marketplace]
     started = time.monotonic()
@@ -269,9 +317,12 @@ async def run_webhook_chaos(options: ChaosOptions, marketplace: str, rng: random
         config["security"] = {"allow_private_networks": True}  # the sink is on loopback
         config["stores"][0] = {
             **{k: v for k, v in config["stores"][0].items() if k not in ("api_url", "api_key")},
-            "marketplace": flavour.name, "webhook_secret": "${CHAOS_WEBHOOK_SECRET}",
-            "delivery": {"channel": "webhook",
-                         "webhook": {"url": f"{running.url}{SINK_PATH}", "secret": "${CHAOS_SINK_SECRET}"}},
+            "marketplace": flavour.name,
+            "webhook_secret": "${CHAOS_WEBHOOK_SECRET}",
+            "delivery": {
+                "channel": "webhook",
+                "webhook": {"url": f"{running.url}{SINK_PATH}", "secret": "${CHAOS_SINK_SECRET}"},
+            },
         }
         (workdir / "daemon.yaml").write_text(yaml.safe_dump(config))
         env = {**os.environ, "CHAOS_WEBHOOK_SECRET": webhook_secret, "CHAOS_SINK_SECRET": sink_secret}
@@ -294,8 +345,14 @@ async def run_webhook_chaos(options: ChaosOptions, marketplace: str, rng: random
         await wait_settled(workdir / "chaos.db", deadline)
         await asyncio.sleep(0.5)  # a late duplicate delivery would land in this window
         exit_status = await daemon.stop()
-    verdict = judge_sink(sink, paid=side.quantities, forged=forged, forged_answers=side.forged_answers,
-                         kills=daemon.kills, resent=side.resent)
+    verdict = judge_sink(
+        sink,
+        paid=side.quantities,
+        forged=forged,
+        forged_answers=side.forged_answers,
+        kills=daemon.kills,
+        resent=side.resent,
+    )
     check_database(verdict, workdir / "chaos.db")
     check_log(verdict, daemon.log, {webhook_secret, sink_secret, *delivered_keys(sink)})
     if exit_status not in (0, -signal.SIGTERM):

@@ -16,10 +16,10 @@ from delivery_daemon.storage import models, stock_pool, vault  # noqa: F401 (imp
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - a programming error, not an operator one
     raise RuntimeError(
-        "delivery_daemon migrations run from delivery_daemon.storage.schema.upgrade(), not the alembic CLI")
+        "delivery_daemon migrations run from delivery_daemon.storage.schema.upgrade(), not the alembic CLI"
+    )
 
 # render_as_batch: SQLite cannot ALTER most things; batch mode rebuilds the table, and is a no-op on PostgreSQL.
-context.configure(connection=connection, target_metadata=SQLModel.metadata, render_as_batch=True,
-                  compare_type=True)
+context.configure(connection=connection, target_metadata=SQLModel.metadata, render_as_batch=True, compare_type=True)
 with context.begin_transaction():
     context.run_migrations()
