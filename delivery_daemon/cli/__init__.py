@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from delivery_daemon import __version__
-from delivery_daemon.cli.demo_all import MARKETPLACES, run_all_demos, run_marketplace_demo
 from delivery_daemon.cli.options import add_config_option, missing_config
 from delivery_daemon.errors import ConfigError, DeliveryDaemonError, PluginError
+from delivery_daemon.reference.demo_all import MARKETPLACES, run_all_demos, run_marketplace_demo
 
 if TYPE_CHECKING:
     from delivery_daemon.config import ReadableSecret, Settings
@@ -155,7 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
-    from delivery_daemon.cli.demo import run_demo
+    from delivery_daemon.reference.demo import run_demo
 
     if args.all:
         return asyncio.run(run_all_demos(orders=args.orders))

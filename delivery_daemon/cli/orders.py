@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from delivery_daemon.cli.connect import add_database_options, open_cipher, open_engine
-from delivery_daemon.cli.tables import Column, render_table
 from delivery_daemon.clock import SystemClock
 from delivery_daemon.order import Content
 from delivery_daemon.storage.models import Attempt, Job, JobState
@@ -28,6 +27,7 @@ from delivery_daemon.storage.operator import (
     Orders,
     redelivery_note,
 )
+from delivery_daemon.tables import Column, render_table
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

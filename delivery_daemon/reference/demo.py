@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from delivery_daemon.cli.tables import Column, render_table
 from delivery_daemon.compose import create_app, default_marketplaces
 from delivery_daemon.config import parse_settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
+from delivery_daemon.tables import Column, render_table
 
 PRODUCTS = {
     "win11-pro": {"pattern": "XXXXX-XXXXX-XXXXX-XXXXX-XXXXX"},

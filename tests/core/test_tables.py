@@ -1,4 +1,4 @@
-"""The CLI's plain-text tables (``delivery_daemon.cli.tables``), the demo's output, and the package without ``rich``."""
+"""The CLI's plain-text tables (``delivery_daemon.tables``), the demo's output, and the package without ``rich``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from delivery_daemon.cli.demo import Row, _Progress, _table
-from delivery_daemon.cli.tables import Column, cell_width, render_table
+from delivery_daemon.reference.demo import Row, _Progress, _table
+from delivery_daemon.tables import Column, cell_width, render_table
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,17 +15,17 @@ MARKETPLACES = ("softstore", "sellix", "shoppy", "stripe", "standard-webhooks")
 async def run_marketplace_demo(marketplace: str, orders: int = 6, stream: TextIO | None = None) -> int:
     """The demo of one of :data:`MARKETPLACES`; 0 if every order was delivered exactly once."""
     if marketplace == "softstore":
-        from delivery_daemon.cli.demo import run_demo  # the demos load the daemon: see the module docstring
+        from delivery_daemon.reference.demo import run_demo  # the demos load the daemon: see the module docstring
 
         return await run_demo(orders=orders, stream=stream, title="delivery-daemon demo: softstore")
-    from delivery_daemon.cli.demo_webhooks import run_webhook_demo  # likewise
+    from delivery_daemon.reference.demo_webhooks import run_webhook_demo  # likewise
 
     return await run_webhook_demo(marketplace, orders=orders, stream=stream)
 
 
 async def run_all_demos(orders: int = 6, stream: TextIO | None = None) -> int:
     """Every marketplace's demo in turn; 0 only if each of them passed."""
-    from delivery_daemon.cli.demo import say  # likewise
+    from delivery_daemon.reference.demo import say  # likewise
 
     stream = stream or sys.stdout
     failed = []

@@ -7,7 +7,7 @@ the email variant, a local SMTP server (:mod:`delivery_daemon.reference.demo_smt
 sender signs each paid-order webhook as the marketplace does; the first delivery is refused once (503, or SMTP 451)
 to show a retry. Sellix's last order is a *dynamic product*: its keys come back in the answer to the webhook itself.
 
-The verdict is the SoftStore demo's (:func:`~delivery_daemon.cli.demo.report`): 0 only if each order reached
+The verdict is the SoftStore demo's (:func:`~delivery_daemon.reference.demo.report`): 0 only if each order reached
 the buyer's side exactly once with all its keys.
 """
 
@@ -25,13 +25,13 @@ from typing import Any, TextIO
 
 import httpx
 
-from delivery_daemon.cli.demo import PRODUCTS, TEMPLATE, Row, follow, report, say
 from delivery_daemon.compose import create_app, default_marketplaces
 from delivery_daemon.config import parse_settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.reference import sellix, shoppy, stripe_store
+from delivery_daemon.reference.demo import PRODUCTS, TEMPLATE, Row, follow, report, say
 from delivery_daemon.reference.demo_smtp import SUBJECT, SmtpSink, smtp_available, smtp_sink
 from delivery_daemon.reference.standard_webhooks import SellerSystem, StandardWebhooksSender, new_secret
 

@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from delivery_daemon.cli import demo_all, main
-from delivery_daemon.cli.demo import Row, report
-from delivery_daemon.cli.demo_webhooks import Buyer
+from delivery_daemon.cli import main
+from delivery_daemon.reference import demo_all
+from delivery_daemon.reference.demo import Row, report
+from delivery_daemon.reference.demo_webhooks import Buyer
 from delivery_daemon.reference.standard_webhooks import Received, SellerSystem
 
 ORDERS = 3
