@@ -57,7 +57,7 @@ class MetricsParts(health.ReadinessParts, Protocol):
 
 
 class Metrics:
-    """The daemon's metrics; also the worker's :class:`~delivery_daemon.pipeline.worker.Observer`."""
+    """The daemon's metrics; also the worker's :class:`~delivery_daemon.pipeline.observers.Observer`."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock

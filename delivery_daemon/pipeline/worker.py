@@ -22,7 +22,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -32,9 +32,11 @@ from delivery_daemon.config import WorkerSettings
 from delivery_daemon.errors import Dead, Held, OutOfStock, Retry
 from delivery_daemon.pipeline.deliver import deliver
 from delivery_daemon.pipeline.followup import FollowUps
+from delivery_daemon.pipeline.observers import Observer, Observers
+from delivery_daemon.pipeline.outcomes import Outcomes
 from delivery_daemon.pipeline.steps import Steps
 from delivery_daemon.pipeline.stores import Store
-from delivery_daemon.storage.jobs import LeaseLost, OrderCancelled, QueueError, Settled, Transition
+from delivery_daemon.storage.jobs import LeaseLost, OrderCancelled, QueueError, Transition
 from delivery_daemon.storage.models import Job, JobState
 from delivery_daemon.storage.queue import JobQueue
 
@@ -45,39 +47,6 @@ log = structlog.get_logger("delivery_daemon.pipeline.worker")
 
 GENERATOR_BUDGET = 30.0
 """Seconds a generator may take before the call is abandoned and the order retried."""
-
-SAVE_RETRY_FIRST = 0.1
-SAVE_RETRY_CAP = 1.0
-"""Backoff (seconds, doubling up to the cap) between tries of an outcome's save while the database fails: a job's
-outcome is saved at most about a second after the database is back."""
-
-
-class Observer(Protocol):
-    """Told about outcomes as they are committed (metrics, stock sync). Must not block or raise."""
-
-    def job_finished(self, job: Job, change: Transition) -> None: ...
-
-    def generated(self, generator: str, seconds: float) -> None: ...
-
-
-class Observers:
-    """Several observers as one, told in order; one that raises is logged and does not stop the others."""
-
-    def __init__(self, observers: Sequence[Observer]) -> None:
-        self.observers = tuple(observers)
-
-    def job_finished(self, job: Job, change: Transition) -> None:
-        self._tell("job_finished", job, change)
-
-    def generated(self, generator: str, seconds: float) -> None:
-        self._tell("generated", generator, seconds)
-
-    def _tell(self, method: str, *args: Any) -> None:
-        for observer in self.observers:
-            try:
-                getattr(observer, method)(*args)
-            except Exception as exc:  # an observer's bug must not turn a committed outcome into a retry
-                log.error("observer.failed", observer=type(observer).__name__, error=type(exc).__name__)
 
 
 class _Slot:
@@ -140,6 +109,7 @@ class Worker:
         self.owner = owner or make_owner()
         self.generator_budget = generator_budget
         self.observer: Observer = Observers(observers)
+        self._outcomes = Outcomes(queue, self.owner, settings.lease_seconds)
         self.follow_ups = FollowUps(queue, stores, backoff, clock, grace=settings.lease_seconds)
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], int] = {}  # task -> the id of the job it works on
@@ -296,10 +266,10 @@ class Worker:
                 error=receipt.detail,
             )
             _release(slot)
-            saved, settled = await self._save(job, done, bound)
+            saved, settled = await self._outcomes.save(job, done, bound)
             if not saved:
                 return
-            self.observer.job_finished(job, done if settled is None else self._settled(job, settled, bound))
+            self.observer.job_finished(job, done if settled is None else Outcomes.settled(job, settled, bound))
             bound.info(
                 "delivery.succeeded",
                 outcome=receipt.outcome,
@@ -313,7 +283,7 @@ class Worker:
         except LeaseLost as exc:
             bound.warning("job.lease_lost", error=str(exc))
         except OrderCancelled as exc:
-            self.observer.job_finished(job, self._settled(job, exc.settled, bound))
+            self.observer.job_finished(job, Outcomes.settled(job, exc.settled, bound))
         except Retry as exc:
             await self._retry(job, step, exc.reason, exc.after, exc.http_status, started, bound, slot)
         except Dead as exc:
@@ -410,63 +380,10 @@ class Worker:
     ) -> None:
         _release(slot)
         try:
-            saved, settled = await self._save(job, change, bound)
+            saved, settled = await self._outcomes.save(job, change, bound)
             if not saved:
                 return
         except LeaseLost as exc:
             bound.warning("job.lease_lost", error=str(exc))
             return
-        self.observer.job_finished(job, change if settled is None else self._settled(job, settled, bound))
-
-    async def _save(
-        self, job: Job, change: Transition, bound: structlog.typing.FilteringBoundLogger
-    ) -> tuple[bool, Settled | None]:
-        """Record an attempt's outcome (:meth:`JobQueue.transition`), trying again while the database fails (e.g.
-        PostgreSQL restarting, SQLite locked or full): every :data:`SAVE_RETRY_FIRST` seconds, doubling up to
-        :data:`SAVE_RETRY_CAP`, for up to ``lease_seconds`` in all. The job stays in flight meanwhile, so its lease
-        is renewed. Returns whether it was saved, and how a refund or dispute that arrived meanwhile settled the job
-        (:meth:`JobQueue.transition`). Not saved if it gave up: the job is then no longer renewed, its lease runs out
-        and the job is attempted again (a delivery the marketplace already has is then answered 409 and recorded as
-        delivered). :class:`LeaseLost` propagates."""
-        delay, waited = SAVE_RETRY_FIRST, 0.0
-        while True:
-            try:
-                settled = await self.queue.transition(job, self.owner, change)
-            except QueueError as exc:
-                if waited >= self.settings.lease_seconds:
-                    bound.error(
-                        "worker.storage_gave_up",
-                        step=change.step,
-                        state=change.state.value,
-                        error=str(exc),
-                        waited_s=round(waited, 1),
-                    )
-                    return False, None
-                if not waited:
-                    bound.warning(
-                        "worker.storage_error",
-                        step=change.step,
-                        state=change.state.value,
-                        error=str(exc),
-                        retry_in_s=delay,
-                    )
-                await asyncio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, SAVE_RETRY_CAP)
-                continue
-            if waited:
-                bound.info(
-                    "worker.storage_recovered", step=change.step, state=change.state.value, waited_s=round(waited, 1)
-                )
-            return True, settled
-
-    @staticmethod
-    def _settled(job: Job, settled: Settled, bound: structlog.typing.FilteringBoundLogger) -> Transition:
-        """Log how a refund or dispute that arrived during the job's lease settled it (a warning when the keys went
-        out: the seller must act); the outcome to tell the observers."""
-        flagged = settled.change.state is JobState.DELIVERED
-        job.flag = settled.kind if flagged else None
-        (bound.warning if flagged else bound.info)(
-            f"order.{settled.kind}", outcome="flagged" if flagged else "cancelled", flagged=flagged
-        )
-        return settled.change
+        self.observer.job_finished(job, change if settled is None else Outcomes.settled(job, settled, bound))

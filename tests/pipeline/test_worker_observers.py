@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from delivery_daemon.pipeline.worker import Observers
+from delivery_daemon.pipeline.observers import Observers
 from delivery_daemon.storage.jobs import Transition
 from delivery_daemon.storage.models import Job, JobState
 from tests.support.stack import PRODUCT
