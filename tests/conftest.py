@@ -53,13 +53,15 @@ def _fresh_structlog() -> Iterator[None]:
 
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[Stack]]:
-    """``async with make_stack(start_worker=False, products=None, daemon_options=None, **settings_sections)``."""
+    """``async with make_stack(start_worker=False, products=None, delivery=None, daemon_options=None,
+    **settings_sections)``."""
 
     @contextlib.asynccontextmanager
     async def factory(
         *,
         start_worker: bool = False,
         products: dict[str, Any] | None = None,
+        delivery: dict[str, Any] | None = None,
         daemon_options: dict[str, Any] | None = None,
         **sections: Any,
     ) -> AsyncIterator[Stack]:
@@ -72,7 +74,9 @@ def make_stack(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextM
         clock = ManualClock()
         async with serve(market.app) as market_server:
             market.bind(market_server.url)
-            settings = stack_settings(tmp_path / "daemon.db", market.api_base, api_key, products=products, **sections)
+            settings = stack_settings(
+                tmp_path / "daemon.db", market.api_base, api_key, products=products, delivery=delivery, **sections
+            )
             app = create_app(
                 settings,
                 marketplaces=default_marketplaces(),

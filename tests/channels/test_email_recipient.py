@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import io
 import json
-import secrets
 from collections.abc import AsyncIterator
 from email import message_from_bytes
 from pathlib import Path
@@ -23,19 +22,13 @@ from aiosmtpd.controller import Controller
 
 from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
-from delivery_daemon.compose import create_app, default_marketplaces
-from delivery_daemon.config import ChannelSettings
-from delivery_daemon.generators.discovery import discover
-from delivery_daemon.http.serving import serve
-from delivery_daemon.logs import configure_logging
 from delivery_daemon.order import IncomingOrder
-from delivery_daemon.reference.softstore import SoftStoreMarketplace
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 from delivery_daemon.storage.models import JobState
 from delivery_daemon.storage.operator import Orders
 from delivery_daemon.storage.queue import JobQueue
 from tests.support.multistore import Mailbox, free_port, multi_stack
-from tests.support.stack import PRODUCT, STORE, Stack, stack_settings
+from tests.support.stack import PRODUCT, Stack, StackFactory
 from tests.support.status_helpers import status_page
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -105,51 +98,18 @@ async def test_one_mailbox_is_delivered_to_its_normalised_address_alone(
 
 
 @contextlib.asynccontextmanager
-async def email_stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, Mailbox]]:
+async def email_stack(make_stack: StackFactory) -> AsyncIterator[tuple[Stack, Mailbox]]:
     """The reference SoftStore and the daemon, its store delivering by email to a real SMTP server on loopback."""
-    logs = io.StringIO()
-    configure_logging("json", "debug", stream=logs)
-    api_key = secrets.token_hex(20)
-    market = SoftStoreMarketplace(api_key=api_key)
-    market.add_product(PRODUCT, count=1000)
-    clock = ManualClock()
     mailbox = Mailbox()
     port = free_port()
     controller = Controller(mailbox, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        async with serve(market.app) as market_server:
-            market.bind(market_server.url)
-            settings = stack_settings(
-                tmp_path / "daemon.db", market.api_base, api_key, security={"allowed_networks": ["127.0.0.0/8"]}
-            )
-            delivery = ChannelSettings.model_validate(
-                {
-                    "channel": "email",
-                    "email": {"host": "127.0.0.1", "port": port, "security": "none", "sender": "shop@example.org"},
-                }
-            )
-            settings = settings.model_copy(
-                update={"stores": [settings.stores[0].model_copy(update={"delivery": delivery})]}
-            )
-            app = create_app(
-                settings, marketplaces=default_marketplaces(), plugins=dict(discover()), clock=clock, start_worker=False
-            )
-            async with serve(app) as daemon_server:
-                market.seller_url = f"{daemon_server.url}/webhooks/{STORE}"
-                stack = Stack(
-                    market=market,
-                    daemon=app.state.daemon,
-                    url=daemon_server.url,
-                    settings=settings,
-                    clock=clock,
-                    api_key=api_key,
-                    logs=logs,
-                )
-                try:
-                    yield stack, mailbox
-                finally:
-                    await stack.client.aclose()
+        email = {"host": "127.0.0.1", "port": port, "security": "none", "sender": "shop@example.org"}
+        async with make_stack(
+            delivery={"channel": "email", "email": email}, security={"allowed_networks": ["127.0.0.0/8"]}
+        ) as stack:
+            yield stack, mailbox
     finally:
         controller.stop()
 
@@ -162,11 +122,11 @@ def cli(stack: Stack, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[i
 
 
 async def test_marketplace_email_list_is_held_at_verification_and_never_mailed(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    make_stack: StackFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An order whose email from the marketplace's API is a list of two addresses is held at verification (the old
     code mailed both); `orders show`, `orders list --state held` and the status page show it with its reason."""
-    async with email_stack(tmp_path) as (stack, mailbox):
+    async with email_stack(make_stack) as (stack, mailbox):
         placed = await stack.market.place_order(PRODUCT, email="a@example.com, b@example.org")
         assert placed.webhook_status == 200
         await stack.drain()
@@ -195,11 +155,11 @@ async def test_marketplace_email_list_is_held_at_verification_and_never_mailed(
 
 
 async def test_held_order_is_retried_after_the_fix_or_cancelled(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    make_stack: StackFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`orders retry` queues a held order again (it is checked again: held while the address is still wrong,
     delivered to the one mailbox once the marketplace has it right); `orders cancel` ends a held order."""
-    async with email_stack(tmp_path) as (stack, mailbox):
+    async with email_stack(make_stack) as (stack, mailbox):
         fixed = await stack.market.place_order(PRODUCT, email="a@example.com,b@example.org")
         dropped = await stack.market.place_order(PRODUCT, email="a@example.com,b@example.org")
         await stack.drain()
@@ -226,10 +186,12 @@ async def test_held_order_is_retried_after_the_fix_or_cancelled(
 
 
 @pytest.mark.parametrize("address", NOT_ONE_MAILBOX)
-async def test_email_channel_refuses_a_stored_address_that_is_not_one_mailbox(tmp_path: Path, address: str) -> None:
+async def test_email_channel_refuses_a_stored_address_that_is_not_one_mailbox(
+    make_stack: StackFactory, address: str
+) -> None:
     """A job that reaches the email channel with a stored address that is not one mailbox (e.g. verified before
     this check existed) is held by the channel and nothing reaches the SMTP server."""
-    async with email_stack(tmp_path) as (stack, mailbox):
+    async with email_stack(make_stack) as (stack, mailbox):
         placed = await stack.market.place_order(PRODUCT, send_webhook=False)
         await stack.market.send_webhook(placed.id_order)
         queue = stack.daemon.queue

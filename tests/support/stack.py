@@ -76,7 +76,12 @@ def accepted_text(market: SoftStoreMarketplace, order_id: str) -> str:
 
 
 def stack_settings(
-    db_path: Path, api_base: str, api_key: str, products: dict[str, Any] | None = None, **sections: Any
+    db_path: Path,
+    api_base: str,
+    api_key: str,
+    products: dict[str, Any] | None = None,
+    delivery: dict[str, Any] | None = None,
+    **sections: Any,
 ) -> Settings:
     document: dict[str, Any] = {
         "database": {"url": f"sqlite:///{db_path}"},
@@ -94,6 +99,8 @@ def stack_settings(
         ],
     }
     document["stores"][0]["products"].update(products or {})  # extra products for the store under test
+    if delivery is not None:  # the store's channel (default: SoftStore's own delivery API)
+        document["stores"][0]["delivery"] = delivery
     for key, value in sections.items():
         document[key] = {**document.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_settings(document, environ={})
