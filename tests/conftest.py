@@ -53,7 +53,7 @@ def _fresh_structlog() -> Iterator[None]:
 
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[Stack]]:
-    """``async with make_stack(start_worker=False, products=None, delivery=None, daemon_options=None,
+    """``async with make_stack(start_worker=False, products=None, store_delivery=None, daemon_options=None,
     **settings_sections)``."""
 
     @contextlib.asynccontextmanager
@@ -61,7 +61,7 @@ def make_stack(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextM
         *,
         start_worker: bool = False,
         products: dict[str, Any] | None = None,
-        delivery: dict[str, Any] | None = None,
+        store_delivery: dict[str, Any] | None = None,
         daemon_options: dict[str, Any] | None = None,
         **sections: Any,
     ) -> AsyncIterator[Stack]:
@@ -75,7 +75,12 @@ def make_stack(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextM
         async with serve(market.app) as market_server:
             market.bind(market_server.url)
             settings = stack_settings(
-                tmp_path / "daemon.db", market.api_base, api_key, products=products, delivery=delivery, **sections
+                tmp_path / "daemon.db",
+                market.api_base,
+                api_key,
+                products=products,
+                store_delivery=store_delivery,
+                **sections,
             )
             app = create_app(
                 settings,

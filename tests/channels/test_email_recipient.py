@@ -107,7 +107,7 @@ async def email_stack(make_stack: StackFactory) -> AsyncIterator[tuple[Stack, Ma
     try:
         email = {"host": "127.0.0.1", "port": port, "security": "none", "sender": "shop@example.org"}
         async with make_stack(
-            delivery={"channel": "email", "email": email}, security={"allowed_networks": ["127.0.0.0/8"]}
+            store_delivery={"channel": "email", "email": email}, security={"allowed_networks": ["127.0.0.0/8"]}
         ) as stack:
             yield stack, mailbox
     finally:

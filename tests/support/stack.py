@@ -80,7 +80,7 @@ def stack_settings(
     api_base: str,
     api_key: str,
     products: dict[str, Any] | None = None,
-    delivery: dict[str, Any] | None = None,
+    store_delivery: dict[str, Any] | None = None,
     **sections: Any,
 ) -> Settings:
     document: dict[str, Any] = {
@@ -99,8 +99,8 @@ def stack_settings(
         ],
     }
     document["stores"][0]["products"].update(products or {})  # extra products for the store under test
-    if delivery is not None:  # the store's channel (default: SoftStore's own delivery API)
-        document["stores"][0]["delivery"] = delivery
+    if store_delivery is not None:  # the store's channel (default: SoftStore's own delivery API)
+        document["stores"][0]["delivery"] = store_delivery
     for key, value in sections.items():
         document[key] = {**document.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_settings(document, environ={})
