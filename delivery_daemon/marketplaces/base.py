@@ -21,7 +21,7 @@ from delivery_daemon.clock import Clock
 from delivery_daemon.config import DeliverySettings, StoreSettings
 from delivery_daemon.errors import Retry, WebhookRejected
 from delivery_daemon.net.guard import BlockedDestination, NetPolicy
-from delivery_daemon.net.transport import AiohttpTransport, read_built, read_response
+from delivery_daemon.net.transport import AiohttpTransport, pool_limits, read_built, read_response
 from delivery_daemon.order import LIMITS, Content, IncomingOrder, MarketplaceOrder, check_order, checked_text, unusable
 from delivery_daemon.storage.models import Job
 
@@ -270,8 +270,7 @@ def _encode_json(value: Any) -> bytes:
 def create_client(context: AdapterContext, base_url: str = "") -> ApiClient:
     """One keep-alive client per adapter, pinned to ``base_url``'s origin when given. Redirects are never followed:
     a 3xx is an answer, not an instruction."""
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-    transport = context.transport or AiohttpTransport(limits)
+    transport = context.transport or AiohttpTransport(pool_limits(100, 20))
     return ApiClient(
         base_url=base_url,
         transport=PinnedOrigin(transport, base_url) if base_url else transport,

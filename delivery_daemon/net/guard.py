@@ -36,6 +36,7 @@ import httpx
 
 from delivery_daemon.config import SecuritySettings
 from delivery_daemon.errors import DeliveryDaemonError
+from delivery_daemon.net.transport import pool_limits
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -254,7 +255,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
 
 def guarded_transport(policy: NetPolicy, *, limits: httpx.Limits | None = None) -> httpx.AsyncHTTPTransport:
     """An httpx transport whose every connection goes through :class:`GuardedBackend`."""
-    limits = limits or httpx.Limits(max_connections=50, max_keepalive_connections=10)
+    limits = limits or pool_limits(50, 10)
     transport = httpx.AsyncHTTPTransport(limits=limits)
     # httpx does not take a network backend; the pool is rebuilt with the same settings and ours (pinned httpx<1).
     transport._pool = httpcore.AsyncConnectionPool(

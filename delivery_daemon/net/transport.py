@@ -41,6 +41,21 @@ if TYPE_CHECKING:
 
 CHUNK = 64 * 1024
 
+KEEPALIVE_EXPIRY = 4.0
+"""Seconds an idle pooled connection is kept for reuse: below the 5 s after which uvicorn and Node.js (the servers
+marketplace APIs and sellers' endpoints most often run) close an idle connection. At 5 s, as before, a request could
+go out on a connection the server was closing: it failed as ``RemoteProtocolError`` and the delivery waited for its
+first retry (tests/storage/test_stock_pool.py hit it after an idle pause). httpx's default is 5 s, aiohttp's 15 s."""
+
+
+def pool_limits(max_connections: int, max_keepalive_connections: int) -> httpx.Limits:
+    """httpx ``Limits`` for an outbound pool, with :data:`KEEPALIVE_EXPIRY`."""
+    return httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_keepalive_connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY,
+    )
+
 
 @contextlib.contextmanager
 def translate(request: httpx.Request | None) -> Iterator[None]:
@@ -90,7 +105,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """Keep-alive HTTP/1.1 over one aiohttp connector, created on the first request (it needs the running loop)."""
 
     def __init__(self, limits: httpx.Limits | None = None) -> None:
-        self.limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        self.limits = limits or pool_limits(100, 20)
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -99,7 +114,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         connector = aiohttp.TCPConnector(
             limit=self.limits.max_connections or 0,
             ssl=httpx.create_ssl_context(),
-            keepalive_timeout=self.limits.keepalive_expiry if self.limits.keepalive_expiry is not None else 5.0,
+            keepalive_timeout=KEEPALIVE_EXPIRY if (expiry := self.limits.keepalive_expiry) is None else expiry,
         )
         # Cookies are not kept: an adapter's calls are independent (httpx's client has its own jar if wanted).
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)

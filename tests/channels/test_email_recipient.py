@@ -166,11 +166,13 @@ async def test_held_order_is_retried_after_the_fix_or_cancelled(
         assert (await stack.job(fixed.id_order)).state == "held"
 
         assert cli(stack, capsys, "orders", "retry", fixed.id_order)[0] == 0
+        stack.catch_up_with_cli()
         await stack.drain()
         assert (await stack.job(fixed.id_order)).state == "held" and mailbox.messages == []
 
         stack.market.orders[fixed.id_order].email = "A.Buyer@Example.com"
         assert cli(stack, capsys, "orders", "retry", fixed.id_order)[0] == 0
+        stack.catch_up_with_cli()
         await stack.drain()
         job = await stack.job(fixed.id_order)
         assert job.state == "delivered" and job.buyer_email == "A.Buyer@example.com"

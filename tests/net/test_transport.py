@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -21,6 +22,7 @@ from starlette.routing import Route
 
 from delivery_daemon.http.serving import RunningServer, serve
 from delivery_daemon.marketplaces.base import transport_retry
+from delivery_daemon.net.guard import NetPolicy, guarded_transport
 from delivery_daemon.net.transport import AiohttpTransport, read_built
 
 
@@ -159,6 +161,27 @@ async def test_connections_are_kept_alive(server: RunningServer, client: httpx.A
     """Sequential requests reuse one connection (same client port on the server side)."""
     ports = {(await client.get(f"{server.url}/x")).json()["peer_port"] for _ in range(5)}
     assert len(ports) == 1
+
+
+async def test_idle_connections_expire_before_the_server_closes_them(server: RunningServer) -> None:
+    """Every outbound pool drops an idle connection before uvicorn's idle timeout can close it under a request."""
+    server_idle = uvicorn.Config(echo_app()).timeout_keep_alive
+    transport = AiohttpTransport()
+    try:
+        await SendRead(transport).get(f"{server.url}/x")  # the connector exists from the first request on
+        assert transport._session is not None
+        assert transport._session.connector is not None
+        idle = transport._session.connector._keepalive_timeout
+        assert idle is not None
+        assert idle < server_idle
+    finally:
+        await transport.aclose()
+    guarded = guarded_transport(NetPolicy())
+    try:
+        assert guarded._pool._keepalive_expiry is not None
+        assert guarded._pool._keepalive_expiry < server_idle
+    finally:
+        await guarded.aclose()
 
 
 async def test_redirects_are_answers(server: RunningServer) -> None:

@@ -294,9 +294,10 @@ async def test_200_orders_150_keys_then_import_delivers_the_rest(
             == 0
         )
         assert "50 waiting orders requeued" in capsys.readouterr().out
+        stack.catch_up_with_cli()
         await stack.drain()
         jobs = [await stack.job(order_id) for order_id in orders]
-        assert all(job.state == JobState.DELIVERED.value for job in jobs)
+        assert [(j.order_id, j.state, j.last_error) for j in jobs if j.state != JobState.DELIVERED.value] == []
         texts = [stack.market.accepted(o).json["text"] for o in orders]
         assert len(set(texts)) == 200
         assert not any(text in stack.logs.getvalue() for text in texts)  # keys never reach a log line

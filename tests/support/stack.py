@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,9 @@ class Stack:
     clock: ManualClock
     api_key: str
     logs: io.StringIO
-    client: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
+    client: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=30.0))
+    """The test's own client (the marketplace's side): 30 s, not httpx's 5 s, because a test that posts 200
+    webhooks at once waited over 5 s for a pooled connection on a loaded CI machine (PoolTimeout)."""
 
     @property
     def webhook_url(self) -> str:
@@ -40,6 +43,12 @@ class Stack:
 
     async def drain(self) -> int:
         return await self.daemon.worker.drain()
+
+    def catch_up_with_cli(self) -> None:
+        """Move the stack's clock to the wall clock if it is behind: a CLI command (another process in production)
+        stamps the jobs it requeues with the wall clock, and ``ManualClock`` starts at a fixed instant that the
+        wall clock passes on 2027-01-15; behind it, the requeued jobs would not be due for the next drain."""
+        self.clock.advance(max(0.0, time.time() - self.clock.now()))
 
     async def advance_and_drain(self, seconds: float) -> int:
         self.clock.advance(seconds)
