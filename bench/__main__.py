@@ -1,8 +1,9 @@
 """``python -m bench [--smoke] [--out results.json] [--only NAME ...]``: run the benchmark, print a table, write JSON.
 
 Full run: ingest (32 connections, 2 rounds of 10 s per server), end-to-end at 50 orders/s for 20 s, a 10,000-job
-drain, growth at 10^3/10^5/10^6 rows, ingest and drain on PostgreSQL with 1 and 3 replicas — about 5 minutes on
-a 2-core machine, the fill of 10^6 rows included. ``--smoke`` runs everything but ``pg`` tiny (a few seconds each, for
+drain, the daemon against the Express and Python inline handlers (``bench/versus.py``), growth at 10^3/10^5/10^6
+rows, ingest and drain on PostgreSQL with 1 and 3 replicas — about 8 minutes on a 2-core machine, the fill of 10^6
+rows included. ``--smoke`` runs everything but ``pg`` tiny (a few seconds each, for
 CI: it checks the benchmark runs and produces the table, not the figures); ``--smoke --only pg`` adds it (~1 min).
 """
 
@@ -23,7 +24,7 @@ from .processes import start_server
 from .report import render_table, targets
 from .scenarios import Bench, drain, end_to_end, ingest
 
-SCENARIOS = ("ingest", "e2e", "drain", "growth", "pg")
+SCENARIOS = ("ingest", "e2e", "drain", "versus", "growth", "pg")
 
 
 def machine() -> dict[str, Any]:
@@ -75,6 +76,10 @@ def run(smoke: bool, only: tuple[str, ...], workdir: Path, use_wrk: bool) -> dic
             results["e2e"] = end_to_end(bench, seconds=2.0) if smoke else end_to_end(bench)
         if "drain" in only:
             results["drain"] = drain(bench, jobs=200) if smoke else drain(bench)
+        if "versus" in only:
+            from .versus import versus
+
+            results["versus"] = versus(bench, orders=40, seconds=1.0) if smoke else versus(bench)
         if "pg" in only:
             from .pg import pg
 

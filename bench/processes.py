@@ -79,17 +79,33 @@ def profile_command(pid: int, seconds: float, out: Path) -> list[str]:
 
 @contextlib.contextmanager
 def start_server(
-    kind: str, spec: dict[str, Any], workdir: Path, *, timeout: float = 60.0, root: Path = ROOT
+    kind: str,
+    spec: dict[str, Any],
+    workdir: Path,
+    *,
+    timeout: float = 60.0,
+    root: Path = ROOT,
+    prefix: list[str] | None = None,
 ) -> Iterator[ServerProcess]:
     """Run ``python -m bench.serve KIND`` with ``spec``; stopped (SIGTERM, then SIGKILL) when the block ends.
 
     ``root``: the checkout whose code runs (``bench.compare`` runs another one's daemon next to this one's).
+    ``prefix``: a command that runs it (``taskset -c 0``: bench/versus.py pins each system to one core).
     """
     path = workdir / f"{kind}-{time.monotonic_ns()}.json"
     path.write_text(json.dumps(spec))
-    command = [sys.executable, "-m", "bench.serve", kind, str(path)]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=root, env=env)
+    command = [*(prefix or []), sys.executable, "-m", "bench.serve", kind, str(path)]
+    with start_process(kind, command, {**os.environ, "PYTHONPATH": str(root)}, root, timeout=timeout) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def start_process(
+    name: str, command: list[str], env: dict[str, str], cwd: Path, *, timeout: float = 60.0
+) -> Iterator[ServerProcess]:
+    """Run ``command``, which prints ``READY <port>`` on stdout once it accepts connections on loopback; stopped
+    (SIGTERM, then SIGKILL) when the block ends."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=cwd, env=env)
     try:
         assert process.stdout is not None
         deadline = time.monotonic() + timeout
@@ -99,7 +115,7 @@ def start_server(
             if line.startswith("READY") or not line:
                 break
         if not line.startswith("READY"):
-            raise RuntimeError(f"{kind} server did not start (exit {process.poll()})")
+            raise RuntimeError(f"{name} server did not start (exit {process.poll()})")
         server = ServerProcess(process, int(line.split()[1]))
         yield server
     finally:

@@ -85,6 +85,8 @@ def render_table(results: dict[str, Any]) -> str:
             f"per order {d['event_loop_ms_per_order']:.2f} ms on its event loop + "
             f"{d['other_threads_ms_per_order']:.2f} ms on its other threads"
         )
+    if "versus" in results:
+        lines.extend(_versus_lines(results["versus"]))
     if "growth" in results:
         g = results["growth"]
         lines.append(f"\ngrowth (ms per operation, median of {g['repeats']}; ratio to the first row)")
@@ -117,5 +119,35 @@ def _pg_lines(pg: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {row['replicas']:>8}{ing['rps']:>14.0f}{ing['p50_ms']:>9.2f}{ing['p99_ms']:>9.2f}"
             f"{ing['errors']:>8}{dr['deliveries_per_s']:>10.0f}"
+        )
+    return lines
+
+
+def _versus_lines(v: dict[str, Any]) -> list[str]:
+    pinned = "each system on one core" if v["pinned"] else "NOT pinned (fewer than 2 cores or no taskset)"
+    lines = [
+        f"\nversus the inline handlers ({pinned}; {v['orders']} orders over 32 connections, then 50/s and 10/s "
+        f"for {v['open_loop_s']:g} s)",
+        f"  {'system':<9}{'orders/s':>10}{'CPU ms/order':>14}{'p50/p99 at 50/s':>18}{'p50/p99 at 10/s':>18}"
+        f"{'RSS idle MB':>13}",
+    ]
+    for name in ("daemon", "express", "inline"):
+        if name not in v:
+            lines.append(f"  {name:<9}skipped: {v['skipped'].get(name, '?')}")
+            continue
+        r = v[name]
+        at50, at10 = r["open_50"], r["open_10"]
+        lines.append(
+            f"  {name:<9}{r['closed_loop']['delivered_per_s']:>10.0f}{r['closed_loop']['cpu_ms_per_order']:>14.2f}"
+            f"{at50['p50_ms']:>10.1f}/{at50['p99_ms']:<7.1f}{at10['p50_ms']:>10.1f}/{at10['p99_ms']:<7.1f}"
+            f"{r['rss_idle_kb'] / 1024:>13.0f}"
+        )
+    split = v.get("daemon", {}).get("open_50", {}).get("split_p50_ms")
+    if split:
+        lines.append("  daemon at 50/s, medians (ms): " + ", ".join(f"{k} {x:.2f}" for k, x in split.items()))
+    for peer, ratio in v["ratios"].items():
+        lines.append(
+            f"  daemon / {peer}: orders/s {ratio['delivered_per_s']:.2f}, CPU/order {ratio['cpu_ms_per_order']:.2f}, "
+            f"p50 {ratio['p50_at_50']:.2f}, p99 {ratio['p99_at_50']:.2f}, RSS idle {ratio['rss_idle']:.2f}"
         )
     return lines

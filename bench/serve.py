@@ -1,4 +1,4 @@
-"""The server processes of a benchmark run: ``python -m bench.serve daemon|baseline|unstored|market SPEC.json``.
+"""The server processes of a benchmark run: ``python -m bench.serve daemon|baseline|unstored|inline|market SPEC``.
 
 Each runs under the same uvicorn settings on a socket bound here and prints ``READY <port>`` once accepting.
 ``baseline`` is the bare Starlette endpoint that only reads and parses the JSON body: the cost of the HTTP stack
@@ -7,7 +7,8 @@ without the database: not a mode of the daemon (it would break its one promise),
 webhook costs besides storing it. ``market`` is the reference SoftStore marketplace plus
 two bench-only routes: ``POST /_bench/orders {"count"}`` places orders without sending webhooks and returns their
 signed webhook bodies; ``POST /_bench/accepted {"ids"}`` returns when each delivery was accepted (epoch seconds);
-``GET /_bench/delivered`` counts accepted deliveries.
+``GET /_bench/delivered`` counts accepted deliveries. ``inline`` is the Python peer of ``bench/versus.py``
+(:mod:`bench.inline`).
 """
 
 from __future__ import annotations
@@ -112,7 +113,14 @@ async def main(kind: str, spec: dict[str, Any]) -> None:
     if kind == "market":
         app, market = market_app(spec)
     else:
-        apps = {"baseline": lambda _spec: baseline_app(), "daemon": daemon_app, "unstored": unstored_app}
+        from .inline import inline_app
+
+        apps = {
+            "baseline": lambda _spec: baseline_app(),
+            "daemon": daemon_app,
+            "unstored": unstored_app,
+            "inline": inline_app,
+        }
         app = apps[kind](spec)
     options: dict[str, Any] = dict(UVICORN)
     if market is None:  # the daemon and the baseline: the protocol delivery-daemon serve uses (runner._server)

@@ -18,13 +18,28 @@ def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=420,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    for heading in ("ingest (python", "end-to-end at", "drain of", "growth (ms", "targets"):
+    for heading in ("ingest (python", "end-to-end at", "drain of", "versus the inline", "growth (ms", "targets"):
         assert heading in done.stdout
     results = json.loads(out.read_text())
-    assert {"ingest", "e2e", "drain", "growth", "targets"} <= results.keys()
+    assert {"ingest", "e2e", "drain", "versus", "growth", "targets"} <= results.keys()
+    # The Express peer may be missing (no node/npm): then the result says why; the daemon and Python always run.
+    versus = results["versus"]
+    for system in ("daemon", "express", "inline"):
+        assert system in versus or versus["skipped"][system], system
+    for system in ("daemon", "inline"):
+        loop = versus[system]["closed_loop"]
+        assert loop["delivered"] == loop["orders"] == 40 and loop["cpu_ms_per_order"] > 0, system
+    assert set(versus["daemon"]["open_50"]["split_p50_ms"]) == {
+        "receive_commit",
+        "wait_pickup",
+        "verify",
+        "generate",
+        "store",
+        "deliver",
+    }
     for server in ("baseline", "daemon", "unstored"):
         figures = results["ingest"][server]
         assert figures["errors"] == 0 and figures["requests"] > 0, server

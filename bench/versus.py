@@ -1,0 +1,213 @@
+"""The daemon side by side with what a seller would run instead (issue #26), in one run on one machine.
+
+The peers: the SoftStore seed's own Express handler completed as its Recommended Flow says
+(``bench/peers/express/server.js``) and the same flow as a hand-written Starlette + httpx handler (:mod:`bench.inline`).
+Both verify the order with ``GET /orders/info/{id}`` like the daemon, generate a key and post it to the delivery URL
+inline, storing nothing; the daemon commits every webhook (``synchronous=FULL``) before answering.
+
+Each system runs alone on one core (``taskset -c 0``, all its threads); the reference marketplace and this process
+(the load) share the other core. Per system: idle RSS 1 s after start; a closed loop of ``orders`` signed webhooks
+over 32 connections (delivered orders/s, CPU per delivered order from ``/proc``); then open loops at 50/s and 10/s
+(webhook sent → delivery accepted by the marketplace). For the daemon, the 50/s latency is split into its parts from
+its own log lines: receive → commit (``webhook.accepted``), commit → worker picks up, verify, generate, store,
+deliver.
+
+The Express peer needs ``node`` and ``npm`` (its packages are installed with ``npm ci`` into the work directory);
+without them, or on a machine with one core (no pinning possible), the result says why it is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .processes import ROOT, ServerProcess, start_process, start_server
+from .scenarios import STORE, Bench, _post_all, _send_steady, _wait_delivered, percentiles
+
+SYSTEMS = ("daemon", "express", "inline")
+EXPRESS = ROOT / "bench" / "peers" / "express"
+PARTS = ("receive_commit", "wait_pickup", "verify", "generate", "store", "deliver")
+
+
+def _cores() -> tuple[str, set[int]] | None:
+    """(the measured system's core for taskset, the cores left for the marketplace and the load), or None."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2 or shutil.which("taskset") is None:
+        return None
+    return str(cores[0]), set(cores[1:])
+
+
+def _pin_all_threads(pid: int, cores: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cores`` (sched_setaffinity on a pid moves only its main thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cores)
+
+
+def _express_dir(workdir: Path) -> Path | str:
+    """The Express peer installed in ``workdir`` (``npm ci`` from the committed lock file), or why it cannot be."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "node and npm are not installed"
+    target = workdir / "express"
+    if not (target / "node_modules").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("package.json", "package-lock.json", "server.js"):
+            shutil.copy(EXPRESS / name, target / name)
+        done = subprocess.run(
+            ["npm", "ci", "--silent", "--no-audit", "--no-fund"],  # noqa: S607  (npm from PATH, as the docs say)
+            cwd=target,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            return f"npm ci failed: {done.stderr.strip()[-300:]}"
+    return target
+
+
+@contextlib.contextmanager
+def _system(bench: Bench, name: str, pin: str | None) -> Iterator[tuple[ServerProcess, str]]:
+    """The system running (on core ``pin`` when given) and the URL its webhooks go to."""
+    prefix = ["taskset", "-c", pin] if pin is not None else []
+    log_file = str(bench.workdir / f"versus-{name}.log")
+    if name == "daemon":
+        spec = bench.daemon_spec("versus-daemon")
+        spec["log_file"] = log_file
+        with start_server("daemon", spec, bench.workdir, prefix=prefix) as daemon:
+            yield daemon, f"{daemon.url}/webhooks/{STORE}"
+    elif name == "inline":
+        spec = {"api_key": bench.api_key, "api_base": bench.api_base, "log_file": log_file}
+        with start_server("inline", spec, bench.workdir, prefix=prefix) as inline:
+            yield inline, f"{inline.url}/webhook"
+    else:
+        where = _express_dir(bench.workdir)
+        assert isinstance(where, Path), where
+        env = {"PATH": os.environ["PATH"], "API_KEY": bench.api_key, "API_BASE": bench.api_base, "PORT": "0"}
+        with start_process("express", [*prefix, "node", "server.js"], {**env, "LOG_FILE": log_file}, where) as node:
+            yield node, f"{node.url}/webhook"
+
+
+def _cpu(process: ServerProcess) -> float:
+    return sum(process.thread_cpu().values())
+
+
+def _closed_loop(bench: Bench, process: ServerProcess, url: str, orders: int) -> dict[str, Any]:
+    """``orders`` webhooks over 32 connections, as fast as the system takes them; delivered orders/s and CPU."""
+    payloads = bench.place_orders(orders)
+    before = bench.delivered_count()
+    cpu_before, started = _cpu(process), time.time()
+    asyncio.run(_post_all(url, payloads))
+    _wait_delivered(bench, before + orders, 600)
+    cpu_after = _cpu(process)
+    accepted = bench.accepted([p["id_order"] for p in payloads])
+    last = max(accepted.values())
+    return {
+        "orders": orders,
+        "delivered": len(accepted),
+        "delivered_per_s": len(accepted) / (last - started),
+        "cpu_ms_per_order": (cpu_after - cpu_before) / len(accepted) * 1e3,
+    }
+
+
+def _open_loop(bench: Bench, url: str, rate: float, seconds: float) -> tuple[dict[str, Any], dict[str, float]]:
+    """A steady ``rate`` for ``seconds``; latency figures, and when each order's webhook was sent."""
+    payloads = bench.place_orders(int(rate * seconds))
+    before = bench.delivered_count()
+    sent = asyncio.run(_send_steady(url, payloads, rate))
+    _wait_delivered(bench, before + len(payloads), 120)
+    accepted = bench.accepted(list(sent))
+    latencies = [(accepted[i] - t) * 1000 for i, t in sent.items() if i in accepted]
+    return {"rate": rate, "orders": len(payloads), **percentiles(latencies)}, sent
+
+
+def latency_split(log_file: Path, sent: dict[str, float]) -> dict[str, float]:
+    """Median milliseconds of each part of the daemon's path for the orders in ``sent`` (from its JSON log lines:
+    ``webhook.accepted``, ``order.verified``, ``content.generated``, ``delivery.attempt``, ``delivery.succeeded``)."""
+    seen: dict[str, dict[str, tuple[float, float]]] = {}
+    wanted = {"webhook.accepted", "order.verified", "content.generated", "delivery.attempt", "delivery.succeeded"}
+    with log_file.open() as lines:
+        for line in lines:
+            record = json.loads(line)
+            if record.get("event") in wanted and record.get("order_id") in sent:
+                at = datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+                seen.setdefault(record["order_id"], {})[record["event"]] = (at, float(record.get("duration_ms", 0.0)))
+    parts: dict[str, list[float]] = {part: [] for part in PARTS}
+    for order_id, events in seen.items():
+        if not wanted <= events.keys():
+            continue
+        accepted, (verified, verify_ms) = events["webhook.accepted"][0], events["order.verified"]
+        generated, generate_ms = events["content.generated"]
+        parts["receive_commit"].append((accepted - sent[order_id]) * 1000)
+        parts["wait_pickup"].append((verified - verify_ms / 1000 - accepted) * 1000)
+        parts["verify"].append(verify_ms)
+        parts["generate"].append(generate_ms)
+        parts["store"].append((events["delivery.attempt"][0] - generated) * 1000)
+        parts["deliver"].append(events["delivery.succeeded"][1])
+    return {part: statistics.median(values) for part, values in parts.items() if values}
+
+
+def _measure(bench: Bench, name: str, pin: str | None, orders: int, seconds: float) -> dict[str, Any]:
+    with _system(bench, name, pin) as (process, url):
+        if pin is not None:
+            _pin_all_threads(process.pid, {int(pin)})
+        time.sleep(1.0)  # start-up garbage settles before the idle figure
+        result: dict[str, Any] = {"rss_idle_kb": process.status()["VmRSS"]}
+        _open_loop(bench, url, 50.0, 0.2)  # warm-up: the first order fetches the JWT and opens connections
+        result["closed_loop"] = _closed_loop(bench, process, url, orders)
+        for rate in (50.0, 10.0):
+            figures, sent = _open_loop(bench, url, rate, seconds)
+            if name == "daemon" and rate == 50.0:
+                figures["split_p50_ms"] = latency_split(bench.workdir / f"versus-{name}.log", sent)
+            result[f"open_{rate:g}"] = figures
+    return result
+
+
+def versus(bench: Bench, *, orders: int = 2000, seconds: float = 20.0) -> dict[str, Any]:
+    """Every system in turn under the same load; the figures per system, and the daemon's ratios to the peers."""
+    cores = _cores()
+    results: dict[str, Any] = {"orders": orders, "open_loop_s": seconds, "pinned": cores is not None, "skipped": {}}
+    own = os.sched_getaffinity(0)
+    if cores is not None:
+        _pin_all_threads(bench.market.pid, cores[1])
+        os.sched_setaffinity(0, cores[1])
+    try:
+        express = _express_dir(bench.workdir)
+        for name in SYSTEMS:
+            if name == "express" and not isinstance(express, Path):
+                results["skipped"][name] = express
+                continue
+            results[name] = _measure(bench, name, cores[0] if cores else None, orders, seconds)
+    finally:
+        os.sched_setaffinity(0, own)
+        _pin_all_threads(bench.market.pid, own)
+    results["ratios"] = _ratios(results)
+    return results
+
+
+def _ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The daemon's figures over each peer's (the issue's targets are written against these)."""
+    ratios: dict[str, dict[str, float]] = {}
+    daemon = results.get("daemon")
+    for peer in ("express", "inline"):
+        other = results.get(peer)
+        if daemon is None or other is None:
+            continue
+        ratios[peer] = {
+            "delivered_per_s": daemon["closed_loop"]["delivered_per_s"] / other["closed_loop"]["delivered_per_s"],
+            "cpu_ms_per_order": daemon["closed_loop"]["cpu_ms_per_order"] / other["closed_loop"]["cpu_ms_per_order"],
+            "p50_at_50": daemon["open_50"]["p50_ms"] / other["open_50"]["p50_ms"],
+            "p99_at_50": daemon["open_50"]["p99_ms"] / other["open_50"]["p99_ms"],
+            "rss_idle": daemon["rss_idle_kb"] / other["rss_idle_kb"],
+        }
+    return ratios
