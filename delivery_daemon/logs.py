@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 REDACTED = "[redacted]"
@@ -236,6 +237,17 @@ def _record_exception(_logger: Any, _name: str, event: MutableMapping[str, Any])
     return event
 
 
+def json_line(event: Any, *, default: Callable[[Any], Any] | None = None, **_ignored: Any) -> str:
+    """structlog's ``JSONRenderer`` serializer: the event as one JSON line, by orjson.
+
+    Why not ``json.dumps`` (structlog's default): it was ~70 % of a log call's CPU (a 12-key event: ~30 µs of a
+    ~44 µs call on the 2-core machine; orjson renders it in ~1 µs), and the daemon writes five lines per order
+    (issue #26, item 4). Differences a reader sees: non-ASCII text is written as UTF-8 instead of ``\\u`` escapes
+    (the redactor scrubs both forms), non-string keys become strings, and anything else orjson does not know goes
+    through structlog's fallback (``default``: its ``repr``), as before."""
+    return orjson.dumps(event, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def configure_logging(
     fmt: str = "auto", level: str = "info", stream: TextIO | None = None, redactor: Redactor = REDACTOR
 ) -> None:
@@ -248,7 +260,9 @@ def configure_logging(
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer: Any = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        structlog.processors.JSONRenderer(serializer=json_line)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     numeric = getattr(logging, level.upper(), logging.INFO)
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)

@@ -52,6 +52,30 @@ def test_secret_nested_in_a_structure_is_redacted(rendered: io.StringIO) -> None
     assert SECRETS["plain"] not in rendered.getvalue()
 
 
+def test_json_lines_carry_any_value_as_json() -> None:
+    """A JSON line holds non-ASCII text as itself, non-string keys as strings, objects JSON lacks by their repr,
+    and a key whose text a renderer would escape (a non-ASCII secret) still comes out redacted."""
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    stream = io.StringIO()
+    redactor = Redactor()
+    redactor.add(SECRETS["unicode"])
+    configure_logging("json", "info", stream=stream, redactor=redactor)
+    try:
+        note = f"k={SECRETS['unicode']}"
+        structlog.get_logger("t").info("e", text="café Ω", counts={1: 2}, thing=Opaque(), note=note)
+    finally:
+        structlog.reset_defaults()
+    line = stream.getvalue()
+    event = json.loads(line)
+    assert (event["text"], event["counts"], event["thing"]) == ("café Ω", {"1": 2}, "<opaque>")
+    assert event["note"] == "k=[redacted]" and "secrète" not in line
+    assert "café Ω" in line  # written as UTF-8, not as \\u escapes
+
+
 def test_lines_are_stamped_with_the_wall_clock_in_utc(rendered: io.StringIO) -> None:
     """structlog's TimeStamper reads the wall clock (frozen here): each line carries that instant in ISO 8601 UTC
     ("Z"), to the microsecond. (freezegun's ``tz_offset`` cannot stand in for a host in another zone: it shifts
