@@ -33,7 +33,7 @@ def adapter(secret: str) -> PolarAdapter:
 
 
 def polar_signed(secret: str, message: dict[str, Any], msg_id: str = "msg_1") -> tuple[dict[str, str], bytes]:
-    """Signed as Polar signs: Standard Webhooks with the base64 of the secret's text (what its SDK hands the library)."""
+    """Signed as Polar signs: Standard Webhooks keyed with the base64 of the secret's text, as its SDK does."""
     body = json.dumps(message).encode()
     library = standardwebhooks.Webhook(base64.b64encode(secret.encode()).decode())
     signature = library.sign(msg_id, datetime.fromtimestamp(NOW, tz=UTC), body.decode())
@@ -90,7 +90,7 @@ def test_refund_and_other_types() -> None:
     assert isinstance(event, OrderEvent) and event.kind == "refunded" and event.order_id == data["id"]
     for kind in ("order.created", "subscription.active"):
         assert adapter(secret).parse_webhook(*polar_signed(secret, {"type": kind, "data": {}})) is None
-    with pytest.raises(WebhookRejected, match="missing field: data.id"):
+    with pytest.raises(WebhookRejected, match=r"missing field: data\.id"):
         adapter(secret).parse_webhook(*polar_signed(secret, {"type": "order.paid", "data": {}}))
 
 
