@@ -108,9 +108,11 @@ class LemonSqueezy:
         status: str = "paid",
         store_id: str | None = None,
         send: bool = True,
+        order_id: str | None = None,
     ) -> str:
-        """A new order (its id); with ``send``, its ``order_created`` webhook is queued (see :meth:`pump`)."""
-        order_id = str(1 + max((int(k) for k in self.orders), default=100_000))
+        """A new order (its id: the next number unless given); with ``send``, its ``order_created`` webhook is queued
+        (see :meth:`pump`)."""
+        order_id = order_id or str(1 + max((int(k) for k in self.orders if k.isdigit()), default=100_000))
         when = iso(self.now())
         self.orders[order_id] = {
             "type": "orders",
@@ -129,8 +131,8 @@ class LemonSqueezy:
                 "refunded": False,
                 "refunded_at": None,
                 "first_order_item": {
-                    "id": int(order_id) * 10,
-                    "order_id": int(order_id),
+                    "id": len(self.orders) + 1,
+                    "order_id": int(order_id) if order_id.isdigit() else order_id,
                     "product_id": int(product_id) if product_id.isdigit() else product_id,
                     "variant_id": int(variant_id),
                     "quantity": quantity,
