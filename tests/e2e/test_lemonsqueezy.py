@@ -105,9 +105,10 @@ async def test_refunded_since_the_webhook_is_not_delivered(tmp_path: Path) -> No
         assert job.state == "dead" and "refunded" in job.last_error and stack.seller.accepted() == []
 
 
-async def test_daemon_down_for_the_first_tries_still_gets_the_order(tmp_path: Path) -> None:
-    """Down for tries 1 and 2 (connection refused), up for try 3 (30 s after the first): delivered once."""
-    async with lemon_stack(tmp_path) as stack:
+async def test_daemon_down_for_the_first_tries_still_gets_the_order(tmp_path: Path, db_url: str) -> None:
+    """Down for tries 1 and 2 (connection refused), up for try 3 (30 s after the first): delivered once (SQLite and
+    PostgreSQL)."""
+    async with lemon_stack(tmp_path, database=db_url) as stack:
         stack.down()
         order_id = stack.market.place("55")
         await stack.market.pump()
@@ -124,10 +125,11 @@ async def test_daemon_down_for_the_first_tries_still_gets_the_order(tmp_path: Pa
         assert (await stack.job(order_id)).state == "delivered"
 
 
-async def test_past_the_last_try_the_order_list_finds_it(tmp_path: Path) -> None:
+async def test_past_the_last_try_the_order_list_finds_it(tmp_path: Path, db_url: str) -> None:
     """Down for all four tries (0, 5, 30, 155 s): Lemon Squeezy drops the webhook; list_paid_orders still lists the
-    order as deliverable, with the job the webhook would have made (paid orders only, this store's only)."""
-    async with lemon_stack(tmp_path) as stack:
+    order as deliverable (paid orders only, this store's only), and queued as the watchdog would queue it, it is
+    verified and delivered once with its 3 keys (SQLite and PostgreSQL)."""
+    async with lemon_stack(tmp_path, database=db_url) as stack:
         stack.down()
         since = stack.clock.now()
         order_id = stack.market.place("55", quantity=3, email="lost@example.org")
@@ -146,6 +148,11 @@ async def test_past_the_last_try_the_order_list_finds_it(tmp_path: Path) -> None
         assert listed.order.order_id == order_id and listed.order.buyer_email == "lost@example.org"
         assert listed.order.payload["quantity"] == 3 and listed.order.product_id == "55"
         assert any("filter[store_id]=1001" in path for path, _ in stack.market.requests)
+        await stack.daemon.queue.enqueue(listed.order)  # what the missed-order watchdog (#24) does with it
+        await stack.drain()
+        assert (await stack.job(order_id)).state == "delivered"
+        [delivery] = stack.seller.accepted()
+        assert delivery.body["data"]["order_id"] == order_id and len(delivery.body["data"]["keys"]) == 3
 
 
 async def test_order_list_pages_oldest_first(tmp_path: Path) -> None:
