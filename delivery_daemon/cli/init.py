@@ -87,6 +87,20 @@ MARKETPLACES = {
             "email",
         ),
         Marketplace(
+            "lemonsqueezy",
+            "lemon-squeezy",
+            "Lemon Squeezy dashboard, Settings > Webhooks: add an endpoint {url} with a signing secret of your\n"
+            "     choice and the events order_created and order_refunded; then set store_id in {config}",
+            "email",
+        ),
+        Marketplace(
+            "polar",
+            "polar",
+            "Polar dashboard, Settings > Webhooks: add an endpoint {url}, format Raw, with the events\n"
+            "     order.paid and order.refunded",
+            "email",
+        ),
+        Marketplace(
             "standard-webhooks",
             "standard-webhooks",
             "your platform's webhook settings: endpoint {url} for its paid, refunded and disputed orders\n"
@@ -102,6 +116,9 @@ SECRET_HINTS = {
     "SHOPPY_WEBHOOK_SECRET": "Shoppy dashboard, Settings: the webhook secret",
     "STRIPE_WEBHOOK_SECRET": "Stripe Dashboard > Developers > Webhooks > your endpoint: Signing secret (whsec_...)",
     "STANDARD_WEBHOOKS_SECRET": "your platform's signing secret for this endpoint (whsec_...)",
+    "LEMONSQUEEZY_WEBHOOK_SECRET": "Lemon Squeezy dashboard, Settings > Webhooks: the signing secret you chose",
+    "LEMONSQUEEZY_API_KEY": "Lemon Squeezy dashboard, Settings > API: an API key",
+    "POLAR_WEBHOOK_SECRET": "Polar dashboard, Settings > Webhooks > your endpoint: its secret, as shown",
     "VIRTUAL_STORES_PASSWORD": "the password of the staff account staff.email of your Virtual Stores shop",
     "SMTP_PASSWORD": "the password of delivery.email.username on your SMTP server",
     "DELIVERY_WEBHOOK_SECRET": "generated: give the same value to your own system, which checks the signatures",

@@ -153,7 +153,8 @@ class StoreSettings(Model):
     marketplace: str = Field(
         examples=["softstore"],
         json_schema_extra=expected_extra(
-            "a marketplace adapter: softstore, sellix, shoppy, stripe, virtual-stores or standard-webhooks"
+            "a marketplace adapter: softstore, sellix, shoppy, stripe, virtual-stores, standard-webhooks, "
+            "lemonsqueezy or polar"
         ),
     )
     api_url: str | None = Field(
@@ -168,11 +169,26 @@ class StoreSettings(Model):
     default: ProductSettings | None = None
     products: dict[str, ProductSettings] = Field(default_factory=dict)
     staff: StaffSettings | None = None
+    store_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,20}$",
+        examples=["12345"],
+        json_schema_extra=expected_extra(
+            "the marketplace's own numeric id of the store (Lemon Squeezy: Settings > Stores)"
+        ),
+    )
+    """The marketplace's id of this store (``lemonsqueezy``: its orders are listed and checked by it)."""
     """The shop's staff login (``virtual-stores``: orders are read from the shop and marked fulfilled there)."""
     signature: SignatureSettings = SignatureSettings()
     delivery: ChannelSettings = ChannelSettings()
     sync_budget: float = Field(default=5.0, gt=0, le=9.5)
     """Seconds a marketplace that waits for the goods in its request (Sellix dynamic products) is given them in."""
+
+    @field_validator("store_id", mode="before")
+    @classmethod
+    def _numeric_id(cls, value: Any) -> Any:
+        # YAML reads `store_id: 12345` as a number; the id is compared as the API's text.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("api_url")
     @classmethod

@@ -17,6 +17,7 @@ The body the daemon expects (documented for sellers wiring their platform to it)
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from delivery_daemon.config import WHSEC_EXAMPLE, WHSEC_FORM, whsec_key
 from delivery_daemon.errors import ConfigError
@@ -41,17 +42,25 @@ class StandardWebhooksAdapter(SignedPayloadAdapter):
 
     def __init__(self, context: AdapterContext) -> None:
         super().__init__(context)
-        try:
-            self.key = whsec_key(self.secret)
-        except ValueError as exc:
-            raise ConfigError(f"{context.path}.webhook_secret", str(exc), WHSEC_FORM, WHSEC_EXAMPLE) from None
+        self.key = self.signing_key(self.secret, f"{context.path}.webhook_secret")
         self.tolerance = context.store.signature.tolerance
+
+    def signing_key(self, secret: str, path: str) -> bytes:
+        """The HMAC key of the configured secret (``whsec_<base64>``), else ConfigError at ``path``. A preset of
+        a platform whose secret has another form (Polar) overrides this."""
+        try:
+            return whsec_key(secret)
+        except ValueError as exc:
+            raise ConfigError(path, str(exc), WHSEC_FORM, WHSEC_EXAMPLE) from None
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
         msg_id = verify_standard(headers, body, [self.key], self.clock.now(), self.tolerance)
         message = load_object(body)
-        kind = message.get("type")
-        data = mapping(message, "data")
+        return self.result(message.get("type"), mapping(message, "data"), msg_id)
+
+    def result(self, kind: Any, data: dict[str, Any], msg_id: str) -> WebhookResult:
+        """The order or event a verified message of type ``kind`` carries (the daemon's own body shape, above); a
+        platform preset with a body of its own (Polar) overrides this."""
         order_id = identifier(data.get("order_id"), "data.order_id")
         assert order_id is not None
         product_id = identifier(data.get("product_id"), "data.product_id", required=False)

@@ -1,5 +1,6 @@
-"""``delivery-daemon demo --marketplace NAME`` for the marketplaces that only *send* signed webhooks: Sellix, Shoppy,
-Stripe-based stores and Standard Webhooks platforms.
+"""``delivery-daemon demo --marketplace NAME`` for the marketplaces whose orders arrive as signed webhooks: Sellix,
+Shoppy, Stripe-based stores, Standard Webhooks platforms, Polar, and Lemon Squeezy (whose reference API also runs:
+the daemon reads each order back from it).
 
 Everything runs in this process on 127.0.0.1: the daemon (free port, temporary database), the seller's endpoint for
 the ``webhook`` channel (the reference :class:`~delivery_daemon.reference.standard_webhooks.SellerSystem`) and, for
@@ -30,7 +31,7 @@ from delivery_daemon.config import parse_settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
-from delivery_daemon.reference import sellix, shoppy, stripe_store
+from delivery_daemon.reference import lemonsqueezy, polar, sellix, shoppy, stripe_store
 from delivery_daemon.reference.demo import PRODUCTS, TEMPLATE, Row, follow, report, say
 from delivery_daemon.reference.demo_smtp import SUBJECT, SmtpSink, smtp_available, smtp_sink
 from delivery_daemon.reference.standard_webhooks import SellerSystem, StandardWebhooksSender, new_secret
@@ -48,6 +49,27 @@ class Market:
     sender: Callable[[str, str], Place]  # (the store's webhook URL, its secret) -> place
     channel: str = "webhook"  # "email": through the SMTP sink when aiosmtpd is installed
     dynamic_last: bool = False  # the last order is a dynamic product, answered in the webhook's response (Sellix)
+    one_unit: bool = False  # its orders are of one unit each (Polar)
+    backend: Callable[[str], contextlib.AbstractAsyncContextManager[Backend]] | None = None
+    """The marketplace's API, for a marketplace the daemon asks about its orders (Lemon Squeezy): started with the
+    webhook secret, it gives the store's extra settings and the sender to use instead of ``sender``."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A running reference API: the store settings that point the daemon at it, and how it places an order."""
+
+    store: dict[str, Any]
+    sender: Callable[[str, str], Place]
+
+
+@contextlib.asynccontextmanager
+async def _backend(market: Market, secret: str) -> AsyncIterator[Backend]:
+    if market.backend is None:
+        yield Backend({}, market.sender)
+        return
+    async with market.backend(secret) as backend:
+        yield backend
 
 
 def _sellix(url: str, secret: str) -> Place:
@@ -74,6 +96,31 @@ def _standard(url: str, secret: str) -> Place:
     )
 
 
+def _polar(url: str, secret: str) -> Place:
+    sender = polar.PolarSender(url, secret)
+    return lambda oid, product, qty: sender.send("order.paid", polar.order(product, order_id=oid))
+
+
+@contextlib.asynccontextmanager
+async def _lemonsqueezy(secret: str) -> AsyncIterator[Backend]:
+    """The reference Lemon Squeezy's API (the daemon reads each order back from it) and its webhooks: an order is
+    placed there, then its ``order_created`` is sent (Lemon Squeezy's retries are not needed: the daemon is up)."""
+    market = lemonsqueezy.LemonSqueezy(api_key=secrets.token_hex(20), secret=secret)
+
+    def sender(url: str, _secret: str) -> Place:
+        market.seller_url = url
+
+        async def place(oid: str, product: str, qty: int) -> httpx.Response:
+            market.place(product, qty, order_id=oid)
+            await market.pump()
+            return httpx.Response(market.webhooks[-1].tries[-1] or 503)  # 0: no answer at all
+
+        return place
+
+    async with serve(market.app) as api:
+        yield Backend({"api_url": api.url, "api_key": market.api_key, "store_id": market.store_id}, sender)
+
+
 MARKETS: dict[str, Market] = {
     "sellix": Market(
         "Sellix", lambda: secrets.token_hex(24), lambda: f"sellix-{secrets.token_hex(3)}", _sellix, dynamic_last=True
@@ -84,6 +131,17 @@ MARKETS: dict[str, Market] = {
     ),
     "standard-webhooks": Market(
         "Standard Webhooks platform", new_secret, lambda: f"A-{secrets.token_hex(5)}", _standard, channel="email"
+    ),
+    "lemonsqueezy": Market(
+        "Lemon Squeezy",
+        lambda: secrets.token_hex(16),
+        lambda: str(secrets.randbelow(9_000_000) + 1_000_000),
+        _standard,  # never used: the backend's sender places the order in the reference API first
+        channel="email",
+        backend=_lemonsqueezy,
+    ),
+    "polar": Market(
+        "Polar", polar.new_secret, lambda: f"P-{secrets.token_hex(5)}", _polar, channel="email", one_unit=True
     ),
 }
 
@@ -138,7 +196,11 @@ async def run_webhook_demo(
     seller = SellerSystem(new_secret(), answers=[503])  # one retry, to show the machinery
     secret = market.new_secret()
     with tempfile.TemporaryDirectory(prefix="delivery-daemon-demo-") as tmp:
-        async with serve(seller.app) as seller_server, _mailbox(channel == "email") as (mailbox, smtp_port):
+        async with (
+            serve(seller.app) as seller_server,
+            _mailbox(channel == "email") as (mailbox, smtp_port),
+            _backend(market, secret) as backend,
+        ):
             delivery: dict[str, Any] = {
                 "channel": "webhook",
                 "webhook": {"url": f"{seller_server.url}/hooks/orders", "secret": seller.secret},
@@ -157,7 +219,7 @@ async def run_webhook_demo(
                 }
                 where = f"the buyer's mailbox (SMTP on 127.0.0.1:{smtp_port})"
             app = create_app(
-                _settings(Path(tmp), marketplace, secret, delivery),
+                _settings(Path(tmp), marketplace, secret, delivery, backend.store),
                 marketplaces=default_marketplaces(),
                 plugins=discover(),
             )
@@ -170,7 +232,7 @@ async def run_webhook_demo(
                 if market.dynamic_last:
                     say(stream, "the last order is a dynamic product: its keys come back in the webhook's answer")
                 buyer = Buyer(seller, mailbox)
-                place = market.sender(f"{daemon_server.url}/webhooks/demo", secret)
+                place = backend.sender(f"{daemon_server.url}/webhooks/demo", secret)
                 rows = await _place(market, place, orders, channel, stream)
                 if market.dynamic_last and rows:
                     await _dynamic(f"{daemon_server.url}/webhooks/demo", secret, rows[-1], buyer)
@@ -187,7 +249,7 @@ async def _mailbox(wanted: bool) -> AsyncIterator[tuple[SmtpSink | None, int]]:
         yield sink, port
 
 
-def _settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any]) -> Any:
+def _settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any], store: dict[str, Any]) -> Any:
     return parse_settings(
         {
             "database": {"url": f"sqlite:///{tmp / 'demo.db'}"},
@@ -204,6 +266,7 @@ def _settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any]
                         pid: {"generator": "pattern", "options": options, "template": TEMPLATE}
                         for pid, options in PRODUCTS.items()
                     },
+                    **store,
                 }
             ],
         },
@@ -217,7 +280,7 @@ async def _place(market: Market, place: Place, orders: int, channel: str, stream
     products = list(PRODUCTS)
     rows = []
     for index in range(orders):
-        product, quantity = products[index % len(products)], 1 + index % 3
+        product, quantity = products[index % len(products)], 1 if market.one_unit else 1 + index % 3
         row = Row(market.new_order_id(), product, quantity, time.time(), channel=channel)
         rows.append(row)
         if market.dynamic_last and index == orders - 1:

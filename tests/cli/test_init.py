@@ -25,6 +25,8 @@ VARIANTS = [
     ("standard-webhooks", "email", "standard-webhooks-email.yaml"),
     ("standard-webhooks", "webhook", "standard-webhooks-webhook.yaml"),
     ("virtual-stores", "email", "virtual-stores-email.yaml"),
+    ("lemonsqueezy", None, "lemonsqueezy-email.yaml"),
+    ("polar", "email", "polar-email.yaml"),
 ]
 
 

@@ -55,9 +55,14 @@ DUMMY_SECRETS = {
     "VIRTUAL_STORES_PASSWORD": "staff-password",
     "STANDARD_WEBHOOKS_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "DELIVERY_WEBHOOK_SECRET": "whsec_c2VsbGVyLXN5c3RlbS1zaWduaW5nLWtleQ==",
+    "LEMONSQUEEZY_WEBHOOK_SECRET": "lemon-signing-secret",
+    "LEMONSQUEEZY_API_KEY": "lemon-api-key",
+    "POLAR_WEBHOOK_SECRET": "polar_whs_dashboard-secret-0123456789",
 }
 """A value of the right form for every ${VAR} an example reads (the whsec_ ones must decode)."""
 SHIPPED = [
+    "lemonsqueezy-email",
+    "polar-email",
     "sellix-email",
     "sellix-webhook",
     "shoppy-email",
@@ -77,7 +82,7 @@ def example_paths() -> list[Path]:
 
 def test_there_is_an_example_for_every_marketplace_and_channel() -> None:
     """softstore through its own API; sellix, shoppy, stripe and standard-webhooks by email and by webhook;
-    virtual-stores by email."""
+    virtual-stores, lemonsqueezy and polar by email."""
     assert [path.stem for path in example_paths()] == SHIPPED
 
 

@@ -1,4 +1,5 @@
-"""The chaos run for webhook-only marketplaces (Sellix, Shoppy, Stripe, Standard Webhooks) and its sink's verdict."""
+"""The chaos run for webhook-only marketplaces (Sellix, Shoppy, Stripe, Standard Webhooks, Lemon Squeezy) and its
+sink's verdict."""
 
 from __future__ import annotations
 

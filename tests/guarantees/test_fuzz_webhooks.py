@@ -39,7 +39,7 @@ from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import RunningServer, serve, serve_in_thread
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.net.signatures import hex_hmac
-from delivery_daemon.reference import sellix, shoppy, stripe_store
+from delivery_daemon.reference import lemonsqueezy, polar, sellix, shoppy, stripe_store
 from delivery_daemon.reference.sellix import SellixSender
 from delivery_daemon.reference.softstore import SoftStoreMarketplace, documented_signature
 from delivery_daemon.reference.standard_webhooks import SellerSystem, StandardWebhooksSender, new_secret
@@ -54,7 +54,14 @@ OTHER_STORES = [
     ("stripe", "stripe", "whsec_" + "t" * 32),
     ("generic", "standard-webhooks", new_secret()),
 ]
+API_STORES = [
+    ("lemon", "lemonsqueezy", "l" * 32, {"api_url": "http://127.0.0.1:9", "api_key": API_KEY, "store_id": "1001"}),
+    ("polar", "polar", polar.new_secret(), {}),
+]
+"""Stores of the in-process target only (the drained section below runs without them)."""
 SIGNATURE_HEADERS = [
+    "X-Signature",
+    "X-Event-Name",
     "X-Sellix-Signature",
     "X-Sellix-Event",
     "X-Shoppy-Signature",
@@ -120,6 +127,20 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Starlette:
                         },
                     }
                     for name, kind, secret in OTHER_STORES
+                ),
+                *(
+                    {
+                        "name": name,
+                        "marketplace": kind,
+                        "webhook_secret": secret,
+                        "default": {"generator": "pattern"},
+                        "delivery": {
+                            "channel": "webhook",
+                            "webhook": {"url": "http://127.0.0.1:9/hook", "secret": new_secret()},
+                        },
+                        **extra,
+                    }
+                    for name, kind, secret, extra in API_STORES
                 ),
             ],
         },
@@ -210,7 +231,7 @@ def test_deep_nesting_is_a_4xx(target: Target, depth: int, opener: str) -> None:
 
 
 @given(
-    store=st.sampled_from([name for name, _, _ in OTHER_STORES]),
+    store=st.sampled_from([name for name, _, _ in OTHER_STORES] + [name for name, *_ in API_STORES]),
     payload=payloads | json_values,
     forged=st.dictionaries(st.sampled_from(SIGNATURE_HEADERS), header_values, max_size=4),
     raw=st.none() | st.binary(max_size=2048),
@@ -254,7 +275,11 @@ def test_only_a_valid_signature_creates_a_job(
     )
 
 
-@given(store=st.text(max_size=80).filter(lambda s: s.rstrip("/") not in {"shop", *(n for n, _, _ in OTHER_STORES)}))
+@given(
+    store=st.text(max_size=80).filter(
+        lambda s: s.rstrip("/") not in {"shop", *(n for n, _, _ in OTHER_STORES), *(n for n, *_ in API_STORES)}
+    )
+)
 def test_unknown_stores_are_404(target: Target, store: str) -> None:
     """Any other store name (unicode, dots, slashes, percent signs) is a 404 and stores nothing."""
     response = target.post(b"{}", {"Content-Type": "application/json"}, store=quote(store, safe="") or "%20")
@@ -265,7 +290,7 @@ def test_unknown_stores_are_404(target: Target, store: str) -> None:
 
 # -- the other marketplaces with *valid* signatures: the body gets past the signature check into the parser -----
 
-SECRETS = {name: secret for name, _, secret in OTHER_STORES}
+SECRETS = {name: secret for name, _, secret in OTHER_STORES} | {name: secret for name, _, secret, _ in API_STORES}
 
 
 def _shoppy_headers(body: bytes) -> dict[str, str]:
@@ -277,6 +302,8 @@ SIGNERS: dict[str, Callable[[bytes, str], dict[str, str]]] = {
     "shoppy": lambda body, _event: _shoppy_headers(body),
     "stripe": lambda body, _event: StripeStoreSender("", SECRETS["stripe"]).headers(body),
     "generic": lambda body, _event: StandardWebhooksSender("", SECRETS["generic"]).headers(body),
+    "lemon": lambda body, event: lemonsqueezy.signed_headers(SECRETS["lemon"], body, event),
+    "polar": lambda body, _event: polar.PolarSender("", SECRETS["polar"]).headers(body),
 }
 EVENTS = (
     st.sampled_from(
@@ -286,6 +313,9 @@ EVENTS = (
             "product:dynamic",
             "order:disputed",
             "order.paid",
+            "order.refunded",
+            "order_created",
+            "order_refunded",
             "payment_intent.succeeded",
             "charge.refunded",
             "charge.dispute.created",
@@ -313,6 +343,11 @@ overrides = st.dictionaries(
             "receipt_email",
             "payment_intent",
             "invoice_id",
+            "store_id",
+            "first_order_item",
+            "user_email",
+            "customer",
+            "product",
         ]
     ),
     json_values,
@@ -332,6 +367,17 @@ def _message(store: str, event: str, fields: dict[str, Any], wrap: Any) -> Any:
         }
     if store == "stripe":
         return stripe_store.event(event, {**stripe_store.payment_intent("p"), **fields})
+    if store == "lemon":
+        market = lemonsqueezy.LemonSqueezy(api_key="", secret="", now=lambda: 1_800_000_000.0)
+        order = market.orders[market.place("p", send=False)]
+        data = {
+            **order,
+            "attributes": {**order["attributes"], **fields},
+            **({"id": fields["id"]} if "id" in fields else {}),
+        }
+        return {"meta": {"event_name": event, "custom_data": wrap}, "data": data}
+    if store == "polar":
+        return {"type": event, "data": {**polar.order("p"), **fields}}
     return {"type": event, "data": {"order_id": "A-1", "product_id": "p", **fields}}
 
 
@@ -346,10 +392,12 @@ def _message(store: str, event: str, fields: dict[str, Any], wrap: Any) -> Any:
 @example(store="shoppy", event="100", fields={}, wrap={}, whole=None)
 @example(store="stripe", event="payment_intent.succeeded", fields={}, wrap={}, whole=None)
 @example(store="generic", event="order.paid", fields={}, wrap={}, whole=None)
+@example(store="lemon", event="order_created", fields={}, wrap={}, whole=None)
+@example(store="polar", event="order.paid", fields={}, wrap={}, whole=None)
 def test_signed_bodies_of_every_marketplace_never_break_the_parser(
     target: Target, store: str, event: str, fields: dict[str, Any], wrap: Any, whole: Any
 ) -> None:
-    """Validly signed Sellix/Shoppy/Stripe/Standard Webhooks bodies with any field types: never a 5xx."""
+    """Validly signed bodies of every marketplace (Sellix to Polar) with any field types: never a 5xx."""
     if whole is None:
         body = _encode(_message(store, event, fields, wrap))
     else:
@@ -364,7 +412,7 @@ def test_signed_bodies_of_every_marketplace_never_break_the_parser(
 
 @given(
     store=st.sampled_from(sorted(SIGNERS)),
-    event=st.sampled_from(["order:paid", "order.paid", "100", "payment_intent.succeeded"]),
+    event=st.sampled_from(["order:paid", "order.paid", "100", "payment_intent.succeeded", "order_created"]),
     fields=overrides,
     position=st.integers(min_value=0),
     flip=st.integers(min_value=1, max_value=255),
@@ -382,6 +430,8 @@ def test_tampered_signed_webhooks_never_create_a_job(
             "shoppy": "X-Shoppy-Signature",
             "stripe": "Stripe-Signature",
             "generic": "webhook-signature",
+            "lemon": "X-Signature",
+            "polar": "webhook-signature",
         }[store]
         value = headers[name]
         index = len(value) - 1 - position % 8  # the signature itself, at the end of the header
@@ -409,7 +459,7 @@ def test_the_profile_really_generated_its_inputs(target: Target) -> None:
     per_property = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci")).max_examples
     assert min(ran.values()) >= per_property, ran  # none stopped early (exhausted search space, filtering)
     # The signers are right: genuine webhooks of every marketplace (the @example rows at least) became jobs.
-    assert {name for name, _, _ in OTHER_STORES} <= target.job_stores()
+    assert {name for name, *_ in [*OTHER_STORES, *API_STORES]} <= target.job_stores()
     if os.environ.get("HYPOTHESIS_PROFILE") == "full":
         assert sum(ran.values()) >= 10_000, ran
 

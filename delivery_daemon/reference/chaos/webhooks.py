@@ -1,5 +1,5 @@
-"""The chaos run for the marketplaces that only *send* signed webhooks: Sellix, Shoppy, Stripe-based stores and
-Standard Webhooks platforms.
+"""The chaos run for the marketplaces that only *send* signed webhooks: Sellix, Shoppy, Stripe-based stores,
+Standard Webhooks platforms and Lemon Squeezy (whose orders API also runs: :mod:`.lemonsqueezy`).
 
 These marketplaces have no delivery API: the daemon delivers through the ``webhook`` channel to the seller's own
 endpoint, so that is where the faults go. The pieces:
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -44,6 +45,7 @@ from delivery_daemon.config import whsec_key
 from delivery_daemon.errors import WebhookRejected
 from delivery_daemon.http.serving import bind_socket, serve
 from delivery_daemon.net.signatures import hex_hmac, standard_headers, stripe_header, verify_standard
+from delivery_daemon.reference.chaos import lemonsqueezy as ls
 from delivery_daemon.reference.chaos.database import wait_settled
 from delivery_daemon.reference.chaos.harness import (
     PRODUCT,
@@ -58,6 +60,7 @@ from delivery_daemon.reference.chaos.harness import (
     outage,
     place_all,
 )
+from delivery_daemon.reference.chaos.lemonsqueezy import OrdersApi
 from delivery_daemon.reference.chaos.verdict import Seen, Verdict, check_database, check_log, check_orders
 from delivery_daemon.reference.drop import DroppableApp, drop_connection
 from delivery_daemon.reference.faults import Faults
@@ -79,6 +82,7 @@ class Flavour:
     new_order_id: Callable[[], str]
     message: Callable[[str, str, int], dict[str, Any]]  # (order id, product id, quantity) -> the webhook body
     sign: Callable[[str, str, bytes], dict[str, str]]  # (secret, order id, body) -> signature headers
+    api: Callable[[str], OrdersApi] | None = None  # the orders API the daemon reads back from, built with the secret
 
 
 def _sellix_sign(secret: str, _order_id: str, body: bytes) -> dict[str, str]:
@@ -128,6 +132,7 @@ FLAVOURS: dict[str, Flavour] = {
         ),
         _stripe_sign,
     ),
+    "lemonsqueezy": Flavour(*ls.FLAVOUR),
     "standard-webhooks": Flavour(
         "standard-webhooks",
         new_secret,
@@ -312,7 +317,8 @@ async def run_webhook_chaos(
         port = probe.getsockname()[1]
     daemon_url = f"http://127.0.0.1:{port}"
     client = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=64))
-    async with serve(sink.app) as running, client:
+    api = flavour.api(webhook_secret) if flavour.api else None
+    async with serve(sink.app) as running, client, ls.serve_api(api) as api_store:
         config = daemon_config(workdir, port, "http://127.0.0.1:1")
         config["security"] = {"allow_private_networks": True}  # the sink is on loopback
         config["stores"][0] = {
@@ -323,12 +329,14 @@ async def run_webhook_chaos(
                 "channel": "webhook",
                 "webhook": {"url": f"{running.url}{SINK_PATH}", "secret": "${CHAOS_SINK_SECRET}"},
             },
+            **api_store,
         }
         (workdir / "daemon.yaml").write_text(yaml.safe_dump(config))
         env = {**os.environ, "CHAOS_WEBHOOK_SECRET": webhook_secret, "CHAOS_SINK_SECRET": sink_secret}
         daemon = DaemonProcess(workdir / "daemon.yaml", daemon_url, workdir / "daemon.log", env)
         await daemon.start()
-        side = SignedSender(flavour, f"{daemon_url}/webhooks/{STORE}", webhook_secret, client, PRODUCT)
+        sent_as = dataclasses.replace(flavour, message=api.message) if api else flavour
+        side = SignedSender(sent_as, f"{daemon_url}/webhooks/{STORE}", webhook_secret, client, PRODUCT)
         window = options.orders / options.rate
         background = [
             asyncio.create_task(later(rng.uniform(0.2, 0.8) * window, lambda: outage(faults, options.down_for))),
@@ -354,7 +362,7 @@ async def run_webhook_chaos(
         resent=side.resent,
     )
     check_database(verdict, workdir / "chaos.db")
-    check_log(verdict, daemon.log, {webhook_secret, sink_secret, *delivered_keys(sink)})
+    check_log(verdict, daemon.log, {webhook_secret, sink_secret, *delivered_keys(sink), *(api.secrets if api else ())})
     if exit_status not in (0, -signal.SIGTERM):
         verdict.violations.append(f"the daemon exited with {exit_status} on SIGTERM")
     return verdict
