@@ -153,7 +153,8 @@ class StoreSettings(Model):
     marketplace: str = Field(
         examples=["softstore"],
         json_schema_extra=expected_extra(
-            "a marketplace adapter: softstore, sellix, shoppy, stripe, virtual-stores or standard-webhooks"
+            "a marketplace adapter: softstore, sellix, shoppy, stripe, virtual-stores, standard-webhooks, paddle or"
+            " paddle-classic"
         ),
     )
     api_url: str | None = Field(
