@@ -88,6 +88,7 @@ class PaddleApi:
     def __init__(self, client: ApiClient, api_key: str) -> None:
         self._client = client
         self._auth = {"Authorization": f"Bearer {api_key}"}
+        self.page_size = PAGE_SIZE
 
     async def _get(self, url: str) -> httpx.Response:
         try:
@@ -113,7 +114,7 @@ class PaddleApi:
         """One page of completed transactions created at or after ``since``, oldest first, and the cursor (the last
         transaction's id) when Paddle says there are more."""
         url = (
-            f"/transactions?status=completed&include=customer&order_by=created_at[ASC]&per_page={PAGE_SIZE}"
+            f"/transactions?status=completed&include=customer&order_by=created_at[ASC]&per_page={self.page_size}"
             f"&created_at[GTE]={rfc3339(since)}"
         )
         if after is not None:

@@ -54,8 +54,15 @@ class PaddleStack:
 
 
 @contextlib.asynccontextmanager
-async def paddle_stack(tmp_path: Path, *, classic_budget: float = 5.0) -> AsyncIterator[PaddleStack]:
-    """The stack; ``classic_budget`` is the Classic store's ``sync_budget``."""
+async def paddle_stack(
+    tmp_path: Path,
+    *,
+    classic_budget: float = 5.0,
+    server: dict[str, Any] | None = None,
+    plugins: dict[str, Any] | None = None,
+) -> AsyncIterator[PaddleStack]:
+    """The stack; ``classic_budget`` is the Classic store's ``sync_budget``, ``server`` the receiver's settings,
+    ``plugins`` generators added (or replacing ``hang``)."""
     logs = io.StringIO()
     configure_logging("json", "debug", stream=logs)
     clock = ManualClock()
@@ -96,16 +103,17 @@ async def paddle_stack(tmp_path: Path, *, classic_budget: float = 5.0) -> AsyncI
                 "worker": {"poll_interval": 60, "lease_seconds": 30},
                 "security": {"allowed_networks": ["127.0.0.0/8"]},
                 "stores": stores,
+                **({"server": server} if server is not None else {}),
             },
             environ={},
         )
         app = create_app(
             settings,
             marketplaces=default_marketplaces(),
-            plugins={**dict(discover()), "hang": Hang},
+            plugins={**dict(discover()), "hang": Hang, **(plugins or {})},
             clock=clock,
             start_worker=False,
         )
-        async with serve(app) as server:
-            vendor.url = f"{server.url}/webhooks/paddle-classic"
-            yield PaddleStack(app.state.daemon, server.url, clock, logs, seller, billing, vendor, secret)
+        async with serve(app) as receiver:
+            vendor.url = f"{receiver.url}/webhooks/paddle-classic"
+            yield PaddleStack(app.state.daemon, receiver.url, clock, logs, seller, billing, vendor, secret)
