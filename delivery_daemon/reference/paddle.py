@@ -119,11 +119,12 @@ class PaddleBilling:
         price_id: str | None = None,
         extra_items: list[dict[str, Any]] | None = None,
         status: str = "completed",
+        txn_id: str | None = None,
     ) -> Transaction:
         """A transaction for ``quantity`` of ``product_id`` (after ``extra_items``, if any), bought by ``email``."""
         item = line(product_id, quantity, price_id)
         customer = {"id": new_id("ctm"), "email": email, "name": "Buyer"}
-        txn = Transaction(new_id("txn"), customer, [*(extra_items or []), item], self.now(), status)
+        txn = Transaction(txn_id or new_id("txn"), customer, [*(extra_items or []), item], self.now(), status)
         self.transactions[txn.id] = txn
         return txn
 

@@ -52,12 +52,15 @@ DUMMY_SECRETS = {
     "SHOPPY_WEBHOOK_SECRET": "shoppy-secret",
     "STRIPE_WEBHOOK_SECRET": "whsec_stripe-endpoint-secret",
     "SMTP_PASSWORD": "smtp-password",
+    "PADDLE_WEBHOOK_SECRET": "pdl_ntfset_01h_paddle-destination-secret",
+    "PADDLE_API_KEY": "pdl_live_apikey_01h_paddle",
     "VIRTUAL_STORES_PASSWORD": "staff-password",
     "STANDARD_WEBHOOKS_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "DELIVERY_WEBHOOK_SECRET": "whsec_c2VsbGVyLXN5c3RlbS1zaWduaW5nLWtleQ==",
 }
 """A value of the right form for every ${VAR} an example reads (the whsec_ ones must decode)."""
 SHIPPED = [
+    "paddle-email",
     "sellix-email",
     "sellix-webhook",
     "shoppy-email",
@@ -77,7 +80,7 @@ def example_paths() -> list[Path]:
 
 def test_there_is_an_example_for_every_marketplace_and_channel() -> None:
     """softstore through its own API; sellix, shoppy, stripe and standard-webhooks by email and by webhook;
-    virtual-stores by email."""
+    virtual-stores and paddle by email."""
     assert [path.stem for path in example_paths()] == SHIPPED
 
 
