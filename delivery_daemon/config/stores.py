@@ -173,7 +173,8 @@ class StoreSettings(Model):
     signature: SignatureSettings = SignatureSettings()
     delivery: ChannelSettings = ChannelSettings()
     sync_budget: float = Field(default=5.0, gt=0, le=9.5)
-    """Seconds a marketplace that waits for the goods in its request (Sellix dynamic products) is given them in."""
+    """Seconds a marketplace that waits for the goods in its request (Sellix dynamic products, Paddle Classic
+    fulfilment) is given them in."""
 
     @field_validator("api_url")
     @classmethod

@@ -22,7 +22,8 @@ PAID_STATUSES = ("paid", "completed")
 """Transaction statuses whose money is in: ``paid`` comes before ``completed`` (Paddle's own processing), and both
 are past the point a payment can fail."""
 
-PAGE_SIZE = 50
+PAGE_SIZE = 30
+"""Paddle's maximum for the transaction list (a larger per_page is answered with 30)."""
 
 
 @dataclass(frozen=True)
