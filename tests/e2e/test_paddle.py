@@ -248,3 +248,29 @@ async def test_classic_forged_json_and_hung_requests(tmp_path: Path) -> None:
         assert answer.status_code == 503
         job = await stack.job(hung["p_order_id"], "paddle-classic")
         assert job.state == "dead" and job.content is None and "fulfil.failed" in stack.log_events()
+
+
+async def test_verification_refuses_what_paddle_does_not_confirm(tmp_path: Path) -> None:
+    """A signed event for a transaction Paddle does not know, or one Paddle says is past due, is dead, nothing sent;
+    an API key Paddle refuses is retried (the seller may fix it), with Paddle's reason in the job."""
+    async with paddle_stack(tmp_path) as stack:
+        sender = stack.sender()
+        ghost = stack.billing.place("pro_keys")
+        message = stack.billing.completed(ghost)
+        del stack.billing.transactions[ghost.id]
+        unpaid = stack.billing.place("pro_keys", status="past_due")
+        refused = stack.billing.place("pro_keys")
+        for txn_message in (message, stack.billing.completed(unpaid)):
+            assert (await sender.send(txn_message)).status_code == 200
+        await stack.drain()
+        assert (await stack.job(ghost.id)).state == "dead" and "not found" in (await stack.job(ghost.id)).last_error
+        assert (await stack.job(unpaid.id)).state == "dead" and "past_due" in (await stack.job(unpaid.id)).last_error
+        key, stack.billing.api_key = stack.billing.api_key, "pdl_rotated_elsewhere"
+        await sender.send(stack.billing.completed(refused))
+        await stack.drain()
+        job = await stack.job(refused.id)
+        assert job.state == "retry_wait" and "403" in job.last_error
+        stack.billing.api_key = key
+        stack.clock.advance(5.0)
+        await stack.drain()
+        assert (await stack.job(refused.id)).state == "delivered" and len(stack.seller.accepted()) == 1
