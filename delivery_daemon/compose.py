@@ -33,6 +33,8 @@ from delivery_daemon.http.metrics import UNKNOWN_STORE, Metrics
 from delivery_daemon.logs import REDACTOR, Redactor, install_record_scrubber
 from delivery_daemon.marketplaces.base import MarketplaceType
 from delivery_daemon.marketplaces.lemonsqueezy import LemonSqueezy
+from delivery_daemon.marketplaces.paddle import Paddle
+from delivery_daemon.marketplaces.paddle_classic import PaddleClassic
 from delivery_daemon.marketplaces.polar import Polar
 from delivery_daemon.marketplaces.sellix import Sellix
 from delivery_daemon.marketplaces.shoppy import Shoppy
@@ -65,6 +67,8 @@ def default_marketplaces() -> list[MarketplaceType]:
         StandardWebhooks(),
         LemonSqueezy(),
         Polar(),
+        Paddle(),
+        PaddleClassic(),
     ]
 
 

@@ -107,6 +107,13 @@ MARKETPLACES = {
             "     (sent as order.paid, order.refunded, order.disputed)",
             "email",
         ),
+        Marketplace(
+            "paddle",
+            "paddle",
+            "Paddle > Developer tools > Notifications > New destination: URL {url} with the events\n"
+            "     transaction.completed, adjustment.created, adjustment.updated; then set api_key in {config}",
+            "email",
+        ),
     )
 }
 
@@ -120,6 +127,8 @@ SECRET_HINTS = {
     "LEMONSQUEEZY_API_KEY": "Lemon Squeezy dashboard, Settings > API: an API key",
     "POLAR_WEBHOOK_SECRET": "Polar dashboard, Settings > Webhooks > your endpoint: its secret, as shown",
     "VIRTUAL_STORES_PASSWORD": "the password of the staff account staff.email of your Virtual Stores shop",
+    "PADDLE_WEBHOOK_SECRET": "Paddle > Developer tools > Notifications > your destination: Secret key (pdl_ntfset_...)",
+    "PADDLE_API_KEY": "Paddle > Developer tools > Authentication: an API key that reads transactions and customers",
     "SMTP_PASSWORD": "the password of delivery.email.username on your SMTP server",
     "DELIVERY_WEBHOOK_SECRET": "generated: give the same value to your own system, which checks the signatures",
 }

@@ -154,7 +154,7 @@ class StoreSettings(Model):
         examples=["softstore"],
         json_schema_extra=expected_extra(
             "a marketplace adapter: softstore, sellix, shoppy, stripe, virtual-stores, standard-webhooks, "
-            "lemonsqueezy or polar"
+            "lemonsqueezy, polar, paddle or paddle-classic"
         ),
     )
     api_url: str | None = Field(
@@ -182,7 +182,8 @@ class StoreSettings(Model):
     signature: SignatureSettings = SignatureSettings()
     delivery: ChannelSettings = ChannelSettings()
     sync_budget: float = Field(default=5.0, gt=0, le=9.5)
-    """Seconds a marketplace that waits for the goods in its request (Sellix dynamic products) is given them in."""
+    """Seconds a marketplace that waits for the goods in its request (Sellix dynamic products, Paddle Classic
+    fulfilment) is given them in."""
 
     @field_validator("store_id", mode="before")
     @classmethod

@@ -39,7 +39,7 @@ from delivery_daemon.config import Settings
 from delivery_daemon.errors import BodyTooLarge, Held, WebhookRejected
 from delivery_daemon.http.limits import RateLimiter
 from delivery_daemon.http.metrics import Metrics
-from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult, normalise
+from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult, accepted_body, normalise
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.pipeline.fulfil import fulfil_now
 from delivery_daemon.pipeline.stores import Store
@@ -126,8 +126,9 @@ async def webhook(request: Request) -> Response:
         except BodyTooLarge:
             raise WebhookRejected(413, f"body larger than {daemon.settings.server.max_body_bytes} bytes") from None
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json" and not content_type.endswith("+json"):
-            raise WebhookRejected(415, "Content-Type must be application/json")
+        wanted = accepted_body(store.marketplace, content_type)
+        if wanted is not None:
+            raise WebhookRejected(415, f"Content-Type must be {wanted}")
         try:
             # normalise: whatever the adapter, nothing is committed that cannot be stored and used later (422).
             order: WebhookResult = normalise(store.marketplace.parse_webhook(request.headers, body))

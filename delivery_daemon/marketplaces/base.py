@@ -168,6 +168,18 @@ class AfterDelivery(Protocol):
         ...
 
 
+def accepted_body(marketplace: Marketplace, content_type: str) -> str | None:
+    """None when a webhook of ``content_type`` (lower-case, no parameters) may go to ``marketplace``'s adapter, else
+    the type it takes, for the 415. JSON (``application/json``, ``…+json``) unless the adapter lists its own
+    ``body_types`` (Paddle Classic: form-urlencoded)."""
+    own: tuple[str, ...] | None = getattr(marketplace, "body_types", None)
+    if own is not None:
+        return None if content_type in own else " or ".join(own)
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return None
+    return "application/json"
+
+
 class MarketplaceType(Protocol):
     name: str
 

@@ -3,6 +3,7 @@ webhook channel sign with them. Every comparison is constant-time and every chec
 
 * hex HMAC of the body (Sellix ``X-Sellix-Signature``, Shoppy ``X-Shoppy-Signature``);
 * Stripe ``Stripe-Signature: t=…,v1=…[,v1=…]``: hex HMAC-SHA256 of ``"{t}.{body}"``;
+* Paddle Billing ``Paddle-Signature: ts=…;h1=…[;h1=…]``: hex HMAC-SHA256 of ``"{ts}:{body}"``;
 * Standard Webhooks ``webhook-id`` / ``webhook-timestamp`` / ``webhook-signature: v1,<base64> …``: HMAC-SHA256 of
   ``"{id}.{timestamp}.{body}"`` with the base64 key after ``whsec_`` (:func:`~delivery_daemon.config.whsec_key`).
 
@@ -66,26 +67,37 @@ def stripe_header(secrets: list[str], body: bytes, timestamp: int) -> str:
 def verify_stripe(header: str | None, body: bytes, secret: str, now: float, tolerance: float) -> int:
     """Check a ``Stripe-Signature`` header; returns its timestamp. Any one ``v1`` may match (secret rotation);
     other schemes (``v0``) are ignored, as Stripe's own libraries do."""
-    if not header:
-        raise WebhookRejected(403, "missing Stripe-Signature header")
-    timestamp: int | None = None
-    signatures: list[str] = []
-    for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                raise WebhookRejected(400, "unreadable Stripe-Signature timestamp") from None
-        elif key == "v1":
-            signatures.append(value.strip().lower())
-    if timestamp is None or not signatures:
-        raise WebhookRejected(403, "Stripe-Signature has no timestamp or no v1 signature")
-    expected = stripe_signature(secret, body, timestamp)
+    timestamp, signatures = _timestamped(header, ",", ("t", "v1"), "Stripe-Signature")
+    return _check_any(stripe_signature(secret, body, timestamp), signatures, timestamp, now, tolerance)
+
+
+def _check_any(expected: str, signatures: list[str], timestamp: int, now: float, tolerance: float) -> int:
+    """``timestamp`` when one of ``signatures`` is ``expected`` and the time is within ``tolerance``."""
     if not any(_same(expected, sent) for sent in signatures):
         raise WebhookRejected(403, "invalid signature")
     _check_time(timestamp, now, tolerance)
     return timestamp
+
+
+def _timestamped(header: str | None, separator: str, keys: tuple[str, str], name: str) -> tuple[int, list[str]]:
+    """The timestamp and the signatures of a ``t=…,v1=…`` style header (``keys``: the timestamp's and the
+    signature's names); other keys are ignored. WebhookRejected 403 when either is missing, 400 when unreadable."""
+    if not header:
+        raise WebhookRejected(403, f"missing {name} header")
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for item in header.split(separator):
+        key, _, value = item.strip().partition("=")
+        if key == keys[0]:
+            try:
+                timestamp = int(value)
+            except ValueError:
+                raise WebhookRejected(400, f"unreadable {name} timestamp") from None
+        elif key == keys[1]:
+            signatures.append(value.strip().lower())
+    if timestamp is None or not signatures:
+        raise WebhookRejected(403, f"{name} has no timestamp or no {keys[1]} signature")
+    return timestamp, signatures
 
 
 # -- Standard Webhooks -------------------------------------------------------------------------------------------
@@ -128,3 +140,24 @@ def verify_standard(headers: Mapping[str, str], body: bytes, keys: list[bytes], 
         raise WebhookRejected(403, "invalid signature")
     _check_time(timestamp, now, tolerance)
     return msg_id
+
+
+# -- Paddle Billing ----------------------------------------------------------------------------------------------
+
+
+def paddle_signature(secret: str, body: bytes, timestamp: int) -> str:
+    """The ``h1`` value Paddle Billing sends for ``body`` at ``timestamp``: the notification destination's secret key
+    is used as it is (its UTF-8 bytes), as Paddle's own SDKs do."""
+    return hex_hmac(secret.encode(), f"{timestamp}:".encode() + body, "sha256")
+
+
+def paddle_header(secrets: list[str], body: bytes, timestamp: int) -> str:
+    """A ``Paddle-Signature`` header with one ``h1`` per secret (as during a secret rotation)."""
+    return ";".join([f"ts={timestamp}", *(f"h1={paddle_signature(s, body, timestamp)}" for s in secrets)])
+
+
+def verify_paddle(header: str | None, body: bytes, secret: str, now: float, tolerance: float) -> int:
+    """Check a ``Paddle-Signature`` header; returns its timestamp. Any one ``h1`` may match (Paddle sends one per
+    active secret while a secret is rotated); keys other than ``ts`` and ``h1`` are ignored (a future scheme)."""
+    timestamp, signatures = _timestamped(header, ";", ("ts", "h1"), "Paddle-Signature")
+    return _check_any(paddle_signature(secret, body, timestamp), signatures, timestamp, now, tolerance)

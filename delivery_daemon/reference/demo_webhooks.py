@@ -183,12 +183,19 @@ class Buyer:
 
 
 async def run_webhook_demo(
-    marketplace: str, orders: int = 6, stream: TextIO | None = None, deadline_s: float = 60.0
+    marketplace: str,
+    orders: int = 6,
+    stream: TextIO | None = None,
+    deadline_s: float = 60.0,
+    *,
+    market: Market | None = None,
+    store: dict[str, Any] | None = None,
 ) -> int:
-    """Run the demo of ``marketplace`` (a key of :data:`MARKETS`); 0 if every order was delivered exactly once."""
+    """Run the demo of ``marketplace`` (a key of :data:`MARKETS`, or any adapter with its ``market`` given, e.g. one
+    whose reference API the caller serves, and ``store`` settings it needs); 0 if every order was delivered once."""
     stream = stream or sys.stdout
     configure_logging("console", "error", stream=sys.stderr)  # the table is the output; errors still show
-    market = MARKETS[marketplace]
+    market = market or MARKETS[marketplace]
     channel = market.channel
     if channel == "email" and not smtp_available():
         say(stream, "aiosmtpd is not installed (pip install aiosmtpd): delivering by webhook instead of email")
@@ -219,7 +226,7 @@ async def run_webhook_demo(
                 }
                 where = f"the buyer's mailbox (SMTP on 127.0.0.1:{smtp_port})"
             app = create_app(
-                _settings(Path(tmp), marketplace, secret, delivery, backend.store),
+                _settings(Path(tmp), marketplace, secret, delivery, {**backend.store, **(store or {})}),
                 marketplaces=default_marketplaces(),
                 plugins=discover(),
             )

@@ -27,6 +27,7 @@ VARIANTS = [
     ("virtual-stores", "email", "virtual-stores-email.yaml"),
     ("lemonsqueezy", None, "lemonsqueezy-email.yaml"),
     ("polar", "email", "polar-email.yaml"),
+    ("paddle", "email", "paddle-email.yaml"),
 ]
 
 

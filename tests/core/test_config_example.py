@@ -52,6 +52,8 @@ DUMMY_SECRETS = {
     "SHOPPY_WEBHOOK_SECRET": "shoppy-secret",
     "STRIPE_WEBHOOK_SECRET": "whsec_stripe-endpoint-secret",
     "SMTP_PASSWORD": "smtp-password",
+    "PADDLE_WEBHOOK_SECRET": "pdl_ntfset_01h_paddle-destination-secret",
+    "PADDLE_API_KEY": "pdl_live_apikey_01h_paddle",
     "VIRTUAL_STORES_PASSWORD": "staff-password",
     "STANDARD_WEBHOOKS_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "DELIVERY_WEBHOOK_SECRET": "whsec_c2VsbGVyLXN5c3RlbS1zaWduaW5nLWtleQ==",
@@ -63,6 +65,7 @@ DUMMY_SECRETS = {
 SHIPPED = [
     "lemonsqueezy-email",
     "polar-email",
+    "paddle-email",
     "sellix-email",
     "sellix-webhook",
     "shoppy-email",
@@ -82,7 +85,7 @@ def example_paths() -> list[Path]:
 
 def test_there_is_an_example_for_every_marketplace_and_channel() -> None:
     """softstore through its own API; sellix, shoppy, stripe and standard-webhooks by email and by webhook;
-    virtual-stores, lemonsqueezy and polar by email."""
+    virtual-stores, lemonsqueezy, polar and paddle by email."""
     assert [path.stem for path in example_paths()] == SHIPPED
 
 

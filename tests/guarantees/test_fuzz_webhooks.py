@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
@@ -38,8 +38,9 @@ from delivery_daemon.config import parse_settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import RunningServer, serve, serve_in_thread
 from delivery_daemon.logs import configure_logging
+from delivery_daemon.net.classic_signature import sign_fields
 from delivery_daemon.net.signatures import hex_hmac
-from delivery_daemon.reference import lemonsqueezy, polar, sellix, shoppy, stripe_store
+from delivery_daemon.reference import lemonsqueezy, paddle, polar, sellix, shoppy, stripe_store
 from delivery_daemon.reference.sellix import SellixSender
 from delivery_daemon.reference.softstore import SoftStoreMarketplace, documented_signature
 from delivery_daemon.reference.standard_webhooks import SellerSystem, StandardWebhooksSender, new_secret
@@ -48,17 +49,23 @@ from delivery_daemon.reference.stripe_store import StripeStoreSender
 API_KEY = "fuzz-api-key-0123456789abcdef"
 API_BASE = "http://127.0.0.1:9/api/v1"  # never contacted: the worker does not run here
 ALLOWED = {200, 400, 401, 403, 404, 409, 413, 415, 422}
+CLASSIC = paddle.ClassicVendor("")
+"""Paddle Classic's vendor, with a key pair made for this run."""
 OTHER_STORES = [
     ("sellix", "sellix", "s" * 32),
     ("shoppy", "shoppy", "h" * 32),
     ("stripe", "stripe", "whsec_" + "t" * 32),
     ("generic", "standard-webhooks", new_secret()),
+    ("paddle", "paddle", "pdl_ntfset_01fuzz_" + "p" * 32),
+    ("paddle-classic", "paddle-classic", CLASSIC.public_pem),
 ]
 API_STORES = [
     ("lemon", "lemonsqueezy", "l" * 32, {"api_url": "http://127.0.0.1:9", "api_key": API_KEY, "store_id": "1001"}),
     ("polar", "polar", polar.new_secret(), {}),
 ]
 """Stores of the in-process target only (the drained section below runs without them)."""
+EXTRA = {"paddle": {"api_url": "http://127.0.0.1:9", "api_key": "pdl_apikey_fuzz"}}
+"""Settings a store needs besides its secret (never contacted: the worker does not run here)."""
 SIGNATURE_HEADERS = [
     "X-Signature",
     "X-Event-Name",
@@ -69,6 +76,7 @@ SIGNATURE_HEADERS = [
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
+    "Paddle-Signature",
 ]
 
 
@@ -125,6 +133,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Starlette:
                             "channel": "webhook",
                             "webhook": {"url": "http://127.0.0.1:9/hook", "secret": new_secret()},
                         },
+                        **EXTRA.get(name, {}),
                     }
                     for name, kind, secret in OTHER_STORES
                 ),
@@ -239,7 +248,8 @@ def test_deep_nesting_is_a_4xx(target: Target, depth: int, opener: str) -> None:
 def test_every_marketplace_refuses_forgeries(
     target: Target, store: str, payload: Any, forged: dict[str, str], raw: bytes | None
 ) -> None:
-    """Sellix, Shoppy, Stripe and Standard Webhooks stores: random bodies with forged signature headers, never a job."""
+    """Every body-signed store (Sellix, Shoppy, Stripe, Standard Webhooks, Paddle, Paddle Classic): random bodies with
+    forged signature headers, never a job."""
     body = raw if raw is not None else _encode(payload)
     check(target, target.post(body, {**forged, "Content-Type": "application/json"}, store=store))
 
@@ -304,6 +314,7 @@ SIGNERS: dict[str, Callable[[bytes, str], dict[str, str]]] = {
     "generic": lambda body, _event: StandardWebhooksSender("", SECRETS["generic"]).headers(body),
     "lemon": lambda body, event: lemonsqueezy.signed_headers(SECRETS["lemon"], body, event),
     "polar": lambda body, _event: polar.PolarSender("", SECRETS["polar"]).headers(body),
+    "paddle": lambda body, _event: paddle.PaddleSender("", SECRETS["paddle"]).headers(body),
 }
 EVENTS = (
     st.sampled_from(
@@ -319,6 +330,8 @@ EVENTS = (
             "payment_intent.succeeded",
             "charge.refunded",
             "charge.dispute.created",
+            "transaction.completed",
+            "adjustment.created",
             "100",
             "101",
         ]
@@ -348,6 +361,10 @@ overrides = st.dictionaries(
             "user_email",
             "customer",
             "product",
+            "items",
+            "customer_id",
+            "transaction_id",
+            "action",
         ]
     ),
     json_values,
@@ -378,6 +395,9 @@ def _message(store: str, event: str, fields: dict[str, Any], wrap: Any) -> Any:
         return {"meta": {"event_name": event, "custom_data": wrap}, "data": data}
     if store == "polar":
         return {"type": event, "data": {**polar.order("p"), **fields}}
+    if store == "paddle":
+        txn = {"id": paddle.new_id("txn"), "transaction_id": "txn_1", "action": "refund", "status": "approved"}
+        return paddle.event(event, {**txn, "customer_id": "ctm_1", "items": [paddle.line("p")], **fields})
     return {"type": event, "data": {"order_id": "A-1", "product_id": "p", **fields}}
 
 
@@ -394,10 +414,11 @@ def _message(store: str, event: str, fields: dict[str, Any], wrap: Any) -> Any:
 @example(store="generic", event="order.paid", fields={}, wrap={}, whole=None)
 @example(store="lemon", event="order_created", fields={}, wrap={}, whole=None)
 @example(store="polar", event="order.paid", fields={}, wrap={}, whole=None)
+@example(store="paddle", event="transaction.completed", fields={}, wrap={}, whole=None)
 def test_signed_bodies_of_every_marketplace_never_break_the_parser(
     target: Target, store: str, event: str, fields: dict[str, Any], wrap: Any, whole: Any
 ) -> None:
-    """Validly signed bodies of every marketplace (Sellix to Polar) with any field types: never a 5xx."""
+    """Validly signed bodies of every marketplace (Sellix to Polar and Paddle) with any field types: never a 5xx."""
     if whole is None:
         body = _encode(_message(store, event, fields, wrap))
     else:
@@ -412,7 +433,9 @@ def test_signed_bodies_of_every_marketplace_never_break_the_parser(
 
 @given(
     store=st.sampled_from(sorted(SIGNERS)),
-    event=st.sampled_from(["order:paid", "order.paid", "100", "payment_intent.succeeded", "order_created"]),
+    event=st.sampled_from(
+        ["order:paid", "order.paid", "100", "payment_intent.succeeded", "order_created", "transaction.completed"]
+    ),
     fields=overrides,
     position=st.integers(min_value=0),
     flip=st.integers(min_value=1, max_value=255),
@@ -432,6 +455,7 @@ def test_tampered_signed_webhooks_never_create_a_job(
             "generic": "webhook-signature",
             "lemon": "X-Signature",
             "polar": "webhook-signature",
+            "paddle": "Paddle-Signature",
         }[store]
         value = headers[name]
         index = len(value) - 1 - position % 8  # the signature itself, at the end of the header
@@ -447,7 +471,43 @@ def test_tampered_signed_webhooks_never_create_a_job(
     assert target.job_order_ids() == before
 
 
-PROPERTIES = 8
+classic_values = st.text(max_size=40) | st.sampled_from(["", "0", "-1", "99999999999999999999", "\x00", "é"])
+
+
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["p_order_id", "p_product_id", "p_quantity", "quantity", "email", "passthrough", "p_coupon"])
+        | st.text(max_size=12),
+        classic_values,
+        max_size=5,
+    ),
+    tamper=st.none() | st.text(min_size=1, max_size=12),
+)
+@example(fields={}, tamper=None)
+def test_paddle_classic_signed_forms_never_break_and_tampered_ones_never_count(
+    target: Target, fields: dict[str, str], tamper: str | None
+) -> None:
+    """Genuinely signed Paddle Classic forms with any field values: never a 5xx (keys as text/plain, or a JSON
+    4xx/503); the same form with one field changed after signing is a 4xx and stores nothing."""
+    form = CLASSIC.fields("p", order_id=paddle.new_id("po"))
+    form.pop("p_signature")
+    form.update(fields)
+    form["p_signature"] = sign_fields(CLASSIC.private_key, form)
+    if tamper is not None:
+        form["p_order_id"] = form.get("p_order_id", "") + tamper
+    before = target.job_order_ids()
+    response = target.post(
+        urlencode(form).encode(), {"Content-Type": "application/x-www-form-urlencoded"}, store="paddle-classic"
+    )
+    if tamper is not None:
+        assert 400 <= response.status_code < 500 and target.job_order_ids() == before, response.text
+    assert response.status_code in ALLOWED | {503}, (response.status_code, response.text)
+    if not response.headers.get("content-type", "").startswith("text/plain"):
+        assert isinstance(response.json(), dict)
+    target.signed |= target.job_order_ids() - before  # a genuine signature may create a job
+
+
+PROPERTIES = 9
 """The @given tests above, each of which runs ``max_examples`` inputs through ``Target.post``."""
 
 
@@ -684,6 +744,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                             "default": {"generator": "pattern"},
                         }
                         for name, kind, _ in OTHER_STORES
+                        if name in keys  # Paddle's stores are fuzzed in process only (its API is not served here)
                     ),
                 ],
             },

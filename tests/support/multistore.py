@@ -250,6 +250,13 @@ def wall_clock_adapter(marketplace: str, secret: str) -> Any:
     """The adapter of a ``marketplace`` store as ``serve`` builds it: on the :class:`SystemClock`, so that its
     signature tolerance follows the wall clock (frozen by a test with freezegun, like the third-party verifiers')."""
     from delivery_daemon.clock import SystemClock
+
+    return store_adapter(marketplace, secret, SystemClock())
+
+
+def store_adapter(marketplace: str, secret: str, clock: Any, **store: Any) -> Any:
+    """The adapter of one ``marketplace`` store (delivering by the webhook channel, with ``store``'s other settings)
+    on ``clock``."""
     from delivery_daemon.marketplaces.base import AdapterContext
 
     settings = parse_settings(
@@ -264,6 +271,7 @@ def wall_clock_adapter(marketplace: str, secret: str) -> Any:
                         "webhook": {"url": "http://127.0.0.1:9/x", "secret": new_secret()},
                     },
                     "default": PATTERN,
+                    **store,
                 }
             ]
         },
@@ -271,5 +279,5 @@ def wall_clock_adapter(marketplace: str, secret: str) -> Any:
     )
     [kind] = [kind for kind in default_marketplaces() if kind.name == marketplace]
     return kind.create(
-        AdapterContext(store=settings.stores[0], path="stores[0]", clock=SystemClock(), delivery=settings.delivery)
+        AdapterContext(store=settings.stores[0], path="stores[0]", clock=clock, delivery=settings.delivery)
     )

@@ -18,7 +18,8 @@ file, and ``--replicas N`` runs N daemon processes sharing it, each on its own p
 webhooks over them round-robin (a send that fails goes to the next one, as a load balancer would) and every kill
 hits a replica drawn at random.
 
-``--marketplace`` other than ``softstore`` runs :mod:`.webhooks` instead; what both runs are built from is in
+``--marketplace`` other than ``softstore`` runs :mod:`.webhooks` instead (``paddle``: :mod:`.paddle`, which serves
+the reference Paddle API beside it); what both runs are built from is in
 :mod:`.harness`.
 """
 
@@ -56,6 +57,7 @@ from delivery_daemon.reference.chaos.harness import (
     place_all,
     report,
 )
+from delivery_daemon.reference.chaos.paddle import run_paddle_chaos
 from delivery_daemon.reference.chaos.verdict import Verdict, judge
 from delivery_daemon.reference.chaos.webhooks import run_webhook_chaos
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
@@ -91,7 +93,10 @@ async def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print) -
             f"work dir {workdir}"
         )
         started = time.monotonic()
-        verdict = await run_webhook_chaos(options, options.marketplace, rng, workdir, say)
+        if options.marketplace == "paddle":
+            verdict = await run_paddle_chaos(options, rng, workdir, say)
+        else:
+            verdict = await run_webhook_chaos(options, options.marketplace, rng, workdir, say)
         report(verdict, started, say)
         return verdict
 

@@ -304,10 +304,18 @@ __all__ = [
 
 
 async def run_webhook_chaos(
-    options: ChaosOptions, marketplace: str, rng: random.Random, workdir: Path, say: Callable[[str], None]
+    options: ChaosOptions,
+    marketplace: str,
+    rng: random.Random,
+    workdir: Path,
+    say: Callable[[str], None],
+    *,
+    flavour: Flavour | None = None,
+    store: Mapping[str, Any] | None = None,
 ) -> Verdict:
-    """One chaos run for a webhook-only ``marketplace`` (a key of :data:`FLAVOURS`)."""
-    flavour = FLAVOURS[marketplace]
+    """One chaos run for a webhook-only ``marketplace`` (a key of :data:`FLAVOURS`, else its ``flavour`` given, with
+    ``store`` settings it needs besides the secret: e.g. the API of a reference the caller serves, as for Paddle)."""
+    flavour = flavour or FLAVOURS[marketplace]
     started = time.monotonic()
     deadline = started + options.timeout
     webhook_secret, sink_secret = flavour.new_secret(), new_secret()
@@ -330,6 +338,7 @@ async def run_webhook_chaos(
                 "webhook": {"url": f"{running.url}{SINK_PATH}", "secret": "${CHAOS_SINK_SECRET}"},
             },
             **api_store,
+            **(store or {}),
         }
         (workdir / "daemon.yaml").write_text(yaml.safe_dump(config))
         env = {**os.environ, "CHAOS_WEBHOOK_SECRET": webhook_secret, "CHAOS_SINK_SECRET": sink_secret}
