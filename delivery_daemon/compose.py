@@ -36,6 +36,7 @@ from delivery_daemon.marketplaces.sellix import Sellix
 from delivery_daemon.marketplaces.shoppy import Shoppy
 from delivery_daemon.marketplaces.softstore import SoftStore
 from delivery_daemon.marketplaces.standard_webhooks import StandardWebhooks
+from delivery_daemon.marketplaces.stripe_checkout import StripeCheckout
 from delivery_daemon.marketplaces.stripe_store import StripeStore
 from delivery_daemon.marketplaces.virtual_stores import VirtualStores
 from delivery_daemon.net.guard import NetPolicy
@@ -54,7 +55,7 @@ from delivery_daemon.storage.stock_pool import StockError
 def default_marketplaces() -> list[MarketplaceType]:
     """The marketplace types this build ships with: the explicit list the CLI (and the demo, the stock-sync
     commands, the tests) hands to :func:`create_app` and :func:`~delivery_daemon.pipeline.stores.build_stores`."""
-    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), VirtualStores(), StandardWebhooks()]
+    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), VirtualStores(), StandardWebhooks(), StripeCheckout()]
 
 
 @dataclass
