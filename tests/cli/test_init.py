@@ -25,6 +25,7 @@ VARIANTS = [
     ("standard-webhooks", "email", "standard-webhooks-email.yaml"),
     ("standard-webhooks", "webhook", "standard-webhooks-webhook.yaml"),
     ("virtual-stores", "email", "virtual-stores-email.yaml"),
+    ("stripe-checkout", "email", "stripe-checkout-email.yaml"),
 ]
 
 
