@@ -5,7 +5,8 @@ Receive (the Stripe signature check of :mod:`~delivery_daemon.marketplaces.strip
 parsing):
 
 * ``checkout.session.completed`` with ``payment_status`` ``paid`` (or ``no_payment_required``: a 100 % discount,
-  fulfilled as Stripe's fulfilment guide does for anything not ``unpaid``) queues a job whose order id is the
+  fulfilled as Stripe's fulfilment guide does for anything not ``unpaid``; a ``setup``-mode session, which only saves
+  a card, is not an order) queues a job whose order id is the
   **Checkout Session id** (``cs_…``) and whose product id is ``cart``. ``unpaid`` (a delayed method such as SEPA
   Direct Debit or a bank transfer is still on its way) stores nothing; ``checkout.session.async_payment_succeeded``
   later queues the job. Both events for one session are one job (the second is a duplicate); each event's ``evt_…``
@@ -108,6 +109,8 @@ class StripeCheckoutAdapter(StripeStoreAdapter):
         """The order a paid Checkout Session makes (None while it is unpaid): from a webhook or the session list."""
         if session.get("payment_status") not in FULFIL:
             return None  # a delayed method: checkout.session.async_payment_succeeded follows when the money is in
+        if session.get("mode") == "setup":
+            return None  # a card saved for later (no_payment_required, no line items): nothing was bought
         session_id = identifier(session.get("id"), "data.object.id")
         assert session_id is not None
         details = optional_mapping(session, "customer_details")

@@ -101,6 +101,14 @@ async def test_which_session_events_make_an_order(kind: str, status: str, queued
     await made.aclose()
 
 
+async def test_a_setup_session_is_not_an_order() -> None:
+    """A setup-mode session (a card saved, no_payment_required, no line items) is acknowledged and stores nothing."""
+    clock = ManualClock()
+    made = adapter(clock)
+    assert parse(made, clock, event("checkout.session.completed", session("no_payment_required", mode="setup"))) is None
+    await made.aclose()
+
+
 async def test_a_forged_signature_is_refused_by_the_shared_stripe_check() -> None:
     """A body signed with another secret, or changed after signing, is a 403 from the Stripe signature check."""
     clock = ManualClock()
