@@ -49,21 +49,16 @@ async def run_checkout_demo(orders: int = 6, stream: TextIO | None = None, deadl
                     "worker": {"poll_interval": 0.2},
                     "security": {"allowed_networks": ["127.0.0.1/32"]},  # the seller's endpoint is on loopback
                     "stores": [
-                        {
-                            "name": "demo",
-                            "marketplace": "stripe-checkout",
-                            "api_url": stripe_server.url,
-                            "api_key": account.api_key,
-                            "webhook_secret": account.webhook_secret,
-                            "delivery": {
-                                "channel": "webhook",
-                                "webhook": {"url": f"{seller_server.url}/hooks/orders", "secret": seller.secret},
-                            },
-                            "products": {
+                        account.store(
+                            "demo",
+                            stripe_server.url,
+                            f"{seller_server.url}/hooks/orders",
+                            seller.secret,
+                            {
                                 f"prod_{name}": {"generator": "pattern", "options": options, "template": TEMPLATE}
                                 for name, options in PRODUCTS.items()
                             },
-                        }
+                        )
                     ],
                 },
                 environ={},

@@ -136,6 +136,21 @@ class StripeCheckoutAccount:
             ]
         )
 
+    def store(
+        self, name: str, api_url: str, seller_url: str, seller_secret: str, products: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A ``stripe-checkout`` store of this account (served at ``api_url``) in the daemon's settings, delivering
+        through the ``webhook`` channel to ``seller_url``; ``products`` keyed by Price or Product id."""
+        return {
+            "name": name,
+            "marketplace": "stripe-checkout",
+            "api_url": api_url,
+            "api_key": self.api_key,
+            "webhook_secret": self.webhook_secret,
+            "delivery": {"channel": "webhook", "webhook": {"url": seller_url, "secret": seller_secret}},
+            "products": products,
+        }
+
     # -- the seller's catalogue and the buyers' checkouts ---------------------------------------------------
 
     def price(self, product: str | None = None) -> str:

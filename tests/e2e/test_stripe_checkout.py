@@ -66,21 +66,16 @@ async def stack(tmp_path: Path, db_url: str | None = None) -> AsyncIterator[Stac
                 "worker": {"poll_interval": 60, "lease_seconds": 30},
                 "security": {"allowed_networks": ["127.0.0.0/8"]},
                 "stores": [
-                    {
-                        "name": "shop",
-                        "marketplace": "stripe-checkout",
-                        "api_url": stripe_server.url,
-                        "api_key": account.api_key,
-                        "webhook_secret": account.webhook_secret,
-                        "delivery": {
-                            "channel": "webhook",
-                            "webhook": {"url": f"{seller_server.url}/hooks/orders", "secret": seller.secret},
-                        },
-                        "products": {
+                    account.store(
+                        "shop",
+                        stripe_server.url,
+                        f"{seller_server.url}/hooks/orders",
+                        seller.secret,
+                        {
                             EBOOK: {"generator": "pattern", "options": {"pattern": "EBOOK-XXXX-XXXX"}},
                             GAME_PRICE: {"generator": "pattern", "options": {"pattern": "GAME-XXXX-XXXX"}},
                         },
-                    }
+                    )
                 ],
             },
             environ={},
