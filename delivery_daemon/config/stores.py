@@ -153,7 +153,8 @@ class StoreSettings(Model):
     marketplace: str = Field(
         examples=["softstore"],
         json_schema_extra=expected_extra(
-            "a marketplace adapter: softstore, sellix, shoppy, stripe, stripe-checkout, virtual-stores or standard-webhooks"
+            "a marketplace adapter: softstore, sellix, shoppy, stripe, stripe-checkout, virtual-stores or "
+            "standard-webhooks"
         ),
     )
     api_url: str | None = Field(
