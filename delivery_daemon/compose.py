@@ -40,6 +40,7 @@ from delivery_daemon.marketplaces.sellix import Sellix
 from delivery_daemon.marketplaces.shoppy import Shoppy
 from delivery_daemon.marketplaces.softstore import SoftStore
 from delivery_daemon.marketplaces.standard_webhooks import StandardWebhooks
+from delivery_daemon.marketplaces.stripe_checkout import StripeCheckout
 from delivery_daemon.marketplaces.stripe_store import StripeStore
 from delivery_daemon.marketplaces.virtual_stores import VirtualStores
 from delivery_daemon.net.guard import NetPolicy
@@ -63,6 +64,7 @@ def default_marketplaces() -> list[MarketplaceType]:
         Sellix(),
         Shoppy(),
         StripeStore(),
+        StripeCheckout(),
         VirtualStores(),
         StandardWebhooks(),
         LemonSqueezy(),

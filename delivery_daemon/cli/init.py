@@ -101,6 +101,15 @@ MARKETPLACES = {
             "email",
         ),
         Marketplace(
+            "stripe-checkout",
+            "stripe-checkout--payment-links",
+            "Stripe Dashboard > Developers > Webhooks > Add endpoint {url} with the events\n"
+            "     checkout.session.completed, checkout.session.async_payment_succeeded,\n"
+            "     checkout.session.async_payment_failed, charge.refunded, charge.dispute.created;\n"
+            "     then list your Stripe Price or Product ids under products in {config}",
+            "email",
+        ),
+        Marketplace(
             "standard-webhooks",
             "standard-webhooks",
             "your platform's webhook settings: endpoint {url} for its paid, refunded and disputed orders\n"
@@ -122,6 +131,7 @@ SECRET_HINTS = {
     "SELLIX_WEBHOOK_SECRET": "Sellix dashboard, Settings: the webhook secret",
     "SHOPPY_WEBHOOK_SECRET": "Shoppy dashboard, Settings: the webhook secret",
     "STRIPE_WEBHOOK_SECRET": "Stripe Dashboard > Developers > Webhooks > your endpoint: Signing secret (whsec_...)",
+    "STRIPE_SECRET_KEY": "Stripe Dashboard > Developers > API keys: a restricted key with Checkout Sessions: Read",
     "STANDARD_WEBHOOKS_SECRET": "your platform's signing secret for this endpoint (whsec_...)",
     "LEMONSQUEEZY_WEBHOOK_SECRET": "Lemon Squeezy dashboard, Settings > Webhooks: the signing secret you chose",
     "LEMONSQUEEZY_API_KEY": "Lemon Squeezy dashboard, Settings > API: an API key",

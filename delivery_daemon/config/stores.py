@@ -153,8 +153,8 @@ class StoreSettings(Model):
     marketplace: str = Field(
         examples=["softstore"],
         json_schema_extra=expected_extra(
-            "a marketplace adapter: softstore, sellix, shoppy, stripe, virtual-stores, standard-webhooks, "
-            "lemonsqueezy, polar, paddle or paddle-classic"
+            "a marketplace adapter: softstore, sellix, shoppy, stripe, stripe-checkout, virtual-stores, "
+            "standard-webhooks, lemonsqueezy, polar, paddle or paddle-classic"
         ),
     )
     api_url: str | None = Field(

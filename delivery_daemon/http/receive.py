@@ -15,7 +15,10 @@ The adapter's result decides what happens (the core names no marketplace):
 * an :class:`~delivery_daemon.marketplaces.base.OrderEvent` (refund, dispute) marks the order: cancelled if no
   worker holds it and it is not delivered, flagged and logged (``order.refunded`` / ``order.disputed``) if it was
   delivered, and pending if a worker holds it (the worker settles it, see
-  :meth:`~delivery_daemon.storage.queue.JobQueue.transition`);
+  :meth:`~delivery_daemon.storage.queue.JobQueue.transition`). An adapter whose events name the payment rather than
+  the order (:class:`~delivery_daemon.marketplaces.base.ResolvesEvents`) is asked for the order first: none is
+  answered ``ignored``; a marketplace that cannot be asked is answered 503 (logged ``webhook.resolve_failed``), so
+  it resends;
 * a :class:`~delivery_daemon.marketplaces.base.FulfilNow` is answered synchronously with the keys as ``text/plain``
   (:mod:`delivery_daemon.pipeline.fulfil`).
 
@@ -36,10 +39,17 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from delivery_daemon.config import Settings
-from delivery_daemon.errors import BodyTooLarge, Held, WebhookRejected
+from delivery_daemon.errors import BodyTooLarge, Held, MarketplaceError, Retry, WebhookRejected
 from delivery_daemon.http.limits import RateLimiter
 from delivery_daemon.http.metrics import Metrics
-from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult, accepted_body, normalise
+from delivery_daemon.marketplaces.base import (
+    FulfilNow,
+    OrderEvent,
+    ResolvesEvents,
+    WebhookResult,
+    accepted_body,
+    normalise,
+)
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.pipeline.fulfil import fulfil_now
 from delivery_daemon.pipeline.stores import Store
@@ -170,6 +180,21 @@ async def _handle(
     bound: structlog.typing.FilteringBoundLogger,
 ) -> Response:
     if isinstance(result, OrderEvent):
+        if isinstance(store.marketplace, ResolvesEvents):
+            try:
+                resolved = await store.marketplace.resolve_event(result)
+            except (Retry, MarketplaceError) as exc:
+                reason = exc.reason if isinstance(exc, Retry) else str(exc)
+                bound.warning("webhook.resolve_failed", order_id=result.order_id, kind=result.kind, reason=reason)
+                daemon.metrics_webhook(store.name, "rejected_503")
+                return _error(503, "could not ask the marketplace which order this is about; try again")
+            if resolved is None:
+                bound.info("webhook.ignored", order_id=result.order_id, kind=result.kind)
+                daemon.metrics_webhook(store.name, "ignored")
+                return JSONResponse({"status": "ignored"})
+            marked = normalise(resolved)
+            assert isinstance(marked, OrderEvent)
+            return await _mark(daemon, marked, bound)
         return await _mark(daemon, result, bound)
     if isinstance(result, FulfilNow):
         answer = await fulfil_now(daemon.queue, store, result, slots=daemon.generator_slots)

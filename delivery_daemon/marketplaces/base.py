@@ -180,6 +180,19 @@ def accepted_body(marketplace: Marketplace, content_type: str) -> str | None:
     return "application/json"
 
 
+@runtime_checkable
+class ResolvesEvents(Protocol):
+    """Optional for an adapter: its refunds and disputes name the payment, not the order the job was stored under
+    (Stripe Checkout: a PaymentIntent, the job a Checkout Session). The receiver calls it for every
+    :class:`OrderEvent` the adapter returned, after the signature check and before anything is stored."""
+
+    async def resolve_event(self, event: OrderEvent) -> OrderEvent | None:
+        """The event naming the order's id, or None when it concerns no order of this store (answered "ignored").
+        Raises :class:`~delivery_daemon.errors.Retry` when the marketplace cannot be asked now (answered 503: the
+        marketplace resends), or a :class:`~delivery_daemon.errors.MarketplaceError` when it refuses."""
+        ...
+
+
 class MarketplaceType(Protocol):
     name: str
 

@@ -9,7 +9,17 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-MARKETPLACES = ("softstore", "sellix", "shoppy", "stripe", "standard-webhooks", "lemonsqueezy", "polar", "paddle")
+MARKETPLACES = (
+    "softstore",
+    "sellix",
+    "shoppy",
+    "stripe",
+    "stripe-checkout",
+    "standard-webhooks",
+    "lemonsqueezy",
+    "polar",
+    "paddle",
+)
 
 
 async def run_marketplace_demo(marketplace: str, orders: int = 6, stream: TextIO | None = None) -> int:
@@ -22,6 +32,10 @@ async def run_marketplace_demo(marketplace: str, orders: int = 6, stream: TextIO
         from delivery_daemon.reference.demo_paddle import run_paddle_demo  # likewise
 
         return await run_paddle_demo(orders=orders, stream=stream)
+    if marketplace == "stripe-checkout":
+        from delivery_daemon.reference.demo_stripe_checkout import run_checkout_demo  # likewise
+
+        return await run_checkout_demo(orders=orders, stream=stream)
     from delivery_daemon.reference.demo_webhooks import run_webhook_demo  # likewise
 
     return await run_webhook_demo(marketplace, orders=orders, stream=stream)

@@ -28,6 +28,7 @@ VARIANTS = [
     ("lemonsqueezy", None, "lemonsqueezy-email.yaml"),
     ("polar", "email", "polar-email.yaml"),
     ("paddle", "email", "paddle-email.yaml"),
+    ("stripe-checkout", "email", "stripe-checkout-email.yaml"),
 ]
 
 

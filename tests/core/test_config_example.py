@@ -51,6 +51,7 @@ DUMMY_SECRETS = {
     "SELLIX_WEBHOOK_SECRET": "sellix-secret",
     "SHOPPY_WEBHOOK_SECRET": "shoppy-secret",
     "STRIPE_WEBHOOK_SECRET": "whsec_stripe-endpoint-secret",
+    "STRIPE_SECRET_KEY": "rk_test_stripe-restricted-key",
     "SMTP_PASSWORD": "smtp-password",
     "PADDLE_WEBHOOK_SECRET": "pdl_ntfset_01h_paddle-destination-secret",
     "PADDLE_API_KEY": "pdl_live_apikey_01h_paddle",
@@ -73,6 +74,7 @@ SHIPPED = [
     "softstore",
     "standard-webhooks-email",
     "standard-webhooks-webhook",
+    "stripe-checkout-email",
     "stripe-email",
     "stripe-webhook",
     "virtual-stores-email",
@@ -85,7 +87,7 @@ def example_paths() -> list[Path]:
 
 def test_there_is_an_example_for_every_marketplace_and_channel() -> None:
     """softstore through its own API; sellix, shoppy, stripe and standard-webhooks by email and by webhook;
-    virtual-stores, lemonsqueezy, polar and paddle by email."""
+    virtual-stores, stripe-checkout, lemonsqueezy, polar and paddle by email."""
     assert [path.stem for path in example_paths()] == SHIPPED
 
 

@@ -23,6 +23,7 @@ CHANNELS = {
     "sellix": ["webhook", "webhook", "answer"],
     "shoppy": ["webhook"] * ORDERS,
     "stripe": ["webhook"] * ORDERS,
+    "stripe-checkout": ["webhook"] * ORDERS,
     "standard-webhooks": ["email"] * ORDERS,
     "lemonsqueezy": ["email"] * ORDERS,
     "polar": ["email"] * ORDERS,
