@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-MARKETPLACES = ("softstore", "sellix", "shoppy", "stripe", "standard-webhooks")
+MARKETPLACES = ("softstore", "sellix", "shoppy", "stripe", "standard-webhooks", "virtual-stores")
 
 
 async def run_marketplace_demo(marketplace: str, orders: int = 6, stream: TextIO | None = None) -> int:
@@ -18,6 +18,10 @@ async def run_marketplace_demo(marketplace: str, orders: int = 6, stream: TextIO
         from delivery_daemon.reference.demo import run_demo  # the demos load the daemon: see the module docstring
 
         return await run_demo(orders=orders, stream=stream, title="delivery-daemon demo: softstore")
+    if marketplace == "virtual-stores":
+        from delivery_daemon.reference.demo_virtual_stores import run_virtual_stores_demo  # likewise
+
+        return await run_virtual_stores_demo(orders=orders, stream=stream)
     from delivery_daemon.reference.demo_webhooks import run_webhook_demo  # likewise
 
     return await run_webhook_demo(marketplace, orders=orders, stream=stream)

@@ -145,19 +145,10 @@ async def run_webhook_demo(
             }
             where = f"the seller's endpoint at {seller_server.url}/hooks/orders"
             if mailbox is not None:
-                delivery = {
-                    "channel": "email",
-                    "email": {
-                        "host": "127.0.0.1",
-                        "port": smtp_port,
-                        "security": "none",
-                        "sender": "shop@example.org",
-                        "subject": SUBJECT,
-                    },
-                }
+                delivery = email_delivery(smtp_port)
                 where = f"the buyer's mailbox (SMTP on 127.0.0.1:{smtp_port})"
             app = create_app(
-                _settings(Path(tmp), marketplace, secret, delivery),
+                demo_settings(Path(tmp), marketplace, secret, delivery),
                 marketplaces=default_marketplaces(),
                 plugins=discover(),
             )
@@ -187,19 +178,36 @@ async def _mailbox(wanted: bool) -> AsyncIterator[tuple[SmtpSink | None, int]]:
         yield sink, port
 
 
-def _settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any]) -> Any:
+def email_delivery(smtp_port: int) -> dict[str, Any]:
+    """A demo store's ``delivery`` through the local SMTP sink on ``smtp_port``."""
+    return {
+        "channel": "email",
+        "email": {
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "security": "none",
+            "sender": "shop@example.org",
+            "subject": SUBJECT,
+        },
+    }
+
+
+def demo_settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any], **store: Any) -> Any:
+    """The demo daemon's settings: one store ``demo`` of ``marketplace`` selling :data:`PRODUCTS`, its database in
+    ``tmp``, loopback allowed; ``store`` adds keys to the store (e.g. a shop's ``api_url``)."""
     return parse_settings(
         {
             "database": {"url": f"sqlite:///{tmp / 'demo.db'}"},
             "delivery": {"retry_schedule": [0.3, 1, 2, 5], "timeout": 5},
             "worker": {"poll_interval": 0.2},
-            "security": {"allowed_networks": ["127.0.0.1/32"]},  # the seller's endpoint is on loopback
+            "security": {"allowed_networks": ["127.0.0.1/32"]},  # the seller's endpoint (or the shop) is on loopback
             "stores": [
                 {
                     "name": "demo",
                     "marketplace": marketplace,
                     "webhook_secret": secret,
                     "delivery": delivery,
+                    **store,
                     "products": {
                         pid: {"generator": "pattern", "options": options, "template": TEMPLATE}
                         for pid, options in PRODUCTS.items()

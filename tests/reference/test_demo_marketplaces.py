@@ -24,6 +24,7 @@ CHANNELS = {
     "shoppy": ["webhook"] * ORDERS,
     "stripe": ["webhook"] * ORDERS,
     "standard-webhooks": ["email"] * ORDERS,
+    "virtual-stores": ["email"] * ORDERS,
 }
 
 
@@ -77,10 +78,41 @@ def test_a_second_delivery_of_an_order_fails_the_demo() -> None:
     assert report(rows, stream) == 1 and "accepted 2x" in stream.getvalue()
 
 
+def test_virtual_stores_demo_fulfils_each_shop_order_and_leaves_the_mug(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each cart's mail holds both digital products' keys (not the mug's), and its shop order ends fulfilled once."""
+    assert main(["demo", "--marketplace", "virtual-stores", "--orders", str(ORDERS)]) == 0
+    output = capsys.readouterr().out
+    rows = table_rows(output)
+    assert [(row[2], row[4], row[5]) for row in rows] == [("2", "2", "fulfilled"), ("3", "3", "fulfilled")] + [
+        ("2", "2", "fulfilled")
+    ] * (ORDERS - 2), output
+    assert all("mug" not in row[1] for row in rows)
+    assert f"the shop's orders: {ORDERS} fulfilled" in output and "1 fulfil call(s) answered 5xx" in output
+
+
+def test_a_shop_order_not_fulfilled_once_fails_the_demo() -> None:
+    """An order delivered once whose shop order was never, or twice, marked fulfilled makes the verdict 1."""
+    for times, shown in ((0, "not fulfilled"), (2, "fulfilled 2x")):
+        row = Row("VS-1", "win11-pro x1", 1, time.time(), keys=1, accepted=1, channel="email", fulfilled=times)
+        stream = io.StringIO()
+        assert report([row], stream) == 1 and shown in stream.getvalue()
+        row.fulfilled = 1
+        assert report([row], io.StringIO()) == 0
+
+
+def test_virtual_stores_demo_needs_aiosmtpd(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without aiosmtpd the Virtual Stores demo (email only) says what to install and exits 1."""
+    monkeypatch.setitem(sys.modules, "aiosmtpd.smtp", None)  # the import raises ImportError
+    assert main(["demo", "--marketplace", "virtual-stores", "--orders", "1"]) == 1
+    assert "pip install aiosmtpd" in capsys.readouterr().out
+
+
 def test_all_runs_every_marketplace_and_fails_if_one_fails(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`demo --all` runs the five demos in turn with the given orders; it exits 1 naming the one that failed."""
+    """`demo --all` runs every marketplace's demo in turn with the given orders; it exits 1 naming the one failing."""
     ran: list[tuple[str, int]] = []
     failing = {"shoppy"}
 
@@ -91,9 +123,9 @@ def test_all_runs_every_marketplace_and_fails_if_one_fails(
     monkeypatch.setattr(demo_all, "run_marketplace_demo", fake)
     assert main(["demo", "--all", "--orders", "2"]) == 1
     assert ran == [(name, 2) for name in demo_all.MARKETPLACES]
-    assert "1 of 5 demos failed: shoppy" in capsys.readouterr().out
+    assert f"1 of {len(demo_all.MARKETPLACES)} demos failed: shoppy" in capsys.readouterr().out
     failing.clear()
-    assert main(["demo", "--all"]) == 0 and len(ran) == 10
+    assert main(["demo", "--all"]) == 0 and len(ran) == 2 * len(demo_all.MARKETPLACES)
 
 
 def test_marketplace_and_all_are_exclusive_and_names_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
