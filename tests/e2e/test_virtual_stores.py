@@ -21,6 +21,7 @@ from delivery_daemon.config import parse_settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
+from delivery_daemon.order import Content
 from delivery_daemon.reference.standard_webhooks import SellerSystem, new_secret
 from delivery_daemon.reference.stripe_store import StripeStoreSender
 from delivery_daemon.reference.virtual_stores import STAFF_EMAIL, VirtualStoresShop
@@ -128,6 +129,21 @@ async def test_a_cart_is_delivered_once_with_every_digital_key_and_fulfilled(tmp
         assert again.json()["duplicate"] is True
         assert await s.drain() == 0 and len(s.seller.accepted()) == 1 and len(order.fulfilments) == 1
         assert await s.daemon.worker.follow_ups.sweep() == 0
+
+
+async def test_a_fulfil_whose_answer_was_lost_is_not_made_twice(tmp_path: Path) -> None:
+    """The fulfil step run again after the shop fulfilled the order (its answer lost to a timeout or a kill before the
+    outcome was recorded) reads the shop's order and does not call fulfil a second time."""
+    async with stack(tmp_path) as s:
+        order = s.shop.place_order(CART)
+        await s.sender.send(s.shop.paid_event(order))
+        await s.drain()
+        job = await s.job(order.payment_intent_id)
+        assert len(order.fulfilments) == 1
+        adapter = s.daemon.stores["shop"].marketplace
+        detail = await adapter.after_delivery(job, Content.from_json(job.content))  # type: ignore[attr-defined]  # the virtual store adapter has it
+        assert len(order.fulfilments) == 1 and "already: fulfilled" in detail
+        assert [path for _, path, _ in s.shop.requests].count(f"/api/orders/{order.id}/fulfill") == 1
 
 
 async def test_mismatched_and_forged_orders_are_never_delivered(tmp_path: Path) -> None:
