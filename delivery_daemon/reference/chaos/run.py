@@ -18,8 +18,9 @@ file, and ``--replicas N`` runs N daemon processes sharing it, each on its own p
 webhooks over them round-robin (a send that fails goes to the next one, as a load balancer would) and every kill
 hits a replica drawn at random.
 
-``--marketplace`` other than ``softstore`` runs :mod:`.webhooks` instead; what both runs are built from is in
-:mod:`.harness`.
+``--marketplace`` other than ``softstore`` runs :mod:`.webhooks` instead (:mod:`.virtual_stores` for
+``virtual-stores``: the shop's staff API failing too, and its orders checked fulfilled once); what the runs are built
+from is in :mod:`.harness`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from delivery_daemon.reference.chaos.harness import (
     report,
 )
 from delivery_daemon.reference.chaos.verdict import Verdict, judge
+from delivery_daemon.reference.chaos.virtual_stores import run_virtual_stores_chaos
 from delivery_daemon.reference.chaos.webhooks import run_webhook_chaos
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
 
@@ -91,7 +93,10 @@ async def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print) -
             f"work dir {workdir}"
         )
         started = time.monotonic()
-        verdict = await run_webhook_chaos(options, options.marketplace, rng, workdir, say)
+        if options.marketplace == "virtual-stores":
+            verdict = await run_virtual_stores_chaos(options, rng, workdir, say)
+        else:
+            verdict = await run_webhook_chaos(options, options.marketplace, rng, workdir, say)
         report(verdict, started, say)
         return verdict
 
