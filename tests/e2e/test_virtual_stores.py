@@ -25,6 +25,7 @@ from delivery_daemon.order import Content
 from delivery_daemon.reference.standard_webhooks import SellerSystem, new_secret
 from delivery_daemon.reference.stripe_store import StripeStoreSender
 from delivery_daemon.reference.virtual_stores import STAFF_EMAIL, VirtualStoresShop
+from delivery_daemon.storage.stock_pool import StockPool
 
 CART = [
     {"product_id": "ebook", "quantity": 2, "unit_price": "9.90", "name": "E-book"},
@@ -52,8 +53,14 @@ class Stack:
         return [json.loads(line)["event"] for line in self.logs.getvalue().splitlines() if line.startswith("{")]
 
 
+PRODUCTS: dict[str, Any] = {
+    "ebook": {"generator": "pattern", "options": {"pattern": "EBOOK-XXXX-XXXX"}, "template": "E-book: {keys_lines}"},
+    "game:deluxe": {"generator": "pattern", "options": {"pattern": "GAME-XXXX-XXXX"}, "template": "Game: {keys_lines}"},
+}
+
+
 @contextlib.asynccontextmanager
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(tmp_path: Path, products: dict[str, Any] | None = None) -> AsyncIterator[Stack]:
     logs = io.StringIO()
     configure_logging("json", "debug", stream=logs)
     clock = ManualClock()
@@ -77,18 +84,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                             "channel": "webhook",
                             "webhook": {"url": f"{seller_server.url}/hooks/orders", "secret": seller.secret},
                         },
-                        "products": {
-                            "ebook": {
-                                "generator": "pattern",
-                                "options": {"pattern": "EBOOK-XXXX-XXXX"},
-                                "template": "E-book: {keys_lines}",
-                            },
-                            "game:deluxe": {
-                                "generator": "pattern",
-                                "options": {"pattern": "GAME-XXXX-XXXX"},
-                                "template": "Game: {keys_lines}",
-                            },
-                        },
+                        "products": {**PRODUCTS, **(products or {})},
                     }
                 ],
             },
@@ -144,6 +140,27 @@ async def test_a_fulfil_whose_answer_was_lost_is_not_made_twice(tmp_path: Path) 
         detail = await adapter.after_delivery(job, Content.from_json(job.content))  # type: ignore[attr-defined]  # the virtual store adapter has it
         assert len(order.fulfilments) == 1 and "already: fulfilled" in detail
         assert [path for _, path, _ in s.shop.requests].count(f"/api/orders/{order.id}/fulfill") == 1
+
+
+async def test_a_cart_waiting_for_stock_is_woken_by_a_refill_of_its_item(tmp_path: Path) -> None:
+    """A cart whose stock item ran out waits; importing keys for another product leaves it waiting, importing keys
+    for its item's product requeues it, and it is delivered with every key and fulfilled."""
+    serials = {"serial": {"generator": "stock", "template": "Serial: {keys_lines}"}}
+    async with stack(tmp_path, serials) as s:
+        order = s.shop.place_order([*CART[:1], {"product_id": "serial", "quantity": 2, "unit_price": "5.00"}])
+        await s.sender.send(s.shop.paid_event(order))
+        await s.drain()
+        job = await s.job(order.payment_intent_id)
+        assert job.state == "waiting" and job.product_id == "cart"
+        pool = StockPool(s.daemon.engine, s.clock, s.daemon.queue.cipher)
+        pool.import_keys("shop", "ebook", ["NOT-FOR-THIS-ITEM"])
+        assert await s.daemon.queue.wake_waiting("shop", "ebook") == []
+        pool.import_keys("shop", "serial", ["SER-1", "SER-2"])
+        assert await s.daemon.queue.wake_waiting("shop", "serial") == [job.id]
+        assert await s.drain() == 1
+        [delivery] = s.seller.accepted()
+        assert sorted(k for k in delivery.body["data"]["keys"] if k.startswith("SER-")) == ["SER-1", "SER-2"]
+        assert (await s.job(order.payment_intent_id)).state == "delivered" and len(order.fulfilments) == 1
 
 
 async def test_mismatched_and_forged_orders_are_never_delivered(tmp_path: Path) -> None:
