@@ -12,7 +12,8 @@ the shop handles the same Stripe event; refunded or failed: dead) and total what
 else the job is ``held`` with the reason, never delivered. Each item of the order that is a configured product
 (``products`` key ``"{product_id}:{variant_id}"``, else ``"{product_id}"``) becomes an
 :class:`~delivery_daemon.order.OrderItem`; other items (physical goods) are left to the shop. ``default`` never applies
-to an item.
+to an item. An order with no such item is :class:`~delivery_daemon.errors.NothingDue`: the job ends ``cancelled``,
+nothing is delivered or fulfilled.
 
 After delivery (:meth:`VirtualStoresAdapter.after_delivery`, run by :mod:`~delivery_daemon.pipeline.followup`):
 ``POST /api/orders/{id}/fulfill`` with carrier ``digital``, the delivery id as tracking number and the download link
@@ -33,7 +34,7 @@ from typing import Any
 import structlog
 
 from delivery_daemon.config import StoreSettings, expect
-from delivery_daemon.errors import ConfigError, Dead, Held, Retry
+from delivery_daemon.errors import ConfigError, Dead, Held, NothingDue, Retry
 from delivery_daemon.marketplaces.base import AdapterContext, OrderEvent, WebhookResult, create_client
 from delivery_daemon.marketplaces.stripe_store import StripeStoreAdapter
 from delivery_daemon.marketplaces.virtual_stores_api import ShopApi, StaffSession, payment_intent_of
@@ -173,7 +174,10 @@ class VirtualStoresAdapter(StripeStoreAdapter):
             )
         items = self.items(order)
         if not items:
-            raise Dead(f"shop order {shop_id} has no digital product configured for this store")
+            raise NothingDue(
+                f"no digital goods due: shop order {shop_id} has no item that is a product of this store "
+                "(physical goods only); nothing delivered, the order is left to the shop"
+            )
         buyer = order.get("customer_email") or order.get("email")
         if not isinstance(buyer, str):
             customer = order.get("customer")

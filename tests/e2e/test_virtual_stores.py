@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.compose import Daemon, create_app, default_marketplaces
 from delivery_daemon.config import parse_settings
@@ -191,20 +194,42 @@ async def test_mismatched_and_forged_orders_are_never_delivered(tmp_path: Path) 
         assert all(not o.fulfilments for o in s.shop.orders.values())
 
 
-async def test_unpaid_or_physical_only_orders_are_not_delivered(tmp_path: Path) -> None:
+async def test_unpaid_orders_are_not_delivered_until_the_shop_records_the_payment(tmp_path: Path) -> None:
+    """An order the shop has not recorded as paid yet is retried, then delivered and fulfilled once it is."""
     async with stack(tmp_path) as s:
         pending = s.shop.place_order(CART[:1])
         pending.payment_status = "pending"
-        mugs = s.shop.place_order(CART[2:])
         await s.sender.send(s.shop.paid_event(pending))
-        await s.sender.send(s.shop.paid_event(mugs))
         await s.drain()
         assert (await s.job(pending.payment_intent_id)).state == "retry_wait"
-        assert (await s.job(mugs.payment_intent_id)).state == "dead"
         pending.payment_status = "paid"  # the shop handled the same Stripe event meanwhile
         s.clock.advance(6)
         assert await s.drain() == 1
         assert len(s.seller.accepted()) == 1 and len(pending.fulfilments) == 1
+
+
+async def test_a_physical_only_order_ends_cancelled_with_nothing_due(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A paid order of physical goods only ends ``cancelled`` (outcome ``nothing_due``, not ``dead``): no delivery, no
+    fulfil call, the reason shown by ``orders show``; it is not retried and the follow-up sweep leaves it alone."""
+    async with stack(tmp_path) as s:
+        mugs = s.shop.place_order(CART[2:])
+        await s.sender.send(s.shop.paid_event(mugs))
+        await s.drain()
+        job = await s.job(mugs.payment_intent_id)
+        assert job.state == "cancelled" and job.content is None and job.attempts == 0
+        assert (job.last_error or "").startswith("no digital goods due: shop order")
+        assert [(a.step, a.outcome) for a in await s.daemon.queue.history(job.id)][-1] == ("verify", "nothing_due")
+        assert "order.nothing_due" in s.events() and "delivery.dead" not in s.events()
+        s.clock.advance(3600)
+        assert await s.drain() == 0 and await s.daemon.worker.follow_ups.sweep() == 0
+        assert s.seller.accepted() == [] and mugs.fulfilments == [] and mugs.status == "processing"
+        assert not any(path.endswith("/fulfill") for _, path, _ in s.shop.requests)
+        capsys.readouterr()
+        assert main(["orders", "show", mugs.payment_intent_id, "--database", f"sqlite:///{tmp_path / 'vs.db'}"]) == 0
+        shown = capsys.readouterr().out
+        assert "cancelled" in shown and "no digital goods due" in shown and "nothing_due" in shown
 
 
 async def test_401_mid_run_and_failing_fulfil_retry_without_a_second_delivery(tmp_path: Path) -> None:
