@@ -3,14 +3,14 @@ fulfilled in the shop.
 
 Everything runs in this process on 127.0.0.1: the reference shop (:class:`~delivery_daemon.reference.virtual_stores.
 VirtualStoresShop`: its staff API and the Stripe events of its orders), the daemon (free port, temporary database)
-with a ``virtual-stores`` store, and the buyer's mailbox (:mod:`delivery_daemon.reference.demo_smtp`). Each order is a
-cart of two digital products and one physical one (a mug): the buyer gets one mail with both products' keys, the mug
-is left to the shop, and the shop's order ends ``fulfilled``. The mailbox refuses the first mail once (SMTP 451) and
-the shop's fulfil endpoint answers the first call 503, to show both retries.
+with a ``virtual-stores`` store, and the buyer's mailbox (:mod:`delivery_daemon.reference.demo_smtp`; without aiosmtpd,
+a test dependency, the seller's endpoint of the webhook channel instead). Each order is a cart of two digital products
+and one physical one (a mug): the buyer gets one delivery with both products' keys, the mug is left to the shop, and
+the shop's order ends ``fulfilled``. The mailbox refuses the first mail once (SMTP 451) and the shop's fulfil endpoint
+answers the first call 503, to show both retries.
 
 The verdict is the other demos' (:func:`~delivery_daemon.reference.demo.report`), with one more promise per order:
-its shop order was marked fulfilled exactly once. Without aiosmtpd (a test dependency) it says so and returns 1:
-the Virtual Stores demo has no webhook variant.
+its shop order was marked fulfilled exactly once.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.reference.demo import PRODUCTS, Row, follow, report, say
-from delivery_daemon.reference.demo_smtp import SmtpSink, smtp_available, smtp_sink
-from delivery_daemon.reference.demo_webhooks import demo_settings, email_delivery
+from delivery_daemon.reference.demo_webhooks import Buyer, buyer_side, demo_settings, pick_channel
 from delivery_daemon.reference.virtual_stores import STAFF_EMAIL, ShopOrder, VirtualStoresShop
 
 PHYSICAL = {"product_id": "mug", "quantity": 1, "unit_price": "12.50", "name": "Mug"}
@@ -47,21 +46,21 @@ def cart(index: int) -> list[dict[str, Any]]:
 
 
 class Shopfront:
-    """What the demo watches: the shop's orders (by payment) and the buyer's mailbox."""
+    """What the demo watches: the shop's orders (by the shop's order id, a row's order) and the buyer's side."""
 
-    def __init__(self, shop: VirtualStoresShop, mailbox: SmtpSink) -> None:
-        self.shop, self.mailbox = shop, mailbox
-        self.payments: dict[str, ShopOrder] = {}  # the shop order id (a row's order) -> its order
+    def __init__(self, shop: VirtualStoresShop, buyer: Buyer) -> None:
+        self.shop, self.buyer = shop, buyer
+        self.payments: dict[str, ShopOrder] = {}
 
     def refresh(self, row: Row) -> None:
         order = self.payments[row.order_id]
-        # The daemon's order id is the PaymentIntent's: it is the one the mail's subject names.
-        mails = [m for m in self.mailbox.mails if m.order_id == order.payment_intent_id]
-        row.accepted = len(mails)
+        # The daemon's order id is the PaymentIntent's: the one the delivery names.
+        found = self.buyer.deliveries(order.payment_intent_id)
+        row.accepted = len(found)
         row.fulfilled = len(order.fulfilments)
-        if mails:
-            row.keys = mails[0].keys
-            row.latency_ms = (mails[0].at - row.placed_at) * 1000
+        if found:
+            row.keys = found[0].keys
+            row.latency_ms = (found[0].at - row.placed_at) * 1000
 
     async def wait_fulfilled(self, rows: list[Row], deadline_s: float) -> None:
         """Until every delivered order's shop order is fulfilled (the step right after the delivery) or the deadline."""
@@ -90,19 +89,17 @@ async def run_virtual_stores_demo(orders: int = 6, stream: TextIO | None = None,
     stream = stream or sys.stdout
     title = "delivery-daemon demo: virtual-stores"
     configure_logging("console", "error", stream=sys.stderr)  # the table is the output; errors still show
-    if not smtp_available():
-        say(stream, "the Virtual Stores demo delivers by email: it needs aiosmtpd (pip install aiosmtpd)")
-        return 1
+    channel = pick_channel("email", stream)
     shop = VirtualStoresShop()
     shop.faults.fulfil_failures = [503]  # the first fulfil call fails and is retried on its own
     with tempfile.TemporaryDirectory(prefix="delivery-daemon-demo-") as tmp:
-        async with serve(shop.app) as shop_server, smtp_sink() as (mailbox, smtp_port):
+        async with serve(shop.app) as shop_server, buyer_side(channel) as (buyer, delivery, where):
             app = create_app(
                 demo_settings(
                     Path(tmp),
                     "virtual-stores",
                     shop.webhook_secret,
-                    email_delivery(smtp_port),
+                    delivery,
                     api_url=shop_server.url,
                     staff={"email": STAFF_EMAIL, "password": shop.password},
                 ),
@@ -113,19 +110,21 @@ async def run_virtual_stores_demo(orders: int = 6, stream: TextIO | None = None,
                 say(
                     stream,
                     f"virtual-stores: the reference shop at {shop_server.url} sends Stripe-signed events to the daemon "
-                    f"at {daemon_server.url}; it reads each order from the shop's staff API, emails the digital keys "
-                    f"to the buyer's mailbox (SMTP on 127.0.0.1:{smtp_port}) and marks the shop's order fulfilled",
+                    f"at {daemon_server.url}; it reads each order from the shop's staff API, delivers the digital "
+                    f"keys by {channel} to {where} and marks the shop's order fulfilled",
                 )
                 say(stream, f"each cart: {' + '.join(PRODUCTS)} (digital) and a {PHYSICAL['name']} (left to the shop)")
-                front = Shopfront(shop, mailbox)
-                rows = await _place(shop, front, f"{daemon_server.url}/webhooks/demo", orders, stream)
+                front = Shopfront(shop, buyer)
+                rows = await _place(shop, front, f"{daemon_server.url}/webhooks/demo", orders, channel, stream)
                 await follow(rows, front.refresh, stream, deadline_s)
                 await front.wait_fulfilled(rows, deadline_s)
                 say(stream, front.summary())
     return report(rows, stream, title=title)
 
 
-async def _place(shop: VirtualStoresShop, front: Shopfront, url: str, orders: int, stream: TextIO) -> list[Row]:
+async def _place(
+    shop: VirtualStoresShop, front: Shopfront, url: str, orders: int, channel: str, stream: TextIO
+) -> list[Row]:
     """Check out each cart in the shop and send its Stripe event once; an event the daemon did not acknowledge is
     said, and its order stays undelivered in the table."""
     sender = shop.sender(url)
@@ -136,7 +135,7 @@ async def _place(shop: VirtualStoresShop, front: Shopfront, url: str, orders: in
         front.payments[order.id] = order
         digital = [item for item in items if item["product_id"] in PRODUCTS]
         label = ", ".join(f"{item['product_id']} x{item['quantity']}" for item in digital)
-        rows.append(Row(order.id, label, sum(int(i["quantity"]) for i in digital), time.time(), channel="email"))
+        rows.append(Row(order.id, label, sum(int(i["quantity"]) for i in digital), time.time(), channel=channel))
         answer = await sender.send(shop.paid_event(order))
         if not answer.is_success:
             say(stream, f"the daemon answered {answer.status_code} to order {order.id}: {answer.text[:200]}")

@@ -100,13 +100,16 @@ def test_a_shop_order_not_fulfilled_once_fails_the_demo() -> None:
         assert report([row], io.StringIO()) == 0
 
 
-def test_virtual_stores_demo_needs_aiosmtpd(
+def test_virtual_stores_demo_delivers_by_webhook_without_aiosmtpd(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without aiosmtpd the Virtual Stores demo (email only) says what to install and exits 1."""
+    """Without aiosmtpd the Virtual Stores demo says so, delivers each cart by webhook and still fulfils it once."""
     monkeypatch.setitem(sys.modules, "aiosmtpd.smtp", None)  # the import raises ImportError
-    assert main(["demo", "--marketplace", "virtual-stores", "--orders", "1"]) == 1
-    assert "pip install aiosmtpd" in capsys.readouterr().out
+    assert main(["demo", "--marketplace", "virtual-stores", "--orders", "2"]) == 0
+    output = capsys.readouterr().out
+    assert "aiosmtpd is not installed" in output
+    rows = [(row[3], row[4], row[5]) for row in table_rows(output)]
+    assert rows == [("webhook", "2", "fulfilled"), ("webhook", "3", "fulfilled")], output
 
 
 def test_all_runs_every_marketplace_and_fails_if_one_fails(
