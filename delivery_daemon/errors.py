@@ -13,6 +13,7 @@ Shared ones live in this module; the others next to the code whose failure they 
     ├── StepOutcome                 errors               control flow of one job step, decided by the worker
     │   ├── Retry                   errors               try again later (``after`` s, or the schedule's next delay)
     │   ├── Dead                    errors               never try again; the reason is recorded
+    │   │   └── NothingDue          errors               nothing of the order is this store's to deliver: cancelled
     │   ├── Held                    errors               not tried again until the operator acts (retry / cancel)
     │   └── OutOfStock              errors               the generator has nothing to give now; the job waits
     ├── GeneratorError              errors               a generator broke its contract (wrong count, bad URL)
@@ -100,6 +101,12 @@ class Retry(StepOutcome):
 
 class Dead(StepOutcome):
     """Stop trying: the order cannot or must not be delivered."""
+
+
+class NothingDue(Dead):
+    """The order holds nothing this store delivers (e.g. a cart of physical goods only): the job ends ``cancelled``
+    with the reason, outcome ``nothing_due``; nothing is sent and the marketplace is not told anything. A caller
+    that does not know this outcome treats it as :class:`Dead`."""
 
 
 class Held(StepOutcome):

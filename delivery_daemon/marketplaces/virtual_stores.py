@@ -12,12 +12,14 @@ the shop handles the same Stripe event; refunded or failed: dead) and total what
 else the job is ``held`` with the reason, never delivered. Each item of the order that is a configured product
 (``products`` key ``"{product_id}:{variant_id}"``, else ``"{product_id}"``) becomes an
 :class:`~delivery_daemon.order.OrderItem`; other items (physical goods) are left to the shop. ``default`` never applies
-to an item.
+to an item. An order with no such item is :class:`~delivery_daemon.errors.NothingDue`: the job ends ``cancelled``,
+nothing is delivered or fulfilled.
 
 After delivery (:meth:`VirtualStoresAdapter.after_delivery`, run by :mod:`~delivery_daemon.pipeline.followup`):
 ``POST /api/orders/{id}/fulfill`` with carrier ``digital``, the delivery id as tracking number and the download link
-as tracking URL. A ``charge.refunded`` event is also written to the shop's order (``PUT /api/orders/{id}/status``,
-best effort, see :meth:`VirtualStoresAdapter._note_refund`).
+as tracking URL, unless the shop's order already says it is fulfilled (a lost answer is not fulfilled twice). A
+``charge.refunded`` event is also written to the shop's order (``PUT /api/orders/{id}/status``, best effort, see
+:meth:`VirtualStoresAdapter._note_refund`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 import structlog
 
 from delivery_daemon.config import StoreSettings, expect
-from delivery_daemon.errors import ConfigError, Dead, Held, Retry
+from delivery_daemon.errors import ConfigError, Dead, Held, NothingDue, Retry
 from delivery_daemon.marketplaces.base import AdapterContext, OrderEvent, WebhookResult, create_client
 from delivery_daemon.marketplaces.stripe_store import StripeStoreAdapter
 from delivery_daemon.marketplaces.virtual_stores_api import ShopApi, StaffSession, payment_intent_of
@@ -50,6 +52,8 @@ ZERO_DECIMAL = frozenset(
 )
 """Stripe's zero-decimal currencies: their amounts are whole units, not hundredths."""
 NOTE_DELAYS = (1.0, 5.0, 30.0)
+FULFILLED = frozenset({"fulfilled", "shipped", "delivered", "completed"})
+"""Shop order statuses after which the daemon does not call ``fulfill`` (again)."""
 
 
 def minor_units(total: Any, currency: str) -> int | None:
@@ -170,7 +174,10 @@ class VirtualStoresAdapter(StripeStoreAdapter):
             )
         items = self.items(order)
         if not items:
-            raise Dead(f"shop order {shop_id} has no digital product configured for this store")
+            raise NothingDue(
+                f"no digital goods due: shop order {shop_id} has no item that is a product of this store "
+                "(physical goods only); nothing delivered, the order is left to the shop"
+            )
         buyer = order.get("customer_email") or order.get("email")
         if not isinstance(buyer, str):
             customer = order.get("customer")
@@ -205,18 +212,18 @@ class VirtualStoresAdapter(StripeStoreAdapter):
 
     # -- after delivery --------------------------------------------------------------------------------------
 
-    async def shop_order_id(self, job: Job) -> str:
-        """The shop's id of the job's order (from the payment's metadata, else searched for)."""
-        stored = json.loads(job.payload)
-        if stored.get("reference"):
-            return str(stored["reference"])
-        order = await self._shop_order(job, stored)
-        return str(order.get("id"))
-
     async def after_delivery(self, job: Job, content: Content) -> str:
         """Mark the shop's order fulfilled: carrier ``digital``, tracking number ``dd-{job id}``, the download link.
-        Raises Retry (tried again later, alone) or Dead."""
-        shop_id = await self.shop_order_id(job)
+        Raises Retry (tried again later, alone) or Dead.
+
+        The order is read first and left alone when its status is already one of :data:`FULFILLED`: a fulfil call
+        whose answer was lost (a timeout, the daemon killed before it recorded the outcome) is not made twice."""
+        stored = json.loads(job.payload)
+        order = await self._shop_order(job, stored)
+        shop_id = str(order.get("id") or stored.get("reference"))
+        current = str(order.get("status") or "").lower()
+        if current in FULFILLED:
+            return f"shop order {shop_id} fulfilled (already: {current})"
         status = await self.api.fulfil(shop_id, f"dd-{job.id}", content.download)
         return f"shop order {shop_id} fulfilled" + (" (already)" if status == 409 else "")
 

@@ -3,19 +3,22 @@
 Each item runs its own product's generator for its quantity, one after the other within one generator slot; the
 buyer gets one delivery (:func:`merge`): every item's rendered text in the order's item order, all the keys, and the
 first download link (each item's link is also in its own text when its template shows ``{download}``). The result is
-stored once per order like any content, so a retry re-sends exactly these bytes.
+stored once per order like any content, so a retry re-sends exactly these bytes. An item out of stock makes the whole
+cart wait, its reason naming the item's product (:func:`~delivery_daemon.storage.transitions.item_waiting`) so that
+importing keys for that product wakes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from delivery_daemon.errors import Dead
+from delivery_daemon.errors import Dead, OutOfStock
 from delivery_daemon.generators.contract import OrderContext
 from delivery_daemon.order import Content, OrderItem
 from delivery_daemon.pipeline.generate import generate
 from delivery_daemon.pipeline.stores import Product, Store
 from delivery_daemon.storage.models import Job
+from delivery_daemon.storage.transitions import item_waiting
 
 
 def item_context(store: Store, job: Job, item: OrderItem) -> tuple[Product, OrderContext]:
@@ -47,7 +50,10 @@ async def generate_items(
     for item in items:
         product, context = item_context(store, job, item)
         first = first or product
-        made.append(await generate(product, context, budget=budget))
+        try:
+            made.append(await generate(product, context, budget=budget))
+        except OutOfStock as exc:  # named, so that a refill of this item's product wakes the cart
+            raise OutOfStock(item_waiting(item.product_id, exc.reason), http_status=exc.http_status) from exc
     if first is None:
         raise Dead("the order has no digital product to generate")
     return first, merge(made)

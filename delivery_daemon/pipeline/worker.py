@@ -29,7 +29,7 @@ import structlog
 from delivery_daemon.backoff import Backoff
 from delivery_daemon.clock import Clock
 from delivery_daemon.config import WorkerSettings
-from delivery_daemon.errors import Dead, Held, OutOfStock, Retry
+from delivery_daemon.errors import Dead, Held, NothingDue, OutOfStock, Retry
 from delivery_daemon.pipeline.deliver import deliver
 from delivery_daemon.pipeline.followup import FollowUps
 from delivery_daemon.pipeline.observers import Observer, Observers
@@ -287,21 +287,23 @@ class Worker:
         except Retry as exc:
             await self._retry(job, step, exc.reason, exc.after, exc.http_status, started, bound, slot)
         except Dead as exc:
+            due = not isinstance(exc, NothingDue)  # nothing due is an end, not a failure: cancelled, not counted
             await self._end(
                 job,
                 Transition(
-                    JobState.DEAD,
+                    JobState.DEAD if due else JobState.CANCELLED,
                     step,
-                    "dead",
+                    "dead" if due else "nothing_due",
                     http_status=exc.http_status,
                     error=exc.reason,
-                    count_attempt=True,
+                    count_attempt=due,
                     duration_ms=self._ms(started),
                 ),
                 bound,
                 slot,
             )
-            bound.warning("delivery.dead", step=step, reason=exc.reason, http_status=exc.http_status)
+            event = "delivery.dead" if due else "order.nothing_due"
+            (bound.warning if due else bound.info)(event, step=step, reason=exc.reason, http_status=exc.http_status)
         except Held as exc:
             await self._end(
                 job,

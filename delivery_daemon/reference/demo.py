@@ -46,10 +46,11 @@ class Row:
     accepted: int = 0
     latency_ms: float | None = None
     channel: str = ""  # how it reached the buyer; shown as a column when set (the SoftStore demo leaves it out)
+    fulfilled: int | None = None  # times the shop's order was marked fulfilled; None: the marketplace has no such step
 
     @property
     def ok(self) -> bool:
-        return self.accepted == 1 and self.keys == self.quantity
+        return self.accepted == 1 and self.keys == self.quantity and self.fulfilled in (None, 1)
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -196,9 +197,20 @@ async def follow(rows: list[Row], refresh: Callable[[Row], None], stream: TextIO
 
 def _table(rows: list[Row], title: str = "delivery-daemon demo") -> str:
     """The demo's result table; long order ids are abbreviated (the demo's marketplace is gone when it is printed),
-    ids of up to 13 characters are shown whole; a ``channel`` column when the rows name their channel."""
+    ids of up to 13 characters are shown whole; a ``channel`` column when the rows name their channel, a ``shop
+    order`` column when the marketplace's order is marked fulfilled after delivery."""
     channel = any(row.channel for row in rows)
-    names = ("order", "product", "quantity", *(("channel",) if channel else ()), "keys", "latency", "result")
+    shop = any(row.fulfilled is not None for row in rows)
+    names = (
+        "order",
+        "product",
+        "quantity",
+        *(("channel",) if channel else ()),
+        "keys",
+        *(("shop order",) if shop else ()),
+        "latency",
+        "result",
+    )
     columns = [Column(name, "right" if name in ("quantity", "keys", "latency") else "left") for name in names]
     return render_table(
         columns,
@@ -209,6 +221,7 @@ def _table(rows: list[Row], title: str = "delivery-daemon demo") -> str:
                 row.quantity,
                 *((row.channel,) if channel else ()),
                 row.keys,
+                *((_fulfilment(row.fulfilled),) if shop else ()),
                 f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-",
                 "delivered once" if row.ok else f"accepted {row.accepted}x",
             )
@@ -216,3 +229,7 @@ def _table(rows: list[Row], title: str = "delivery-daemon demo") -> str:
         ],
         title=title,
     )
+
+
+def _fulfilment(times: int | None) -> str:
+    return {None: "-", 0: "not fulfilled", 1: "fulfilled"}.get(times, f"fulfilled {times}x")

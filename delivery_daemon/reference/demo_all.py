@@ -19,6 +19,7 @@ MARKETPLACES = (
     "lemonsqueezy",
     "polar",
     "paddle",
+    "virtual-stores",
 )
 
 
@@ -36,6 +37,10 @@ async def run_marketplace_demo(marketplace: str, orders: int = 6, stream: TextIO
         from delivery_daemon.reference.demo_stripe_checkout import run_checkout_demo  # likewise
 
         return await run_checkout_demo(orders=orders, stream=stream)
+    if marketplace == "virtual-stores":
+        from delivery_daemon.reference.demo_virtual_stores import run_virtual_stores_demo  # likewise
+
+        return await run_virtual_stores_demo(orders=orders, stream=stream)
     from delivery_daemon.reference.demo_webhooks import run_webhook_demo  # likewise
 
     return await run_webhook_demo(marketplace, orders=orders, stream=stream)

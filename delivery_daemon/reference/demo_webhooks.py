@@ -196,37 +196,12 @@ async def run_webhook_demo(
     stream = stream or sys.stdout
     configure_logging("console", "error", stream=sys.stderr)  # the table is the output; errors still show
     market = market or MARKETS[marketplace]
-    channel = market.channel
-    if channel == "email" and not smtp_available():
-        say(stream, "aiosmtpd is not installed (pip install aiosmtpd): delivering by webhook instead of email")
-        channel = "webhook"
-    seller = SellerSystem(new_secret(), answers=[503])  # one retry, to show the machinery
+    channel = pick_channel(market.channel, stream)
     secret = market.new_secret()
     with tempfile.TemporaryDirectory(prefix="delivery-daemon-demo-") as tmp:
-        async with (
-            serve(seller.app) as seller_server,
-            _mailbox(channel == "email") as (mailbox, smtp_port),
-            _backend(market, secret) as backend,
-        ):
-            delivery: dict[str, Any] = {
-                "channel": "webhook",
-                "webhook": {"url": f"{seller_server.url}/hooks/orders", "secret": seller.secret},
-            }
-            where = f"the seller's endpoint at {seller_server.url}/hooks/orders"
-            if mailbox is not None:
-                delivery = {
-                    "channel": "email",
-                    "email": {
-                        "host": "127.0.0.1",
-                        "port": smtp_port,
-                        "security": "none",
-                        "sender": "shop@example.org",
-                        "subject": SUBJECT,
-                    },
-                }
-                where = f"the buyer's mailbox (SMTP on 127.0.0.1:{smtp_port})"
+        async with buyer_side(channel) as (buyer, delivery, where), _backend(market, secret) as backend:
             app = create_app(
-                _settings(Path(tmp), marketplace, secret, delivery, {**backend.store, **(store or {})}),
+                demo_settings(Path(tmp), marketplace, secret, delivery, **{**backend.store, **(store or {})}),
                 marketplaces=default_marketplaces(),
                 plugins=discover(),
             )
@@ -238,13 +213,37 @@ async def run_webhook_demo(
                 )
                 if market.dynamic_last:
                     say(stream, "the last order is a dynamic product: its keys come back in the webhook's answer")
-                buyer = Buyer(seller, mailbox)
                 place = backend.sender(f"{daemon_server.url}/webhooks/demo", secret)
                 rows = await _place(market, place, orders, channel, stream)
                 if market.dynamic_last and rows:
                     await _dynamic(f"{daemon_server.url}/webhooks/demo", secret, rows[-1], buyer)
                 await follow(rows, buyer.refresh, stream, deadline_s)
     return report(rows, stream, title=f"delivery-daemon demo: {marketplace}")
+
+
+def pick_channel(wanted: str, stream: TextIO) -> str:
+    """``wanted``, or ``webhook`` (said on ``stream``) when it is ``email`` and aiosmtpd is not installed."""
+    if wanted == "email" and not smtp_available():
+        say(stream, "aiosmtpd is not installed (pip install aiosmtpd): delivering by webhook instead of email")
+        return "webhook"
+    return wanted
+
+
+@contextlib.asynccontextmanager
+async def buyer_side(channel: str) -> AsyncIterator[tuple[Buyer, dict[str, Any], str]]:
+    """The buyer's side on 127.0.0.1 for ``channel`` (``email``: the SMTP sink; else the seller's endpoint), each
+    refusing the first delivery once to show a retry; with the demo store's ``delivery`` for it and where it is."""
+    seller = SellerSystem(new_secret(), answers=[503])
+    async with serve(seller.app) as seller_server, _mailbox(channel == "email") as (mailbox, smtp_port):
+        delivery: dict[str, Any] = {
+            "channel": "webhook",
+            "webhook": {"url": f"{seller_server.url}/hooks/orders", "secret": seller.secret},
+        }
+        where = f"the seller's endpoint at {seller_server.url}/hooks/orders"
+        if mailbox is not None:
+            delivery = email_delivery(smtp_port)
+            where = f"the buyer's mailbox (SMTP on 127.0.0.1:{smtp_port})"
+        yield Buyer(seller, mailbox), delivery, where
 
 
 @contextlib.asynccontextmanager
@@ -256,13 +255,29 @@ async def _mailbox(wanted: bool) -> AsyncIterator[tuple[SmtpSink | None, int]]:
         yield sink, port
 
 
-def _settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any], store: dict[str, Any]) -> Any:
+def email_delivery(smtp_port: int) -> dict[str, Any]:
+    """A demo store's ``delivery`` through the local SMTP sink on ``smtp_port``."""
+    return {
+        "channel": "email",
+        "email": {
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "security": "none",
+            "sender": "shop@example.org",
+            "subject": SUBJECT,
+        },
+    }
+
+
+def demo_settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any], **store: Any) -> Any:
+    """The demo daemon's settings: one store ``demo`` of ``marketplace`` selling :data:`PRODUCTS`, its database in
+    ``tmp``, loopback allowed; ``store`` adds keys to the store (e.g. a shop's ``api_url``)."""
     return parse_settings(
         {
             "database": {"url": f"sqlite:///{tmp / 'demo.db'}"},
             "delivery": {"retry_schedule": [0.3, 1, 2, 5], "timeout": 5},
             "worker": {"poll_interval": 0.2},
-            "security": {"allowed_networks": ["127.0.0.1/32"]},  # the seller's endpoint is on loopback
+            "security": {"allowed_networks": ["127.0.0.1/32"]},  # the seller's endpoint (or the shop) is on loopback
             "stores": [
                 {
                     "name": "demo",
@@ -273,7 +288,7 @@ def _settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any]
                         pid: {"generator": "pattern", "options": options, "template": TEMPLATE}
                         for pid, options in PRODUCTS.items()
                     },
-                    **store,
+                    **store,  # last: a demo may replace the products too
                 }
             ],
         },

@@ -87,6 +87,7 @@ class VirtualStoresShop:
         self.now = now
         self.orders: dict[str, ShopOrder] = {}
         self.tokens: dict[str, float] = {}  # access token -> expiry
+        self.issued: list[str] = []  # every token ever issued (tests look for them in logs)
         self.faults = ShopFaults()
         self.logins = 0
         self.refreshes = 0
@@ -164,6 +165,7 @@ class VirtualStoresShop:
     def _issue(self) -> dict[str, Any]:
         token = secrets.token_urlsafe(24)
         self.tokens[token] = self.now() + self.token_ttl
+        self.issued.append(token)
         return {"access_token": token, "token_type": "bearer", "expires_in": self.token_ttl}
 
     def _log(self, request: Request, status: int) -> None:

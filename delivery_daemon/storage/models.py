@@ -79,6 +79,8 @@ class Attempt(SQLModel, table=True):
     """One recorded step outcome or state change of a job."""
 
     __tablename__ = "attempts"
+    # The after-delivery sweep's "which jobs finished this step" (storage.followups), without scanning the history.
+    __table_args__ = (Index("ix_attempts_step_outcome", "step", "outcome", "job_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="jobs.id", index=True)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from sqlalchemy import and_, bindparam, insert, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from delivery_daemon.clock import Clock
@@ -46,6 +46,12 @@ OPERATOR_RETRYABLE = (
 """States an operator's ``retry`` requeues (``redeliver`` takes only delivered jobs that still hold content)."""
 
 OperatorAction = Literal["retry", "redeliver"]
+
+
+def item_waiting(product_id: str, reason: str) -> str:
+    """The ``last_error`` of a cart's job waiting for stock of its item ``product_id``: how a refill of that product
+    finds it (:meth:`Transitions.wake_waiting`), the job's own product id being the cart's."""
+    return f"item {product_id}: {reason}"
 
 
 def operator_requeue(
@@ -251,13 +257,23 @@ class Transitions:
     # -- refunds, disputes and wake-ups ------------------------------------------------------------------------
 
     def wake_waiting(self, conn: Connection, store: str, product_id: str) -> list[int]:
-        """Requeue the jobs waiting for stock of one product."""
+        """Requeue the jobs waiting for stock of one product: the job's own product, or an item of its cart (its
+        ``last_error`` is :func:`item_waiting`'s for that product)."""
         now = self.clock.now()
-        where = and_(JOBS.c.store == store, JOBS.c.product_id == product_id)
+        waiting = and_(JOBS.c.store == store, JOBS.c.state == JobState.WAITING.value)
+        # A cart's waiting item is matched in Python, not with LIKE: product ids may hold % and _.
+        prefix = item_waiting(product_id, "")
+        carts = [
+            row.id
+            for row in conn.execute(
+                select(JOBS.c.id, JOBS.c.last_error).where(and_(waiting, JOBS.c.product_id != product_id))
+            )
+            if (row.last_error or "").startswith(prefix)
+        ]
         ids = (
             conn.execute(
                 update(JOBS)
-                .where(and_(where, JOBS.c.state.in_([JobState.WAITING.value])))
+                .where(and_(waiting, or_(JOBS.c.product_id == product_id, JOBS.c.id.in_(carts))))
                 .values(state=JobState.QUEUED.value, due_at=now, updated_at=now, lease_owner=None, lease_until=None)
                 .returning(JOBS.c.id)
             )

@@ -28,6 +28,7 @@ CHANNELS = {
     "lemonsqueezy": ["email"] * ORDERS,
     "polar": ["email"] * ORDERS,
     "paddle": ["email"] * ORDERS,
+    "virtual-stores": ["email"] * ORDERS,
 }
 
 
@@ -79,6 +80,40 @@ def test_a_second_delivery_of_an_order_fails_the_demo() -> None:
     buyer.answers.append(buyer.deliveries("sellix-1")[0])
     buyer.refresh(rows[0])
     assert report(rows, stream) == 1 and "accepted 2x" in stream.getvalue()
+
+
+def test_virtual_stores_demo_fulfils_each_shop_order_and_leaves_the_mug(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each cart's mail holds both digital products' keys (not the mug's), and its shop order ends fulfilled once."""
+    assert main(["demo", "--marketplace", "virtual-stores", "--orders", str(ORDERS)]) == 0
+    output = capsys.readouterr().out
+    rows = table_rows(output)
+    assert [(row[2], row[4], row[5]) for row in rows] == [("2", "2", "fulfilled"), ("3", "3", "fulfilled")] + [
+        ("2", "2", "fulfilled")
+    ] * (ORDERS - 2), output
+    assert all("mug" not in row[1] for row in rows)
+    assert f"the shop's orders: {ORDERS} fulfilled" in output and "1 fulfil call(s) answered 5xx" in output
+
+
+def test_a_shop_order_not_fulfilled_once_fails_the_demo() -> None:
+    """An order delivered once whose shop order was never, or twice, marked fulfilled makes the verdict 1."""
+    for times, shown in ((0, "not fulfilled"), (2, "fulfilled 2x")):
+        row = Row("VS-1", "win11-pro x1", 1, time.time(), keys=1, accepted=1, channel="email", fulfilled=times)
+        stream = io.StringIO()
+        assert report([row], stream) == 1 and shown in stream.getvalue()
+        row.fulfilled = 1
+        assert report([row], io.StringIO()) == 0
+
+
+def test_virtual_stores_demo_delivers_by_webhook_without_aiosmtpd(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without aiosmtpd the Virtual Stores demo says so, delivers each cart by webhook and still fulfils it once."""
+    monkeypatch.setitem(sys.modules, "aiosmtpd.smtp", None)  # the import raises ImportError
+    assert main(["demo", "--marketplace", "virtual-stores", "--orders", "2"]) == 0
+    output = capsys.readouterr().out
+    assert "aiosmtpd is not installed" in output
+    rows = [(row[3], row[4], row[5]) for row in table_rows(output)]
+    assert rows == [("webhook", "2", "fulfilled"), ("webhook", "3", "fulfilled")], output
 
 
 def test_all_runs_every_marketplace_and_fails_if_one_fails(

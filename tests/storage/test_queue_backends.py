@@ -14,6 +14,7 @@ from delivery_daemon.storage.jobs import LeaseLost, MarkedOrder, OrderCancelled,
 from delivery_daemon.storage.models import JobState
 from delivery_daemon.storage.operator import ActionRefused, Orders
 from delivery_daemon.storage.queue import JobQueue
+from delivery_daemon.storage.transitions import item_waiting
 
 
 def order(n: int) -> IncomingOrder:
@@ -256,3 +257,25 @@ def _take_over(queue: JobQueue, job_id: int | None) -> None:
 
     with queue.engine.begin() as conn:
         conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(lease_owner="w2"))
+
+
+async def test_a_refill_wakes_the_jobs_and_carts_waiting_for_that_product(queues: Callable[[], JobQueue]) -> None:
+    """wake_waiting(P) requeues the jobs of product P and the carts whose waiting item is P, not a cart waiting for
+    another product (nor one whose item id only starts with P or holds LIKE wildcards)."""
+    queue = queues()
+    waits = {"own": None, "cart-p": "p_1", "cart-q": "q", "cart-prefix": "p_10", "cart-wild": "p%1"}
+    for name in waits:
+        product = "p_1" if name == "own" else "cart"
+        await queue.enqueue(
+            IncomingOrder(store="shop", marketplace="virtual-stores", order_id=name, product_id=product, payload={})
+        )
+    jobs = {job.order_id: job for job in await queue.claim("w", 30, len(waits))}
+    for name, item in waits.items():
+        reason = "out of keys" if item is None else item_waiting(item, "out of keys")
+        await queue.transition(jobs[name], "w", Transition(JobState.WAITING, "generate", "out_of_stock", error=reason))
+    woken = await queue.wake_waiting("shop", "p_1")
+    assert set(woken) == {jobs["own"].id, jobs["cart-p"].id}
+    assert await queue.wake_waiting("other-store", "q") == []
+    for name in waits:
+        job = await queue.find("shop", name)
+        assert job is not None and job.state == ("queued" if name in ("own", "cart-p") else "waiting"), name

@@ -49,6 +49,8 @@ JOBS = table_of(Job)
 
 LATER_JOB_COLUMNS = ("flag",)
 """Columns of ``jobs`` that migrations after the last pre-Alembic release added (0005)."""
+LATER_INDEXES = ("ix_attempts_step_outcome",)
+"""Indexes that migrations after the last pre-Alembic release added (0009)."""
 
 
 def previous_release_tables(engine: Engine) -> None:
@@ -76,10 +78,13 @@ def previous_release_tables(engine: Engine) -> None:
 
 
 def drop_later_job_columns(engine: Engine) -> None:
-    """Take today's ``jobs`` back to what the pre-Alembic releases made (no :data:`LATER_JOB_COLUMNS`)."""
+    """Take today's ``jobs`` back to what the pre-Alembic releases made (no :data:`LATER_JOB_COLUMNS`), and its
+    history without :data:`LATER_INDEXES`."""
     with engine.begin() as conn:
         for column in LATER_JOB_COLUMNS:
             conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
+        for index in LATER_INDEXES:
+            conn.execute(text(f"DROP INDEX IF EXISTS {index}"))
 
 
 def test_fresh_database_matches_the_models(db_url: str) -> None:

@@ -19,8 +19,8 @@ webhooks over them round-robin (a send that fails goes to the next one, as a loa
 hits a replica drawn at random.
 
 ``--marketplace`` other than ``softstore`` runs :mod:`.webhooks` instead (``paddle``: :mod:`.paddle`, which serves
-the reference Paddle API beside it); what both runs are built from is in
-:mod:`.harness`.
+the reference Paddle API beside it; ``virtual-stores``: :mod:`.virtual_stores`, the shop's staff API failing too, and
+its orders checked fulfilled once); what the runs are built from is in :mod:`.harness`.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from delivery_daemon.reference.chaos.harness import (
 )
 from delivery_daemon.reference.chaos.paddle import run_paddle_chaos
 from delivery_daemon.reference.chaos.verdict import Verdict, judge
+from delivery_daemon.reference.chaos.virtual_stores import run_virtual_stores_chaos
 from delivery_daemon.reference.chaos.webhooks import run_webhook_chaos
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
 
@@ -95,6 +96,8 @@ async def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print) -
         started = time.monotonic()
         if options.marketplace == "paddle":
             verdict = await run_paddle_chaos(options, rng, workdir, say)
+        elif options.marketplace == "virtual-stores":
+            verdict = await run_virtual_stores_chaos(options, rng, workdir, say)
         else:
             verdict = await run_webhook_chaos(options, options.marketplace, rng, workdir, say)
         report(verdict, started, say)

@@ -32,6 +32,7 @@ class Verdict:
     unfinished: int = 0
     integrity: str = "?"
     leaks: int = 0
+    fulfilled: int | None = None  # orders the marketplace shows fulfilled once; None: it has no such step
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -45,7 +46,9 @@ class Verdict:
             f"resent={self.resent} "
             f"delivered={self.delivered} duplicates={self.duplicates} lost={self.lost} "
             f"mismatched={self.mismatched} reused_keys={self.reused_keys} unfinished={self.unfinished} "
-            f"integrity={self.integrity} leaks={self.leaks} -> {'OK' if self.ok else 'VIOLATED'}"
+            f"integrity={self.integrity} leaks={self.leaks}"
+            + (f" fulfilled={self.fulfilled}" if self.fulfilled is not None else "")
+            + f" -> {'OK' if self.ok else 'VIOLATED'}"
         )
 
 
