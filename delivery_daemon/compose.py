@@ -32,6 +32,8 @@ from delivery_daemon.http.limits import RateLimiter
 from delivery_daemon.http.metrics import UNKNOWN_STORE, Metrics
 from delivery_daemon.logs import REDACTOR, Redactor, install_record_scrubber
 from delivery_daemon.marketplaces.base import MarketplaceType
+from delivery_daemon.marketplaces.gumroad import Gumroad
+from delivery_daemon.marketplaces.sellauth import SellAuth
 from delivery_daemon.marketplaces.sellix import Sellix
 from delivery_daemon.marketplaces.shoppy import Shoppy
 from delivery_daemon.marketplaces.softstore import SoftStore
@@ -54,7 +56,16 @@ from delivery_daemon.storage.stock_pool import StockError
 def default_marketplaces() -> list[MarketplaceType]:
     """The marketplace types this build ships with: the explicit list the CLI (and the demo, the stock-sync
     commands, the tests) hands to :func:`create_app` and :func:`~delivery_daemon.pipeline.stores.build_stores`."""
-    return [SoftStore(), Sellix(), Shoppy(), StripeStore(), VirtualStores(), StandardWebhooks()]
+    return [
+        SoftStore(),
+        Sellix(),
+        Shoppy(),
+        StripeStore(),
+        VirtualStores(),
+        StandardWebhooks(),
+        Gumroad(),
+        SellAuth(),
+    ]
 
 
 @dataclass

@@ -39,7 +39,7 @@ from delivery_daemon.config import Settings
 from delivery_daemon.errors import BodyTooLarge, Held, WebhookRejected
 from delivery_daemon.http.limits import RateLimiter
 from delivery_daemon.http.metrics import Metrics
-from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult, normalise
+from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, UrlAuthenticated, WebhookResult, normalise
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.pipeline.fulfil import fulfil_now
 from delivery_daemon.pipeline.stores import Store
@@ -126,11 +126,20 @@ async def webhook(request: Request) -> Response:
         except BodyTooLarge:
             raise WebhookRejected(413, f"body larger than {daemon.settings.server.max_body_bytes} bytes") from None
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json" and not content_type.endswith("+json"):
+        # An adapter authenticated by its URL (Gumroad) names its content types; every other one takes JSON only.
+        by_url = store.marketplace if isinstance(store.marketplace, UrlAuthenticated) else None
+        if by_url is not None:
+            if content_type not in by_url.content_types:
+                raise WebhookRejected(415, f"Content-Type must be {' or '.join(by_url.content_types)}")
+        elif content_type != "application/json" and not content_type.endswith("+json"):
             raise WebhookRejected(415, "Content-Type must be application/json")
         try:
             # normalise: whatever the adapter, nothing is committed that cannot be stored and used later (422).
-            order: WebhookResult = normalise(store.marketplace.parse_webhook(request.headers, body))
+            order: WebhookResult = normalise(
+                by_url.parse_request(request.headers, request.query_params, body)
+                if by_url is not None
+                else store.marketplace.parse_webhook(request.headers, body)
+            )
         except RecursionError:
             # json.loads raises this (not ValueError) on deep nesting; hostile input, for every adapter alike.
             raise WebhookRejected(400, "body is nested too deeply") from None

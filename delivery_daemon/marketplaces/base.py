@@ -136,6 +136,22 @@ class Marketplace(Protocol):
 
 
 @runtime_checkable
+class UrlAuthenticated(Protocol):
+    """Optional for an adapter whose marketplace does not sign its webhooks, so that the webhook URL itself is the
+    secret (Gumroad's Ping: a token in the query string), and whose bodies are not JSON.
+
+    The receiver then calls :meth:`parse_request` instead of ``parse_webhook``, with the request's query parameters,
+    and accepts the body when its Content-Type is one of :attr:`content_types` (instead of JSON only).
+    """
+
+    content_types: tuple[str, ...]
+
+    def parse_request(self, headers: Mapping[str, str], query: Mapping[str, str], body: bytes) -> WebhookResult:
+        """As ``parse_webhook``, with the URL's query parameters to authenticate the request by."""
+        ...
+
+
+@runtime_checkable
 class StockListing(Protocol):
     """Optional for an adapter: the marketplace shows a stock count per product and the seller may set it.
 
