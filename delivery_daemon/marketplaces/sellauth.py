@@ -54,7 +54,7 @@ class SellAuthAdapter(SignedPayloadAdapter):
         self.budget = context.store.sync_budget
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
-        check_hex_hmac(self.secret.encode(), body, headers.get(HEADER), "sha256", HEADER)
+        check_hex_hmac(self.secret.encode(), body, headers.get("x-signature"), "sha256", HEADER)
         message = load_object(body)
         if message.get("event") != EVENT:
             return None
