@@ -55,9 +55,14 @@ DUMMY_SECRETS = {
     "VIRTUAL_STORES_PASSWORD": "staff-password",
     "STANDARD_WEBHOOKS_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "DELIVERY_WEBHOOK_SECRET": "whsec_c2VsbGVyLXN5c3RlbS1zaWduaW5nLWtleQ==",
+    "GUMROAD_PING_TOKEN": "0123456789abcdef0123456789abcdef",
+    "GUMROAD_ACCESS_TOKEN": "gumroad-access-token",
+    "SELLAUTH_WEBHOOK_SECRET": "sellauth-secret",
 }
 """A value of the right form for every ${VAR} an example reads (the whsec_ ones must decode)."""
 SHIPPED = [
+    "gumroad-email",
+    "sellauth-email",
     "sellix-email",
     "sellix-webhook",
     "shoppy-email",
@@ -77,7 +82,7 @@ def example_paths() -> list[Path]:
 
 def test_there_is_an_example_for_every_marketplace_and_channel() -> None:
     """softstore through its own API; sellix, shoppy, stripe and standard-webhooks by email and by webhook;
-    virtual-stores by email."""
+    virtual-stores, gumroad and sellauth by email."""
     assert [path.stem for path in example_paths()] == SHIPPED
 
 
