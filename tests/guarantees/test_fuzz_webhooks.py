@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
@@ -39,7 +39,8 @@ from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import RunningServer, serve, serve_in_thread
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.net.signatures import hex_hmac
-from delivery_daemon.reference import sellix, shoppy, stripe_store
+from delivery_daemon.reference import gumroad, sellauth, sellix, shoppy, stripe_store
+from delivery_daemon.reference.sellauth import SellAuthSender
 from delivery_daemon.reference.sellix import SellixSender
 from delivery_daemon.reference.softstore import SoftStoreMarketplace, documented_signature
 from delivery_daemon.reference.standard_webhooks import SellerSystem, StandardWebhooksSender, new_secret
@@ -53,7 +54,10 @@ OTHER_STORES = [
     ("shoppy", "shoppy", "h" * 32),
     ("stripe", "stripe", "whsec_" + "t" * 32),
     ("generic", "standard-webhooks", new_secret()),
+    ("gumroad", "gumroad", "g" * 32),
+    ("sellauth", "sellauth", "a" * 32),
 ]
+GUMROAD_SELLER = gumroad.SELLER_ID
 SIGNATURE_HEADERS = [
     "X-Sellix-Signature",
     "X-Sellix-Event",
@@ -62,6 +66,8 @@ SIGNATURE_HEADERS = [
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
+    "X-Signature",
+    "Idempotency-Key",
 ]
 
 
@@ -114,6 +120,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Starlette:
                         "marketplace": kind,
                         "webhook_secret": secret,
                         "default": {"generator": "pattern"},
+                        **({"seller_id": GUMROAD_SELLER} if kind == "gumroad" else {}),
                         "delivery": {
                             "channel": "webhook",
                             "webhook": {"url": "http://127.0.0.1:9/hook", "secret": new_secret()},
@@ -277,6 +284,7 @@ SIGNERS: dict[str, Callable[[bytes, str], dict[str, str]]] = {
     "shoppy": lambda body, _event: _shoppy_headers(body),
     "stripe": lambda body, _event: StripeStoreSender("", SECRETS["stripe"]).headers(body),
     "generic": lambda body, _event: StandardWebhooksSender("", SECRETS["generic"]).headers(body),
+    "sellauth": lambda body, _event: SellAuthSender("", SECRETS["sellauth"]).headers(body, "k" * 64),
 }
 EVENTS = (
     st.sampled_from(
@@ -289,6 +297,7 @@ EVENTS = (
             "payment_intent.succeeded",
             "charge.refunded",
             "charge.dispute.created",
+            "INVOICE.ITEM.DELIVER-DYNAMIC",
             "100",
             "101",
         ]
@@ -313,6 +322,8 @@ overrides = st.dictionaries(
             "receipt_email",
             "payment_intent",
             "invoice_id",
+            "item",
+            "event",
         ]
     ),
     json_values,
@@ -332,6 +343,8 @@ def _message(store: str, event: str, fields: dict[str, Any], wrap: Any) -> Any:
         }
     if store == "stripe":
         return stripe_store.event(event, {**stripe_store.payment_intent("p"), **fields})
+    if store == "sellauth":
+        return {**sellauth.invoice_item("p"), "event": event, **fields}
     return {"type": event, "data": {"order_id": "A-1", "product_id": "p", **fields}}
 
 
@@ -346,10 +359,11 @@ def _message(store: str, event: str, fields: dict[str, Any], wrap: Any) -> Any:
 @example(store="shoppy", event="100", fields={}, wrap={}, whole=None)
 @example(store="stripe", event="payment_intent.succeeded", fields={}, wrap={}, whole=None)
 @example(store="generic", event="order.paid", fields={}, wrap={}, whole=None)
+@example(store="sellauth", event="INVOICE.ITEM.DELIVER-DYNAMIC", fields={}, wrap={}, whole=None)
 def test_signed_bodies_of_every_marketplace_never_break_the_parser(
     target: Target, store: str, event: str, fields: dict[str, Any], wrap: Any, whole: Any
 ) -> None:
-    """Validly signed Sellix/Shoppy/Stripe/Standard Webhooks bodies with any field types: never a 5xx."""
+    """Validly signed Sellix/Shoppy/Stripe/Standard Webhooks/SellAuth bodies with any field types: never a 5xx."""
     if whole is None:
         body = _encode(_message(store, event, fields, wrap))
     else:
@@ -364,7 +378,9 @@ def test_signed_bodies_of_every_marketplace_never_break_the_parser(
 
 @given(
     store=st.sampled_from(sorted(SIGNERS)),
-    event=st.sampled_from(["order:paid", "order.paid", "100", "payment_intent.succeeded"]),
+    event=st.sampled_from(
+        ["order:paid", "order.paid", "100", "payment_intent.succeeded", "INVOICE.ITEM.DELIVER-DYNAMIC"]
+    ),
     fields=overrides,
     position=st.integers(min_value=0),
     flip=st.integers(min_value=1, max_value=255),
@@ -382,6 +398,7 @@ def test_tampered_signed_webhooks_never_create_a_job(
             "shoppy": "X-Shoppy-Signature",
             "stripe": "Stripe-Signature",
             "generic": "webhook-signature",
+            "sellauth": "X-Signature",
         }[store]
         value = headers[name]
         index = len(value) - 1 - position % 8  # the signature itself, at the end of the header
@@ -397,7 +414,53 @@ def test_tampered_signed_webhooks_never_create_a_job(
     assert target.job_order_ids() == before
 
 
-PROPERTIES = 8
+# -- Gumroad: no signature; the URL's token and the body's seller_id are what a forger lacks --------------------
+
+GUMROAD_FIELDS = (
+    "seller_id",
+    "sale_id",
+    "permalink",
+    "product_permalink",
+    "quantity",
+    "email",
+    "resource_name",
+    "test",
+)
+form_values = st.text(max_size=60) | st.sampled_from(["", "true", "refund", "dispute", "sale", GUMROAD_SELLER, "1"])
+
+
+def _gumroad_form(fields: dict[str, str]) -> bytes:
+    sale = gumroad.GumroadApi(seller_id=GUMROAD_SELLER).sell("pencil")
+    return urlencode(gumroad.ping_form(sale) | fields).encode("utf-8", errors="surrogatepass")
+
+
+@given(
+    fields=st.dictionaries(st.sampled_from(GUMROAD_FIELDS) | st.text(max_size=10), form_values, max_size=4),
+    token=st.sampled_from(["right", "wrong", "none"]),
+    raw=st.none() | st.binary(max_size=1024),
+    content_type=st.sampled_from(["application/x-www-form-urlencoded", "application/json", "text/plain"]),
+)
+@example(fields={}, token="right", raw=None, content_type="application/x-www-form-urlencoded")
+def test_gumroad_pings_need_the_token_and_never_break_the_parser(
+    target: Target, fields: dict[str, str], token: str, raw: bytes | None, content_type: str
+) -> None:
+    """Random Gumroad forms (and bytes): with the URL token never a 5xx; without it, or with another, never a job."""
+    try:
+        body = raw if raw is not None else _gumroad_form(fields)
+    except UnicodeEncodeError:
+        body = b"sale_id=x"
+    query = {"right": f"?token={SECRETS['gumroad']}", "wrong": "?token=" + "h" * 32, "none": ""}[token]
+    before = target.job_order_ids()
+    response = target.post(body, {"Content-Type": content_type}, store="gumroad" + query)
+    assert response.status_code in ALLOWED, (response.status_code, response.text)
+    assert isinstance(response.json(), dict)
+    if token == "right":
+        target.signed |= target.job_order_ids() - before  # the token is Gumroad's whole authentication
+    else:
+        assert response.status_code in (403, 415) and target.job_order_ids() == before
+
+
+PROPERTIES = 9
 """The @given tests above, each of which runs ``max_examples`` inputs through ``Target.post``."""
 
 
@@ -599,7 +662,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     else:
         database = str(request.getfixturevalue("pg_server").create_database())
     clock = ManualClock()
-    keys = {"sellix": "s" * 32, "shoppy": "h" * 32, "stripe": "whsec_" + "t" * 32, "generic": new_secret()}
+    keys = {name: secret for name, _, secret in OTHER_STORES} | {"generic": new_secret()}
     seller = SellerSystem(new_secret(), now=clock.now)
     api_key = "live-api-key-0123456789abcdef"
     market = SoftStoreMarketplace(api_key=api_key)
@@ -632,6 +695,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                             "webhook_secret": keys[name],
                             "delivery": channel,
                             "default": {"generator": "pattern"},
+                            **({"seller_id": GUMROAD_SELLER} if kind == "gumroad" else {}),
                         }
                         for name, kind, _ in OTHER_STORES
                     ),
