@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-MARKETPLACES = ("softstore", "sellix", "shoppy", "stripe", "standard-webhooks")
+MARKETPLACES = ("softstore", "sellix", "shoppy", "stripe", "standard-webhooks", "gumroad", "sellauth")
 
 
 async def run_marketplace_demo(marketplace: str, orders: int = 6, stream: TextIO | None = None) -> int:

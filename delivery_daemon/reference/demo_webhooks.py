@@ -1,11 +1,12 @@
-"""``delivery-daemon demo --marketplace NAME`` for the marketplaces that only *send* signed webhooks: Sellix, Shoppy,
-Stripe-based stores and Standard Webhooks platforms.
+"""``delivery-daemon demo --marketplace NAME`` for the marketplaces that only *send* webhooks: Sellix, Shoppy,
+Stripe-based stores, Standard Webhooks platforms, Gumroad (unsigned Pings to a URL with a token) and SellAuth.
 
 Everything runs in this process on 127.0.0.1: the daemon (free port, temporary database), the seller's endpoint for
 the ``webhook`` channel (the reference :class:`~delivery_daemon.reference.standard_webhooks.SellerSystem`) and, for
 the email variant, a local SMTP server (:mod:`delivery_daemon.reference.demo_smtp`). The marketplace's reference
 sender signs each paid-order webhook as the marketplace does; the first delivery is refused once (503, or SMTP 451)
-to show a retry. Sellix's last order is a *dynamic product*: its keys come back in the answer to the webhook itself.
+to show a retry. Sellix's last order is a *dynamic product*: its keys come back in the answer to the webhook itself;
+every SellAuth order is (dynamic delivery, one request per invoice item).
 
 The verdict is the SoftStore demo's (:func:`~delivery_daemon.reference.demo.report`): 0 only if each order reached
 the buyer's side exactly once with all its keys.
@@ -30,7 +31,7 @@ from delivery_daemon.config import parse_settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
-from delivery_daemon.reference import sellix, shoppy, stripe_store
+from delivery_daemon.reference import gumroad, sellauth, sellix, shoppy, stripe_store
 from delivery_daemon.reference.demo import PRODUCTS, TEMPLATE, Row, follow, report, say
 from delivery_daemon.reference.demo_smtp import SUBJECT, SmtpSink, smtp_available, smtp_sink
 from delivery_daemon.reference.standard_webhooks import SellerSystem, StandardWebhooksSender, new_secret
@@ -48,6 +49,9 @@ class Market:
     sender: Callable[[str, str], Place]  # (the store's webhook URL, its secret) -> place
     channel: str = "webhook"  # "email": through the SMTP sink when aiosmtpd is installed
     dynamic_last: bool = False  # the last order is a dynamic product, answered in the webhook's response (Sellix)
+    answered: bool = False  # every order's keys come back in the answer to its request (SellAuth)
+    store: tuple[tuple[str, str], ...] = ()  # more settings of the demo store (Gumroad's seller_id)
+    sends: str = "signed webhooks"
 
 
 def _sellix(url: str, secret: str) -> Place:
@@ -74,6 +78,27 @@ def _standard(url: str, secret: str) -> Place:
     )
 
 
+def _gumroad(url: str, secret: str) -> Place:
+    pinger = gumroad.GumroadPinger(url, secret)
+
+    def place(oid: str, product: str, qty: int) -> Awaitable[httpx.Response]:
+        sale = gumroad.GumroadApi().sell(product, qty) | {"id": oid}
+        return pinger.ping(gumroad.ping_form(sale))
+
+    return place
+
+
+def _sellauth(url: str, secret: str) -> Place:
+    sender = sellauth.SellAuthSender(url, secret)
+
+    async def place(oid: str, product: str, qty: int) -> httpx.Response:
+        invoice, item = (int(part) for part in oid.split("-"))
+        response = await sender.attempt(sellauth.invoice_item(product, qty, invoice_id=invoice, item_id=item), oid)
+        return response if response is not None else httpx.Response(504, text="no answer within SellAuth's 10 s")
+
+    return place
+
+
 MARKETS: dict[str, Market] = {
     "sellix": Market(
         "Sellix", lambda: secrets.token_hex(24), lambda: f"sellix-{secrets.token_hex(3)}", _sellix, dynamic_last=True
@@ -84,6 +109,23 @@ MARKETS: dict[str, Market] = {
     ),
     "standard-webhooks": Market(
         "Standard Webhooks platform", new_secret, lambda: f"A-{secrets.token_hex(5)}", _standard, channel="email"
+    ),
+    "gumroad": Market(
+        "Gumroad",
+        lambda: secrets.token_hex(24),
+        lambda: f"{secrets.token_urlsafe(8)[:10]}==",
+        _gumroad,
+        channel="email",
+        store=(("seller_id", gumroad.SELLER_ID),),
+        sends="unsigned Pings (to a URL with the store's token)",
+    ),
+    "sellauth": Market(
+        "SellAuth",
+        lambda: secrets.token_hex(24),
+        lambda: f"{secrets.randbelow(10**6)}-{secrets.randbelow(10**5)}",
+        _sellauth,
+        answered=True,
+        sends="signed dynamic-delivery requests",
     ),
 }
 
@@ -157,21 +199,23 @@ async def run_webhook_demo(
                 }
                 where = f"the buyer's mailbox (SMTP on 127.0.0.1:{smtp_port})"
             app = create_app(
-                _settings(Path(tmp), marketplace, secret, delivery),
+                _settings(Path(tmp), marketplace, secret, delivery, dict(market.store)),
                 marketplaces=default_marketplaces(),
                 plugins=discover(),
             )
             async with serve(app) as daemon_server:
                 say(
                     stream,
-                    f"{marketplace}: the reference {market.title} sends signed webhooks to the daemon at "
+                    f"{marketplace}: the reference {market.title} sends {market.sends} to the daemon at "
                     f"{daemon_server.url}; it delivers by {channel} to {where}",
                 )
                 if market.dynamic_last:
                     say(stream, "the last order is a dynamic product: its keys come back in the webhook's answer")
+                if market.answered:
+                    say(stream, "every order is a dynamic delivery: its keys come back in the request's answer")
                 buyer = Buyer(seller, mailbox)
                 place = market.sender(f"{daemon_server.url}/webhooks/demo", secret)
-                rows = await _place(market, place, orders, channel, stream)
+                rows = await _place(market, place, orders, channel, stream, buyer)
                 if market.dynamic_last and rows:
                     await _dynamic(f"{daemon_server.url}/webhooks/demo", secret, rows[-1], buyer)
                 await follow(rows, buyer.refresh, stream, deadline_s)
@@ -187,7 +231,7 @@ async def _mailbox(wanted: bool) -> AsyncIterator[tuple[SmtpSink | None, int]]:
         yield sink, port
 
 
-def _settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any]) -> Any:
+def _settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any], store: dict[str, str]) -> Any:
     return parse_settings(
         {
             "database": {"url": f"sqlite:///{tmp / 'demo.db'}"},
@@ -200,6 +244,7 @@ def _settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any]
                     "marketplace": marketplace,
                     "webhook_secret": secret,
                     "delivery": delivery,
+                    **store,
                     "products": {
                         pid: {"generator": "pattern", "options": options, "template": TEMPLATE}
                         for pid, options in PRODUCTS.items()
@@ -211,20 +256,24 @@ def _settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, Any]
     )
 
 
-async def _place(market: Market, place: Place, orders: int, channel: str, stream: TextIO) -> list[Row]:
+async def _place(market: Market, place: Place, orders: int, channel: str, stream: TextIO, buyer: Buyer) -> list[Row]:
     """Send each order's paid webhook once (Sellix's last one is left to :func:`_dynamic`); an order the daemon did
-    not acknowledge is said, and stays undelivered in the table."""
+    not acknowledge is said, and stays undelivered in the table. A SellAuth answer is the delivery itself."""
     products = list(PRODUCTS)
     rows = []
     for index in range(orders):
         product, quantity = products[index % len(products)], 1 + index % 3
-        row = Row(market.new_order_id(), product, quantity, time.time(), channel=channel)
+        row = Row(
+            market.new_order_id(), product, quantity, time.time(), channel="answer" if market.answered else channel
+        )
         rows.append(row)
         if market.dynamic_last and index == orders - 1:
             continue
         answer = await place(row.order_id, product, quantity)
         if not answer.is_success:
             say(stream, f"the daemon answered {answer.status_code} to order {row.order_id}: {answer.text[:200]}")
+        elif market.answered:
+            buyer.answers.append(Delivery(row.order_id, len([k for k in answer.text.split("\n") if k]), time.time()))
     return rows
 
 

@@ -13,7 +13,7 @@ from delivery_daemon.cli import main
 from tests.core.test_config_example import DUMMY_SECRETS
 from tests.support.offline import offline
 
-JOURNEYS = ["softstore", "sellix", "shoppy", "stripe", "standard-webhooks"]
+JOURNEYS = ["softstore", "sellix", "shoppy", "stripe", "standard-webhooks", "gumroad", "sellauth"]
 
 
 @pytest.mark.parametrize("marketplace", JOURNEYS)
