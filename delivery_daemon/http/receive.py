@@ -1,7 +1,8 @@
 """Step 1 of an order: ``POST /webhooks/{store}``. Check, then commit, then answer.
 
-Order of checks: unknown store (404), body over the cap (413, refused before it is read), wrong content type (415),
-then the adapter: unreadable body (400), bad signature (403), refused fields (422), then the shared rule every
+Order of checks: unknown store (404), body over the cap (413, refused before it is read), wrong content type (415:
+JSON, unless the adapter is :class:`~delivery_daemon.marketplaces.base.UrlAuthenticated` and names its own, as
+Gumroad's form-encoded Ping; such an adapter also gets the URL's query, where its token is), then the adapter: unreadable body (400), bad signature (403), refused fields (422), then the shared rule every
 adapter's result must pass (:func:`~delivery_daemon.marketplaces.base.normalise`: a field that cannot be stored or used
 later is a 422 naming it). None of these stores anything.
 A valid webhook is committed to the queue before the 2xx goes out; the same order again answers 200 with
@@ -28,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-from typing import Protocol
+from typing import Protocol, cast
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
@@ -127,7 +128,8 @@ async def webhook(request: Request) -> Response:
             raise WebhookRejected(413, f"body larger than {daemon.settings.server.max_body_bytes} bytes") from None
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         # An adapter authenticated by its URL (Gumroad) names its content types; every other one takes JSON only.
-        by_url = store.marketplace if isinstance(store.marketplace, UrlAuthenticated) else None
+        # hasattr, not isinstance: a runtime-checkable protocol costs ~60 µs a check, on every webhook.
+        by_url = cast(UrlAuthenticated, store.marketplace) if hasattr(store.marketplace, "parse_request") else None
         if by_url is not None:
             if content_type not in by_url.content_types:
                 raise WebhookRejected(415, f"Content-Type must be {' or '.join(by_url.content_types)}")
