@@ -190,3 +190,28 @@ async def test_access_token_wrong_is_retried_not_lost(tmp_path: Path) -> None:
         await multi.drain()
         job = await multi.job("gumroad", sale["id"])
         assert job.state == "retry_wait" and multi.seller.accepted() == []
+
+
+async def test_refused_pings_are_resent_hourly_three_times_then_dropped(tmp_path: Path) -> None:
+    """A Ping the daemon refuses (a wrong token in Gumroad's settings) is resent after 1, 2 and 3 hours, then given
+    up; none of the four attempts stores anything."""
+    async with gumroad_stack(tmp_path) as (multi, market):
+        sender = pinger(multi, "a-token-gumroad-was-given-0000")
+        sale = market.sell("pencil")
+        assert (await sender.ping(ping_form(sale))).status_code == 403
+        for _hour in range(3):
+            multi.clock.advance(RETRY_DELAYS[0])
+            assert await sender.resend_due() == 1
+        assert sender.pending == [] and len(sender.dropped) == 1 and len(sender.sent) == 4
+        assert {s.status for s in sender.sent} == {403} and await multi.job("gumroad", sale["id"]) is None
+
+
+async def test_reread_sale_of_another_product_is_not_delivered(tmp_path: Path) -> None:
+    """When the API shows the sale for another product than the Ping said, the job dies (product mismatch)."""
+    async with gumroad_stack(tmp_path) as (multi, market):
+        sale = market.sell("pencil")
+        await pinger(multi).ping(ping_form(sale))
+        sale |= {"product_id": "other-id==", "product_permalink": "eraser"}
+        await multi.drain()
+        job = await multi.job("gumroad", sale["id"])
+        assert job.state == "dead" and "product mismatch" in job.last_error and multi.seller.accepted() == []
