@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -98,7 +99,7 @@ class GumroadApiAdapter(GumroadAdapter):
     async def list_paid_orders(self, since: float, cursor: str | None = None) -> OrderPage:
         """One page of the account's paid sales placed at or after ``since`` (see the module docstring)."""
         day = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%d")
-        path = f"/v2/sales?after={day}" + (f"&page_key={cursor}" if cursor else "")
+        path = f"/v2/sales?after={day}" + (f"&page_key={quote(cursor, safe='')}" if cursor else "")
         response = await self._get(path)
         if response.status_code >= 500:
             raise Retry(f"sales list answered {response.status_code}", http_status=response.status_code)

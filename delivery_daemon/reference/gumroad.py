@@ -185,11 +185,13 @@ class GumroadApi:
             return JSONResponse({"success": False, "message": "The access token is invalid."}, status_code=401)
         after = request.query_params.get("after", "")
         newest_first = [s for s in reversed(self.sales.values()) if s["created_at"][:10] >= after]
-        start = int(request.query_params.get("page_key") or 0)
+        # Opaque keys with characters a URL must escape ("+", "/", "="), as a real cursor may have.
+        start = int((request.query_params.get("page_key") or "0").split("+")[0])
         page = newest_first[start : start + self.page_size]
         more = start + self.page_size < len(newest_first)
         body: dict[str, Any] = {"success": True, "sales": page}
         if more:
-            body["next_page_key"] = str(start + self.page_size)
-            body["next_page_url"] = f"/v2/sales?page_key={start + self.page_size}"
+            key = f"{start + self.page_size}+p/{start}="
+            body["next_page_key"] = key
+            body["next_page_url"] = f"/v2/sales?{urlencode({'page_key': key})}"
         return JSONResponse(body)
