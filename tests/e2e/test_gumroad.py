@@ -12,7 +12,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import pytest
 
+from delivery_daemon.errors import MarketplaceError
 from delivery_daemon.http.serving import serve
 from delivery_daemon.marketplaces.gumroad import GumroadApiAdapter
 from delivery_daemon.marketplaces.listing import OrderListing
@@ -179,6 +181,17 @@ async def test_sales_list_pages_for_the_watchdog(tmp_path: Path) -> None:
                 break
         assert pages == 3  # five sales, two a page
         assert sorted(listed) == sorted(s["id"] for s in (sales[0], sales[2], sales[3])) and old["id"] not in listed
+
+
+async def test_sales_list_with_a_refused_token_is_an_error(tmp_path: Path) -> None:
+    """The sales list answered 401 raises MarketplaceError (the seller must act), not an empty page."""
+    async with gumroad_stack(tmp_path) as (multi, market):
+        adapter = multi.daemon.stores["gumroad"].marketplace
+        assert isinstance(adapter, GumroadApiAdapter)
+        market.sell("pencil")
+        market.access_token = secrets.token_urlsafe(24)
+        with pytest.raises(MarketplaceError, match="401"):
+            await adapter.list_paid_orders(0.0)
 
 
 async def test_access_token_wrong_is_retried_not_lost(tmp_path: Path) -> None:
