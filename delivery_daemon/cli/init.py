@@ -90,7 +90,8 @@ MARKETPLACES = {
             "gumroad",
             "gumroad",
             "Gumroad, Settings > Advanced > Ping: the URL {url}?token=<webhook_secret from {config}>;\n"
-            "     for refunds and disputes, subscribe the same URL to refund and dispute (docs/marketplaces.md#gumroad)",
+            "     for refunds and disputes, subscribe the same URL to refund and dispute\n"
+            "     (docs/marketplaces.md#gumroad)",
             "email",
         ),
         Marketplace(

@@ -2,9 +2,10 @@
 
 Order of checks: unknown store (404), body over the cap (413, refused before it is read), wrong content type (415:
 JSON, unless the adapter is :class:`~delivery_daemon.marketplaces.base.UrlAuthenticated` and names its own, as
-Gumroad's form-encoded Ping; such an adapter also gets the URL's query, where its token is), then the adapter: unreadable body (400), bad signature (403), refused fields (422), then the shared rule every
-adapter's result must pass (:func:`~delivery_daemon.marketplaces.base.normalise`: a field that cannot be stored or used
-later is a 422 naming it). None of these stores anything.
+Gumroad's form-encoded Ping; such an adapter also gets the URL's query, where its token is), then the adapter:
+unreadable body (400), bad signature (403), refused fields (422), then the shared rule every adapter's result must
+pass (:func:`~delivery_daemon.marketplaces.base.normalise`: a field that cannot be stored or used later is a 422
+naming it). None of these stores anything.
 A valid webhook is committed to the queue before the 2xx goes out; the same order again answers 200 with
 ``"duplicate": true`` and creates nothing (the database's unique constraint decides).
 

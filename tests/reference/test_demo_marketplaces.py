@@ -82,7 +82,7 @@ def test_a_second_delivery_of_an_order_fails_the_demo() -> None:
 def test_all_runs_every_marketplace_and_fails_if_one_fails(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`demo --all` runs every marketplace's demo in turn with the given orders; it exits 1 naming the one that failed."""
+    """`demo --all` runs every marketplace's demo in turn with the given orders; it exits 1 naming the one failed."""
     ran: list[tuple[str, int]] = []
     failing = {"shoppy"}
 
