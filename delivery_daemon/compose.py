@@ -32,10 +32,12 @@ from delivery_daemon.http.limits import RateLimiter
 from delivery_daemon.http.metrics import UNKNOWN_STORE, Metrics
 from delivery_daemon.logs import REDACTOR, Redactor, install_record_scrubber
 from delivery_daemon.marketplaces.base import MarketplaceType
+from delivery_daemon.marketplaces.gumroad import Gumroad
 from delivery_daemon.marketplaces.lemonsqueezy import LemonSqueezy
 from delivery_daemon.marketplaces.paddle import Paddle
 from delivery_daemon.marketplaces.paddle_classic import PaddleClassic
 from delivery_daemon.marketplaces.polar import Polar
+from delivery_daemon.marketplaces.sellauth import SellAuth
 from delivery_daemon.marketplaces.sellix import Sellix
 from delivery_daemon.marketplaces.shoppy import Shoppy
 from delivery_daemon.marketplaces.softstore import SoftStore
@@ -71,6 +73,8 @@ def default_marketplaces() -> list[MarketplaceType]:
         Polar(),
         Paddle(),
         PaddleClassic(),
+        Gumroad(),
+        SellAuth(),
     ]
 
 

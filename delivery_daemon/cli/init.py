@@ -31,7 +31,7 @@ CONFIG_NAME = "config.yaml"
 ENV_NAME = "delivery-daemon.env"
 PLACEHOLDER = "PASTE-IT-HERE"
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-GENERATED = frozenset({"DELIVERY_WEBHOOK_SECRET"})
+GENERATED = frozenset({"DELIVERY_WEBHOOK_SECRET", "GUMROAD_PING_TOKEN"})
 """Secrets that are the seller's own to choose: init makes a random one instead of a placeholder."""
 
 
@@ -110,6 +110,20 @@ MARKETPLACES = {
             "email",
         ),
         Marketplace(
+            "gumroad",
+            "gumroad",
+            "Gumroad, Settings > Advanced > Ping: the URL {url}?token=<webhook_secret from {config}>;\n"
+            "     for refunds and disputes, subscribe the same URL to refund and dispute\n"
+            "     (docs/marketplaces.md#gumroad)",
+            "email",
+        ),
+        Marketplace(
+            "sellauth",
+            "sellauth",
+            "SellAuth dashboard: set each product's deliverables to Dynamic with the webhook URL {url}",
+            "email",
+        ),
+        Marketplace(
             "standard-webhooks",
             "standard-webhooks",
             "your platform's webhook settings: endpoint {url} for its paid, refunded and disputed orders\n"
@@ -132,6 +146,9 @@ SECRET_HINTS = {
     "SHOPPY_WEBHOOK_SECRET": "Shoppy dashboard, Settings: the webhook secret",
     "STRIPE_WEBHOOK_SECRET": "Stripe Dashboard > Developers > Webhooks > your endpoint: Signing secret (whsec_...)",
     "STRIPE_SECRET_KEY": "Stripe Dashboard > Developers > API keys: a restricted key with Checkout Sessions: Read",
+    "GUMROAD_PING_TOKEN": "generated: the token in your Gumroad Ping URL (?token=...)",
+    "GUMROAD_ACCESS_TOKEN": "Gumroad, Settings > Advanced > Applications: your application's access token",
+    "SELLAUTH_WEBHOOK_SECRET": "SellAuth dashboard, Shop > Miscellaneous: the webhook secret",
     "STANDARD_WEBHOOKS_SECRET": "your platform's signing secret for this endpoint (whsec_...)",
     "LEMONSQUEEZY_WEBHOOK_SECRET": "Lemon Squeezy dashboard, Settings > Webhooks: the signing secret you chose",
     "LEMONSQUEEZY_API_KEY": "Lemon Squeezy dashboard, Settings > API: an API key",
@@ -188,9 +205,16 @@ def env_file(names: list[str]) -> str:
         "# in a shell: set -a; . ./delivery-daemon.env; set +a",
     ]
     for name in names:
-        value = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode() if name in GENERATED else PLACEHOLDER
+        value = _generated(name) if name in GENERATED else PLACEHOLDER
         lines += ["", f"# {SECRET_HINTS.get(name, 'the value config.yaml expects here')}", f"{name}={value}"]
     return "\n".join(lines) + "\n"
+
+
+def _generated(name: str) -> str:
+    """A fresh secret for ``name``: a URL token is hex (it goes into a query string as it is), the rest ``whsec_``."""
+    if name == "GUMROAD_PING_TOKEN":
+        return secrets.token_hex(24)
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 def _store_name(store: str) -> str:

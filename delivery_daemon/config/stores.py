@@ -154,7 +154,7 @@ class StoreSettings(Model):
         examples=["softstore"],
         json_schema_extra=expected_extra(
             "a marketplace adapter: softstore, sellix, shoppy, stripe, stripe-checkout, virtual-stores, "
-            "standard-webhooks, lemonsqueezy, polar, paddle or paddle-classic"
+            "standard-webhooks, lemonsqueezy, polar, paddle, paddle-classic, gumroad or sellauth"
         ),
     )
     api_url: str | None = Field(
@@ -166,6 +166,13 @@ class StoreSettings(Model):
         examples=["${WEBHOOK_SECRET}"],
         json_schema_extra=expected_extra("the marketplace's webhook signing secret, best given as ${ENV_VAR}"),
     )
+    seller_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_=.:-]{1,128}$",
+        examples=["A-m3CDDC5dlrSdKZp0RFhA=="],
+        json_schema_extra=expected_extra("the account's seller id as the marketplace sends it (Gumroad: seller_id)"),
+    )
+    """The seller account every webhook must name (``gumroad``: the Ping's ``seller_id``); others ignore it."""
     default: ProductSettings | None = None
     products: dict[str, ProductSettings] = Field(default_factory=dict)
     staff: StaffSettings | None = None

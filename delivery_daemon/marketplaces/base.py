@@ -136,6 +136,22 @@ class Marketplace(Protocol):
 
 
 @runtime_checkable
+class UrlAuthenticated(Protocol):
+    """Optional for an adapter whose marketplace does not sign its webhooks, so that the webhook URL itself is the
+    secret (Gumroad's Ping: a token in the query string), and whose bodies are not JSON.
+
+    The receiver then calls :meth:`parse_request` instead of ``parse_webhook``, with the request's query parameters,
+    and accepts the body when its Content-Type is one of :attr:`body_types` (see :func:`accepted_body`).
+    """
+
+    body_types: tuple[str, ...]
+
+    def parse_request(self, headers: Mapping[str, str], query: Mapping[str, str], body: bytes) -> WebhookResult:
+        """As ``parse_webhook``, with the URL's query parameters to authenticate the request by."""
+        ...
+
+
+@runtime_checkable
 class StockListing(Protocol):
     """Optional for an adapter: the marketplace shows a stock count per product and the seller may set it.
 
@@ -171,7 +187,7 @@ class AfterDelivery(Protocol):
 def accepted_body(marketplace: Marketplace, content_type: str) -> str | None:
     """None when a webhook of ``content_type`` (lower-case, no parameters) may go to ``marketplace``'s adapter, else
     the type it takes, for the 415. JSON (``application/json``, ``…+json``) unless the adapter lists its own
-    ``body_types`` (Paddle Classic: form-urlencoded)."""
+    ``body_types`` (Paddle Classic and Gumroad: form-urlencoded)."""
     own: tuple[str, ...] | None = getattr(marketplace, "body_types", None)
     if own is not None:
         return None if content_type in own else " or ".join(own)

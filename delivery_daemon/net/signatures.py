@@ -1,7 +1,8 @@
 """Webhook signature schemes, both ways: the adapters verify with these, the reference marketplaces and the outbound
 webhook channel sign with them. Every comparison is constant-time and every check works on the raw body bytes.
 
-* hex HMAC of the body (Sellix ``X-Sellix-Signature``, Shoppy ``X-Shoppy-Signature``);
+* hex HMAC of the body (Sellix ``X-Sellix-Signature``, Shoppy ``X-Shoppy-Signature``, SellAuth ``X-Signature``);
+* a secret token in the webhook URL, for a marketplace that signs nothing (Gumroad's Ping);
 * Stripe ``Stripe-Signature: t=…,v1=…[,v1=…]``: hex HMAC-SHA256 of ``"{t}.{body}"``;
 * Paddle Billing ``Paddle-Signature: ts=…;h1=…[;h1=…]``: hex HMAC-SHA256 of ``"{ts}:{body}"``;
 * Standard Webhooks ``webhook-id`` / ``webhook-timestamp`` / ``webhook-signature: v1,<base64> …``: HMAC-SHA256 of
@@ -29,6 +30,20 @@ def _same(expected: str, sent: str) -> bool:
     """Constant-time comparison as bytes: compare_digest raises TypeError on non-ASCII str (a forged header
     would otherwise be answered 500)."""
     return hmac.compare_digest(expected.encode(), sent.encode())
+
+
+def same_text(expected: str, sent: str) -> bool:
+    """True when ``sent`` is ``expected``, compared in constant time (for secrets and the ids checked with them)."""
+    return _same(expected, sent)
+
+
+def check_token(expected: str, sent: str | None, name: str = "token") -> None:
+    """Raise WebhookRejected 403 unless ``sent`` is the secret token ``expected`` (constant time; the reason names
+    the parameter, never a value)."""
+    if not sent:
+        raise WebhookRejected(403, f"missing {name}")
+    if not _same(expected, sent):
+        raise WebhookRejected(403, f"invalid {name}")
 
 
 def hex_hmac(secret: bytes, body: bytes, algorithm: Algorithm = "sha512") -> str:

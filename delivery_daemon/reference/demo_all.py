@@ -20,6 +20,8 @@ MARKETPLACES = (
     "polar",
     "paddle",
     "virtual-stores",
+    "gumroad",
+    "sellauth",
 )
 
 

@@ -1,12 +1,13 @@
-"""``delivery-daemon demo --marketplace NAME`` for the marketplaces whose orders arrive as signed webhooks: Sellix,
-Shoppy, Stripe-based stores, Standard Webhooks platforms, Polar, and Lemon Squeezy (whose reference API also runs:
-the daemon reads each order back from it).
+"""``delivery-daemon demo --marketplace NAME`` for the marketplaces whose orders arrive as webhooks: Sellix, Shoppy,
+Stripe-based stores, Standard Webhooks platforms, Polar, Lemon Squeezy (whose reference API also runs: the daemon reads
+each order back from it), Gumroad (unsigned Pings to a URL with a token) and SellAuth.
 
 Everything runs in this process on 127.0.0.1: the daemon (free port, temporary database), the seller's endpoint for
 the ``webhook`` channel (the reference :class:`~delivery_daemon.reference.standard_webhooks.SellerSystem`) and, for
 the email variant, a local SMTP server (:mod:`delivery_daemon.reference.demo_smtp`). The marketplace's reference
 sender signs each paid-order webhook as the marketplace does; the first delivery is refused once (503, or SMTP 451)
-to show a retry. Sellix's last order is a *dynamic product*: its keys come back in the answer to the webhook itself.
+to show a retry. Sellix's last order is a *dynamic product*: its keys come back in the answer to the webhook itself;
+every SellAuth order is (dynamic delivery, one request per invoice item).
 
 The verdict is the SoftStore demo's (:func:`~delivery_daemon.reference.demo.report`): 0 only if each order reached
 the buyer's side exactly once with all its keys.
@@ -31,7 +32,7 @@ from delivery_daemon.config import parse_settings
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
-from delivery_daemon.reference import lemonsqueezy, polar, sellix, shoppy, stripe_store
+from delivery_daemon.reference import gumroad, lemonsqueezy, polar, sellauth, sellix, shoppy, stripe_store
 from delivery_daemon.reference.demo import PRODUCTS, TEMPLATE, Row, follow, report, say
 from delivery_daemon.reference.demo_smtp import SUBJECT, SmtpSink, smtp_available, smtp_sink
 from delivery_daemon.reference.standard_webhooks import SellerSystem, StandardWebhooksSender, new_secret
@@ -50,6 +51,9 @@ class Market:
     channel: str = "webhook"  # "email": through the SMTP sink when aiosmtpd is installed
     dynamic_last: bool = False  # the last order is a dynamic product, answered in the webhook's response (Sellix)
     one_unit: bool = False  # its orders are of one unit each (Polar)
+    answered: bool = False  # every order's keys come back in the answer to its request (SellAuth)
+    store: tuple[tuple[str, str], ...] = ()  # more settings of the demo store (Gumroad's seller_id)
+    sends: str = "signed webhooks"
     backend: Callable[[str], contextlib.AbstractAsyncContextManager[Backend]] | None = None
     """The marketplace's API, for a marketplace the daemon asks about its orders (Lemon Squeezy): started with the
     webhook secret, it gives the store's extra settings and the sender to use instead of ``sender``."""
@@ -121,6 +125,27 @@ async def _lemonsqueezy(secret: str) -> AsyncIterator[Backend]:
         yield Backend({"api_url": api.url, "api_key": market.api_key, "store_id": market.store_id}, sender)
 
 
+def _gumroad(url: str, secret: str) -> Place:
+    pinger = gumroad.GumroadPinger(url, secret)
+
+    def place(oid: str, product: str, qty: int) -> Awaitable[httpx.Response]:
+        sale = gumroad.GumroadApi().sell(product, qty) | {"id": oid}
+        return pinger.ping(gumroad.ping_form(sale))
+
+    return place
+
+
+def _sellauth(url: str, secret: str) -> Place:
+    sender = sellauth.SellAuthSender(url, secret)
+
+    async def place(oid: str, product: str, qty: int) -> httpx.Response:
+        invoice, item = (int(part) for part in oid.split("-"))
+        response = await sender.attempt(sellauth.invoice_item(product, qty, invoice_id=invoice, item_id=item), oid)
+        return response if response is not None else httpx.Response(504, text="no answer within SellAuth's 10 s")
+
+    return place
+
+
 MARKETS: dict[str, Market] = {
     "sellix": Market(
         "Sellix", lambda: secrets.token_hex(24), lambda: f"sellix-{secrets.token_hex(3)}", _sellix, dynamic_last=True
@@ -142,6 +167,22 @@ MARKETS: dict[str, Market] = {
     ),
     "polar": Market(
         "Polar", polar.new_secret, lambda: f"P-{secrets.token_hex(5)}", _polar, channel="email", one_unit=True
+    "gumroad": Market(
+        "Gumroad",
+        lambda: secrets.token_hex(24),
+        lambda: f"{secrets.token_urlsafe(8)[:10]}==",
+        _gumroad,
+        channel="email",
+        store=(("seller_id", gumroad.SELLER_ID),),
+        sends="unsigned Pings (to a URL with the store's token)",
+    ),
+    "sellauth": Market(
+        "SellAuth",
+        lambda: secrets.token_hex(24),
+        lambda: f"{secrets.randbelow(10**6)}-{secrets.randbelow(10**5)}",
+        _sellauth,
+        answered=True,
+        sends="signed dynamic-delivery requests",
     ),
 }
 
@@ -201,20 +242,24 @@ async def run_webhook_demo(
     with tempfile.TemporaryDirectory(prefix="delivery-daemon-demo-") as tmp:
         async with buyer_side(channel) as (buyer, delivery, where), _backend(market, secret) as backend:
             app = create_app(
-                demo_settings(Path(tmp), marketplace, secret, delivery, **{**backend.store, **(store or {})}),
+                demo_settings(
+                    Path(tmp), marketplace, secret, delivery, **{**dict(market.store), **backend.store, **(store or {})}
+                ),
                 marketplaces=default_marketplaces(),
                 plugins=discover(),
             )
             async with serve(app) as daemon_server:
                 say(
                     stream,
-                    f"{marketplace}: the reference {market.title} sends signed webhooks to the daemon at "
+                    f"{marketplace}: the reference {market.title} sends {market.sends} to the daemon at "
                     f"{daemon_server.url}; it delivers by {channel} to {where}",
                 )
                 if market.dynamic_last:
                     say(stream, "the last order is a dynamic product: its keys come back in the webhook's answer")
+                if market.answered:
+                    say(stream, "every order is a dynamic delivery: its keys come back in the request's answer")
                 place = backend.sender(f"{daemon_server.url}/webhooks/demo", secret)
-                rows = await _place(market, place, orders, channel, stream)
+                rows = await _place(market, place, orders, channel, stream, buyer)
                 if market.dynamic_last and rows:
                     await _dynamic(f"{daemon_server.url}/webhooks/demo", secret, rows[-1], buyer)
                 await follow(rows, buyer.refresh, stream, deadline_s)
@@ -284,6 +329,7 @@ def demo_settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, 
                     "marketplace": marketplace,
                     "webhook_secret": secret,
                     "delivery": delivery,
+                    **store,
                     "products": {
                         pid: {"generator": "pattern", "options": options, "template": TEMPLATE}
                         for pid, options in PRODUCTS.items()
@@ -296,20 +342,24 @@ def demo_settings(tmp: Path, marketplace: str, secret: str, delivery: dict[str, 
     )
 
 
-async def _place(market: Market, place: Place, orders: int, channel: str, stream: TextIO) -> list[Row]:
+async def _place(market: Market, place: Place, orders: int, channel: str, stream: TextIO, buyer: Buyer) -> list[Row]:
     """Send each order's paid webhook once (Sellix's last one is left to :func:`_dynamic`); an order the daemon did
-    not acknowledge is said, and stays undelivered in the table."""
+    not acknowledge is said, and stays undelivered in the table. A SellAuth answer is the delivery itself."""
     products = list(PRODUCTS)
     rows = []
     for index in range(orders):
         product, quantity = products[index % len(products)], 1 if market.one_unit else 1 + index % 3
-        row = Row(market.new_order_id(), product, quantity, time.time(), channel=channel)
+        row = Row(
+            market.new_order_id(), product, quantity, time.time(), channel="answer" if market.answered else channel
+        )
         rows.append(row)
         if market.dynamic_last and index == orders - 1:
             continue
         answer = await place(row.order_id, product, quantity)
         if not answer.is_success:
             say(stream, f"the daemon answered {answer.status_code} to order {row.order_id}: {answer.text[:200]}")
+        elif market.answered:
+            buyer.answers.append(Delivery(row.order_id, len([k for k in answer.text.split("\n") if k]), time.time()))
     return rows
 
 

@@ -61,12 +61,17 @@ DUMMY_SECRETS = {
     "LEMONSQUEEZY_WEBHOOK_SECRET": "lemon-signing-secret",
     "LEMONSQUEEZY_API_KEY": "lemon-api-key",
     "POLAR_WEBHOOK_SECRET": "polar_whs_dashboard-secret-0123456789",
+    "GUMROAD_PING_TOKEN": "0123456789abcdef0123456789abcdef",
+    "GUMROAD_ACCESS_TOKEN": "gumroad-access-token",
+    "SELLAUTH_WEBHOOK_SECRET": "sellauth-secret",
 }
 """A value of the right form for every ${VAR} an example reads (the whsec_ ones must decode)."""
 SHIPPED = [
     "lemonsqueezy-email",
     "polar-email",
     "paddle-email",
+    "gumroad-email",
+    "sellauth-email",
     "sellix-email",
     "sellix-webhook",
     "shoppy-email",
@@ -87,7 +92,7 @@ def example_paths() -> list[Path]:
 
 def test_there_is_an_example_for_every_marketplace_and_channel() -> None:
     """softstore through its own API; sellix, shoppy, stripe and standard-webhooks by email and by webhook;
-    virtual-stores, stripe-checkout, lemonsqueezy, polar and paddle by email."""
+    virtual-stores, stripe-checkout, lemonsqueezy, polar, paddle, gumroad and sellauth by email."""
     assert [path.stem for path in example_paths()] == SHIPPED
 
 

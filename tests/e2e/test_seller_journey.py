@@ -13,7 +13,17 @@ from delivery_daemon.cli import main
 from tests.core.test_config_example import DUMMY_SECRETS
 from tests.support.offline import offline
 
-JOURNEYS = ["softstore", "sellix", "shoppy", "stripe", "stripe-checkout", "standard-webhooks", "virtual-stores"]
+JOURNEYS = [
+    "softstore",
+    "sellix",
+    "shoppy",
+    "stripe",
+    "stripe-checkout",
+    "standard-webhooks",
+    "virtual-stores",
+    "gumroad",
+    "sellauth",
+]
 
 
 @pytest.mark.parametrize("marketplace", JOURNEYS)

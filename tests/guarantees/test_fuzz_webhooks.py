@@ -40,7 +40,8 @@ from delivery_daemon.http.serving import RunningServer, serve, serve_in_thread
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.net.classic_signature import sign_fields
 from delivery_daemon.net.signatures import hex_hmac
-from delivery_daemon.reference import lemonsqueezy, paddle, polar, sellix, shoppy, stripe_store
+from delivery_daemon.reference import gumroad, lemonsqueezy, paddle, polar, sellauth, sellix, shoppy, stripe_store
+from delivery_daemon.reference.sellauth import SellAuthSender
 from delivery_daemon.reference.sellix import SellixSender
 from delivery_daemon.reference.softstore import SoftStoreMarketplace, documented_signature
 from delivery_daemon.reference.standard_webhooks import SellerSystem, StandardWebhooksSender, new_secret
@@ -58,6 +59,9 @@ OTHER_STORES = [
     ("generic", "standard-webhooks", new_secret()),
     ("paddle", "paddle", "pdl_ntfset_01fuzz_" + "p" * 32),
     ("paddle-classic", "paddle-classic", CLASSIC.public_pem),
+    ("gumroad", "gumroad", "g" * 32),
+    ("sellauth", "sellauth", "a" * 32),
+    ("checkout", "stripe-checkout", "whsec_" + "c" * 32),
 ]
 API_STORES = [
     ("lemon", "lemonsqueezy", "l" * 32, {"api_url": "http://127.0.0.1:9", "api_key": API_KEY, "store_id": "1001"}),
@@ -66,8 +70,6 @@ API_STORES = [
 """Stores of the in-process target only (the drained section below runs without them)."""
 EXTRA = {"paddle": {"api_url": "http://127.0.0.1:9", "api_key": "pdl_apikey_fuzz"}}
 """Settings a store needs besides its secret (never contacted: the worker does not run here)."""
-    ("checkout", "stripe-checkout", "whsec_" + "c" * 32),
-]
 STORE_EXTRA: dict[str, dict[str, Any]] = {
     "stripe-checkout": {
         "api_url": "http://127.0.0.1:9",  # refused at once: a refund's session cannot be found (answered 503)
@@ -76,6 +78,7 @@ STORE_EXTRA: dict[str, dict[str, Any]] = {
     }
 }
 """What a store of that marketplace needs besides its webhook secret."""
+GUMROAD_SELLER = gumroad.SELLER_ID
 SIGNATURE_HEADERS = [
     "X-Signature",
     "X-Event-Name",
@@ -87,6 +90,8 @@ SIGNATURE_HEADERS = [
     "webhook-timestamp",
     "webhook-signature",
     "Paddle-Signature",
+    "X-Signature",
+    "Idempotency-Key",
 ]
 
 
@@ -139,6 +144,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Starlette:
                         "marketplace": kind,
                         "webhook_secret": secret,
                         "default": {"generator": "pattern"},
+                        **({"seller_id": GUMROAD_SELLER} if kind == "gumroad" else {}),
                         "delivery": {
                             "channel": "webhook",
                             "webhook": {"url": "http://127.0.0.1:9/hook", "secret": new_secret()},
@@ -327,6 +333,7 @@ SIGNERS: dict[str, Callable[[bytes, str], dict[str, str]]] = {
     "polar": lambda body, _event: polar.PolarSender("", SECRETS["polar"]).headers(body),
     "paddle": lambda body, _event: paddle.PaddleSender("", SECRETS["paddle"]).headers(body),
     "checkout": lambda body, _event: StripeStoreSender("", SECRETS["checkout"]).headers(body),
+    "sellauth": lambda body, _event: SellAuthSender("", SECRETS["sellauth"]).headers(body, "k" * 64),
 }
 EVENTS = (
     st.sampled_from(
@@ -347,6 +354,7 @@ EVENTS = (
             "checkout.session.completed",
             "checkout.session.async_payment_succeeded",
             "refund.created",
+            "INVOICE.ITEM.DELIVER-DYNAMIC",
             "100",
             "101",
         ]
@@ -383,6 +391,8 @@ overrides = st.dictionaries(
             "payment_status",
             "customer_details",
             "line_items",
+            "item",
+            "event",
         ]
     ),
     json_values,
@@ -419,6 +429,8 @@ def _message(store: str, event: str, fields: dict[str, Any], wrap: Any) -> Any:
     if store == "checkout":
         session = {"id": "cs_test_fuzz", "payment_status": "paid", "payment_intent": "pi_fuzz", "line_items": wrap}
         return stripe_store.event(event, {**session, **fields})
+    if store == "sellauth":
+        return {**sellauth.invoice_item("p"), "event": event, **fields}
     return {"type": event, "data": {"order_id": "A-1", "product_id": "p", **fields}}
 
 
@@ -437,12 +449,13 @@ def _message(store: str, event: str, fields: dict[str, Any], wrap: Any) -> Any:
 @example(store="polar", event="order.paid", fields={}, wrap={}, whole=None)
 @example(store="paddle", event="transaction.completed", fields={}, wrap={}, whole=None)
 @example(store="checkout", event="checkout.session.completed", fields={}, wrap={}, whole=None)
+@example(store="sellauth", event="INVOICE.ITEM.DELIVER-DYNAMIC", fields={}, wrap={}, whole=None)
 def test_signed_bodies_of_every_marketplace_never_break_the_parser(
     target: Target, store: str, event: str, fields: dict[str, Any], wrap: Any, whole: Any
 ) -> None:
-    """Validly signed bodies of every marketplace (Sellix to Polar, Paddle and Stripe Checkout) with any field types:
-    never a 5xx (but a 503 when the answer needs a marketplace that is away: a Sellix dynamic product's budget, a
-    Stripe Checkout refund's session)."""
+    """Validly signed bodies of every marketplace (Sellix to Polar, Paddle, Stripe Checkout and SellAuth) with any
+    field types: never a 5xx (but a 503 when the answer needs a marketplace that is away: a Sellix dynamic product's
+    budget, a Stripe Checkout refund's session)."""
     if whole is None:
         body = _encode(_message(store, event, fields, wrap))
     else:
@@ -466,6 +479,7 @@ def test_signed_bodies_of_every_marketplace_never_break_the_parser(
             "order_created",
             "transaction.completed",
             "checkout.session.completed",
+            "INVOICE.ITEM.DELIVER-DYNAMIC",
         ]
     ),
     fields=overrides,
@@ -489,6 +503,7 @@ def test_tampered_signed_webhooks_never_create_a_job(
             "polar": "webhook-signature",
             "paddle": "Paddle-Signature",
             "checkout": "Stripe-Signature",
+            "sellauth": "X-Signature",
         }[store]
         value = headers[name]
         index = len(value) - 1 - position % 8  # the signature itself, at the end of the header
@@ -538,6 +553,52 @@ def test_paddle_classic_signed_forms_never_break_and_tampered_ones_never_count(
     if not response.headers.get("content-type", "").startswith("text/plain"):
         assert isinstance(response.json(), dict)
     target.signed |= target.job_order_ids() - before  # a genuine signature may create a job
+
+
+# -- Gumroad: no signature; the URL's token and the body's seller_id are what a forger lacks --------------------
+
+GUMROAD_FIELDS = (
+    "seller_id",
+    "sale_id",
+    "permalink",
+    "product_permalink",
+    "quantity",
+    "email",
+    "resource_name",
+    "test",
+)
+form_values = st.text(max_size=60) | st.sampled_from(["", "true", "refund", "dispute", "sale", GUMROAD_SELLER, "1"])
+
+
+def _gumroad_form(fields: dict[str, str]) -> bytes:
+    sale = gumroad.GumroadApi(seller_id=GUMROAD_SELLER).sell("pencil")
+    return urlencode(gumroad.ping_form(sale) | fields).encode("utf-8", errors="surrogatepass")
+
+
+@given(
+    fields=st.dictionaries(st.sampled_from(GUMROAD_FIELDS) | st.text(max_size=10), form_values, max_size=4),
+    token=st.sampled_from(["right", "wrong", "none"]),
+    raw=st.none() | st.binary(max_size=1024),
+    content_type=st.sampled_from(["application/x-www-form-urlencoded", "application/json", "text/plain"]),
+)
+@example(fields={}, token="right", raw=None, content_type="application/x-www-form-urlencoded")
+def test_gumroad_pings_need_the_token_and_never_break_the_parser(
+    target: Target, fields: dict[str, str], token: str, raw: bytes | None, content_type: str
+) -> None:
+    """Random Gumroad forms (and bytes): with the URL token never a 5xx; without it, or with another, never a job."""
+    try:
+        body = raw if raw is not None else _gumroad_form(fields)
+    except UnicodeEncodeError:
+        body = b"sale_id=x"
+    query = {"right": f"?token={SECRETS['gumroad']}", "wrong": "?token=" + "h" * 32, "none": ""}[token]
+    before = target.job_order_ids()
+    response = target.post(body, {"Content-Type": content_type}, store="gumroad" + query)
+    assert response.status_code in ALLOWED, (response.status_code, response.text)
+    assert isinstance(response.json(), dict)
+    if token == "right":
+        target.signed |= target.job_order_ids() - before  # the token is Gumroad's whole authentication
+    else:
+        assert response.status_code in (403, 415) and target.job_order_ids() == before
 
 
 PROPERTIES = 9
@@ -742,7 +803,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     else:
         database = str(request.getfixturevalue("pg_server").create_database())
     clock = ManualClock()
-    keys = {"sellix": "s" * 32, "shoppy": "h" * 32, "stripe": "whsec_" + "t" * 32, "generic": new_secret()}
+    keys = {name: secret for name, _, secret in OTHER_STORES} | {"generic": new_secret()}
     seller = SellerSystem(new_secret(), now=clock.now)
     api_key = "live-api-key-0123456789abcdef"
     market = SoftStoreMarketplace(api_key=api_key)
@@ -775,6 +836,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                             "webhook_secret": keys[name],
                             "delivery": channel,
                             "default": {"generator": "pattern"},
+                            **({"seller_id": GUMROAD_SELLER} if kind == "gumroad" else {}),
                         }
                         for name, kind, _ in OTHER_STORES
                         if name in keys  # Paddle (its API is not served here) and stripe-checkout (it needs

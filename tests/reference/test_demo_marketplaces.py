@@ -29,6 +29,8 @@ CHANNELS = {
     "polar": ["email"] * ORDERS,
     "paddle": ["email"] * ORDERS,
     "virtual-stores": ["email"] * ORDERS,
+    "gumroad": ["email"] * ORDERS,
+    "sellauth": ["answer"] * ORDERS,
 }
 
 

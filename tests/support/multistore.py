@@ -115,11 +115,14 @@ async def multi_stack(
     security: dict[str, Any] | None = None,
     plugins: dict[str, Any] | None = None,
     stripe_products: dict[str, Any] | None = None,
+    stores: list[dict[str, Any]] | None = None,
+    server_settings: dict[str, Any] | None = None,
 ) -> AsyncIterator[Multi]:
     """The daemon with every marketplace type; ``mail`` starts the SMTP server, ``smtp`` overrides the generic
     store's SMTP settings, ``security`` the network policy (default: loopback allowed, where the seller's sink and
     the SMTP server run); ``plugins`` adds generators and ``stripe_products`` gives the stripe store products of
-    its own (besides its default)."""
+    its own (besides its default). ``stores`` are more stores (delivering through the seller's webhook channel
+    unless they say otherwise) and ``server_settings`` the daemon's ``server`` section."""
     logs = io.StringIO()
     configure_logging("json", "debug", stream=logs)
     clock = ManualClock()
@@ -198,10 +201,12 @@ async def multi_stack(
                     "delivery": {"channel": "email", "email": smtp_settings},
                     "default": {**PATTERN, "template": "Thank you! Your keys:\n{keys_lines}"},
                 },
+                *({"delivery": channel, **extra} for extra in stores or []),
             ]
             settings = parse_settings(
                 {
                     "database": {"url": f"sqlite:///{tmp_path / 'multi.db'}"},
+                    **({"server": server_settings} if server_settings is not None else {}),
                     "delivery": {"retry_schedule": [5, 300], "timeout": 10, "jitter": False},
                     "worker": {"poll_interval": 60, "lease_seconds": 30},
                     "security": {"allowed_networks": ["127.0.0.0/8"]} if security is None else security,
