@@ -60,7 +60,16 @@ def register(sub: Any) -> None:
     chaos.add_argument(
         "--marketplace",
         default="softstore",
-        choices=("softstore", "sellix", "shoppy", "stripe", "standard-webhooks", "lemonsqueezy", "paddle", "virtual-stores"),
+        choices=(
+            "softstore",
+            "sellix",
+            "shoppy",
+            "stripe",
+            "standard-webhooks",
+            "lemonsqueezy",
+            "paddle",
+            "virtual-stores",
+        ),
         help="whose webhooks; the others deliver to a failing seller endpoint (virtual-stores: and a failing shop API)",
     )
     chaos.set_defaults(func=cmd_chaos)

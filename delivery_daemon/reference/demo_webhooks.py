@@ -167,6 +167,7 @@ MARKETS: dict[str, Market] = {
     ),
     "polar": Market(
         "Polar", polar.new_secret, lambda: f"P-{secrets.token_hex(5)}", _polar, channel="email", one_unit=True
+    ),
     "gumroad": Market(
         "Gumroad",
         lambda: secrets.token_hex(24),
