@@ -13,6 +13,11 @@ database's random ``stock_hash_key`` (itself sealed, see :mod:`delivery_daemon.s
 key_hash)`` is unique, so an import never adds a key twice although the database never sees the key. Claims open the
 keys and return plaintext. Rows written by earlier releases (plaintext, no ``key_hash``) are still claimable and are
 sealed by :meth:`StockPool.seal`, which the daemon runs at start (see :mod:`delivery_daemon.storage.rekey`).
+
+A shared pool (``pools.<name>`` in the configuration, drawn on by products of any store) is the same rows under the
+owner :func:`pool_owner` gives: ``store`` is :data:`POOL_STORE`, a value no store's name can take, and
+``product_id`` is the pool's name. Every claim on it, whichever store's order makes it, competes for the same rows,
+so the one-order-per-key guarantee above holds across stores and replicas unchanged.
 """
 
 from __future__ import annotations
@@ -45,6 +50,13 @@ log = structlog.get_logger("delivery_daemon.storage.stock_pool")
 MAX_KEY_LENGTH = 1000
 SEAL_BATCH = 500
 CONTENDED_RETRY = 0.5  # seconds before a claim that lost a race for locked keys tries again
+POOL_STORE = "@pool"
+"""The ``store`` of a shared pool's rows: store names start with a letter or digit, so none is ``@pool``."""
+
+
+def pool_owner(pool: str) -> tuple[str, str]:
+    """The (store, product id) a shared pool's keys are stored under."""
+    return POOL_STORE, pool
 
 
 class StockKey(SQLModel, table=True):
@@ -228,7 +240,9 @@ class StockPool:
         except SQLAlchemyError as exc:
             raise StockError(f"database error: {type(exc).__name__}") from exc
         if low_threshold is not None and left <= low_threshold < left + len(rows):
-            log.warning("stock.low", store=store, product_id=product_id, remaining=left, threshold=low_threshold)
+            # One event per crossing of the pool, whichever store's order crossed it: a shared pool names itself.
+            where = {"pool": product_id} if store == POOL_STORE else {"store": store, "product_id": product_id}
+            log.warning("stock.low", **where, remaining=left, threshold=low_threshold)
         return keys
 
     def seal(self, *, rotate: bool = False, batch: int = SEAL_BATCH) -> int:
@@ -288,4 +302,4 @@ class StockPool:
         return [StockLevel(s, p, int(a), int(total) - int(a)) for s, p, a, total in rows]
 
 
-__all__ = ["ImportResult", "StockError", "StockKey", "StockLevel", "StockPool", "read_keys"]
+__all__ = ["POOL_STORE", "ImportResult", "StockError", "StockKey", "StockLevel", "StockPool", "pool_owner", "read_keys"]
