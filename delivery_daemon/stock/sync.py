@@ -139,9 +139,11 @@ class StockSync:
     def mark(self, store: str, product_id: str) -> None:
         """Note that the product's stock may have changed; it is synced ``debounce`` seconds after the first mark.
         Never blocks and never raises."""
-        if not self.settings.enabled or not self._takes_part(store, product_id):
+        if not self.settings.enabled:
             return
-        self._known.add((store, product_id))
+        if self._takes_part(store, product_id):
+            self._known.add((store, product_id))
+        # A product of a store with no listing may still draw on a pool that listings of other stores show.
         for key in [(store, product_id), *self._sharing(store, product_id)]:
             if self._takes_part(*key):
                 self._pending.setdefault(key, self.clock.now() + self.settings.debounce)

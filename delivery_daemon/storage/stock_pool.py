@@ -129,6 +129,18 @@ def _context(store: str, product_id: str, key_hash: str) -> str:
     return f"stock/{store}/{product_id}/{key_hash}"
 
 
+def _order_counts(conn: Connection, store: str, product_id: str) -> None:
+    """Make the count of keys left that a claim reads next agree with one order of the claims on the pool.
+
+    SQLite runs one writer at a time already. On PostgreSQL two claims in flight (two replicas, or two stores on
+    one shared pool) would each count the other's keys as free and could both see the low-stock crossing; a
+    transaction-scoped advisory lock per pool, taken after the claim's own update, lets each count see every claim
+    that took the lock before it, so exactly one claim crosses the threshold."""
+    if conn.dialect.name == "postgresql":
+        digest = hashlib.sha256(f"stock/{store}/{product_id}".encode()).digest()
+        conn.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))
+
+
 class StockPool:
     """Import, claim and count pre-made keys. Methods are synchronous (call them from a thread or a sync
     generator, which the daemon runs in a thread). Without a cipher (a PostgreSQL database with no encryption key
@@ -231,6 +243,8 @@ class StockPool:
                             after=CONTENDED_RETRY,
                         )
                     raise OutOfStock(f"{need} keys needed for product {product_id}, {len(rows)} left")
+                if low_threshold is not None:
+                    _order_counts(conn, store, product_id)
                 # Opened inside the transaction: a key that does not decrypt is not taken either.
                 keys = [self._open(store, product_id, key, digest) for key, digest in held]
                 keys += [self._open(store, product_id, key, digest) for _id, key, digest in sorted(rows)]
