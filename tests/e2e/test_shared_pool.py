@@ -1,6 +1,7 @@
 """One stock pool across stores, end to end over sockets: Sellix, Shoppy and SoftStore products draw on one pool;
 concurrent orders from two stores never share a key, the low-stock alert fires once for the pool, ``stock import
---pool`` wakes every store's waiting orders and stock sync sets the SoftStore listing from the pool."""
+--pool`` wakes every store's waiting orders and stock sync sets the SoftStore listing from the pool; two replicas
+on one PostgreSQL database share the pool as safely."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from delivery_daemon.cli import main
 from delivery_daemon.reference import sellix, shoppy
 from delivery_daemon.reference.standard_webhooks import new_secret
 from delivery_daemon.storage.models import JobState
+from delivery_daemon.storage.stock_pool import StockPool, pool_owner
 from tests.support.multistore import Multi, multi_stack
 
 POOL = "shared"
@@ -168,3 +170,46 @@ async def test_product_form_of_import_fills_the_pool(tmp_path: Path, capsys: pyt
         assert await _run(["stock", "status", "--config", config]) == 0
         lines = capsys.readouterr().out.splitlines()
         assert lines[0].split()[0] == "pool" and lines[1].split()[:4] == [POOL, "0", "1", "0"]
+
+
+@pytest.mark.postgres
+async def test_two_replicas_serve_two_stores_from_one_pool(tmp_path: Path, pg_url: str) -> None:
+    """Two daemons on one PostgreSQL database, one taking Sellix orders and one Shoppy orders at the same time,
+    hand each of the pool's 10 keys to one order only and log one stock.low for the pool."""
+    pools = {POOL: {"low_stock_threshold": 3}}
+    products = {"sellix": {"serial": SERIAL}, "shoppy": {"serial-x": SERIAL}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with (
+        multi_stack(tmp_path / "a", products=products, pools=pools, database={"url": pg_url}) as first,
+        multi_stack(tmp_path / "b", products=products, pools=pools, database={"url": pg_url}) as second,
+    ):
+        resources = first.daemon.resources
+        assert resources.engine is not None
+        StockPool(resources.engine, first.clock, resources.cipher).import_keys(
+            *pool_owner(POOL), [f"R-{i}" for i in range(10)]
+        )
+        sellix_orders = [sellix.order("serial") for _ in range(8)]
+        shoppy_orders = [shoppy.order("serial-x") for _ in range(8)]
+        answers = await asyncio.gather(
+            *(first.sellix().send("order:paid", data) for data in sellix_orders),
+            *(second.shoppy().send(100, data) for data in shoppy_orders),
+        )
+        assert {answer.status_code for answer in answers} == {200}
+        # Each replica works both stores' queue (one database): drained together, their claims overlap.
+        for _ in range(20):
+            await asyncio.gather(first.drain(), second.drain())
+            jobs = [await first.job("sellix", d["uniqid"]) for d in sellix_orders]
+            jobs += [await first.job("shoppy", d["id"]) for d in shoppy_orders]
+            if not any(job.state == JobState.RETRY_WAIT.value for job in jobs):
+                break
+            first.clock.advance(5)
+            second.clock.advance(5)
+        states = [job.state for job in jobs]
+        assert states.count(JobState.DELIVERED.value) == 10 and states.count(JobState.WAITING.value) == 6
+        delivered = [
+            key for multi in (first, second) for r in multi.seller.accepted() for key in r.body["data"]["keys"]
+        ]
+        assert sorted(delivered) == sorted(f"R-{i}" for i in range(10))
+        lows = [e for multi in (first, second) for e in _events(multi, "stock.low")]
+        assert [(e["pool"], e["remaining"]) for e in lows] == [(POOL, 3)]
