@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.compose import default_marketplaces
 from delivery_daemon.config import parse_settings
@@ -41,25 +43,20 @@ def _sync() -> StockSync:
     return StockSync(lambda: stores, settings.stock_sync, clock)
 
 
-def test_a_delivery_on_a_store_without_listings_marks_every_listing_on_the_pool() -> None:
-    """A Sellix delivery from the pool marks the SoftStore product on it (Sellix itself lists no count)."""
+@pytest.mark.parametrize(
+    ("delivered", "marked"),
+    [
+        (("sx", "serial"), {("soft-a", "4711")}),  # Sellix lists no count: only the SoftStore product on the pool
+        (("soft-b", "abc"), {("soft-b", "abc"), ("soft-a", "4711")}),  # an id served by a pooled default product
+        (("soft-a", "own"), {("soft-a", "own")}),  # a product with its own pool: itself alone, as before pools
+    ],
+)
+def test_a_delivery_marks_every_listing_on_its_pool(delivered: tuple[str, str], marked: set[tuple[str, str]]) -> None:
+    """A delivery from a shared pool marks every listing drawing on it, whichever store delivered; a product with
+    its own pool marks only itself."""
     sync = _sync()
-    sync.mark("sx", "serial")
-    assert set(sync.pending) == {("soft-a", "4711")}
-
-
-def test_a_pooled_default_delivery_marks_itself_and_the_pool() -> None:
-    """An id served by a pooled default product is marked with every other listing on the pool."""
-    sync = _sync()
-    sync.mark("soft-b", "abc")
-    assert set(sync.pending) == {("soft-b", "abc"), ("soft-a", "4711")}
-
-
-def test_a_product_with_its_own_pool_marks_only_itself() -> None:
-    """A delivery of a product without a pool marks that product alone, as before pools existed."""
-    sync = _sync()
-    sync.mark("soft-a", "own")
-    assert set(sync.pending) == {("soft-a", "own")}
+    sync.mark(*delivered)
+    assert set(sync.pending) == marked
 
 
 def test_pool_listings_name_configured_products_and_known_default_ids() -> None:
