@@ -1,4 +1,4 @@
-"""Commands for generator plugins and their data: ``plugins list``, ``stock import|status``, ``keys generate``,
+"""Commands for generator plugins and their data: ``plugins list``, ``stock import|move|status``, ``keys generate``,
 ``license verify``. Exit codes as in :mod:`delivery_daemon.cli`: 2 for bad usage or configuration (one line)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,14 @@ from delivery_daemon.storage.engine import create_db_engine, create_schema, sqli
 from delivery_daemon.storage.queue import JobQueue
 from delivery_daemon.storage.reads import waiting_per_product
 from delivery_daemon.storage.rekey import seal_at_start
-from delivery_daemon.storage.stock_pool import POOL_STORE, StockError, StockPool, pool_owner, read_keys
+from delivery_daemon.storage.stock_pool import (
+    POOL_STORE,
+    ImportResult,
+    StockError,
+    StockPool,
+    pool_owner,
+    read_keys,
+)
 
 
 def _database(settings: Settings) -> Engine:
@@ -78,14 +86,11 @@ def _waiting_on(
     return sorted(key for key in waiting_per_product(engine) if settings.pool_of(*key) == pool)
 
 
-def cmd_stock_import(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    store, product, pool = _import_target(settings, args)
-    try:
-        keys = read_keys(Path(args.file))
-    except StockError as exc:
-        print(f"delivery-daemon: error: {exc}", file=sys.stderr)
-        return 2
+def _add_stock(
+    settings: Settings, store: str, product: str, pool: str | None, change: Callable[[StockPool], ImportResult]
+) -> tuple[ImportResult, int] | None:
+    """Run ``change`` (an import or a move into ``(store, product)``) on the pool with the daemon's key, then
+    requeue the orders waiting for those keys; (result, orders requeued), or None after printing the error."""
     # The daemon's key (the same sources, in the same order): keys are sealed before they reach the database.
     # Without one yet (the daemon never ran), keys go in plaintext and the daemon seals them at its first start.
     cipher = read_cipher(settings.security, sqlite_path(settings.database.url))
@@ -95,7 +100,7 @@ def cmd_stock_import(args: argparse.Namespace) -> int:
         # Legacy plaintext rows first, so de-duplication (by key_hash) sees them; then the file is compacted, as at
         # the daemon's start (which would find nothing left to seal and so never compact).
         seal_at_start(engine, clock, cipher)
-        result = StockPool(engine, clock, cipher).import_keys(store, product, keys)
+        result = change(StockPool(engine, clock, cipher))
         # The running daemon (another process) picks the requeued jobs up on its next periodic tick. A shared
         # pool's keys serve every product drawing on it, in every store: all their waiting orders are woken.
         queue = JobQueue(engine, clock)
@@ -109,18 +114,52 @@ def cmd_stock_import(args: argparse.Namespace) -> int:
             queue.close()
     except StockError as exc:
         print(f"delivery-daemon: error: {exc}", file=sys.stderr)
-        return 1
+        return None
     finally:
         engine.dispose()
+    return result, len(woken)
+
+
+def cmd_stock_import(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    store, product, pool = _import_target(settings, args)
+    try:
+        keys = read_keys(Path(args.file))
+    except StockError as exc:
+        print(f"delivery-daemon: error: {exc}", file=sys.stderr)
+        return 2
+    done = _add_stock(settings, store, product, pool, lambda stock: stock.import_keys(store, product, keys))
+    if done is None:
+        return 1
+    result, woken = done
     where = f"pool {pool}" if pool is not None else f"{store}/{product}"
     if pool is not None and args.pool is None:
         where += f" (drawn on by {args.store}/{args.product})"
     print(
         f"imported {result.added} keys for {where}, skipped {result.duplicates} duplicates;"
-        f" {len(woken)} waiting orders requeued"
+        f" {woken} waiting orders requeued"
     )
     if settings.stock_sync.enabled and not args.no_sync:
         _sync_listed_count(settings, [] if pool else [store], None if pool else product, pool)
+    return 0
+
+
+def cmd_stock_move(args: argparse.Namespace) -> int:
+    """Move a product's own keys (those nobody holds) into a shared pool: for a product switched to ``pool:``."""
+    settings = load_settings(args.config)
+    if args.pool not in settings.pools:
+        raise ConfigError("--pool", f"no pool named {args.pool!r} in {args.config}")
+    target = pool_owner(args.pool)  # any store and product: also one no longer in the configuration
+    done = _add_stock(settings, *target, args.pool, lambda stock: stock.move(args.store, args.product, target))
+    if done is None:
+        return 1
+    result, woken = done
+    print(
+        f"moved {result.added} keys from {args.store}/{args.product} to pool {args.pool}, dropped"
+        f" {result.duplicates} already in the pool; {woken} waiting orders requeued"
+    )
+    if settings.stock_sync.enabled and not args.no_sync:
+        _sync_listed_count(settings, [], None, args.pool)
     return 0
 
 
@@ -246,6 +285,13 @@ def register(sub: Any) -> None:
     )
     importing.add_argument("file")
     importing.set_defaults(func=cmd_stock_import)
+    moving = stock.add_parser("move", help="move a product's own unissued keys into a shared pool")
+    add_config_option(moving)
+    moving.add_argument("--store", required=True)
+    moving.add_argument("--product", required=True)
+    moving.add_argument("--pool", required=True, help="the shared pool (pools: in the configuration)")
+    moving.add_argument("--no-sync", action="store_true", help="do not set the listed counts on the marketplaces now")
+    moving.set_defaults(func=cmd_stock_move)
     status = stock.add_parser(
         "status", help="keys remaining and issued, and orders waiting, per product and per shared pool"
     )

@@ -32,7 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, Index, Text, UniqueConstraint, and_, case, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Index,
+    Text,
+    UniqueConstraint,
+    and_,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
 from sqlmodel import Field, SQLModel
@@ -195,6 +208,34 @@ class StockPool:
         except SQLAlchemyError as exc:
             raise StockError(f"database error: {type(exc).__name__}") from exc
         return ImportResult(added=added, duplicates=len(keys) - added)
+
+    def move(self, store: str, product_id: str, to: tuple[str, str], *, batch: int = SEAL_BATCH) -> ImportResult:
+        """Move the keys of ``(store, product_id)`` nobody holds to the owner ``to`` (a shared pool's
+        :func:`pool_owner`), re-sealed for their new row, ``batch`` rows per transaction; keys already there are
+        dropped from the old owner and counted as duplicates. Issued keys stay with the orders that hold them."""
+        free = and_(KEYS.c.store == store, KEYS.c.product_id == product_id, KEYS.c.claimed_by.is_(None))
+        statement = self._insert_ignore()
+        added = 0
+
+        def rehome(conn: Connection, rows: Sequence[Any]) -> None:
+            nonlocal added
+            hash_key = self._hash_key(conn)
+            for row_id, stored, digest, imported_at in rows:
+                plain = self._open(store, product_id, stored, digest)
+                digest = digest or hmac.new(hash_key, plain.encode(), hashlib.sha256).hexdigest()
+                values = {"store": to[0], "product_id": to[1], "key_hash": digest, "imported_at": imported_at}
+                result = conn.execute(statement, {**values, "key": self._seal(*to, plain, digest)})
+                added += len(result.all())
+                conn.execute(delete(KEYS).where(KEYS.c.id == row_id))
+
+        columns = [KEYS.c.key, KEYS.c.key_hash, KEYS.c.imported_at]
+        try:
+            moved = rewrite_in_batches(self.engine, KEYS, columns, free, batch, rehome)
+        except (DecryptError, VaultError) as exc:
+            raise StockError(str(exc)) from None
+        except SQLAlchemyError as exc:
+            raise StockError(f"database error: {type(exc).__name__}") from exc
+        return ImportResult(added=added, duplicates=moved - added)
 
     def claim(
         self, store: str, product_id: str, order_key: str, count: int, *, low_threshold: int | None = None

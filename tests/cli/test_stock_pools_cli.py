@@ -65,3 +65,19 @@ def test_status_lists_products_then_pools(tmp_path: Path, capsys: pytest.Capture
     assert capsys.readouterr().out.strip() == "no stock imported"
     assert main(["stock", "status", "--config", config, "--pool", "unused"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["pool", "unused"]
+
+
+def test_move_puts_a_products_keys_into_the_pool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``stock move`` empties the product's own pool into the shared one; an unknown pool exits 2."""
+    config = _config(tmp_path)
+    keys = tmp_path / "k.txt"
+    keys.write_text("A\nB\n")
+    assert _import(config, keys, "--store", "sx", "--product", "own") == 0
+    argv = ["stock", "move", "--config", config, "--store", "sx", "--product", "own", "--no-sync"]
+    assert main([*argv, "--pool", "nope"]) == 2
+    assert "--pool: no pool named 'nope'" in capsys.readouterr().err
+    assert main([*argv, "--pool", "shared"]) == 0
+    out = capsys.readouterr().out
+    assert "moved 2 keys from sx/own to pool shared, dropped 0 already in the pool; 0 waiting orders requeued" in out
+    assert main(["stock", "status", "--config", config, "--pool", "shared"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["shared", "2", "0"]

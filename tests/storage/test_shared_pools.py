@@ -119,3 +119,23 @@ def test_pool_threshold_replaces_the_product_option() -> None:
     resources = Resources(store="s", product_id="p", plugin="stock", hub=hub, pool=SharedPool("shared", 3))
     with pytest.raises(ValueError, match=r"pools\.shared\.low_stock_threshold"):
         StockGenerator(StockOptions(low_stock_threshold=2), resources)
+
+
+def test_move_rehomes_a_products_free_keys_into_the_pool(db_url: str) -> None:
+    """``move`` re-seals a product's unissued keys into the pool (claimable there in plaintext), drops those already
+    in it and leaves issued keys with their orders."""
+    hub = _replica(db_url)
+    assert hub.engine is not None
+    stock = StockPool(hub.engine, hub.clock, CIPHER)
+    stock.import_keys("one", "p", ["K1", "K2", "K3", "K4"])
+    stock.import_keys(*pool_owner("shared"), ["K4"])
+    assert stock.claim("one", "p", "one:o1", 1) == ["K1"]
+    result = stock.move("one", "p", pool_owner("shared"), batch=2)
+    assert (result.added, result.duplicates) == (2, 1)
+    assert {(lv.store, lv.product_id, lv.available, lv.issued) for lv in stock.levels()} == {
+        ("one", "p", 0, 1),
+        (POOL_STORE, "shared", 3, 0),
+    }
+    gen = _generator(hub, "two", "q")
+    assert gen.generate(fake_order(store="two", product_id="q", order_id="o2", quantity=3)).keys == ("K4", "K2", "K3")
+    assert stock.claim("one", "p", "one:o1", 1) == ["K1"]  # the issued key is still its order's
