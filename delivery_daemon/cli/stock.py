@@ -19,7 +19,7 @@ from delivery_daemon.stock.sync import SyncResult, sync_once
 
 
 async def sync_for_command(
-    settings: Settings, *, stores: Sequence[str], product: str | None, log_level: str
+    settings: Settings, *, stores: Sequence[str], product: str | None, log_level: str, pool: str | None = None
 ) -> list[SyncResult]:
     """:func:`~delivery_daemon.stock.sync.sync_once` as a command runs it: the shipped marketplaces, the configured
     plugins, and logging to stderr at ``log_level`` unless an embedding application configured it (stdout is the
@@ -32,6 +32,7 @@ async def sync_for_command(
         plugins=discover(settings.plugins.directory),
         stores=stores,
         product=product,
+        pool=pool,
     )
 
 

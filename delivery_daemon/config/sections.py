@@ -1,5 +1,6 @@
 """The daemon-wide sections of the configuration: database, server, worker, delivery, admin, retention, security,
-logging, plugins, status page and stock sync (the stores are :mod:`delivery_daemon.config.stores`)."""
+logging, plugins, status page, stock sync and shared stock pools (the stores are
+:mod:`delivery_daemon.config.stores`)."""
 
 from __future__ import annotations
 
@@ -203,3 +204,15 @@ class StockSyncSettings(Model):
     enabled: bool = True
     debounce: float = Field(default=10.0, ge=0, le=3600)
     interval: float = Field(default=300.0, gt=0)
+
+
+POOL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""What a pool's name looks like (the same form as a store's name)."""
+
+
+class PoolSettings(Model):
+    """One stock pool shared by products of any store (``pools.<name>``): a product draws on it with
+    ``pool: <name>``. ``low_stock_threshold`` logs one ``stock.low`` event (with ``pool``) each time the keys left
+    in the pool drop to or below it, whichever store's order took them."""
+
+    low_stock_threshold: int | None = Field(default=None, ge=0, examples=[10])

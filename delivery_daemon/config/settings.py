@@ -11,17 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from delivery_daemon.config.formatter import ENV_START, Invalid, config_error
 from delivery_daemon.config.secret_files import ReadableSecret, credential_file, read_secret
 from delivery_daemon.config.sections import (
+    POOL_NAME,
     AdminSettings,
     DatabaseSettings,
     DeliverySettings,
     LoggingSettings,
     Model,
     PluginSettings,
+    PoolSettings,
     RetentionSettings,
     SecuritySettings,
     ServerSettings,
@@ -49,6 +51,7 @@ class Settings(Model):
     security: SecuritySettings = SecuritySettings()
     status: StatusSettings = StatusSettings()
     stock_sync: StockSyncSettings = StockSyncSettings()
+    pools: dict[str, PoolSettings] = Field(default_factory=dict)
     stores: tuple[StoreSettings, ...] = ()
 
     @model_validator(mode="after")
@@ -77,8 +80,47 @@ class Settings(Model):
             seen.add(store.name)
         return self
 
+    @model_validator(mode="after")
+    def _known_pools(self) -> Settings:
+        for name in self.pools:
+            if not re.match(POOL_NAME, name):
+                raise Invalid(
+                    f"bad pool name {name!r}",
+                    "letters, digits, _ . - (at most 64, starting with a letter or digit)",
+                    "shared",
+                    key=f"pools.{name}",
+                )
+        for index, store in enumerate(self.stores):
+            named = [(f"products.{pid}", product) for pid, product in store.products.items()]
+            named += [("default", store.default)] if store.default is not None else []
+            for where, product in named:
+                if product.pool is not None and product.pool not in self.pools:
+                    known = ", ".join(sorted(self.pools)) or "none is configured"
+                    raise Invalid(
+                        f"unknown pool {product.pool!r} (pools: {known})",
+                        "the name of a pool under the top-level pools section",
+                        f"{product.pool}, with pools: {{{product.pool}: {{low_stock_threshold: 10}}}}",
+                        key=f"stores[{index}].{where}.pool",
+                    )
+        return self
+
     def store(self, name: str) -> StoreSettings | None:
         return next((store for store in self.stores if store.name == name), None)
+
+    def pool_of(self, store: str, product_id: str) -> str | None:
+        """The pool the store's product (or its default product, for an id it does not list) draws on, if any."""
+        found = self.store(store)
+        product = found.product(product_id) if found is not None else None
+        return product.pool if product is not None else None
+
+    def pool_products(self, pool: str) -> list[tuple[str, str | None]]:
+        """Every (store, product id) drawing on ``pool``; the product id is None for a store's default product."""
+        drawing: list[tuple[str, str | None]] = []
+        for store in self.stores:
+            drawing += [(store.name, pid) for pid, product in store.products.items() if product.pool == pool]
+            if store.default is not None and store.default.pool == pool:
+                drawing.append((store.name, None))
+        return drawing
 
 
 def resolve_env(

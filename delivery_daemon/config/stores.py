@@ -40,6 +40,7 @@ class ProductSettings(Model):
 
     ``listed_count`` is the stock count to show on the marketplace for a product whose generator is unlimited
     (stock sync leaves such products alone unless it is set); for a ``stock`` product it replaces the pool's count.
+    ``pool`` names a shared pool (see :class:`~delivery_daemon.config.sections.PoolSettings`).
     """
 
     generator: str = Field(
@@ -56,6 +57,13 @@ class ProductSettings(Model):
         ),
     )
     listed_count: int | None = Field(default=None, ge=0)
+    pool: str | None = Field(
+        default=None,
+        examples=["shared"],
+        json_schema_extra=expected_extra("the name of a pool under the top-level pools section"),
+    )
+    """The shared stock pool (``pools.<name>``) the product's keys come from instead of its own; any store's
+    products may name the same pool. Only a generator that takes keys from stock (``stock``) draws on one."""
 
 
 class SignatureSettings(Model):

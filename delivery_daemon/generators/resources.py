@@ -20,7 +20,7 @@ from delivery_daemon.errors import PluginError
 from delivery_daemon.generators.threads import HungThreads
 from delivery_daemon.net.guard import NetPolicy
 from delivery_daemon.storage.cipher import Cipher
-from delivery_daemon.storage.stock_pool import StockPool
+from delivery_daemon.storage.stock_pool import StockPool, pool_owner
 
 
 @dataclass
@@ -42,15 +42,25 @@ class ResourceHub:
 
 
 @dataclass(frozen=True)
+class SharedPool:
+    """The shared stock pool a product draws on (``pool:`` in its configuration, ``pools.<name>`` its settings)."""
+
+    name: str
+    low_stock_threshold: int | None = None
+
+
+@dataclass(frozen=True)
 class Resources:
     """Services for one configured product: ``store``, ``product_id`` (None for a store's default product),
-    ``clock``, ``log`` (a structlog logger bound to the plugin, store and product), ``engine``, ``stock`` and
+    ``pool`` (the :class:`SharedPool` it draws on, None for its own pool), ``clock``, ``log`` (a structlog logger
+    bound to the plugin, store and product), ``engine``, ``stock`` (with :meth:`stock_owner`) and
     ``policy`` (the :class:`~delivery_daemon.net.guard.NetPolicy` for URLs from config)."""
 
     store: str
     product_id: str | None
     plugin: str
     hub: ResourceHub
+    pool: SharedPool | None = None
 
     @property
     def clock(self) -> Clock:
@@ -77,3 +87,8 @@ class Resources:
     def stock(self) -> StockPool:
         """The pre-made key pool (``delivery-daemon stock import``) in the daemon's database."""
         return StockPool(self.engine, self.clock, self.hub.cipher)
+
+    def stock_owner(self, store: str, product_id: str) -> tuple[str, str]:
+        """The (store, product id) to pass to :attr:`stock` for the product's keys: its shared :attr:`pool`'s when
+        it draws on one (the same rows for every store naming the pool), else its own ``(store, product_id)``."""
+        return pool_owner(self.pool.name) if self.pool is not None else (store, product_id)

@@ -29,7 +29,7 @@ from delivery_daemon.config import (
 from delivery_daemon.errors import ConfigError, PluginError
 from delivery_daemon.generators.contract import Generator
 from delivery_daemon.generators.discovery import Plugins
-from delivery_daemon.generators.resources import ResourceHub, Resources
+from delivery_daemon.generators.resources import ResourceHub, Resources, SharedPool
 from delivery_daemon.generators.threads import HungThreads
 from delivery_daemon.marketplaces.base import AdapterContext, Marketplace, MarketplaceType, Sink
 from delivery_daemon.net.guard import NetPolicy
@@ -51,6 +51,8 @@ class Product:
     threads: HungThreads = field(default_factory=HungThreads, compare=False)
     """The generator's calls still running past their budget (sync generators), bounded per product; shared with
     the product's earlier builds through the daemon's :class:`~delivery_daemon.generators.resources.ResourceHub`."""
+    pool: str | None = None
+    """The shared stock pool (``pools.<name>``) the product draws on; None when it has its own."""
 
 
 @dataclass
@@ -141,6 +143,12 @@ def build_product(
         check_template(template)
     except ValueError as exc:
         raise ConfigError(f"{path}.template", str(exc), *expect(ProductSettings, "template")) from None
+    if product.pool is not None and not getattr(plugin, "draws_on_pool", False):
+        raise ConfigError(
+            f"{path}.pool",
+            f"generator {product.generator} does not take keys from a stock pool",
+            "no pool, or generator: stock (a generator with draws_on_pool = True)",
+        )
     if resources is None:
         resources = Resources(store="", product_id=None, plugin=product.generator, hub=ResourceHub())
     try:
@@ -160,7 +168,17 @@ def build_product(
         tuple(secret_values(options)),
         product.listed_count,
         resources.hub.hung_threads(resources.store, resources.product_id),
+        product.pool,
     )
+
+
+def _resources(
+    settings: Settings, store: StoreSettings, product: ProductSettings, product_id: str | None, hub: ResourceHub
+) -> Resources:
+    pool = None
+    if product.pool is not None:  # known: the settings refuse a product naming an unknown pool
+        pool = SharedPool(product.pool, settings.pools[product.pool].low_stock_threshold)
+    return Resources(store=store.name, product_id=product_id, plugin=product.generator, hub=hub, pool=pool)
 
 
 def build_stores(
@@ -195,17 +213,11 @@ def build_stores(
         built = Store(settings=store, marketplace=adapter, sink=channel.sink, channel_secrets=channel.secrets)
         for product_id, product in store.products.items():
             built.products[product_id] = build_product(
-                product,
-                plugins,
-                f"{path}.products.{product_id}",
-                Resources(store=store.name, product_id=product_id, plugin=product.generator, hub=hub),
+                product, plugins, f"{path}.products.{product_id}", _resources(settings, store, product, product_id, hub)
             )
         if store.default is not None:
             built.default = build_product(
-                store.default,
-                plugins,
-                f"{path}.default",
-                Resources(store=store.name, product_id=None, plugin=store.default.generator, hub=hub),
+                store.default, plugins, f"{path}.default", _resources(settings, store, store.default, None, hub)
             )
         stores[store.name] = built
     return stores

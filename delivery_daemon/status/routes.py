@@ -41,6 +41,7 @@ from delivery_daemon.storage.jobs import QueueError
 from delivery_daemon.storage.models import JobState
 from delivery_daemon.storage.overview import OrderFilter, StatusQueries
 from delivery_daemon.storage.queue import JobQueue
+from delivery_daemon.storage.stock_pool import POOL_STORE
 from delivery_daemon.storage.transitions import OPERATOR_RETRYABLE
 
 log = structlog.get_logger("delivery_daemon.status")
@@ -337,7 +338,7 @@ class StatusPages:
 
     async def stock(self, request: Request) -> Response:
         rows = await self.queries.stock()
-        return self.render(request, "stock.html", rows=rows, low_stock=self.settings.low_stock)
+        return self.render(request, "stock.html", rows=rows, low_stock=self.settings.low_stock, pool_store=POOL_STORE)
 
     # -- actions ---------------------------------------------------------------------------------------------
 

@@ -14,6 +14,9 @@ When it runs:
 * after ``delivery-daemon stock import`` and on demand (``delivery-daemon softstore sync-stock``), from that
   command's own process, through :func:`sync_once` (:mod:`delivery_daemon.cli.stock`).
 
+A product drawing on a shared pool (``pool:``, see :mod:`delivery_daemon.storage.stock_pool`) shares its count with
+every listing that draws on the same pool, in any store: a delivery or an import marks them all (:func:`pool_listings`).
+
 Each sync reads the listed count first and updates it only when it differs. A failure (marketplace down, refused
 update, database error) is logged as ``stock_sync.failed`` and retried with a doubling delay (from ``debounce``,
 at most ``interval``); the full pass retries it too. Successes are ``stock_sync.updated`` / ``stock_sync.unchanged``.
@@ -24,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -97,6 +100,17 @@ async def stock_remaining(generator: Any, *args: str) -> int | None:
     return int(value) if isinstance(value, int | float) else None
 
 
+def pool_listings(stores: Mapping[str, Store], pool: str, known: Collection[Key] = ()) -> list[Key]:
+    """Every (store, product id) drawing on the shared ``pool``: the products configured with it, and the ``known``
+    ids a store's default product serves when that default draws on it."""
+    keys: list[Key] = []
+    for name, store in stores.items():
+        keys += [(name, product_id) for product_id, product in store.products.items() if product.pool == pool]
+        if store.default is not None and store.default.pool == pool:
+            keys += sorted(key for key in known if key[0] == name and key[1] not in store.products)
+    return keys
+
+
 class StockSync:
     """Debounced, retried syncs of listed counts; also a worker observer (``job_finished``)."""
 
@@ -125,12 +139,24 @@ class StockSync:
     def mark(self, store: str, product_id: str) -> None:
         """Note that the product's stock may have changed; it is synced ``debounce`` seconds after the first mark.
         Never blocks and never raises."""
-        if not self.settings.enabled or not self._takes_part(store, product_id):
+        if not self.settings.enabled:
             return
-        key = (store, product_id)
-        self._known.add(key)
-        self._pending.setdefault(key, self.clock.now() + self.settings.debounce)
+        if self._takes_part(store, product_id):
+            self._known.add((store, product_id))
+        # A product of a store with no listing may still draw on a pool that listings of other stores show.
+        for key in [(store, product_id), *self._sharing(store, product_id)]:
+            if self._takes_part(*key):
+                self._pending.setdefault(key, self.clock.now() + self.settings.debounce)
         self._arm()
+
+    def _sharing(self, store_name: str, product_id: str) -> list[Key]:
+        """The other listings drawing on the product's shared pool (none when it has its own)."""
+        stores = self._stores()
+        store = stores.get(store_name)
+        product = store.product(product_id) if store is not None else None
+        if product is None or product.pool is None:
+            return []
+        return [key for key in pool_listings(stores, product.pool, self._known) if key != (store_name, product_id)]
 
     def _takes_part(self, store_name: str, product_id: str) -> bool:
         """Whether a sync could do anything for the product (a few lookups; no I/O)."""
@@ -226,6 +252,13 @@ class StockSync:
         results = await self._sync([(store, product_id)])
         return results[0] if results else None
 
+    async def sync_pool(self, pool: str) -> list[SyncResult]:
+        """Sync every listing drawing on the shared ``pool`` now (see :func:`pool_listings`)."""
+        keys = pool_listings(self._stores(), pool, self._known)
+        for key in keys:
+            self._pending.pop(key, None)
+        return await self._sync(keys)
+
     async def _sync(self, keys: Sequence[Key]) -> list[SyncResult]:
         results: list[SyncResult] = []
         async with self._lock:  # the timer, the full pass and a command never update the same product at once
@@ -277,11 +310,13 @@ async def sync_once(
     plugins: Mapping[str, Any],
     stores: Sequence[str] | None = None,
     product: str | None = None,
+    pool: str | None = None,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> list[SyncResult]:
     """One sync from a command's own process (``stock import``, ``softstore sync-stock``): every product of
-    ``stores`` (all by default), or only ``product`` of the single store given."""
+    ``stores`` (all by default), or only ``product`` of the single store given, or every listing drawing on the
+    shared ``pool``."""
     clock = clock or SystemClock()
     hub = ResourceHub(clock=clock, policy=NetPolicy.from_settings(settings.security))
     built = build_stores(settings, marketplaces, plugins, clock, transport, hub=hub)
@@ -295,6 +330,8 @@ async def sync_once(
         create_schema(engine)
         hub.engine = engine  # no cipher: a sync only counts keys, it never opens them
         sync = StockSync(lambda: built, settings.stock_sync, clock)
+        if pool is not None:
+            return await sync.sync_pool(pool)
         if product is not None and stores:
             result = await sync.sync_product(stores[0], product)
             return [result] if result is not None else []
@@ -305,4 +342,4 @@ async def sync_once(
         engine.dispose()
 
 
-__all__ = ["StockSync", "SyncResult", "sync_once"]
+__all__ = ["StockSync", "SyncResult", "pool_listings", "sync_once"]

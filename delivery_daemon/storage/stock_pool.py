@@ -13,6 +13,11 @@ database's random ``stock_hash_key`` (itself sealed, see :mod:`delivery_daemon.s
 key_hash)`` is unique, so an import never adds a key twice although the database never sees the key. Claims open the
 keys and return plaintext. Rows written by earlier releases (plaintext, no ``key_hash``) are still claimable and are
 sealed by :meth:`StockPool.seal`, which the daemon runs at start (see :mod:`delivery_daemon.storage.rekey`).
+
+A shared pool (``pools.<name>`` in the configuration, drawn on by products of any store) is the same rows under the
+owner :func:`pool_owner` gives: ``store`` is :data:`POOL_STORE`, a value no store's name can take, and
+``product_id`` is the pool's name. Every claim on it, whichever store's order makes it, competes for the same rows,
+so the one-order-per-key guarantee above holds across stores and replicas unchanged.
 """
 
 from __future__ import annotations
@@ -27,7 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, Index, Text, UniqueConstraint, and_, case, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Index,
+    Text,
+    UniqueConstraint,
+    and_,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
 from sqlmodel import Field, SQLModel
@@ -45,6 +63,13 @@ log = structlog.get_logger("delivery_daemon.storage.stock_pool")
 MAX_KEY_LENGTH = 1000
 SEAL_BATCH = 500
 CONTENDED_RETRY = 0.5  # seconds before a claim that lost a race for locked keys tries again
+POOL_STORE = "@pool"
+"""The ``store`` of a shared pool's rows: store names start with a letter or digit, so none is ``@pool``."""
+
+
+def pool_owner(pool: str) -> tuple[str, str]:
+    """The (store, product id) a shared pool's keys are stored under."""
+    return POOL_STORE, pool
 
 
 class StockKey(SQLModel, table=True):
@@ -117,6 +142,18 @@ def _context(store: str, product_id: str, key_hash: str) -> str:
     return f"stock/{store}/{product_id}/{key_hash}"
 
 
+def _order_counts(conn: Connection, store: str, product_id: str) -> None:
+    """Make the count of keys left that a claim reads next agree with one order of the claims on the pool.
+
+    SQLite runs one writer at a time already. On PostgreSQL two claims in flight (two replicas, or two stores on
+    one shared pool) would each count the other's keys as free and could both see the low-stock crossing; a
+    transaction-scoped advisory lock per pool, taken after the claim's own update, lets each count see every claim
+    that took the lock before it, so exactly one claim crosses the threshold."""
+    if conn.dialect.name == "postgresql":
+        digest = hashlib.sha256(f"stock/{store}/{product_id}".encode()).digest()
+        conn.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))
+
+
 class StockPool:
     """Import, claim and count pre-made keys. Methods are synchronous (call them from a thread or a sync
     generator, which the daemon runs in a thread). Without a cipher (a PostgreSQL database with no encryption key
@@ -172,6 +209,34 @@ class StockPool:
             raise StockError(f"database error: {type(exc).__name__}") from exc
         return ImportResult(added=added, duplicates=len(keys) - added)
 
+    def move(self, store: str, product_id: str, to: tuple[str, str], *, batch: int = SEAL_BATCH) -> ImportResult:
+        """Move the keys of ``(store, product_id)`` nobody holds to the owner ``to`` (a shared pool's
+        :func:`pool_owner`), re-sealed for their new row, ``batch`` rows per transaction; keys already there are
+        dropped from the old owner and counted as duplicates. Issued keys stay with the orders that hold them."""
+        free = and_(KEYS.c.store == store, KEYS.c.product_id == product_id, KEYS.c.claimed_by.is_(None))
+        statement = self._insert_ignore()
+        added = 0
+
+        def rehome(conn: Connection, rows: Sequence[Any]) -> None:
+            nonlocal added
+            hash_key = self._hash_key(conn)
+            for row_id, stored, digest, imported_at in rows:
+                plain = self._open(store, product_id, stored, digest)
+                digest = digest or hmac.new(hash_key, plain.encode(), hashlib.sha256).hexdigest()
+                values = {"store": to[0], "product_id": to[1], "key_hash": digest, "imported_at": imported_at}
+                result = conn.execute(statement, {**values, "key": self._seal(*to, plain, digest)})
+                added += len(result.all())
+                conn.execute(delete(KEYS).where(KEYS.c.id == row_id))
+
+        columns = [KEYS.c.key, KEYS.c.key_hash, KEYS.c.imported_at]
+        try:
+            moved = rewrite_in_batches(self.engine, KEYS, columns, free, batch, rehome)
+        except (DecryptError, VaultError) as exc:
+            raise StockError(str(exc)) from None
+        except SQLAlchemyError as exc:
+            raise StockError(f"database error: {type(exc).__name__}") from exc
+        return ImportResult(added=added, duplicates=moved - added)
+
     def claim(
         self, store: str, product_id: str, order_key: str, count: int, *, low_threshold: int | None = None
     ) -> list[str]:
@@ -219,6 +284,8 @@ class StockPool:
                             after=CONTENDED_RETRY,
                         )
                     raise OutOfStock(f"{need} keys needed for product {product_id}, {len(rows)} left")
+                if low_threshold is not None:
+                    _order_counts(conn, store, product_id)
                 # Opened inside the transaction: a key that does not decrypt is not taken either.
                 keys = [self._open(store, product_id, key, digest) for key, digest in held]
                 keys += [self._open(store, product_id, key, digest) for _id, key, digest in sorted(rows)]
@@ -228,7 +295,9 @@ class StockPool:
         except SQLAlchemyError as exc:
             raise StockError(f"database error: {type(exc).__name__}") from exc
         if low_threshold is not None and left <= low_threshold < left + len(rows):
-            log.warning("stock.low", store=store, product_id=product_id, remaining=left, threshold=low_threshold)
+            # One event per crossing of the pool, whichever store's order crossed it: a shared pool names itself.
+            where = {"pool": product_id} if store == POOL_STORE else {"store": store, "product_id": product_id}
+            log.warning("stock.low", **where, remaining=left, threshold=low_threshold)
         return keys
 
     def seal(self, *, rotate: bool = False, batch: int = SEAL_BATCH) -> int:
@@ -288,4 +357,4 @@ class StockPool:
         return [StockLevel(s, p, int(a), int(total) - int(a)) for s, p, a, total in rows]
 
 
-__all__ = ["ImportResult", "StockError", "StockKey", "StockLevel", "StockPool", "read_keys"]
+__all__ = ["POOL_STORE", "ImportResult", "StockError", "StockKey", "StockLevel", "StockPool", "pool_owner", "read_keys"]

@@ -3,7 +3,9 @@ on request, a real SMTP server (aiosmtpd) for the ``email`` channel — all on l
 
 Stores: ``sellix``, ``shoppy`` and ``stripe`` deliver through the signed ``webhook`` channel to :class:`SellerSystem`;
 ``generic`` (Standard Webhooks) delivers by ``email``; ``sellix-strict`` knows one product and has no default, and
-its ``hang`` product's generator never finishes (for the synchronous budget).
+its ``hang`` product's generator never finishes (for the synchronous budget). On request (``softstore=True``) a
+``softstore`` store on the reference SoftStore, delivering through SoftStore's own API, the one marketplace with a
+listed stock count.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
 from delivery_daemon.reference.sellix import SellixSender
 from delivery_daemon.reference.shoppy import ShoppySender
+from delivery_daemon.reference.softstore import SoftStoreMarketplace
 from delivery_daemon.reference.standard_webhooks import SellerSystem, StandardWebhooksSender, new_secret
 from delivery_daemon.reference.stripe_store import StripeStoreSender
 
@@ -77,6 +80,8 @@ class Multi:
     secrets: dict[str, str]
     mailbox: Mailbox | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    market: SoftStoreMarketplace | None = None
+    """The reference SoftStore of the ``softstore`` store, when the stack has one."""
 
     def hook(self, store: str) -> str:
         return f"{self.url}/webhooks/{store}"
@@ -117,12 +122,18 @@ async def multi_stack(
     stripe_products: dict[str, Any] | None = None,
     stores: list[dict[str, Any]] | None = None,
     server_settings: dict[str, Any] | None = None,
+    products: dict[str, dict[str, Any]] | None = None,
+    pools: dict[str, Any] | None = None,
+    softstore: bool = False,
+    database: dict[str, Any] | None = None,
 ) -> AsyncIterator[Multi]:
     """The daemon with every marketplace type; ``mail`` starts the SMTP server, ``smtp`` overrides the generic
     store's SMTP settings, ``security`` the network policy (default: loopback allowed, where the seller's sink and
     the SMTP server run); ``plugins`` adds generators and ``stripe_products`` gives the stripe store products of
     its own (besides its default). ``stores`` are more stores (delivering through the seller's webhook channel
-    unless they say otherwise) and ``server_settings`` the daemon's ``server`` section."""
+    unless they say otherwise) and ``server_settings`` the daemon's ``server`` section. ``products`` adds products per
+    store name, ``pools`` is the top-level section, ``softstore`` adds the SoftStore store and ``database`` replaces
+    the SQLite file (e.g. a PostgreSQL URL)."""
     logs = io.StringIO()
     configure_logging("json", "debug", stream=logs)
     clock = ManualClock()
@@ -146,8 +157,14 @@ async def multi_stack(
     )
     if mail:
         controller.start()
+    if softstore:
+        keys["softstore"] = secrets.token_hex(20)
+    market = SoftStoreMarketplace(api_key=keys["softstore"], clock=clock.now) if softstore else None
     try:
-        async with serve(seller.app) as seller_server:
+        async with contextlib.AsyncExitStack() as servers:
+            seller_server = await servers.enter_async_context(serve(seller.app))
+            if market is not None:
+                market.bind((await servers.enter_async_context(serve(market.app))).url)
             channel = {
                 "channel": "webhook",
                 "webhook": {"url": f"{seller_server.url}/hooks/orders", "secret": seller.secret},
@@ -162,7 +179,7 @@ async def multi_stack(
                 "subject": "Order {order_id}",
                 **(smtp or {}),
             }
-            stores = [
+            configured: list[dict[str, Any]] = [
                 {
                     "name": "sellix",
                     "marketplace": "sellix",
@@ -203,14 +220,26 @@ async def multi_stack(
                 },
                 *({"delivery": channel, **extra} for extra in stores or []),
             ]
+            if market is not None:
+                configured.append(
+                    {
+                        "name": "softstore",
+                        "marketplace": "softstore",
+                        "api_url": market.api_base,
+                        "api_key": keys["softstore"],
+                    }
+                )
+            for store in configured:
+                store["products"] = {**store.get("products", {}), **(products or {}).get(store["name"], {})}
             settings = parse_settings(
                 {
-                    "database": {"url": f"sqlite:///{tmp_path / 'multi.db'}"},
+                    "database": database or {"url": f"sqlite:///{tmp_path / 'multi.db'}"},
+                    "pools": pools or {},
                     **({"server": server_settings} if server_settings is not None else {}),
                     "delivery": {"retry_schedule": [5, 300], "timeout": 10, "jitter": False},
                     "worker": {"poll_interval": 60, "lease_seconds": 30},
                     "security": {"allowed_networks": ["127.0.0.0/8"]} if security is None else security,
-                    "stores": stores,
+                    "stores": configured,
                 },
                 environ={},
             )
@@ -219,6 +248,8 @@ async def multi_stack(
                 settings, marketplaces=default_marketplaces(), plugins=found, clock=clock, start_worker=False
             )
             async with serve(app) as server:
+                if market is not None:
+                    market.seller_url = f"{server.url}/webhooks/softstore"
                 yield Multi(
                     daemon=app.state.daemon,
                     url=server.url,
@@ -227,6 +258,7 @@ async def multi_stack(
                     seller=seller,
                     secrets=keys,
                     mailbox=mailbox,
+                    market=market,
                 )
     finally:
         if mail:
