@@ -59,7 +59,7 @@ def inline_app(spec: dict[str, Any]) -> Starlette:
     async def webhook(request: Request) -> Response:
         payload = json.loads(await request.body())
         order_id = str(payload.get("id_order", ""))
-        expected = hashlib.sha1((hashed_key + order_id).encode()).hexdigest()  # noqa: S324  (as above)
+        expected = hashlib.sha1((hashed_key + order_id).encode()).hexdigest()  # noqa: S324  (the documented SoftStore signature)
         if not hmac.compare_digest(expected, str(payload.get("signature", ""))):
             return PlainTextResponse("Invalid signature", status_code=403)
         try:

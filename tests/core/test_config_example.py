@@ -67,10 +67,10 @@ DUMMY_SECRETS = {
 }
 """A value of the right form for every ${VAR} an example reads (the whsec_ ones must decode)."""
 SHIPPED = [
-    "lemonsqueezy-email",
-    "polar-email",
-    "paddle-email",
     "gumroad-email",
+    "lemonsqueezy-email",
+    "paddle-email",
+    "polar-email",
     "sellauth-email",
     "sellix-email",
     "sellix-webhook",
