@@ -27,6 +27,7 @@ from delivery_daemon.config.sections import (
     ServerSettings,
     StatusSettings,
     StockSyncSettings,
+    WatchdogSettings,
     WorkerSettings,
 )
 from delivery_daemon.config.stores import StoreSettings
@@ -49,6 +50,7 @@ class Settings(Model):
     security: SecuritySettings = SecuritySettings()
     status: StatusSettings = StatusSettings()
     stock_sync: StockSyncSettings = StockSyncSettings()
+    watchdog: WatchdogSettings = WatchdogSettings()
     stores: tuple[StoreSettings, ...] = ()
 
     @model_validator(mode="after")
