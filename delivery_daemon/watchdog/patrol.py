@@ -93,12 +93,21 @@ class Watchdog:
 
     async def run_all(self) -> list[StoreReport]:
         """One scheduled run over every listing store; a store that fails is logged and does not stop the others."""
-        return [await self.run_store(name) for name in self.listed_stores()]
+        reports: list[StoreReport] = []
+        for name in self.listed_stores():
+            try:
+                reports.append(await self.run_store(name))
+            except Exception as exc:  # an adapter's bug must not stop the other stores' runs, nor the scheduler's
+                log.error("watchdog.failed", store=name, error=f"{type(exc).__name__}: {exc}"[:300])
+                for observer in self.observers:
+                    observer.watchdog_run(name, "failed")
+        return reports
 
     async def run_store(self, name: str, since: float | None = None, *, grace: float | None = None) -> StoreReport:
         """One run over store ``name``: from ``since`` when given (``reconcile``), else from its cursor. ``grace``
-        defaults to ``watchdog.grace``. Never raises for the marketplace's or the database's failures: they are in
-        the report's ``error`` (and logged ``watchdog.failed``)."""
+        defaults to ``watchdog.grace``; 0 handles every listed order, even one dated ahead of our clock. Never raises
+        for the marketplace's or the database's failures: they are in the report's ``error`` (and logged
+        ``watchdog.failed``)."""
         store = self.stores().get(name)
         listing = listing_of(store) if store is not None else None
         if store is None or listing is None:
@@ -116,7 +125,7 @@ class Watchdog:
             while True:
                 page = await listing.list_paid_orders(start, cursor)
                 report.pages += 1
-                report.findings.extend(await self._handle(store, page.orders, started - grace))
+                report.findings.extend(await self._handle(store, page.orders, started - grace if grace > 0 else None))
                 cursor = page.cursor
                 if cursor is None:
                     break
@@ -141,7 +150,8 @@ class Watchdog:
         )
         return report
 
-    async def _handle(self, store: Store, orders: Iterable[ListedOrder], newest: float) -> list[Finding]:
+    async def _handle(self, store: Store, orders: Iterable[ListedOrder], newest: float | None) -> list[Finding]:
+        """Handle one page; an order placed after ``newest`` is left for later (None: none is, whatever its date)."""
         listed = list(orders)
         ids = [item.order.order_id for item in listed]
         have = await self.ledger.with_job(store.name, ids)
@@ -151,7 +161,7 @@ class Watchdog:
             order = item.order
             if order.order_id in have:
                 findings.append(self._finding(item, Outcome.HAD_JOB))
-            elif item.created_at > newest:
+            elif newest is not None and item.created_at > newest:
                 findings.append(self._finding(item, Outcome.TOO_RECENT))
             elif order.order_id in raised:
                 findings.append(self._finding(item, Outcome.STILL_MISSED))

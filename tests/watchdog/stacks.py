@@ -45,6 +45,8 @@ class Watched:
     vs: VirtualStoresShop
     vs_sender: StripeStoreSender
     url: str
+    document: dict[str, Any]
+    """The configuration the daemon was built from (for commands run against the same stores)."""
 
     @property
     def watchdog(self) -> Watchdog:
@@ -95,43 +97,41 @@ async def watched(
     try:
         async with serve(soft.app) as soft_server, serve(sellix.app) as sellix_server, serve(vs.app) as vs_server:
             soft.bind(soft_server.url)
-            settings = parse_settings(
-                {
-                    "database": {"url": db_url},
-                    "delivery": {"retry_schedule": [5, 300], "timeout": 10, "jitter": False},
-                    "worker": {"poll_interval": 60, "lease_seconds": 30},
-                    "security": {"allowed_networks": ["127.0.0.0/8"]},
-                    "watchdog": watchdog or {},
-                    "stores": [
-                        {
-                            "name": "soft",
-                            "marketplace": "softstore",
-                            "api_url": soft.api_base,
-                            "api_key": soft_key,
-                            "default": PATTERN,
-                        },
-                        {
-                            "name": "sellix",
-                            "marketplace": "sellix",
-                            "api_url": sellix_server.url,
-                            "api_key": sellix_key,
-                            "webhook_secret": sellix_secret,
-                            "delivery": email,
-                            "default": PATTERN,
-                        },
-                        {
-                            "name": "vs",
-                            "marketplace": "virtual-stores",
-                            "api_url": vs_server.url,
-                            "webhook_secret": vs.webhook_secret,
-                            "staff": {"email": STAFF_EMAIL, "password": vs.password},
-                            "delivery": email,
-                            "products": {"ebook": PATTERN},
-                        },
-                    ],
-                },
-                environ={},
-            )
+            document: dict[str, Any] = {
+                "database": {"url": db_url},
+                "delivery": {"retry_schedule": [5, 300], "timeout": 10, "jitter": False},
+                "worker": {"poll_interval": 60, "lease_seconds": 30},
+                "security": {"allowed_networks": ["127.0.0.0/8"]},
+                "watchdog": watchdog or {},
+                "stores": [
+                    {
+                        "name": "soft",
+                        "marketplace": "softstore",
+                        "api_url": soft.api_base,
+                        "api_key": soft_key,
+                        "default": PATTERN,
+                    },
+                    {
+                        "name": "sellix",
+                        "marketplace": "sellix",
+                        "api_url": sellix_server.url,
+                        "api_key": sellix_key,
+                        "webhook_secret": sellix_secret,
+                        "delivery": email,
+                        "default": PATTERN,
+                    },
+                    {
+                        "name": "vs",
+                        "marketplace": "virtual-stores",
+                        "api_url": vs_server.url,
+                        "webhook_secret": vs.webhook_secret,
+                        "staff": {"email": STAFF_EMAIL, "password": vs.password},
+                        "delivery": email,
+                        "products": {"ebook": PATTERN},
+                    },
+                ],
+            }
+            settings = parse_settings(document, environ={})
             app = create_app(
                 settings,
                 marketplaces=default_marketplaces(),
@@ -153,6 +153,7 @@ async def watched(
                     vs=vs,
                     vs_sender=vs.sender(f"{server.url}/webhooks/vs", now=clock.now),
                     url=server.url,
+                    document=document,
                 )
     finally:
         controller.stop()
