@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, Table, and_, exists, func, select, update
+from sqlalchemy import Connection, Engine, Table, and_, exists, func, select, update
 
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage import dialect
@@ -125,11 +125,16 @@ class WatchdogLedger:
 
 def open_missed(engine: Engine, store: str | None = None, limit: int = 500) -> list[OpenMissed]:
     """The open missed orders of ``store`` (every store when None), oldest found first, at most ``limit``."""
+    with engine.connect() as conn:
+        return missed_rows(conn, store, limit)
+
+
+def missed_rows(conn: Connection, store: str | None = None, limit: int = 500) -> list[OpenMissed]:
+    """:func:`open_missed` on an open connection (the status page reads it with the rest of its overview)."""
     query = select(MISSED).where(_NO_JOB)
     if store is not None:
         query = query.where(MISSED.c.store == store)
-    with engine.connect() as conn:
-        rows = conn.execute(query.order_by(MISSED.c.found_at, MISSED.c.id).limit(limit)).all()
+    rows = conn.execute(query.order_by(MISSED.c.found_at, MISSED.c.id).limit(limit)).all()
     return [
         OpenMissed(r.store, r.order_id, r.marketplace, r.product_id, r.placed_at, r.found_at, r.reason) for r in rows
     ]
