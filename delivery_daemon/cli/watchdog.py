@@ -25,6 +25,7 @@ from typing import Any
 from delivery_daemon.cli.connect import add_database_options, open_engine
 from delivery_daemon.cli.options import add_config_option
 from delivery_daemon.cli.orders import iso, parse_since
+from delivery_daemon.errors import ConfigError
 from delivery_daemon.tables import render_table
 
 COMMANDS = {
@@ -44,17 +45,18 @@ async def _reconcile(settings: Any, store: str | None, since: float) -> list[Any
         names = watchdog.listed_stores()
         if store is not None:
             if store not in daemon.stores:
-                raise _Usage(f"no store named {store!r}")
+                raise ConfigError("stores", f"no store named {store!r}")
             if store not in names:
-                raise _Usage(f"store {store!r} cannot list its orders (its marketplace, or no api_key for Sellix)")
+                index = next(i for i, s in enumerate(settings.stores) if s.name == store)
+                raise ConfigError(
+                    f"stores[{index}]",
+                    f"store {store!r} cannot list its orders (its marketplace has no order list the daemon uses, or "
+                    "a Sellix store has no api_key)",
+                )
             names = [store]
         return [await watchdog.run_store(name, since, grace=0.0) for name in names]
     finally:
         await daemon.aclose()
-
-
-class _Usage(Exception):
-    """A store the command cannot reconcile (exit 2)."""
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -65,11 +67,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.logging.format, "warning", stream=sys.stderr)  # stdout is the report
     since = parse_since(args.since, SystemClock().now())
-    try:
-        reports = asyncio.run(_reconcile(settings, args.store, since))
-    except _Usage as exc:
-        print(f"delivery-daemon: error: {exc}", file=sys.stderr)
-        return 2
+    reports = asyncio.run(_reconcile(settings, args.store, since))  # ConfigError: one line, exit 2 (cli.main)
     if args.json:
         print(json.dumps([_report_document(report) for report in reports], indent=2))
     else:
