@@ -30,7 +30,8 @@ class Finding:
 
 @dataclass
 class StoreReport:
-    """One run over one store. ``error`` is set when listing failed part way (the cursor did not move then)."""
+    """One run over one store. ``error`` is set when listing failed part way; ``cursor`` is the store's cursor after
+    the run, None when the run did not move it (it failed, or started later than the cursor)."""
 
     store: str
     since: float

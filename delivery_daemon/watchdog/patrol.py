@@ -14,7 +14,8 @@ daemon's one scheduler every ``watchdog.interval`` seconds, or by hand with ``de
    ``order.missed`` as a warning: the seller must act. An order younger than ``watchdog.grace`` is left for the next
    run (its webhook may be on its way) on scheduled runs;
 4. once every page was read, moves the cursor to the run's start minus ``watchdog.settle``: each run costs the orders
-   of its window, not the store's history. A run that failed part way leaves the cursor where it was.
+   of its window, not the store's history. A run that failed part way leaves the cursor where it was, and so does a
+   run by hand that started later than the cursor (it did not look at the orders in between).
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class Watchdog:
     async def _run(self, store: Store, listing: OrderListing, since: float | None, grace: float) -> StoreReport:
         started = self.clock.now()
         floor = started - self.settings.lookback
-        start = since if since is not None else max(floor, await self.ledger.cursor(store.name) or floor)
+        due = max(floor, await self.ledger.cursor(store.name) or floor)
+        start = since if since is not None else due
         report = StoreReport(store.name, start)
         cursor: str | None = None
         try:
@@ -129,7 +131,8 @@ class Watchdog:
                 cursor = page.cursor
                 if cursor is None:
                     break
-            report.cursor = await self.ledger.advance(store.name, started - self.settings.settle)
+            if start <= due:  # a run by hand from a later time did not look at everything since the cursor
+                report.cursor = await self.ledger.advance(store.name, started - self.settings.settle)
         except DeliveryDaemonError as exc:
             report.error = f"{type(exc).__name__}: {exc}"[:300]
             log.warning("watchdog.failed", store=store.name, pages=report.pages, error=report.error)

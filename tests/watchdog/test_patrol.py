@@ -105,6 +105,11 @@ async def test_the_cursor_keeps_a_run_to_the_new_orders(db_url: str) -> None:
         assert second.since == first.cursor
         assert second.pages == 1 and outcomes(second) == {late["uniqid"]: Outcome.QUEUED}
         assert len(watch.sellix.requests) - asked == 1
+        # By hand from later than the cursor: the orders in between were not looked at, so the cursor stays.
+        watch.clock.advance(2 * watch.settings.watchdog.settle)
+        by_hand = await watch.watchdog.run_store("sellix", watch.clock.now() - 60, grace=0)
+        assert by_hand.error is None and by_hand.cursor is None
+        assert await watch.watchdog.ledger.cursor("sellix") == second.cursor
 
 
 async def test_a_failed_listing_leaves_the_cursor_and_counts_the_failure(db_url: str) -> None:
