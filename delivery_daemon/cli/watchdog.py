@@ -22,6 +22,8 @@ import json
 import sys
 from typing import Any
 
+import structlog
+
 from delivery_daemon.cli.connect import add_database_options, open_engine
 from delivery_daemon.cli.options import add_config_option
 from delivery_daemon.cli.orders import iso, parse_since
@@ -65,7 +67,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from delivery_daemon.logs import configure_logging
 
     settings = load_settings(args.config)
-    configure_logging(settings.logging.format, "warning", stream=sys.stderr)  # stdout is the report
+    if not structlog.is_configured():  # an embedding application's logging is left alone
+        configure_logging(settings.logging.format, "warning", stream=sys.stderr)  # stdout is the report
     since = parse_since(args.since, SystemClock().now())
     reports = asyncio.run(_reconcile(settings, args.store, since))  # ConfigError: one line, exit 2 (cli.main)
     if args.json:
