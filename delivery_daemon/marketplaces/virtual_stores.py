@@ -215,8 +215,8 @@ class VirtualStoresAdapter(StripeStoreAdapter):
         """One page of the shop's paid orders placed at or after ``since`` (``GET /api/orders`` with
         ``payment_status=paid``, ``date_from`` the day of ``since`` and ``page``/``page_size``), each normalised as
         its ``payment_intent.succeeded`` event would be (order id the PaymentIntent, payload ``event: listed``).
-        Deliverable through the store's email or webhook channel; an order naming no PaymentIntent is skipped (it
-        was not paid through Stripe, so no event of this store will ever name it)."""
+        Deliverable through the store's email or webhook channel. Skipped: an order naming no PaymentIntent (not
+        paid through Stripe, so no event of this store will ever name it) and one with no configured product."""
         page = int(cursor) if cursor and cursor.isdigit() else 1
         day = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%d")
         rows, more = await self.api.orders_page(page, LIST_PAGE_SIZE, day)
@@ -230,8 +230,8 @@ class VirtualStoresAdapter(StripeStoreAdapter):
 
     def _listed(self, row: dict[str, Any], placed: float) -> ListedOrder | None:
         payment = payment_intent_of(row)
-        if payment is None or str(row.get("payment_status") or "").lower() not in PAID:
-            return None
+        if payment is None or str(row.get("payment_status") or "").lower() not in PAID or not self.items(row):
+            return None  # not paid through Stripe, not paid, or nothing of ours in it (physical goods: the shop's)
         currency = str(row.get("currency") or "").lower() or None
         buyer = email(row.get("customer_email"))
         order = IncomingOrder(

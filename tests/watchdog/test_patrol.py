@@ -41,6 +41,7 @@ async def test_orders_never_announced_end_delivered_or_raised(db_url: str) -> No
     async with watched(db_url) as watch:
         lost = await place_unannounced(watch)
         announced = await watch.soft.place_order("prod-1")  # its webhook came: the watchdog leaves it alone
+        watch.vs.place_order([{"product_id": "mug", "quantity": 1, "unit_price": "12.50"}])  # nothing digital: skipped
         assert announced.webhook_status == 200
         watch.clock.advance(GRACE + 1)
         reports = {report.store: report for report in await watch.watchdog.run_all()}
