@@ -2,10 +2,10 @@
 
 The worker is started in the app's lifespan, in the same event loop as uvicorn, and stopped on shutdown after
 in-flight deliveries had their grace period. One APScheduler scheduler (``Daemon.scheduler``) runs all periodic
-work: the worker's lease sweep, the stock sync's full pass and the retention purge each add their jobs to it, and
-the lifespan starts it once and shuts it down once. Everything the app needs is passed in: settings,
-the marketplace types, the generator plugins, the clock and the HTTP transport. The marketplace types this build
-ships with are listed here, once (:func:`default_marketplaces`), and passed down from the commands that run.
+work: the worker's lease sweep, the stock sync's full pass, the retention purge and the missed-order watchdog each add
+their jobs to it, and the lifespan starts it once and shuts it down once. Everything the app needs is passed in:
+settings, the marketplace types, the generator plugins, the clock and the HTTP transport. The marketplace types this
+build ships with are listed here, once (:func:`default_marketplaces`), and passed down from the commands that run.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from delivery_daemon.storage.queue import JobQueue
 from delivery_daemon.storage.rekey import seal_at_start
 from delivery_daemon.storage.retention import RetentionService
 from delivery_daemon.storage.stock_pool import StockError
+from delivery_daemon.watchdog.patrol import Watchdog
 
 
 def default_marketplaces() -> list[MarketplaceType]:
@@ -95,6 +96,7 @@ class Daemon:
     retention: RetentionService | None = None  # None without retention.days
     limiter: RateLimiter | None = None
     generator_slots: asyncio.Semaphore | None = None  # synchronous (receiver) generator calls at once
+    watchdog: Watchdog | None = None  # the missed-order watchdog (scheduled when watchdog.enabled)
 
     def schedule_periodic(self) -> None:
         """Add every component's periodic jobs to :attr:`scheduler` (again: replaces them, never doubles them)."""
@@ -102,6 +104,8 @@ class Daemon:
         self.stock_sync.schedule(self.scheduler)
         if self.retention is not None:
             self.retention.schedule(self.scheduler)
+        if self.watchdog is not None:
+            self.watchdog.schedule(self.scheduler)
 
     def metrics_webhook(self, store: str, result: str) -> None:
         self.metrics.webhook(store if store in self.stores else UNKNOWN_STORE, result)
@@ -178,6 +182,14 @@ def build_daemon(
         resources=hub,
         limiter=RateLimiter(settings.server.rate_limit, settings.server.store_rate_limits, clock),
         generator_slots=asyncio.Semaphore(settings.worker.concurrency),
+        watchdog=Watchdog(
+            lambda: daemon_ref["d"].stores,
+            queue,
+            settings.watchdog,
+            clock,
+            wake=worker.wake,
+            observers=[observer],
+        ),
     )
     daemon_ref["d"] = daemon
     return daemon

@@ -7,8 +7,8 @@
   templates) with :func:`~delivery_daemon.pipeline.stores.build_stores`, then swap them in one assignment: a request
   or job sees either the old stores or the new ones, never a mix, and nothing is dropped. A bad file is refused with a
   ``config.reload_failed`` log line and the old configuration keeps running. Other sections (database, server,
-  worker, delivery, logging, admin, retention, plugins, status, stock_sync) need a restart; a reload that changes
-  them says so in its log line.
+  worker, delivery, logging, admin, retention, plugins, status, stock_sync, watchdog) need a restart; a reload that
+  changes them says so in its log line (the watchdog does list the reloaded stores at its next run).
 
 uvicorn's own signal handling is switched off (it would re-raise SIGTERM after shutdown, exiting 143 instead of 0);
 the handlers here go through the event loop, so they run between, never inside, other code.
@@ -53,6 +53,7 @@ RESTART_SECTIONS = (
     "plugins",
     "status",
     "stock_sync",
+    "watchdog",
 )
 """Settings a reload does not apply (they shape sockets, the database and the worker)."""
 

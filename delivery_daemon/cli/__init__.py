@@ -256,6 +256,14 @@ COMMAND_GROUPS: list[CommandGroup] = [
     CommandGroup(
         "delivery_daemon.cli.orders", "register", {"orders": "list, inspect, retry, redeliver or cancel orders"}
     ),
+    CommandGroup(
+        "delivery_daemon.cli.watchdog",
+        "register",
+        {
+            "reconcile": "list marketplaces' paid orders now; queue those without a job, or raise them as missed",
+            "missed": "paid orders without a job the daemon cannot deliver: the seller must act",
+        },
+    ),
     CommandGroup("delivery_daemon.cli.database", "register", {"db": DB}),
     CommandGroup("delivery_daemon.cli.migrate", "register_db_migrate", {"db": DB}),  # adds `db migrate`
     CommandGroup(

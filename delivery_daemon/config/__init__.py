@@ -32,6 +32,7 @@ from delivery_daemon.config.sections import (
     ServerSettings,
     StatusSettings,
     StockSyncSettings,
+    WatchdogSettings,
     WorkerSettings,
 )
 from delivery_daemon.config.settings import Settings, load_settings, parse_settings, resolve_env
@@ -74,6 +75,7 @@ __all__ = [
     "StatusSettings",
     "StockSyncSettings",
     "StoreSettings",
+    "WatchdogSettings",
     "WorkerSettings",
     "config_error",
     "expect",

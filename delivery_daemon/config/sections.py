@@ -216,3 +216,36 @@ class PoolSettings(Model):
     in the pool drop to or below it, whichever store's order took them."""
 
     low_stock_threshold: int | None = Field(default=None, ge=0, examples=[10])
+
+
+class WatchdogSettings(Model):
+    """The missed-order watchdog (:mod:`delivery_daemon.watchdog`): every ``interval`` seconds, each store whose
+    marketplace can list its orders is asked for the paid orders placed since its cursor; an order without a job is
+    queued, or raised as missed when the daemon cannot deliver it without the webhook.
+
+    ``lookback`` is how far back a store's first run looks, and the furthest back any run starts. ``settle`` is how
+    long an order stays in the listed window after it was placed: an order paid up to ``settle`` seconds after it was
+    placed, or dated by a marketplace clock up to that far behind ours, is still found. ``grace`` is how long the
+    webhook (and the marketplace's resends of it) has to arrive first: a younger order is left to the next run.
+    """
+
+    enabled: bool = True
+    interval: float = Field(default=300.0, ge=10, le=86_400)
+    lookback: float = Field(default=86_400.0, gt=0, le=90 * 86_400)
+    settle: float = Field(default=3_600.0, ge=0, le=7 * 86_400)
+    grace: float = Field(default=600.0, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _windows_nest(self) -> WatchdogSettings:
+        if self.settle > self.lookback:
+            raise Invalid(
+                "must not be longer than watchdog.lookback", "seconds, at most watchdog.lookback", "3600", key="settle"
+            )
+        if self.grace > self.settle:
+            raise Invalid(
+                "must not be longer than watchdog.settle (an order left for later must still be listed then)",
+                "seconds, at most watchdog.settle",
+                "600",
+                key="grace",
+            )
+        return self

@@ -29,6 +29,7 @@ from delivery_daemon.config.sections import (
     ServerSettings,
     StatusSettings,
     StockSyncSettings,
+    WatchdogSettings,
     WorkerSettings,
 )
 from delivery_daemon.config.stores import StoreSettings
@@ -52,6 +53,7 @@ class Settings(Model):
     status: StatusSettings = StatusSettings()
     stock_sync: StockSyncSettings = StockSyncSettings()
     pools: dict[str, PoolSettings] = Field(default_factory=dict)
+    watchdog: WatchdogSettings = WatchdogSettings()
     stores: tuple[StoreSettings, ...] = ()
 
     @model_validator(mode="after")

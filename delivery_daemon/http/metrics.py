@@ -32,6 +32,7 @@ from delivery_daemon.http import health
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.stock.sync import stock_remaining
 from delivery_daemon.storage.jobs import QueueError, Transition
+from delivery_daemon.storage.missed import count_open
 from delivery_daemon.storage.models import Job, JobState
 from delivery_daemon.storage.reads import oldest_unfinished
 
@@ -120,6 +121,25 @@ class Metrics:
             buckets=GENERATOR_BUCKETS,
             registry=r,
         )
+        self.watchdog_runs = Counter(
+            "delivery_daemon_watchdog_runs",
+            "Missed-order watchdog runs, by store and result (ok, failed: the marketplace's list could not be read).",
+            ["store", "result"],
+            registry=r,
+        )
+        self.watchdog_orders = Counter(
+            "delivery_daemon_watchdog_orders",
+            "Paid orders the watchdog listed, by store and outcome (had_job, queued, raced, missed, still_missed, "
+            "too_recent); queued are orders whose webhook never came, missed are raised for the seller.",
+            ["store", "outcome"],
+            registry=r,
+        )
+        self.missed_open = Gauge(
+            "delivery_daemon_missed_orders",
+            "Missed orders still without a job (the seller must act), by store; read from the database at scrape.",
+            ["store"],
+            registry=r,
+        )
 
     # -- events ----------------------------------------------------------------------------------------------
 
@@ -137,6 +157,12 @@ class Metrics:
         """A delivered order was refunded or disputed (the receiver, or the worker settling a pending refund)."""
         self.flagged.labels(store=store, kind=kind).inc()
 
+    def watchdog_run(self, store: str, result: str) -> None:
+        self.watchdog_runs.labels(store=store, result=result).inc()
+
+    def watchdog_order(self, store: str, outcome: str) -> None:
+        self.watchdog_orders.labels(store=store, outcome=outcome).inc()
+
     def generated(self, generator: str, seconds: float) -> None:
         self.generator.labels(generator=generator).observe(seconds)
 
@@ -148,6 +174,9 @@ class Metrics:
             self.jobs.labels(state=state).set(count)
         oldest = await anyio.to_thread.run_sync(oldest_unfinished, daemon.engine)
         self.oldest.set(max(0.0, self.clock.now() - oldest) if oldest is not None else 0.0)
+        missed = await anyio.to_thread.run_sync(count_open, daemon.engine)
+        for name in {*daemon.stores, *missed}:
+            self.missed_open.labels(store=name).set(missed.get(name, 0))
         for store in daemon.stores.values():
             for product_id, product in store.products.items():
                 remaining = await _stock(product.generator)

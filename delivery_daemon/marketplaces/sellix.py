@@ -13,6 +13,13 @@ The body is ``{"event": …, "data": <order object>}``; the event is read from `
   ``order:paid`` is the same order as its ``product:dynamic`` request (same uniqid), so it is a duplicate.
 * ``order:disputed`` / ``order:disputed:product`` — the order is marked disputed.
 
+With an ``api_key`` (the Sellix API secret) the store can also list its orders (``GET /orders?page=N`` on ``api_url``,
+default :data:`API_URL`, Bearer authentication, newest first): :class:`ListingSellixAdapter` is the
+:class:`~delivery_daemon.marketplaces.listing.OrderListing` the missed-order watchdog uses. A listed ``COMPLETED``
+order is normalised as its ``order:paid`` webhook would be (payload ``event: listed``) and is deliverable through the
+store's channel; self-delivered products are skipped as their webhook is, and a dynamic product's order (its goods
+are handed over only in Sellix's own request) is raised as missed.
+
 Sellix webhooks carry no event id; orders are deduplicated by (store, uniqid). A cart order naming several of
 the seller's products in one ``order:paid`` is delivered for ``data.product_id`` only (a known limit).
 The signature covers the whole body, so ``fetch_order`` reads the stored payload
@@ -24,8 +31,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from delivery_daemon.errors import WebhookRejected
-from delivery_daemon.marketplaces.base import AdapterContext, FulfilNow, OrderEvent, WebhookResult, load_object
+import httpx
+
+from delivery_daemon.errors import Dead, Retry, WebhookRejected
+from delivery_daemon.marketplaces.base import (
+    AdapterContext,
+    FulfilNow,
+    OrderEvent,
+    WebhookResult,
+    create_client,
+    load_object,
+    transport_retry,
+)
+from delivery_daemon.marketplaces.listing import ListedOrder, OrderPage
+from delivery_daemon.marketplaces.order_lists import epoch_seconds, listing_json
 from delivery_daemon.marketplaces.signed_body import (
     DEFAULT_PRODUCT,
     SignedPayloadAdapter,
@@ -34,10 +53,16 @@ from delivery_daemon.marketplaces.signed_body import (
     order_payload,
     quantity,
 )
+from delivery_daemon.net.guard import BlockedDestination
 from delivery_daemon.net.signatures import check_hex_hmac
 from delivery_daemon.order import IncomingOrder
 
 SELF_DELIVERED = ("SERIALS", "FILE")
+API_URL = "https://dev.sellix.io/v1"
+"""The Sellix API root the document names, for a store that sets ``api_key`` but no ``api_url``."""
+DYNAMIC_NOT_DELIVERABLE = "a dynamic product's goods are handed over only in Sellix's own request"
+LAST_PAGE = 1000
+"""Pages a listing reads at most in one run (a guard against a marketplace that never answers an empty page)."""
 
 
 def cart_quantity(data: dict[str, Any], product_id: str | None) -> int:
@@ -86,20 +111,91 @@ class SellixAdapter(SignedPayloadAdapter):
             )
         if event != "product:dynamic" and str(data.get("product_type", "")).upper() in SELF_DELIVERED:
             return None
+        order = self.paid_order(data, order_id, product_id, str(data.get("status") or "PAID"), event)
+        if event == "product:dynamic":
+            return FulfilNow(order, self.budget)
+        return order
+
+    def paid_order(
+        self, data: dict[str, Any], order_id: str, product_id: str | None, status: str, event: str
+    ) -> IncomingOrder:
+        """The order object ``data`` as a job's order (WebhookRejected 422 for a quantity it lacks)."""
         buyer = email(data.get("customer_email"))
-        order = IncomingOrder(
+        return IncomingOrder(
             store=self.store,
             marketplace=self.marketplace,
             order_id=order_id,
             product_id=product_id or DEFAULT_PRODUCT,
             buyer_email=buyer,
-            payload=order_payload(
-                cart_quantity(data, product_id), buyer, str(data.get("status") or "PAID"), event=event
-            ),
+            payload=order_payload(cart_quantity(data, product_id), buyer, status, event=event),
         )
-        if event == "product:dynamic":
-            return FulfilNow(order, self.budget)
-        return order
+
+
+class ListingSellixAdapter(SellixAdapter):
+    """A Sellix shop whose orders the daemon may list with the store's API secret (``api_key``)."""
+
+    def __init__(self, context: AdapterContext) -> None:
+        super().__init__(context)
+        assert context.store.api_key is not None
+        self._api_key = context.store.api_key.get_secret_value()
+        self._client = create_client(context, base_url=context.store.api_url or API_URL)
+        self.deliverable = context.store.delivery.channel in ("email", "webhook")
+
+    async def list_paid_orders(self, since: float, cursor: str | None = None) -> OrderPage:
+        """One page of ``GET /orders`` (newest first, as Sellix sorts it), its ``COMPLETED`` orders placed at or after
+        ``since``; the next page is asked for while the page's oldest order is not older than ``since``."""
+        page = int(cursor) if cursor and cursor.isdigit() else 1
+        try:
+            response = await self._client.call(
+                "GET", f"/orders?page={page}", headers={"Authorization": f"Bearer {self._api_key}"}
+            )
+        except httpx.HTTPError as exc:
+            raise transport_retry(exc) from None
+        except BlockedDestination as exc:  # pinned to api_url's origin: the config must change
+            raise Dead(f"not contacted: {exc}") from None
+        data = listing_json(response, "Sellix GET /orders")
+        body = data.get("data") if isinstance(data, dict) else None
+        rows = body.get("orders") if isinstance(body, dict) else None
+        if not isinstance(rows, list):
+            raise Retry("Sellix GET /orders answer has no data.orders list", http_status=200)
+        found: list[ListedOrder] = []
+        oldest: float | None = None
+        for row in rows:
+            placed = epoch_seconds(row.get("created_at")) if isinstance(row, dict) else None
+            if placed is None:
+                continue
+            oldest = placed if oldest is None else min(oldest, placed)
+            if placed >= since and str(row.get("status", "")).upper() == "COMPLETED":
+                listed = self._listed(row, placed)
+                if listed is not None:
+                    found.append(listed)
+        more = oldest is not None and oldest >= since and page < LAST_PAGE
+        return OrderPage(sorted(found, key=lambda listed: listed.created_at), str(page + 1) if more else None)
+
+    def _listed(self, row: dict[str, Any], placed: float) -> ListedOrder | None:
+        """A listed order as its ``order:paid`` webhook would be normalised; None for what that webhook ignores or
+        an order whose fields the webhook would have refused."""
+        kind = str(row.get("product_type", "")).upper()
+        if kind in SELF_DELIVERED:
+            return None
+        try:
+            order_id = identifier(row.get("uniqid"), "uniqid")
+            product_id = identifier(row.get("product_id"), "product_id", required=False)
+            assert order_id is not None
+            order = self.paid_order(row, order_id, product_id, str(row.get("status") or "COMPLETED"), "listed")
+        except WebhookRejected:
+            return None
+        if kind == "DYNAMIC":
+            return ListedOrder(order, placed, False, DYNAMIC_NOT_DELIVERABLE)
+        if not self.deliverable:
+            return ListedOrder(order, placed, False, "the store has no email or webhook delivery channel")
+        return ListedOrder(order, placed, True)
+
+    def secrets(self) -> list[str]:
+        return [*super().secrets(), self._api_key]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 class Sellix:
@@ -108,4 +204,7 @@ class Sellix:
     name = "sellix"
 
     def create(self, context: AdapterContext) -> SellixAdapter:
+        key = context.store.api_key
+        if key is not None and key.get_secret_value():
+            return ListingSellixAdapter(context)
         return SellixAdapter(context)

@@ -33,6 +33,8 @@ from delivery_daemon.marketplaces.base import (
     transport_retry,
     url_host,
 )
+from delivery_daemon.marketplaces.listing import ListedOrder, OrderPage
+from delivery_daemon.marketplaces.order_lists import listing_json, utc_seconds
 from delivery_daemon.marketplaces.softstore_seller import SellerApi, listed_count, set_listed_count, store_status
 from delivery_daemon.net.guard import BlockedDestination
 from delivery_daemon.order import Content, IncomingOrder, MarketplaceOrder
@@ -41,6 +43,10 @@ from delivery_daemon.storage.models import Job
 log = structlog.get_logger("delivery_daemon.softstore")
 
 _ORDER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+NOT_DELIVERABLE = (
+    "SoftStore sends the delivery token only in the webhook: deliver this order from the SoftStore dashboard, or have "
+    "SoftStore resend its webhook"
+)
 _TOKEN_MARGIN = 30.0  # refresh a JWT this many seconds before SoftStore says it expires
 
 
@@ -215,6 +221,32 @@ class SoftStoreAdapter:
             quantity=count,
             buyer_email=email if isinstance(email, str) else None,
         )
+
+    # -- list (the missed-order watchdog) ---------------------------------------------------------------------
+
+    async def list_paid_orders(self, since: float, cursor: str | None = None) -> OrderPage:
+        """The paid orders placed at or after ``since``, from ``GET /orders``
+        (:class:`~delivery_daemon.marketplaces.listing.OrderListing`).
+
+        SoftStore documents no paging: the list is the seller's whole history in one answer (newest first), so this
+        is one request and one page, filtered here. Its dates have no zone and are read as UTC. None of these orders
+        is deliverable: SoftStore's delivery token arrives only in the webhook, so each is raised as missed.
+        """
+        data = listing_json(await self._authorised("GET", "/orders"), "SoftStore GET /orders")
+        rows = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(rows, list):
+            raise Retry("SoftStore GET /orders answer has no data list", http_status=200)
+        found: list[ListedOrder] = []
+        for row in rows:
+            if not isinstance(row, dict) or row.get("status_order") != "paid":
+                continue
+            placed = utc_seconds(row.get("data_create"), row.get("time_create"))
+            order_id, product_id = str(row.get("id_order") or ""), str(row.get("id_product") or "")
+            if placed is None or placed < since or not _ORDER_ID.match(order_id) or not _ORDER_ID.match(product_id):
+                continue  # an id the webhook would refuse is not an order this daemon can hold either
+            order = IncomingOrder(self.store, "softstore", order_id, product_id, payload={"listed": True})
+            found.append(ListedOrder(order, placed, deliverable=False, why_not=NOT_DELIVERABLE))
+        return OrderPage(sorted(found, key=lambda listed: listed.created_at), None)
 
     # -- deliver ---------------------------------------------------------------------------------------------
 

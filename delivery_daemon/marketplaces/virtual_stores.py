@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -36,6 +37,9 @@ import structlog
 from delivery_daemon.config import StoreSettings, expect
 from delivery_daemon.errors import ConfigError, Dead, Held, NothingDue, Retry
 from delivery_daemon.marketplaces.base import AdapterContext, OrderEvent, WebhookResult, create_client
+from delivery_daemon.marketplaces.listing import ListedOrder, OrderPage
+from delivery_daemon.marketplaces.order_lists import epoch_seconds
+from delivery_daemon.marketplaces.signed_body import email
 from delivery_daemon.marketplaces.stripe_store import StripeStoreAdapter
 from delivery_daemon.marketplaces.virtual_stores_api import ShopApi, StaffSession, payment_intent_of
 from delivery_daemon.order import Content, IncomingOrder, MarketplaceOrder, OrderItem
@@ -54,6 +58,8 @@ ZERO_DECIMAL = frozenset(
 NOTE_DELAYS = (1.0, 5.0, 30.0)
 FULFILLED = frozenset({"fulfilled", "shipped", "delivered", "completed"})
 """Shop order statuses after which the daemon does not call ``fulfill`` (again)."""
+LIST_PAGE_SIZE = 100
+"""Orders asked for per page of the shop's order list (the watchdog)."""
 
 
 def minor_units(total: Any, currency: str) -> int | None:
@@ -209,6 +215,51 @@ class VirtualStoresAdapter(StripeStoreAdapter):
                 continue  # not a digital product of ours (physical goods): the shop ships it
             counts[key] = counts.get(key, 0) + count
         return tuple(OrderItem(product_id, count) for product_id, count in counts.items())
+
+    # -- list (the missed-order watchdog) ---------------------------------------------------------------------
+
+    async def list_paid_orders(self, since: float, cursor: str | None = None) -> OrderPage:
+        """One page of the shop's paid orders placed at or after ``since`` (``GET /api/orders`` with
+        ``payment_status=paid``, ``date_from`` the day of ``since`` and ``page``/``page_size``), each normalised as
+        its ``payment_intent.succeeded`` event would be (order id the PaymentIntent, payload ``event: listed``).
+        Deliverable through the store's email or webhook channel. Skipped: an order naming no PaymentIntent (not
+        paid through Stripe, so no event of this store will ever name it) and one with no configured product."""
+        page = int(cursor) if cursor and cursor.isdigit() else 1
+        day = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%d")
+        rows, more = await self.api.orders_page(page, LIST_PAGE_SIZE, day)
+        found: list[ListedOrder] = []
+        for row in rows:
+            placed = epoch_seconds(row.get("created_at"))
+            listed = self._listed(row, placed) if placed is not None and placed >= since else None
+            if listed is not None:
+                found.append(listed)
+        return OrderPage(sorted(found, key=lambda listed: listed.created_at), str(page + 1) if more else None)
+
+    def _listed(self, row: dict[str, Any], placed: float) -> ListedOrder | None:
+        payment = payment_intent_of(row)
+        if payment is None or str(row.get("payment_status") or "").lower() not in PAID or not self.items(row):
+            return None  # not paid through Stripe, not paid, or nothing of ours in it (physical goods: the shop's)
+        currency = str(row.get("currency") or "").lower() or None
+        buyer = email(row.get("customer_email"))
+        order = IncomingOrder(
+            store=self.store,
+            marketplace=self.marketplace,
+            order_id=payment,
+            product_id=CART,
+            buyer_email=buyer,
+            payload={
+                "buyer_email": buyer,
+                "status": "succeeded",
+                "paid": True,
+                "reference": str(row["id"]) if row.get("id") not in (None, "") else None,
+                "event": "listed",
+                "amount": minor_units(row.get("total", row.get("total_amount")), currency or ""),
+                "currency": currency,
+            },
+        )
+        if self.settings.delivery.channel not in ("email", "webhook"):
+            return ListedOrder(order, placed, False, "the store has no email or webhook delivery channel")
+        return ListedOrder(order, placed, True)
 
     # -- after delivery --------------------------------------------------------------------------------------
 

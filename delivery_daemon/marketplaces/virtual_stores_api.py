@@ -187,23 +187,25 @@ class ShopApi:
         response = await self.request("GET", f"/api/orders?search={payment_intent}&page_size=20")
         if response.status_code != 200:
             raise self.failed(response, "order search")
-        data = _body(response)
-        rows = (
-            data
-            if isinstance(data, list)
-            else next(
-                (
-                    data[k]
-                    for k in ("items", "orders", "results", "data")
-                    if isinstance(data, dict) and isinstance(data.get(k), list)
-                ),
-                [],
-            )
-        )
-        for row in rows:
+        for row in order_rows(_body(response)):
             if isinstance(row, dict) and payment_intent_of(row) == payment_intent:
                 return row
         return None
+
+    async def orders_page(self, page: int, page_size: int, date_from: str) -> tuple[list[dict[str, Any]], bool]:
+        """One page of the paid orders placed on or after the day ``date_from`` (``YYYY-MM-DD``): the orders, and
+        whether another page follows (the answer's ``total`` when it gives one, else a full page)."""
+        response = await self.request(
+            "GET", f"/api/orders?payment_status=paid&date_from={date_from}&page={page}&page_size={page_size}"
+        )
+        if response.status_code != 200:
+            raise self.failed(response, "order list")
+        data = _body(response)
+        rows = [row for row in order_rows(data) if isinstance(row, dict)]
+        total = data.get("total") if isinstance(data, dict) else None
+        if isinstance(total, int) and not isinstance(total, bool):
+            return rows, page * page_size < total
+        return rows, len(rows) >= page_size
 
     async def fulfil(self, order_id: str, tracking_number: str, tracking_url: str | None) -> int:
         """Mark the order fulfilled (carrier ``digital``); the answer's status. 409 (already fulfilled) is success."""
@@ -224,6 +226,16 @@ class ShopApi:
         response = await self.request("PUT", f"/api/orders/{order_id}/status", {"status": status, "note": note})
         if response.status_code not in (200, 201, 204):
             raise self.failed(response, "status update")
+
+
+def order_rows(data: Any) -> list[Any]:
+    """The orders of a list answer: the answer itself when it is a list, else its ``items`` / ``orders`` /
+    ``results`` / ``data`` list (empty when it has none)."""
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        return next((data[k] for k in ("items", "orders", "results", "data") if isinstance(data.get(k), list)), [])
+    return []
 
 
 def payment_intent_of(order: dict[str, Any]) -> str | None:

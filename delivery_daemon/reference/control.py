@@ -9,7 +9,8 @@ Errors answer ``{"status": "error", "message": ...}`` with 400 (bad input) or 40
 * ``GET /_reference/orders/{id}`` -> the order record, its deliveries, the accepted one and its webhooks
 * ``POST /_reference/faults`` any of ``fail_next_deliveries`` (+ ``status``), ``drop_next_deliveries``,
   ``slow_next_deliveries`` (+ ``seconds``), ``fail_next_order_info`` (+ ``status``),
-  ``fail_next_product_updates`` (+ ``status``), ``expire_tokens``, ``down``, ``clear`` -> ``{"injected", "pending"}``
+  ``fail_next_product_updates`` (+ ``status``), ``never_send_next_webhooks``, ``expire_tokens``, ``down``, ``clear``
+  -> ``{"injected", "pending"}``
 * ``GET /_reference/summary`` -> counts (see ``SoftStoreMarketplace.summary``)
 """
 
@@ -180,6 +181,7 @@ def control_routes(market: Market) -> list[BaseRoute]:
             "slow_next_deliveries",
             "fail_next_order_info",
             "fail_next_product_updates",
+            "never_send_next_webhooks",
             "expire_tokens",
             "down",
             "clear",
@@ -206,6 +208,8 @@ def control_routes(market: Market) -> list[BaseRoute]:
             f.fail_next_order_info(_int(data, "fail_next_order_info"), status)
         if "fail_next_product_updates" in data:
             f.fail_next_product_updates(_int(data, "fail_next_product_updates"), status)
+        if "never_send_next_webhooks" in data:
+            f.never_send_next_webhooks(_int(data, "never_send_next_webhooks"))
         if data.get("expire_tokens"):
             f.expire_tokens()
         if "down" in data:

@@ -2,9 +2,11 @@
 
 Delivery faults (fail / drop / slow) share one FIFO queue, so ``fail_next_deliveries(2)`` followed by
 ``drop_next_deliveries(1)`` makes the next three delivery POSTs fail, fail, drop. Order-info faults have their
-own queue, and so do product-update faults. A fault is consumed by a request that got past the ``down`` switch
-and authentication, and is counted in ``injected`` when it is applied (``tokens_expired`` counts
-``expire_tokens()`` calls, ``down`` counts requests answered 503 by the switch).
+own queue, and so do product-update faults and "webhook never sent" faults (the marketplace takes the order and
+its payment but never posts the webhook: the missed-order watchdog must find it). A fault is consumed by a request
+that got past the ``down`` switch and authentication (a webhook fault: by the next order placed), and is counted in
+``injected`` when it is applied (``tokens_expired`` counts ``expire_tokens()`` calls, ``down`` counts requests
+answered 503 by the switch).
 
 A lock guards the queues so a test thread may arm faults while the server loop consumes them.
 """
@@ -23,6 +25,7 @@ INJECTED_KEYS = (
     "delivery_slow",
     "order_info_fail",
     "product_update_fail",
+    "webhook_never_sent",
     "tokens_expired",
     "down",
 )
@@ -45,6 +48,7 @@ class Faults:
         self._deliveries: deque[DeliveryFault] = deque()
         self._order_info: deque[int] = deque()
         self._product_updates: deque[int] = deque()
+        self._webhooks_never_sent = 0
         self.is_down = False
         self.token_epoch = 0
         self.injected: dict[str, int] = dict.fromkeys(INJECTED_KEYS, 0)
@@ -74,6 +78,13 @@ class Faults:
         """The next ``n`` ``POST /products/update/{id}`` answer ``status`` and change nothing."""
         self._arm_status(self._product_updates, n, status)
 
+    def never_send_next_webhooks(self, n: int) -> None:
+        """The next ``n`` orders placed are paid and listed, but their webhook is never sent."""
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        with self._lock:
+            self._webhooks_never_sent += n
+
     def expire_tokens(self) -> None:
         """Every access token issued so far stops working now."""
         with self._lock:
@@ -90,6 +101,7 @@ class Faults:
             self._deliveries.clear()
             self._order_info.clear()
             self._product_updates.clear()
+            self._webhooks_never_sent = 0
             self.is_down = False
 
     # -- consuming (the marketplace calls these) -----------------------------------------------------------
@@ -106,6 +118,15 @@ class Faults:
 
     def take_product_update_fault(self) -> int | None:
         return self._take_status(self._product_updates, "product_update_fail")
+
+    def take_webhook_fault(self) -> bool:
+        """True (and counted) when this order's webhook must never be sent."""
+        with self._lock:
+            if self._webhooks_never_sent == 0:
+                return False
+            self._webhooks_never_sent -= 1
+            self.injected["webhook_never_sent"] += 1
+            return True
 
     def _arm_status(self, queue: deque[int], n: int, status: int) -> None:
         if not 400 <= status <= 599:
@@ -133,6 +154,7 @@ class Faults:
                 "deliveries": [fault.kind for fault in self._deliveries],
                 "order_info": len(self._order_info),
                 "product_updates": len(self._product_updates),
+                "webhooks_never_sent": self._webhooks_never_sent,
                 "down": self.is_down,
             }
 

@@ -32,7 +32,8 @@ Choices where the document is ambiguous or silent:
 * Slow deliveries are processed at once and *answered* late, so a client that times out and retries sees 409.
 * Seller ``api_url`` and ``seller_url`` are the same thing (the webhook target); ``GET /seller`` returns the
   API key as documented. A product's own ``api_url`` is stored but not used for webhooks.
-* ``place_order(send_webhook=True)`` sends the webhook whatever the order status (the payload always claims
+* ``place_order(send_webhook=True)`` sends the webhook (unless a "webhook never sent" fault is armed: the order is
+  then paid and listed by ``GET /orders`` but never announced) whatever the order status (the payload always claims
   ``payment_status: "paid"``), which lets tests forge premature webhooks; a failed send leaves
   ``webhook_status`` None. Stock is decremented (not below 0) but never refuses an order.
 * Dates are UTC from the injected clock. ``requests`` holds only ``/api/v1`` requests, in arrival order.
@@ -193,7 +194,7 @@ class SoftStoreMarketplace(SellerApi):
         log.info("reference.order_placed", id_order=order.id_order, id_product=id_product, status=status)
         payload = self.webhook_payload(order.id_order)
         webhook_status: int | None = None
-        if send_webhook and self.seller_url:
+        if send_webhook and self.seller_url and not self.faults.take_webhook_fault():
             try:
                 webhook_status = (await self.send_webhook(order.id_order)).status_code
             except httpx.HTTPError:

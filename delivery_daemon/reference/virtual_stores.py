@@ -3,7 +3,11 @@ and, for the same orders, Stripe's signed events (:mod:`~delivery_daemon.referen
 
 Bodies are the ones docs/marketplaces.md writes down where the Virtual Stores document is silent (see
 :mod:`delivery_daemon.marketplaces.virtual_stores_api`). Faults for tests and demos: tokens expired mid-run (the next
-request answers 401), the next fulfil requests answering 5xx, slow answers.
+request answers 401), the next fulfil requests answering 5xx, slow answers, "webhook never sent" (:meth:`announce`).
+
+``GET /api/orders`` (the document's filters and pagination, bodies chosen here): ``payment_status``, ``date_from``
+(a date or ISO date-time, UTC), ``search``, ``page`` (from 1) and ``page_size`` (1 to 100, default 20); newest first;
+``{"items", "total", "page", "page_size"}``. An order's ``created_at`` is an ISO 8601 UTC date-time.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +43,7 @@ class ShopOrder:
     fulfilments: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     total_override: str | None = None
+    created_at: float = 0.0
 
     @property
     def total(self) -> str:
@@ -60,6 +66,7 @@ class ShopOrder:
             "currency": self.currency.upper(),
             "customer_email": self.customer_email,
             "items": self.items,
+            "created_at": datetime.fromtimestamp(self.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
 
@@ -68,6 +75,8 @@ class ShopFaults:
     expire_tokens: bool = False
     fulfil_failures: list[int] = field(default_factory=list)
     delay: float = 0.0
+    webhooks_never_sent: int = 0
+    """The next orders announced with :meth:`VirtualStoresShop.announce` are paid; Stripe never posts their event."""
 
 
 class VirtualStoresShop:
@@ -116,6 +125,7 @@ class VirtualStoresShop:
             items=[{"variant_id": None, **item} for item in items],
             currency=currency.lower(),
             customer_email=email,
+            created_at=self.now(),
         )
         order.timeline.append({"at": self.now(), "event": "order.paid", "note": "payment received"})
         self.orders[order.id] = order
@@ -137,6 +147,14 @@ class VirtualStoresShop:
         }
         intent["amount_received"] = intent["amount"]
         return event("payment_intent.succeeded", intent)
+
+    async def announce(self, order: ShopOrder, sender: StripeStoreSender) -> int | None:
+        """Send ``order``'s ``payment_intent.succeeded`` through ``sender`` (its answer's status), unless a "webhook
+        never sent" fault is armed (None: the order is paid and listed, never announced)."""
+        if self.faults.webhooks_never_sent > 0:
+            self.faults.webhooks_never_sent -= 1
+            return None
+        return (await sender.send(self.paid_event(order))).status_code
 
     def refund_event(self, order: ShopOrder) -> dict[str, Any]:
         charge = charge_refunded(order.payment_intent_id, order.minor())
@@ -207,10 +225,27 @@ class VirtualStoresShop:
         refused, _ = self._guard(request)
         if refused is not None:
             return refused
-        search = request.query_params.get("search", "")
-        found = [o.as_json() for o in self.orders.values() if not search or search in (o.id, o.payment_intent_id)]
+        query = request.query_params
+        search, paid, day = query.get("search", ""), query.get("payment_status", ""), query.get("date_from", "")
+        try:
+            page, size = int(query.get("page", "1")), int(query.get("page_size", "20"))
+            since = datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() if day else None
+        except ValueError:
+            self._log(request, 422)
+            return JSONResponse({"detail": "page, page_size and date_from must be numbers and a date"}, status_code=422)
+        if page < 1 or not 1 <= size <= 100:
+            self._log(request, 422)
+            return JSONResponse({"detail": "page must be >= 1 and page_size 1 to 100"}, status_code=422)
+        found = [
+            o.as_json()
+            for o in sorted(self.orders.values(), key=lambda o: o.created_at, reverse=True)
+            if (not search or search in (o.id, o.payment_intent_id))
+            and (not paid or o.payment_status == paid)
+            and (since is None or o.created_at >= since)
+        ]
         self._log(request, 200)
-        return JSONResponse({"items": found, "total": len(found), "page": 1})
+        items = found[(page - 1) * size : page * size]
+        return JSONResponse({"items": items, "total": len(found), "page": page, "page_size": size})
 
     async def get_order(self, request: Request) -> Response:
         await self._enter(request)

@@ -108,6 +108,41 @@ class WebhookEvent(SQLModel, table=True):
     received_at: float = Field(index=True)
 
 
+class WatchdogCursor(SQLModel, table=True):
+    """How far the missed-order watchdog has looked at a store's order list (one row per store).
+
+    ``since`` is the creation time (unix seconds) from which the next run lists paid orders: a run that listed every
+    page moves it forward, so a run costs the orders placed since the last one, not the store's whole history.
+    """
+
+    __tablename__ = "watchdog_cursors"
+
+    store: str = Field(primary_key=True, max_length=LIMITS["store"])
+    since: float
+    updated_at: float
+
+
+class MissedOrder(SQLModel, table=True):
+    """A paid order the marketplace lists that has no job and that the daemon cannot deliver without its webhook
+    (SoftStore: the delivery token is only in the webhook): the seller must act. One row per (store, order_id), so
+    a later run raises it once; it stops being open as soon as a job for the order exists (a late webhook)."""
+
+    __tablename__ = "missed_orders"
+    __table_args__ = (UniqueConstraint("store", "order_id", name="uq_missed_orders_store_order"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    store: str = Field(max_length=LIMITS["store"])
+    order_id: str = Field(max_length=LIMITS["order_id"])
+    marketplace: str = Field(max_length=LIMITS["marketplace"])
+    product_id: str = Field(max_length=LIMITS["product_id"])
+    placed_at: float
+    """When the marketplace says the order was placed."""
+    found_at: float = Field(index=True)
+    """When the watchdog first found it."""
+    reason: str = Field(sa_type=Text)
+    """Why the daemon could not queue it, for the seller."""
+
+
 def table_of(model: type[SQLModel]) -> Table:
     """The table of ``model`` (a ``table=True`` model), for SQLAlchemy Core statements on it."""
     table: Table = model.__table__  # type: ignore[attr-defined]  # SQLModel sets it, undeclared, on table models

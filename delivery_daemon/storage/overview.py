@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from delivery_daemon.clock import Clock
 from delivery_daemon.storage.jobs import ATTEMPTS, JOBS, QueueError
+from delivery_daemon.storage.missed import OpenMissed, missed_rows
 from delivery_daemon.storage.models import FINAL, JobState
 
 T = TypeVar("T")
@@ -96,6 +97,8 @@ class Overview:
     delivered_last_day: int
     latency: list[LatencyBar]
     now: float
+    missed: list[OpenMissed] = field(default_factory=list)
+    """Open missed orders (the watchdog's: paid, no job, the seller must act), oldest found first, at most 50."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ def _overview(conn: Connection, now: float) -> Overview:
         delivered_last_day=int(delivered[1]),
         latency=[LatencyBar(label, found.get(label, 0)) for label in labels],
         now=now,
+        missed=missed_rows(conn, limit=50),
     )
 
 

@@ -17,12 +17,14 @@ from delivery_daemon.reference.softstore import SoftStoreMarketplace
 
 @pytest.mark.timeout(240)
 async def test_short_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
-    """300 orders, 2 SIGKILLs, 5xx/drops/delays/JWT expiry/outage, resent webhooks: each paid order delivered once."""
+    """300 orders, 2 SIGKILLs, 5xx/drops/delays/JWT expiry/outage, resent webhooks and webhooks never sent: each
+    paid order delivered once, or raised as missed when its webhook never came."""
     lines: list[str] = []
     verdict = await run_chaos(ChaosOptions(orders=300, kills=2, rate=80, workdir=tmp_path), say=lines.append)
     assert verdict.violations == [], "\n".join(lines)
     assert verdict.kills == 2 and verdict.faults > 30 and verdict.resent > 0
-    assert verdict.delivered == verdict.orders - verdict.unpaid > 250
+    assert verdict.delivered == verdict.orders - verdict.unpaid - verdict.never_sent > 250
+    assert verdict.raised == verdict.never_sent  # every order whose webhook never came is raised as missed
     assert verdict.integrity == "ok" and verdict.unfinished == 0 and verdict.leaks == 0
     assert lines[-1].startswith("chaos: orders=300 unpaid=") and "duplicates=0 lost=0 mismatched=0" in lines[-1]
 

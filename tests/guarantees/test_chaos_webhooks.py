@@ -19,13 +19,17 @@ from delivery_daemon.reference.standard_webhooks import new_secret
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("marketplace", sorted(FLAVOURS))
 async def test_short_chaos_run_per_marketplace(marketplace: str, tmp_path: Path) -> None:
-    """100 orders, 2 SIGKILLs, a failing seller endpoint, resent and forged webhooks: each paid order once."""
+    """100 orders, 2 SIGKILLs, a failing seller endpoint, resent and forged webhooks, and (Sellix, which lists its
+    orders) webhooks never sent, delivered by the watchdog: each paid order once."""
     lines: list[str] = []
-    options = ChaosOptions(orders=100, kills=2, rate=60, unpaid=0.05, workdir=tmp_path, marketplace=marketplace)
+    options = ChaosOptions(
+        orders=100, kills=2, rate=60, unpaid=0.05, never_sent=0.1, workdir=tmp_path, marketplace=marketplace
+    )
     verdict = await run_chaos(options, say=lines.append)
     assert verdict.violations == [], "\n".join(lines)
     assert verdict.kills == 2 and verdict.faults > 0 and verdict.resent > 0
     assert verdict.delivered == verdict.orders - verdict.unpaid > 75
+    assert (verdict.never_sent > 0) is (marketplace == "sellix")  # delivered all the same, counted above
     assert verdict.integrity == "ok" and verdict.unfinished == 0 and verdict.leaks == 0
     assert lines[0].startswith(f"chaos: {marketplace}, seed ")
 

@@ -1,5 +1,6 @@
 """One APScheduler scheduler, made by compose, runs every periodic job of a running daemon: the worker's lease
-sweep, the stock sync's full pass and the retention purge. Started once by the app's lifespan, shut down once."""
+sweep, the stock sync's full pass, the retention purge and the missed-order watchdog. Started once by the app's
+lifespan, shut down once."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests.e2e.test_e2e_softstore import wait_for
 from tests.support.stack import Stack
 
 MakeStack = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]
-PERIODIC = {"worker-periodic": 60, "stock-sync": 300, "retention": 3600}  # job id: seconds (the settings' defaults)
+PERIODIC = {"worker-periodic": 60, "stock-sync": 300, "retention": 3600, "watchdog": 300}  # id: seconds (defaults)
 FIRST_RUNS = {"stock-sync-first", "retention-first"}  # one-off jobs at start, gone once they have run
 
 

@@ -18,12 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.storage.engine import create_db_engine, sqlite_path, with_driver
 from delivery_daemon.storage.integrity import consistency_problems, integrity, job_states
+from delivery_daemon.storage.missed import open_missed
 from delivery_daemon.storage.models import FINAL
 from delivery_daemon.storage.schema import current_revision, head_revision
 
@@ -75,6 +77,18 @@ def unfinished_jobs(database: Path | str) -> int:
             return sum(n for state, n in job_states(conn).items() if state not in FINAL)
     except SQLAlchemyError:
         return -1
+    finally:
+        engine.dispose()
+
+
+def open_missed_orders(database: Path | str) -> set[str]:
+    """The order ids the watchdog raised as missed that still have no job (read-only; none in a database that has
+    no watchdog tables)."""
+    engine = create_db_engine(database_url(database), read_only=True)
+    try:
+        if not inspect(engine).has_table("missed_orders"):
+            return set()
+        return {missed.order_id for missed in open_missed(engine, limit=1_000_000)}
     finally:
         engine.dispose()
 
@@ -136,4 +150,11 @@ def describe(database: Path | str) -> str:
     return make_url(database_url(database)).render_as_string(hide_password=True)
 
 
-__all__ = ["DatabaseReport", "check_database", "checked_database_url", "database_url", "describe"]
+__all__ = [
+    "DatabaseReport",
+    "check_database",
+    "checked_database_url",
+    "database_url",
+    "describe",
+    "open_missed_orders",
+]

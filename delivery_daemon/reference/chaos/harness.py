@@ -39,6 +39,7 @@ class ChaosOptions:
     slow: float = 0.05  # deliveries answered late (some past the daemon's timeout)
     resend: float = 0.10  # webhooks sent again
     unpaid: float = 0.02  # orders whose (forged-early) webhook arrives before payment: must never be delivered
+    never_sent: float = 0.02  # paid orders whose webhook is never sent: the watchdog must raise each (SoftStore)
     expire_every: float = 3.0  # seconds between JWT expiries
     down_for: float = 2.0  # seconds the marketplace API answers 503 to everything, once
     timeout: float = 300.0  # for the whole run
@@ -205,6 +206,8 @@ def daemon_config(workdir: Path, port: int, api_base: str, database_url: str | N
         "worker": {"poll_interval": 0.2, "lease_seconds": 3.0, "concurrency": 16},
         "delivery": {"timeout": 1.0, "jitter": True, "retry_schedule": [0.05, 0.1, 0.2, 0.5] + [1.0] * 200},
         "logging": {"format": "json", "level": "info"},
+        # The watchdog lists the orders under the kills and the faults; the run ends with `reconcile` (no grace).
+        "watchdog": {"interval": 10},
         "stores": [
             {
                 "name": STORE,
@@ -219,6 +222,24 @@ def daemon_config(workdir: Path, port: int, api_base: str, database_url: str | N
             }
         ],
     }
+
+
+async def reconcile(config: Path, env: dict[str, str], log: Path) -> int:
+    """``delivery-daemon reconcile`` over the run's store from a child process (as an operator would run it next to
+    the daemons), its report appended to ``log``; its exit status."""
+
+    def run() -> int:
+        with log.open("ab") as out:
+            return subprocess.run(  # noqa: S603  (our own interpreter and module, fixed arguments)
+                [sys.executable, "-m", "delivery_daemon", "reconcile", "--config", str(config), "--since", "1h"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                check=False,
+                timeout=120,
+            ).returncode
+
+    return await asyncio.to_thread(run)
 
 
 async def every(seconds: float, action: Callable[[], None], stop: asyncio.Event) -> None:

@@ -7,11 +7,11 @@ stretch. The marketplace side behaves like a real one: it resends a webhook unti
 webhooks again on purpose (at once, concurrently, and later out of order).
 
 After the drain the verdict is taken from the marketplace's own record (:mod:`delivery_daemon.reference.chaos.verdict`):
-every paid order delivered exactly once, identical content on every attempt, no key on two orders, nothing for
-unpaid orders, nothing left queued or running, the database whole (:mod:`delivery_daemon.reference.chaos.database`:
-SQLite's
-``PRAGMA integrity_check``, PostgreSQL's ``amcheck``, and the same logical checks on both), and no secret in the
-daemons' logs.
+every paid order delivered exactly once (a paid order whose webhook was never sent raised as missed by the
+watchdog, which ``delivery-daemon reconcile`` runs at the end), identical content on every attempt, no key on two
+orders, nothing for unpaid orders, nothing left queued or running, the database whole
+(:mod:`delivery_daemon.reference.chaos.database`: SQLite's ``PRAGMA integrity_check``, PostgreSQL's ``amcheck``,
+and the same logical checks on both), and no secret in the daemons' logs.
 
 ``--database-url postgresql+psycopg://…`` runs the daemon on that (empty) PostgreSQL database instead of a SQLite
 file, and ``--replicas N`` runs N daemon processes sharing it, each on its own port: the marketplace spreads its
@@ -55,6 +55,7 @@ from delivery_daemon.reference.chaos.harness import (
     later,
     outage,
     place_all,
+    reconcile,
     report,
 )
 from delivery_daemon.reference.chaos.paddle import run_paddle_chaos
@@ -142,8 +143,12 @@ async def _run(
             asyncio.create_task(later(rng.uniform(0.2, 0.8) * window, lambda: outage(faults, options.down_for))),
             asyncio.create_task(kill_at_random(daemons, options.kills, window, rng)),
         ]
-        paid, unpaid = await _place_orders(options, side, rng, deadline)
-        say(f"chaos: {len(paid) + len(unpaid)} orders placed and acknowledged at {time.monotonic() - started:.1f} s")
+        paid, unpaid, never_sent = await _place_orders(options, side, rng, deadline)
+        placed = len(paid) + len(unpaid) + len(never_sent)
+        say(
+            f"chaos: {placed} orders placed, all but {len(never_sent)} announced and acknowledged "
+            f"at {time.monotonic() - started:.1f} s"
+        )
         await side.resend(side.later[::-1])  # the late resends, newest first
         for task in background[1:]:
             await task  # every kill happened, the outage is over
@@ -153,6 +158,8 @@ async def _run(
         say(f"chaos: kills and outage done at {time.monotonic() - started:.1f} s")
         await _wait_delivered(reference, paid, deadline)
         await wait_settled(database, deadline)
+        reconciled = await reconcile(daemons[0].config, env, workdir / "reconcile.log")
+        await wait_settled(database, deadline)  # nothing to settle unless reconcile queued an order by mistake
         await asyncio.sleep(0.5)  # a late duplicate delivery would land in this window
         exits = await asyncio.gather(*(daemon.stop() for daemon in daemons))
         await webhooks.aclose()
@@ -161,11 +168,14 @@ async def _run(
         reference,
         paid=paid,
         unpaid=unpaid,
+        never_sent=never_sent,
         database=database,
         log=[d.log for d in daemons],
         kills=sum(daemon.kills for daemon in daemons),
         resent=side.resent,
     )
+    if reconciled != 0:
+        verdict.violations.append(f"reconcile exited with {reconciled}; see {workdir / 'reconcile.log'}")
     for number, exit_status in enumerate(exits):
         if exit_status not in (0, -signal.SIGTERM):  # uvicorn re-raises the signal after its graceful shutdown
             verdict.violations.append(f"daemon {number} exited with {exit_status} on SIGTERM")
@@ -175,20 +185,26 @@ async def _run(
 
 async def _place_orders(
     options: ChaosOptions, side: Marketplace, rng: random.Random, deadline: float
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], list[str]]:
+    """Place the run's orders: paid ones, unpaid ones with a forged early webhook, and paid ones whose webhook is
+    never sent (the marketplace's "webhook never sent" fault: only the watchdog can find them)."""
     paid: list[str] = []
     unpaid: list[str] = []
+    never_sent: list[str] = []
 
-    async def place() -> str:
+    async def place() -> str | None:
         is_unpaid = rng.random() < options.unpaid
         placed = await side.market.place_order(
             PRODUCT, rng.randint(1, 3), status="wait" if is_unpaid else "paid", send_webhook=False
         )
+        if not is_unpaid and rng.random() < options.never_sent:
+            never_sent.append(placed.id_order)
+            return None
         (unpaid if is_unpaid else paid).append(placed.id_order)
         return placed.id_order  # an unpaid order's webhook is sent too ("paid", forged early): never delivered
 
     await place_all(options, side, rng, deadline, place)
-    return paid, unpaid
+    return paid, unpaid, never_sent
 
 
 async def _wait_delivered(market: SoftStoreMarketplace, paid: list[str], deadline: float) -> None:

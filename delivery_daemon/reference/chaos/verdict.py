@@ -24,6 +24,8 @@ class Verdict:
     faults: int
     resent: int
     unpaid: int = 0
+    never_sent: int = 0
+    raised: int = 0
     delivered: int = 0
     duplicates: int = 0
     lost: int = 0
@@ -43,7 +45,7 @@ class Verdict:
         """The one summary line."""
         return (
             f"chaos: orders={self.orders} unpaid={self.unpaid} kills={self.kills} faults={self.faults} "
-            f"resent={self.resent} "
+            f"resent={self.resent} never_sent={self.never_sent} raised={self.raised} "
             f"delivered={self.delivered} duplicates={self.duplicates} lost={self.lost} "
             f"mismatched={self.mismatched} reused_keys={self.reused_keys} unfinished={self.unfinished} "
             f"integrity={self.integrity} leaks={self.leaks}"
@@ -101,6 +103,7 @@ def judge(
     *,
     paid: list[str],
     unpaid: list[str],
+    never_sent: Sequence[str] = (),
     database: Path | str,
     log: Path | Sequence[Path],
     kills: int,
@@ -109,11 +112,12 @@ def judge(
     """Check every promise; ``paid``/``unpaid`` are the order ids the run placed, ``database`` a SQLite file or a
     database URL, ``log`` the output of every daemon process (one per replica)."""
     verdict = Verdict(
-        orders=len(paid) + len(unpaid),
+        orders=len(paid) + len(unpaid) + len(never_sent),
         kills=kills,
         faults=sum(market.faults.injected.values()),
         resent=resent,
         unpaid=len(unpaid),
+        never_sent=len(never_sent),
     )
     bad = verdict.violations
     key_owner = check_orders(
@@ -132,10 +136,29 @@ def judge(
     for id_order in unpaid:
         if market.accepted(id_order) is not None:
             bad.append(f"order {id_order}: unpaid, yet delivered")
+    check_missed(verdict, market, never_sent, database)
     check_database(verdict, database)
     for path in [log] if isinstance(log, Path) else log:
         _check_log(verdict, market, path, key_owner)
     return verdict
+
+
+def check_missed(
+    verdict: Verdict, market: SoftStoreMarketplace, never_sent: Sequence[str], database: Path | str
+) -> None:
+    """Each paid order whose webhook was never sent is an open missed order (SoftStore cannot be delivered without
+    it), and no other order is: anything else is lost, or a false alarm left open."""
+    open_missed = chaos_database.open_missed_orders(database)
+    for id_order in never_sent:
+        if market.accepted(id_order) is not None:
+            verdict.violations.append(f"order {id_order}: its webhook was never sent, yet it was delivered")
+        if id_order in open_missed:
+            verdict.raised += 1
+        else:
+            verdict.lost += 1
+            verdict.violations.append(f"order {id_order}: paid, webhook never sent, not raised as missed")
+    for id_order in sorted(open_missed - set(never_sent)):
+        verdict.violations.append(f"order {id_order}: raised as missed, but its webhook was acknowledged")
 
 
 def check_database(verdict: Verdict, database: Path | str) -> None:

@@ -4,8 +4,8 @@ Standard Webhooks platforms and Lemon Squeezy (whose orders API also runs: :mod:
 These marketplaces have no delivery API: the daemon delivers through the ``webhook`` channel to the seller's own
 endpoint, so that is where the faults go. The pieces:
 
-* :class:`Flavour` — how one marketplace words and signs a paid-order webhook. A resend is the same body (the same
-  event), signed again where the signature carries a timestamp, as the marketplaces do.
+* :class:`~delivery_daemon.reference.chaos.flavours.Flavour` — how one marketplace words and signs a paid-order
+  webhook. A resend is the same body (the same event), signed again where the signature carries a timestamp.
 * :class:`SignedSender` — the marketplace side: sends each order's webhook until the daemon answers 2xx, and
   *forged* ones (the same shape, signed with a secret that is not the store's) that must be refused and never lead
   to a delivery: no one who is not the marketplace can get a key.
@@ -13,6 +13,9 @@ endpoint, so that is where the faults go. The pieces:
   fails a share of them (5xx, connection dropped, answered late, down for a stretch). Like any Standard Webhooks
   receiver it deduplicates on ``webhook-id``: a delivery of an order it already processed is answered 2xx and
   recorded as a redelivery, not as a second acceptance.
+* Sellix only: a :class:`~delivery_daemon.reference.sellix_shop.SellixShop` lists every paid order, a share of them
+  is never announced ("webhook never sent"), and ``delivery-daemon reconcile`` at the end must queue them so that
+  they are delivered like the rest.
 * :func:`judge_sink` — the verdict from the sink's record: every paid order accepted exactly once, every attempt
   for an order the same bytes, the right number of keys, no key on two orders, no forged order delivered.
 """
@@ -44,9 +47,10 @@ from starlette.routing import Route
 from delivery_daemon.config import whsec_key
 from delivery_daemon.errors import WebhookRejected
 from delivery_daemon.http.serving import bind_socket, serve
-from delivery_daemon.net.signatures import hex_hmac, standard_headers, stripe_header, verify_standard
+from delivery_daemon.net.signatures import verify_standard
 from delivery_daemon.reference.chaos import lemonsqueezy as ls
 from delivery_daemon.reference.chaos.database import wait_settled
+from delivery_daemon.reference.chaos.flavours import FLAVOURS, Flavour
 from delivery_daemon.reference.chaos.harness import (
     PRODUCT,
     STORE,
@@ -59,91 +63,15 @@ from delivery_daemon.reference.chaos.harness import (
     later,
     outage,
     place_all,
+    reconcile,
 )
-from delivery_daemon.reference.chaos.lemonsqueezy import OrdersApi
 from delivery_daemon.reference.chaos.verdict import Seen, Verdict, check_database, check_log, check_orders
 from delivery_daemon.reference.drop import DroppableApp, drop_connection
 from delivery_daemon.reference.faults import Faults
-from delivery_daemon.reference.sellix import order as sellix_order
-from delivery_daemon.reference.shoppy import order as shoppy_order
+from delivery_daemon.reference.sellix_shop import SellixShop
 from delivery_daemon.reference.standard_webhooks import new_secret
-from delivery_daemon.reference.stripe_store import event as stripe_event
-from delivery_daemon.reference.stripe_store import payment_intent
 
 SINK_PATH = "/hooks/orders"
-
-
-@dataclass(frozen=True)
-class Flavour:
-    """One marketplace's paid-order webhook: ``name`` is its ``marketplace`` in the daemon's config."""
-
-    name: str
-    new_secret: Callable[[], str]
-    new_order_id: Callable[[], str]
-    message: Callable[[str, str, int], dict[str, Any]]  # (order id, product id, quantity) -> the webhook body
-    sign: Callable[[str, str, bytes], dict[str, str]]  # (secret, order id, body) -> signature headers
-    api: Callable[[str], OrdersApi] | None = None  # the orders API the daemon reads back from, built with the secret
-
-
-def _sellix_sign(secret: str, _order_id: str, body: bytes) -> dict[str, str]:
-    return {"X-Sellix-Signature": hex_hmac(secret.encode(), body, "sha512"), "X-Sellix-Event": "order:paid"}
-
-
-def _shoppy_sign(secret: str, _order_id: str, body: bytes) -> dict[str, str]:
-    return {"X-Shoppy-Signature": hex_hmac(secret.encode(), body, "sha512")}
-
-
-def _stripe_sign(secret: str, _order_id: str, body: bytes) -> dict[str, str]:
-    return {"Stripe-Signature": stripe_header([secret], body, int(time.time()))}
-
-
-def _standard_sign(secret: str, order_id: str, body: bytes) -> dict[str, str]:
-    # webhook-id is the dedup key: a resend of the same order carries the same id, as the specification says.
-    return standard_headers(whsec_key(secret), f"msg_{order_id}", int(time.time()), body)
-
-
-FLAVOURS: dict[str, Flavour] = {
-    "sellix": Flavour(
-        "sellix",
-        lambda: secrets.token_hex(24),
-        lambda: f"sellix-{secrets.token_hex(6)}",
-        lambda oid, product, qty: {"event": "order:paid", "data": sellix_order(product, qty, uniqid=oid)},
-        _sellix_sign,
-    ),
-    "shoppy": Flavour(
-        "shoppy",
-        lambda: secrets.token_hex(24),
-        lambda: secrets.token_hex(8),
-        lambda oid, product, qty: {
-            "status": True,
-            "webhook_type": "100",
-            "data": {"order": shoppy_order(product, qty, order_id=oid), "product": {}},
-        },
-        _shoppy_sign,
-    ),
-    "stripe": Flavour(
-        "stripe",
-        lambda: f"whsec_{secrets.token_hex(24)}",
-        lambda: f"pi_{secrets.token_hex(12)}",
-        lambda oid, product, qty: stripe_event(
-            "payment_intent.succeeded",
-            payment_intent(product, qty, pi_id=oid),
-            event_id=f"evt_{oid.removeprefix('pi_')}",
-        ),
-        _stripe_sign,
-    ),
-    "lemonsqueezy": Flavour(*ls.FLAVOUR),
-    "standard-webhooks": Flavour(
-        "standard-webhooks",
-        new_secret,
-        lambda: f"A-{secrets.token_hex(6)}",
-        lambda oid, product, qty: {
-            "type": "order.paid",
-            "data": {"order_id": oid, "product_id": product, "quantity": qty, "email": "buyer@example.org"},
-        },
-        _standard_sign,
-    ),
-}
 
 
 @dataclass
@@ -160,13 +88,19 @@ class SignedSender(Announcer):
     forged_answers: list[int] = field(default_factory=list)
     resent: int = 0
     later: list[str] = field(default_factory=list)
+    shop: SellixShop | None = None
+    """Sellix only: the shop whose ``GET /orders`` lists every paid order placed (for the watchdog)."""
+    never_sent: list[str] = field(default_factory=list)
 
-    def place(self, quantity: int) -> str:
-        """A new paid order (its webhook body is fixed now, so every resend is the same event)."""
+    def place(self, quantity: int, *, listed: bool = False) -> str:
+        """A new paid order (its webhook body is fixed now, so every resend is the same event); ``listed`` puts it
+        in the shop's order list too, when there is one."""
         order_id = self.flavour.new_order_id()
         message = self.flavour.message(order_id, self.product_id, quantity)
         self.bodies[order_id] = json.dumps(message, separators=(",", ":")).encode()
         self.quantities[order_id] = quantity
+        if listed and self.shop is not None:
+            self.shop.orders.append({**message["data"], "created_at": int(time.time())})
         return order_id
 
     async def _post(self, order_id: str, secret: str) -> httpx.Response:
@@ -326,11 +260,20 @@ async def run_webhook_chaos(
     daemon_url = f"http://127.0.0.1:{port}"
     client = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=64))
     api = flavour.api(webhook_secret) if flavour.api else None
-    async with serve(sink.app) as running, client, ls.serve_api(api) as api_store:
+    # Sellix lists its orders: some are never announced, and the watchdog (reconcile at the end) must deliver them.
+    shop = SellixShop(secrets.token_hex(24), page_size=100) if flavour.name == "sellix" else None
+    async with (
+        serve(sink.app) as running,
+        client,
+        serve((shop or sink).app) as shop_server,
+        ls.serve_api(api) as api_store,
+    ):
         config = daemon_config(workdir, port, "http://127.0.0.1:1")
-        config["security"] = {"allow_private_networks": True}  # the sink is on loopback
+        config["security"] = {"allow_private_networks": True}  # the sink (and the Sellix shop) are on loopback
+        listing = {"api_url": shop_server.url, "api_key": "${CHAOS_API_KEY}"} if shop is not None else {}
         config["stores"][0] = {
             **{k: v for k, v in config["stores"][0].items() if k not in ("api_url", "api_key")},
+            **listing,
             "marketplace": flavour.name,
             "webhook_secret": "${CHAOS_WEBHOOK_SECRET}",
             "delivery": {
@@ -342,22 +285,28 @@ async def run_webhook_chaos(
         }
         (workdir / "daemon.yaml").write_text(yaml.safe_dump(config))
         env = {**os.environ, "CHAOS_WEBHOOK_SECRET": webhook_secret, "CHAOS_SINK_SECRET": sink_secret}
+        if shop is not None:
+            env["CHAOS_API_KEY"] = shop.api_key
         daemon = DaemonProcess(workdir / "daemon.yaml", daemon_url, workdir / "daemon.log", env)
         await daemon.start()
         sent_as = dataclasses.replace(flavour, message=api.message) if api else flavour
-        side = SignedSender(sent_as, f"{daemon_url}/webhooks/{STORE}", webhook_secret, client, PRODUCT)
+        side = SignedSender(sent_as, f"{daemon_url}/webhooks/{STORE}", webhook_secret, client, PRODUCT, shop=shop)
         window = options.orders / options.rate
         background = [
             asyncio.create_task(later(rng.uniform(0.2, 0.8) * window, lambda: outage(faults, options.down_for))),
             asyncio.create_task(kill_at_random(daemon, options.kills, window, rng)),
         ]
         forged = await _place(options, side, rng, deadline)
-        say(f"chaos: {options.orders} orders placed and acknowledged at {time.monotonic() - started:.1f} s")
+        say(
+            f"chaos: {options.orders} orders placed, all but {len(side.never_sent)} announced and acknowledged "
+            f"at {time.monotonic() - started:.1f} s"
+        )
         await side.resend(side.later[::-1])
         for task in background:
             await task
         faults.calm()
         say(f"chaos: kills and outage done at {time.monotonic() - started:.1f} s")
+        reconciled = 0 if shop is None else await reconcile(workdir / "daemon.yaml", env, workdir / "reconcile.log")
         await _wait_delivered(sink, list(side.quantities), deadline)
         await wait_settled(workdir / "chaos.db", deadline)
         await asyncio.sleep(0.5)  # a late duplicate delivery would land in this window
@@ -370,6 +319,9 @@ async def run_webhook_chaos(
         kills=daemon.kills,
         resent=side.resent,
     )
+    verdict.never_sent = len(side.never_sent)
+    if reconciled != 0:
+        verdict.violations.append(f"reconcile exited with {reconciled}; see {workdir / 'reconcile.log'}")
     check_database(verdict, workdir / "chaos.db")
     check_log(verdict, daemon.log, {webhook_secret, sink_secret, *delivered_keys(sink), *(api.secrets if api else ())})
     if exit_status not in (0, -signal.SIGTERM):
@@ -392,7 +344,11 @@ async def _place(options: ChaosOptions, side: SignedSender, rng: random.Random, 
         if rng.random() < options.unpaid:
             forged.append(await side.forge(rng.randint(1, 3)))
             return None
-        return side.place(rng.randint(1, 3))
+        order_id = side.place(rng.randint(1, 3), listed=True)
+        if side.shop is not None and rng.random() < options.never_sent:
+            side.never_sent.append(order_id)  # paid and listed, its webhook never sent
+            return None
+        return order_id
 
     await place_all(options, side, rng, deadline, place)
     return forged
