@@ -65,6 +65,7 @@ class StockKey(SQLModel, table=True):
     imported_at: float
     claimed_by: str | None = Field(default=None, max_length=256)
     claimed_at: float | None = None
+    revoked_at: float | None = None  # its order was refunded, disputed or revoked after it went out: never freed
 
 
 KEYS = table_of(StockKey)

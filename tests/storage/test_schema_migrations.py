@@ -47,8 +47,8 @@ from delivery_daemon.storage.stock_pool import KEYS, StockPool
 JOBS = table_of(Job)
 
 
-LATER_JOB_COLUMNS = ("flag",)
-"""Columns of ``jobs`` that migrations after the last pre-Alembic release added (0005)."""
+LATER_JOB_COLUMNS = ("flag", "issue")
+"""Columns of ``jobs`` that migrations after the last pre-Alembic release added (0005, 0006)."""
 
 
 def previous_release_tables(engine: Engine) -> None:
