@@ -6,6 +6,10 @@ idempotent per order, so a retried order gets the same keys. With too few keys l
 and is delivered after the next import. ``low_stock_threshold`` logs one ``stock.low`` event each time the number of
 keys left drops to or below it.
 
+``revoke()`` (the contract's revocation hook): a key that went out and whose order was refunded, disputed or revoked
+is marked revoked in the pool and never handed out again; a key taken for an order cancelled before any delivery
+attempt goes back to the pool.
+
 ``stock_remaining()`` reports the keys left for the configured product (the ``delivery_daemon_stock_remaining``
 metric and stock sync read it); a store's ``default`` product serves many product ids, so it is asked with one.
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from delivery_daemon.generators.contract import Generated, OrderContext, Resources
+from delivery_daemon.generators.contract import Generated, OrderContext, Resources, RevocationContext
 
 
 class StockOptions(BaseModel):
@@ -43,6 +47,14 @@ class StockGenerator:
             low_threshold=self.options.low_stock_threshold,
         )
         return Generated(keys=keys)
+
+    def revoke(self, revocation: RevocationContext) -> None:
+        # Sync on purpose, like generate: the pool's SQL is blocking.
+        pool = self.resources.stock
+        if revocation.sent:
+            pool.revoke(revocation.store, revocation.product_id, revocation.idempotency_key)
+        else:
+            pool.release(revocation.store, revocation.product_id, revocation.idempotency_key)
 
     def stock_remaining(self, product_id: str | None = None) -> int | None:
         """Keys nobody holds for ``product_id`` (default: the configured product); None when there is no product."""

@@ -17,8 +17,9 @@ A generator plugin is a class with
   back, e.g. a pool key); True when a buyer may hold it (make it stop working). Called until it returns once (at
   least once: again after :class:`Retry`, any other exception but :class:`Dead`, or a crash before its success was
   committed), never again after; it should be idempotent per ``revocation.idempotency_key``;
-* optionally ``revocation_list(self, key_hashes: Sequence[str]) -> str`` — the revoked keys (SHA-256 hex of each)
-  as a document the seller's application can trust, served at ``GET /revocations/{store}/{product}``.
+* optionally ``revocation_list(self, product_id: str, key_hashes: Sequence[str]) -> str`` — the product's revoked
+  keys (SHA-256 hex of each) as a document the seller's application can trust, served at
+  ``GET /revocations/{store}/{product}``.
 
 It may raise :class:`OutOfStock` (the order waits and is delivered after a refill), :class:`Retry` (try again
 later) or :class:`Dead` (never deliver). Any other exception is treated as retryable, and the order is kept.
@@ -165,7 +166,7 @@ class Revocable(Protocol):
 class PublishesRevocations(Protocol):
     """A generator with the optional ``revocation_list`` hook (e.g. ``signed``)."""
 
-    def revocation_list(self, key_hashes: Sequence[str]) -> str: ...
+    def revocation_list(self, product_id: str, key_hashes: Sequence[str]) -> str: ...
 
 
 HOOKS = ("name", "Options", "generate", "stock_remaining", "revoke", "revocation_list")
