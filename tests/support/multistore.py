@@ -115,11 +115,12 @@ async def multi_stack(
     security: dict[str, Any] | None = None,
     plugins: dict[str, Any] | None = None,
     stripe_products: dict[str, Any] | None = None,
+    database_url: str | None = None,
 ) -> AsyncIterator[Multi]:
     """The daemon with every marketplace type; ``mail`` starts the SMTP server, ``smtp`` overrides the generic
     store's SMTP settings, ``security`` the network policy (default: loopback allowed, where the seller's sink and
     the SMTP server run); ``plugins`` adds generators and ``stripe_products`` gives the stripe store products of
-    its own (besides its default)."""
+    its own (besides its default); ``database_url`` replaces the SQLite file (e.g. the ``db_url`` fixture's)."""
     logs = io.StringIO()
     configure_logging("json", "debug", stream=logs)
     clock = ManualClock()
@@ -201,7 +202,7 @@ async def multi_stack(
             ]
             settings = parse_settings(
                 {
-                    "database": {"url": f"sqlite:///{tmp_path / 'multi.db'}"},
+                    "database": {"url": database_url or f"sqlite:///{tmp_path / 'multi.db'}"},
                     "delivery": {"retry_schedule": [5, 300], "timeout": 10, "jitter": False},
                     "worker": {"poll_interval": 60, "lease_seconds": 30},
                     "security": {"allowed_networks": ["127.0.0.0/8"]} if security is None else security,
