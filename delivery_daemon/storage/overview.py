@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from delivery_daemon.clock import Clock
 from delivery_daemon.storage.jobs import ATTEMPTS, JOBS, QueueError
 from delivery_daemon.storage.models import FINAL, JobState
+from delivery_daemon.storage.revocations import count_revocations, read_revocations
 
 T = TypeVar("T")
 
@@ -88,6 +89,10 @@ class LatencyBar:
     count: int
 
 
+REVOCATION_FIELDS = ("issue", "reason", "sent", "state", "attempts", "created_at", "last_error")
+"""What the order page shows of each revocation."""
+
+
 @dataclass(frozen=True)
 class Overview:
     counts: dict[str, int]
@@ -96,6 +101,8 @@ class Overview:
     delivered_last_day: int
     latency: list[LatencyBar]
     now: float
+    revocations: dict[str, int] = field(default_factory=dict)
+    """Revocations per state (pending, running, done, dead)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,8 @@ class OrderDetail:
     job: dict[str, Any]
     attempts: list[dict[str, Any]]
     has_content: bool
+    revocations: list[dict[str, Any]] = field(default_factory=list)
+    """The order's revocations, oldest first (never their content)."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,7 @@ def _overview(conn: Connection, now: float) -> Overview:
     }
     labels = [label for label, _ in LATENCY_BUCKETS] + [SLOWEST_BUCKET]
     return Overview(
+        revocations=count_revocations(conn),
         counts=counts,
         oldest_open=dict(oldest._mapping) if oldest is not None else None,
         delivered_last_hour=int(delivered[0]),
@@ -212,7 +222,10 @@ def _order(conn: Connection, job_id: int) -> OrderDetail | None:
     job = dict(row._mapping)
     has_content = bool(job.pop("has_content"))
     attempts = conn.execute(select(ATTEMPTS).where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.id)).fetchall()
-    return OrderDetail(job=job, attempts=[dict(a._mapping) for a in attempts], has_content=has_content)
+    revocations = [{name: getattr(r, name) for name in REVOCATION_FIELDS} for r in read_revocations(conn, job_id)]
+    return OrderDetail(
+        job=job, attempts=[dict(a._mapping) for a in attempts], has_content=has_content, revocations=revocations
+    )
 
 
 def _stock(conn: Connection, low_stock: int) -> list[StockRow]:

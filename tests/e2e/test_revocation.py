@@ -32,6 +32,7 @@ from delivery_daemon.generators.licence import generate_keypair
 from delivery_daemon.reference.stripe_store import charge_refunded, event, payment_intent
 from delivery_daemon.storage.stock_pool import KEYS, StockPool
 from tests.support.multistore import Multi, multi_stack
+from tests.support.status_helpers import status_page
 
 
 class Recording:
@@ -180,8 +181,9 @@ async def test_stock_key_of_an_order_cancelled_before_delivery_goes_back(tmp_pat
 async def test_operator_revoke_calls_the_hook_once_and_retries_until_done(
     tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """orders revoke: the hook is called until it succeeds (a Retry and a failed order.revoked are tried again on
-    the delivery schedule), never after; orders show lists the revocation; a second revoke is refused."""
+    """orders revoke: the hook is called until it succeeds (a failure and a failed order.revoked are tried again on
+    the delivery schedule), never after; orders show, the status page and the metric show it; a second revoke is
+    refused."""
     plugin = recording()
     plugin.failures.append(RuntimeError("key server down"))
     async with multi_stack(
@@ -232,6 +234,12 @@ async def test_operator_revoke_calls_the_hook_once_and_retries_until_done(
             metrics = (await client.get(f"{multi.url}/metrics")).text
         assert 'delivery_daemon_revocations_total{outcome="retry",store="stripe"} 2.0' in metrics
         assert 'delivery_daemon_revocations_total{outcome="done",store="stripe"} 1.0' in metrics
+        async with status_page(multi) as page:  # type: ignore[arg-type]  # a Multi: status_page uses only .daemon
+            assert (await page.login()).status_code == 303
+            shown_page = (await page.client.get(f"{page.url}/orders/{job.id}")).text
+            assert 'id="revocations"' in shown_page and ">revoked<" in shown_page and ">done<" in shown_page
+            overview = (await page.client.get(f"{page.url}/")).text
+            assert 'data-revocations="done">1<' in overview
 
 
 async def test_reissue_revokes_the_key_and_delivers_a_new_one(
