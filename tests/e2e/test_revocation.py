@@ -30,6 +30,7 @@ from delivery_daemon.generators.contract import (
 )
 from delivery_daemon.generators.licence import generate_keypair
 from delivery_daemon.reference.stripe_store import charge_refunded, event, payment_intent
+from delivery_daemon.storage.retention import purge
 from delivery_daemon.storage.stock_pool import KEYS, StockPool
 from tests.support.multistore import Multi, multi_stack
 from tests.support.status_helpers import status_page
@@ -301,7 +302,8 @@ async def test_refunded_signed_licence_is_on_the_published_revocation_list(
     tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """GET /revocations/{store}/{product} serves the signed list; license verify --revocations accepts a licence
-    while it is not on it and refuses it once its order was refunded; a product without a list is a JSON 404."""
+    while it is not on it and refuses it once its order was refunded, also after the retention purge dropped the
+    revoked keys; a product without a list is a JSON 404, an altered list is refused."""
     private, public = tmp_path / "signing.pem", tmp_path / "signing.pub"
     generate_keypair(private, public)
     signed = {"generator": "signed", "options": {"private_key_file": str(private)}}
@@ -324,6 +326,12 @@ async def test_refunded_signed_licence_is_on_the_published_revocation_list(
         assert code == 0 and out.startswith("valid:")
         await refund(multi, order)
         await multi.drain()
+        code, out = await verify()
+        assert code == 1 and out.startswith("invalid: revoked")
+        multi.clock.advance(31 * 86400)  # the retention purge drops the revoked keys, never their place on the list
+        assert purge(multi.daemon.queue.engine, multi.clock, days=30) == 1
+        [revocation] = await multi.daemon.queue.revocations((await multi.job("stripe", order)).id)
+        assert revocation.content is None and revocation.key_hashes is not None
         code, out = await verify()
         assert code == 1 and out.startswith("invalid: revoked")
         async with httpx.AsyncClient() as client:
