@@ -61,26 +61,31 @@ def message_id(job: Job, event: str = "order.delivered", issue: int | None = Non
     return "msg_" + hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
-def message_body(job: Job, content: Content) -> bytes:
+def _event(kind: str, timestamp: float, job: Job, **data: object) -> bytes:
+    """A signed event's body: ``type``, ``timestamp`` and the order's fields plus ``data``, as compact sorted JSON
+    (the same bytes on every attempt)."""
+    order = {
+        "store": job.store,
+        "marketplace": job.marketplace,
+        "order_id": job.order_id,
+        "product_id": job.product_id,
+        "quantity": job.quantity,
+        "buyer_email": job.buyer_email,
+    }
     return json.dumps(
-        {
-            "type": "order.delivered",
-            "timestamp": int(job.created_at),
-            "data": {
-                "store": job.store,
-                "marketplace": job.marketplace,
-                "order_id": job.order_id,
-                "product_id": job.product_id,
-                "quantity": job.quantity,
-                "buyer_email": job.buyer_email,
-                "keys": list(content.keys),
-                "text": content.text,
-                "download": content.download,
-            },
-        },
-        separators=(",", ":"),
-        sort_keys=True,
+        {"type": kind, "timestamp": int(timestamp), "data": {**order, **data}}, separators=(",", ":"), sort_keys=True
     ).encode()
+
+
+def message_body(job: Job, content: Content) -> bytes:
+    return _event(
+        "order.delivered",
+        job.created_at,
+        job,
+        keys=list(content.keys),
+        text=content.text,
+        download=content.download,
+    )
 
 
 @dataclass(frozen=True)
@@ -95,25 +100,7 @@ class RevokedContent:
 
 def revoked_body(job: Job, revoked: RevokedContent) -> bytes:
     """The ``order.revoked`` event's body (see the module docstring)."""
-    return json.dumps(
-        {
-            "type": "order.revoked",
-            "timestamp": int(revoked.at),
-            "data": {
-                "store": job.store,
-                "marketplace": job.marketplace,
-                "order_id": job.order_id,
-                "product_id": job.product_id,
-                "quantity": job.quantity,
-                "buyer_email": job.buyer_email,
-                "reason": revoked.reason,
-                "issue": revoked.issue,
-                "keys": list(revoked.keys),
-            },
-        },
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode()
+    return _event("order.revoked", revoked.at, job, reason=revoked.reason, issue=revoked.issue, keys=list(revoked.keys))
 
 
 class WebhookDelivery:

@@ -39,6 +39,9 @@ from pydantic import BaseModel
 from delivery_daemon.errors import Dead, OutOfStock, Retry
 from delivery_daemon.generators.resources import Resources
 
+ORDER_FIELDS = ("store", "marketplace", "order_id", "product_id", "quantity", "buyer_email", "idempotency_key")
+"""The fields of an order a plugin may pass on (``to_dict``): never ``options``, which may hold secrets."""
+
 
 @dataclass(frozen=True)
 class OrderContext:
@@ -56,15 +59,7 @@ class OrderContext:
 
     def to_dict(self) -> dict[str, Any]:
         """The order as JSON-ready data (without ``options``, which may hold the product's secrets)."""
-        return {
-            "store": self.store,
-            "marketplace": self.marketplace,
-            "order_id": self.order_id,
-            "product_id": self.product_id,
-            "quantity": self.quantity,
-            "buyer_email": self.buyer_email,
-            "idempotency_key": self.idempotency_key,
-        }
+        return {name: getattr(self, name) for name in ORDER_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -92,19 +87,8 @@ class RevocationContext:
 
     def to_dict(self) -> dict[str, Any]:
         """The revocation as JSON-ready data (without ``options``, which may hold the product's secrets)."""
-        return {
-            "store": self.store,
-            "marketplace": self.marketplace,
-            "order_id": self.order_id,
-            "product_id": self.product_id,
-            "quantity": self.quantity,
-            "buyer_email": self.buyer_email,
-            "keys": list(self.keys),
-            "reason": self.reason,
-            "sent": self.sent,
-            "issue": self.issue,
-            "idempotency_key": self.idempotency_key,
-        }
+        order = {name: getattr(self, name) for name in ORDER_FIELDS}
+        return {**order, "keys": list(self.keys), "reason": self.reason, "sent": self.sent, "issue": self.issue}
 
 
 def idempotency_key(store: str, order_id: str, issue: int = 0) -> str:
