@@ -254,7 +254,9 @@ COMMAND_GROUPS: list[CommandGroup] = [
     ),
     CommandGroup("delivery_daemon.cli.softstore", "register", {"softstore": "SoftStore seller tooling"}),
     CommandGroup(
-        "delivery_daemon.cli.orders", "register", {"orders": "list, inspect, retry, redeliver or cancel orders"}
+        "delivery_daemon.cli.orders",
+        "register",
+        {"orders": "list, inspect, retry, redeliver, cancel, revoke or reissue orders"},
     ),
     CommandGroup("delivery_daemon.cli.database", "register", {"db": DB}),
     CommandGroup("delivery_daemon.cli.migrate", "register_db_migrate", {"db": DB}),  # adds `db migrate`
