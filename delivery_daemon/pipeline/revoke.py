@@ -92,7 +92,7 @@ class Revoker:
         try:
             await self.run_due()
         except QueueError as exc:  # the next periodic run tries again
-            log.error("worker.storage_error", step=STEP, error=str(exc))
+            log.error("worker.periodic_failed", error=str(exc))
 
     async def stop(self) -> None:
         """Cancel a background run; a revocation it held comes back when its lease ends."""
