@@ -124,12 +124,12 @@ class Revoker:
         bound = log.bind(
             store=job.store, order_id=job.order_id, job_id=job.id, reason=revocation.reason, issue=revocation.issue
         )
-        content = Content.from_json(item.content) if item.content is not None else Content("", None, ())
         values: dict[str, Any] = {}
-        if revocation.key_hashes is None:
-            values["key_hashes"] = json.dumps(key_hashes(content.keys))
         step = "hook"
         try:
+            content = Content.from_json(item.content) if item.content is not None else Content("", None, ())
+            if revocation.key_hashes is None:
+                values["key_hashes"] = json.dumps(key_hashes(content.keys))
             store = self._stores().get(job.store)
             if store is None:
                 raise Retry(f"store {job.store!r} is not configured")
