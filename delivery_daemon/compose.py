@@ -27,7 +27,7 @@ from delivery_daemon.clock import Clock, SystemClock
 from delivery_daemon.config import Settings
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.generators.resources import ResourceHub
-from delivery_daemon.http import health, metrics, receive
+from delivery_daemon.http import health, metrics, receive, revocations
 from delivery_daemon.http.limits import RateLimiter
 from delivery_daemon.http.metrics import UNKNOWN_STORE, Metrics
 from delivery_daemon.logs import REDACTOR, Redactor, install_record_scrubber
@@ -237,7 +237,9 @@ def create_app(
 
     # With admin.port set, /metrics lives only on the admin address (metrics.create_admin_app), not next to webhooks.
     admin_routes = metrics.routes() if settings.admin.port is None else []
-    app = Starlette(routes=[*receive.routes(), *health.routes(), *admin_routes], lifespan=lifespan)
+    app = Starlette(
+        routes=[*receive.routes(), *revocations.routes(), *health.routes(), *admin_routes], lifespan=lifespan
+    )
     app.state.daemon = daemon
     app.state.listener = listener
     return app

@@ -26,27 +26,43 @@ from sqlalchemy import Engine
 
 from delivery_daemon.clock import Clock, ManualClock
 from delivery_daemon.config import ProductSettings
-from delivery_daemon.generators.contract import Generated, Generator, OrderContext
+from delivery_daemon.generators.contract import (
+    Generated,
+    Generator,
+    OrderContext,
+    RevocationContext,
+    idempotency_key,
+)
 from delivery_daemon.generators.resources import ResourceHub, Resources
 from delivery_daemon.net.guard import NetPolicy
 from delivery_daemon.pipeline.generate import call_generator
 from delivery_daemon.pipeline.stores import build_product
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 
+FAKE_ORDER: dict[str, Any] = {
+    "store": "test-store",
+    "marketplace": "softstore",
+    "order_id": "order-1",
+    "product_id": "product-1",
+    "quantity": 1,
+    "buyer_email": "buyer@example.com",
+}
+"""The plausible order :func:`fake_order` and :func:`fake_revocation` describe."""
+
 
 def fake_order(**fields: Any) -> OrderContext:
     """An OrderContext with plausible values; pass any field to override it."""
-    values: dict[str, Any] = {
-        "store": "test-store",
-        "marketplace": "softstore",
-        "order_id": "order-1",
-        "product_id": "product-1",
-        "quantity": 1,
-        "buyer_email": "buyer@example.com",
-    }
-    values.update(fields)
+    values = {**FAKE_ORDER, **fields}
     values.setdefault("idempotency_key", f"{values['store']}:{values['order_id']}")
     return OrderContext(**values)
+
+
+def fake_revocation(**fields: Any) -> RevocationContext:
+    """A RevocationContext (what a ``revoke`` hook is told) for :func:`fake_order`'s order, its content delivered and
+    then refunded; pass any field to override it."""
+    values = {**FAKE_ORDER, "keys": ("KEY-1",), "reason": "refunded", "sent": True, **fields}
+    values.setdefault("idempotency_key", idempotency_key(values["store"], values["order_id"], values.get("issue", 0)))
+    return RevocationContext(**values)
 
 
 def plugin_database(path: str | Path) -> Engine:
@@ -123,4 +139,4 @@ def run_generator(
     return anyio.run(main)
 
 
-__all__ = ["arun_generator", "build_generator", "fake_order", "plugin_database", "run_generator"]
+__all__ = ["arun_generator", "build_generator", "fake_order", "fake_revocation", "plugin_database", "run_generator"]

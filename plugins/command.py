@@ -12,6 +12,12 @@ line, or a JSON object ``{"keys": [...], "text": ..., "download": ...}``. Its ex
 
 Make the program idempotent on ``idempotency_key``: a retried order must get the same keys.
 
+Revocation (optional, ``revoke_argv``): when a content the program made is taken back (refund, dispute,
+cancellation, ``orders revoke`` or ``orders reissue``), ``revoke_argv`` runs the same way with the revocation as JSON
+on stdin — ``store``, ``marketplace``, ``order_id``, ``product_id``, ``quantity``, ``buyer_email``, ``keys``,
+``reason``, ``sent``, ``issue``, ``idempotency_key`` (the keys are on stdin only, never in the arguments). Exit ``0``
+= done, never run again for that content; ``65`` = given up; anything else, or no answer within ``timeout`` = retried.
+
 The program runs with a minimal environment — ``PATH``, ``LANG``, ``LANGUAGE``, ``LC_*``, ``TZ``, ``HOME`` and
 ``TMPDIR``, those the daemon has — plus the configured ``env``. Nothing else of the daemon's environment (marketplace
 API keys, the encryption key, the status-page password) reaches it; pass what it needs through ``env``
@@ -25,10 +31,19 @@ import contextlib
 import json
 import os
 import shutil
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from delivery_daemon.generators.contract import Dead, Generated, OrderContext, OutOfStock, Retry, parse_generated
+from delivery_daemon.generators.contract import (
+    Dead,
+    Generated,
+    OrderContext,
+    OutOfStock,
+    Retry,
+    RevocationContext,
+    parse_generated,
+)
 
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
@@ -58,11 +73,18 @@ class CommandOptions(BaseModel):
         description="extra environment variables",
         examples=[{"KEYGEN_DB": "/var/lib/keygen/keys.db"}],
     )
+    revoke_argv: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="the program run for a revocation, with its arguments (no shell); none: nothing is run",
+        examples=[["/usr/local/bin/keygen", "revoke"]],
+        json_schema_extra={"expected": "a list: the program, then its arguments (no shell)"},
+    )
 
-    @field_validator("argv")
+    @field_validator("argv", "revoke_argv")
     @classmethod
-    def _program_exists(cls, value: list[str]) -> list[str]:
-        if shutil.which(value[0]) is None:
+    def _program_exists(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and shutil.which(value[0]) is None:
             raise ValueError(f"program {value[0]!r} not found or not executable")
         return value
 
@@ -81,10 +103,10 @@ class CommandGenerator:
     def __init__(self, options: CommandOptions) -> None:
         self.options = options
 
-    async def generate(self, order: OrderContext) -> Generated:
-        program = self.options.argv[0]
+    async def _run(self, argv: list[str], data: dict[str, Any]) -> tuple[int | None, bytes, bytes]:
+        """Run ``argv`` with ``data`` as JSON on stdin, killed after ``timeout`` (Retry); its status and output."""
         process = await asyncio.create_subprocess_exec(
-            *self.options.argv,
+            *argv,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -92,16 +114,31 @@ class CommandGenerator:
         )
         try:
             async with asyncio.timeout(self.options.timeout):
-                stdout, stderr = await process.communicate(json.dumps(order.to_dict()).encode())
+                stdout, stderr = await process.communicate(json.dumps(data).encode())
         except TimeoutError:
-            raise Retry(f"{program} gave no answer within {self.options.timeout:g} s") from None
+            raise Retry(f"{argv[0]} gave no answer within {self.options.timeout:g} s") from None
         finally:
             if process.returncode is None:  # timed out or cancelled by the daemon's budget: never leave it running
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
+        return process.returncode, stdout, stderr
+
+    async def revoke(self, revocation: RevocationContext) -> None:
+        """Run ``revoke_argv`` with the revocation on stdin (see the module docstring); nothing without it."""
+        if self.options.revoke_argv is None:
+            return
+        program = self.options.revoke_argv[0]
+        status, _stdout, stderr = await self._run(self.options.revoke_argv, revocation.to_dict())
+        if status == EX_DATAERR:
+            raise Dead(f"{program} refused the revocation: {_last_line(stderr)}".rstrip(": "))
+        if status != 0:
+            raise Retry(f"{program} exited with status {status}: {_last_line(stderr)}".rstrip(": "))
+
+    async def generate(self, order: OrderContext) -> Generated:
+        program = self.options.argv[0]
+        status, stdout, stderr = await self._run(self.options.argv, order.to_dict())
         # stderr is the program's own diagnostics; stdout (the keys) never goes into a reason or a log line.
-        status = process.returncode
         if status == EX_UNAVAILABLE:
             raise OutOfStock(f"{program} is out of stock: {_last_line(stderr)}".rstrip(": "))
         if status == EX_DATAERR:

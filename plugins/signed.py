@@ -2,17 +2,28 @@
 
 Each of the order's ``quantity`` keys carries the product, order, seat index, issued-at time and optional expiry
 (format: :mod:`delivery_daemon.generators.licence`). Create the key pair with ``delivery-daemon keys generate``;
-check a key with ``delivery-daemon license verify KEY --public-key FILE``.
+check a key with ``delivery-daemon license verify KEY --public-key FILE [--revocations LIST]``.
+
+``revocation_list()`` (the contract's hook): the daemon publishes, at ``GET /revocations/{store}/{product}``, the
+product's revoked licences (refunded, disputed, cancelled, revoked or re-issued orders) signed with the same key, so
+a seller's application can refuse them (format: :func:`delivery_daemon.generators.licence.sign_revocations`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from delivery_daemon.generators.contract import Generated, OrderContext, Resources
-from delivery_daemon.generators.licence import LicenseError, LicensePayload, load_private_key, sign
+from delivery_daemon.generators.licence import (
+    LicenseError,
+    LicensePayload,
+    load_private_key,
+    sign,
+    sign_revocations,
+)
 
 
 class SignedOptions(BaseModel):
@@ -46,6 +57,10 @@ class SignedGenerator:
         self.private = load_private_key(options.private_key_file)
         self.expires_days = options.expires_days
         self.clock = resources.clock
+
+    def revocation_list(self, product_id: str, key_hashes: Sequence[str]) -> str:
+        """The signed list of ``key_hashes`` (revoked licences of ``product_id``), issued now."""
+        return sign_revocations(product_id, key_hashes, int(self.clock.now()), self.private)
 
     def generate(self, order: OrderContext) -> Generated:
         issued = int(self.clock.now())

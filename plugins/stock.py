@@ -10,6 +10,10 @@ A product configured with ``pool: NAME`` draws on the shared pool ``pools.NAME``
 any store naming the same pool take from the same keys, and the pool's ``low_stock_threshold`` applies (the
 product's own option is then refused, as it would be ambiguous).
 
+``revoke()`` (the contract's revocation hook): a key that went out and whose order was refunded, disputed or revoked
+is marked revoked in the pool and never handed out again; a key taken for an order cancelled before any delivery
+attempt goes back to the pool.
+
 ``stock_remaining()`` reports the keys left for the configured product (the ``delivery_daemon_stock_remaining``
 metric and stock sync read it), or in its shared pool; a store's ``default`` product serves many product ids, so it
 is asked with one.
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from delivery_daemon.generators.contract import Generated, OrderContext, Resources
+from delivery_daemon.generators.contract import Generated, OrderContext, Resources, RevocationContext
 
 
 class StockOptions(BaseModel):
@@ -57,6 +61,14 @@ class StockGenerator:
             low_threshold=pool.low_stock_threshold if pool is not None else self.options.low_stock_threshold,
         )
         return Generated(keys=keys)
+
+    def revoke(self, revocation: RevocationContext) -> None:
+        # Sync on purpose, like generate: the pool's SQL is blocking.
+        pool = self.resources.stock
+        if revocation.sent:
+            pool.revoke(revocation.store, revocation.product_id, revocation.idempotency_key)
+        else:
+            pool.release(revocation.store, revocation.product_id, revocation.idempotency_key)
 
     def stock_remaining(self, product_id: str | None = None) -> int | None:
         """Keys nobody holds for ``product_id`` (default: the configured product) or in the product's shared pool;

@@ -7,6 +7,15 @@ Body (``application/json``)::
      "data": {"store", "marketplace", "order_id", "product_id", "quantity", "buyer_email", "keys", "text",
               "download"}}
 
+When an order's content is revoked (refund, dispute, ``orders revoke`` or ``orders reissue``, see
+:mod:`delivery_daemon.pipeline.revoke`), the same endpoint gets, signed the same way::
+
+    {"type": "order.revoked", "timestamp": <revocation recorded, unix s>,
+     "data": {"store", "marketplace", "order_id", "product_id", "quantity", "buyer_email", "reason", "issue", "keys"}}
+
+``reason`` is refunded, disputed, cancelled, revoked or reissued; ``issue`` counts the order's contents (0 for the
+first; a re-issued order's new content is delivered as ``order.delivered`` with a new ``webhook-id``).
+
 The body and the ``webhook-id`` are the same on every attempt (the receiver deduplicates on the id); only the
 timestamp header and signature are fresh. Answers: 2xx delivered; 410 Gone is ``Dead`` (the endpoint is gone, as the
 specification says); anything else, and any transport error, is retried on the daemon's schedule
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 import httpx
 import structlog
@@ -39,31 +49,58 @@ from delivery_daemon.storage.models import Job
 log = structlog.get_logger("delivery_daemon.channels.webhook")
 
 
-def message_id(job: Job) -> str:
-    """Stable per order, so the seller's system can deduplicate retries."""
-    return "msg_" + hashlib.sha256(f"{job.store}\0{job.order_id}".encode()).hexdigest()[:32]
+def message_id(job: Job, event: str = "order.delivered", issue: int | None = None) -> str:
+    """Stable per order, content (``jobs.issue``: a re-issued order's new content is a new message) and event type,
+    so the seller's system can deduplicate retries. The first delivery's id is the one earlier releases sent."""
+    seed = f"{job.store}\0{job.order_id}"
+    issue = job.issue if issue is None else issue
+    if issue:
+        seed += f"\0{issue}"
+    if event != "order.delivered":
+        seed += f"\0{event}"
+    return "msg_" + hashlib.sha256(seed.encode()).hexdigest()[:32]
+
+
+def _event(kind: str, timestamp: float, job: Job, **data: object) -> bytes:
+    """A signed event's body: ``type``, ``timestamp`` and the order's fields plus ``data``, as compact sorted JSON
+    (the same bytes on every attempt)."""
+    order = {
+        "store": job.store,
+        "marketplace": job.marketplace,
+        "order_id": job.order_id,
+        "product_id": job.product_id,
+        "quantity": job.quantity,
+        "buyer_email": job.buyer_email,
+    }
+    return json.dumps(
+        {"type": kind, "timestamp": int(timestamp), "data": {**order, **data}}, separators=(",", ":"), sort_keys=True
+    ).encode()
 
 
 def message_body(job: Job, content: Content) -> bytes:
-    return json.dumps(
-        {
-            "type": "order.delivered",
-            "timestamp": int(job.created_at),
-            "data": {
-                "store": job.store,
-                "marketplace": job.marketplace,
-                "order_id": job.order_id,
-                "product_id": job.product_id,
-                "quantity": job.quantity,
-                "buyer_email": job.buyer_email,
-                "keys": list(content.keys),
-                "text": content.text,
-                "download": content.download,
-            },
-        },
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode()
+    return _event(
+        "order.delivered",
+        job.created_at,
+        job,
+        keys=list(content.keys),
+        text=content.text,
+        download=content.download,
+    )
+
+
+@dataclass(frozen=True)
+class RevokedContent:
+    """One content of an order being revoked: which ``issue``, why (``reason``), when (``at``) and its ``keys``."""
+
+    issue: int
+    reason: str
+    at: float
+    keys: tuple[str, ...]
+
+
+def revoked_body(job: Job, revoked: RevokedContent) -> bytes:
+    """The ``order.revoked`` event's body (see the module docstring)."""
+    return _event("order.revoked", revoked.at, job, reason=revoked.reason, issue=revoked.issue, keys=list(revoked.keys))
 
 
 class WebhookDelivery:
@@ -102,10 +139,17 @@ class WebhookDelivery:
             await self._http.aclose()
 
     async def send(self, job: Job, content: Content) -> Receipt:
-        body = message_body(job, content)
+        return await self._post(job, message_body(job, content), message_id(job))
+
+    async def revoke(self, job: Job, revoked: RevokedContent) -> Receipt:
+        """Tell the seller's endpoint that ``revoked`` (one content of ``job``) is taken back: an ``order.revoked``
+        event, signed like a delivery, the same bytes and ``webhook-id`` on every attempt."""
+        return await self._post(job, revoked_body(job, revoked), message_id(job, "order.revoked", issue=revoked.issue))
+
+    async def _post(self, job: Job, body: bytes, msg_id: str) -> Receipt:
         headers = {
             "Content-Type": "application/json",
-            **standard_headers(self._key, message_id(job), int(self._clock.now()), body),
+            **standard_headers(self._key, msg_id, int(self._clock.now()), body),
         }
         # One client for every attempt: a flash sale delivers hundreds of orders a second to the same endpoint, and
         # a client per attempt paid a TLS context and a TCP handshake each time.

@@ -254,7 +254,9 @@ COMMAND_GROUPS: list[CommandGroup] = [
     ),
     CommandGroup("delivery_daemon.cli.softstore", "register", {"softstore": "SoftStore seller tooling"}),
     CommandGroup(
-        "delivery_daemon.cli.orders", "register", {"orders": "list, inspect, retry, redeliver or cancel orders"}
+        "delivery_daemon.cli.orders",
+        "register",
+        {"orders": "list, inspect, retry, redeliver, cancel, revoke or reissue orders"},
     ),
     CommandGroup(
         "delivery_daemon.cli.watchdog",

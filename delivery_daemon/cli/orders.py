@@ -1,4 +1,5 @@
-"""``delivery-daemon orders list|show|retry|redeliver|cancel``: look at and act on the queue from a shell.
+"""``delivery-daemon orders list|show|retry|redeliver|cancel|revoke|reissue``: look at and act on the queue from a
+shell.
 
 They open the daemon's database directly (the same file a running daemon uses; SQLite WAL lets both work at once).
 A table is printed for people, ``--json`` prints one JSON document for scripts. Exit codes: 0 done, 1 nothing
@@ -18,7 +19,7 @@ from typing import Any
 from delivery_daemon.cli.connect import add_database_options, open_cipher, open_engine
 from delivery_daemon.clock import SystemClock
 from delivery_daemon.order import Content
-from delivery_daemon.storage.models import Attempt, Job, JobState
+from delivery_daemon.storage.models import Attempt, Job, JobState, Revocation
 from delivery_daemon.storage.operator import (
     ActionRefused,
     AmbiguousOrder,
@@ -92,6 +93,22 @@ def attempt_document(attempt: Attempt) -> dict[str, Any]:
     }
 
 
+def revocation_document(revocation: Revocation) -> dict[str, Any]:
+    """A revocation as JSON for scripts: never its content (the revoked keys are in ``orders show --reveal``'s
+    ``revoked``)."""
+    return {
+        "issue": revocation.issue,
+        "reason": revocation.reason,
+        "sent": revocation.sent,
+        "state": revocation.state,
+        "attempts": revocation.attempts,
+        "created_at": iso(revocation.created_at),
+        "hook_done_at": iso(revocation.hook_done_at),
+        "notified_at": iso(revocation.notified_at),
+        "last_error": revocation.last_error,
+    }
+
+
 def _orders(args: argparse.Namespace) -> Orders:
     return Orders(open_engine(args), SystemClock())
 
@@ -148,8 +165,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         cipher = open_cipher(args)  # the content is sealed at rest; only --reveal needs the key
         if cipher is not None:
             job.content = cipher.open(job.content, f"{job.store}/{job.order_id}/content")
+    revocations = orders.revocations(job.id)
     if args.json:
-        _print_json({**job_document(job, reveal=args.reveal), "history": [attempt_document(a) for a in history]})
+        document = {**job_document(job, reveal=args.reveal), "history": [attempt_document(a) for a in history]}
+        document["revocations"] = [revocation_document(r) for r in revocations]
+        if args.reveal:
+            document["revoked"] = _revoked_contents(args, job, revocations)
+        _print_json(document)
         return 0
     print(render_table(("key", "value"), job_document(job).items(), show_header=False))
     history_rows = [
@@ -166,6 +188,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     ]
     print()
     print(render_table(("time", "step", "outcome", "state", "http", "ms", "error"), history_rows, title="history"))
+    if revocations:
+        print()
+        rows = [
+            (r.issue, r.reason, "yes" if r.sent else "no", r.state, r.attempts, iso(r.created_at), r.last_error)
+            for r in revocations
+        ]
+        print(
+            render_table(("issue", "reason", "sent", "state", "tries", "recorded", "error"), rows, title="revocations")
+        )
+        if args.reveal:
+            for issue, keys in _revoked_contents(args, job, revocations).items():
+                print(f"revoked keys of issue {issue}: " + ", ".join(keys))
     if job.content is None:
         print("delivered content: none stored" + (" (purged)" if job.state == "delivered" else ""))
     elif args.reveal:
@@ -176,6 +210,39 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"download: {content.download}")
     else:
         print("delivered content: stored, hidden (add --reveal to print it)")
+    return 0
+
+
+def _revoked_contents(args: argparse.Namespace, job: Job, revocations: list[Revocation]) -> dict[str, list[str]]:
+    """The keys of each revoked content, by issue (``--reveal`` only: they are opened with the daemon's key)."""
+    cipher = open_cipher(args)
+    revealed: dict[str, list[str]] = {}
+    for revocation in revocations:
+        if revocation.content is None:
+            continue
+        raw = revocation.content
+        if cipher is not None:
+            raw = cipher.open(raw, f"{job.store}/{job.order_id}/content")
+        revealed[str(revocation.issue)] = list(Content.from_json(raw).keys)
+    return revealed
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    job = _orders(args).revoke(args.ref, args.store)
+    _say(
+        f"order {job.order_id} (#{job.id}, {job.store}): revocation recorded; the running daemon calls the product's "
+        "revoke hook and tells the store's channel shortly ('orders show' follows it)"
+    )
+    return 0
+
+
+def cmd_reissue(args: argparse.Namespace) -> int:
+    job = _orders(args).reissue(args.ref, args.store)
+    _say(
+        f"order {job.order_id} (#{job.id}, {job.store}): its keys are revoked and a new content is queued; the running "
+        "daemon generates and delivers it through the store's channel shortly"
+    )
+    _say(redelivery_note(job.marketplace))
     return 0
 
 
@@ -237,7 +304,7 @@ def _order_args(parser: argparse.ArgumentParser, *, optional: bool = False) -> N
 
 def register(sub: Any) -> None:
     """Add ``orders`` and its sub-commands to the CLI."""
-    orders = sub.add_parser("orders", help="list, inspect, retry, redeliver or cancel orders")
+    orders = sub.add_parser("orders", help="list, inspect, retry, redeliver, cancel, revoke or reissue orders")
     actions = orders.add_subparsers(dest="orders_command", required=True)
 
     listing = actions.add_parser("list", help="orders, newest first")
@@ -268,3 +335,11 @@ def register(sub: Any) -> None:
     cancel = actions.add_parser("cancel", help="never attempt an order again")
     _order_args(cancel)
     cancel.set_defaults(func=_guarded(cmd_cancel))
+
+    revoke = actions.add_parser("revoke", help="revoke a delivered order's keys (generator hook, order.revoked)")
+    _order_args(revoke)
+    revoke.set_defaults(func=_guarded(cmd_revoke))
+
+    reissue = actions.add_parser("reissue", help="revoke a delivered order's keys and deliver new ones")
+    _order_args(reissue)
+    reissue.set_defaults(func=_guarded(cmd_reissue))

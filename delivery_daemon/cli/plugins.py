@@ -20,7 +20,13 @@ from delivery_daemon.clock import SystemClock
 from delivery_daemon.config import Settings, load_settings
 from delivery_daemon.errors import ConfigError, DeliveryDaemonError, PluginError
 from delivery_daemon.generators.discovery import BrokenPlugin, discover
-from delivery_daemon.generators.licence import LicenseError, generate_keypair, load_public_key, verify
+from delivery_daemon.generators.licence import (
+    LicenseError,
+    generate_keypair,
+    load_public_key,
+    verify,
+    verify_revocations,
+)
 from delivery_daemon.storage.engine import create_db_engine, create_schema, sqlite_path
 from delivery_daemon.storage.queue import JobQueue
 from delivery_daemon.storage.reads import waiting_per_product
@@ -241,10 +247,30 @@ def cmd_license_verify(args: argparse.Namespace) -> int:
     except LicenseError as exc:
         print(f"delivery-daemon: error: {exc}", file=sys.stderr)
         return 2
+    revoked = None
+    if args.revocations is not None:
+        try:
+            revoked = verify_revocations(Path(args.revocations).read_text(encoding="utf-8"), public)
+        except OSError as exc:
+            print(f"delivery-daemon: error: cannot read {args.revocations}: {exc.strerror}", file=sys.stderr)
+            return 2
+        except (LicenseError, UnicodeDecodeError) as exc:
+            print(f"delivery-daemon: error: --revocations {args.revocations}: {exc}", file=sys.stderr)
+            return 2
     try:
         payload = verify(args.key, public, now=time.time())
     except LicenseError as exc:
         print(f"invalid: {exc}")
+        return 1
+    if revoked is not None and revoked.product != payload.product:
+        print(
+            f"delivery-daemon: error: --revocations lists product {revoked.product!r}, the key is for "
+            f"{payload.product!r}",
+            file=sys.stderr,
+        )
+        return 2
+    if revoked is not None and revoked.revokes(args.key):
+        print(f"invalid: revoked (on the revocation list issued at {revoked.issued_at})")
         return 1
     print(
         "valid: "
@@ -314,6 +340,11 @@ def register(sub: Any) -> None:
     check = license_.add_parser("verify", help="check one licence key offline")
     check.add_argument("key")
     check.add_argument("--public-key", required=True)
+    check.add_argument(
+        "--revocations",
+        metavar="FILE",
+        help="a revocation list fetched from GET /revocations/{store}/{product}: a key on it is invalid",
+    )
     check.set_defaults(func=cmd_license_verify)
 
 

@@ -12,8 +12,10 @@ base64url is unpadded. ``docs/plugins.md`` has a 20-line verifier a seller can p
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,17 +124,24 @@ def sign(payload: LicensePayload, private: Ed25519PrivateKey) -> str:
     return f"{signed}.{_b64encode(private.sign(signed.encode('ascii')))}"
 
 
-def verify(key: str, public: Ed25519PublicKey, *, now: float) -> LicensePayload:
-    """The payload of a genuine, unexpired ``key``; LicenseError otherwise."""
+def _signed_part(text: str, prefix: str, public: Ed25519PublicKey, what: str, foreign: str) -> str:
+    """``{prefix}{payload}`` of ``text`` (``{prefix}{payload}.{signature}``) if ``public`` verifies the signature;
+    LicenseError naming ``what`` it is not, or saying ``foreign`` (or altered) for a wrong signature."""
     from cryptography.exceptions import InvalidSignature
 
-    signed, dot, signature = key.strip().rpartition(".")
-    if not dot or not signed.startswith(PREFIX):
-        raise LicenseError(f"not a licence key (expected {PREFIX}<payload>.<signature>)")
+    signed, dot, signature = text.strip().rpartition(".")
+    if not dot or not signed.startswith(prefix):
+        raise LicenseError(f"not {what} (expected {prefix}<payload>.<signature>)")
     try:
         public.verify(_b64decode(signature), signed.encode("ascii"))
     except (InvalidSignature, ValueError, UnicodeEncodeError):
-        raise LicenseError("invalid signature: the key was not issued with this public key, or was altered") from None
+        raise LicenseError(f"invalid signature: {foreign}, or was altered") from None
+    return signed
+
+
+def verify(key: str, public: Ed25519PublicKey, *, now: float) -> LicensePayload:
+    """The payload of a genuine, unexpired ``key``; LicenseError otherwise."""
+    signed = _signed_part(key, PREFIX, public, "a licence key", "the key was not issued with this public key")
     try:
         data = json.loads(_b64decode(signed.removeprefix(PREFIX)))
         payload = LicensePayload(
@@ -150,13 +159,62 @@ def verify(key: str, public: Ed25519PublicKey, *, now: float) -> LicensePayload:
     return payload
 
 
+REVOCATIONS_PREFIX = "revocations/"
+
+
+@dataclass(frozen=True)
+class RevocationList:
+    """A signed list of revoked licence keys of one product, by the SHA-256 (hex) of each key's text."""
+
+    product: str
+    issued_at: int
+    revoked: frozenset[str]
+
+    def revokes(self, key: str) -> bool:
+        """Whether ``key`` (a licence key as given to the buyer) is on the list."""
+        return key_hash(key) in self.revoked
+
+
+def key_hash(key: str) -> str:
+    """The SHA-256 (hex) of a key's text, surrounding whitespace removed: how a revocation list names a key."""
+    return hashlib.sha256(key.strip().encode()).hexdigest()
+
+
+def sign_revocations(product: str, key_hashes: Sequence[str], issued_at: int, private: Ed25519PrivateKey) -> str:
+    """``revocations/{base64url payload}.{base64url signature}``: payload ``{"iat", "p", "r"}`` (compact JSON,
+    sorted keys; ``r`` the sorted hashes), signed like a licence key over ``revocations/{payload}``."""
+    data = {"p": product, "iat": issued_at, "r": sorted(set(key_hashes))}
+    signed = REVOCATIONS_PREFIX + _b64encode(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+    return f"{signed}.{_b64encode(private.sign(signed.encode('ascii')))}"
+
+
+def verify_revocations(document: str, public: Ed25519PublicKey) -> RevocationList:
+    """The list in a genuine ``document`` signed with ``public``'s private key; LicenseError otherwise."""
+    signed = _signed_part(
+        document, REVOCATIONS_PREFIX, public, "a revocation list", "the list was not signed with this public key"
+    )
+    try:
+        data = json.loads(_b64decode(signed.removeprefix(REVOCATIONS_PREFIX)))
+        revoked = data["r"]
+        if not isinstance(revoked, list) or not all(isinstance(item, str) for item in revoked):
+            raise TypeError("r")
+        return RevocationList(product=str(data["p"]), issued_at=int(data["iat"]), revoked=frozenset(revoked))
+    except (ValueError, KeyError, TypeError):
+        raise LicenseError("signed revocation list is not in the documented format") from None
+
+
 __all__ = [
     "PREFIX",
+    "REVOCATIONS_PREFIX",
     "LicenseError",
     "LicensePayload",
+    "RevocationList",
     "generate_keypair",
+    "key_hash",
     "load_private_key",
     "load_public_key",
     "sign",
+    "sign_revocations",
     "verify",
+    "verify_revocations",
 ]

@@ -114,6 +114,13 @@ class Metrics:
             ["store", "kind"],
             registry=r,
         )
+        self.revocations = Counter(
+            "delivery_daemon_revocations",
+            "Revocations the worker ran (a refunded, disputed, cancelled, revoked or re-issued order's content taken "
+            "back), by store and outcome: done, retry (tried again later), dead (given up).",
+            ["store", "outcome"],
+            registry=r,
+        )
         self.generator = Histogram(
             "delivery_daemon_generator_duration_seconds",
             "Time a generator took for one order.",
@@ -165,6 +172,9 @@ class Metrics:
 
     def generated(self, generator: str, seconds: float) -> None:
         self.generator.labels(generator=generator).observe(seconds)
+
+    def revocation_finished(self, store: str, outcome: str) -> None:
+        self.revocations.labels(store=store, outcome=outcome).inc()
 
     # -- scrape ----------------------------------------------------------------------------------------------
 

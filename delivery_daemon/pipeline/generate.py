@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 
@@ -44,21 +46,29 @@ async def call_generator(
     when ``threads`` (the product's) already holds its limit of calls still running past their budget,
     and GeneratorError when the result breaks the contract.
     """
+    result = await call_plugin(generator.generate, context, budget=budget, name=name, threads=threads)
+    return check_result(result, context.quantity)
+
+
+async def call_plugin(
+    method: Callable[[Any], object], argument: object, *, budget: float, name: str, threads: HungThreads | None = None
+) -> object:
+    """``method(argument)`` of a plugin (a sync one in a thread of ``threads``) within ``budget`` seconds: what it
+    returned, what it raised, or Retry when the budget ran out or ``threads`` holds its limit of hung calls."""
     threads = threads if threads is not None else HungThreads()
-    method = generator.generate
     try:
         with anyio.fail_after(budget):
             if inspect.iscoroutinefunction(method):
-                result = await method(context)
+                result: object = await method(argument)
             else:
-                result = await threads.run(method, context, name=name)
+                result = await threads.run(method, argument, name=name)
                 if inspect.isawaitable(result):
                     result = await result
     except TimeoutError:
         raise Retry(f"generator {name} took longer than {budget:g} s") from None
     except asyncio.CancelledError:
         raise
-    return check_result(result, context.quantity)
+    return result
 
 
 async def generate(product: Product, context: OrderContext, *, budget: float) -> Content:

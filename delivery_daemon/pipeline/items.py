@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from delivery_daemon.errors import Dead, OutOfStock
-from delivery_daemon.generators.contract import OrderContext
+from delivery_daemon.generators.contract import OrderContext, idempotency_key
 from delivery_daemon.order import Content, OrderItem
 from delivery_daemon.pipeline.generate import generate
 from delivery_daemon.pipeline.stores import Product, Store
@@ -36,7 +36,7 @@ def item_context(store: Store, job: Job, item: OrderItem) -> tuple[Product, Orde
         buyer_email=job.buyer_email,
         options=product.options,
         # Stable per item across retries, and distinct between the items of one order.
-        idempotency_key=f"{job.store}:{job.order_id}:{item.product_id}",
+        idempotency_key=f"{idempotency_key(job.store, job.order_id, job.issue)}:{item.product_id}",
     )
 
 

@@ -20,6 +20,8 @@ class Observer(Protocol):
 
     def generated(self, generator: str, seconds: float) -> None: ...
 
+    # Optional: ``revocation_finished(store, outcome)`` — a revocation ended done or dead, or was scheduled again.
+
 
 class Observers:
     """Several observers as one, told in order; one that raises is logged and does not stop the others."""
@@ -33,9 +35,15 @@ class Observers:
     def generated(self, generator: str, seconds: float) -> None:
         self._tell("generated", generator, seconds)
 
+    def revocation_finished(self, store: str, outcome: str) -> None:
+        self._tell("revocation_finished", store, outcome)
+
     def _tell(self, method: str, *args: Any) -> None:
         for observer in self.observers:
+            tell = getattr(observer, method, None)
+            if tell is None:  # an optional event (revocation_finished) this observer does not follow
+                continue
             try:
-                getattr(observer, method)(*args)
+                tell(*args)
             except Exception as exc:  # an observer's bug must not turn a committed outcome into a retry
                 log.error("observer.failed", observer=type(observer).__name__, error=type(exc).__name__)

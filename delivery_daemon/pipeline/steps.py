@@ -19,7 +19,7 @@ import structlog
 
 from delivery_daemon.clock import Clock
 from delivery_daemon.errors import Dead
-from delivery_daemon.generators.contract import OrderContext
+from delivery_daemon.generators.contract import OrderContext, idempotency_key
 from delivery_daemon.order import Content, OrderItem
 from delivery_daemon.pipeline.generate import generate
 from delivery_daemon.pipeline.items import generate_items
@@ -64,7 +64,7 @@ def order_context(store: Store, job: Job) -> tuple[Product, OrderContext]:
         quantity=job.quantity,
         buyer_email=job.buyer_email,
         options=product.options,
-        idempotency_key=f"{job.store}:{job.order_id}",
+        idempotency_key=idempotency_key(job.store, job.order_id, job.issue),
     )
 
 

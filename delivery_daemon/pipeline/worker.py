@@ -34,6 +34,7 @@ from delivery_daemon.pipeline.deliver import deliver
 from delivery_daemon.pipeline.followup import FollowUps
 from delivery_daemon.pipeline.observers import Observer, Observers
 from delivery_daemon.pipeline.outcomes import Outcomes
+from delivery_daemon.pipeline.revoke import Revoker
 from delivery_daemon.pipeline.steps import Steps
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.storage.jobs import LeaseLost, OrderCancelled, QueueError, Transition
@@ -111,6 +112,9 @@ class Worker:
         self.observer: Observer = Observers(observers)
         self._outcomes = Outcomes(queue, self.owner, settings.lease_seconds)
         self.follow_ups = FollowUps(queue, stores, backoff, clock, grace=settings.lease_seconds)
+        self.revoker = Revoker(
+            queue, stores, backoff, clock, self.owner, settings.lease_seconds, generator_budget, lambda: self.observer
+        )
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], int] = {}  # task -> the id of the job it works on
         self._busy = 0  # slots held: jobs between their claim and the start of their final transition
@@ -169,6 +173,7 @@ class Worker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        await self.revoker.stop()
         released = await self.queue.release_owned(self.owner)
         log.info("worker.stopped", owner=self.owner, released=released)
 
@@ -181,6 +186,7 @@ class Worker:
                 )
             released = await self.queue.release_expired()
             await self.follow_ups.sweep(frozenset(self._inflight.values()))
+            self.revoker.kick()
         except QueueError as exc:
             log.error("worker.periodic_failed", error=str(exc))
             return
@@ -216,11 +222,11 @@ class Worker:
         _retrieve(task)
 
     async def drain(self) -> int:
-        """Burst mode: process due jobs until none is left; returns how many were processed."""
+        """Burst mode: process due jobs and revocations until none is left; returns how many jobs were processed."""
         processed = 0
         while True:
             jobs = await self.queue.claim(self.owner, self.settings.lease_seconds, self.settings.concurrency)
-            if not jobs:
+            if not jobs and not await self.revoker.run_due():  # revocations too: a drain leaves nothing due
                 return processed
             await asyncio.gather(*(self.process(job) for job in jobs))
             processed += len(jobs)

@@ -17,6 +17,7 @@ from delivery_daemon.clock import Clock
 from delivery_daemon.storage.cipher import Cipher
 from delivery_daemon.storage.jobs import JOBS, Transition, record, row_to_job
 from delivery_daemon.storage.models import RUNNABLE, Job, JobState
+from delivery_daemon.storage.revocations import open_revocation
 
 
 class Leases:
@@ -110,6 +111,8 @@ class Leases:
             )
             record(conn, row.id, Transition(JobState.CANCELLED, "lease", outcome), now)
             record(conn, row.id, Transition(JobState.CANCELLED, "event", f"{row.flag}:cancelled"), now)
+            # Its worker may have died mid-attempt without recording it: the content counts as sent.
+            open_revocation(conn, row.id, str(row.flag), now, sent=True)
         return len(rows)
 
     def release_expired(self, conn: Connection) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import Index, Table, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Integer, Table, Text, UniqueConstraint
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.attributes import manager_of_class
 from sqlmodel import Field, SQLModel
@@ -73,6 +73,10 @@ class Job(SQLModel, table=True):
     # see JobQueue.transition) or after delivery (delivered and flagged: a refunded buyer holds the keys). NULL on
     # every other job (a cancelled one says why in last_error).
     flag: str | None = Field(default=None, max_length=16)
+    # How many contents the order has had before this one (0: the first). An operator's re-issue, or a cancellation
+    # that gave back a content never sent, clears ``content`` and adds one, so the next one is a new issue.
+    # The database's default, not the model's: rows written without it (an older schema's INSERTs) still work.
+    issue: int = Field(default=0, sa_column=Column("issue", Integer, nullable=False, server_default="0"))
 
 
 class Attempt(SQLModel, table=True):
@@ -91,6 +95,46 @@ class Attempt(SQLModel, table=True):
     http_status: int | None = None
     error: str | None = Field(default=None, sa_type=Text)
     duration_ms: float | None = None
+
+
+class RevocationState(StrEnum):
+    """Where a revocation stands: ``pending`` (due at ``due_at``), ``running`` (leased), ``done`` or ``dead``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    DEAD = "dead"
+
+
+class Revocation(SQLModel, table=True):
+    """One content of an order to take back (see :mod:`delivery_daemon.storage.revocations`): written in the
+    transaction that refunded, disputed, cancelled or revoked the order, run by the worker until done or dead."""
+
+    __tablename__ = "revocations"
+    __table_args__ = (
+        UniqueConstraint("job_id", "issue", name="uq_revocations_job_issue"),
+        Index("ix_revocations_state_due", "state", "due_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id")
+    issue: int  # the job's ``issue`` whose content this revokes
+    reason: str = Field(max_length=16)  # refunded | disputed | cancelled | revoked | reissued
+    # False only when no delivery attempt was ever made with this content: a stock key goes back to the pool, and
+    # no ``order.revoked`` event is sent (nobody was told about the order).
+    sent: bool
+    content: str | None = Field(default=None, sa_type=Text)  # sealed like jobs.content, with the job's context
+    key_hashes: str | None = Field(default=None, sa_type=Text)  # JSON list of SHA-256 hex of the revoked keys
+    state: str = Field(default=RevocationState.PENDING.value, max_length=16)
+    attempts: int = 0
+    due_at: float
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: float | None = None
+    hook_done_at: float | None = None  # the generator's hook succeeded (or the generator has none): never again
+    notified_at: float | None = None  # the channel's order.revoked event was accepted (or there is none to send)
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: float
+    updated_at: float
 
 
 class WebhookEvent(SQLModel, table=True):

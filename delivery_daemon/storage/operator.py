@@ -26,8 +26,9 @@ from sqlalchemy.engine import Connection
 from delivery_daemon.clock import Clock
 from delivery_daemon.errors import DeliveryDaemonError
 from delivery_daemon.storage.jobs import ATTEMPTS, JOBS
-from delivery_daemon.storage.models import Attempt, Job, JobState
+from delivery_daemon.storage.models import Attempt, Job, JobState, Revocation
 from delivery_daemon.storage.reads import read_history
+from delivery_daemon.storage.revocations import open_revocation, read_revocations
 from delivery_daemon.storage.transitions import OPERATOR_RETRYABLE, OperatorAction, operator_requeue
 
 CANCELLABLE = (
@@ -130,6 +131,11 @@ class Orders:
         with self.engine.connect() as conn:
             return read_history(conn, job_id)
 
+    def revocations(self, job_id: int) -> list[Revocation]:
+        """Every revocation of a job, oldest first (content still sealed)."""
+        with self.engine.connect() as conn:
+            return read_revocations(conn, job_id)
+
     # -- actions ---------------------------------------------------------------------------------------------
 
     def retry(self, ref: str, store: str | None = None) -> Job:
@@ -187,6 +193,51 @@ class Orders:
                 raise ActionRefused(f"order {job.order_id} changed state meanwhile; look again")
             assert job.id is not None
             self._record(conn, job.id, JobState.CANCELLED, "cancelled", now)
+            open_revocation(conn, job.id, "cancelled", now)  # a stored content is taken back (or given back)
+        return self.resolve(f"#{job.id}")
+
+    def _delivered(self, conn: Connection, job: Job, action: str) -> None:
+        """Lock ``job``'s row and refuse ``action`` unless it is still delivered with its content stored."""
+        row = conn.execute(select(JOBS.c.state, JOBS.c.content).where(JOBS.c.id == job.id).with_for_update()).first()
+        if row is None or row.state != JobState.DELIVERED.value:
+            state = row.state if row is not None else "gone"
+            raise ActionRefused(f"order {job.order_id} is {state}, not delivered: there is nothing to {action}")
+        if row.content is None:
+            raise ActionRefused(
+                f"order {job.order_id}: no content is stored (purged by the retention policy, or revoked and not "
+                f"delivered again): there is nothing to {action}"
+            )
+
+    def revoke(self, ref: str, store: str | None = None) -> Job:
+        """Revoke a delivered order's content: a pending revocation is committed, and the worker calls the product's
+        generator hook and sends the channel's ``order.revoked`` event. The order stays delivered."""
+        job = self.resolve(ref, store)
+        assert job.id is not None
+        with self.engine.begin() as conn:
+            self._delivered(conn, job, "revoke")
+            if not open_revocation(conn, job.id, "revoked", self.clock.now()):
+                raise ActionRefused(f"order {job.order_id}: its content is revoked already (see 'orders show')")
+        return self.resolve(f"#{job.id}")
+
+    def reissue(self, ref: str, store: str | None = None) -> Job:
+        """Revoke a delivered order's content and queue the order to get a new one, generated and delivered through
+        the store's channel like a first delivery (the old content stays in the revocation, in the history).
+
+        Refused for a refunded or disputed order: its buyer got the money back."""
+        job = self.resolve(ref, store)
+        assert job.id is not None
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            self._delivered(conn, job, "re-issue")
+            if job.flag is not None:
+                raise ActionRefused(f"order {job.order_id} was {job.flag}: it gets no new key")
+            open_revocation(conn, job.id, "reissued", now, reissue=True)
+            conn.execute(
+                update(JOBS)
+                .where(JOBS.c.id == job.id)
+                .values(state=JobState.QUEUED.value, due_at=now, updated_at=now, attempts=0, last_error=None)
+            )
+            self._record(conn, job.id, JobState.QUEUED, "reissue", now)
         return self.resolve(f"#{job.id}")
 
     # -- helpers ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from delivery_daemon.clock import Clock
 from delivery_daemon.storage.jobs import ATTEMPTS, JOBS, QueueError
 from delivery_daemon.storage.missed import OpenMissed, missed_rows
 from delivery_daemon.storage.models import FINAL, JobState
+from delivery_daemon.storage.revocations import count_revocations, read_revocations
 
 T = TypeVar("T")
 
@@ -89,6 +90,10 @@ class LatencyBar:
     count: int
 
 
+REVOCATION_FIELDS = ("issue", "reason", "sent", "state", "attempts", "created_at", "last_error")
+"""What the order page shows of each revocation."""
+
+
 @dataclass(frozen=True)
 class Overview:
     counts: dict[str, int]
@@ -99,6 +104,8 @@ class Overview:
     now: float
     missed: list[OpenMissed] = field(default_factory=list)
     """Open missed orders (the watchdog's: paid, no job, the seller must act), oldest found first, at most 50."""
+    revocations: dict[str, int] = field(default_factory=dict)
+    """Revocations per state (pending, running, done, dead)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,8 @@ class OrderDetail:
     job: dict[str, Any]
     attempts: list[dict[str, Any]]
     has_content: bool
+    revocations: list[dict[str, Any]] = field(default_factory=list)
+    """The order's revocations, oldest first (never their content)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,7 @@ def _overview(conn: Connection, now: float) -> Overview:
     }
     labels = [label for label, _ in LATENCY_BUCKETS] + [SLOWEST_BUCKET]
     return Overview(
+        revocations=count_revocations(conn),
         counts=counts,
         oldest_open=dict(oldest._mapping) if oldest is not None else None,
         delivered_last_hour=int(delivered[0]),
@@ -216,7 +226,10 @@ def _order(conn: Connection, job_id: int) -> OrderDetail | None:
     job = dict(row._mapping)
     has_content = bool(job.pop("has_content"))
     attempts = conn.execute(select(ATTEMPTS).where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.id)).fetchall()
-    return OrderDetail(job=job, attempts=[dict(a._mapping) for a in attempts], has_content=has_content)
+    revocations = [{name: getattr(r, name) for name in REVOCATION_FIELDS} for r in read_revocations(conn, job_id)]
+    return OrderDetail(
+        job=job, attempts=[dict(a._mapping) for a in attempts], has_content=has_content, revocations=revocations
+    )
 
 
 def _stock(conn: Connection, low_stock: int) -> list[StockRow]:

@@ -46,8 +46,16 @@ from delivery_daemon.storage.jobs import (
     seal,
 )
 from delivery_daemon.storage.leases import Leases
-from delivery_daemon.storage.models import RUNNABLE, Attempt, Job, JobState
+from delivery_daemon.storage.models import RUNNABLE, Attempt, Job, JobState, Revocation
 from delivery_daemon.storage.reads import count_states, find_job, get_job, next_due, read_history
+from delivery_daemon.storage.revocations import (
+    Claimed,
+    claim_revocations,
+    count_revocations,
+    read_revocations,
+    revoked_hashes,
+    save_revocation,
+)
 from delivery_daemon.storage.transitions import LeasedChange, Transitions, operator_requeue
 
 P = ParamSpec("P")
@@ -256,6 +264,28 @@ class JobQueue:
         """:func:`~delivery_daemon.storage.transitions.operator_requeue` ``redeliver``: send a delivered job's stored
         content again (never regenerated). True if it moved (only a delivered job with content does)."""
         return await self._run(operator_requeue, job_id, "redeliver", self.clock.now())
+
+    # -- revocations (see delivery_daemon.storage.revocations) --------------------------------------------------
+
+    async def claim_revocations(self, owner: str, lease_seconds: float, limit: int) -> list[Claimed]:
+        """Lease up to ``limit`` due revocations to ``owner``, with their jobs and revoked contents in plaintext."""
+        return await self._run(claim_revocations, owner, lease_seconds, limit, self.clock.now(), self.cipher)
+
+    async def save_revocation(self, revocation_id: int, owner: str, values: dict[str, Any], change: Transition) -> bool:
+        """Write a step of a leased revocation and record it in its order's history; False if the lease was lost."""
+        return await self._run(save_revocation, revocation_id, owner, values, change, self.clock.now())
+
+    async def revocations(self, job_id: int) -> list[Revocation]:
+        """Every revocation of job ``job_id``, oldest first (content still sealed)."""
+        return await self._read(read_revocations, job_id)
+
+    async def revocation_counts(self) -> dict[str, int]:
+        """Revocations per state."""
+        return await self._read(count_revocations)
+
+    async def revoked_hashes(self, store: str, product_id: str) -> list[str]:
+        """SHA-256 hex of every key revoked for ``product_id`` of ``store`` (a signed revocation list's entries)."""
+        return await self._read(revoked_hashes, store, product_id)
 
     # -- reads -----------------------------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ from sqlalchemy import Engine, and_, insert, or_, select, update
 
 from delivery_daemon.clock import Clock
 from delivery_daemon.storage.jobs import ATTEMPTS, JOBS
-from delivery_daemon.storage.models import FINAL
+from delivery_daemon.storage.models import FINAL, RevocationState
+from delivery_daemon.storage.revocations import REVOCATIONS
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
@@ -57,6 +58,17 @@ def purge(engine: Engine, clock: Clock, days: float, *, batch: int = BATCH) -> i
                 conn.execute(
                     insert(ATTEMPTS).values(job_id=job_id, at=now, step="admin", outcome="purged", state=state)
                 )
+            # The revoked keys of finished revocations go with the order's content (their hashes stay for the list).
+            conn.execute(
+                update(REVOCATIONS)
+                .where(
+                    and_(
+                        REVOCATIONS.c.job_id.in_([job_id for job_id, _state in rows]),
+                        REVOCATIONS.c.state.in_([RevocationState.DONE.value, RevocationState.DEAD.value]),
+                    )
+                )
+                .values(content=None)
+            )
             total += len(rows)
 
 

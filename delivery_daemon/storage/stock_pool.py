@@ -90,6 +90,7 @@ class StockKey(SQLModel, table=True):
     imported_at: float
     claimed_by: str | None = Field(default=None, max_length=256)
     claimed_at: float | None = None
+    revoked_at: float | None = None  # its order was refunded, disputed or revoked after it went out: never freed
 
 
 KEYS = table_of(StockKey)
@@ -299,6 +300,28 @@ class StockPool:
             where = {"pool": product_id} if store == POOL_STORE else {"store": store, "product_id": product_id}
             log.warning("stock.low", **where, remaining=left, threshold=low_threshold)
         return keys
+
+    def revoke(self, store: str, product_id: str, order_key: str) -> int:
+        """Mark the keys issued to ``order_key`` revoked (they went out and their order was taken back): they stay
+        taken, for good. How many were marked (0 when done before)."""
+        return self._change(
+            and_(KEYS.c.revoked_at.is_(None)), store, product_id, order_key, revoked_at=self.clock.now()
+        )
+
+    def release(self, store: str, product_id: str, order_key: str) -> int:
+        """Give the keys issued to ``order_key`` back to the pool (its order was cancelled before any delivery
+        attempt); a revoked key is never given back. How many were freed."""
+        return self._change(
+            and_(KEYS.c.revoked_at.is_(None)), store, product_id, order_key, claimed_by=None, claimed_at=None
+        )
+
+    def _change(self, where: Any, store: str, product_id: str, order_key: str, **values: Any) -> int:
+        mine = and_(where, KEYS.c.store == store, KEYS.c.product_id == product_id, KEYS.c.claimed_by == order_key)
+        try:
+            with self.engine.begin() as conn:
+                return int(conn.execute(update(KEYS).where(mine).values(**values)).rowcount)
+        except SQLAlchemyError as exc:
+            raise StockError(f"database error: {type(exc).__name__}") from exc
 
     def seal(self, *, rotate: bool = False, batch: int = SEAL_BATCH) -> int:
         """Seal the rows that need it, ``batch`` rows per transaction; returns how many were rewritten.

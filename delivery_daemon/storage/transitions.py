@@ -35,6 +35,7 @@ from delivery_daemon.storage.jobs import (
     record,
 )
 from delivery_daemon.storage.models import Job, JobState
+from delivery_daemon.storage.revocations import open_revocation
 
 OPERATOR_RETRYABLE = (
     JobState.DEAD.value,
@@ -213,6 +214,8 @@ class Transitions:
             record(conn, job_id, replace(change, state=state), now)
         outcome = "flagged" if state is JobState.DELIVERED else "cancelled"
         record(conn, job_id, Transition(state, "event", f"{marked.flag}:{outcome}", error=marked.last_error), now)
+        # Refunded or disputed with its content stored: taken back (a content that never went out is given back).
+        open_revocation(conn, job_id, str(marked.flag), now)
         last = changes[-1]
         told = (
             replace(last, state=state)
@@ -339,4 +342,7 @@ class Transitions:
                 )
             )
         record(conn, job_id, Transition(state, "event", f"{order.kind}:{outcome}"[:32], error=order.reason), now)
+        if outcome in ("flagged", "cancelled"):
+            # Its content (if one was stored) is revoked in this transaction: the refund is never without it.
+            open_revocation(conn, job_id, order.kind, now)
         return outcome

@@ -132,7 +132,8 @@ async def test_replayed_event_and_second_event_for_the_order_deliver_once(tmp_pa
 
 
 async def test_refund_before_delivery_cancels_and_after_delivery_flags(tmp_path: Path) -> None:
-    """charge.refunded cancels an undelivered order (nothing sent) and flags a delivered one with a warning log."""
+    """charge.refunded cancels an undelivered order (nothing sent) and flags a delivered one with a warning log (and
+    revokes its keys: order.revoked to the seller)."""
     async with multi_stack(tmp_path) as multi:
         sender = multi.stripe()
         early, late = payment_intent("prod-a"), payment_intent("prod-b")
@@ -152,7 +153,10 @@ async def test_refund_before_delivery_cancels_and_after_delivery_flags(tmp_path:
         assert response.json()["status"] == "cancelled"
         await multi.drain()
         assert (await multi.job("stripe", pending["id"])).state == "cancelled"
-        assert len(multi.seller.accepted()) == 2
+        # The two deliveries, then the refunded one's order.revoked; nothing for the cancelled order.
+        assert [(r.body["type"], r.body["data"]["order_id"]) for r in multi.seller.accepted()][2:] == [
+            ("order.revoked", late["id"])
+        ]
         history = await multi.daemon.queue.history((await multi.job("stripe", pending["id"])).id)
         assert history[-1].step == "event" and history[-1].outcome == "disputed:cancelled"
 

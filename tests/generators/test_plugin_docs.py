@@ -8,6 +8,8 @@ import ast
 import re
 from pathlib import Path
 
+from delivery_daemon.generators.contract import HOOKS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,3 +46,10 @@ def test_every_contract_marker_names_a_documented_item() -> None:
     """No test claims to pin a contract item the document does not have (renamed or removed headings)."""
     stale = sorted(set(marked_items()) - set(contract_headings()))
     assert stale == [], f"tests marked with undocumented contract items: {stale}"
+
+
+def test_every_hook_the_daemon_looks_for_is_a_documented_item() -> None:
+    """Each attribute in contract.HOOKS (what the daemon looks for on a plugin, optional hooks included) has its own
+    ### heading, and therefore a test marked with it."""
+    missing = [hook for hook in HOOKS if hook not in contract_headings()]
+    assert missing == [], f"hooks of generators/contract.py without a contract item in docs/plugins.md: {missing}"

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from delivery_daemon.reference.chaos.harness import ChaosFaults, ChaosOptions
+from delivery_daemon.reference.chaos.refunds import REFUNDS, judge_refunds
 from delivery_daemon.reference.chaos.run import run_chaos
+from delivery_daemon.reference.chaos.verdict import Verdict
 from delivery_daemon.reference.chaos.webhooks import FLAVOURS, Attempt, ChaosSink, judge_sink
 from delivery_daemon.reference.standard_webhooks import new_secret
 
@@ -19,16 +21,25 @@ from delivery_daemon.reference.standard_webhooks import new_secret
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("marketplace", sorted(FLAVOURS))
 async def test_short_chaos_run_per_marketplace(marketplace: str, tmp_path: Path) -> None:
-    """100 orders, 2 SIGKILLs, a failing seller endpoint, resent and forged webhooks, and (Sellix, which lists its
-    orders) webhooks never sent, delivered by the watchdog: each paid order once."""
+    """100 orders, 2 SIGKILLs, a failing seller endpoint, resent and forged webhooks, (Sellix, which lists its
+    orders) webhooks never sent, delivered by the watchdog, and (Stripe) refunds during delivery: each paid order
+    once, each refunded one delivered at most once and then revoked, or cancelled."""
     lines: list[str] = []
     options = ChaosOptions(
-        orders=100, kills=2, rate=60, unpaid=0.05, never_sent=0.1, workdir=tmp_path, marketplace=marketplace
+        orders=100,
+        kills=2,
+        rate=60,
+        unpaid=0.05,
+        never_sent=0.1,
+        refund=0.1,
+        workdir=tmp_path,
+        marketplace=marketplace,
     )
     verdict = await run_chaos(options, say=lines.append)
     assert verdict.violations == [], "\n".join(lines)
     assert verdict.kills == 2 and verdict.faults > 0 and verdict.resent > 0
-    assert verdict.delivered == verdict.orders - verdict.unpaid > 75
+    assert verdict.delivered + verdict.refunded == verdict.orders - verdict.unpaid > 75
+    assert (verdict.refunded > 0) == (marketplace in REFUNDS)
     assert (verdict.never_sent > 0) is (marketplace == "sellix")  # delivered all the same, counted above
     assert verdict.integrity == "ok" and verdict.unfinished == 0 and verdict.leaks == 0
     assert lines[0].startswith(f"chaos: {marketplace}, seed ")
@@ -79,3 +90,20 @@ async def test_sink_deduplicates_on_webhook_id_only() -> None:
     ]
     verdict = judge_sink(sink, paid={"o-1": 1}, forged=[], forged_answers=[], kills=0, resent=0)
     assert verdict.duplicates == 1
+
+
+def test_refund_verdict_names_each_broken_promise() -> None:
+    """A refunded order delivered and never revoked (or revoked with other keys), or accepted twice, is reported; one
+    cancelled before any acceptance, or delivered once and revoked with its keys, is not."""
+    verdict = Verdict(orders=5, kills=0, faults=0, resent=0)
+    deliveries = {
+        "cancelled": [(False, _body("cancelled", ["K0"]))],
+        "revoked": [(True, _body("revoked", ["K1"]))],
+        "kept": [(True, _body("kept", ["K2"]))],
+        "other": [(True, _body("other", ["K3"]))],
+        "twice": [(True, _body("twice", ["K4"])), (True, _body("twice", ["K4"]))],
+    }
+    revoked = {"revoked": [_body("revoked", ["K1"])], "other": [_body("other", ["K9"])], "twice": [_body("t", ["K4"])]}
+    judge_refunds(verdict, set(deliveries), deliveries, revoked)
+    assert (verdict.refunded, verdict.refunded_accepted, verdict.duplicates) == (5, 4, 1)
+    assert sorted(v.split(":")[0] for v in verdict.violations) == ["order kept", "order other", "order twice"]

@@ -67,7 +67,8 @@ async def while_held(multi: Multi, during: Callable[[], Awaitable[httpx.Response
 
 async def test_refund_during_the_delivery_attempt_leaves_the_order_delivered_and_flagged(tmp_path: Path) -> None:
     """charge.refunded answered while the seller holds the delivery open: the attempt is recorded, the order ends
-    delivered and flagged, with one order.refunded warning and the flagged-orders metric."""
+    delivered, flagged and revoked (the seller gets order.revoked with the delivered keys), with one order.refunded
+    warning, one order.revoked event and the flagged-orders and revocations metrics."""
     async with multi_stack(tmp_path) as multi:
         sender = multi.stripe()
         intent = payment_intent("prod-a", quantity=2)
@@ -77,24 +78,35 @@ async def test_refund_during_the_delivery_attempt_leaves_the_order_delivered_and
         assert job.state == "delivered"
         assert job.flag == "refunded" and job.last_error.startswith("refunded")
         assert refund.status_code == 200 and refund.json()["status"] == "pending"
-        [delivery] = multi.seller.accepted()
+        delivery, revoked = multi.seller.accepted()
         assert delivery.body["data"]["order_id"] == intent["id"] and len(delivery.body["data"]["keys"]) == 2
+        assert (revoked.body["type"], revoked.body["data"]["reason"]) == ("order.revoked", "refunded")
+        assert revoked.body["data"]["keys"] == delivery.body["data"]["keys"] and revoked.msg_id != delivery.msg_id
         steps = await history(multi, intent["id"])
         assert ("event", "refunded:pending", "running", None) in steps
-        assert steps[-2:] == [
+        assert steps[-5:] == [
             ("deliver", "delivered", "delivered", 200),
             ("event", "refunded:flagged", "delivered", None),
+            ("revoke", "refunded:pending", "delivered", None),
+            ("revoke", "hook_ok", "delivered", None),
+            ("revoke", "done", "delivered", None),
         ]
         flagged = [line for line in log_lines(multi, "order.refunded") if line["flagged"]]
         assert [(line["level"], line["outcome"], line["order_id"]) for line in flagged] == [
             ("warning", "flagged", intent["id"])
         ]
-        assert FLAGGED_REFUNDED in await metrics_text(multi)
+        assert [(line["order_id"], line["reason"]) for line in log_lines(multi, "order.revoked")] == [
+            (intent["id"], "refunded")
+        ]
+        text = await metrics_text(multi)
+        assert FLAGGED_REFUNDED in text
+        assert 'delivery_daemon_revocations_total{outcome="done",store="stripe"} 1.0' in text
 
 
 async def test_dispute_during_a_failing_attempt_cancels_the_order_and_keeps_the_attempt(tmp_path: Path) -> None:
     """charge.dispute.created answered while the seller holds a delivery it then answers 500: the failed attempt is
-    in the history, the order ends cancelled (not flagged) and is never retried."""
+    in the history, the order ends cancelled (not flagged) and is never retried; the attempt may have reached the
+    seller, so its keys are revoked (order.revoked) rather than given back."""
     async with multi_stack(tmp_path) as multi:
         sender = multi.stripe()
         intent = payment_intent("prod-a")
@@ -104,13 +116,19 @@ async def test_dispute_during_a_failing_attempt_cancels_the_order_and_keeps_the_
         assert answer.json()["status"] == "pending"
         job = await multi.job("stripe", intent["id"])
         assert (job.state, job.flag) == ("cancelled", None)
-        assert (await history(multi, intent["id"]))[-2:] == [
+        assert (await history(multi, intent["id"]))[-5:] == [
             ("deliver", "retry", "cancelled", 500),
             ("event", "disputed:cancelled", "cancelled", None),
+            ("revoke", "disputed:pending", "cancelled", None),
+            ("revoke", "hook_ok", "cancelled", None),
+            ("revoke", "done", "cancelled", None),
         ]
         multi.clock.advance(3600)
         assert await multi.drain() == 0
-        assert [r.status for r in multi.seller.received] == [500]
+        assert [(r.status, r.body["type"]) for r in multi.seller.received] == [
+            (500, "order.delivered"),
+            (200, "order.revoked"),
+        ]
         assert [line["outcome"] for line in log_lines(multi, "order.disputed")] == ["pending", "cancelled"]
         assert "delivery_daemon_orders_flagged_total{" not in await metrics_text(multi)
 
@@ -153,11 +171,15 @@ async def test_refund_while_the_keys_are_generated_cancels_before_anything_is_se
         assert refund.json()["status"] == "pending"
         job = await multi.job("stripe", intent["id"])
         assert (job.state, job.flag) == ("cancelled", None)
-        assert multi.seller.received == []
-        assert (await history(multi, intent["id"]))[-2:] == [
+        assert multi.seller.received == []  # nor an order.revoked: nobody was ever sent this order
+        assert (await history(multi, intent["id"]))[-5:] == [
             ("generate", "ok", "cancelled", None),
             ("event", "refunded:cancelled", "cancelled", None),
+            ("revoke", "refunded:pending", "cancelled", None),
+            ("revoke", "hook_ok", "cancelled", None),
+            ("revoke", "done", "cancelled", None),
         ]
+        assert (job.content, job.issue) == (None, 1)  # given back: a retry generates a new content
         assert [line["outcome"] for line in log_lines(multi, "order.refunded")] == ["pending", "cancelled"]
         assert "job.lease_lost" not in multi.log_events()
 

@@ -21,8 +21,8 @@ async def test_delivered_order_takes_two_worker_commits(stack: Stack) -> None:
     committer = stack.daemon.queue.committer
     before = committer.stats.transactions
     assert await stack.drain() == 1
-    # claim, verify+content, delivered, and the drain's last (empty) claim
-    assert committer.stats.transactions - before == 4
+    # claim, verify+content, delivered, and the drain's last (empty) claims of jobs and of revocations
+    assert committer.stats.transactions - before == 5
     job = await stack.job(placed.id_order)
     assert (job.state, job.quantity) == (JobState.DELIVERED.value, 2)
     steps = [a.step for a in await stack.daemon.queue.history(job.id)]

@@ -29,7 +29,7 @@ from delivery_daemon.errors import ConfigError, Dead, OutOfStock, Retry
 from delivery_daemon.generators.licence import LicenseError, generate_keypair, load_public_key, verify
 from delivery_daemon.http.serving import serve
 from delivery_daemon.net.guard import NetPolicy
-from delivery_daemon.testing import arun_generator, fake_order, run_generator
+from delivery_daemon.testing import arun_generator, build_generator, fake_order, fake_revocation, run_generator
 
 # -- pattern ----------------------------------------------------------------------------------------------------
 
@@ -317,3 +317,60 @@ async def test_http_reaches_key_server_in_allowed_network(key_server: tuple[str,
     policy = NetPolicy.from_settings(SecuritySettings(allowed_networks=("127.0.0.0/8",)))
     result = await arun_generator(HttpGenerator, {"url": f"{url}/keys/200"}, policy=policy)
     assert result.keys == ("H-0",) and len(seen) == 1
+
+
+# -- revocation hooks -------------------------------------------------------------------------------------------
+
+REVOKE_PROGRAM = """\
+import json, sys
+revocation = json.load(sys.stdin)
+with open(sys.argv[1], "a") as seen:
+    seen.write(json.dumps({"argv": sys.argv[1:], "stdin": revocation}) + "\\n")
+sys.exit(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.contract("revoke")
+@pytest.mark.parametrize(("status", "outcome"), [(0, None), (65, Dead), (3, Retry)])
+async def test_command_revoke_runs_revoke_argv_with_the_revocation_on_stdin(
+    tmp_path: Path, status: int, outcome: type[Exception] | None
+) -> None:
+    """revoke_argv gets the revocation (keys included) as JSON on stdin, never in its arguments; exit 0 is done, 65
+    given up, anything else retried; without revoke_argv nothing runs."""
+    script, seen = tmp_path / "revoke.py", tmp_path / "seen.jsonl"
+    script.write_text(REVOKE_PROGRAM)
+    argv = [sys.executable, str(script), str(seen), str(status)]
+    generator = build_generator(CommandGenerator, {"argv": [sys.executable, str(script)], "revoke_argv": argv})
+    revocation = fake_revocation(keys=("SECRET-KEY-1",), reason="disputed")
+    if outcome is None:
+        await generator.revoke(revocation)  # type: ignore[attr-defined]  # the optional hook, not in the Protocol
+    else:
+        with pytest.raises(outcome):
+            await generator.revoke(revocation)  # type: ignore[attr-defined]  # the optional hook, as above
+    [call] = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert call["stdin"] == revocation.to_dict() and call["stdin"]["keys"] == ["SECRET-KEY-1"]
+    assert not any("SECRET-KEY-1" in arg for arg in call["argv"])
+    quiet = build_generator(CommandGenerator, {"argv": [sys.executable, str(script)]})
+    await quiet.revoke(revocation)  # type: ignore[attr-defined]  # the optional hook, as above
+    assert len(seen.read_text().splitlines()) == 1
+
+
+@pytest.mark.contract("revoke")
+async def test_http_revoke_posts_the_revocation_to_revoke_url(key_server: tuple[str, list[dict[str, Any]]]) -> None:
+    """http POSTs the revocation JSON to revoke_url with the token and Idempotency-Key revoke:<key>; 2xx is done,
+    5xx retried, 4xx given up; without revoke_url nothing is sent."""
+    url, seen = key_server
+    revocation = fake_revocation(reason="refunded", issue=1)
+    options = {"url": f"{url}/keys/200", "token": "tok-123456", "revoke_url": f"{url}/keys/200"}
+    generator = build_generator(HttpGenerator, options, policy=LOCAL)
+    await generator.revoke(revocation)  # type: ignore[attr-defined]  # the optional hook, not in the Protocol
+    assert seen[0]["body"] == revocation.to_dict()
+    assert seen[0]["headers"]["idempotency-key"] == "revoke:test-store:order-1#1"
+    assert seen[0]["headers"]["authorization"] == "Bearer tok-123456"
+    for status, outcome in ((503, Retry), (404, Dead)):
+        failing = build_generator(HttpGenerator, {**options, "revoke_url": f"{url}/keys/{status}"}, policy=LOCAL)
+        with pytest.raises(outcome):
+            await failing.revoke(revocation)  # type: ignore[attr-defined]  # the optional hook, as above
+    quiet = build_generator(HttpGenerator, {"url": f"{url}/keys/200"}, policy=LOCAL)
+    await quiet.revoke(revocation)  # type: ignore[attr-defined]  # the optional hook, as above
+    assert len(seen) == 3

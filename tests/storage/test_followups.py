@@ -38,7 +38,7 @@ def _statements(engine: Engine) -> list[tuple[str, Any]]:
 
 def test_the_sweeps_history_lookups_use_an_index(db_url: str) -> None:
     """Neither of pending()'s queries on ``attempts`` scans the table: the finished-step subquery uses
-    ix_attempts_step_outcome (migration 0009), the per-job tries ix_attempts_job_id."""
+    ix_attempts_step_outcome (migration 0008), the per-job tries ix_attempts_job_id."""
     engine = create_db_engine(db_url)
     create_schema(engine)
     statements = _statements(engine)

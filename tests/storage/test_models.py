@@ -33,6 +33,7 @@ def job_row(**changes: Any) -> dict[str, Any]:
         "updated_at": 2.0,
         "delivered_at": None,
         "flag": None,
+        "issue": 0,
     }
     return {**row, **changes}
 

@@ -171,7 +171,8 @@ def refund(n: int, kind: str = "refunded") -> MarkedOrder:
 async def test_refund_of_a_leased_job_keeps_the_lease_and_its_worker_settles_it(queues: Callable[[], JobQueue]) -> None:
     """A refund or dispute from another replica never takes a held lease: the worker's merged transitions record
     every attempt; the refunded job it delivered ends delivered and flagged, the disputed one whose attempt failed
-    cancelled, the one still generating is cancelled at its save (OrderCancelled); a queued job is cancelled at once."""
+    cancelled, the one still generating is cancelled at its save (OrderCancelled) and its content given back; a
+    queued job is cancelled at once."""
     worker, receiver = queues(), queues()
     for n in range(6):
         await worker.enqueue(order(n))
@@ -220,7 +221,11 @@ async def test_refund_of_a_leased_job_keeps_the_lease_and_its_worker_settles_it(
         )
         history = [(a.step, a.outcome, a.state) for a in await worker.history(job_id)]
         assert attempt in history
-    assert (await worker.get(jobs[2].id or 0)).content is not None  # type: ignore[union-attr]  # a missing job fails the test too
+    # Cancelled before anything was sent: its content is given back (a revocation holds it) and a retry makes anew.
+    given_back = await worker.get(jobs[2].id or 0)
+    assert given_back is not None and (given_back.content, given_back.issue) == (None, 1)
+    assert [(r.reason, r.sent) for r in await worker.revocations(jobs[2].id or 0)] == [("refunded", False)]
+    assert await worker.revocations(jobs[1].id or 0) == []  # nothing was generated for it: nothing to revoke
     assert await receiver.mark(refund(0, "disputed")) == "flagged"
     assert (await worker.find("shop", "o5")).state == "cancelled"  # type: ignore[union-attr]  # a missing job fails the test too
 
@@ -229,7 +234,7 @@ async def test_refund_during_a_redelivery_leaves_the_order_delivered_and_flagged
     queues: Callable[[], JobQueue],
 ) -> None:
     """A refund reaching an operator's redelivery (the keys went out with the first delivery) leaves the order
-    delivered and flagged even when that attempt fails; its attempt is recorded."""
+    delivered and flagged even when that attempt fails; its attempt is recorded and the keys' revocation with it."""
     queue = queues()
     await queue.enqueue(order(1))
     [job] = await queue.claim("w1", 30, 1)
@@ -244,9 +249,10 @@ async def test_refund_during_a_redelivery_leaves_the_order_delivered_and_flagged
     assert settled is not None and (settled.kind, settled.change.state) == ("refunded", JobState.DELIVERED)
     stored = await queue.get(job.id)
     assert stored is not None and (stored.state, stored.flag, stored.lease_owner) == ("delivered", "refunded", None)
-    assert [(a.step, a.outcome, a.state) for a in await queue.history(job.id)][-2:] == [
+    assert [(a.step, a.outcome, a.state) for a in await queue.history(job.id)][-3:] == [
         ("deliver", "retry", "delivered"),
         ("event", "refunded:flagged", "delivered"),
+        ("revoke", "refunded:pending", "delivered"),
     ]
 
 

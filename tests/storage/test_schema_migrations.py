@@ -47,10 +47,10 @@ from delivery_daemon.storage.stock_pool import KEYS, StockPool
 JOBS = table_of(Job)
 
 
-LATER_JOB_COLUMNS = ("flag",)
-"""Columns of ``jobs`` that migrations after the last pre-Alembic release added (0005)."""
+LATER_JOB_COLUMNS = ("flag", "issue")
+"""Columns of ``jobs`` that migrations after the last pre-Alembic release added (0005, 0006)."""
 LATER_INDEXES = ("ix_attempts_step_outcome",)
-"""Indexes that migrations after the last pre-Alembic release added (0009)."""
+"""Indexes that migrations after the last pre-Alembic release added (0008)."""
 
 
 def previous_release_tables(engine: Engine) -> None:

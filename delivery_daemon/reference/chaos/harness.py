@@ -40,6 +40,7 @@ class ChaosOptions:
     resend: float = 0.10  # webhooks sent again
     unpaid: float = 0.02  # orders whose (forged-early) webhook arrives before payment: must never be delivered
     never_sent: float = 0.02  # paid orders whose webhook is never sent: the watchdog must raise each (SoftStore)
+    refund: float = 0.05  # orders refunded during their first delivery (webhook runs of marketplaces with refunds)
     expire_every: float = 3.0  # seconds between JWT expiries
     down_for: float = 2.0  # seconds the marketplace API answers 503 to everything, once
     timeout: float = 300.0  # for the whole run

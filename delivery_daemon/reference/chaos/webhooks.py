@@ -32,7 +32,7 @@ import secrets
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -65,6 +65,7 @@ from delivery_daemon.reference.chaos.harness import (
     place_all,
     reconcile,
 )
+from delivery_daemon.reference.chaos.refunds import Refunder, judge_refunds, wait_delivered
 from delivery_daemon.reference.chaos.verdict import Seen, Verdict, check_database, check_log, check_orders
 from delivery_daemon.reference.drop import DroppableApp, drop_connection
 from delivery_daemon.reference.faults import Faults
@@ -104,7 +105,10 @@ class SignedSender(Announcer):
         return order_id
 
     async def _post(self, order_id: str, secret: str) -> httpx.Response:
-        body = self.bodies[order_id]
+        return await self.post_body(secret, self.bodies[order_id], order_id)
+
+    async def post_body(self, secret: str, body: bytes, order_id: str = "") -> httpx.Response:
+        """POST ``body`` signed with ``secret`` (e.g. a refund: :mod:`~delivery_daemon.reference.chaos.refunds`)."""
         headers = {"Content-Type": "application/json", **self.flavour.sign(secret, order_id, body)}
         return await self.client.post(self.url, content=body, headers=headers)
 
@@ -143,6 +147,8 @@ class ChaosSink:
         self.faults = faults
         self.attempts: defaultdict[str, list[Attempt]] = defaultdict(list)
         self.rejected = 0
+        self.revoked: defaultdict[str, list[bytes]] = defaultdict(list)  # order.revoked bodies, by order
+        self.during: Callable[[str], Awaitable[None]] | None = None  # before answering an order's first delivery
         self.app = DroppableApp(routes=[Route(SINK_PATH, self._receive, methods=["POST"])])
 
     async def _receive(self, request: Request) -> Response:
@@ -152,10 +158,16 @@ class ChaosSink:
             return JSONResponse({"error": "down"}, status_code=503)
         try:
             msg_id = verify_standard(request.headers, body, [self.key], time.time(), 300)
-            order_id = str(json.loads(body)["data"]["order_id"])
+            message = json.loads(body)
+            order_id = str(message["data"]["order_id"])
         except (WebhookRejected, ValueError, KeyError, TypeError):
             self.rejected += 1
             return JSONResponse({"error": "bad delivery"}, status_code=400)
+        if message.get("type") == "order.revoked":
+            self.revoked[order_id].append(body)
+            return JSONResponse({"ok": True})
+        if self.during is not None and not self.attempts[order_id]:
+            await self.during(order_id)  # e.g. the marketplace refunds the order while this delivery is in flight
         attempts = self.attempts[order_id]
         # Deduplicated on webhook-id, as a Standard Webhooks receiver does: the same order under another id would be
         # processed again, and is counted as a second acceptance (a duplicate).
@@ -186,8 +198,10 @@ def judge_sink(
     forged_answers: Sequence[int],
     kills: int,
     resent: int,
+    refunded: frozenset[str] = frozenset(),
 ) -> Verdict:
-    """Check the promises against the seller endpoint's record; ``paid`` maps order id to quantity."""
+    """Check the promises against the seller endpoint's record; ``paid`` maps order id to quantity, ``refunded``
+    are those refunded during their delivery (judged by :func:`~.refunds.judge_refunds` instead)."""
     verdict = Verdict(
         orders=len(paid) + len(forged),
         kills=kills,
@@ -204,8 +218,11 @@ def judge_sink(
                 [Seen(a.accepted, a.body.decode(), partial(_keys, a.body)) for a in sink.attempts.get(order_id, [])],
             )
             for order_id, quantity in paid.items()
+            if order_id not in refunded
         },
     )
+    deliveries = {o: [(a.accepted, a.body) for a in sink.attempts.get(o, [])] for o in refunded}
+    judge_refunds(verdict, set(refunded), deliveries, sink.revoked)
     for order_id in forged:
         if sink.attempts.get(order_id):
             bad.append(f"order {order_id}: forged webhook, yet delivered")
@@ -291,6 +308,8 @@ async def run_webhook_chaos(
         await daemon.start()
         sent_as = dataclasses.replace(flavour, message=api.message) if api else flavour
         side = SignedSender(sent_as, f"{daemon_url}/webhooks/{STORE}", webhook_secret, client, PRODUCT, shop=shop)
+        refunder = Refunder(flavour.name, options.refund, rng, partial(side.post_body, webhook_secret))
+        sink.during = refunder.during
         window = options.orders / options.rate
         background = [
             asyncio.create_task(later(rng.uniform(0.2, 0.8) * window, lambda: outage(faults, options.down_for))),
@@ -307,7 +326,7 @@ async def run_webhook_chaos(
         faults.calm()
         say(f"chaos: kills and outage done at {time.monotonic() - started:.1f} s")
         reconciled = 0 if shop is None else await reconcile(workdir / "daemon.yaml", env, workdir / "reconcile.log")
-        await _wait_delivered(sink, list(side.quantities), deadline)
+        await wait_delivered(sink.delivered, list(side.quantities), refunder.refunded, sink.revoked, deadline)
         await wait_settled(workdir / "chaos.db", deadline)
         await asyncio.sleep(0.5)  # a late duplicate delivery would land in this window
         exit_status = await daemon.stop()
@@ -318,6 +337,7 @@ async def run_webhook_chaos(
         forged_answers=side.forged_answers,
         kills=daemon.kills,
         resent=side.resent,
+        refunded=frozenset(refunder.refunded),
     )
     verdict.never_sent = len(side.never_sent)
     if reconciled != 0:
@@ -327,13 +347,6 @@ async def run_webhook_chaos(
     if exit_status not in (0, -signal.SIGTERM):
         verdict.violations.append(f"the daemon exited with {exit_status} on SIGTERM")
     return verdict
-
-
-async def _wait_delivered(sink: ChaosSink, paid: list[str], deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if all(sink.delivered(order_id) for order_id in paid):
-            return
-        await asyncio.sleep(0.1)
 
 
 async def _place(options: ChaosOptions, side: SignedSender, rng: random.Random, deadline: float) -> list[str]:

@@ -5,16 +5,16 @@ finished ``fulfil`` step (``step = 'fulfil' AND outcome IN ('ok', 'dead')``). Wi
 subquery scans the whole history table, which grows with every order of every store; with this index it reads only
 the finished rows of that step (index only: ``job_id`` is in it).
 
-Revision ID: 0009
-Revises: 0005
+Revision ID: 0008
+Revises: 0007
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0005"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | None = None
 depends_on: str | None = None
 
