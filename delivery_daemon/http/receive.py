@@ -1,7 +1,7 @@
 """Step 1 of an order: ``POST /webhooks/{store}``. Check, then commit, then answer.
 
 Order of checks: unknown store (404), body over the cap (413, refused before it is read), wrong content type (415:
-JSON, unless the adapter is :class:`~delivery_daemon.marketplaces.base.UrlAuthenticated` and names its own, as
+JSON, unless the adapter is :class:`~delivery_daemon.marketplaces.optional.UrlAuthenticated` and names its own, as
 Gumroad's form-encoded Ping; such an adapter also gets the URL's query, where its token is), then the adapter:
 unreadable body (400), bad signature (403), refused fields (422), then the shared rule every adapter's result must
 pass (:func:`~delivery_daemon.marketplaces.base.normalise`: a field that cannot be stored or used later is a 422
@@ -18,7 +18,7 @@ The adapter's result decides what happens (the core names no marketplace):
   worker holds it and it is not delivered, flagged and logged (``order.refunded`` / ``order.disputed``) if it was
   delivered, and pending if a worker holds it (the worker settles it, see
   :meth:`~delivery_daemon.storage.queue.JobQueue.transition`). An adapter whose events name the payment rather than
-  the order (:class:`~delivery_daemon.marketplaces.base.ResolvesEvents`) is asked for the order first: none is
+  the order (:class:`~delivery_daemon.marketplaces.optional.ResolvesEvents`) is asked for the order first: none is
   answered ``ignored``; a marketplace that cannot be asked is answered 503 (logged ``webhook.resolve_failed``), so
   it resends;
 * a :class:`~delivery_daemon.marketplaces.base.FulfilNow` is answered synchronously with the keys as ``text/plain``
@@ -44,15 +44,8 @@ from delivery_daemon.config import Settings
 from delivery_daemon.errors import BodyTooLarge, Held, MarketplaceError, Retry, WebhookRejected
 from delivery_daemon.http.limits import RateLimiter
 from delivery_daemon.http.metrics import Metrics
-from delivery_daemon.marketplaces.base import (
-    FulfilNow,
-    OrderEvent,
-    ResolvesEvents,
-    UrlAuthenticated,
-    WebhookResult,
-    accepted_body,
-    normalise,
-)
+from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, WebhookResult, normalise
+from delivery_daemon.marketplaces.optional import ResolvesEvents, UrlAuthenticated, accepted_body
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.pipeline.fulfil import fulfil_now
 from delivery_daemon.pipeline.stores import Store

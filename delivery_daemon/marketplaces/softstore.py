@@ -262,7 +262,7 @@ class SoftStoreAdapter:
         return await store_status(self.seller(), self.store)
 
     async def listed_count(self, product_id: str) -> int:
-        """The product's ``count`` on SoftStore (:class:`~delivery_daemon.marketplaces.base.StockListing`)."""
+        """The product's ``count`` on SoftStore (:class:`~delivery_daemon.marketplaces.optional.StockListing`)."""
         return await listed_count(self.seller(), product_id)
 
     async def set_listed_count(self, product_id: str, count: int) -> None:

@@ -1,5 +1,5 @@
 """The step after delivery: tell the marketplace the buyer has the goods (an adapter that is
-:class:`~delivery_daemon.marketplaces.base.AfterDelivery`, e.g. Virtual Stores marking the shop's order fulfilled).
+:class:`~delivery_daemon.marketplaces.optional.AfterDelivery`, e.g. Virtual Stores marking the shop's order fulfilled).
 
 It runs once the job is stored ``delivered`` — the buyer's delivery is never sent again for it — and its outcome is a
 row of the order's history, step :data:`STEP`: ``ok``, ``retry`` (tried again later on its own, on the delivery
@@ -17,7 +17,7 @@ import structlog
 from delivery_daemon.backoff import Backoff
 from delivery_daemon.clock import Clock
 from delivery_daemon.errors import Dead, Retry
-from delivery_daemon.marketplaces.base import AfterDelivery
+from delivery_daemon.marketplaces.optional import AfterDelivery
 from delivery_daemon.order import Content
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.storage.jobs import QueueError, Transition

@@ -1,8 +1,8 @@
 """Stock sync: the count a marketplace lists for a product follows the keys left in the daemon's pool.
 
-A product takes part when its store's adapter implements :class:`~delivery_daemon.marketplaces.base.StockListing` and
-either its generator reports stock (``stock_remaining()``, e.g. the ``stock`` plugin) or it has a fixed
-``listed_count``. Products with an unlimited generator and no ``listed_count`` are never touched.
+A product takes part when its store's adapter implements
+:class:`~delivery_daemon.marketplaces.optional.StockListing` and either its generator reports stock
+(``stock_remaining()``, e.g. the ``stock`` plugin) or it has a fixed ``listed_count``. Products with an unlimited generator and no ``listed_count`` are never touched.
 
 When it runs:
 
@@ -39,7 +39,8 @@ from delivery_daemon.config import Settings, StockSyncSettings
 from delivery_daemon.errors import ConfigError
 from delivery_daemon.generators.resources import ResourceHub
 from delivery_daemon.logs import REDACTOR
-from delivery_daemon.marketplaces.base import MarketplaceType, StockListing
+from delivery_daemon.marketplaces.base import MarketplaceType
+from delivery_daemon.marketplaces.optional import StockListing
 from delivery_daemon.net.guard import NetPolicy
 from delivery_daemon.pipeline.stores import Product, Store, build_stores
 from delivery_daemon.storage.engine import create_db_engine, create_schema

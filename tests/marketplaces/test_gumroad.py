@@ -11,10 +11,11 @@ import pytest
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.config import parse_settings
 from delivery_daemon.errors import ConfigError, WebhookRejected
-from delivery_daemon.marketplaces.base import AdapterContext, OrderEvent, UrlAuthenticated
+from delivery_daemon.marketplaces.base import AdapterContext, OrderEvent
 from delivery_daemon.marketplaces.gumroad import Gumroad, GumroadApiAdapter
 from delivery_daemon.marketplaces.gumroad_ping import GumroadAdapter
 from delivery_daemon.marketplaces.listing import OrderListing
+from delivery_daemon.marketplaces.optional import UrlAuthenticated
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.reference.gumroad import GumroadApi, ping_form
 

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.errors import ConfigError, WebhookRejected
-from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent, accepted_body
+from delivery_daemon.marketplaces.base import FulfilNow, OrderEvent
+from delivery_daemon.marketplaces.optional import accepted_body
 from delivery_daemon.net.classic_signature import php_serialise, sign_fields, signed_text, verify_fields
 from delivery_daemon.net.signatures import paddle_header, verify_paddle
 from delivery_daemon.order import IncomingOrder

@@ -17,8 +17,9 @@ from delivery_daemon.compose import default_marketplaces
 from delivery_daemon.config import parse_settings
 from delivery_daemon.errors import AuthenticationFailed, ConfigError, Dead, MarketplaceError, Retry, WebhookRejected
 from delivery_daemon.http.serving import serve
-from delivery_daemon.marketplaces.base import AdapterContext, OrderEvent, ResolvesEvents
+from delivery_daemon.marketplaces.base import AdapterContext, OrderEvent
 from delivery_daemon.marketplaces.listing import OrderListing
+from delivery_daemon.marketplaces.optional import ResolvesEvents
 from delivery_daemon.marketplaces.stripe_checkout import StripeCheckoutAdapter
 from delivery_daemon.order import IncomingOrder, OrderItem
 from delivery_daemon.reference.standard_webhooks import new_secret
