@@ -2,7 +2,8 @@
 
 A product takes part when its store's adapter implements
 :class:`~delivery_daemon.marketplaces.optional.StockListing` and either its generator reports stock
-(``stock_remaining()``, e.g. the ``stock`` plugin) or it has a fixed ``listed_count``. Products with an unlimited generator and no ``listed_count`` are never touched.
+(``stock_remaining()``, e.g. the ``stock`` plugin) or it has a fixed ``listed_count``. Products with an unlimited
+generator and no ``listed_count`` are never touched.
 
 When it runs:
 
