@@ -206,7 +206,7 @@ async def test_a_refund_before_delivery_cancels_and_after_delivery_flags(tmp_pat
 
 
 async def test_a_dispute_flags_the_delivered_session(tmp_path: Path) -> None:
-    """charge.dispute.created after delivery flags the session's job with the dispute's reason."""
+    """charge.dispute.created after delivery flags the session's job with the dispute's reason and revokes its keys."""
     async with stack(tmp_path) as s:
         session, _ = s.account.checkout([(s.account.price(EBOOK), 1)])
         await s.account.deliver_due()
@@ -214,7 +214,8 @@ async def test_a_dispute_flags_the_delivered_session(tmp_path: Path) -> None:
         s.account.dispute(session)
         await s.account.deliver_due()
         history = await s.daemon.queue.history((await s.job(session.id)).id)
-        assert history[-1].outcome == "disputed:flagged"
+        # flagged, then (revocation, #24) the delivered keys' revocation recorded with the same reason
+        assert [h.outcome for h in history][-2:] == ["disputed:flagged", "disputed:pending"]
 
 
 async def test_a_refund_of_a_payment_no_session_made_is_ignored(tmp_path: Path) -> None:

@@ -240,6 +240,18 @@ def _cli_config(path: Path, stack: Any) -> Path:
     return config
 
 
+async def _settle(stack: Any, orders: list[str]) -> None:
+    """Drain, then retry what a transient failure left in ``retry_wait`` (a delivery past its 5 s timeout on a busy
+    CI machine) until nothing is: the test is about keys, not about the first attempt's luck. A retried job sends
+    its stored content, so the distinct-keys assertions still hold."""
+    await stack.drain()
+    for _ in range(5):
+        jobs = [await stack.job(order_id) for order_id in orders]
+        if not any(job.state == JobState.RETRY_WAIT.value for job in jobs):
+            return
+        await stack.advance_and_drain(5)  # the first step of the test stack's retry schedule
+
+
 async def test_200_orders_150_keys_then_import_delivers_the_rest(
     make_stack: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -268,7 +280,7 @@ async def test_200_orders_150_keys_then_import_delivers_the_rest(
         orders = [(await stack.market.place_order("serials", send_webhook=False)).id_order for _ in range(200)]
         answers = await asyncio.gather(*(stack.post(stack.market.webhook_payload(o)) for o in orders))
         assert {answer.status_code for answer in answers} == {200}
-        await stack.drain()
+        await _settle(stack, orders)
         jobs = [await stack.job(order_id) for order_id in orders]
         states = [job.state for job in jobs]
         assert states.count(JobState.DELIVERED.value) == 150
@@ -295,7 +307,7 @@ async def test_200_orders_150_keys_then_import_delivers_the_rest(
         )
         assert "50 waiting orders requeued" in capsys.readouterr().out
         stack.catch_up_with_cli()
-        await stack.drain()
+        await _settle(stack, orders)
         jobs = [await stack.job(order_id) for order_id in orders]
         assert [(j.order_id, j.state, j.last_error) for j in jobs if j.state != JobState.DELIVERED.value] == []
         texts = [stack.market.accepted(o).json["text"] for o in orders]
