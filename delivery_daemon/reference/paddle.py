@@ -7,7 +7,8 @@
   rotation) and, like Paddle, sends an event again while it is not answered 2xx.
 * **Classic** (:class:`ClassicVendor`): the fulfilment webhook, form-urlencoded and signed with ``p_signature``
   (RSA-SHA1 over the PHP-serialised sorted fields) with a key pair generated here; the answer's body is what the
-  buyer gets (recorded in ``products``).
+  buyer gets (recorded in ``products``). Its alerts (``payment_refunded``, ``payment_dispute_created``) are signed
+  with the same key and name the order ``order_id``.
 """
 
 from __future__ import annotations
@@ -268,14 +269,41 @@ class ClassicVendor:
         fields["p_signature"] = sign_fields(self.private_key, fields)
         return fields
 
-    async def fulfil(self, fields: dict[str, str], *, wait: float = 30.0) -> httpx.Response:
-        """POST the fulfilment request once; a 2xx answer's body is recorded as the buyer's product."""
+    def alert(self, name: str, order_id: str, *, alert_id: str | None = None, **extra: str) -> dict[str, str]:
+        """A Classic alert's fields (``payment_refunded``: a full refund unless ``refund_type`` says otherwise;
+        ``payment_dispute_created``), with a fields subset Paddle sends, ``extra`` added, signed."""
+        fields = {
+            "alert_id": alert_id or str(secrets.randbelow(10**9)),
+            "alert_name": name,
+            "amount": "10.71",
+            "checkout_id": f"{order_id}-chre93c81118fc7-b3092639c1",
+            "currency": "EUR",
+            "email": "buyer@example.org",
+            "event_time": "2026-12-03 11:00:00",
+            "marketing_consent": "0",
+            "order_id": order_id,
+            "passthrough": "",
+        }
+        if name == "payment_refunded":
+            fields |= {"refund_reason": "requested by customer", "refund_type": "full"}
+        elif name == "payment_dispute_created":
+            fields |= {"fee_usd": "15.00", "status": "open"}
+        fields |= extra
+        fields["p_signature"] = sign_fields(self.private_key, fields)
+        return fields
+
+    async def post_form(self, fields: dict[str, str], *, wait: float = 30.0) -> httpx.Response:
+        """POST signed fields once, form-urlencoded, as Paddle Classic sends fulfilment requests and alerts."""
         async with httpx.AsyncClient(timeout=wait) as client:
-            response = await client.post(
+            return await client.post(
                 self.url,
                 content=urlencode(fields).encode(),
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
             )
+
+    async def fulfil(self, fields: dict[str, str], *, wait: float = 30.0) -> httpx.Response:
+        """POST the fulfilment request once; a 2xx answer's body is recorded as the buyer's product."""
+        response = await self.post_form(fields, wait=wait)
         if response.is_success:
             self.products[fields["p_order_id"]] = response.text
         return response
