@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from delivery_daemon.net.classic_signature import sign_fields
 from delivery_daemon.net.signatures import paddle_header
-from delivery_daemon.reference.sender import WebhookSender
+from delivery_daemon.reference.sender import WebhookSender, until_answered
 
 
 def new_id(prefix: str) -> str:
@@ -210,18 +210,8 @@ class PaddleSender(WebhookSender):
     ) -> list[httpx.Response]:
         """Send ``message`` until it is answered 2xx, at most ``attempts`` times, as Paddle retries a notification
         (the same event, signed again each time); ``between(n)`` runs before try ``n + 1`` (a test advances its
-        clock there). Every answer, in order."""
-        answers = []
-        for attempt in range(1, attempts + 1):
-            try:
-                answers.append(await self.send(message))
-            except httpx.TransportError:
-                answers.append(httpx.Response(599))  # no answer within Paddle's wait: a failed try
-            if answers[-1].is_success or attempt == attempts:
-                break
-            if between is not None:
-                await between(attempt)
-        return answers
+        clock there). Every answer, in order (599: no answer within Paddle's wait)."""
+        return await until_answered(lambda: self.send(message), attempts, between)
 
 
 @dataclass

@@ -9,9 +9,10 @@ import json
 from pathlib import Path
 
 from delivery_daemon.reference.lemonsqueezy import signed_headers, webhook_body
-from delivery_daemon.reference.polar import PolarSender, order
+from delivery_daemon.reference.polar import FIRST_BACKOFF, RETRIES, PolarSender, order
+from delivery_daemon.reference.sender import UNANSWERED
 from tests.support.lemonsqueezy import POLAR_STORE, lemon_stack
-from tests.support.multistore import post
+from tests.support.multistore import free_port, post
 
 
 async def test_paid_order_is_verified_and_delivered_once(tmp_path: Path) -> None:
@@ -210,6 +211,55 @@ async def test_polar_refund_before_delivery_cancels(tmp_path: Path) -> None:
         await sender.send("order.paid", data)
         assert (await sender.send("order.refunded", data)).json()["status"] == "cancelled"
         assert await stack.drain() == 0 and stack.seller.accepted() == []
+
+
+async def test_polar_retries_until_stored_once_and_a_resend_is_a_duplicate(tmp_path: Path) -> None:
+    """order.paid finding the daemon unreachable for Polar's first two tries and refused (429) on the third is
+    retried with exponential backoff under the same webhook-id, re-signed each time, and stored on the fourth; the
+    stored event sent again is answered duplicate: one job, delivered once."""
+    limits = {"store_rate_limits": {POLAR_STORE: {"per_second": 0.05, "burst": 1}}}
+    async with lemon_stack(tmp_path, server=limits) as stack:
+        sender = stack.polar()
+        sender.url = f"http://127.0.0.1:{free_port()}/webhooks/{POLAR_STORE}"  # nobody listens: the daemon is down
+        waited: list[float] = []
+        other = order("prod-1", order_id="other-order")
+
+        async def pause(seconds: float) -> None:
+            waited.append(seconds)
+            stack.clock.advance(seconds)
+            if len(waited) == 2:  # the daemon is back, but another order takes the store's only token first
+                sender.url = stack.hook(POLAR_STORE)
+                assert (await stack.polar().send("order.paid", other)).status_code == 200
+
+        data = order("prod-1", "pat@example.org")
+        answers = await sender.deliver("order.paid", data, pause=pause)
+        assert [a.status_code for a in answers] == [UNANSWERED, UNANSWERED, 429, 200]
+        assert waited == [FIRST_BACKOFF, FIRST_BACKOFF * 2, FIRST_BACKOFF * 4]
+        assert answers[-1].json()["duplicate"] is False
+        [msg_id] = {s.headers["webhook-id"] for s in sender.sent}
+        assert len({s.headers["webhook-timestamp"] for s in sender.sent}) == 2
+
+        stack.clock.advance(60)  # the store's token is back: the resend is not rate limited
+        again = await sender.deliver("order.paid", data, msg_id=msg_id, pause=pause)
+        assert [a.status_code for a in again] == [200] and again[0].json()["status"] == "duplicate"
+        assert await stack.drain() == 2
+        assert (await stack.job(str(data["id"]), POLAR_STORE)).state == "delivered"
+        mine = [r for r in stack.seller.accepted() if r.body["data"]["order_id"] == data["id"]]
+        assert len(mine) == 1 and mine[0].body["data"]["buyer_email"] == "pat@example.org"
+
+
+async def test_polar_gives_up_after_ten_retries(tmp_path: Path) -> None:
+    """A daemon unreachable for good gets 11 tries (the first and Polar's 10 retries), each wait twice the one before,
+    and then no more."""
+    sender = PolarSender(f"http://127.0.0.1:{free_port()}/webhooks/{POLAR_STORE}", "polar_whs_" + "s" * 40)
+    waited: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        waited.append(seconds)
+
+    answers = await sender.deliver("order.paid", order("prod-1"), pause=pause)
+    assert [a.status_code for a in answers] == [UNANSWERED] * (RETRIES + 1)
+    assert waited == [FIRST_BACKOFF * 2**n for n in range(RETRIES)]
 
 
 def test_webhook_body_is_what_is_signed() -> None:
