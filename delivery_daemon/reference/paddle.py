@@ -7,7 +7,8 @@
   rotation) and, like Paddle, sends an event again while it is not answered 2xx.
 * **Classic** (:class:`ClassicVendor`): the fulfilment webhook, form-urlencoded and signed with ``p_signature``
   (RSA-SHA1 over the PHP-serialised sorted fields) with a key pair generated here; the answer's body is what the
-  buyer gets (recorded in ``products``).
+  buyer gets (recorded in ``products``). Its alerts (``payment_refunded``, ``payment_dispute_created``) are signed
+  with the same key and name the order ``order_id``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from starlette.routing import Route
 
 from delivery_daemon.net.classic_signature import sign_fields
 from delivery_daemon.net.signatures import paddle_header
-from delivery_daemon.reference.sender import WebhookSender
+from delivery_daemon.reference.sender import WebhookSender, until_answered
 
 
 def new_id(prefix: str) -> str:
@@ -209,18 +210,8 @@ class PaddleSender(WebhookSender):
     ) -> list[httpx.Response]:
         """Send ``message`` until it is answered 2xx, at most ``attempts`` times, as Paddle retries a notification
         (the same event, signed again each time); ``between(n)`` runs before try ``n + 1`` (a test advances its
-        clock there). Every answer, in order."""
-        answers = []
-        for attempt in range(1, attempts + 1):
-            try:
-                answers.append(await self.send(message))
-            except httpx.TransportError:
-                answers.append(httpx.Response(599))  # no answer within Paddle's wait: a failed try
-            if answers[-1].is_success or attempt == attempts:
-                break
-            if between is not None:
-                await between(attempt)
-        return answers
+        clock there). Every answer, in order (599: no answer within Paddle's wait)."""
+        return await until_answered(lambda: self.send(message), attempts, between)
 
 
 @dataclass
@@ -268,14 +259,41 @@ class ClassicVendor:
         fields["p_signature"] = sign_fields(self.private_key, fields)
         return fields
 
-    async def fulfil(self, fields: dict[str, str], *, wait: float = 30.0) -> httpx.Response:
-        """POST the fulfilment request once; a 2xx answer's body is recorded as the buyer's product."""
+    def alert(self, name: str, order_id: str, *, alert_id: str | None = None, **extra: str) -> dict[str, str]:
+        """A Classic alert's fields (``payment_refunded``: a full refund unless ``refund_type`` says otherwise;
+        ``payment_dispute_created``), with a fields subset Paddle sends, ``extra`` added, signed."""
+        fields = {
+            "alert_id": alert_id or str(secrets.randbelow(10**9)),
+            "alert_name": name,
+            "amount": "10.71",
+            "checkout_id": f"{order_id}-chre93c81118fc7-b3092639c1",
+            "currency": "EUR",
+            "email": "buyer@example.org",
+            "event_time": "2026-12-03 11:00:00",
+            "marketing_consent": "0",
+            "order_id": order_id,
+            "passthrough": "",
+        }
+        if name == "payment_refunded":
+            fields |= {"refund_reason": "requested by customer", "refund_type": "full"}
+        elif name == "payment_dispute_created":
+            fields |= {"fee_usd": "15.00", "status": "open"}
+        fields |= extra
+        fields["p_signature"] = sign_fields(self.private_key, fields)
+        return fields
+
+    async def post_form(self, fields: dict[str, str], *, wait: float = 30.0) -> httpx.Response:
+        """POST signed fields once, form-urlencoded, as Paddle Classic sends fulfilment requests and alerts."""
         async with httpx.AsyncClient(timeout=wait) as client:
-            response = await client.post(
+            return await client.post(
                 self.url,
                 content=urlencode(fields).encode(),
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
             )
+
+    async def fulfil(self, fields: dict[str, str], *, wait: float = 30.0) -> httpx.Response:
+        """POST the fulfilment request once; a 2xx answer's body is recorded as the buyer's product."""
+        response = await self.post_form(fields, wait=wait)
         if response.is_success:
             self.products[fields["p_order_id"]] = response.text
         return response

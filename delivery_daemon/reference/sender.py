@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,3 +45,28 @@ class WebhookSender:
             Sent(all_headers, body, response.status_code, response.text, response.headers.get("content-type", ""))
         )
         return response
+
+
+UNANSWERED = 599
+"""The status recorded for a try that got no HTTP answer (refused connection, timeout): a failed try."""
+
+
+async def until_answered(
+    send: Callable[[], Awaitable[httpx.Response]],
+    attempts: int,
+    between: Callable[[int], Awaitable[None]] | None = None,
+) -> list[httpx.Response]:
+    """Call ``send`` until it is answered 2xx, at most ``attempts`` times, as a marketplace retries a webhook; a try
+    without an answer counts as :data:`UNANSWERED`. ``between(n)`` runs before try ``n + 1`` (where a test advances
+    its clock instead of sleeping). Every answer, in order."""
+    answers: list[httpx.Response] = []
+    for attempt in range(1, attempts + 1):
+        try:
+            answers.append(await send())
+        except httpx.TransportError:
+            answers.append(httpx.Response(UNANSWERED))
+        if answers[-1].is_success or attempt == attempts:
+            break
+        if between is not None:
+            await between(attempt)
+    return answers

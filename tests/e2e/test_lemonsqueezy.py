@@ -1,7 +1,8 @@
 """Lemon Squeezy and Polar end to end over loopback sockets: the reference Lemon Squeezy signs and retries its
 webhooks as documented (4 tries in ~2.5 min, then dropped), the daemon verifies each order through the reference
 API, delivers once through the webhook channel, refuses forgeries, treats resends as duplicates and refunds as
-refunds; past the last try the order list still finds the order."""
+refunds; past the last try the daemon's missed-order watchdog finds the order through the order list; Polar's
+retries end in one stored event."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import json
 from pathlib import Path
 
 from delivery_daemon.reference.lemonsqueezy import signed_headers, webhook_body
-from delivery_daemon.reference.polar import PolarSender, order
-from tests.support.lemonsqueezy import POLAR_STORE, lemon_stack
-from tests.support.multistore import post
+from delivery_daemon.reference.polar import FIRST_BACKOFF, RETRIES, PolarSender, order
+from delivery_daemon.reference.sender import UNANSWERED
+from delivery_daemon.watchdog.findings import Outcome, StoreReport
+from tests.support.lemonsqueezy import LS_STORE, POLAR_STORE, lemon_stack
+from tests.support.multistore import free_port, post
 
 
 async def test_paid_order_is_verified_and_delivered_once(tmp_path: Path) -> None:
@@ -125,34 +128,47 @@ async def test_daemon_down_for_the_first_tries_still_gets_the_order(tmp_path: Pa
         assert (await stack.job(order_id)).state == "delivered"
 
 
-async def test_past_the_last_try_the_order_list_finds_it(tmp_path: Path, db_url: str) -> None:
-    """Down for all four tries (0, 5, 30, 155 s): Lemon Squeezy drops the webhook; list_paid_orders still lists the
-    order as deliverable (paid orders only, this store's only), and queued as the watchdog would queue it, it is
-    verified and delivered once with its 3 keys (SQLite and PostgreSQL)."""
+async def test_past_the_last_try_the_watchdog_delivers_it_once(tmp_path: Path, db_url: str) -> None:
+    """Down for all four tries (0, 5, 30, 155 s): Lemon Squeezy drops the webhook. The daemon's scheduled watchdog
+    run leaves the order alone while it is younger than watchdog.grace, then lists it through the orders API (paid
+    orders only, this store's only), queues it, and the worker verifies and delivers it once with its 3 keys; the
+    next run finds its job and queues nothing (SQLite and PostgreSQL)."""
     async with lemon_stack(tmp_path, database=db_url) as stack:
+        watchdog = stack.daemon.watchdog
+        assert watchdog is not None and watchdog.listed_stores() == [LS_STORE]
         stack.down()
-        since = stack.clock.now()
         order_id = stack.market.place("55", quantity=3, email="lost@example.org")
         stack.market.place("55", status="pending")
         stack.market.place("55", store_id="999")
-        for wait in (0, 5, 25, 125, 600):
+        for wait in (0, 5, 25, 125):
             stack.clock.advance(wait)
             await stack.market.pump()
         [hook, _, _] = stack.market.webhooks
-        assert hook.tries == [0, 0, 0, 0] and hook.dropped
-        assert await stack.job(order_id) is None
-        page = await stack.adapter.list_paid_orders(since)
-        assert page.cursor is None
-        [listed] = page.orders
-        assert listed.deliverable and listed.created_at == since
-        assert listed.order.order_id == order_id and listed.order.buyer_email == "lost@example.org"
-        assert listed.order.payload["quantity"] == 3 and listed.order.product_id == "55"
+        assert hook.tries == [0, 0, 0, 0]
+        [early] = await watchdog.run_all()  # what the scheduler calls every watchdog.interval
+        assert outcomes(early) == {order_id: Outcome.TOO_RECENT} and await stack.job(order_id) is None
+
+        stack.clock.advance(600)
+        await stack.market.pump()
+        assert hook.dropped and hook.tries == [0, 0, 0, 0]
+        [report] = await watchdog.run_all()
+        assert report.store == LS_STORE and report.error is None
+        assert outcomes(report) == {order_id: Outcome.QUEUED}
         assert any("filter[store_id]=1001" in path for path, _ in stack.market.requests)
-        await stack.daemon.queue.enqueue(listed.order)  # what the missed-order watchdog (#24) does with it
-        await stack.drain()
-        assert (await stack.job(order_id)).state == "delivered"
+        assert await stack.drain() == 1
+        job = await stack.job(order_id)
+        assert job.state == "delivered" and job.quantity == 3 and job.buyer_email == "lost@example.org"
+        assert (f"/v1/orders/{order_id}", 200) in stack.market.requests
+
+        stack.clock.advance(300)
+        [again] = await watchdog.run_all()
+        assert outcomes(again) == {order_id: Outcome.HAD_JOB} and await stack.drain() == 0
         [delivery] = stack.seller.accepted()
         assert delivery.body["data"]["order_id"] == order_id and len(delivery.body["data"]["keys"]) == 3
+
+
+def outcomes(report: StoreReport) -> dict[str, Outcome]:
+    return {finding.order_id: finding.outcome for finding in report.findings}
 
 
 async def test_order_list_pages_oldest_first(tmp_path: Path) -> None:
@@ -210,6 +226,55 @@ async def test_polar_refund_before_delivery_cancels(tmp_path: Path) -> None:
         await sender.send("order.paid", data)
         assert (await sender.send("order.refunded", data)).json()["status"] == "cancelled"
         assert await stack.drain() == 0 and stack.seller.accepted() == []
+
+
+async def test_polar_retries_until_stored_once_and_a_resend_is_a_duplicate(tmp_path: Path) -> None:
+    """order.paid finding the daemon unreachable for Polar's first two tries and refused (429) on the third is
+    retried with exponential backoff under the same webhook-id, re-signed each time, and stored on the fourth; the
+    stored event sent again is answered duplicate: one job, delivered once."""
+    limits = {"store_rate_limits": {POLAR_STORE: {"per_second": 0.05, "burst": 1}}}
+    async with lemon_stack(tmp_path, server=limits) as stack:
+        sender = stack.polar()
+        sender.url = f"http://127.0.0.1:{free_port()}/webhooks/{POLAR_STORE}"  # nobody listens: the daemon is down
+        waited: list[float] = []
+        other = order("prod-1", order_id="other-order")
+
+        async def pause(seconds: float) -> None:
+            waited.append(seconds)
+            stack.clock.advance(seconds)
+            if len(waited) == 2:  # the daemon is back, but another order takes the store's only token first
+                sender.url = stack.hook(POLAR_STORE)
+                assert (await stack.polar().send("order.paid", other)).status_code == 200
+
+        data = order("prod-1", "pat@example.org")
+        answers = await sender.deliver("order.paid", data, pause=pause)
+        assert [a.status_code for a in answers] == [UNANSWERED, UNANSWERED, 429, 200]
+        assert waited == [FIRST_BACKOFF, FIRST_BACKOFF * 2, FIRST_BACKOFF * 4]
+        assert answers[-1].json()["duplicate"] is False
+        [msg_id] = {s.headers["webhook-id"] for s in sender.sent}
+        assert len({s.headers["webhook-timestamp"] for s in sender.sent}) == 2
+
+        stack.clock.advance(60)  # the store's token is back: the resend is not rate limited
+        again = await sender.deliver("order.paid", data, msg_id=msg_id, pause=pause)
+        assert [a.status_code for a in again] == [200] and again[0].json()["status"] == "duplicate"
+        assert await stack.drain() == 2
+        assert (await stack.job(str(data["id"]), POLAR_STORE)).state == "delivered"
+        mine = [r for r in stack.seller.accepted() if r.body["data"]["order_id"] == data["id"]]
+        assert len(mine) == 1 and mine[0].body["data"]["buyer_email"] == "pat@example.org"
+
+
+async def test_polar_gives_up_after_ten_retries(tmp_path: Path) -> None:
+    """A daemon unreachable for good gets 11 tries (the first and Polar's 10 retries), each wait twice the one before,
+    and then no more."""
+    sender = PolarSender(f"http://127.0.0.1:{free_port()}/webhooks/{POLAR_STORE}", "polar_whs_" + "s" * 40)
+    waited: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        waited.append(seconds)
+
+    answers = await sender.deliver("order.paid", order("prod-1"), pause=pause)
+    assert [a.status_code for a in answers] == [UNANSWERED] * (RETRIES + 1)
+    assert waited == [FIRST_BACKOFF * 2**n for n in range(RETRIES)]
 
 
 def test_webhook_body_is_what_is_signed() -> None:

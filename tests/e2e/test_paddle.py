@@ -97,7 +97,10 @@ async def test_refund_before_delivery_cancels_and_after_delivery_flags(tmp_path:
         approved = await sender.send(event("adjustment.updated", {**pending, "status": "approved"}))
         assert approved.json()["status"] == "cancelled"
         await stack.drain()
-        assert (await stack.job(early.id)).state == "cancelled" and len(stack.seller.accepted()) == 1
+        # The late order's keys went out once and were then revoked (order.revoked); the early one's never went out.
+        sent = [(r.body["type"], r.body["data"]["order_id"]) for r in stack.seller.accepted()]
+        assert (await stack.job(early.id)).state == "cancelled"
+        assert sent == [("order.delivered", late.id), ("order.revoked", late.id)]
 
         disputed = stack.billing.place("pro_keys")
         await sender.send(stack.billing.completed(disputed))
@@ -248,6 +251,45 @@ async def test_classic_forged_json_and_hung_requests(tmp_path: Path) -> None:
         assert answer.status_code == 503
         job = await stack.job(hung["p_order_id"], "paddle-classic")
         assert job.state == "dead" and job.content is None and "fulfil.failed" in stack.log_events()
+
+
+async def test_classic_refund_and_dispute_alerts_mark_the_fulfilled_order(tmp_path: Path) -> None:
+    """A signed payment_refunded alert flags a fulfilled Classic order and records its revocation, once per alert_id;
+    a refund of an order not fulfilled yet makes its fulfilment request 409; a dispute alert flags; a forged alert is
+    403 and a VAT-only refund is ignored, neither marking anything."""
+    async with paddle_stack(tmp_path) as stack:
+        vendor = stack.vendor
+        sold = vendor.fields("7", quantity=1)
+        assert (await vendor.fulfil(sold)).status_code == 200
+        order_id = sold["p_order_id"]
+        forged = vendor.alert("payment_refunded", order_id)
+        assert (await vendor.post_form({**forged, "order_id": "1"})).status_code == 403
+        vat = await vendor.post_form(vendor.alert("payment_refunded", order_id, refund_type="vat"))
+        assert vat.json() == {"status": "ignored"}
+        assert (await stack.job(order_id, "paddle-classic")).last_error is None
+
+        refund = vendor.alert("payment_refunded", order_id, alert_id="70001")
+        flagged = await vendor.post_form(refund)
+        assert flagged.json() == {"status": "flagged", "order_id": order_id}
+        again = await vendor.post_form(refund)
+        assert again.json()["status"] == "duplicate" and "webhook.duplicate_event" in stack.log_events()
+        job = await stack.job(order_id, "paddle-classic")
+        assert job.state == "delivered" and job.last_error.startswith("refunded: Paddle Classic payment_refunded")
+        assert len(await stack.daemon.queue.revocations(job.id)) == 1
+
+        early = vendor.fields("7", quantity=1)
+        unseen = await vendor.post_form(vendor.alert("payment_refunded", early["p_order_id"]))
+        assert unseen.json()["status"] == "cancelled_unseen"
+        refused = await vendor.fulfil(early)
+        assert refused.status_code == 409 and early["p_order_id"] not in vendor.products
+
+        disputed = vendor.fields("7", quantity=1)
+        await vendor.fulfil(disputed)
+        dispute = await vendor.post_form(vendor.alert("payment_dispute_created", disputed["p_order_id"]))
+        assert dispute.json()["status"] == "flagged"
+        history = await stack.daemon.queue.history((await stack.job(disputed["p_order_id"], "paddle-classic")).id)
+        assert history[-1].outcome.startswith("disputed")
+        assert "order.refunded" in stack.log_events() and "order.disputed" in stack.log_events()
 
 
 async def test_verification_refuses_what_paddle_does_not_confirm(tmp_path: Path) -> None:

@@ -522,27 +522,35 @@ def test_tampered_signed_webhooks_never_create_a_job(
 classic_values = st.text(max_size=40) | st.sampled_from(["", "0", "-1", "99999999999999999999", "\x00", "é"])
 
 
+CLASSIC_FIELDS = ["p_order_id", "p_product_id", "p_quantity", "quantity", "email", "passthrough", "p_coupon"]
+CLASSIC_ALERT_FIELDS = ["alert_id", "alert_name", "order_id", "refund_type", "status"]
+
+
 @given(
     fields=st.dictionaries(
-        st.sampled_from(["p_order_id", "p_product_id", "p_quantity", "quantity", "email", "passthrough", "p_coupon"])
-        | st.text(max_size=12),
+        st.sampled_from(CLASSIC_FIELDS + CLASSIC_ALERT_FIELDS) | st.text(max_size=12),
         classic_values,
         max_size=5,
     ),
+    alert=st.sampled_from([None, "payment_refunded", "payment_dispute_created", "payment_dispute_closed"]),
     tamper=st.none() | st.text(min_size=1, max_size=12),
 )
-@example(fields={}, tamper=None)
+@example(fields={}, alert=None, tamper=None)
+@example(fields={}, alert="payment_refunded", tamper=None)
 def test_paddle_classic_signed_forms_never_break_and_tampered_ones_never_count(
-    target: Target, fields: dict[str, str], tamper: str | None
+    target: Target, fields: dict[str, str], alert: str | None, tamper: str | None
 ) -> None:
-    """Genuinely signed Paddle Classic forms with any field values: never a 5xx (keys as text/plain, or a JSON
-    4xx/503); the same form with one field changed after signing is a 4xx and stores nothing."""
-    form = CLASSIC.fields("p", order_id=paddle.new_id("po"))
+    """Genuinely signed Paddle Classic forms (fulfilment requests or alerts) with any field values: never a 5xx (keys
+    as text/plain, or a JSON 4xx/503); the same form with its order id changed after signing is a 4xx and stores
+    nothing."""
+    order_id = paddle.new_id("po")
+    form = CLASSIC.fields("p", order_id=order_id) if alert is None else CLASSIC.alert(alert, order_id)
     form.pop("p_signature")
     form.update(fields)
     form["p_signature"] = sign_fields(CLASSIC.private_key, form)
     if tamper is not None:
-        form["p_order_id"] = form.get("p_order_id", "") + tamper
+        named = "p_order_id" if alert is None else "order_id"
+        form[named] = form.get(named, "") + tamper
     before = target.job_order_ids()
     response = target.post(
         urlencode(form).encode(), {"Content-Type": "application/x-www-form-urlencoded"}, store="paddle-classic"

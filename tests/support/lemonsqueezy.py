@@ -65,8 +65,10 @@ class LemonStack:
 
 
 @contextlib.asynccontextmanager
-async def lemon_stack(tmp_path: Path, *, database: str | None = None) -> AsyncIterator[LemonStack]:
-    """The stack; ``database`` overrides the SQLite file (a PostgreSQL URL)."""
+async def lemon_stack(
+    tmp_path: Path, *, database: str | None = None, server: dict[str, Any] | None = None
+) -> AsyncIterator[LemonStack]:
+    """The stack; ``database`` overrides the SQLite file (a PostgreSQL URL), ``server`` is the receiver's settings."""
     logs = io.StringIO()
     configure_logging("json", "debug", stream=logs)
     clock = ManualClock()
@@ -104,12 +106,13 @@ async def lemon_stack(tmp_path: Path, *, database: str | None = None) -> AsyncIt
                         "default": PATTERN,
                     },
                 ],
+                **({"server": server} if server is not None else {}),
             },
             environ={},
         )
         app = create_app(
             settings, marketplaces=default_marketplaces(), plugins=discover(), clock=clock, start_worker=False
         )
-        async with serve(app) as server:
-            market.seller_url = f"{server.url}/webhooks/{LS_STORE}"
-            yield LemonStack(app.state.daemon, server.url, clock, logs, market, seller, polar_secret)
+        async with serve(app) as receiver:
+            market.seller_url = f"{receiver.url}/webhooks/{LS_STORE}"
+            yield LemonStack(app.state.daemon, receiver.url, clock, logs, market, seller, polar_secret)
