@@ -60,7 +60,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(smoke: bool, only: tuple[str, ...], workdir: Path, use_wrk: bool) -> dict[str, Any]:
+def run(
+    smoke: bool, only: tuple[str, ...], workdir: Path, use_wrk: bool, systems: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     results: dict[str, Any] = {
         "smoke": smoke,
         "machine": machine(),
@@ -77,9 +79,13 @@ def run(smoke: bool, only: tuple[str, ...], workdir: Path, use_wrk: bool) -> dic
         if "drain" in only:
             results["drain"] = drain(bench, jobs=200) if smoke else drain(bench)
         if "versus" in only:
-            from .versus import versus
+            from .versus import SYSTEMS, versus
 
-            results["versus"] = versus(bench, orders=40, seconds=1.0) if smoke else versus(bench)
+            chosen = systems or SYSTEMS
+            if smoke:
+                results["versus"] = versus(bench, orders=40, seconds=1.0, systems=chosen)
+            else:
+                results["versus"] = versus(bench, systems=chosen)
         if "pg" in only:
             from .pg import pg
 
@@ -99,18 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench-results.json", help="where to write the JSON results")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=None)
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator even if wrk exists")
+    parser.add_argument(
+        "--systems", nargs="+", default=None, help="versus: only these of daemon, express, inline (default: all)"
+    )
     parser.add_argument("--workdir", help="keep databases and logs here (default: a temporary directory)")
     args = parser.parse_args(argv)
     use_wrk = wrk_available() and not args.no_wrk
+    systems = tuple(args.systems) if args.systems else None
     # Starting PostgreSQL and six daemons is not "tiny": the smoke run leaves pg out unless asked for.
     only = tuple(args.only or (s for s in SCENARIOS if not (args.smoke and s == "pg")))
     if args.workdir:
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        results = run(args.smoke, only, workdir, use_wrk)
+        results = run(args.smoke, only, workdir, use_wrk, systems)
     else:
         with tempfile.TemporaryDirectory(prefix="delivery-daemon-bench-") as tmp:
-            results = run(args.smoke, only, Path(tmp), use_wrk)
+            results = run(args.smoke, only, Path(tmp), use_wrk, systems)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(render_table(results))
     print(f"results written to {args.out}")

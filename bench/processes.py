@@ -42,6 +42,13 @@ class ServerProcess:
                     figures[key] = int(value.split()[0])
         return figures
 
+    def process_cpu(self) -> float:
+        """CPU seconds (user + system) of the whole process so far, threads that have ended included (from
+        ``/proc/<pid>/stat``; summing ``task/*/stat`` would miss them)."""
+        with open(f"/proc/{self.pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def thread_cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) so far: ``event_loop`` (the main thread, where uvicorn's loop runs) and
         ``other_threads`` (the database thread and any other), from ``/proc/<pid>/task/*/stat``."""

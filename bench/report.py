@@ -129,7 +129,7 @@ def _versus_lines(v: dict[str, Any]) -> list[str]:
         f"\nversus the inline handlers ({pinned}; {v['orders']} orders over 32 connections, then 50/s and 10/s "
         f"for {v['open_loop_s']:g} s)",
         f"  {'system':<9}{'orders/s':>10}{'CPU ms/order':>14}{'p50/p99 at 50/s':>18}{'p50/p99 at 10/s':>18}"
-        f"{'RSS idle MB':>13}",
+        f"{'RSS idle MB':>13}{'other core':>12}",
     ]
     for name in ("daemon", "express", "inline"):
         if name not in v:
@@ -140,8 +140,11 @@ def _versus_lines(v: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {name:<9}{r['closed_loop']['delivered_per_s']:>10.0f}{r['closed_loop']['cpu_ms_per_order']:>14.2f}"
             f"{at50['p50_ms']:>10.1f}/{at50['p99_ms']:<7.1f}{at10['p50_ms']:>10.1f}/{at10['p99_ms']:<7.1f}"
-            f"{r['rss_idle_kb'] / 1024:>13.0f}"
+            f"{r['rss_idle_kb'] / 1024:>13.0f}{r['closed_loop'].get('other_core_busy', 0.0):>11.0%}"
         )
+    lines.append(
+        "  other core: how busy the marketplace and the load kept it in the closed loop (near 100 %: they bound it)"
+    )
     split = v.get("daemon", {}).get("open_50", {}).get("split_p50_ms")
     if split:
         lines.append("  daemon at 50/s, medians (ms): " + ", ".join(f"{k} {x:.2f}" for k, x in split.items()))

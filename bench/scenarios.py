@@ -20,7 +20,7 @@ import httpx
 
 from delivery_daemon.reference.softstore import documented_signature
 
-from .loadgen import run_load
+from .loadgen import run_load, steady_sent
 from .processes import ServerProcess, start_server
 
 STORE = "bench"
@@ -186,25 +186,6 @@ def ingest(bench: Bench, *, connections: int = 32, duration: float = 10.0, round
 # -- end-to-end latency ---------------------------------------------------------------------------------------
 
 
-async def _send_steady(url: str, payloads: list[dict[str, Any]], rate: float) -> dict[str, float]:
-    """POST each webhook at its slot of a steady ``rate`` per second (open loop); returns when each was sent."""
-    sent: dict[str, float] = {}
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as client:
-        tasks = []
-        start = time.perf_counter()
-        for index, payload in enumerate(payloads):
-            delay = start + index / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            sent[payload["id_order"]] = time.time()
-            tasks.append(asyncio.create_task(client.post(url, json=payload)))
-        responses = await asyncio.gather(*tasks)
-    bad = [r.status_code for r in responses if r.status_code != 200]
-    if bad:
-        raise RuntimeError(f"{len(bad)} webhooks were refused: {sorted(set(bad))}")
-    return sent
-
-
 def _wait_delivered(bench: Bench, expected: int, timeout: float) -> float:
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=30) as client:
@@ -225,9 +206,9 @@ def end_to_end(bench: Bench, *, rate: float = 50.0, seconds: float = 20.0, warmu
         idle = daemon.status()
         url = f"{daemon.url}/webhooks/{STORE}"
         # Warm-up: the first order also fetches the JWT and opens the keep-alive connections.
-        asyncio.run(_send_steady(url, payloads[:warmup], rate))
+        steady_sent(url, payloads[:warmup], rate, bench.workdir)
         _wait_delivered(bench, before + warmup, 60)
-        sent = asyncio.run(_send_steady(url, payloads[warmup:], rate))
+        sent = steady_sent(url, payloads[warmup:], rate, bench.workdir)
         _wait_delivered(bench, before + warmup + count, 120)
         after = daemon.status()
     accepted = bench.accepted(list(sent))

@@ -63,7 +63,7 @@ def unstored_app(spec: dict[str, Any]) -> Starlette:
 
     ids = itertools.count(1)
 
-    async def enqueue(self: JobQueue, order: IncomingOrder) -> Enqueued:
+    async def enqueue(self: JobQueue, order: IncomingOrder, lease: object = None) -> Enqueued:
         return Enqueued(job_id=next(ids), created=True)
 
     JobQueue.enqueue = enqueue  # type: ignore[method-assign]  # this process only: it serves nothing else

@@ -18,7 +18,6 @@ without them, or on a machine with one core (no pinning possible), the result sa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -31,8 +30,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .loadgen import run_mode, steady_sent
 from .processes import ROOT, ServerProcess, start_process, start_server
-from .scenarios import STORE, Bench, _post_all, _send_steady, _wait_delivered, percentiles
+from .scenarios import STORE, Bench, _wait_delivered, percentiles
 
 SYSTEMS = ("daemon", "express", "inline")
 EXPRESS = ROOT / "bench" / "peers" / "express"
@@ -98,25 +98,28 @@ def _system(bench: Bench, name: str, pin: str | None) -> Iterator[tuple[ServerPr
             yield node, f"{node.url}/webhook"
 
 
-def _cpu(process: ServerProcess) -> float:
-    return sum(process.thread_cpu().values())
-
-
 def _closed_loop(bench: Bench, process: ServerProcess, url: str, orders: int) -> dict[str, Any]:
-    """``orders`` webhooks over 32 connections, as fast as the system takes them; delivered orders/s and CPU."""
+    """``orders`` webhooks over 32 connections, as fast as the system takes them: delivered orders/s, CPU per
+    delivered order, and how busy the other core was (the marketplace and the load: near 1.0, they bound the run)."""
     payloads = bench.place_orders(orders)
     before = bench.delivered_count()
-    cpu_before, started = _cpu(process), time.time()
-    asyncio.run(_post_all(url, payloads))
+    cpu_before, market_before = process.process_cpu(), bench.market.process_cpu()
+    threads_before = process.thread_cpu()
+    sent = run_mode("once", url, payloads, 32, bench.workdir)
     _wait_delivered(bench, before + orders, 600)
-    cpu_after = _cpu(process)
+    cpu_after, market_after = process.process_cpu(), bench.market.process_cpu()
+    threads = {name: (cpu - threads_before[name]) / len(payloads) * 1e3 for name, cpu in process.thread_cpu().items()}
     accepted = bench.accepted([p["id_order"] for p in payloads])
-    last = max(accepted.values())
+    seconds = max(accepted.values()) - sent["started"]
     return {
         "orders": orders,
         "delivered": len(accepted),
-        "delivered_per_s": len(accepted) / (last - started),
+        "delivered_per_s": len(accepted) / seconds,
         "cpu_ms_per_order": (cpu_after - cpu_before) / len(accepted) * 1e3,
+        "cpu_ms_per_order_by_thread": threads,
+        "other_core_busy": (market_after - market_before + sent["cpu_s"]) / seconds,
+        "market_cpu_ms_per_order": (market_after - market_before) / len(accepted) * 1e3,
+        "load_cpu_ms_per_order": sent["cpu_s"] / len(accepted) * 1e3,
     }
 
 
@@ -124,7 +127,7 @@ def _open_loop(bench: Bench, url: str, rate: float, seconds: float) -> tuple[dic
     """A steady ``rate`` for ``seconds``; latency figures, and when each order's webhook was sent."""
     payloads = bench.place_orders(int(rate * seconds))
     before = bench.delivered_count()
-    sent = asyncio.run(_send_steady(url, payloads, rate))
+    sent = steady_sent(url, payloads, rate, bench.workdir)
     _wait_delivered(bench, before + len(payloads), 120)
     accepted = bench.accepted(list(sent))
     latencies = [(accepted[i] - t) * 1000 for i, t in sent.items() if i in accepted]
@@ -152,7 +155,8 @@ def latency_split(log_file: Path, sent: dict[str, float]) -> dict[str, float]:
         parts["wait_pickup"].append((verified - verify_ms / 1000 - accepted) * 1000)
         parts["verify"].append(verify_ms)
         parts["generate"].append(generate_ms)
-        parts["store"].append((events["delivery.attempt"][0] - generated) * 1000)
+        # content.generated is logged once the content is committed: the store is what its generator did not take
+        parts["store"].append((generated - verified) * 1000 - generate_ms)
         parts["deliver"].append(events["delivery.succeeded"][1])
     return {part: statistics.median(values) for part, values in parts.items() if values}
 
@@ -173,7 +177,9 @@ def _measure(bench: Bench, name: str, pin: str | None, orders: int, seconds: flo
     return result
 
 
-def versus(bench: Bench, *, orders: int = 2000, seconds: float = 20.0) -> dict[str, Any]:
+def versus(
+    bench: Bench, *, orders: int = 2000, seconds: float = 20.0, systems: tuple[str, ...] = SYSTEMS
+) -> dict[str, Any]:
     """Every system in turn under the same load; the figures per system, and the daemon's ratios to the peers."""
     cores = _cores()
     results: dict[str, Any] = {"orders": orders, "open_loop_s": seconds, "pinned": cores is not None, "skipped": {}}
@@ -183,7 +189,7 @@ def versus(bench: Bench, *, orders: int = 2000, seconds: float = 20.0) -> dict[s
         os.sched_setaffinity(0, cores[1])
     try:
         express = _express_dir(bench.workdir)
-        for name in SYSTEMS:
+        for name in systems:
             if name == "express" and not isinstance(express, Path):
                 results["skipped"][name] = express
                 continue
