@@ -2,6 +2,11 @@
 
 Uniqueness is the database's job: ``INSERT … ON CONFLICT DO NOTHING`` on (store, order_id); a second webhook for an
 order only counts itself in ``jobs.received``.
+
+An enqueue given a :class:`~delivery_daemon.storage.jobs.Lease` inserts the new job already running and leased to its
+owner, in the same transaction: the receiver hands it to its own worker, which then needs no claim (a transaction
+and a commit fewer on the way to the buyer; issue #26). The lease fences it like any claimed job's: if that worker
+dies, the lease expires and any replica queues the job again.
 """
 
 from __future__ import annotations
@@ -15,7 +20,17 @@ from delivery_daemon.clock import Clock
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage import dialect
 from delivery_daemon.storage.cipher import Cipher
-from delivery_daemon.storage.jobs import INSERT_ATTEMPT, JOBS, Enqueued, Transition, attempt_row, record, seal
+from delivery_daemon.storage.jobs import (
+    INSERT_ATTEMPT,
+    JOBS,
+    Enqueued,
+    Lease,
+    Transition,
+    attempt_row,
+    record,
+    row_to_job,
+    seal,
+)
 from delivery_daemon.storage.models import JobState
 
 _ACCEPTED = Transition(JobState.QUEUED, "receive", "accepted")
@@ -36,12 +51,10 @@ class Enqueue:
         # Built once and executed with parameters: rebuilding them with .values(**row) for every order cost more
         # CPU on the database thread than the SQL itself (py-spy: statement construction and cache-key generation).
         self._insert_job = (
-            self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"]).returning(JOBS.c.id)
+            self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"]).returning(*JOBS.c)
         )
         self._insert_jobs_keyed = (
-            self._insert_ignore()
-            .on_conflict_do_nothing(index_elements=["store", "order_id"])
-            .returning(JOBS.c.id, JOBS.c.store, JOBS.c.order_id)
+            self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"]).returning(*JOBS.c)
         )
         self._count_duplicate = (
             update(JOBS)
@@ -53,13 +66,16 @@ class Enqueue:
     def _insert_ignore(self) -> Any:
         return dialect.insert(self._dialect, JOBS)
 
-    def _job_row(self, order: IncomingOrder, now: float) -> dict[str, Any]:
+    def _job_row(self, order: IncomingOrder, lease: Lease | None, now: float) -> dict[str, Any]:
+        leased = lease is not None and order.held is None
         return {
             "store": order.store,
             "order_id": order.order_id,
             "marketplace": order.marketplace,
             "product_id": order.product_id,
-            "state": received(order).state.value,
+            "state": JobState.RUNNING.value if leased else received(order).state.value,
+            "lease_owner": lease.owner if leased and lease is not None else None,
+            "lease_until": now + lease.seconds if leased and lease is not None else None,
             "payload": seal(self.cipher, order.store, order.order_id, "payload", order.payload_json()),
             "attempts": 0,
             "received": 1,
@@ -69,14 +85,19 @@ class Enqueue:
             "last_error": order.held,
         }
 
-    def one(self, conn: Connection, order: IncomingOrder) -> Enqueued:
-        """Insert ``order``'s job, or count a duplicate."""
+    def one(self, conn: Connection, order: IncomingOrder, lease: Lease | None = None) -> Enqueued:
+        """Insert ``order``'s job (leased to ``lease``'s owner when given, unless the order is held), or count a
+        duplicate."""
         now = self.clock.now()
-        inserted = conn.execute(self._insert_job, self._job_row(order, now)).scalar_one_or_none()
-        if inserted is not None:
-            record(conn, inserted, received(order), now)
-            return Enqueued(job_id=inserted, created=True)
+        row = conn.execute(self._insert_job, self._job_row(order, lease, now)).first()
+        if row is not None:
+            record(conn, row.id, received(order), now)
+            return self._created(row)
         return self._duplicate(conn, order)
+
+    def _created(self, row: Any) -> Enqueued:
+        job = row_to_job(row, self.cipher) if row.lease_owner is not None else None
+        return Enqueued(job_id=row.id, created=True, job=job)
 
     def _duplicate(self, conn: Connection, order: IncomingOrder) -> Enqueued:
         job_id = conn.execute(
@@ -84,19 +105,21 @@ class Enqueue:
         ).scalar_one()
         return Enqueued(job_id=job_id, created=False)
 
-    def many(self, conn: Connection, orders: list[IncomingOrder]) -> list[Enqueued]:
-        """What :meth:`one` does for each order, in order, with one multi-row ``INSERT … ON CONFLICT DO NOTHING
-        RETURNING`` for the jobs and one for their attempts (profile: per-row INSERTs and savepoints were most of
-        the database thread's CPU under a webhook burst)."""
+    def many(self, conn: Connection, items: list[tuple[IncomingOrder, Lease | None]]) -> list[Enqueued]:
+        """What :meth:`one` does for each (order, lease), in order, with one multi-row ``INSERT … ON CONFLICT DO
+        NOTHING RETURNING`` for the jobs and one for their attempts (profile: per-row INSERTs and savepoints were
+        most of the database thread's CPU under a webhook burst)."""
         now = self.clock.now()
-        rows = conn.execute(self._insert_jobs_keyed, [self._job_row(order, now) for order in orders]).all()
-        new = {(row.store, row.order_id): row.id for row in rows}
+        rows = conn.execute(self._insert_jobs_keyed, [self._job_row(order, lease, now) for order, lease in items])
+        new = {(row.store, row.order_id): row for row in rows.all()}
         results: list[Enqueued] = []
-        for order in orders:
-            job_id = new.pop((order.store, order.order_id), None)  # popped: the same order again is a duplicate
-            results.append(Enqueued(job_id, True) if job_id is not None else self._duplicate(conn, order))
+        for order, _lease in items:
+            row = new.pop((order.store, order.order_id), None)  # popped: the same order again is a duplicate
+            results.append(self._created(row) if row is not None else self._duplicate(conn, order))
         accepted = [
-            attempt_row(r.job_id, received(order), now) for r, order in zip(results, orders, strict=True) if r.created
+            attempt_row(r.job_id, received(order), now)
+            for r, (order, _lease) in zip(results, items, strict=True)
+            if r.created
         ]
         if accepted:
             conn.execute(INSERT_ATTEMPT, accepted)

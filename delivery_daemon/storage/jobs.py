@@ -35,9 +35,20 @@ class LeaseLost(DeliveryDaemonError):
 
 
 @dataclass(frozen=True)
+class Lease:
+    """Who a job is leased to and for how long (seconds from the write that takes it)."""
+
+    owner: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Enqueued:
     job_id: int
     created: bool
+    job: Job | None = None
+    """The new job, leased and running, when the enqueue was given a :class:`Lease` and the order is not held (the
+    receiver hands it to its own worker: no claim, no second transaction); otherwise None."""
 
 
 @dataclass(frozen=True)

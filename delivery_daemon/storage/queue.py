@@ -37,6 +37,7 @@ from delivery_daemon.storage.followups import Pending, note, pending
 from delivery_daemon.storage.group_commit import DEFAULT_MAX_BATCH, GroupCommitter, Merge
 from delivery_daemon.storage.jobs import (
     Enqueued,
+    Lease,
     MarkedOrder,
     OrderCancelled,
     Settled,
@@ -111,13 +112,17 @@ class JobQueue:
 
     # -- enqueue ---------------------------------------------------------------------------------------------
 
-    async def enqueue(self, order: IncomingOrder) -> Enqueued:
+    async def enqueue(self, order: IncomingOrder, lease: Lease | None = None) -> Enqueued:
         """Commit ``order`` as a queued job (``held`` when ``order.held`` says why); a second call for the same
-        (store, order_id) changes nothing else.
+        (store, order_id) changes nothing else. With ``lease``, a new job that is not held is committed running and
+        leased instead, and returned in :attr:`Enqueued.job` for its owner to process without a claim.
 
         Enqueues waiting together share one multi-row INSERT (see :meth:`GroupCommitter.run_merged`)."""
         return await self._submit(
-            lambda conn: self._enqueuer.one(conn, order), write=True, merge=self._enqueuer.many, item=order
+            lambda conn: self._enqueuer.one(conn, order, lease),
+            write=True,
+            merge=self._enqueuer.many,
+            item=(order, lease),
         )
 
     # -- claim -----------------------------------------------------------------------------------------------

@@ -62,3 +62,45 @@ async def test_next_claim_shares_the_commit_of_the_last_outcome(make_stack: Make
         used = committer.stats.transactions - before - 2
         assert all(stack.market.accepted(p.id_order) is not None for p in placed)
         assert used <= 2.5 * orders, used  # one commit each for claim, content, delivery would be 3 per order
+
+
+async def test_a_webhook_goes_to_the_running_worker_without_a_claim(make_stack: MakeStack) -> None:
+    """With a slot free, the receiver commits the job leased to its worker, which delivers it with no claim and no
+    claim after it: three commits per order (the webhook, verify+content, the delivery), not five."""
+    async with make_stack(worker={"poll_interval": 60}) as stack:
+        worker, committer = stack.daemon.worker, stack.daemon.queue.committer
+        started = committer.stats.transactions
+        await worker.start()
+        try:
+            async with asyncio.timeout(30):  # the start's release of expired leases, then its first claim
+                await wait_for(lambda: committer.stats.transactions == started + 2)
+            for _ in range(3):
+                before = committer.stats.transactions
+                placed = await stack.market.place_order(PRODUCT, count=1)
+                assert placed.webhook_status == 200
+                async with asyncio.timeout(30):
+                    await wait_for(lambda p=placed.id_order: stack.market.accepted(p) is not None)  # type: ignore[misc]  # default binds this loop's order
+                    await wait_for(lambda: not worker.in_flight)
+                assert committer.stats.transactions - before == 3
+        finally:
+            await worker.stop()
+        job = await stack.job(placed.id_order)
+        assert (job.state, job.lease_owner) == (JobState.DELIVERED.value, None)
+
+
+async def test_a_webhook_waits_for_a_claim_when_every_slot_is_busy(make_stack: MakeStack) -> None:
+    """A worker with no free slot is not handed the job: it is committed queued and claimed once a slot frees."""
+    async with make_stack(worker={"concurrency": 1, "poll_interval": 60}) as stack:
+        worker = stack.daemon.worker
+        await worker.start()
+        try:
+            held = worker.reserve()  # the only slot, as a job in flight would hold it
+            assert held is not None and worker.reserve() is None
+            placed = await stack.market.place_order(PRODUCT, count=1)
+            assert placed.webhook_status == 200
+            assert (await stack.job(placed.id_order)).state == JobState.QUEUED.value
+            held.release()
+            async with asyncio.timeout(30):
+                await wait_for(lambda: stack.market.accepted(placed.id_order) is not None)
+        finally:
+            await worker.stop()
