@@ -14,8 +14,6 @@ It applies to stores whose ``delivery.channel`` is ``email``, at each point the 
 
 from __future__ import annotations
 
-from email_validator import EmailNotValidError, validate_email
-
 from delivery_daemon.config import StoreSettings
 from delivery_daemon.errors import Held
 
@@ -25,6 +23,10 @@ REASON = "buyer email is not exactly one mailbox"
 
 def mailbox(value: str) -> str:
     """``value``'s one mailbox, normalised; :class:`Held` if it is not exactly one mailbox."""
+    # Imported on first use: only stores that mail check addresses, and email-validator (with idna and dnspython's
+    # pieces) is memory a daemon that never mails should not hold (issue #26, item 5).
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         checked = validate_email(value.strip(" \t"), check_deliverability=False, allow_display_name=True)
     except EmailNotValidError as exc:
