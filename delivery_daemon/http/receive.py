@@ -212,6 +212,8 @@ async def _handle(
         order = dataclasses.replace(order, held=exc.reason)
     # A new job goes straight to this daemon's worker when it has a free slot: committed leased to it (no claim).
     reservation = daemon.worker.reserve() if order.held is None else None
+    if reservation is not None:  # and its verification overlaps the commit
+        reservation.verify_early(store, daemon.queue.unsaved(order, reservation.lease))
     try:
         enqueued = await daemon.queue.enqueue(order, reservation.lease if reservation is not None else None)
     except BaseException:

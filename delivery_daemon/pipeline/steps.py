@@ -24,7 +24,7 @@ from delivery_daemon.order import Content, OrderItem
 from delivery_daemon.pipeline.generate import generate
 from delivery_daemon.pipeline.items import generate_items
 from delivery_daemon.pipeline.stores import Product, Store
-from delivery_daemon.pipeline.verify import verify
+from delivery_daemon.pipeline.verify import Early, verify
 from delivery_daemon.recipient import recipient
 from delivery_daemon.storage.jobs import OrderCancelled, Verified
 from delivery_daemon.storage.models import Job
@@ -79,12 +79,15 @@ class Steps:
     def _ms(self, since: float) -> float:
         return (self.clock.monotonic() - since) * 1000
 
-    async def verify(self, store: Store, job: Job, bound: Logger, *, check_recipient: bool = True) -> Verified:
+    async def verify(
+        self, store: Store, job: Job, bound: Logger, *, check_recipient: bool = True, early: Early | None = None
+    ) -> Verified:
         """Ask the marketplace for the order and take what it confirms onto ``job`` (not stored yet: see
         :meth:`save_verification` and :meth:`generate`). With ``check_recipient``, the buyer email is the one the
-        store's channel will mail (:func:`~delivery_daemon.recipient.recipient`; Held if it is not one mailbox)."""
-        started = self.clock.monotonic()
-        order = await verify(store.marketplace, job)
+        store's channel will mail (:func:`~delivery_daemon.recipient.recipient`; Held if it is not one mailbox).
+        With ``early``, the answer of that verification, started before the job was committed, is used."""
+        started = self.clock.monotonic() if early is None else early.started
+        order = await (verify(store.marketplace, job) if early is None else early.task)
         buyer_email = recipient(store.settings, order.buyer_email) if check_recipient else order.buyer_email
         verified = Confirmed(order.quantity, buyer_email, self._ms(started), order.items)
         job.quantity, job.buyer_email = verified.quantity, verified.buyer_email

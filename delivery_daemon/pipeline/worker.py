@@ -1,17 +1,13 @@
-"""The delivery worker: claims due jobs and takes each through verify → generate → deliver.
+"""The delivery worker: takes each leased job through verify → generate → deliver.
 
 The steps up to stored content are :class:`~delivery_daemon.pipeline.steps.Steps`, shared with synchronous
-fulfilment; what is the worker's own is the leases, retries with backoff, slots, observers and the delivery.
-
-A webhook's job comes straight to it: the receiver asks for a slot (:meth:`Worker.reserve`), the job is committed
-already leased to this worker, and :meth:`Worker.adopt` starts it with no claim (issue #26: the claim was a
-transaction and a commit on every buyer's wait). Otherwise it wakes the moment a job is committed
-(:meth:`Worker.wake`), so the hot path has no polling delay; the daemon's one
-APScheduler scheduler (made by :mod:`delivery_daemon.compose`, given to :meth:`Worker.schedule`) drives the periodic
-work (expired leases back to the queue, due retries picked up). At most
-``concurrency`` jobs are being worked on (verified, generated, delivered); a job whose outcome is known gives its slot
-back while its last commit is pending, so the claim of its successor shares that commit instead of queuing behind it.
-Every outcome is one transaction through :class:`~delivery_daemon.storage.queue.JobQueue`.
+fulfilment; what is the worker's own is the leases, retries with backoff, slots (:mod:`.slots`), observers and the
+delivery. A webhook's job comes straight to it: the receiver reserves a slot (:meth:`Worker.reserve`), commits the
+job leased to this worker and :meth:`Worker.adopt` starts it, with no claim (issue #26). Other due jobs are claimed:
+the worker wakes the moment one is committed (:meth:`Worker.wake`), and the daemon's APScheduler scheduler (given to
+:meth:`Worker.schedule`) drives the periodic work (expired leases back to the queue, due retries picked up). A job
+whose outcome is known gives its slot back while its last commit is pending, so the claim of its successor shares
+that commit. Every outcome is one transaction through :class:`~delivery_daemon.storage.queue.JobQueue`.
 
 :meth:`Worker.drain` is burst mode: claim and process until nothing is due, then return — for tests and tools.
 """
@@ -21,9 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
-import socket
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -38,8 +31,10 @@ from delivery_daemon.pipeline.followup import FollowUps
 from delivery_daemon.pipeline.observers import Observer, Observers
 from delivery_daemon.pipeline.outcomes import Outcomes
 from delivery_daemon.pipeline.revoke import Revoker
+from delivery_daemon.pipeline.slots import Reservation, Slot, Slots, make_owner, release
 from delivery_daemon.pipeline.steps import Steps
 from delivery_daemon.pipeline.stores import Store
+from delivery_daemon.pipeline.verify import Early
 from delivery_daemon.storage.jobs import Lease, LeaseLost, OrderCancelled, QueueError, Transition
 from delivery_daemon.storage.models import Job, JobState
 from delivery_daemon.storage.queue import JobQueue
@@ -53,40 +48,6 @@ GENERATOR_BUDGET = 30.0
 """Seconds a generator may take before the call is abandoned and the order retried."""
 
 
-class _Slot:
-    """One of the worker's ``concurrency`` slots, held by a job from its claim until its outcome is known. The job's
-    task lives on until its last commit, so up to about twice ``concurrency`` tasks may exist; ``concurrency``
-    bounds the jobs being verified, generated and delivered."""
-
-    def __init__(self, worker: Worker) -> None:
-        worker._busy += 1
-        self._worker: Worker | None = worker
-
-    def release(self) -> None:
-        """Give the slot back (once; later calls do nothing) and let the worker claim another job."""
-        if self._worker is not None:
-            worker, self._worker = self._worker, None
-            worker._busy -= 1
-            worker._wake.set()  # capacity, not news: the loop claims only if something may be due
-
-
-class Reservation:
-    """A slot held for a job the receiver is committing: the :class:`Lease` to commit it with. Give it to
-    :meth:`Worker.adopt` with the job, or :meth:`release` it (a duplicate, a held order, a failed commit)."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.slot = _Slot(worker)
-        self.lease = Lease(worker.owner, worker.settings.lease_seconds)
-
-    def release(self) -> None:
-        self.slot.release()
-
-
-def _release(slot: _Slot | None) -> None:
-    if slot is not None:
-        slot.release()
-
-
 def _retrieve(task: asyncio.Task[None]) -> None:
     """Done callback of every task the worker creates: its exception, if any, is retrieved (asyncio never prints
     "Task exception was never retrieved") and logged as an event."""
@@ -97,11 +58,6 @@ def _retrieve(task: asyncio.Task[None]) -> None:
         log.error("worker.storage_error", task=task.get_name(), error=error)
     else:
         log.error("worker.task_failed", task=task.get_name(), error=error)
-
-
-def make_owner() -> str:
-    """A lease owner id unique to this process: host, pid and a random suffix."""
-    return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Worker:
@@ -136,7 +92,7 @@ class Worker:
         # receiver those claims found nothing: an empty transaction per order (bench: +15 % CPU per order).
         self._due = True
         self._inflight: dict[asyncio.Task[None], int] = {}  # task -> the id of the job it works on
-        self._busy = 0  # slots held: jobs between their claim and the start of their final transition
+        self._slots = Slots(settings.concurrency, self._wake.set)
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -157,9 +113,9 @@ class Worker:
     def reserve(self) -> Reservation | None:
         """A slot for a job about to be committed leased to this worker, or None when the worker is not running or
         has no free slot (the job is then committed queued, and claimed as usual)."""
-        if not self.running or self._busy >= self.settings.concurrency:
+        if not self.running or self._slots.free <= 0:
             return None
-        return Reservation(self)
+        return Reservation(self._slots.take(), Lease(self.owner, self.settings.lease_seconds), self.clock)
 
     def adopt(self, job: Job, reservation: Reservation) -> None:
         """Process ``job``, committed running and leased to this worker with ``reservation``'s lease.
@@ -169,7 +125,7 @@ class Worker:
         if self._stopping:
             reservation.release()
             return
-        self._start(job, reservation.slot)
+        self._start(job, reservation.slot, reservation.early)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -234,7 +190,7 @@ class Worker:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            free = self.settings.concurrency - self._busy
+            free = self._slots.free
             if free > 0 and self._due:
                 self._due = False
                 wanted = min(free, self.settings.claim_batch)
@@ -245,19 +201,19 @@ class Worker:
                     self._due = True  # still unseen: the next wake-up tries again
                     log.error("worker.claim_failed", error=str(exc))
                 for job in jobs:
-                    self._start(job, _Slot(self))
+                    self._start(job, self._slots.take())
                 if len(jobs) == wanted:
                     self._due = True  # there may be more due right now
                     continue
             await self._wake.wait()
 
-    def _start(self, job: Job, slot: _Slot) -> None:
-        task = asyncio.create_task(self._process(job, slot), name=f"job-{job.id}")
+    def _start(self, job: Job, slot: Slot, early: Early | None = None) -> None:
+        task = asyncio.create_task(self._process(job, slot, early), name=f"job-{job.id}")
         assert job.id is not None, "a leased job has been stored"
         self._inflight[task] = job.id
         task.add_done_callback(functools.partial(self._finished, slot))
 
-    def _finished(self, slot: _Slot, task: asyncio.Task[None]) -> None:
+    def _finished(self, slot: Slot, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
         slot.release()
         _retrieve(task)
@@ -278,7 +234,7 @@ class Worker:
         """Take one leased job as far as it goes now. Never raises except on cancellation."""
         await self._process(job, None)
 
-    async def _process(self, job: Job, slot: _Slot | None) -> None:
+    async def _process(self, job: Job, slot: Slot | None, early: Early | None = None) -> None:
         """:meth:`process`; ``slot`` is released when the job's outcome is known and only its commit is left, so
         that the next job's claim shares that commit's transaction instead of waiting for it (profile: the drain
         spent a third of each job's time waiting for the claim of its successor)."""
@@ -291,7 +247,7 @@ class Worker:
                 raise Retry(f"store {job.store!r} is not configured")
             steps = Steps(self.queue, self.owner, self.clock)
             # Not stored until the content is: one commit instead of two per order (see Steps.generate).
-            verified = None if job.quantity is not None else await steps.verify(store, job, bound)
+            verified = None if job.quantity is not None else await steps.verify(store, job, bound, early=early)
             step = "generate"
             if job.content is None:
                 made = await steps.generate(store, job, bound, budget=self.generator_budget, verified=verified)
@@ -312,7 +268,7 @@ class Worker:
                 count_attempt=True,
                 error=receipt.detail,
             )
-            _release(slot)
+            release(slot)
             saved, settled = await self._outcomes.save(job, done, bound)
             if not saved:
                 return
@@ -384,7 +340,7 @@ class Worker:
         http_status: int | None,
         started: float,
         bound: structlog.typing.FilteringBoundLogger,
-        slot: _Slot | None,
+        slot: Slot | None,
     ) -> None:
         retry = job.attempts + 1
         delay = self.backoff.delay(retry, after)
@@ -425,9 +381,9 @@ class Worker:
         )
 
     async def _end(
-        self, job: Job, change: Transition, bound: structlog.typing.FilteringBoundLogger, slot: _Slot | None
+        self, job: Job, change: Transition, bound: structlog.typing.FilteringBoundLogger, slot: Slot | None
     ) -> None:
-        _release(slot)
+        release(slot)
         try:
             saved, settled = await self._outcomes.save(job, change, bound)
             if not saved:

@@ -31,7 +31,7 @@ from delivery_daemon.storage.jobs import (
     row_to_job,
     seal,
 )
-from delivery_daemon.storage.models import JobState
+from delivery_daemon.storage.models import Job, JobState, from_row
 
 _ACCEPTED = Transition(JobState.QUEUED, "receive", "accepted")
 
@@ -39,6 +39,36 @@ _ACCEPTED = Transition(JobState.QUEUED, "receive", "accepted")
 def received(order: IncomingOrder) -> Transition:
     """The first recorded step of a new job: accepted, or held with the receiver's reason."""
     return _ACCEPTED if order.held is None else Transition(JobState.HELD, "receive", "held", error=order.held)
+
+
+def _row(order: IncomingOrder, lease: Lease | None, now: float, payload: str) -> dict[str, Any]:
+    """The ``jobs`` row an enqueue inserts for ``order`` (``payload`` as it is stored)."""
+    leased = lease is not None and order.held is None
+    return {
+        "store": order.store,
+        "order_id": order.order_id,
+        "marketplace": order.marketplace,
+        "product_id": order.product_id,
+        "state": JobState.RUNNING.value if leased else received(order).state.value,
+        "lease_owner": lease.owner if leased and lease is not None else None,
+        "lease_until": now + lease.seconds if leased and lease is not None else None,
+        "payload": payload,
+        "attempts": 0,
+        "received": 1,
+        "due_at": now,
+        "created_at": now,
+        "updated_at": now,
+        "last_error": order.held,
+    }
+
+
+_NOT_YET = {"id": None, "quantity": None, "buyer_email": None, "content": None, "delivered_at": None, "flag": None}
+
+
+def unsaved_job(order: IncomingOrder, lease: Lease, now: float) -> Job:
+    """``order``'s job as an enqueue with ``lease`` stores it, before it is (no ``id`` yet, the payload in plaintext):
+    what a verification started during the commit reads (:class:`~delivery_daemon.pipeline.verify.Early`)."""
+    return from_row(Job, {**_row(order, lease, now, order.payload_json()), **_NOT_YET, "issue": 0})
 
 
 class Enqueue:
@@ -67,23 +97,8 @@ class Enqueue:
         return dialect.insert(self._dialect, JOBS)
 
     def _job_row(self, order: IncomingOrder, lease: Lease | None, now: float) -> dict[str, Any]:
-        leased = lease is not None and order.held is None
-        return {
-            "store": order.store,
-            "order_id": order.order_id,
-            "marketplace": order.marketplace,
-            "product_id": order.product_id,
-            "state": JobState.RUNNING.value if leased else received(order).state.value,
-            "lease_owner": lease.owner if leased and lease is not None else None,
-            "lease_until": now + lease.seconds if leased and lease is not None else None,
-            "payload": seal(self.cipher, order.store, order.order_id, "payload", order.payload_json()),
-            "attempts": 0,
-            "received": 1,
-            "due_at": now,
-            "created_at": now,
-            "updated_at": now,
-            "last_error": order.held,
-        }
+        payload = seal(self.cipher, order.store, order.order_id, "payload", order.payload_json())
+        return _row(order, lease, now, payload)
 
     def one(self, conn: Connection, order: IncomingOrder, lease: Lease | None = None) -> Enqueued:
         """Insert ``order``'s job (leased to ``lease``'s owner when given, unless the order is held), or count a

@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from delivery_daemon.clock import Clock
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.cipher import Cipher
-from delivery_daemon.storage.enqueue import Enqueue
+from delivery_daemon.storage.enqueue import Enqueue, unsaved_job
 from delivery_daemon.storage.followups import Pending, note, pending
 from delivery_daemon.storage.group_commit import DEFAULT_MAX_BATCH, GroupCommitter, Merge
 from delivery_daemon.storage.jobs import (
@@ -124,6 +124,10 @@ class JobQueue:
             merge=self._enqueuer.many,
             item=(order, lease),
         )
+
+    def unsaved(self, order: IncomingOrder, lease: Lease) -> Job:
+        """``order``'s job as :meth:`enqueue` with ``lease`` will store it, before it does (``id`` None)."""
+        return unsaved_job(order, lease, self.clock.now())
 
     # -- claim -----------------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 
 from delivery_daemon.storage.models import JobState
@@ -104,3 +105,30 @@ async def test_a_webhook_waits_for_a_claim_when_every_slot_is_busy(make_stack: M
                 await wait_for(lambda: stack.market.accepted(placed.id_order) is not None)
         finally:
             await worker.stop()
+
+
+async def test_a_handed_over_job_is_verified_while_its_webhook_commits(make_stack: MakeStack) -> None:
+    """The marketplace is asked about the order before the webhook's commit is done (the round trip overlaps it);
+    the 2xx still waits for the commit, and the order is verified once and delivered."""
+    async with make_stack(worker={"poll_interval": 60}) as stack:
+        worker, committer = stack.daemon.worker, stack.daemon.queue.committer
+        await worker.start()
+        hold = threading.Event()
+        try:
+            committer.submit(lambda _conn: hold.wait(30), write=False)  # the database thread is busy until set
+            webhook = asyncio.create_task(stack.market.place_order(PRODUCT, count=1))
+            async with asyncio.timeout(30):
+                await wait_for(lambda: any("/orders/info/" in r.path for r in stack.market.requests))
+            assert not webhook.done(), "answered before its job was committed"
+            hold.set()
+            placed = await webhook
+            assert placed.webhook_status == 200
+            async with asyncio.timeout(30):
+                await wait_for(lambda: stack.market.accepted(placed.id_order) is not None)
+        finally:
+            hold.set()
+            await worker.stop()
+        assert sum("/orders/info/" in r.path for r in stack.market.requests) == 1
+        job = await stack.job(placed.id_order)
+        steps = [(a.step, a.outcome) for a in await stack.daemon.queue.history(job.id)]
+        assert steps[:2] == [("receive", "accepted"), ("verify", "ok")]

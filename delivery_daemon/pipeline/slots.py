@@ -1,0 +1,86 @@
+"""The worker's slots: at most ``concurrency`` jobs are verified, generated and delivered at once, and a job the
+receiver is committing can hold one before it exists (:class:`Reservation`, the hand-off of issue #26).
+
+A job holds its slot from its claim (or reservation) until its outcome is known; its task lives on until the
+outcome's commit, so up to about twice ``concurrency`` tasks may exist. Giving a slot back tells the worker it has
+capacity (``on_free``), not that a job is due: the worker claims only when something may be.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable
+
+from delivery_daemon.clock import Clock
+from delivery_daemon.pipeline.stores import Store
+from delivery_daemon.pipeline.verify import Early
+from delivery_daemon.storage.jobs import Lease
+from delivery_daemon.storage.models import Job
+
+
+def make_owner() -> str:
+    """A lease owner id unique to this process: host, pid and a random suffix."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Slots:
+    """``capacity`` slots; ``on_free`` is called whenever one is given back."""
+
+    def __init__(self, capacity: int, on_free: Callable[[], None]) -> None:
+        self.capacity = capacity
+        self.busy = 0
+        self._on_free = on_free
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.busy
+
+    def take(self) -> Slot:
+        """One slot, taken now (the caller checked :attr:`free`)."""
+        return Slot(self)
+
+    def _give_back(self) -> None:
+        self.busy -= 1
+        self._on_free()
+
+
+class Slot:
+    """One taken slot."""
+
+    def __init__(self, slots: Slots) -> None:
+        slots.busy += 1
+        self._slots: Slots | None = slots
+
+    def release(self) -> None:
+        """Give the slot back (once; later calls do nothing)."""
+        if self._slots is not None:
+            slots, self._slots = self._slots, None
+            slots._give_back()
+
+
+def release(slot: Slot | None) -> None:
+    if slot is not None:
+        slot.release()
+
+
+class Reservation:
+    """A slot held for a job the receiver is committing, and the :class:`Lease` to commit it with. Give it to
+    :meth:`Worker.adopt <delivery_daemon.pipeline.worker.Worker.adopt>` with the job, or :meth:`release` it (a
+    duplicate, a held order, a failed commit)."""
+
+    def __init__(self, slot: Slot, lease: Lease, clock: Clock) -> None:
+        self.slot = slot
+        self.lease = lease
+        self._clock = clock
+        self.early: Early | None = None
+
+    def verify_early(self, store: Store, job: Job) -> None:
+        """Start verifying ``job`` (as it will be committed) now, so that the round trip overlaps the commit."""
+        self.early = Early(store.marketplace, job, self._clock)
+
+    def release(self) -> None:
+        if self.early is not None:
+            self.early.cancel()
+        self.slot.release()
