@@ -210,10 +210,9 @@ async def _handle(
         recipient(store.settings, order.buyer_email)
     except Held as exc:  # stored for the operator, answered 2xx: the marketplace must not resend it
         order = dataclasses.replace(order, held=exc.reason)
-    # A new job goes straight to this daemon's worker when it has a free slot: committed leased to it (no claim).
-    reservation = daemon.worker.reserve() if order.held is None else None
-    if reservation is not None:  # and its verification overlaps the commit
-        reservation.verify_early(store, daemon.queue.unsaved(order, reservation.lease))
+    # A new job goes straight to this daemon's worker when it has a free slot: committed leased to it (no claim),
+    # and verified while its commit is in progress (see Reservation).
+    reservation = daemon.worker.reserve(store) if order.held is None else None
     try:
         enqueued = await daemon.queue.enqueue(order, reservation.lease if reservation is not None else None)
     except BaseException:

@@ -68,17 +68,20 @@ def release(slot: Slot | None) -> None:
 class Reservation:
     """A slot held for a job the receiver is committing, and the :class:`Lease` to commit it with. Give it to
     :meth:`Worker.adopt <delivery_daemon.pipeline.worker.Worker.adopt>` with the job, or :meth:`release` it (a
-    duplicate, a held order, a failed commit)."""
+    duplicate, a held order, a failed commit).
 
-    def __init__(self, slot: Slot, lease: Lease, clock: Clock) -> None:
+    The lease's ``taken`` hook starts verifying the job as soon as its row is inserted (:attr:`early`), so that the
+    marketplace's round trip overlaps the commit; a duplicate never asks the marketplace."""
+
+    def __init__(self, slot: Slot, owner: str, seconds: float, store: Store, clock: Clock) -> None:
         self.slot = slot
-        self.lease = lease
-        self._clock = clock
+        self.lease = Lease(owner, seconds, taken=self._verify_early)
         self.early: Early | None = None
+        self._store = store
+        self._clock = clock
 
-    def verify_early(self, store: Store, job: Job) -> None:
-        """Start verifying ``job`` (as it will be committed) now, so that the round trip overlaps the commit."""
-        self.early = Early(store.marketplace, job, self._clock)
+    def _verify_early(self, job: Job) -> None:
+        self.early = Early(self._store.marketplace, job, self._clock)
 
     def release(self) -> None:
         if self.early is not None:

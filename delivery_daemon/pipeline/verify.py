@@ -28,9 +28,9 @@ async def verify(marketplace: Marketplace, job: Job) -> MarketplaceOrder:
 
 class Early:
     """A verification started while its job is being committed (the receiver's hand-off to its worker, issue #26):
-    the marketplace's round trip overlaps the commit instead of following it. ``job`` is what will be stored, not
-    stored yet (its ``id`` is None). The worker awaits :attr:`task` in place of :func:`verify`; whoever does not
-    hand the job over calls :meth:`cancel`."""
+    the marketplace's round trip overlaps the commit instead of following it. ``job`` is inserted, its commit not
+    done yet. The worker awaits :attr:`task` in place of :func:`verify`; whoever does not hand the job over calls
+    :meth:`cancel`."""
 
     def __init__(self, marketplace: Marketplace, job: Job, clock: Clock) -> None:
         self.started = clock.monotonic()

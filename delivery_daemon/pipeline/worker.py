@@ -35,7 +35,7 @@ from delivery_daemon.pipeline.slots import Reservation, Slot, Slots, make_owner,
 from delivery_daemon.pipeline.steps import Steps
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.pipeline.verify import Early
-from delivery_daemon.storage.jobs import Lease, LeaseLost, OrderCancelled, QueueError, Transition
+from delivery_daemon.storage.jobs import LeaseLost, OrderCancelled, QueueError, Transition
 from delivery_daemon.storage.models import Job, JobState
 from delivery_daemon.storage.queue import JobQueue
 
@@ -110,12 +110,12 @@ class Worker:
         self._due = True
         self._wake.set()
 
-    def reserve(self) -> Reservation | None:
-        """A slot for a job about to be committed leased to this worker, or None when the worker is not running or
-        has no free slot (the job is then committed queued, and claimed as usual)."""
+    def reserve(self, store: Store) -> Reservation | None:
+        """A slot for a job of ``store`` about to be committed leased to this worker, or None when the worker is not
+        running or has no free slot (the job is then committed queued, and claimed as usual)."""
         if not self.running or self._slots.free <= 0:
             return None
-        return Reservation(self._slots.take(), Lease(self.owner, self.settings.lease_seconds), self.clock)
+        return Reservation(self._slots.take(), self.owner, self.settings.lease_seconds, store, self.clock)
 
     def adopt(self, job: Job, reservation: Reservation) -> None:
         """Process ``job``, committed running and leased to this worker with ``reservation``'s lease.

@@ -31,7 +31,7 @@ from delivery_daemon.storage.jobs import (
     row_to_job,
     seal,
 )
-from delivery_daemon.storage.models import Job, JobState, from_row
+from delivery_daemon.storage.models import JobState
 
 _ACCEPTED = Transition(JobState.QUEUED, "receive", "accepted")
 
@@ -60,15 +60,6 @@ def _row(order: IncomingOrder, lease: Lease | None, now: float, payload: str) ->
         "updated_at": now,
         "last_error": order.held,
     }
-
-
-_NOT_YET = {"id": None, "quantity": None, "buyer_email": None, "content": None, "delivered_at": None, "flag": None}
-
-
-def unsaved_job(order: IncomingOrder, lease: Lease, now: float) -> Job:
-    """``order``'s job as an enqueue with ``lease`` stores it, before it is (no ``id`` yet, the payload in plaintext):
-    what a verification started during the commit reads (:class:`~delivery_daemon.pipeline.verify.Early`)."""
-    return from_row(Job, {**_row(order, lease, now, order.payload_json()), **_NOT_YET, "issue": 0})
 
 
 class Enqueue:
@@ -107,11 +98,13 @@ class Enqueue:
         row = conn.execute(self._insert_job, self._job_row(order, lease, now)).first()
         if row is not None:
             record(conn, row.id, received(order), now)
-            return self._created(row)
+            return self._created(row, lease)
         return self._duplicate(conn, order)
 
-    def _created(self, row: Any) -> Enqueued:
+    def _created(self, row: Any, lease: Lease | None) -> Enqueued:
         job = row_to_job(row, self.cipher) if row.lease_owner is not None else None
+        if job is not None and lease is not None and lease.taken is not None:
+            lease.taken(job)
         return Enqueued(job_id=row.id, created=True, job=job)
 
     def _duplicate(self, conn: Connection, order: IncomingOrder) -> Enqueued:
@@ -128,9 +121,9 @@ class Enqueue:
         rows = conn.execute(self._insert_jobs_keyed, [self._job_row(order, lease, now) for order, lease in items])
         new = {(row.store, row.order_id): row for row in rows.all()}
         results: list[Enqueued] = []
-        for order, _lease in items:
+        for order, lease in items:
             row = new.pop((order.store, order.order_id), None)  # popped: the same order again is a duplicate
-            results.append(self._created(row) if row is not None else self._duplicate(conn, order))
+            results.append(self._created(row, lease) if row is not None else self._duplicate(conn, order))
         accepted = [
             attempt_row(r.job_id, received(order), now)
             for r, (order, _lease) in zip(results, items, strict=True)

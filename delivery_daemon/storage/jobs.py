@@ -8,7 +8,8 @@ plaintext. Every step and state change is one ``attempts`` row (:func:`record`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import insert
@@ -36,10 +37,15 @@ class LeaseLost(DeliveryDaemonError):
 
 @dataclass(frozen=True)
 class Lease:
-    """Who a job is leased to and for how long (seconds from the write that takes it)."""
+    """Who a job is leased to and for how long (seconds from the write that takes it).
+
+    ``taken``, given to an enqueue, is called with the new job once its row is inserted, before the commit (which
+    may still fail), on the enqueuing caller's event loop, before the enqueue returns; never for a duplicate or a
+    held order."""
 
     owner: str
     seconds: float
+    taken: Callable[[Job], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ or cancelled (it failed).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -32,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from delivery_daemon.clock import Clock
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.cipher import Cipher
-from delivery_daemon.storage.enqueue import Enqueue, unsaved_job
+from delivery_daemon.storage.enqueue import Enqueue
 from delivery_daemon.storage.followups import Pending, note, pending
 from delivery_daemon.storage.group_commit import DEFAULT_MAX_BATCH, GroupCommitter, Merge
 from delivery_daemon.storage.jobs import (
@@ -115,19 +117,23 @@ class JobQueue:
     async def enqueue(self, order: IncomingOrder, lease: Lease | None = None) -> Enqueued:
         """Commit ``order`` as a queued job (``held`` when ``order.held`` says why); a second call for the same
         (store, order_id) changes nothing else. With ``lease``, a new job that is not held is committed running and
-        leased instead, and returned in :attr:`Enqueued.job` for its owner to process without a claim.
+        leased instead, and returned in :attr:`Enqueued.job` for its owner to process without a claim; its
+        ``lease.taken`` is called with it as soon as it is inserted, before the commit.
 
         Enqueues waiting together share one multi-row INSERT (see :meth:`GroupCommitter.run_merged`)."""
+        if lease is not None and lease.taken is not None:  # called from the database thread: onto our loop
+            loop, taken = asyncio.get_running_loop(), lease.taken
+
+            def on_loop(job: Job) -> None:
+                loop.call_soon_threadsafe(taken, job)
+
+            lease = dataclasses.replace(lease, taken=on_loop)
         return await self._submit(
             lambda conn: self._enqueuer.one(conn, order, lease),
             write=True,
             merge=self._enqueuer.many,
             item=(order, lease),
         )
-
-    def unsaved(self, order: IncomingOrder, lease: Lease) -> Job:
-        """``order``'s job as :meth:`enqueue` with ``lease`` will store it, before it does (``id`` None)."""
-        return unsaved_job(order, lease, self.clock.now())
 
     # -- claim -----------------------------------------------------------------------------------------------
 

@@ -8,9 +8,11 @@ import contextlib
 import threading
 from collections.abc import Callable
 
+from sqlalchemy import event
+
 from delivery_daemon.storage.models import JobState
 from tests.e2e.test_e2e_softstore import wait_for
-from tests.support.stack import PRODUCT, Stack
+from tests.support.stack import PRODUCT, STORE, Stack
 
 MakeStack = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]
 
@@ -95,8 +97,9 @@ async def test_a_webhook_waits_for_a_claim_when_every_slot_is_busy(make_stack: M
         worker = stack.daemon.worker
         await worker.start()
         try:
-            held = worker.reserve()  # the only slot, as a job in flight would hold it
-            assert held is not None and worker.reserve() is None
+            store = stack.daemon.stores[STORE]
+            held = worker.reserve(store)  # the only slot, as a job in flight would hold it
+            assert held is not None and worker.reserve(store) is None
             placed = await stack.market.place_order(PRODUCT, count=1)
             assert placed.webhook_status == 200
             assert (await stack.job(placed.id_order)).state == JobState.QUEUED.value
@@ -108,27 +111,42 @@ async def test_a_webhook_waits_for_a_claim_when_every_slot_is_busy(make_stack: M
 
 
 async def test_a_handed_over_job_is_verified_while_its_webhook_commits(make_stack: MakeStack) -> None:
-    """The marketplace is asked about the order before the webhook's commit is done (the round trip overlaps it);
-    the 2xx still waits for the commit, and the order is verified once and delivered."""
+    """The marketplace is asked about the order once its row is inserted, while its commit is still in progress
+    (the round trip overlaps it); the 2xx waits for the commit, and the order is verified once and delivered."""
     async with make_stack(worker={"poll_interval": 60}) as stack:
         worker, committer = stack.daemon.worker, stack.daemon.queue.committer
+        started = committer.stats.transactions
         await worker.start()
-        hold = threading.Event()
+        committing, proceed = threading.Event(), threading.Event()
+        armed = [False]
+
+        def hold_the_commit(_conn: object) -> None:  # on the database thread
+            if armed[0]:
+                armed[0] = False
+                committing.set()
+                proceed.wait(30)
+
+        event.listen(stack.daemon.queue.engine, "commit", hold_the_commit)
         try:
-            committer.submit(lambda _conn: hold.wait(30), write=False)  # the database thread is busy until set
+            async with asyncio.timeout(30):  # the start's release and claim are committed: the next is the webhook's
+                await wait_for(lambda: committer.stats.transactions == started + 2)
+            armed[0] = True
             webhook = asyncio.create_task(stack.market.place_order(PRODUCT, count=1))
             async with asyncio.timeout(30):
                 await wait_for(lambda: any("/orders/info/" in r.path for r in stack.market.requests))
-            assert not webhook.done(), "answered before its job was committed"
-            hold.set()
+            assert committing.is_set() and not webhook.done(), "asked only after the commit"
+            proceed.set()
             placed = await webhook
             assert placed.webhook_status == 200
             async with asyncio.timeout(30):
                 await wait_for(lambda: stack.market.accepted(placed.id_order) is not None)
+            await stack.market.send_webhook(placed.id_order)  # a resend: a duplicate asks the marketplace nothing
         finally:
-            hold.set()
+            proceed.set()
             await worker.stop()
+            event.remove(stack.daemon.queue.engine, "commit", hold_the_commit)
         assert sum("/orders/info/" in r.path for r in stack.market.requests) == 1
         job = await stack.job(placed.id_order)
+        assert job.received == 2
         steps = [(a.step, a.outcome) for a in await stack.daemon.queue.history(job.id)]
         assert steps[:2] == [("receive", "accepted"), ("verify", "ok")]

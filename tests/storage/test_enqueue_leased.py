@@ -12,7 +12,7 @@ from delivery_daemon.clock import ManualClock
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 from delivery_daemon.storage.jobs import Lease, LeaseLost, Transition
-from delivery_daemon.storage.models import JobState
+from delivery_daemon.storage.models import Job, JobState
 from delivery_daemon.storage.queue import JobQueue
 
 
@@ -85,3 +85,29 @@ async def test_a_handed_over_job_whose_worker_died_is_queued_again(queue: tuple[
     assert job.id == enqueued.job_id
     with pytest.raises(LeaseLost):
         await q.transition(enqueued.job, "gone", Transition(JobState.DEAD, "verify", "dead"))
+
+
+async def test_the_taken_hook_sees_each_new_leased_job_before_its_enqueue_returns(
+    queue: tuple[JobQueue, ManualClock],
+) -> None:
+    """``Lease.taken`` is called on the caller's loop with each new leased job, merged or not, before its enqueue
+    returns; never for a duplicate or a held order."""
+    q, _clock = queue
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[str, int | None, bool]] = []
+
+    def hook(job: Job) -> None:
+        seen.append((job.order_id, job.id, asyncio.get_running_loop() is loop))
+
+    async def enqueue(o: IncomingOrder) -> tuple[str, int, bool]:
+        result = await q.enqueue(o, Lease("w1", 30, taken=hook))
+        return o.order_id, result.job_id, any(order_id == o.order_id for order_id, _, _ in seen)
+
+    alone = await enqueue(order("o0"))
+    together = await asyncio.gather(*(enqueue(order(f"o{i}")) for i in range(1, 9)))
+    assert q.committer.stats.merged > 0, "some enqueues were merged"
+    await enqueue(order("o0"))  # a duplicate
+    await enqueue(order("h1", held="no buyer email"))
+    created = [alone, *together]
+    assert all(before_return for _, _, before_return in created)
+    assert sorted(seen) == sorted((order_id, job_id, True) for order_id, job_id, _ in created)
