@@ -49,7 +49,7 @@ def daemon_app(spec: dict[str, Any]) -> Starlette:
     return create_app(
         settings,
         marketplaces=default_marketplaces(),
-        plugins=dict(discover()),
+        plugins=discover(),
         start_worker=spec.get("start_worker", True),
     )
 
