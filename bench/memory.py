@@ -76,7 +76,7 @@ def measure(python: Path, workdir: Path, settle: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--venv", type=Path, help="lean venv to build or reuse (default: a temporary one)")
     parser.add_argument("--python", type=Path, help="measure this interpreter instead of a lean venv's")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds after start (default 1, as versus)")
