@@ -27,6 +27,35 @@ STORE = "bench"
 PRODUCT = "bench-key"
 
 
+def daemon_spec(
+    workdir: Path, name: str, api_base: str, api_key: str, *, start_worker: bool = True, **sections: Any
+) -> dict[str, Any]:
+    """The spec ``bench.serve daemon`` runs: default (durable) settings, a SQLite database ``<name>.db`` in
+    ``workdir`` (encrypted at rest with the generated ``<name>.db.key``), one SoftStore store at ``api_base``, the
+    shipped ``pattern`` generator, JSON logs to ``<name>.log``; ``sections`` merged over the settings' sections."""
+    settings: dict[str, Any] = {
+        "database": {"url": f"sqlite:///{workdir / (name + '.db')}"},
+        "stores": [
+            {
+                "name": STORE,
+                "marketplace": "softstore",
+                "api_url": api_base,
+                "api_key": api_key,
+                "products": {
+                    PRODUCT: {
+                        "generator": "pattern",
+                        "options": {"pattern": "XXXXX-XXXXX-XXXXX-XXXXX"},
+                        "template": "Thank you for order {order_id}:\n{keys_lines}",
+                    }
+                },
+            }
+        ],
+    }
+    for key, value in sections.items():
+        settings[key] = {**settings.get(key, {}), **value}
+    return {"settings": settings, "start_worker": start_worker, "log_file": str(workdir / f"{name}.log")}
+
+
 @dataclass
 class Bench:
     """What every scenario shares: a work directory, the smoke flag, the load tool, the marketplace."""
@@ -43,27 +72,7 @@ class Bench:
 
     def daemon_spec(self, name: str, *, start_worker: bool = True, **sections: Any) -> dict[str, Any]:
         """Default (durable) settings, one SoftStore store, the shipped ``pattern`` generator."""
-        settings: dict[str, Any] = {
-            "database": {"url": f"sqlite:///{self.workdir / (name + '.db')}"},
-            "stores": [
-                {
-                    "name": STORE,
-                    "marketplace": "softstore",
-                    "api_url": self.api_base,
-                    "api_key": self.api_key,
-                    "products": {
-                        PRODUCT: {
-                            "generator": "pattern",
-                            "options": {"pattern": "XXXXX-XXXXX-XXXXX-XXXXX"},
-                            "template": "Thank you for order {order_id}:\n{keys_lines}",
-                        }
-                    },
-                }
-            ],
-        }
-        for key, value in sections.items():
-            settings[key] = {**settings.get(key, {}), **value}
-        return {"settings": settings, "start_worker": start_worker, "log_file": str(self.workdir / f"{name}.log")}
+        return daemon_spec(self.workdir, name, self.api_base, self.api_key, start_worker=start_worker, **sections)
 
     def place_orders(self, count: int) -> list[dict[str, Any]]:
         """Orders the marketplace knows (no webhook sent yet); their signed webhook bodies."""

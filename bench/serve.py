@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections import Counter
 from typing import Any
 
 from starlette.applications import Starlette
@@ -48,7 +49,7 @@ def daemon_app(spec: dict[str, Any]) -> Starlette:
     return create_app(
         settings,
         marketplaces=default_marketplaces(),
-        plugins=dict(discover()),
+        plugins=discover(),
         start_worker=spec.get("start_worker", True),
     )
 
@@ -139,6 +140,12 @@ async def main(kind: str, spec: dict[str, Any]) -> None:
         await stop.wait()
 
 
+def write_census(path: str) -> None:
+    """How many modules of each top-level package this process imported, most first, as JSON (bench/memory.py)."""
+    with open(path, "w") as handle:
+        json.dump(dict(Counter(name.partition(".")[0] for name in list(sys.modules)).most_common()), handle)
+
+
 if __name__ == "__main__":
     kind, path = sys.argv[1], sys.argv[2]
     with open(path) as handle:
@@ -147,6 +154,8 @@ if __name__ == "__main__":
         # delivery-daemon serve runs asyncio.run(): so do the daemon and the baseline (with uvloop the receiver was
         # ~20 % slower here, and it holds ~10 MB more; docs/performance.md, item 17).
         asyncio.run(main(kind, config))
+        if "census_file" in config:
+            write_census(config["census_file"])
     else:
         try:  # the other side of the wire: as fast as it can be, so it disturbs the measured processes less
             import uvloop

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
 import httpx
@@ -31,20 +32,7 @@ from delivery_daemon.http import health, metrics, receive, revocations
 from delivery_daemon.http.limits import RateLimiter
 from delivery_daemon.http.metrics import UNKNOWN_STORE, Metrics
 from delivery_daemon.logs import REDACTOR, Redactor, install_record_scrubber
-from delivery_daemon.marketplaces.base import MarketplaceType
-from delivery_daemon.marketplaces.gumroad import Gumroad
-from delivery_daemon.marketplaces.lemonsqueezy import LemonSqueezy
-from delivery_daemon.marketplaces.paddle import Paddle
-from delivery_daemon.marketplaces.paddle_classic import PaddleClassic
-from delivery_daemon.marketplaces.polar import Polar
-from delivery_daemon.marketplaces.sellauth import SellAuth
-from delivery_daemon.marketplaces.sellix import Sellix
-from delivery_daemon.marketplaces.shoppy import Shoppy
-from delivery_daemon.marketplaces.softstore import SoftStore
-from delivery_daemon.marketplaces.standard_webhooks import StandardWebhooks
-from delivery_daemon.marketplaces.stripe_checkout import StripeCheckout
-from delivery_daemon.marketplaces.stripe_store import StripeStore
-from delivery_daemon.marketplaces.virtual_stores import VirtualStores
+from delivery_daemon.marketplaces.base import AdapterContext, Marketplace, MarketplaceType
 from delivery_daemon.net.guard import NetPolicy
 from delivery_daemon.pipeline.stores import Store, build_stores
 from delivery_daemon.pipeline.worker import GENERATOR_BUDGET, Worker
@@ -59,24 +47,48 @@ from delivery_daemon.storage.stock_pool import StockError
 from delivery_daemon.watchdog.patrol import Watchdog
 
 
+@dataclass
+class ShippedMarketplace:
+    """A marketplace type this build ships with, by name; its module (``delivery_daemon.marketplaces.<module>``) is
+    imported on the first :meth:`create`, when a store names it. A configuration uses one or two of the thirteen,
+    and every adapter module imported at start is memory held for the process's life: together ~1 MB, PaddleClassic's
+    RSA signatures alone pulling in cryptography's serialization modules (issue #26, item 5)."""
+
+    name: str
+    module: str
+    type_name: str
+
+    def load(self) -> MarketplaceType:
+        """The type itself (its module imported now, once)."""
+        kind: MarketplaceType = getattr(import_module(f"delivery_daemon.marketplaces.{self.module}"), self.type_name)()
+        return kind
+
+    def create(self, context: AdapterContext) -> Marketplace:
+        return self.load().create(context)
+
+
+SHIPPED = (
+    ShippedMarketplace("softstore", "softstore", "SoftStore"),
+    ShippedMarketplace("sellix", "sellix", "Sellix"),
+    ShippedMarketplace("shoppy", "shoppy", "Shoppy"),
+    ShippedMarketplace("stripe", "stripe_store", "StripeStore"),
+    ShippedMarketplace("stripe-checkout", "stripe_checkout", "StripeCheckout"),
+    ShippedMarketplace("virtual-stores", "virtual_stores", "VirtualStores"),
+    ShippedMarketplace("standard-webhooks", "standard_webhooks", "StandardWebhooks"),
+    ShippedMarketplace("lemonsqueezy", "lemonsqueezy", "LemonSqueezy"),
+    ShippedMarketplace("polar", "polar", "Polar"),
+    ShippedMarketplace("paddle", "paddle", "Paddle"),
+    ShippedMarketplace("paddle-classic", "paddle_classic", "PaddleClassic"),
+    ShippedMarketplace("gumroad", "gumroad", "Gumroad"),
+    ShippedMarketplace("sellauth", "sellauth", "SellAuth"),
+)
+
+
 def default_marketplaces() -> list[MarketplaceType]:
     """The marketplace types this build ships with: the explicit list the CLI (and the demo, the stock-sync
-    commands, the tests) hands to :func:`create_app` and :func:`~delivery_daemon.pipeline.stores.build_stores`."""
-    return [
-        SoftStore(),
-        Sellix(),
-        Shoppy(),
-        StripeStore(),
-        StripeCheckout(),
-        VirtualStores(),
-        StandardWebhooks(),
-        LemonSqueezy(),
-        Polar(),
-        Paddle(),
-        PaddleClassic(),
-        Gumroad(),
-        SellAuth(),
-    ]
+    commands, the tests) hands to :func:`create_app` and :func:`~delivery_daemon.pipeline.stores.build_stores`.
+    Each is a :class:`ShippedMarketplace`: its module is imported only for a store that uses it."""
+    return list(SHIPPED)
 
 
 @dataclass

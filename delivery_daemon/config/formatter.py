@@ -8,7 +8,6 @@ when it is a secret or came from ``${...}``.
 
 from __future__ import annotations
 
-import difflib
 import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -223,6 +222,8 @@ def expect(model: type[BaseModel], *loc: int | str) -> tuple[str, str]:
 
 def one_of(value: str, choices: list[str], fallback: str = "") -> tuple[str, str]:
     """``(expected, example)`` for a name that is not among ``choices``: the list, and the closest name."""
+    import difflib  # only when a value is wrong: not held by every process that starts well (memory, issue #26 item 5)
+
     close = difflib.get_close_matches(value, choices, n=1)
     example = close[0] if close else fallback if fallback in choices else choices[0] if choices else fallback
     return "one of " + (", ".join(choices) or "(none installed)"), example
