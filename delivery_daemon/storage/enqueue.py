@@ -71,12 +71,13 @@ class Enqueue:
         self._dialect = dialect_name
         # Built once and executed with parameters: rebuilding them with .values(**row) for every order cost more
         # CPU on the database thread than the SQL itself (py-spy: statement construction and cache-key generation).
-        self._insert_job = (
-            self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"]).returning(*JOBS.c)
-        )
-        self._insert_jobs_keyed = (
-            self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"]).returning(*JOBS.c)
-        )
+        # Only a leased insert returns the whole row (its job is handed over); the others return what they need,
+        # as before the hand-off existed: a receiver-only daemon's hot path is unchanged.
+        inserted = self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"])
+        self._insert_job = inserted.returning(JOBS.c.id, JOBS.c.lease_owner)
+        self._insert_leased = inserted.returning(*JOBS.c)
+        self._insert_jobs_keyed = inserted.returning(JOBS.c.id, JOBS.c.store, JOBS.c.order_id, JOBS.c.lease_owner)
+        self._insert_jobs_leased = inserted.returning(*JOBS.c)
         self._count_duplicate = (
             update(JOBS)
             .where(and_(JOBS.c.store == bindparam("b_store"), JOBS.c.order_id == bindparam("b_order_id")))
@@ -95,7 +96,8 @@ class Enqueue:
         """Insert ``order``'s job (leased to ``lease``'s owner when given, unless the order is held), or count a
         duplicate."""
         now = self.clock.now()
-        row = conn.execute(self._insert_job, self._job_row(order, lease, now)).first()
+        statement = self._insert_job if lease is None else self._insert_leased
+        row = conn.execute(statement, self._job_row(order, lease, now)).first()
         if row is not None:
             record(conn, row.id, received(order), now)
             return self._created(row, lease)
@@ -118,7 +120,8 @@ class Enqueue:
         NOTHING RETURNING`` for the jobs and one for their attempts (profile: per-row INSERTs and savepoints were
         most of the database thread's CPU under a webhook burst)."""
         now = self.clock.now()
-        rows = conn.execute(self._insert_jobs_keyed, [self._job_row(order, lease, now) for order, lease in items])
+        statement = self._insert_jobs_keyed if all(lease is None for _, lease in items) else self._insert_jobs_leased
+        rows = conn.execute(statement, [self._job_row(order, lease, now) for order, lease in items])
         new = {(row.store, row.order_id): row for row in rows.all()}
         results: list[Enqueued] = []
         for order, lease in items:
