@@ -61,7 +61,7 @@ def machine() -> dict[str, Any]:
 
 
 def run(
-    smoke: bool, only: tuple[str, ...], workdir: Path, use_wrk: bool, systems: tuple[str, ...] | None = None
+    smoke: bool, only: tuple[str, ...], workdir: Path, use_wrk: bool, versus_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     results: dict[str, Any] = {
         "smoke": smoke,
@@ -79,13 +79,10 @@ def run(
         if "drain" in only:
             results["drain"] = drain(bench, jobs=200) if smoke else drain(bench)
         if "versus" in only:
-            from .versus import SYSTEMS, versus
+            from .versus import versus
 
-            chosen = systems or SYSTEMS
-            if smoke:
-                results["versus"] = versus(bench, orders=40, seconds=1.0, systems=chosen)
-            else:
-                results["versus"] = versus(bench, systems=chosen)
+            sizes: dict[str, Any] = {"orders": 40, "seconds": 1.0} if smoke else {}
+            results["versus"] = versus(bench, **sizes, **(versus_options or {}))
         if "pg" in only:
             from .pg import pg
 
@@ -108,19 +105,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--systems", nargs="+", default=None, help="versus: only these of daemon, express, inline (default: all)"
     )
+    parser.add_argument("--versus-rounds", type=int, default=1, help="versus: rounds, alternating order (medians)")
+    parser.add_argument("--versus-base", help="versus: also run this checkout's daemon, as the system 'base'")
     parser.add_argument("--workdir", help="keep databases and logs here (default: a temporary directory)")
     args = parser.parse_args(argv)
     use_wrk = wrk_available() and not args.no_wrk
-    systems = tuple(args.systems) if args.systems else None
+    versus_options: dict[str, Any] = {"rounds": args.versus_rounds}
+    if args.systems:
+        versus_options["systems"] = tuple(args.systems)
+    if args.versus_base:
+        versus_options["base"] = Path(args.versus_base).resolve()
     # Starting PostgreSQL and six daemons is not "tiny": the smoke run leaves pg out unless asked for.
     only = tuple(args.only or (s for s in SCENARIOS if not (args.smoke and s == "pg")))
     if args.workdir:
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        results = run(args.smoke, only, workdir, use_wrk, systems)
+        results = run(args.smoke, only, workdir, use_wrk, versus_options)
     else:
         with tempfile.TemporaryDirectory(prefix="delivery-daemon-bench-") as tmp:
-            results = run(args.smoke, only, Path(tmp), use_wrk, systems)
+            results = run(args.smoke, only, Path(tmp), use_wrk, versus_options)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(render_table(results))
     print(f"results written to {args.out}")

@@ -13,6 +13,12 @@ TARGETS = {
     "rss_idle_mb": ("RSS idle (MB)", "<=", 80.0),
     "rss_peak_mb": ("RSS peak, end of drain (MB)", "<=", 200.0),
     "growth_worst_ratio": ("growth, worst cost ratio vs 10^3 rows", "<=", 1.2),
+    # issue #26, against the Express handler in the same run
+    "versus_p50_ratio": ("versus: p50 at 50/s, daemon / Express", "<=", 1.2),
+    "versus_p99_ratio": ("versus: p99 at 50/s, daemon / Express", "<=", 1.0),
+    "versus_cpu_ratio": ("versus: CPU per order, daemon / Express", "<=", 0.7),
+    "versus_rate_ratio": ("versus: orders/s, daemon / Express", ">=", 1.5),
+    "versus_rss_idle_mb": ("versus: daemon RSS idle (MB)", "<=", 75.0),
 }
 
 
@@ -30,6 +36,14 @@ def _figures(results: dict[str, Any]) -> dict[str, float]:
         figures["rss_peak_mb"] = results["drain"]["rss_peak_kb"] / 1024
     if "growth" in results:
         figures["growth_worst_ratio"] = results["growth"]["worst_ratio"]
+    express = results.get("versus", {}).get("ratios", {}).get("express")
+    if express:
+        figures["versus_p50_ratio"] = express["p50_at_50"]
+        figures["versus_p99_ratio"] = express["p99_at_50"]
+        figures["versus_cpu_ratio"] = express["cpu_ms_per_order"]
+        figures["versus_rate_ratio"] = express["delivered_per_s"]
+    if "daemon" in results.get("versus", {}):
+        figures["versus_rss_idle_mb"] = results["versus"]["daemon"]["rss_idle_kb"] / 1024
     return figures
 
 
@@ -127,11 +141,13 @@ def _versus_lines(v: dict[str, Any]) -> list[str]:
     pinned = "each system on one core" if v["pinned"] else "NOT pinned (fewer than 2 cores or no taskset)"
     lines = [
         f"\nversus the inline handlers ({pinned}; {v['orders']} orders over 32 connections, then 50/s and 10/s "
-        f"for {v['open_loop_s']:g} s)",
+        f"for {v['open_loop_s']:g} s; medians of {len(v['rounds'])} round(s))",
         f"  {'system':<9}{'orders/s':>10}{'CPU ms/order':>14}{'p50/p99 at 50/s':>18}{'p50/p99 at 10/s':>18}"
         f"{'RSS idle MB':>13}{'other core':>12}",
     ]
-    for name in ("daemon", "express", "inline"):
+    for name in ("daemon", "base", "express", "inline"):
+        if name == "base" and not v.get("base_checkout"):
+            continue
         if name not in v:
             lines.append(f"  {name:<9}skipped: {v['skipped'].get(name, '?')}")
             continue
@@ -145,9 +161,10 @@ def _versus_lines(v: dict[str, Any]) -> list[str]:
     lines.append(
         "  other core: how busy the marketplace and the load kept it in the closed loop (near 100 %: they bound it)"
     )
-    split = v.get("daemon", {}).get("open_50", {}).get("split_p50_ms")
-    if split:
-        lines.append("  daemon at 50/s, medians (ms): " + ", ".join(f"{k} {x:.2f}" for k, x in split.items()))
+    for name in ("daemon", "base"):
+        split = (v.get(name) or {}).get("open_50", {}).get("split_p50_ms")
+        if split:
+            lines.append(f"  {name} at 50/s, medians (ms): " + ", ".join(f"{k} {x:.2f}" for k, x in split.items()))
     for peer, ratio in v["ratios"].items():
         lines.append(
             f"  daemon / {peer}: orders/s {ratio['delivered_per_s']:.2f}, CPU/order {ratio['cpu_ms_per_order']:.2f}, "

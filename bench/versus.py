@@ -78,14 +78,18 @@ def _express_dir(workdir: Path) -> Path | str:
 
 
 @contextlib.contextmanager
-def _system(bench: Bench, name: str, pin: str | None) -> Iterator[tuple[ServerProcess, str]]:
-    """The system running (on core ``pin`` when given) and the URL its webhooks go to."""
+def _system(
+    bench: Bench, name: str, pin: str | None, tag: str, base: Path | None
+) -> Iterator[tuple[ServerProcess, str]]:
+    """The system running (on core ``pin`` when given) and the URL its webhooks go to; ``base`` is the daemon of
+    the checkout ``base`` (``--versus-base``), on a database of its own like the daemon's."""
     prefix = ["taskset", "-c", pin] if pin is not None else []
-    log_file = str(bench.workdir / f"versus-{name}.log")
-    if name == "daemon":
-        spec = bench.daemon_spec("versus-daemon")
+    log_file = str(bench.workdir / f"versus-{name}-{tag}.log")
+    if name in ("daemon", "base"):
+        spec = bench.daemon_spec(f"versus-{name}-{tag}")
         spec["log_file"] = log_file
-        with start_server("daemon", spec, bench.workdir, prefix=prefix) as daemon:
+        root = base if name == "base" and base is not None else ROOT
+        with start_server("daemon", spec, bench.workdir, prefix=prefix, root=root) as daemon:
             yield daemon, f"{daemon.url}/webhooks/{STORE}"
     elif name == "inline":
         spec = {"api_key": bench.api_key, "api_base": bench.api_base, "log_file": log_file}
@@ -162,8 +166,10 @@ def latency_split(log_file: Path, sent: dict[str, float]) -> dict[str, float]:
     return {part: statistics.median(values) for part, values in parts.items() if values}
 
 
-def _measure(bench: Bench, name: str, pin: str | None, orders: int, seconds: float) -> dict[str, Any]:
-    with _system(bench, name, pin) as (process, url):
+def _measure(
+    bench: Bench, name: str, pin: str | None, orders: int, seconds: float, tag: str, base: Path | None
+) -> dict[str, Any]:
+    with _system(bench, name, pin, tag, base) as (process, url):
         if pin is not None:
             _pin_all_threads(process.pid, {int(pin)})
         time.sleep(1.0)  # start-up garbage settles before the idle figure
@@ -172,41 +178,75 @@ def _measure(bench: Bench, name: str, pin: str | None, orders: int, seconds: flo
         result["closed_loop"] = _closed_loop(bench, process, url, orders)
         for rate in (50.0, 10.0):
             figures, sent = _open_loop(bench, url, rate, seconds)
-            if name == "daemon" and rate == 50.0:
-                figures["split_p50_ms"] = latency_split(bench.workdir / f"versus-{name}.log", sent)
+            if name in ("daemon", "base") and rate == 50.0:
+                figures["split_p50_ms"] = latency_split(bench.workdir / f"versus-{name}-{tag}.log", sent)
             result[f"open_{rate:g}"] = figures
     return result
 
 
 def versus(
-    bench: Bench, *, orders: int = 2000, seconds: float = 20.0, systems: tuple[str, ...] = SYSTEMS
+    bench: Bench,
+    *,
+    orders: int = 2000,
+    seconds: float = 20.0,
+    systems: tuple[str, ...] = SYSTEMS,
+    rounds: int = 1,
+    base: Path | None = None,
 ) -> dict[str, Any]:
-    """Every system in turn under the same load; the figures per system, and the daemon's ratios to the peers."""
+    """Every system in turn under the same load, ``rounds`` times (every other round in reverse order, so that no
+    system always runs first); each figure is the median of the rounds (each round's own in ``rounds``), with the
+    daemon's ratios to the peers. With ``base`` (a checkout), that checkout's daemon runs as the system ``base``
+    in every round too: a change measured against the code before it and the peers, in one run."""
     cores = _cores()
-    results: dict[str, Any] = {"orders": orders, "open_loop_s": seconds, "pinned": cores is not None, "skipped": {}}
+    results: dict[str, Any] = {
+        "orders": orders,
+        "open_loop_s": seconds,
+        "pinned": cores is not None,
+        "skipped": {},
+        "rounds": [],
+        "base_checkout": str(base) if base is not None else None,
+    }
+    names = [*systems, *(["base"] if base is not None else [])]
+    express = _express_dir(bench.workdir)
+    if "express" in names and not isinstance(express, Path):
+        results["skipped"]["express"] = express
+        names.remove("express")
     own = os.sched_getaffinity(0)
     if cores is not None:
         _pin_all_threads(bench.market.pid, cores[1])
         os.sched_setaffinity(0, cores[1])
     try:
-        express = _express_dir(bench.workdir)
-        for name in systems:
-            if name == "express" and not isinstance(express, Path):
-                results["skipped"][name] = express
-                continue
-            results[name] = _measure(bench, name, cores[0] if cores else None, orders, seconds)
+        for round_ in range(rounds):
+            order = names if round_ % 2 == 0 else names[::-1]
+            pin = cores[0] if cores else None
+            results["rounds"].append(
+                {name: _measure(bench, name, pin, orders, seconds, str(round_), base) for name in order}
+            )
     finally:
         os.sched_setaffinity(0, own)
         _pin_all_threads(bench.market.pid, own)
+    for name in names:
+        results[name] = _median([each[name] for each in results["rounds"]])
     results["ratios"] = _ratios(results)
     return results
 
 
+def _median(figures: list[Any]) -> Any:
+    """The median of each number over ``figures`` (dicts of the same shape, nested)."""
+    first = figures[0]
+    if isinstance(first, dict):
+        return {key: _median([each[key] for each in figures]) for key in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return statistics.median(figures)
+    return first
+
+
 def _ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The daemon's figures over each peer's (the issue's targets are written against these)."""
+    """The daemon's figures over each peer's (the issue's targets are written against these), and over the base
+    checkout's daemon's when there is one."""
     ratios: dict[str, dict[str, float]] = {}
     daemon = results.get("daemon")
-    for peer in ("express", "inline"):
+    for peer in ("express", "inline", "base"):
         other = results.get(peer)
         if daemon is None or other is None:
             continue

@@ -69,7 +69,7 @@ async def test_next_claim_shares_the_commit_of_the_last_outcome(make_stack: Make
 
 async def test_a_webhook_goes_to_the_running_worker_without_a_claim(make_stack: MakeStack) -> None:
     """With a slot free, the receiver commits the job leased to its worker, which delivers it with no claim and no
-    claim after it: three commits per order (the webhook, verify+content, the delivery), not five."""
+    claim after it: three commits per order (the webhook, verify+content, the delivery), not four."""
     async with make_stack(worker={"poll_interval": 60}) as stack:
         worker, committer = stack.daemon.worker, stack.daemon.queue.committer
         started = committer.stats.transactions

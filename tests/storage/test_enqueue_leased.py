@@ -51,11 +51,11 @@ async def test_held_orders_and_duplicates_are_not_leased(queue: tuple[JobQueue, 
     q, _clock = queue
     held = await q.enqueue(order("h1", held="no buyer email"), Lease("w1", 30))
     assert held.created and held.job is None
-    assert (await q.get(held.job_id)).state == JobState.HELD.value  # type: ignore[union-attr]  # just stored
+    assert (await q.get(held.job_id)).state == JobState.HELD.value  # type: ignore[union-attr]  # the job was just stored
     first = await q.enqueue(order("o1"))
     again = await q.enqueue(order("o1"), Lease("w1", 30))
     assert (again.created, again.job, again.job_id) == (False, None, first.job_id)
-    assert (await q.get(first.job_id)).state == JobState.QUEUED.value  # type: ignore[union-attr]  # just stored
+    assert (await q.get(first.job_id)).state == JobState.QUEUED.value  # type: ignore[union-attr]  # the job was just stored
 
 
 async def test_enqueues_merged_into_one_insert_keep_each_ones_lease(queue: tuple[JobQueue, ManualClock]) -> None:
