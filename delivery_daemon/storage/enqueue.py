@@ -42,16 +42,16 @@ def received(order: IncomingOrder) -> Transition:
 
 
 def _row(order: IncomingOrder, lease: Lease | None, now: float, payload: str) -> dict[str, Any]:
-    """The ``jobs`` row an enqueue inserts for ``order`` (``payload`` as it is stored)."""
-    leased = lease is not None and order.held is None
+    """The ``jobs`` row an enqueue inserts for ``order`` (``payload`` as it is stored; ``lease`` None unless the new
+    job is to be leased: see :func:`_leased`)."""
     return {
         "store": order.store,
         "order_id": order.order_id,
         "marketplace": order.marketplace,
         "product_id": order.product_id,
-        "state": JobState.RUNNING.value if leased else received(order).state.value,
-        "lease_owner": lease.owner if leased and lease is not None else None,
-        "lease_until": now + lease.seconds if leased and lease is not None else None,
+        "state": JobState.RUNNING.value if lease else received(order).state.value,
+        "lease_owner": lease.owner if lease else None,
+        "lease_until": now + lease.seconds if lease else None,
         "payload": payload,
         "attempts": 0,
         "received": 1,
@@ -60,6 +60,11 @@ def _row(order: IncomingOrder, lease: Lease | None, now: float, payload: str) ->
         "updated_at": now,
         "last_error": order.held,
     }
+
+
+def _leased(order: IncomingOrder, lease: Lease | None) -> Lease | None:
+    """The lease a new job of ``order`` is inserted with: none for a held order (it must not run)."""
+    return lease if order.held is None else None
 
 
 class Enqueue:
@@ -71,13 +76,12 @@ class Enqueue:
         self._dialect = dialect_name
         # Built once and executed with parameters: rebuilding them with .values(**row) for every order cost more
         # CPU on the database thread than the SQL itself (py-spy: statement construction and cache-key generation).
-        # Only a leased insert returns the whole row (its job is handed over); the others return what they need,
-        # as before the hand-off existed: a receiver-only daemon's hot path is unchanged.
+        # Only a leased insert returns the whole row (its job is handed over); the others return what they did
+        # before the hand-off existed, so a receiver-only daemon's hot path is unchanged.
         inserted = self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"])
-        self._insert_job = inserted.returning(JOBS.c.id, JOBS.c.lease_owner)
+        self._insert_job = inserted.returning(JOBS.c.id)
+        self._insert_jobs_keyed = inserted.returning(JOBS.c.id, JOBS.c.store, JOBS.c.order_id)
         self._insert_leased = inserted.returning(*JOBS.c)
-        self._insert_jobs_keyed = inserted.returning(JOBS.c.id, JOBS.c.store, JOBS.c.order_id, JOBS.c.lease_owner)
-        self._insert_jobs_leased = inserted.returning(*JOBS.c)
         self._count_duplicate = (
             update(JOBS)
             .where(and_(JOBS.c.store == bindparam("b_store"), JOBS.c.order_id == bindparam("b_order_id")))
@@ -95,7 +99,7 @@ class Enqueue:
     def one(self, conn: Connection, order: IncomingOrder, lease: Lease | None = None) -> Enqueued:
         """Insert ``order``'s job (leased to ``lease``'s owner when given, unless the order is held), or count a
         duplicate."""
-        now = self.clock.now()
+        now, lease = self.clock.now(), _leased(order, lease)
         statement = self._insert_job if lease is None else self._insert_leased
         row = conn.execute(statement, self._job_row(order, lease, now)).first()
         if row is not None:
@@ -104,8 +108,11 @@ class Enqueue:
         return self._duplicate(conn, order)
 
     def _created(self, row: Any, lease: Lease | None) -> Enqueued:
-        job = row_to_job(row, self.cipher) if row.lease_owner is not None else None
-        if job is not None and lease is not None and lease.taken is not None:
+        """The result for a new ``row``; with ``lease`` (it was inserted leased), its job, given to ``lease.taken``."""
+        if lease is None:
+            return Enqueued(job_id=row.id, created=True)
+        job = row_to_job(row, self.cipher)
+        if lease.taken is not None:
             lease.taken(job)
         return Enqueued(job_id=row.id, created=True, job=job)
 
@@ -119,8 +126,8 @@ class Enqueue:
         """What :meth:`one` does for each (order, lease), in order, with one multi-row ``INSERT … ON CONFLICT DO
         NOTHING RETURNING`` for the jobs and one for their attempts (profile: per-row INSERTs and savepoints were
         most of the database thread's CPU under a webhook burst)."""
-        now = self.clock.now()
-        statement = self._insert_jobs_keyed if all(lease is None for _, lease in items) else self._insert_jobs_leased
+        now, items = self.clock.now(), [(order, _leased(order, lease)) for order, lease in items]
+        statement = self._insert_jobs_keyed if all(lease is None for _, lease in items) else self._insert_leased
         rows = conn.execute(statement, [self._job_row(order, lease, now) for order, lease in items])
         new = {(row.store, row.order_id): row for row in rows.all()}
         results: list[Enqueued] = []
