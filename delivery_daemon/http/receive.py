@@ -210,22 +210,7 @@ async def _handle(
         recipient(store.settings, order.buyer_email)
     except Held as exc:  # stored for the operator, answered 2xx: the marketplace must not resend it
         order = dataclasses.replace(order, held=exc.reason)
-    # A new job goes straight to this daemon's worker when it has a free slot: committed leased to it (no claim),
-    # and verified while its commit is in progress (see Reservation).
-    reservation = daemon.worker.reserve(store) if order.held is None else None
-    try:
-        enqueued = await daemon.queue.enqueue(order, reservation.lease if reservation is not None else None)
-    except BaseException:
-        if reservation is not None:
-            reservation.release()
-        raise
-    if reservation is not None and enqueued.job is not None:
-        daemon.worker.adopt(enqueued.job, reservation)
-    else:
-        if reservation is not None:
-            reservation.release()
-        if enqueued.created:
-            daemon.worker.wake()
+    enqueued = await daemon.worker.enqueue(order, store)  # straight to this daemon's worker when it has a slot
     event = "webhook.accepted" if enqueued.created else "webhook.duplicate"
     bound.info(event, order_id=order.order_id, job_id=enqueued.job_id, product_id=order.product_id)
     daemon.metrics_webhook(store.name, "accepted" if enqueued.created else "duplicate")

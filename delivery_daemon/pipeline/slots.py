@@ -66,9 +66,9 @@ def release(slot: Slot | None) -> None:
 
 
 class Reservation:
-    """A slot held for a job the receiver is committing, and the :class:`Lease` to commit it with. Give it to
-    :meth:`Worker.adopt <delivery_daemon.pipeline.worker.Worker.adopt>` with the job, or :meth:`release` it (a
-    duplicate, a held order, a failed commit).
+    """A slot held for a job being committed, and the :class:`Lease` to commit it with: the job is then started in
+    that slot (:meth:`Worker.enqueue <delivery_daemon.pipeline.worker.Worker.enqueue>`), or the reservation is
+    released (a duplicate, a failed commit).
 
     The lease's ``taken`` hook starts verifying the job as soon as its row is inserted (:attr:`early`), so that the
     marketplace's round trip overlaps the commit; a duplicate never asks the marketplace."""

@@ -2,10 +2,9 @@
 
 The steps up to stored content are :class:`~delivery_daemon.pipeline.steps.Steps`, shared with synchronous
 fulfilment; what is the worker's own is the leases, retries with backoff, slots (:mod:`.slots`), observers and the
-delivery. A webhook's job comes straight to it: the receiver reserves a slot (:meth:`Worker.reserve`), commits the
-job leased to this worker and :meth:`Worker.adopt` starts it, with no claim (issue #26). Other due jobs are claimed:
-the worker wakes the moment one is committed (:meth:`Worker.wake`), and the daemon's APScheduler scheduler (given to
-:meth:`Worker.schedule`) drives the periodic work (expired leases back to the queue, due retries picked up). A job
+delivery. A webhook's job comes straight to it: :meth:`Worker.enqueue` commits it leased to this worker, no claim
+(issue #26). Other due jobs are claimed: the worker wakes the moment one is committed (:meth:`Worker.wake`), and
+the APScheduler scheduler (given to :meth:`Worker.schedule`) drives the periodic work (expired leases, retries). A job
 whose outcome is known gives its slot back while its last commit is pending, so the claim of its successor shares
 that commit. Every outcome is one transaction through :class:`~delivery_daemon.storage.queue.JobQueue`.
 
@@ -26,6 +25,7 @@ from delivery_daemon.backoff import Backoff
 from delivery_daemon.clock import Clock
 from delivery_daemon.config import WorkerSettings
 from delivery_daemon.errors import Dead, Held, NothingDue, OutOfStock, Retry
+from delivery_daemon.order import IncomingOrder
 from delivery_daemon.pipeline.deliver import deliver
 from delivery_daemon.pipeline.followup import FollowUps
 from delivery_daemon.pipeline.observers import Observer, Observers
@@ -35,7 +35,7 @@ from delivery_daemon.pipeline.slots import Reservation, Slot, Slots, make_owner,
 from delivery_daemon.pipeline.steps import Steps
 from delivery_daemon.pipeline.stores import Store
 from delivery_daemon.pipeline.verify import Early
-from delivery_daemon.storage.jobs import LeaseLost, OrderCancelled, QueueError, Transition
+from delivery_daemon.storage.jobs import Enqueued, LeaseLost, OrderCancelled, QueueError, Transition
 from delivery_daemon.storage.models import Job, JobState
 from delivery_daemon.storage.queue import JobQueue
 
@@ -87,9 +87,8 @@ class Worker:
             queue, stores, backoff, clock, self.owner, settings.lease_seconds, generator_budget, lambda: self.observer
         )
         self._wake = asyncio.Event()
-        # Something may be due that no claim has seen yet. Cleared before each claim; a claim that fills every slot
-        # asked for sets it again. Without it, every slot given back claimed, and with jobs handed over by the
-        # receiver those claims found nothing: an empty transaction per order (bench: +15 % CPU per order).
+        # Something may be due that no claim has seen: else every slot given back claimed, and with jobs handed
+        # over by the receiver found nothing (an empty transaction per order, +15 % CPU per order in the bench).
         self._due = True
         self._inflight: dict[asyncio.Task[None], int] = {}  # task -> the id of the job it works on
         self._slots = Slots(settings.concurrency, self._wake.set)
@@ -111,21 +110,28 @@ class Worker:
         self._wake.set()
 
     def reserve(self, store: Store) -> Reservation | None:
-        """A slot for a job of ``store`` about to be committed leased to this worker, or None when the worker is not
-        running or has no free slot (the job is then committed queued, and claimed as usual)."""
+        """A slot for a job of ``store`` to be committed leased to this worker; None if it is not running or full."""
         if not self.running or self._slots.free <= 0:
             return None
         return Reservation(self._slots.take(), self.owner, self.settings.lease_seconds, store, self.clock)
 
-    def adopt(self, job: Job, reservation: Reservation) -> None:
-        """Process ``job``, committed running and leased to this worker with ``reservation``'s lease.
-
-        A worker stopping meanwhile does not start it: the job stays leased to it, and :meth:`stop` hands it back
-        with every other job it holds (the server finishes its requests before the worker stops)."""
-        if self._stopping:
-            reservation.release()
-            return
-        self._start(job, reservation.slot, reservation.early)
+    async def enqueue(self, order: IncomingOrder, store: Store) -> Enqueued:
+        """Commit ``order``'s job (:meth:`JobQueue.enqueue`); with a free slot a new job that is not held is committed
+        leased to this worker and started here, with no claim, any other new job wakes the claim loop. A worker
+        stopping meanwhile does not start it: :meth:`stop` hands it back with the other jobs it holds."""
+        reservation = self.reserve(store) if order.held is None else None
+        handed = False
+        try:
+            enqueued = await self.queue.enqueue(order, reservation.lease if reservation is not None else None)
+            if reservation is not None and enqueued.job is not None and not self._stopping:
+                self._start(enqueued.job, reservation.slot, reservation.early)
+                handed = True
+        finally:
+            if reservation is not None and not handed:
+                reservation.release()
+        if enqueued.created and not handed:
+            self.wake()
+        return enqueued
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
