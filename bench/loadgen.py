@@ -235,6 +235,12 @@ async def generate(url: str, bodies: list[bytes], connections: int, duration: fl
     }
 
 
+def _all_accepted(statuses: list[int]) -> None:
+    refused = [status for status in statuses if not 200 <= status < 300]
+    if refused:
+        raise RuntimeError(f"{len(refused)} webhooks were refused: {sorted(set(refused))}")
+
+
 async def once(url: str, bodies: list[bytes], connections: int) -> dict[str, Any]:
     """Every body exactly once over ``connections`` keep-alive connections, each sending its next body when the
     previous answer arrived (the closed loop of ``bench/versus.py``: a peer that stores nothing would deliver a
@@ -255,9 +261,7 @@ async def once(url: str, bodies: list[bytes], connections: int) -> dict[str, Any
 
     started = time.time()
     await asyncio.gather(*(connection() for _ in range(connections)))
-    refused = [status for status in statuses if not 200 <= status < 300]
-    if refused:
-        raise RuntimeError(f"{len(refused)} webhooks were refused: {sorted(set(refused))}")
+    _all_accepted(statuses)
     return {"requests": len(statuses), "started": started, "seconds": time.time() - started}
 
 
@@ -298,9 +302,7 @@ async def steady(url: str, bodies: list[bytes], rate: float) -> dict[str, Any]:
     await asyncio.gather(*tasks)
     for _, writer, _ in idle:
         writer.close()
-    refused = [status for status in statuses if not 200 <= status < 300]
-    if refused:
-        raise RuntimeError(f"{len(refused)} webhooks were refused: {sorted(set(refused))}")
+    _all_accepted(statuses)
     return {"sent": sent}
 
 

@@ -45,24 +45,26 @@ class ServerProcess:
     def process_cpu(self) -> float:
         """CPU seconds (user + system) of the whole process so far, threads that have ended included (from
         ``/proc/<pid>/stat``; summing ``task/*/stat`` would miss them)."""
-        with open(f"/proc/{self.pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_seconds(f"/proc/{self.pid}/stat")
 
     def thread_cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) so far: ``event_loop`` (the main thread, where uvicorn's loop runs) and
         ``other_threads`` (the database thread and any other), from ``/proc/<pid>/task/*/stat``."""
-        tick = os.sysconf("SC_CLK_TCK")
         cpu = {"event_loop": 0.0, "other_threads": 0.0}
         for tid in os.listdir(f"/proc/{self.pid}/task"):
             try:
-                with open(f"/proc/{self.pid}/task/{tid}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
+                seconds = _cpu_seconds(f"/proc/{self.pid}/task/{tid}/stat")
             except FileNotFoundError:  # the thread ended between the listing and the read
                 continue
-            seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15 of stat(5))
             cpu["event_loop" if int(tid) == self.pid else "other_threads"] += seconds
         return cpu
+
+
+def _cpu_seconds(stat: str) -> float:
+    """utime + stime of a ``/proc/.../stat`` file (fields 14 and 15 of stat(5)), in seconds."""
+    with open(stat) as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def profile_command(pid: int, seconds: float, out: Path) -> list[str]:
