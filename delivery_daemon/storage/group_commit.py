@@ -27,6 +27,12 @@ their own, through :meth:`JobQueue.run`): it runs on the same thread, in submiss
 batch before it committed and before the next one begins, so it never waits on this thread's own write lock.
 
 Savepoints and one writer thread are plain SQL and work unchanged on PostgreSQL.
+
+The thread holds one connection from batch to batch instead of checking one out of the pool for each: measured on
+SQLite (``bench``'s 2-core machine, a one-row transaction), the checkout, its reset and return cost ~300 µs of CPU per
+transaction, more than the statement and the commit together. It holds no transaction between batches (so no lock
+and no snapshot), and after a batch fails it is closed and the next batch checks out a new one, which is how a
+connection broken by a database restart is replaced (``pool_pre_ping`` tests the new one on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -105,6 +111,7 @@ class GroupCommitter:
         self.max_batch = max_batch
         self.stats = BatchStats()
         self._inbox: queue.SimpleQueue[_Operation[Any] | None] = queue.SimpleQueue()
+        self._conn: Connection | None = None  # the database thread's own, between batches (see the module doc)
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -157,6 +164,12 @@ class GroupCommitter:
     # -- the database thread ---------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._drop_connection()
+
+    def _serve(self) -> None:
         pending: _Operation[Any] | None = None
         while True:
             first = pending if pending is not None else self._inbox.get()
@@ -200,19 +213,33 @@ class GroupCommitter:
             return
         outcomes: list[_Outcome] = []
         try:
+            if self._conn is None:
+                self._conn = self.engine.connect()
+            conn = self._conn
             if not any(op.write for op in batch):
-                with self.engine.connect() as conn:
+                transaction = conn.begin()
+                try:
                     outcomes = self._apply(conn, batch, isolate=False)
+                finally:
+                    transaction.rollback()  # reads only: nothing to keep, and the connection stays idle
             else:
-                with self.engine.begin() as conn:
+                with conn.begin():
                     outcomes = self._apply(conn, batch, isolate=len(batch) > 1)
         except Exception as exc:  # BEGIN, a lone operation or COMMIT failed: nothing of this batch is stored
+            self._drop_connection()
             self._answer([(op, None, exc) for op in batch])
             return
         self.stats.transactions += 1
         self.stats.operations += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
         self._answer(outcomes)
+
+    def _drop_connection(self) -> None:
+        """Give the held connection back (the pool discards it if it was invalidated); the next batch takes one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection cannot fail the batch that found it broken
+                conn.close()
 
     @staticmethod
     def _answer(outcomes: list[_Outcome]) -> None:

@@ -293,3 +293,39 @@ async def test_a_failing_merged_run_falls_back_to_one_savepoint_per_operation(en
     assert stored_ids(engine) == {"a", "b"}
     assert merge_calls == [["a", "bad", "b"]]  # the merged call was tried once, then each ran alone
     assert committer.stats.merged == 0
+
+
+async def test_the_database_thread_keeps_one_connection_from_batch_to_batch(engine: Engine) -> None:
+    """Consecutive batches, reads and writes, run on one pooled connection: no checkout per transaction."""
+    checkouts: list[object] = []
+    event.listen(engine, "checkout", lambda *args: checkouts.append(args[0]))
+    queue = JobQueue(engine, ManualClock())
+    try:
+        for i in range(4):
+            await queue.enqueue(order(f"o{i}"))
+            assert await queue.committer.run(lambda conn: conn.execute(select(JOBS.c.id)).all(), write=False)
+    finally:
+        queue.close()
+    assert len(checkouts) == 1
+    assert stored_ids(engine) == {f"o{i}" for i in range(4)}
+
+
+async def test_a_failed_batch_gives_its_connection_back_and_the_next_batch_takes_another(engine: Engine) -> None:
+    """After a COMMIT fails, the connection it ran on is returned to the pool and the next write succeeds."""
+    checkins: list[object] = []
+    event.listen(engine, "checkin", lambda *args: checkins.append(args[0]))
+    queue = JobQueue(engine, ManualClock())
+
+    def refuse(_conn: Any) -> None:
+        raise RuntimeError("disk full")
+
+    try:
+        event.listen(engine, "commit", refuse)
+        with pytest.raises((RuntimeError, QueueError)):
+            await queue.enqueue(order("lost"))
+        event.remove(engine, "commit", refuse)
+        assert len(checkins) == 1
+        await queue.enqueue(order("kept"))
+    finally:
+        queue.close()
+    assert stored_ids(engine) == {"kept"}

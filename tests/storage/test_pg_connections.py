@@ -35,8 +35,8 @@ STEADY_PER_REPLICA = 2
 """docs/scaling.md: the queue thread's connection and the LISTEN connection, when idle or delivering generated keys."""
 CEILING_PER_REPLICA = 16
 """docs/scaling.md: SQLAlchemy's default pool (5 kept + 10 overflow) plus the LISTEN connection."""
-KEPT_PER_REPLICA = 6
-"""docs/scaling.md: what stays open after a burst (the pool keeps 5, plus LISTEN)."""
+KEPT_PER_REPLICA = 7
+"""docs/scaling.md: what stays open after a burst (the queue thread's, 5 kept by the pool, and LISTEN)."""
 
 SAMPLE_INTERVAL = 0.01
 QUIET_SAMPLES = 30  # samples (~0.3 s) of a window in which the replicas have nothing to do
