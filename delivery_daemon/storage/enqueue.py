@@ -11,27 +11,29 @@ dies, the lease expires and any replica queues the job again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import and_, bindparam, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from delivery_daemon.clock import Clock
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage import dialect
 from delivery_daemon.storage.cipher import Cipher
 from delivery_daemon.storage.jobs import (
-    INSERT_ATTEMPT,
     JOBS,
     Enqueued,
     Lease,
     Transition,
     attempt_row,
     record,
+    record_many,
     row_to_job,
     seal,
 )
 from delivery_daemon.storage.models import JobState
+from delivery_daemon.storage.prepared import Prepared
 
 _ACCEPTED = Transition(JobState.QUEUED, "receive", "accepted")
 
@@ -79,9 +81,9 @@ class Enqueue:
         # Only a leased insert returns the whole row (its job is handed over); the others return what they did
         # before the hand-off existed, so a receiver-only daemon's hot path is unchanged.
         inserted = self._insert_ignore().on_conflict_do_nothing(index_elements=["store", "order_id"])
-        self._insert_job = inserted.returning(JOBS.c.id)
+        self._insert_job = Prepared(inserted.returning(JOBS.c.id))
         self._insert_jobs_keyed = inserted.returning(JOBS.c.id, JOBS.c.store, JOBS.c.order_id)
-        self._insert_leased = inserted.returning(*JOBS.c)
+        self._insert_leased = Prepared(inserted.returning(*JOBS.c))
         self._count_duplicate = (
             update(JOBS)
             .where(and_(JOBS.c.store == bindparam("b_store"), JOBS.c.order_id == bindparam("b_order_id")))
@@ -101,20 +103,21 @@ class Enqueue:
         duplicate."""
         now, lease = self.clock.now(), _leased(order, lease)
         statement = self._insert_job if lease is None else self._insert_leased
-        row = conn.execute(statement, self._job_row(order, lease, now)).first()
+        row = statement.execute(conn, self._job_row(order, lease, now)).first()
         if row is not None:
-            record(conn, row.id, received(order), now)
+            record(conn, row["id"], received(order), now)
             return self._created(row, lease)
         return self._duplicate(conn, order)
 
-    def _created(self, row: Any, lease: Lease | None) -> Enqueued:
-        """The result for a new ``row``; with ``lease`` (it was inserted leased), its job, given to ``lease.taken``."""
+    def _created(self, row: Mapping[str, Any] | RowMapping, lease: Lease | None) -> Enqueued:
+        """The result for a new ``row`` (its columns by name); with ``lease`` (it was inserted leased), its job,
+        given to ``lease.taken``."""
         if lease is None:
-            return Enqueued(job_id=row.id, created=True)
+            return Enqueued(job_id=row["id"], created=True)
         job = row_to_job(row, self.cipher)
         if lease.taken is not None:
             lease.taken(job)
-        return Enqueued(job_id=row.id, created=True, job=job)
+        return Enqueued(job_id=row["id"], created=True, job=job)
 
     def _duplicate(self, conn: Connection, order: IncomingOrder) -> Enqueued:
         job_id = conn.execute(
@@ -127,9 +130,11 @@ class Enqueue:
         NOTHING RETURNING`` for the jobs and one for their attempts (profile: per-row INSERTs and savepoints were
         most of the database thread's CPU under a webhook burst)."""
         now, items = self.clock.now(), [(order, _leased(order, lease)) for order, lease in items]
-        statement = self._insert_jobs_keyed if all(lease is None for _, lease in items) else self._insert_leased
+        statement = (
+            self._insert_jobs_keyed if all(lease is None for _, lease in items) else self._insert_leased.statement
+        )
         rows = conn.execute(statement, [self._job_row(order, lease, now) for order, lease in items])
-        new = {(row.store, row.order_id): row for row in rows.all()}
+        new = {(row.store, row.order_id): row._mapping for row in rows.all()}
         results: list[Enqueued] = []
         for order, lease in items:
             row = new.pop((order.store, order.order_id), None)  # popped: the same order again is a duplicate
@@ -139,6 +144,5 @@ class Enqueue:
             for r, (order, _lease) in zip(results, items, strict=True)
             if r.created
         ]
-        if accepted:
-            conn.execute(INSERT_ATTEMPT, accepted)
+        record_many(conn, accepted)
         return results

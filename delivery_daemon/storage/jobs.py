@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery_daemon.errors import DeliveryDaemonError
 from delivery_daemon.storage.cipher import Cipher
 from delivery_daemon.storage.models import Attempt, Job, JobState, from_row, table_of
+from delivery_daemon.storage.prepared import Prepared
 
 SEALED = ("payload", "content")
 """Columns encrypted at rest when the queue has a cipher: the delivery token lives in one, the keys in the other."""
@@ -111,6 +112,7 @@ class OrderCancelled(DeliveryDaemonError):
 
 
 INSERT_ATTEMPT = insert(ATTEMPTS)
+_RECORD = Prepared(INSERT_ATTEMPT)
 
 
 def attempt_row(job_id: int, change: Transition, now: float) -> dict[str, Any]:
@@ -128,7 +130,13 @@ def attempt_row(job_id: int, change: Transition, now: float) -> dict[str, Any]:
 
 def record(conn: Connection, job_id: int, change: Transition, now: float) -> None:
     """Add ``change`` to job ``job_id``'s history (in ``conn``'s transaction)."""
-    conn.execute(INSERT_ATTEMPT, attempt_row(job_id, change, now))
+    _RECORD.execute(conn, attempt_row(job_id, change, now))
+
+
+def record_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Add several :func:`attempt_row` rows to the history at once (in ``conn``'s transaction)."""
+    if rows:
+        _RECORD.execute_many(conn, rows)
 
 
 def queue_error(exc: SQLAlchemyError) -> QueueError:
@@ -142,7 +150,8 @@ def seal(cipher: Cipher | None, store: str, order_id: str, column: str, value: s
 
 
 def row_to_job(row: Any, cipher: Cipher | None = None) -> Job:
-    values = dict(row._mapping)
+    """The job of a ``jobs`` row: a SQLAlchemy row or a mapping of every column (:class:`Prepared`'s rows)."""
+    values = dict(row._mapping) if isinstance(row, Row) else dict(row)
     if cipher is not None:  # sealed at rest, plaintext in memory (see delivery_daemon.storage.cipher)
         for column in SEALED:
             if values.get(column) is not None:

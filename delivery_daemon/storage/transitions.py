@@ -25,7 +25,6 @@ from sqlalchemy.engine import Connection, Row
 from delivery_daemon.clock import Clock
 from delivery_daemon.storage.group_commit import Merge
 from delivery_daemon.storage.jobs import (
-    INSERT_ATTEMPT,
     JOBS,
     LeaseLost,
     MarkedOrder,
@@ -33,8 +32,10 @@ from delivery_daemon.storage.jobs import (
     Transition,
     attempt_row,
     record,
+    record_many,
 )
 from delivery_daemon.storage.models import Job, JobState
+from delivery_daemon.storage.prepared import Prepared
 from delivery_daemon.storage.revocations import open_revocation
 
 OPERATOR_RETRYABLE = (
@@ -103,20 +104,20 @@ class Transitions:
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self._leased_updates: dict[tuple[tuple[str, ...], bool], Any] = {}
+        self._leased_updates: dict[tuple[tuple[str, ...], bool], Prepared] = {}
         self._leased_merges: dict[tuple[tuple[str, ...], bool], Merge] = {}
 
     # -- transitions of a leased job ---------------------------------------------------------------------------
 
-    def _leased_update(self, columns: tuple[str, ...], count_attempt: bool) -> Any:
+    def _leased_update(self, columns: tuple[str, ...], count_attempt: bool) -> Prepared:
         """``UPDATE jobs SET <columns> … WHERE id = :b_id AND running AND lease_owner = :b_owner AND flag IS NULL``,
         built once per shape and executed with parameters (building it per call showed in the worker's profile).
 
         ``flag IS NULL``: a job a refund or dispute is pending on matches nothing, so that :meth:`update_leased`
         settles it (:meth:`_settle_marked`) instead."""
         key = (columns, count_attempt)
-        statement = self._leased_updates.get(key)
-        if statement is None:
+        prepared = self._leased_updates.get(key)
+        if prepared is None:
             statement = (
                 update(JOBS)
                 .where(
@@ -131,8 +132,8 @@ class Transitions:
             )
             if count_attempt:
                 statement = statement.values(attempts=JOBS.c.attempts + 1)
-            self._leased_updates[key] = statement
-        return statement
+            prepared = self._leased_updates[key] = Prepared(statement)
+        return prepared
 
     def update_leased(
         self,
@@ -148,7 +149,7 @@ class Transitions:
         now = self.clock.now()
         values = {**values, "updated_at": now}
         statement = self._leased_update(tuple(sorted(values)), count_attempt)
-        result = conn.execute(statement, {**values, "b_id": job.id, "b_owner": owner})
+        result = statement.execute(conn, {**values, "b_id": job.id, "b_owner": owner})
         assert job.id is not None
         if result.rowcount != 1:
             marked = conn.execute(
@@ -235,15 +236,12 @@ class Transitions:
         or settles the refund for exactly that job.
         """
         now = self.clock.now()
-        result = conn.execute(
-            self._leased_update(shape[0], shape[1]),
-            [{**item.values, "updated_at": now, "b_id": item.job_id, "b_owner": item.owner} for item in items],
+        changed = self._leased_update(shape[0], shape[1]).execute_many(
+            conn, [{**item.values, "updated_at": now, "b_id": item.job_id, "b_owner": item.owner} for item in items]
         )
-        if result.rowcount != len(items):
-            raise LeaseLost(f"{len(items) - result.rowcount} of {len(items)} jobs are no longer leased as they were")
-        conn.execute(
-            INSERT_ATTEMPT, [attempt_row(item.job_id, change, now) for item in items for change in item.changes]
-        )
+        if changed != len(items):
+            raise LeaseLost(f"{len(items) - changed} of {len(items)} jobs are no longer leased as they were")
+        record_many(conn, [attempt_row(item.job_id, change, now) for item in items for change in item.changes])
         return [None] * len(items)
 
     def merge(self, values: dict[str, Any], count_attempt: bool) -> Merge:

@@ -69,14 +69,18 @@ async def test_next_claim_shares_the_commit_of_the_last_outcome(make_stack: Make
 
 async def test_a_webhook_goes_to_the_running_worker_without_a_claim(make_stack: MakeStack) -> None:
     """With a slot free, the receiver commits the job leased to its worker, which delivers it with no claim and no
-    claim after it: three commits per order (the webhook, verify+content, the delivery), not four."""
+    claim after it: three commits per order (the webhook, verify+content, the delivery), not four; and on SQLite
+    every statement of that path runs prepared on the driver's cursor, none through SQLAlchemy's execution."""
     async with make_stack(worker={"poll_interval": 60}) as stack:
         worker, committer = stack.daemon.worker, stack.daemon.queue.committer
         started = committer.stats.transactions
+        executed: list[str] = []
+        event.listen(committer.engine, "before_execute", lambda _c, statement, *_a: executed.append(str(statement)))
         await worker.start()
         try:
             async with asyncio.timeout(30):  # the start's release of expired leases, then its first claim
                 await wait_for(lambda: committer.stats.transactions == started + 2)
+            executed.clear()
             for _ in range(3):
                 before = committer.stats.transactions
                 placed = await stack.market.place_order(PRODUCT, count=1)
@@ -85,6 +89,7 @@ async def test_a_webhook_goes_to_the_running_worker_without_a_claim(make_stack: 
                     await wait_for(lambda p=placed.id_order: stack.market.accepted(p) is not None)  # type: ignore[misc]  # default binds this loop's order
                     await wait_for(lambda: not worker.in_flight)
                 assert committer.stats.transactions - before == 3
+            assert executed == []
         finally:
             await worker.stop()
         job = await stack.job(placed.id_order)
