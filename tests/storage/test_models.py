@@ -107,14 +107,13 @@ def test_row_class_fields_are_its_tables_columns(row_class: type[Any]) -> None:
     assert [f.name for f in fields(row_class)] == table.columns.keys()
     for f in fields(row_class):
         column = table.columns[f.name]
+        default, server_default = getattr(column.default, "arg", None), getattr(column.server_default, "arg", None)
         if f.default is MISSING:
-            assert not column.nullable and column.default is None and column.server_default is None, f.name
+            assert not column.nullable and default is None and server_default is None, f.name
         elif f.default is None:
-            assert column.nullable or column.primary_key, f.name
-        elif column.default is not None:
-            assert column.default.arg == f.default, f.name  # type: ignore[attr-defined]  # a scalar default has .arg
+            assert (column.nullable or column.primary_key) and default is None and server_default is None, f.name
         else:
-            assert str(column.server_default.arg) == str(f.default), f.name  # type: ignore[union-attr]  # set: else-branch
+            assert f.default == default or str(f.default) == str(server_default), f.name
 
 
 ISOLATED_IMPORT = """
