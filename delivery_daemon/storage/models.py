@@ -8,8 +8,8 @@ The tables are SQLAlchemy Core :class:`~sqlalchemy.Table` objects on :data:`META
 Core statement. The rows the queue hands out (:class:`Job`, :class:`Attempt`, :class:`Revocation`) are plain
 dataclasses whose fields are their table's columns, in order (tests/storage/test_models.py pins it): no ORM, no
 validation, since the values come from the database (the source of truth, with typed columns). Issue #26, item 5:
-SQLModel's class machinery, a pydantic model per table and the ORM's mappers cost ~6.8 MB of a seller's idle
-daemon.
+SQLModel's class machinery, a pydantic model per table and the ORM's mappers cost a seller's idle daemon ~7 MB
+(docs/performance.md, item 30).
 """
 
 from __future__ import annotations
