@@ -12,13 +12,13 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlmodel import SQLModel
 
 from delivery_daemon.config import DatabaseSettings
 from delivery_daemon.errors import ConfigError
 
-# Imported for their side effect: each registers its tables on SQLModel.metadata.
-from delivery_daemon.storage import models, stock_pool, vault  # noqa: F401 (imported to register their tables)
+# stock_pool and vault are imported for their side effect: each adds its table to models.METADATA.
+from delivery_daemon.storage import stock_pool, vault  # noqa: F401 (imported to register their tables)
+from delivery_daemon.storage.models import METADATA
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -162,7 +162,7 @@ def _create_fresh(engine: Engine) -> bool:
     with engine.begin() as conn:
         if inspect(conn).get_table_names():
             return False
-        SQLModel.metadata.create_all(conn)
+        METADATA.create_all(conn)
         # Alembic's own definition of its version table, so that a later release's upgrade reads it as usual.
         conn.exec_driver_sql(
             "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "

@@ -11,13 +11,11 @@ from __future__ import annotations
 from sqlalchemy import and_, delete, select
 
 from delivery_daemon.storage import dialect
-from delivery_daemon.storage.models import WebhookEvent, table_of
+from delivery_daemon.storage.models import WEBHOOK_EVENTS as EVENTS
 from delivery_daemon.storage.queue import JobQueue
 
 RETENTION = 7 * 86_400.0
 """Seconds an event id is remembered: more than Stripe's 3 days of retries, with margin for a daemon outage."""
-
-EVENTS = table_of(WebhookEvent)
 
 
 class EventLog:

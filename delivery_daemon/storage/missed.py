@@ -17,11 +17,9 @@ from sqlalchemy import Connection, Engine, Table, and_, exists, func, select, up
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage import dialect
 from delivery_daemon.storage.jobs import JOBS
-from delivery_daemon.storage.models import MissedOrder, WatchdogCursor, table_of
+from delivery_daemon.storage.models import MISSED_ORDERS as MISSED
+from delivery_daemon.storage.models import WATCHDOG_CURSORS as CURSORS
 from delivery_daemon.storage.queue import JobQueue
-
-CURSORS = table_of(WatchdogCursor)
-MISSED = table_of(MissedOrder)
 
 _NO_JOB = ~exists().where(and_(JOBS.c.store == MISSED.c.store, JOBS.c.order_id == MISSED.c.order_id))
 """A missed order is open while no job holds the same (store, order id)."""

@@ -18,14 +18,13 @@ What each action does:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Engine, Row, and_, insert, or_, select, update
+from sqlalchemy import Engine, and_, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from delivery_daemon.clock import Clock
 from delivery_daemon.errors import DeliveryDaemonError
-from delivery_daemon.storage.jobs import ATTEMPTS, JOBS
+from delivery_daemon.storage.jobs import ATTEMPTS, JOBS, row_to_job
 from delivery_daemon.storage.models import Attempt, Job, JobState, Revocation
 from delivery_daemon.storage.reads import read_history
 from delivery_daemon.storage.revocations import open_revocation, read_revocations
@@ -75,10 +74,6 @@ class OrderFilter:
     limit: int = 50
 
 
-def _job(row: Row[Any]) -> Job:
-    return Job.model_validate(dict(row._mapping))
-
-
 class Orders:
     """Synchronous operator actions on the jobs and attempts tables (for the CLI, one short process)."""
 
@@ -102,7 +97,7 @@ class Orders:
         statement = select(JOBS).where(and_(True, *conditions))
         statement = statement.order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(criteria.limit)
         with self.engine.connect() as conn:
-            return [_job(row) for row in conn.execute(statement)]
+            return [row_to_job(row) for row in conn.execute(statement)]
 
     def resolve(self, ref: str, store: str | None = None) -> Job:
         """The one order ``ref`` names: a marketplace order id (narrowed by ``store``) or ``#N`` for job N."""
@@ -115,7 +110,7 @@ class Orders:
         if store is not None:
             where = and_(where, JOBS.c.store == store)
         with self.engine.connect() as conn:
-            jobs = [_job(row) for row in conn.execute(select(JOBS).where(where).order_by(JOBS.c.id))]
+            jobs = [row_to_job(row) for row in conn.execute(select(JOBS).where(where).order_by(JOBS.c.id))]
         by_order_id = [job for job in jobs if job.order_id == ref]
         jobs = by_order_id or jobs
         if not jobs:

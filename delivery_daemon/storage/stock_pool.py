@@ -33,9 +33,14 @@ from typing import Any
 
 import structlog
 from sqlalchemy import (
+    Column,
     Connection,
     Engine,
+    Float,
     Index,
+    Integer,
+    String,
+    Table,
     Text,
     UniqueConstraint,
     and_,
@@ -48,14 +53,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
-from sqlmodel import Field, SQLModel
 
 from delivery_daemon.clock import Clock
 from delivery_daemon.errors import DeliveryDaemonError, OutOfStock, Retry
 from delivery_daemon.storage import dialect
 from delivery_daemon.storage.batches import rewrite_in_batches
 from delivery_daemon.storage.cipher import PREFIX, Cipher, DecryptError
-from delivery_daemon.storage.models import table_of
+from delivery_daemon.storage.models import METADATA
 from delivery_daemon.storage.vault import STOCK_HASH_KEY, VaultError, secret
 
 log = structlog.get_logger("delivery_daemon.storage.stock_pool")
@@ -72,28 +76,23 @@ def pool_owner(pool: str) -> tuple[str, str]:
     return POOL_STORE, pool
 
 
-class StockKey(SQLModel, table=True):
-    """One pre-made key; ``claimed_by`` is the idempotency key of the order it was issued to. ``key`` is sealed and
-    ``key_hash`` its HMAC (see the module doc); a NULL ``key_hash`` marks a plaintext row not sealed yet."""
-
-    __tablename__ = "stock_keys"
-    __table_args__ = (
-        UniqueConstraint("store", "product_id", "key_hash", name="uq_stock_keys_key_hash"),
-        Index("ix_stock_keys_free", "store", "product_id", "claimed_by"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    store: str = Field(max_length=64)
-    product_id: str = Field(max_length=128)
-    key: str = Field(sa_type=Text)
-    key_hash: str | None = Field(default=None, max_length=64)
-    imported_at: float
-    claimed_by: str | None = Field(default=None, max_length=256)
-    claimed_at: float | None = None
-    revoked_at: float | None = None  # its order was refunded, disputed or revoked after it went out: never freed
-
-
-KEYS = table_of(StockKey)
+KEYS = Table(
+    "stock_keys",
+    METADATA,
+    Column("id", Integer, primary_key=True),
+    Column("store", String(64), nullable=False),
+    Column("product_id", String(128), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("key_hash", String(64)),
+    Column("imported_at", Float, nullable=False),
+    Column("claimed_by", String(256)),
+    Column("claimed_at", Float),
+    Column("revoked_at", Float),  # its order was refunded, disputed or revoked after it went out: never freed
+    UniqueConstraint("store", "product_id", "key_hash", name="uq_stock_keys_key_hash"),
+    Index("ix_stock_keys_free", "store", "product_id", "claimed_by"),
+)
+"""One pre-made key per row; ``claimed_by`` is the idempotency key of the order it was issued to. ``key`` is sealed
+and ``key_hash`` its HMAC (see the module doc); a NULL ``key_hash`` marks a plaintext row not sealed yet."""
 
 
 class StockError(DeliveryDaemonError):
@@ -380,4 +379,4 @@ class StockPool:
         return [StockLevel(s, p, int(a), int(total) - int(a)) for s, p, a, total in rows]
 
 
-__all__ = ["POOL_STORE", "ImportResult", "StockError", "StockKey", "StockLevel", "StockPool", "pool_owner", "read_keys"]
+__all__ = ["KEYS", "POOL_STORE", "ImportResult", "StockError", "StockLevel", "StockPool", "pool_owner", "read_keys"]

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, Integer, Table, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import SQLModel
 
 from delivery_daemon.errors import DeliveryDaemonError
+
+# stock_pool and vault are imported for their side effect: each adds its table to models.METADATA.
+from delivery_daemon.storage import stock_pool, vault  # noqa: F401 (imported to register their tables)
 from delivery_daemon.storage.jobs import JOBS
+from delivery_daemon.storage.models import METADATA
 
 BATCH = 1000
 
@@ -39,7 +42,7 @@ class CopyReport:
 
 def _tables() -> list[Table]:
     # Parents before children (attempts references jobs), so foreign keys hold at every insert.
-    return list(SQLModel.metadata.sorted_tables)
+    return list(METADATA.sorted_tables)
 
 
 def _census(conn: Connection, tables: list[Table]) -> tuple[dict[str, int], dict[str, int]]:

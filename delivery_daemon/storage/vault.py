@@ -16,28 +16,24 @@ import base64
 import secrets
 from typing import Any
 
-from sqlalchemy import Connection, Text, select, update
-from sqlmodel import Field, SQLModel
+from sqlalchemy import Column, Connection, Float, String, Table, Text, select, update
 
 from delivery_daemon.errors import DeliveryDaemonError
 from delivery_daemon.storage import dialect
 from delivery_daemon.storage.cipher import PREFIX, Cipher, DecryptError
-from delivery_daemon.storage.models import table_of
+from delivery_daemon.storage.models import METADATA
 
 STOCK_HASH_KEY = "stock_hash_key"
 
 
-class DaemonSecret(SQLModel, table=True):
-    """One named secret; ``value`` is sealed (``enc1:…``) whenever the daemon has an encryption key."""
-
-    __tablename__ = "daemon_secrets"
-
-    name: str = Field(primary_key=True, max_length=64)
-    value: str = Field(sa_type=Text)
-    created_at: float
-
-
-SECRETS = table_of(DaemonSecret)
+SECRETS = Table(
+    "daemon_secrets",
+    METADATA,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+"""One named secret per row; ``value`` is sealed (``enc1:…``) whenever the daemon has an encryption key."""
 
 
 class VaultError(DeliveryDaemonError):
@@ -99,4 +95,4 @@ def reseal_all(conn: Connection, cipher: Cipher) -> int:
     return sum(reseal(conn, name, value, cipher) for name, value in rows)
 
 
-__all__ = ["STOCK_HASH_KEY", "DaemonSecret", "VaultError", "reseal_all", "secret"]
+__all__ = ["SECRETS", "STOCK_HASH_KEY", "VaultError", "reseal_all", "secret"]

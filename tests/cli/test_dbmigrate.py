@@ -6,16 +6,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.engine import make_url
-from sqlmodel import SQLModel
 
 from delivery_daemon.cli import main
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.order import IncomingOrder
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 from delivery_daemon.storage.jobs import Transition
-from delivery_daemon.storage.models import Attempt, Job, JobState, table_of
+from delivery_daemon.storage.models import ATTEMPTS, JOBS, JobState
 from delivery_daemon.storage.queue import JobQueue
 
 pytestmark = pytest.mark.postgres
@@ -55,8 +54,7 @@ def write_config(tmp_path: Path, db_url: str) -> Path:
     return config
 
 
-def rows(url: str, model: type[SQLModel]) -> list[dict[str, object]]:
-    table = table_of(model)
+def rows(url: str, table: Table) -> list[dict[str, object]]:
     engine = create_db_engine(url)
     with engine.connect() as conn:
         result = [dict(r._mapping) for r in conn.execute(select(table).order_by(table.c.id))]
@@ -73,8 +71,8 @@ async def test_copy_is_identical_and_ids_continue(
     assert main(["db", "migrate", "--config", str(write_config(tmp_path, source)), "--to", plain]) == 0
     out = capsys.readouterr().out
     assert "jobs: 7 rows" in out and "delivered 3" in out
-    assert rows(pg_url, Job) == rows(source, Job)
-    assert rows(pg_url, Attempt) == rows(source, Attempt)
+    assert rows(pg_url, JOBS) == rows(source, JOBS)
+    assert rows(pg_url, ATTEMPTS) == rows(source, ATTEMPTS)
     engine = create_db_engine(pg_url)
     queue = JobQueue(engine, ManualClock())
     added = await queue.enqueue(IncomingOrder(store="shop", marketplace="softstore", order_id="new", product_id="p"))
@@ -87,10 +85,10 @@ async def test_refuses_a_target_that_has_jobs(tmp_path: Path, pg_url: str, capsy
     """A second copy into the same database changes nothing and says why (exit 1)."""
     config = write_config(tmp_path, await sqlite_with_history(tmp_path / "d.db"))
     assert main(["db", "migrate", "--config", str(config), "--to", pg_url]) == 0
-    before = rows(pg_url, Attempt)
+    before = rows(pg_url, ATTEMPTS)
     assert main(["db", "migrate", "--config", str(config), "--to", pg_url]) == 1
     assert "already holds 7 jobs" in capsys.readouterr().err
-    assert rows(pg_url, Attempt) == before
+    assert rows(pg_url, ATTEMPTS) == before
 
 
 def test_target_must_be_postgresql(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,7 +106,7 @@ async def test_encrypted_orders_and_stock_stay_readable(
     """Rows encrypted with the key generated next to the SQLite file are copied as stored; the command names that
     key file, and with it configured the orders read back on PostgreSQL. Stock keys are copied too."""
     from delivery_daemon.storage.cipher import Cipher, create_key_file, parse_keys
-    from delivery_daemon.storage.stock_pool import StockKey, StockPool
+    from delivery_daemon.storage.stock_pool import KEYS, StockPool
 
     database = tmp_path / "d.db"
     source = f"sqlite:///{database}"
@@ -126,13 +124,13 @@ async def test_encrypted_orders_and_stock_stay_readable(
     queue.close()
     StockPool(engine, ManualClock(), cipher).import_keys("shop", "p", ["STOCK-1"])
     engine.dispose()
-    assert "secret-token" not in str(rows(source, Job))
+    assert "secret-token" not in str(rows(source, JOBS))
 
     assert main(["db", "migrate", "--config", str(write_config(tmp_path, source)), "--to", pg_url]) == 0
     out = capsys.readouterr().out
     assert f"set security.encryption_key_file to {key_file.resolve()}" in out
     assert "stock_keys: 1 rows" in out
-    assert rows(pg_url, StockKey) == rows(source, StockKey)
+    assert rows(pg_url, KEYS) == rows(source, KEYS)
     target = create_db_engine(pg_url)
     copied = JobQueue(target, ManualClock(), cipher)
     job = await copied.get(added.job_id)

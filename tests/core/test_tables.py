@@ -123,25 +123,23 @@ from pathlib import Path
 
 import delivery_daemon.compose
 import delivery_daemon.cli
-from sqlmodel import Session
+from sqlalchemy import insert
 
 from delivery_daemon.cli import main
 from delivery_daemon.storage.engine import create_db_engine, create_schema
-from delivery_daemon.storage.models import Attempt, Job
+from delivery_daemon.storage.models import ATTEMPTS, JOBS
 
 url = "sqlite:///" + str(Path(sys.argv[1]) / "daemon.db")
 engine = create_db_engine(url)
 create_schema(engine)
 now = time.time()
-with Session(engine) as session:
-    job = Job(store="demo", order_id=sys.argv[2], marketplace="softstore", product_id="win11-pro", payload="{}",
-              state="dead", quantity=2, attempts=1, due_at=now, created_at=now, updated_at=now,
-              last_error="HTTP 422 from the marketplace")
-    session.add(job)
-    session.flush()
-    session.add(Attempt(job_id=job.id, at=now, step="deliver", outcome="dead", state="dead", http_status=422,
-                        error="HTTP 422 from the marketplace", duration_ms=12.3))
-    session.commit()
+with engine.begin() as conn:
+    job_id = conn.execute(insert(JOBS).values(
+        store="demo", order_id=sys.argv[2], marketplace="softstore", product_id="win11-pro", payload="{}",
+        state="dead", quantity=2, attempts=1, due_at=now, created_at=now, updated_at=now,
+        last_error="HTTP 422 from the marketplace")).inserted_primary_key[0]
+    conn.execute(insert(ATTEMPTS).values(job_id=job_id, at=now, step="deliver", outcome="dead", state="dead",
+                                         http_status=422, error="HTTP 422 from the marketplace", duration_ms=12.3))
 engine.dispose()
 for argv in (["orders", "list"], ["orders", "show", sys.argv[2]]):
     print(f"=== {' '.join(argv[:2])}", flush=True)

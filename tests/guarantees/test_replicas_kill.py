@@ -18,14 +18,13 @@ import httpx
 import pytest
 import yaml
 from sqlalchemy import create_engine, func, select
-from sqlmodel import col
 
 from delivery_daemon.cli import main
 from delivery_daemon.clock import SystemClock
 from delivery_daemon.http.serving import serve
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
-from delivery_daemon.storage.models import Attempt, Job
-from delivery_daemon.storage.stock_pool import StockKey, StockPool
+from delivery_daemon.storage.models import ATTEMPTS, JOBS
+from delivery_daemon.storage.stock_pool import KEYS, StockPool
 
 pytestmark = pytest.mark.postgres
 
@@ -93,9 +92,7 @@ async def kill_holding_a_lease(proc: subprocess.Popen[bytes], db_url: str) -> No
         with engine.connect() as conn:
             return bool(
                 conn.execute(
-                    select(func.count()).where(
-                        col(Job.state) == "running", col(Job.lease_owner).like(f"%:{proc.pid}:%")
-                    )
+                    select(func.count()).where(JOBS.c.state == "running", JOBS.c.lease_owner.like(f"%:{proc.pid}:%"))
                 ).scalar_one()
             )
 
@@ -170,7 +167,7 @@ async def test_three_replicas_one_killed_every_order_delivered_once(tmp_path: Pa
                 if not all(market.accepted(order_id) is not None for order_id in placed):
                     return False
                 with engine.connect() as conn:
-                    open_jobs = conn.execute(select(func.count()).where(col(Job.state) != "delivered")).scalar_one()
+                    open_jobs = conn.execute(select(func.count()).where(JOBS.c.state != "delivered")).scalar_one()
                 return open_jobs == 0
 
             try:
@@ -178,8 +175,8 @@ async def test_three_replicas_one_killed_every_order_delivered_once(tmp_path: Pa
             except AssertionError:
                 with engine.connect() as conn:
                     for row in conn.execute(
-                        select(Attempt).where(
-                            col(Attempt.job_id).in_(select(col(Job.id)).where(col(Job.state) != "delivered"))
+                        select(ATTEMPTS).where(
+                            ATTEMPTS.c.job_id.in_(select(JOBS.c.id).where(JOBS.c.state != "delivered"))
                         )
                     ).all():
                         print(row)
@@ -191,13 +188,11 @@ async def test_three_replicas_one_killed_every_order_delivered_once(tmp_path: Pa
         assert [d.status for d in market.deliveries(order_id)].count(200) == 1, order_id
     assert market.summary()["duplicates"] == 0
     with engine.connect() as conn:
-        jobs = conn.execute(select(col(Job.state), func.count()).group_by(Job.state)).all()
+        jobs = conn.execute(select(JOBS.c.state, func.count()).group_by(JOBS.c.state)).all()
         delivered_records = conn.execute(
-            select(col(Attempt.job_id), func.count())
-            .where(col(Attempt.state) == "delivered")
-            .group_by(col(Attempt.job_id))
+            select(ATTEMPTS.c.job_id, func.count()).where(ATTEMPTS.c.state == "delivered").group_by(ATTEMPTS.c.job_id)
         ).all()
-        expired = conn.execute(select(func.count()).where(col(Attempt.outcome) == "expired")).scalar_one()
+        expired = conn.execute(select(func.count()).where(ATTEMPTS.c.outcome == "expired")).scalar_one()
     engine.dispose()
     assert dict(jobs) == {"delivered": ORDERS}
     assert len(delivered_records) == ORDERS and {count for _, count in delivered_records} == {1}
@@ -279,7 +274,7 @@ async def test_stock_pool_across_replicas_with_a_kill_and_an_import_mid_run(tmp_
                 if not all(market.accepted(order_id) is not None for order_id in placed):
                     return False
                 with engine.connect() as conn:
-                    return conn.execute(select(func.count()).where(col(Job.state) != "delivered")).scalar_one() == 0
+                    return conn.execute(select(func.count()).where(JOBS.c.state != "delivered")).scalar_one() == 0
 
             await wait_until(all_delivered, 120, "every order delivered")
         finally:
@@ -297,14 +292,14 @@ async def test_stock_pool_across_replicas_with_a_kill_and_an_import_mid_run(tmp_
     with engine.connect() as conn:
         held: dict[str | None, int] = dict(
             conn.execute(
-                select(col(StockKey.claimed_by), func.count())
-                .where(col(StockKey.claimed_by).is_not(None))
-                .group_by(StockKey.claimed_by)
+                select(KEYS.c.claimed_by, func.count())
+                .where(KEYS.c.claimed_by.is_not(None))
+                .group_by(KEYS.c.claimed_by)
             ).all()
         )
-        jobs: dict[str, int] = dict(conn.execute(select(col(Job.state), func.count()).group_by(Job.state)).all())
-        waited = conn.execute(select(func.count()).where(col(Attempt.outcome) == "out_of_stock")).scalar_one()
-        expired = conn.execute(select(func.count()).where(col(Attempt.outcome) == "expired")).scalar_one()
+        jobs: dict[str, int] = dict(conn.execute(select(JOBS.c.state, func.count()).group_by(JOBS.c.state)).all())
+        waited = conn.execute(select(func.count()).where(ATTEMPTS.c.outcome == "out_of_stock")).scalar_one()
+        expired = conn.execute(select(func.count()).where(ATTEMPTS.c.outcome == "expired")).scalar_one()
     engine.dispose()
     assert [(lv.product_id, lv.issued, lv.available) for lv in levels] == [("p1", 90, 110 - 90)]
     assert held == {f"shop:{order_id}": quantity for order_id, quantity in zip(placed, quantities, strict=True)}

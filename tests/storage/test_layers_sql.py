@@ -21,7 +21,7 @@ PLUGINS = Path(delivery_daemon_plugins.__file__).parent
 TABLE_NAMES = {"JOBS", "ATTEMPTS"}
 """The table objects (``storage.jobs``)."""
 MODELS = {"Job", "Attempt"}
-"""The models whose ``__table__`` those are; a statement on the model (sqlmodel's ``select(Job)``) is one too."""
+"""Their row classes: a statement naming one (``select(Job)``), ``table_of(Job)`` or ``Job.__table__`` is one too."""
 STATEMENTS = {"select", "update", "insert", "delete", "select_from", "table_of"}
 """Calls on a table or model: statements, and ``table_of`` (storage.models), which hands out the table."""
 RAW_SQL = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+(?:jobs|attempts)\b")

@@ -27,12 +27,11 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlmodel import SQLModel
 
 from delivery_daemon.clock import ManualClock
 from delivery_daemon.storage.cipher import Cipher, new_key_line, parse_keys
 from delivery_daemon.storage.engine import create_db_engine, create_schema, newest_revision
-from delivery_daemon.storage.models import Attempt, Job, table_of
+from delivery_daemon.storage.models import ATTEMPTS, JOBS, METADATA
 from delivery_daemon.storage.schema import (
     BASELINE,
     RELEASE_SCHEMAS,
@@ -43,9 +42,6 @@ from delivery_daemon.storage.schema import (
     upgrade,
 )
 from delivery_daemon.storage.stock_pool import KEYS, StockPool
-
-JOBS = table_of(Job)
-
 
 LATER_JOB_COLUMNS = ("flag", "issue")
 """Columns of ``jobs`` that migrations after the last pre-Alembic release added (0005, 0006)."""
@@ -59,7 +55,7 @@ def previous_release_tables(engine: Engine) -> None:
     frozen here (the model moved on)."""
     legacy = MetaData()
     for name in ("jobs", "attempts", "webhook_events"):
-        SQLModel.metadata.tables[name].to_metadata(legacy)
+        METADATA.tables[name].to_metadata(legacy)
     Table(
         "stock_keys",
         legacy,
@@ -92,7 +88,7 @@ def test_fresh_database_matches_the_models(db_url: str) -> None:
     engine = create_db_engine(db_url)
     create_schema(engine)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), METADATA)
     assert diff == []
     assert current_revision(engine) == head_revision()
     engine.dispose()
@@ -123,7 +119,7 @@ def _assert_upgraded_keeping_rows(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.execute(select(JOBS.c.order_id, JOBS.c.content)).all() == [("o1", "KEY-1")]
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), METADATA)
         if conn.dialect.name == "postgresql":  # 0002's trigger ran even when a later revision was stamped
             triggers = conn.execute(text("SELECT tgname FROM pg_trigger WHERE tgname = 'jobs_notify_runnable'"))
             assert triggers.scalars().all() == ["jobs_notify_runnable"]
@@ -149,7 +145,7 @@ def test_first_release_database_is_stamped_then_upgraded(db_url: str) -> None:
     """A database made by the first release (jobs and attempts only) is stamped at 0001 and gains the later
     tables from the migrations."""
     engine = create_db_engine(db_url)
-    SQLModel.metadata.create_all(engine, tables=[JOBS, table_of(Attempt)])
+    METADATA.create_all(engine, tables=[JOBS, ATTEMPTS])
     drop_later_job_columns(engine)
     _seed_job(engine)
     assert adopted_revision(set(inspect(engine).get_table_names())) == BASELINE
@@ -176,7 +172,7 @@ def test_previous_revision_with_plaintext_stock_upgrades_and_seals(db_url: str) 
         assert conn.execute(select(KEYS.c.key, KEYS.c.key_hash).order_by(KEYS.c.id)).all() == [
             (f"OLD-{i}", None) for i in range(4)
         ]
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), METADATA)
     assert diff == []
     pool = StockPool(engine, ManualClock(), Cipher(parse_keys(new_key_line(), "test")))
     assert pool.claim("s", "p", "o1", 1) == ["OLD-0"]
@@ -195,7 +191,7 @@ def test_upgrade_twice_is_a_no_op(db_url: str) -> None:
     engine = create_db_engine(db_url)
     create_schema(engine)
     create_schema(engine)
-    assert set(inspect(engine).get_table_names()) == {table.name for table in SQLModel.metadata.sorted_tables} | {
+    assert set(inspect(engine).get_table_names()) == {table.name for table in METADATA.sorted_tables} | {
         "alembic_version"
     }
     engine.dispose()

@@ -8,10 +8,10 @@ other than the one the daemon was configured with.
 from __future__ import annotations
 
 from alembic import context
-from sqlmodel import SQLModel
 
-# Imported for their side effect: each registers its tables on SQLModel.metadata.
-from delivery_daemon.storage import models, stock_pool, vault  # noqa: F401 (imported to register their tables)
+# stock_pool and vault are imported for their side effect: each adds its table to models.METADATA.
+from delivery_daemon.storage import stock_pool, vault  # noqa: F401 (imported to register their tables)
+from delivery_daemon.storage.models import METADATA
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - a programming error, not an operator one
@@ -20,6 +20,6 @@ if connection is None:  # pragma: no cover - a programming error, not an operato
     )
 
 # render_as_batch: SQLite cannot ALTER most things; batch mode rebuilds the table, and is a no-op on PostgreSQL.
-context.configure(connection=connection, target_metadata=SQLModel.metadata, render_as_batch=True, compare_type=True)
+context.configure(connection=connection, target_metadata=METADATA, render_as_batch=True, compare_type=True)
 with context.begin_transaction():
     context.run_migrations()
