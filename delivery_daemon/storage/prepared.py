@@ -13,7 +13,8 @@ through the conversions SQLAlchemy would apply (its bind processors, e.g. SQLite
 
 It falls back to ``Connection.execute`` when the statement needs more of SQLAlchemy: a returned column whose type
 converts values on this dialect (psycopg's ``Float`` decides from the column's runtime type), a column default
-computed in Python, names the dialect escapes, or a ``before_cursor_execute`` listener (tests that capture
+computed in Python, names the dialect escapes, parameters rendered at execution (an ``IN`` list), or a
+``before_cursor_execute`` listener (tests that capture
 statements); and for an executemany, a driver that does not sum the rowcount. A driver error is raised as
 SQLAlchemy's (:meth:`sqlalchemy.exc.DBAPIError.instance`), so callers catch the same exceptions either way.
 """
@@ -133,8 +134,16 @@ def _compile(statement: Executable, dialect: Dialect, names: tuple[str, ...]) ->
         dialect=dialect, column_keys=list(names), for_executemany=not returning
     )
     assert isinstance(compiled, SQLCompiler)
-    if compiled.escaped_bind_names or compiled.insert_prefetch or compiled.update_prefetch:
-        return None  # escaped names, or column defaults computed in Python at execution: SQLAlchemy's own work
+    if (
+        compiled.escaped_bind_names
+        or compiled.insert_prefetch
+        or compiled.update_prefetch
+        or compiled.post_compile_params
+        or compiled.literal_execute_params
+    ):
+        # Escaped names, column defaults computed in Python, or parameters rendered at execution (``IN`` lists):
+        # SQLAlchemy's own work when the statement runs.
+        return None
     for column in returning:
         try:
             if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None:

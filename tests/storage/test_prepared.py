@@ -11,9 +11,11 @@ from sqlalchemy import Engine, and_, bindparam, event, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from delivery_daemon.clock import ManualClock
 from delivery_daemon.storage import dialect
 from delivery_daemon.storage.engine import create_db_engine, create_schema
 from delivery_daemon.storage.jobs import ATTEMPTS, JOBS
+from delivery_daemon.storage.leases import Leases
 from delivery_daemon.storage.prepared import Prepared
 from tests.storage.test_group_commit import job_row as queued_row
 
@@ -146,3 +148,20 @@ def test_an_executemany_sums_the_rows_it_changed(engine: Engine) -> None:
         assert bump.execute_many(conn, [*mine[:2], {**mine[2], "b_owner": "w2"}]) == 2
         assert seen == []
         assert conn.execute(select(JOBS.c.updated_at)).scalars().all() == [9.0, 9.0, 9.0]
+
+
+def test_a_claim_runs_prepared_on_sqlite_and_through_sqlalchemy_where_an_in_list_is_rendered_late(
+    engine: Engine,
+) -> None:
+    """The claim leases the due jobs, oldest first, on both databases: on SQLite (a limited scan per state) without
+    SQLAlchemy's execution, on PostgreSQL (``state IN (...)``, rendered at execution) through it."""
+    leases = Leases(engine.dialect.name, ManualClock(), None)
+    with engine.begin() as conn:
+        conn.execute(insert(JOBS), [{**queued_row(f"o{i}"), "due_at": float(3 - i)} for i in range(3)])
+        seen = executions(conn)
+        claimed = leases.claim(conn, "w9", 30.0, 2)
+    assert [(job.order_id, job.state, job.lease_owner) for job in claimed] == [
+        ("o2", "running", "w9"),
+        ("o1", "running", "w9"),
+    ]
+    assert (seen == []) == (engine.dialect.name == "sqlite")
