@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from delivery_daemon.http.serving import bind_socket
 from delivery_daemon.reference.chaos.verdict import Verdict
 from delivery_daemon.reference.faults import DeliveryFault, Faults
 
@@ -82,8 +83,30 @@ class ChaosFaults(Faults):
         return fault
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10_000
+
+
+def restart_port(rng: random.Random | None = None) -> int:
+    """A free loopback port for a daemon that is killed and started again on it, below the kernel's ephemeral range.
+
+    A port from ``bind(0)`` is an ephemeral one: after a kill, any outgoing connection (to PostgreSQL, to the
+    marketplace) may be given it as its local port, and the restart then fails with "address already in use" (a
+    three-replica PostgreSQL chaos test did). Ports below the range are never handed out that way."""
+    low = 32_768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    pick = rng or random.Random()  # noqa: S311  (a port number, not a secret)
+    for _ in range(100):
+        port = pick.randrange(LOWEST_PORT, max(low, LOWEST_PORT + 1))
+        with contextlib.suppress(OSError), bind_socket("127.0.0.1", port):
+            return port
+    raise RuntimeError(f"no free port between {LOWEST_PORT} and {low}")
+
+
 class DaemonProcess:
-    """``delivery-daemon serve`` as a child process that can be killed and started again on the same port."""
+    """``delivery-daemon serve`` as a child process that can be killed and started again on the same port (take it
+    from :func:`restart_port`)."""
 
     def __init__(self, config: Path, url: str, log: Path, env: dict[str, str]) -> None:
         self.config, self.url, self.log, self.env = config, url, log, env

@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from delivery_daemon.http.serving import bind_socket, serve
+from delivery_daemon.http.serving import serve
 from delivery_daemon.reference.chaos.database import describe, wait_settled
 from delivery_daemon.reference.chaos.harness import (
     PRODUCT,
@@ -57,6 +57,7 @@ from delivery_daemon.reference.chaos.harness import (
     place_all,
     reconcile,
     report,
+    restart_port,
 )
 from delivery_daemon.reference.chaos.paddle import run_paddle_chaos
 from delivery_daemon.reference.chaos.verdict import Verdict, judge
@@ -118,10 +119,11 @@ async def _run(
     faults = ChaosFaults(rng, options.fail, options.drop, options.slow)
     reference.faults = faults
     reference.add_product(PRODUCT, count=10**9)
-    ports = []
-    for _ in range(options.replicas):  # free ports for the daemons, each kept across its restarts
-        with bind_socket() as probe:
-            ports.append(probe.getsockname()[1])
+    ports: list[int] = []
+    while len(ports) < options.replicas:  # free ports for the daemons, each kept across its restarts
+        port = restart_port()
+        if port not in ports:
+            ports.append(port)
     say(
         f"chaos: seed {seed}, {options.orders} orders, {options.kills} kills, {options.replicas} replica(s) on "
         f"{describe(database)}, work dir {workdir}"

@@ -35,7 +35,7 @@ import yaml
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from delivery_daemon.http.serving import bind_socket, serve
+from delivery_daemon.http.serving import serve
 from delivery_daemon.net.signatures import stripe_header
 from delivery_daemon.reference.chaos.database import wait_settled
 from delivery_daemon.reference.chaos.harness import (
@@ -50,6 +50,7 @@ from delivery_daemon.reference.chaos.harness import (
     later,
     outage,
     place_all,
+    restart_port,
 )
 from delivery_daemon.reference.chaos.verdict import Verdict, check_database, check_log
 from delivery_daemon.reference.chaos.webhooks import SINK_PATH, ChaosSink, delivered_keys, judge_sink
@@ -189,8 +190,7 @@ async def run_virtual_stores_chaos(
     sink_secret = new_secret()
     faults = ChaosFaults(rng, options.fail, options.drop, options.slow)
     sink = ChaosSink(sink_secret, faults)
-    with bind_socket() as probe:  # a free port for the daemon, kept across restarts
-        port = probe.getsockname()[1]
+    port = restart_port()  # kept across restarts
     daemon_url = f"http://127.0.0.1:{port}"
     client = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=64))
     async with serve(chaos) as shop_server, serve(sink.app) as sink_server, client:

@@ -46,7 +46,7 @@ from starlette.routing import Route
 
 from delivery_daemon.config import whsec_key
 from delivery_daemon.errors import WebhookRejected
-from delivery_daemon.http.serving import bind_socket, serve
+from delivery_daemon.http.serving import serve
 from delivery_daemon.net.signatures import verify_standard
 from delivery_daemon.reference.chaos import lemonsqueezy as ls
 from delivery_daemon.reference.chaos.database import wait_settled
@@ -64,6 +64,7 @@ from delivery_daemon.reference.chaos.harness import (
     outage,
     place_all,
     reconcile,
+    restart_port,
 )
 from delivery_daemon.reference.chaos.refunds import Refunder, judge_refunds, wait_delivered
 from delivery_daemon.reference.chaos.verdict import Seen, Verdict, check_database, check_log, check_orders
@@ -272,8 +273,7 @@ async def run_webhook_chaos(
     webhook_secret, sink_secret = flavour.new_secret(), new_secret()
     faults = ChaosFaults(rng, options.fail, options.drop, options.slow)
     sink = ChaosSink(sink_secret, faults)
-    with bind_socket() as probe:  # a free port for the daemon, kept across restarts
-        port = probe.getsockname()[1]
+    port = restart_port()  # kept across restarts
     daemon_url = f"http://127.0.0.1:{port}"
     client = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=64))
     api = flavour.api(webhook_secret) if flavour.api else None
