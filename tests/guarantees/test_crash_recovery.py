@@ -24,21 +24,14 @@ import pytest
 import yaml
 
 from delivery_daemon.config import SecuritySettings
-from delivery_daemon.http.serving import bind_socket, serve
+from delivery_daemon.http.serving import serve
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
 from delivery_daemon.storage.cipher import load_cipher
+from tests.support.multistore import free_port
 
 PRODUCT = "prod-1"
 API_KEY = "crash-test-api-key-0123456789"
 SLOW = 5.0  # seconds the marketplace holds its answer to the first delivery (it has already recorded it)
-
-
-def free_port() -> int:
-    sock = bind_socket("127.0.0.1", 0)
-    try:
-        return int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 class Daemon:

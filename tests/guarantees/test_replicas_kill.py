@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -25,17 +24,12 @@ from delivery_daemon.http.serving import serve
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
 from delivery_daemon.storage.models import ATTEMPTS, JOBS
 from delivery_daemon.storage.stock_pool import KEYS, StockPool
+from tests.support.multistore import free_port
 
 pytestmark = pytest.mark.postgres
 
 ORDERS = 45
 API_KEY = "replica-test-api-key-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def replica_config(path: Path, db_url: str, port: int, api_base: str, default: dict[str, Any] | None = None) -> Path:

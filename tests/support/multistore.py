@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import io
 import secrets
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from delivery_daemon.generators.contract import Generated, NoOptions, OrderConte
 from delivery_daemon.generators.discovery import discover
 from delivery_daemon.http.serving import serve
 from delivery_daemon.logs import configure_logging
+from delivery_daemon.reference.chaos.harness import restart_port
 from delivery_daemon.reference.sellix import SellixSender
 from delivery_daemon.reference.shoppy import ShoppySender
 from delivery_daemon.reference.softstore import SoftStoreMarketplace
@@ -65,9 +65,9 @@ class Mailbox:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port below the ephemeral range: a server stopped and started again on it (a restarted daemon,
+    PostgreSQL) cannot find it taken by an outgoing connection's local port meanwhile."""
+    return restart_port()
 
 
 @dataclass

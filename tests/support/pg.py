@@ -12,7 +12,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from delivery_daemon.reference.chaos.harness import restart_port
 
 
 def find_bindir() -> Path | None:
@@ -48,12 +49,6 @@ def _uid(name: str) -> int | None:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
         return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -112,7 +107,7 @@ def running_server(*, durable: bool = False) -> Iterator[PgServer]:
         assert uid is not None
         for path in (base, sockets):
             os.chown(path, uid, -1)
-    port = _free_port()
+    port = restart_port()
     log = base / "server.log"
     try:
         subprocess.run(
