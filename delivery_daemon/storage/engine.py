@@ -15,9 +15,6 @@ from sqlalchemy.engine import make_url
 
 from delivery_daemon.config import DatabaseSettings
 from delivery_daemon.errors import ConfigError
-
-# stock_pool and vault are imported for their side effect: each adds its table to models.METADATA.
-from delivery_daemon.storage import stock_pool, vault  # noqa: F401 (imported to register their tables)
 from delivery_daemon.storage.models import METADATA
 
 

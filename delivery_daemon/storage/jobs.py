@@ -111,8 +111,7 @@ class OrderCancelled(DeliveryDaemonError):
         self.settled = settled
 
 
-INSERT_ATTEMPT = insert(ATTEMPTS)
-_RECORD = Prepared(INSERT_ATTEMPT)
+_RECORD = Prepared(insert(ATTEMPTS))
 
 
 def attempt_row(job_id: int, change: Transition, now: float) -> dict[str, Any]:

@@ -38,8 +38,8 @@ from delivery_daemon.order import LIMITS
 RowT = TypeVar("RowT")
 
 METADATA = MetaData()
-"""Every table the daemon declares (:mod:`~delivery_daemon.storage.stock_pool` and :mod:`~delivery_daemon.storage.vault`
-add theirs): what a new database is created from, what the migrations are compared with, what ``db migrate`` copies."""
+"""Every table the daemon declares, all in this module: what a new database is created from, what the migrations
+are compared with, what ``db migrate`` copies."""
 
 
 class JobState(StrEnum):
@@ -192,6 +192,36 @@ MISSED_ORDERS = Table(
 """A paid order the marketplace lists that has no job and that the daemon cannot deliver without its webhook
 (SoftStore: the delivery token is only in the webhook): the seller must act. One row per (store, order_id), so
 a later run raises it once; it stops being open as soon as a job for the order exists (a late webhook)."""
+
+
+STOCK_KEYS = Table(
+    "stock_keys",
+    METADATA,
+    Column("id", Integer, primary_key=True),
+    Column("store", String(64), nullable=False),
+    Column("product_id", String(128), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("key_hash", String(64)),
+    Column("imported_at", Float, nullable=False),
+    Column("claimed_by", String(256)),
+    Column("claimed_at", Float),
+    Column("revoked_at", Float),  # its order was refunded, disputed or revoked after it went out: never freed
+    UniqueConstraint("store", "product_id", "key_hash", name="uq_stock_keys_key_hash"),
+    Index("ix_stock_keys_free", "store", "product_id", "claimed_by"),
+)
+"""The stock pool's keys (:mod:`~delivery_daemon.storage.stock_pool`), one pre-made key per row; ``claimed_by`` is the
+idempotency key of the order it was issued to. ``key`` is sealed and ``key_hash`` its HMAC; a NULL ``key_hash``
+marks a plaintext row not sealed yet."""
+
+DAEMON_SECRETS = Table(
+    "daemon_secrets",
+    METADATA,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+"""The daemon's own named secrets (:mod:`~delivery_daemon.storage.vault`), one per row; ``value`` is sealed
+(``enc1:…``) whenever the daemon has an encryption key."""
 
 
 _ROWS: dict[type[Any], tuple[Table, frozenset[str]]] = {}

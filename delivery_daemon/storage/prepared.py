@@ -21,7 +21,8 @@ SQLAlchemy's (:meth:`sqlalchemy.exc.DBAPIError.instance`), so callers catch the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,17 +79,12 @@ class Prepared:
             rows = [dict(row._mapping) for row in result.all()] if result.returns_rows else []
             return Rows(rows, result.rowcount)
         bound = compiled.bind(params)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # a live transaction's connection
-        try:
+        with _cursor(conn, compiled.sql, bound) as cursor:
             cursor.execute(compiled.sql, bound)
             if cursor.description is None:
                 return Rows([], cursor.rowcount)
             columns = [column[0] for column in cursor.description]
             return Rows([dict(zip(columns, row, strict=True)) for row in cursor.fetchall()], cursor.rowcount)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            raise _translated(conn, compiled, bound, exc) from exc
-        finally:
-            cursor.close()
 
     def execute_many(self, conn: Connection, many: Sequence[Mapping[str, Any]]) -> int:
         """Run the statement (one without RETURNING) once for each mapping of ``many``, which all have the same
@@ -97,14 +93,9 @@ class Prepared:
         if compiled is None or not conn.dialect.supports_sane_multi_rowcount:
             return conn.execute(self.statement, [dict(params) for params in many]).rowcount
         bound: list[Any] = [compiled.bind(params) for params in many]
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # a live transaction's connection
-        try:
+        with _cursor(conn, compiled.sql, bound) as cursor:
             cursor.executemany(compiled.sql, bound)
             return int(cursor.rowcount)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            raise _translated(conn, compiled, bound, exc) from exc
-        finally:
-            cursor.close()
 
     def _prepared(self, conn: Connection, params: Mapping[str, Any]) -> _Compiled | None:
         """The statement compiled for ``conn``'s dialect and ``params``' names; None when SQLAlchemy must run it."""
@@ -117,16 +108,24 @@ class Prepared:
         return compiled
 
 
-def _translated(conn: Connection, compiled: _Compiled, bound: Any, exc: Exception) -> StatementError:
-    """The driver's ``exc`` as SQLAlchemy raises it (IntegrityError, OperationalError, ...), parameters hidden."""
+@contextlib.contextmanager
+def _cursor(conn: Connection, sql: str, bound: Any) -> Iterator[Any]:
+    """A DBAPI cursor on ``conn``'s connection (inside its transaction), closed after use; a driver error raised in
+    the block comes out as SQLAlchemy raises it (IntegrityError, OperationalError, ...), parameters hidden."""
     error: type[Exception] = conn.dialect.loaded_dbapi.Error
-    return DBAPIError.instance(compiled.sql, bound, exc, error, hide_parameters=True, dialect=conn.dialect)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # a live transaction's connection
+    try:
+        yield cursor
+    except error as exc:
+        raised: StatementError = DBAPIError.instance(sql, bound, exc, error, hide_parameters=True, dialect=conn.dialect)
+        raise raised from exc
+    finally:
+        cursor.close()
 
 
 def _compile(statement: Executable, dialect: Dialect, names: tuple[str, ...]) -> _Compiled | None:
-    """``statement`` compiled for ``dialect`` with parameters ``names``, or None if SQLAlchemy must execute it (a
-    returned column whose type converts values on this dialect, a column default computed in Python, or bound names
-    the dialect escapes)."""
+    """``statement`` compiled for ``dialect`` with parameters ``names``, or None if SQLAlchemy must execute it: the
+    cases the module doc lists."""
     returning = list(getattr(statement, "exported_columns", ()))  # RETURNING's columns (none without RETURNING)
     # Without RETURNING asked for, compiled as for executemany: PostgreSQL's single-row form would add an implicit
     # RETURNING of the primary key, which SQLAlchemy reads for ``inserted_primary_key`` and nothing here does.

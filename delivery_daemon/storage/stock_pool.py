@@ -33,16 +33,8 @@ from typing import Any
 
 import structlog
 from sqlalchemy import (
-    Column,
     Connection,
     Engine,
-    Float,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
     and_,
     case,
     delete,
@@ -59,7 +51,7 @@ from delivery_daemon.errors import DeliveryDaemonError, OutOfStock, Retry
 from delivery_daemon.storage import dialect
 from delivery_daemon.storage.batches import rewrite_in_batches
 from delivery_daemon.storage.cipher import PREFIX, Cipher, DecryptError
-from delivery_daemon.storage.models import METADATA
+from delivery_daemon.storage.models import STOCK_KEYS as KEYS
 from delivery_daemon.storage.vault import STOCK_HASH_KEY, VaultError, secret
 
 log = structlog.get_logger("delivery_daemon.storage.stock_pool")
@@ -74,25 +66,6 @@ POOL_STORE = "@pool"
 def pool_owner(pool: str) -> tuple[str, str]:
     """The (store, product id) a shared pool's keys are stored under."""
     return POOL_STORE, pool
-
-
-KEYS = Table(
-    "stock_keys",
-    METADATA,
-    Column("id", Integer, primary_key=True),
-    Column("store", String(64), nullable=False),
-    Column("product_id", String(128), nullable=False),
-    Column("key", Text, nullable=False),
-    Column("key_hash", String(64)),
-    Column("imported_at", Float, nullable=False),
-    Column("claimed_by", String(256)),
-    Column("claimed_at", Float),
-    Column("revoked_at", Float),  # its order was refunded, disputed or revoked after it went out: never freed
-    UniqueConstraint("store", "product_id", "key_hash", name="uq_stock_keys_key_hash"),
-    Index("ix_stock_keys_free", "store", "product_id", "claimed_by"),
-)
-"""One pre-made key per row; ``claimed_by`` is the idempotency key of the order it was issued to. ``key`` is sealed
-and ``key_hash`` its HMAC (see the module doc); a NULL ``key_hash`` marks a plaintext row not sealed yet."""
 
 
 class StockError(DeliveryDaemonError):

@@ -19,9 +19,6 @@ from sqlalchemy import Connection, Engine, Integer, Table, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery_daemon.errors import DeliveryDaemonError
-
-# stock_pool and vault are imported for their side effect: each adds its table to models.METADATA.
-from delivery_daemon.storage import stock_pool, vault  # noqa: F401 (imported to register their tables)
 from delivery_daemon.storage.jobs import JOBS
 from delivery_daemon.storage.models import METADATA
 

@@ -16,24 +16,14 @@ import base64
 import secrets
 from typing import Any
 
-from sqlalchemy import Column, Connection, Float, String, Table, Text, select, update
+from sqlalchemy import Connection, select, update
 
 from delivery_daemon.errors import DeliveryDaemonError
 from delivery_daemon.storage import dialect
 from delivery_daemon.storage.cipher import PREFIX, Cipher, DecryptError
-from delivery_daemon.storage.models import METADATA
+from delivery_daemon.storage.models import DAEMON_SECRETS as SECRETS
 
 STOCK_HASH_KEY = "stock_hash_key"
-
-
-SECRETS = Table(
-    "daemon_secrets",
-    METADATA,
-    Column("name", String(64), primary_key=True),
-    Column("value", Text, nullable=False),
-    Column("created_at", Float, nullable=False),
-)
-"""One named secret per row; ``value`` is sealed (``enc1:…``) whenever the daemon has an encryption key."""
 
 
 class VaultError(DeliveryDaemonError):

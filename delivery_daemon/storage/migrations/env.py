@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from alembic import context
 
-# stock_pool and vault are imported for their side effect: each adds its table to models.METADATA.
-from delivery_daemon.storage import stock_pool, vault  # noqa: F401 (imported to register their tables)
 from delivery_daemon.storage.models import METADATA
 
 connection = context.config.attributes.get("connection")
