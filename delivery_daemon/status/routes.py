@@ -333,7 +333,7 @@ class StatusPages:
             "order.html",
             detail=detail,
             retryable=detail.job["state"] in OPERATOR_RETRYABLE,
-            redeliverable=detail.job["state"] == JobState.DELIVERED.value and detail.has_content,
+            redeliverable=detail.redeliverable,
         )
 
     async def stock(self, request: Request) -> Response:

@@ -11,7 +11,8 @@ What each action does:
   that already succeeded are not repeated (stored content is sent as stored; it is never generated twice). A held
   job is checked again: it is held again unless its cause was fixed (e.g. the buyer email at the marketplace).
 * ``redeliver`` — a delivered job is queued to send its stored content again. Whether the buyer gets it depends on
-  the marketplace (SoftStore answers ``409 Order already delivered``; see :data:`REDELIVERY_NOTES`).
+  the marketplace (SoftStore answers ``409 Order already delivered``; see :data:`REDELIVERY_NOTES`). A content that
+  was revoked, refunded or disputed is never sent again.
 * ``cancel`` — a job that is not running and not delivered is never attempted again.
 """
 
@@ -165,6 +166,12 @@ class Orders:
             raise ActionRefused(f"order {job.order_id} is {job.state}, not delivered; use 'orders retry'")
         if job.content is None:
             raise ActionRefused(f"order {job.order_id}: its delivered content was purged by the retention policy")
+        if job.flag is not None:
+            raise ActionRefused(f"order {job.order_id} was {job.flag}: its keys were taken back and are not sent again")
+        if any(revocation.issue == job.issue for revocation in self.revocations(job.id or 0)):
+            raise ActionRefused(
+                f"order {job.order_id}: its content is revoked and is not sent again; 'orders reissue' sends new keys"
+            )
         return self._move(job, "redeliver")
 
     def cancel(self, ref: str, store: str | None = None) -> Job:

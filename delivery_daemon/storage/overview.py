@@ -22,7 +22,7 @@ from delivery_daemon.clock import Clock
 from delivery_daemon.storage.jobs import ATTEMPTS, JOBS, QueueError
 from delivery_daemon.storage.missed import OpenMissed, missed_rows
 from delivery_daemon.storage.models import FINAL, JobState
-from delivery_daemon.storage.revocations import count_revocations, read_revocations
+from delivery_daemon.storage.revocations import count_revocations, read_revocations, redeliverable
 
 T = TypeVar("T")
 
@@ -125,6 +125,9 @@ class OrderDetail:
     has_content: bool
     revocations: list[dict[str, Any]] = field(default_factory=list)
     """The order's revocations, oldest first (never their content)."""
+    redeliverable: bool = False
+    """Whether ``orders redeliver`` (the page's button) would take it (:func:`~delivery_daemon.storage.revocations.
+    redeliverable`)."""
 
 
 @dataclass(frozen=True)
@@ -219,16 +222,23 @@ def _orders(conn: Connection, wanted: OrderFilter) -> OrdersPage:
 
 def _order(conn: Connection, job_id: int) -> OrderDetail | None:
     row = conn.execute(
-        select(*_JOB_COLUMNS, JOBS.c.content.is_not(None).label("has_content")).where(JOBS.c.id == job_id)
+        select(
+            *_JOB_COLUMNS, JOBS.c.content.is_not(None).label("has_content"), redeliverable().label("redeliverable")
+        ).where(JOBS.c.id == job_id)
     ).first()
     if row is None:
         return None
     job = dict(row._mapping)
     has_content = bool(job.pop("has_content"))
+    can_redeliver = bool(job.pop("redeliverable"))
     attempts = conn.execute(select(ATTEMPTS).where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.id)).fetchall()
     revocations = [{name: getattr(r, name) for name in REVOCATION_FIELDS} for r in read_revocations(conn, job_id)]
     return OrderDetail(
-        job=job, attempts=[dict(a._mapping) for a in attempts], has_content=has_content, revocations=revocations
+        job=job,
+        attempts=[dict(a._mapping) for a in attempts],
+        has_content=has_content,
+        revocations=revocations,
+        redeliverable=can_redeliver,
     )
 
 

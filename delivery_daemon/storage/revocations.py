@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from delivery_daemon.storage import dialect
@@ -45,6 +45,21 @@ class Claimed:
     revocation: Revocation
     job: Job
     content: str | None
+
+
+def redeliverable() -> ColumnElement[bool]:
+    """SQL, on ``jobs``: the job is delivered, holds its content, and that content was never taken back — no refund or
+    dispute flag, no revocation of its current ``issue``. What ``orders redeliver`` and the status page's button
+    require: sending revoked keys again would hand the buyer what the seller (or the marketplace) took back."""
+    revoked = select(REVOCATIONS.c.id).where(
+        and_(REVOCATIONS.c.job_id == JOBS.c.id, REVOCATIONS.c.issue == JOBS.c.issue)
+    )
+    return and_(
+        JOBS.c.state == JobState.DELIVERED.value,
+        JOBS.c.content.is_not(None),
+        JOBS.c.flag.is_(None),
+        ~exists(revoked),
+    )
 
 
 def _sent(conn: Connection, job_id: int, delivered_at: float | None) -> bool:

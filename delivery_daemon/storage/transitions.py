@@ -36,7 +36,7 @@ from delivery_daemon.storage.jobs import (
 )
 from delivery_daemon.storage.models import Job, JobState
 from delivery_daemon.storage.prepared import Prepared
-from delivery_daemon.storage.revocations import open_revocation
+from delivery_daemon.storage.revocations import open_revocation, redeliverable
 
 OPERATOR_RETRYABLE = (
     JobState.DEAD.value,
@@ -45,7 +45,8 @@ OPERATOR_RETRYABLE = (
     JobState.CANCELLED.value,
     JobState.HELD.value,
 )
-"""States an operator's ``retry`` requeues (``redeliver`` takes only delivered jobs that still hold content)."""
+"""States an operator's ``retry`` requeues (``redeliver`` takes only delivered jobs whose stored content was
+never revoked: :func:`~delivery_daemon.storage.revocations.redeliverable`)."""
 
 OperatorAction = Literal["retry", "redeliver"]
 
@@ -63,15 +64,16 @@ def operator_requeue(
 
     In ``conn``'s transaction, queue job ``job_id`` due ``now`` with ``attempts`` back to 0 and no lease, and record
     an ``admin``/``action`` attempt — only if the job is in a state ``action`` allows (``retry``:
-    :data:`OPERATOR_RETRYABLE`, narrowed by ``only``; ``redeliver``: delivered with stored content). The ``WHERE``
-    names the states, so a running (leased) job is never taken from its worker. True if the job moved.
+    :data:`OPERATOR_RETRYABLE`, narrowed by ``only``; ``redeliver``: delivered with stored content never revoked,
+    :func:`~delivery_daemon.storage.revocations.redeliverable`). The ``WHERE`` names the states, so a running
+    (leased) job is never taken from its worker. True if the job moved.
     """
     # attempts back to 0: the operator asked for another go, so the whole retry schedule applies again.
     if action == "retry":
         states = [state for state in OPERATOR_RETRYABLE if only is None or state in only]
         where = and_(JOBS.c.id == job_id, JOBS.c.state.in_(states))
     else:
-        where = and_(JOBS.c.id == job_id, JOBS.c.state == JobState.DELIVERED.value, JOBS.c.content.is_not(None))
+        where = and_(JOBS.c.id == job_id, redeliverable())
     moved = conn.execute(
         update(JOBS)
         .where(where)

@@ -299,6 +299,39 @@ async def test_reissue_and_revoke_are_refused_where_they_do_not_apply(
         assert "not delivered" in capsys.readouterr().err
 
 
+async def test_a_revoked_or_refunded_content_is_never_redelivered(
+    tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """orders redeliver and the status page refuse an order whose content was revoked or refunded (the keys were taken
+    back); nothing is sent again, and an order with a re-issued content can be redelivered."""
+    async with multi_stack(tmp_path, database={"url": db_url}) as multi:
+        refunded, revoked, reissued = [await pay(multi, "prod-a") for _ in range(3)]
+        await multi.drain()
+        database = ["--database", db_url]
+        await refund(multi, refunded)
+        assert main(["orders", "revoke", revoked, *database]) == 0
+        assert main(["orders", "reissue", reissued, *database]) == 0
+        await multi.drain()
+        sent = len(bodies(multi, "order.delivered"))
+        capsys.readouterr()
+        assert main(["orders", "redeliver", refunded, *database]) == 1
+        assert "refunded" in capsys.readouterr().err
+        assert main(["orders", "redeliver", revoked, *database]) == 1
+        assert "revoked" in capsys.readouterr().err
+        for order in (refunded, revoked):
+            job = await multi.job("stripe", order)
+            assert job.id is not None and not await multi.daemon.queue.redeliver(job.id)
+            async with status_page(multi) as page:  # type: ignore[arg-type]  # a Multi: status_page uses only .daemon
+                assert (await page.login()).status_code == 303
+                assert "/redeliver" not in (await page.client.get(f"{page.url}/orders/{job.id}")).text
+        await later(multi, 5)
+        assert len(bodies(multi, "order.delivered")) == sent
+        assert (await multi.job("stripe", revoked)).state == "delivered"
+        assert main(["orders", "redeliver", reissued, *database]) == 0  # its new content was never revoked
+        await multi.drain()
+        assert len(bodies(multi, "order.delivered")) == sent + 1
+
+
 @pytest.mark.contract("revocation_list")
 async def test_refunded_signed_licence_is_on_the_published_revocation_list(
     tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
