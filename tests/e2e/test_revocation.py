@@ -29,6 +29,7 @@ from delivery_daemon.generators.contract import (
     RevocationContext,
 )
 from delivery_daemon.generators.licence import generate_keypair
+from delivery_daemon.http.revocations import FRESH
 from delivery_daemon.reference.stripe_store import charge_refunded, event, payment_intent
 from delivery_daemon.storage.retention import purge
 from delivery_daemon.storage.stock_pool import KEYS, StockPool
@@ -332,13 +333,49 @@ async def test_a_revoked_or_refunded_content_is_never_redelivered(
         assert len(bodies(multi, "order.delivered")) == sent + 1
 
 
+async def test_a_flood_of_revocation_list_requests_reads_the_database_once(tmp_path: Path) -> None:
+    """The unauthenticated list is built once per FRESH seconds per product, whatever the number of requests (also
+    when they arrive together); after that the next request reads the database again and sees a new revocation."""
+    private, public = tmp_path / "signing.pem", tmp_path / "signing.pub"
+    generate_keypair(private, public)
+    signed = {"generator": "signed", "options": {"private_key_file": str(private)}}
+    async with multi_stack(tmp_path, stripe_products={"app": signed}) as multi:
+        order = await pay(multi, "app")
+        await multi.drain()
+        queue = multi.daemon.queue
+        reads: list[tuple[str, str]] = []
+        read = queue.revoked_hashes
+
+        async def counted(store: str, product_id: str) -> list[str]:
+            reads.append((store, product_id))
+            return await read(store, product_id)
+
+        queue.revoked_hashes = counted  # type: ignore[method-assign]  # a spy around the real read
+        async with httpx.AsyncClient() as client:
+
+            async def fetch() -> str:
+                response = await client.get(f"{multi.url}/revocations/stripe/app")
+                assert response.status_code == 200
+                return response.text
+
+            first = await asyncio.gather(*(fetch() for _ in range(20)))
+            assert len(set(first)) == 1 and reads == [("stripe", "app")]
+            await refund(multi, order)
+            await multi.drain()
+            multi.clock.advance(FRESH - 1)
+            assert await fetch() == first[0] and len(reads) == 1
+            multi.clock.advance(1)
+            assert await fetch() != first[0] and len(reads) == 2
+
+
 @pytest.mark.contract("revocation_list")
 async def test_refunded_signed_licence_is_on_the_published_revocation_list(
     tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """GET /revocations/{store}/{product} serves the signed list; license verify --revocations accepts a licence
-    while it is not on it and refuses it once its order was refunded, also after the retention purge dropped the
-    revoked keys; a product without a list is a JSON 404, an altered list is refused."""
+    while it is not on it and refuses it once its order was refunded (after the served copy's FRESH seconds), also
+    after the retention purge dropped the revoked keys; a product without a list is a JSON 404, an altered list is
+    refused."""
     private, public = tmp_path / "signing.pem", tmp_path / "signing.pub"
     generate_keypair(private, public)
     signed = {"generator": "signed", "options": {"private_key_file": str(private)}}
@@ -361,6 +398,9 @@ async def test_refunded_signed_licence_is_on_the_published_revocation_list(
         assert code == 0 and out.startswith("valid:")
         await refund(multi, order)
         await multi.drain()
+        code, out = await verify()
+        assert code == 0, "the list built a moment ago is served for FRESH seconds"
+        await later(multi, FRESH)
         code, out = await verify()
         assert code == 1 and out.startswith("invalid: revoked")
         multi.clock.advance(31 * 86400)  # the retention purge drops the revoked keys, never their place on the list
