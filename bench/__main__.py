@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--versus-rounds", type=int, default=1, help="versus: rounds, alternating order (medians)")
     parser.add_argument("--versus-base", help="versus: also run this checkout's daemon, as the system 'base'")
+    parser.add_argument(
+        "--versus-profile",
+        action="store_true",
+        help="versus: sample the daemon's first closed loop with py-spy (bench/profile.py)",
+    )
     parser.add_argument("--workdir", help="keep databases and logs here (default: a temporary directory)")
     args = parser.parse_args(argv)
     use_wrk = wrk_available() and not args.no_wrk
@@ -115,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         versus_options["systems"] = tuple(args.systems)
     if args.versus_base:
         versus_options["base"] = Path(args.versus_base).resolve()
+    if args.versus_profile:
+        versus_options["profile"] = True
     # Starting PostgreSQL and six daemons is not "tiny": the smoke run leaves pg out unless asked for.
     only = tuple(args.only or (s for s in SCENARIOS if not (args.smoke and s == "pg")))
     if args.workdir:

@@ -67,8 +67,10 @@ def _cpu_seconds(stat: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def profile_command(pid: int, seconds: float, out: Path) -> list[str]:
-    """A py-spy command that samples ``pid`` for ``seconds`` and writes ``out`` (``.txt``: raw stacks)."""
+def profile_command(pid: int, seconds: float, out: Path, *, native: bool = False) -> list[str]:
+    """A py-spy command that samples ``pid`` for ``seconds`` and writes ``out`` (``.txt``: raw stacks). ``native``:
+    every thread apart, with C frames; py-spy then pauses the process for each sample (it cannot read the native
+    stacks of a running one), so such a run's own figures are not the unprofiled ones."""
     return [
         str(Path(sys.executable).parent / "py-spy"),
         "record",
@@ -78,7 +80,7 @@ def profile_command(pid: int, seconds: float, out: Path) -> list[str]:
         str(max(1, round(seconds))),
         "--rate",
         "250",
-        "--nonblocking",
+        *(["--threads", "--native"] if native else ["--nonblocking"]),
         "-f",
         "raw" if out.suffix == ".txt" else "flamegraph",
         "-o",

@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import profile as sampling
 from .loadgen import run_mode, steady_sent
 from .processes import ROOT, ServerProcess, start_process, start_server
 from .scenarios import STORE, Bench, _wait_delivered, percentiles
@@ -38,6 +39,8 @@ EXPRESS = ROOT / "bench" / "peers" / "express"
 PARTS = ("receive_commit", "commit_to_verified", "generate", "store", "deliver", "verify_round_trip")
 """The daemon's path in consecutive parts (the first five add up to about the whole), and the verification's own
 round trip, which overlaps ``receive_commit`` when the job is handed to the worker as it commits."""
+PROFILE_SECONDS = 5.0
+"""How long ``--versus-profile`` samples the daemon's closed loop (it lasts ~10 s at 2,000 orders on this machine)."""
 
 
 def _cores() -> tuple[str, set[int]] | None:
@@ -103,15 +106,28 @@ def _system(
             yield node, f"{node.url}/webhook"
 
 
-def _closed_loop(bench: Bench, process: ServerProcess, url: str, orders: int) -> dict[str, Any]:
+def _closed_loop(
+    bench: Bench, process: ServerProcess, url: str, orders: int, profile: Path | None = None
+) -> dict[str, Any]:
     """``orders`` webhooks over 32 connections, as fast as the system takes them: delivered orders/s, CPU per
-    delivered order, and how busy the other core was (the marketplace and the load: near 1.0, they bound the run)."""
+    delivered order, and how busy the other core was (the marketplace and the load: near 1.0, they bound the run).
+    With ``profile`` (a file for py-spy's samples), the first :data:`PROFILE_SECONDS` are sampled and the result's
+    ``profile`` is :func:`bench.profile.split` of them (the loop's other figures are then the profiled process's)."""
     payloads = bench.place_orders(orders)
     before = bench.delivered_count()
     cpu_before, market_before = process.process_cpu(), bench.market.process_cpu()
     threads_before = process.thread_cpu()
+    spy = sampling.start(process.pid, PROFILE_SECONDS, profile) if profile is not None else None
     sent = run_mode("once", url, payloads, 32, bench.workdir)
     _wait_delivered(bench, before + orders, 600)
+    sampled: dict[str, Any] = {}
+    if spy is not None and profile is not None:
+        _, errors = spy.communicate(timeout=PROFILE_SECONDS + 60)
+        sampled["profile"] = (
+            sampling.split(profile.read_text())
+            if spy.returncode == 0 and profile.exists()
+            else {"error": errors.decode(errors="replace")[-400:]}
+        )
     cpu_after, market_after = process.process_cpu(), bench.market.process_cpu()
     threads = {name: (cpu - threads_before[name]) / len(payloads) * 1e3 for name, cpu in process.thread_cpu().items()}
     accepted = bench.accepted([p["id_order"] for p in payloads])
@@ -125,6 +141,7 @@ def _closed_loop(bench: Bench, process: ServerProcess, url: str, orders: int) ->
         "other_core_busy": (market_after - market_before + sent["cpu_s"]) / seconds,
         "market_cpu_ms_per_order": (market_after - market_before) / len(accepted) * 1e3,
         "load_cpu_ms_per_order": sent["cpu_s"] / len(accepted) * 1e3,
+        **sampled,
     }
 
 
@@ -167,7 +184,14 @@ def latency_split(log_file: Path, sent: dict[str, float]) -> dict[str, float]:
 
 
 def _measure(
-    bench: Bench, name: str, pin: str | None, orders: int, seconds: float, tag: str, base: Path | None
+    bench: Bench,
+    name: str,
+    pin: str | None,
+    orders: int,
+    seconds: float,
+    tag: str,
+    base: Path | None,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     with _system(bench, name, pin, tag, base) as (process, url):
         if pin is not None:
@@ -176,6 +200,8 @@ def _measure(
         result: dict[str, Any] = {"rss_idle_kb": process.status()["VmRSS"]}
         _open_loop(bench, url, 50.0, 0.2)  # warm-up: the first order fetches the JWT and opens connections
         result["closed_loop"] = _closed_loop(bench, process, url, orders)
+        if profile is not None:  # a loop of its own: py-spy pauses the process for each sample
+            result["profiled"] = _closed_loop(bench, process, url, orders, profile)
         for rate in (50.0, 10.0):
             figures, sent = _open_loop(bench, url, rate, seconds)
             if name in ("daemon", "base") and rate == 50.0:
@@ -192,11 +218,14 @@ def versus(
     systems: tuple[str, ...] = SYSTEMS,
     rounds: int = 1,
     base: Path | None = None,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Every system in turn under the same load, ``rounds`` times (every other round in reverse order, so that no
     system always runs first); each figure is the median of the rounds (each round's own in ``rounds``), with the
     daemon's ratios to the peers. With ``base`` (a checkout), that checkout's daemon runs as the system ``base``
-    in every round too: a change measured against the code before it and the peers, in one run."""
+    in every round too: a change measured against the code before it and the peers, in one run. With ``profile``,
+    the daemon runs a second closed loop in the first round, sampled with py-spy (``profiled``, see
+    :mod:`bench.profile`; skipped, and said so in ``skipped``, when py-spy is not installed)."""
     cores = _cores()
     results: dict[str, Any] = {
         "orders": orders,
@@ -211,6 +240,9 @@ def versus(
     if "express" in names and not isinstance(express, Path):
         results["skipped"]["express"] = express
         names.remove("express")
+    if profile and not sampling.available():
+        results["skipped"]["profile"] = "py-spy is not installed next to this Python (pip install py-spy)"
+        profile = False
     own = os.sched_getaffinity(0)
     if cores is not None:
         _pin_all_threads(bench.market.pid, cores[1])
@@ -219,8 +251,14 @@ def versus(
         for round_ in range(rounds):
             order = names if round_ % 2 == 0 else names[::-1]
             pin = cores[0] if cores else None
+            sampled = bench.workdir / "versus-daemon.pyspy.txt" if profile and round_ == 0 else None
             results["rounds"].append(
-                {name: _measure(bench, name, pin, orders, seconds, str(round_), base) for name in order}
+                {
+                    name: _measure(
+                        bench, name, pin, orders, seconds, str(round_), base, sampled if name == "daemon" else None
+                    )
+                    for name in order
+                }
             )
     finally:
         os.sched_setaffinity(0, own)
@@ -232,10 +270,11 @@ def versus(
 
 
 def _median(figures: list[Any]) -> Any:
-    """The median of each number over ``figures`` (dicts of the same shape, nested)."""
+    """The median of each number over ``figures`` (dicts of the same shape, nested; a key only some have, like the
+    first round's ``profile``, is the median of those)."""
     first = figures[0]
     if isinstance(first, dict):
-        return {key: _median([each[key] for each in figures]) for key in first}
+        return {key: _median([each[key] for each in figures if key in each]) for key in first}
     if isinstance(first, (int, float)) and not isinstance(first, bool):
         return statistics.median(figures)
     return first
