@@ -13,10 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
-    """``python -m bench --smoke --no-wrk`` exits 0, prints every section and writes every scenario's figures."""
+    """``python -m bench --smoke --no-wrk --versus-profile`` exits 0, prints every section and writes every
+    scenario's figures, the daemon's profile among them (or why there is none)."""
     out = tmp_path / "results.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--no-wrk", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--smoke", "--no-wrk", "--versus-profile", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -35,6 +36,12 @@ def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
         loop = versus[system]["closed_loop"]
         assert loop["delivered"] == loop["orders"] == 40 and loop["cpu_ms_per_order"] > 0, system
     assert set(versus["daemon"]["open_50"]["split_p50_ms"]) == set(PARTS)
+    # --versus-profile: a profiled second loop where py-spy is installed, else the reason in "skipped".
+    profiled = versus["rounds"][0]["daemon"].get("profiled")
+    if "profile" in versus["skipped"]:
+        assert profiled is None
+    else:
+        assert "MainThread" in profiled["profile"]["threads"], profiled
     assert versus["daemon"]["closed_loop"]["other_core_busy"] > 0 and versus["ratios"]["inline"]["cpu_ms_per_order"] > 0
     for server in ("baseline", "daemon", "unstored"):
         figures = results["ingest"][server]
