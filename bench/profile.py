@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,26 @@ def available() -> bool:
     return shutil.which("py-spy", path=str(Path(sys.executable).parent)) is not None
 
 
-def start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling every thread of ``pid`` for ``seconds``, native frames included, into ``out`` (raw stacks);
-    :func:`split` reads it once the process ends."""
+@dataclass
+class Spy:
+    """A running py-spy (:func:`start`) and the file it writes."""
+
+    process: subprocess.Popen[bytes]
+    out: Path
+    seconds: float
+
+    def finish(self) -> dict[str, Any]:
+        """Wait for py-spy to end: :func:`split` of its samples, or ``{"error": …}`` with the end of what it said."""
+        _, errors = self.process.communicate(timeout=self.seconds + 60)
+        if self.process.returncode == 0:
+            return split(self.out.read_text())
+        return {"error": errors.decode(errors="replace")[-400:]}
+
+
+def start(pid: int, seconds: float, out: Path) -> Spy:
+    """py-spy sampling every thread of ``pid`` for ``seconds``, native frames included, into ``out`` (raw stacks)."""
     command = profile_command(pid, seconds, out, native=True)
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return Spy(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out, seconds)
 
 
 def owner(frames: list[str]) -> str:
@@ -85,8 +101,9 @@ def split(raw: str, *, top: int = 12) -> dict[str, Any]:
     total = sum(threads.values())
     result: dict[str, Any] = {"samples": total, "threads": {}}
     for name, samples in threads.most_common():
-        shares = {who: n / samples for who, n in owners[name].most_common(top)}
-        rest = samples - sum(n for _, n in owners[name].most_common(top))
+        named = owners[name].most_common(top)
+        shares = {who: n / samples for who, n in named}
+        rest = samples - sum(n for _, n in named)
         if rest:
             shares["other"] = rest / samples
         result["threads"][name] = {"share": samples / total, "samples": samples, "owners": shares}

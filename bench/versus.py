@@ -120,14 +120,6 @@ def _closed_loop(
     spy = sampling.start(process.pid, PROFILE_SECONDS, profile) if profile is not None else None
     sent = run_mode("once", url, payloads, 32, bench.workdir)
     _wait_delivered(bench, before + orders, 600)
-    sampled: dict[str, Any] = {}
-    if spy is not None and profile is not None:
-        _, errors = spy.communicate(timeout=PROFILE_SECONDS + 60)
-        sampled["profile"] = (
-            sampling.split(profile.read_text())
-            if spy.returncode == 0 and profile.exists()
-            else {"error": errors.decode(errors="replace")[-400:]}
-        )
     cpu_after, market_after = process.process_cpu(), bench.market.process_cpu()
     threads = {name: (cpu - threads_before[name]) / len(payloads) * 1e3 for name, cpu in process.thread_cpu().items()}
     accepted = bench.accepted([p["id_order"] for p in payloads])
@@ -141,7 +133,7 @@ def _closed_loop(
         "other_core_busy": (market_after - market_before + sent["cpu_s"]) / seconds,
         "market_cpu_ms_per_order": (market_after - market_before) / len(accepted) * 1e3,
         "load_cpu_ms_per_order": sent["cpu_s"] / len(accepted) * 1e3,
-        **sampled,
+        **({"profile": spy.finish()} if spy is not None else {}),
     }
 
 
@@ -251,11 +243,11 @@ def versus(
         for round_ in range(rounds):
             order = names if round_ % 2 == 0 else names[::-1]
             pin = cores[0] if cores else None
-            sampled = bench.workdir / "versus-daemon.pyspy.txt" if profile and round_ == 0 else None
+            samples = bench.workdir / "versus-daemon.pyspy.txt" if profile and round_ == 0 else None
             results["rounds"].append(
                 {
                     name: _measure(
-                        bench, name, pin, orders, seconds, str(round_), base, sampled if name == "daemon" else None
+                        bench, name, pin, orders, seconds, str(round_), base, samples if name == "daemon" else None
                     )
                     for name in order
                 }
