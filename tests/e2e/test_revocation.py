@@ -319,11 +319,11 @@ async def test_a_revoked_or_refunded_content_is_never_redelivered(
         assert "refunded" in capsys.readouterr().err
         assert main(["orders", "redeliver", revoked, *database]) == 1
         assert "revoked" in capsys.readouterr().err
-        for order in (refunded, revoked):
-            job = await multi.job("stripe", order)
-            assert job.id is not None and not await multi.daemon.queue.redeliver(job.id)
-            async with status_page(multi) as page:  # type: ignore[arg-type]  # a Multi: status_page uses only .daemon
-                assert (await page.login()).status_code == 303
+        async with status_page(multi) as page:  # type: ignore[arg-type]  # a Multi: status_page uses only .daemon
+            assert (await page.login()).status_code == 303
+            for order in (refunded, revoked):
+                job = await multi.job("stripe", order)
+                assert job.id is not None and not await multi.daemon.queue.redeliver(job.id)
                 assert "/redeliver" not in (await page.client.get(f"{page.url}/orders/{job.id}")).text
         await later(multi, 5)
         assert len(bodies(multi, "order.delivered")) == sent
